@@ -1,0 +1,41 @@
+# The README contract: `make figures` and `make test` do all set-up on a fresh machine.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+TORCH_SPEC ?= torch==2.13.0
+STAMP := $(VENV)/.installed
+
+.PHONY: install figures test test-fast lint paper clean
+
+install: $(STAMP)
+
+# Keep an existing torch (e.g. a CUDA build on a cluster): the venv then sees system packages.
+$(STAMP): pyproject.toml
+	@if $(PYTHON) -c "import torch" 2>/dev/null; then \
+		echo "pvq: using the torch already installed for $(PYTHON)"; \
+		$(PYTHON) -m venv --system-site-packages $(VENV); \
+	else \
+		$(PYTHON) -m venv $(VENV); \
+	fi
+	$(BIN)/pip install -q --upgrade pip
+	@$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q "$(TORCH_SPEC)"
+	$(BIN)/pip install -q -e ".[dev]"
+	@touch $(STAMP)
+
+figures: $(STAMP)
+	$(BIN)/pvq figures
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q -x --durations=15
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
+
+lint: $(STAMP)
+	$(BIN)/ruff check theory measure figures tests benchmarks
+
+paper: $(STAMP)
+	$(BIN)/pvq paper
+
+clean:
+	rm -rf $(VENV) paper/build

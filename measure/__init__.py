@@ -1,0 +1,1 @@
+"""pvq.measure: load models, walk their architecture, capture activations, compress, evaluate."""
