@@ -1,17 +1,29 @@
-"""`pvq models`: List the embedded default models and where they are cached."""
+"""`pvq models`: list the embedded default models and where they are cached."""
 
 from __future__ import annotations
 
 import argparse
 
-from theory.errors import PvqError
-
 HELP = "List the embedded default models and where they are cached."
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Placeholder until the command is built."""
+    parser.add_argument("--fetch", metavar="NAME", help="fetch and convert this default model now")
 
 
 def run(args: argparse.Namespace) -> int:
-    raise PvqError("`pvq models` is not built yet")
+    from measure.defaults import DEFAULT_MODEL, DEFAULT_MODELS
+    from measure.fetch import cache_root
+
+    if args.fetch:
+        from measure.models import ensure_default_checkpoint
+
+        print(f"{args.fetch}: {ensure_default_checkpoint(args.fetch)}")
+        return 0
+    print(f"cache: {cache_root()}  (set PVQ_CACHE to move it)")
+    for name, model in DEFAULT_MODELS.items():
+        cached = (model.directory / "pvq_source.json").exists()
+        state = f"cached at {model.directory}" if cached else "not fetched yet (fetched on first use)"
+        marker = " (default)" if name == DEFAULT_MODEL else ""
+        print(f"{name}{marker}: {model.description}; {model.architecture}, {model.num_blocks} blocks; {state}")
+    return 0
