@@ -1,17 +1,50 @@
-"""`pvq info`: Describe a model: blocks, sublayers, linear layers, parameter counts, grid detection."""
+"""`pvq info`: describe a model's architecture, parameter counts and grid detection."""
 
 from __future__ import annotations
 
 import argparse
-
-from theory.errors import PvqError
+import json
 
 HELP = "Describe a model: blocks, sublayers, linear layers, parameter counts, grid detection."
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Placeholder until the command is built."""
+    parser.add_argument("model", help="default model name, local folder, .gguf file or hub id")
+    parser.add_argument("--linears", action="store_true", help="list every linear layer")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
 
 
 def run(args: argparse.Namespace) -> int:
-    raise PvqError("`pvq info` is not built yet")
+    from measure.architecture import describe, parameter_counts, summary_table
+    from measure.grid import detect_model_grid
+    from measure.models import load_model
+
+    loaded = load_model(args.model)
+    arch = describe(loaded.model)
+    counts = parameter_counts(arch)
+    table = summary_table(arch)
+    grid = detect_model_grid((ref.name, ref.weight()) for ref in arch.linears)
+    first = arch.blocks[0]
+    summary = {
+        "model": loaded.model_id,
+        "model_hash": loaded.model_hash,
+        "class": arch.model_class,
+        "family": arch.family,
+        "blocks": len(arch.blocks),
+        "parallel_blocks": first.parallel,
+        "sublayers": {"attention": first.attention.name, "mlp": first.mlp.name},
+        "linear_layers": len(table),
+        "linears_per_block": [f"{r.role} ({r.out_features}x{r.in_features})" for r in first.linears],
+        "parameters": {k: v for k, v in counts.items() if not k.startswith("block.")},
+        "tied_embeddings": arch.tied_embeddings,
+        "bos_per_window": loaded.bos_per_window,
+        "grid_detection": grid.as_dict(),
+    }
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return 0
+    for key, value in summary.items():
+        print(f"{key:>18}: {value}")
+    if args.linears:
+        print(table.to_string(index=False))
+    return 0
