@@ -1,0 +1,175 @@
+"""Tiny random-initialised Hugging Face models and a byte-level tokenizer, built offline, for every test.
+
+`tiny_model(family)` builds a model from its config class (no hub access): hidden size 32, 2 blocks,
+vocabulary `TINY_VOCAB_SIZE`, float32, eval mode, weights drawn from the config's initialiser after
+`torch.manual_seed(seed)`. `tiny_tokenizer()` maps text to UTF-8 bytes (ids 3..258) and prepends <bos>, so
+tiny models can read real text. Token ids: <pad> 0, <bos> 1, <eos> 2; the models' configs agree.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import transformers
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+from transformers import PreTrainedModel, PreTrainedTokenizerFast
+
+TINY_VOCAB_SIZE = 320
+SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>")
+_IDS = {"pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2}
+_DECODER = {
+    "vocab_size": TINY_VOCAB_SIZE,
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 256,
+    **_IDS,
+}
+_MOE = {"num_experts_per_tok": 2, "moe_intermediate_size": 16}
+_VISION = {
+    "hidden_size": 16,
+    "intermediate_size": 32,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "image_size": 16,
+    "patch_size": 8,
+}
+_IMAGE_TOKENS = {"image_token_index": TINY_VOCAB_SIZE - 1}
+
+
+def _llava_config() -> transformers.PretrainedConfig:
+    return transformers.LlavaConfig(
+        text_config=transformers.LlamaConfig(**_DECODER),
+        vision_config=transformers.CLIPVisionConfig(**_VISION),
+        **_IMAGE_TOKENS,
+    )
+
+
+def _gemma3_vlm_config() -> transformers.PretrainedConfig:
+    return transformers.Gemma3Config(
+        text_config={**_DECODER, "head_dim": 8},
+        vision_config=_VISION,
+        mm_tokens_per_image=4,
+        boi_token_index=TINY_VOCAB_SIZE - 3,
+        eoi_token_index=TINY_VOCAB_SIZE - 2,
+        **_IMAGE_TOKENS,
+    )
+
+
+_FAMILIES = {
+    "llama": ("LlamaForCausalLM", lambda: transformers.LlamaConfig(**_DECODER)),
+    "qwen2": ("Qwen2ForCausalLM", lambda: transformers.Qwen2Config(**_DECODER)),
+    "gemma3": ("Gemma3ForCausalLM", lambda: transformers.Gemma3TextConfig(**_DECODER, head_dim=8)),
+    "olmo2": ("Olmo2ForCausalLM", lambda: transformers.Olmo2Config(**_DECODER)),
+    "gpt2": (
+        "GPT2LMHeadModel",
+        lambda: transformers.GPT2Config(
+            vocab_size=TINY_VOCAB_SIZE, n_embd=32, n_layer=2, n_head=4, n_positions=256, **_IDS
+        ),
+    ),
+    "opt": (
+        "OPTForCausalLM",
+        lambda: transformers.OPTConfig(
+            vocab_size=TINY_VOCAB_SIZE,
+            hidden_size=32,
+            ffn_dim=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=256,
+            word_embed_proj_dim=32,
+            **_IDS,
+        ),
+    ),
+    "gpt_neox": (
+        "GPTNeoXForCausalLM",
+        lambda: transformers.GPTNeoXConfig(
+            **{k: v for k, v in _DECODER.items() if k != "num_key_value_heads"}, use_parallel_residual=True
+        ),
+    ),
+    "phi": ("PhiForCausalLM", lambda: transformers.PhiConfig(**_DECODER)),
+    "falcon": (
+        "FalconForCausalLM",
+        lambda: transformers.FalconConfig(
+            vocab_size=TINY_VOCAB_SIZE, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, **_IDS
+        ),
+    ),
+    "mixtral": (
+        "MixtralForCausalLM",
+        lambda: transformers.MixtralConfig(**_DECODER, num_local_experts=4, num_experts_per_tok=2),
+    ),
+    "qwen2_moe": (
+        "Qwen2MoeForCausalLM",
+        lambda: transformers.Qwen2MoeConfig(**_DECODER, **_MOE, num_experts=4, shared_expert_intermediate_size=32),
+    ),
+    "olmoe": (
+        "OlmoeForCausalLM",
+        lambda: transformers.OlmoeConfig(**_DECODER, num_experts=4, num_experts_per_tok=2),
+    ),
+    "gpt_oss": (
+        "GptOssForCausalLM",
+        lambda: transformers.GptOssConfig(**_DECODER, head_dim=8, num_local_experts=4, num_experts_per_tok=2),
+    ),
+    "llava": ("LlavaForConditionalGeneration", _llava_config),
+    "gemma3_vlm": ("Gemma3ForConditionalGeneration", _gemma3_vlm_config),
+}
+
+TINY_FAMILIES = tuple(_FAMILIES)
+"""Every family `tiny_model` builds: dense sequential, sandwich-norm, parallel, post-LN-capable, GPT-2
+Conv1D, mixture-of-experts (three fused expert layouts) and two vision-language models."""
+
+
+def tiny_model(family: str, seed: int = 0, **config_overrides: object) -> PreTrainedModel:
+    """A tiny random-initialised model of `family` (one of TINY_FAMILIES), float32, in eval mode.
+
+    `config_overrides` are set on the (language) config before the model is built, e.g.
+    `tiny_model("gpt_neox", use_parallel_residual=False)` or `tiny_model("llama", tie_word_embeddings=True)`.
+    """
+    if family not in _FAMILIES:
+        raise ValueError(f"unknown tiny family {family!r}; choose one of {TINY_FAMILIES}")
+    class_name, make_config = _FAMILIES[family]
+    config = make_config()
+    text_config = config.get_text_config()
+    for key, value in config_overrides.items():
+        setattr(text_config, key, value)
+        if text_config is not config and key == "tie_word_embeddings":
+            setattr(config, key, value)
+    torch.manual_seed(seed)
+    model = getattr(transformers, class_name)(config)
+    return model.to(torch.float32).eval()
+
+
+@functools.cache
+def _byte_tokenizer() -> Tokenizer:
+    byte_symbols = sorted(pre_tokenizers.ByteLevel.alphabet(), key=lambda s: _byte_of_symbol()[s])
+    vocab = {token: index for index, token in enumerate((*SPECIAL_TOKENS, *byte_symbols))}
+    tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    tokenizer.add_special_tokens(list(SPECIAL_TOKENS))
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="<bos> $A", pair="<bos> $A <bos> $B", special_tokens=[("<bos>", 1)]
+    )
+    return tokenizer
+
+
+@functools.cache
+def _byte_of_symbol() -> dict[str, int]:
+    """GPT-2's byte -> printable symbol map, inverted (the ByteLevel pre-tokenizer emits these symbols)."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    symbols = {byte: chr(byte) for byte in printable}
+    extra = 0
+    for byte in range(256):
+        if byte not in symbols:
+            symbols[byte] = chr(256 + extra)
+            extra += 1
+    return {symbol: byte for byte, symbol in symbols.items()}
+
+
+def tiny_tokenizer() -> PreTrainedTokenizerFast:
+    """A byte-level tokenizer: any UTF-8 text -> one token per byte (id = byte + 3), <bos> prepended."""
+    return PreTrainedTokenizerFast(
+        tokenizer_object=_byte_tokenizer(), pad_token="<pad>", bos_token="<bos>", eos_token="<eos>"
+    )
