@@ -12,7 +12,8 @@ Formulas (bits per weight, bpw):
   quantization (8-bit absmax, one fp32 constant per 256 blocks): ``4 + 8/64 + 32/(64*256)``
 * OCP MX v1.0 block formats: ``element_bits + 8/32`` (shared E8M0 scale per 32 elements)
 * GGUF k-quants: super-blocks of 256 weights with quantized sub-block scales (llama.cpp
-  ``ggml-quants``): Q2_K 2.625, Q3_K 3.4375, Q4_K 4.5, Q5_K 5.5, Q6_K 6.5625 bpw
+  ``ggml-quants``): Q2_K 2.625, Q3_K 3.4375, Q4_K 4.5, Q5_K 5.5, Q6_K 6.5625 bpw; ternary TQ1_0
+  1.6875 and TQ2_0 2.0625 bpw
 * ternary {-1, 0, 1}·s (BitNet b1.58): ``log2(3)`` per weight (entropy-ideal packing) or 2 bits
   (``packing="2bit"``), plus one 16-bit scale per tensor
 * pruning at sparsity p, kept values at ``base_bits``:
@@ -23,6 +24,7 @@ Formulas (bits per weight, bpw):
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -44,6 +46,10 @@ KQUANT_BITS_PER_WEIGHT: dict[str, float] = {
     "Q5_0": 5 + 16 / 32,
     "Q5_1": 5 + 32 / 32,
     "Q8_0": 8 + 16 / 32,
+    # ternary: TQ1_0 packs 5 trits per byte (240 weights) + 4 trits per byte (16) + fp16 scale;
+    # TQ2_0 stores 2 bits per weight + fp16 scale
+    "TQ1_0": (48 * 8 + 4 * 8 + 16) / 256,
+    "TQ2_0": (256 * 2 + 16) / 256,
 }
 
 
@@ -52,7 +58,7 @@ class Convention:
     """How pruning is charged for its mask; recorded with every equal-compression result."""
 
     mask_encoding: str = "none"
-    base_bits: int = BASE_BITS
+    base_bits: float = BASE_BITS
     index_bits: int = 16
     n: int = 2
     m: int = 4
@@ -71,8 +77,11 @@ class Convention:
         return asdict(self)
 
 
+PAPER_CONVENTION = Convention()  # Kuzmin et al.: free mask, INT-b <-> sparsity 1 - b/16
+
+
 def integer_bits_per_weight(
-    bits: int, group_size: int | None, scale_bits: int = 16, zero_point_bits: int = 0
+    bits: int, group_size: float | None, scale_bits: int = 16, zero_point_bits: int = 0
 ) -> float:
     """``b + (s + z)/g`` for a b-bit integer grid with one scale (and zero point) per group of g.
 
@@ -115,7 +124,7 @@ def ternary_bits_per_weight(packing: str = "ideal", numel: int | None = None) ->
     return per_weight[packing] + (16 / numel if numel else 0.0)
 
 
-def sparse_bits_per_weight(sparsity: float, convention: Convention = Convention()) -> float:
+def sparse_bits_per_weight(sparsity: float, convention: Convention = PAPER_CONVENTION) -> float:
     """Bits per weight of a pruned tensor: kept values at ``base_bits`` plus the mask encoding."""
     check_sparsity(sparsity)
     density = 1.0 - sparsity
@@ -132,7 +141,7 @@ def sparse_bits_per_weight(sparsity: float, convention: Convention = Convention(
     return (n / m) * base + n * math.ceil(math.log2(m)) / m
 
 
-def equal_compression_sparsity(bits_per_weight: float, convention: Convention = Convention()) -> float:
+def equal_compression_sparsity(bits_per_weight: float, convention: Convention = PAPER_CONVENTION) -> float:
     """The sparsity whose pruned size equals ``bits_per_weight`` under ``convention``.
 
     The inverse of :func:`sparse_bits_per_weight`; e.g. INT4 (4 bpw) ↔ 75 % sparsity with the
@@ -166,12 +175,12 @@ def removal_bits_per_weight(removed_fraction: float, base_bits: int = BASE_BITS)
 
 
 def check_sparsity(sparsity: float, what: str = "sparsity") -> None:
-    """Raise a clear error unless ``0 <= sparsity < 1``."""
-    if not (isinstance(sparsity, int | float) and 0 <= sparsity < 1):
+    """Raise a clear error unless ``0 <= sparsity < 1`` (a real number, NaN and booleans refused)."""
+    if isinstance(sparsity, bool) or not (isinstance(sparsity, numbers.Real) and 0 <= sparsity < 1):
         raise PvqError(f"{what} must lie in [0, 1), got {sparsity!r}")
 
 
 def check_bits(bits: int, low: int = 2, high: int = 8) -> None:
-    """Raise a clear error unless ``bits`` is an integer in ``[low, high]``."""
-    if not (isinstance(bits, int) and low <= bits <= high):
+    """Raise a clear error unless ``bits`` is an integer in ``[low, high]`` (numpy integers accepted)."""
+    if isinstance(bits, bool) or not (isinstance(bits, numbers.Integral) and low <= bits <= high):
         raise PvqError(f"bits must be an integer in {low}..{high} for integer grids, got {bits!r}")
