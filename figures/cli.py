@@ -1,17 +1,71 @@
-"""`pvq figures`: Run missing experiments and render every registered figure and table."""
+"""`pvq figures`: Run missing experiments and render every registered figure and table.
+
+Experiments whose cached table matches their cache key (config + model hash + code version + seed)
+are reused; the others run one at a time, so Ctrl-C keeps what finished and a rerun resumes.
+"""
 
 from __future__ import annotations
 
 import argparse
-
-from theory.errors import PvqError
+from pathlib import Path
 
 HELP = "Run missing experiments and render every registered figure and table."
+DEFAULT_RESULTS = "results"
+DEFAULT_OUT = "paper"
+
+
+def add_build_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options shared by `pvq figures` and `pvq paper`."""
+    parser.add_argument("--model", default=None,
+                        help="model name or path for model experiments (default: the default model)")
+    parser.add_argument("--results", type=Path, default=Path(DEFAULT_RESULTS),
+                        help=f"folder of cached experiment tables (default: {DEFAULT_RESULTS}/)")
+    parser.add_argument("--out", type=Path, default=Path(DEFAULT_OUT),
+                        help=f"paper folder receiving figures/, tables/, sections/ (default: {DEFAULT_OUT}/)")
+    parser.add_argument("--device", default="cpu", help="torch device for model experiments (default: cpu)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of every experiment (default: 0)")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Placeholder until the command is built."""
+    """`pvq figures [--only NAME ...] [--list] [--model NAME] [--results DIR] [--out DIR]`."""
+    parser.add_argument("--only", nargs="+", metavar="NAME", help="render only these figures/tables")
+    parser.add_argument("--list", action="store_true", help="list the registered figures and tables and exit")
+    add_build_arguments(parser)
+
+
+def listing(out_dir: Path) -> str:
+    """One line per registered artifact: kind, name, the experiments it needs, its output file."""
+    from figures.registry import load_catalog
+
+    lines = []
+    for artifact in load_catalog().values():
+        suffix = ".pdf" if artifact.kind == "figure" else ".tex"
+        lines.append(
+            f"{artifact.kind:<7} {artifact.name:<32} needs {', '.join(artifact.needs):<48} "
+            f"{artifact.stem(out_dir).with_suffix(suffix)}"
+        )
+    return "\n".join(lines)
+
+
+def run_build(args: argparse.Namespace, only: list[str] | None = None) -> str:
+    """Run the experiments and render the selected artifacts; return the summary text."""
+    from figures.experiments import ExperimentContext
+    from figures.registry import load_catalog, select
+    from figures.render import build, summary
+    from measure.defaults import DEFAULT_MODEL
+
+    registered = list(load_catalog().values())
+    context = ExperimentContext(
+        model_name=args.model or DEFAULT_MODEL, results_root=args.results, device=args.device, seed=args.seed
+    )
+    report = build(select(only), registered, context, args.out)
+    return summary(report)
 
 
 def run(args: argparse.Namespace) -> int:
-    raise PvqError("`pvq figures` is not built yet")
+    """List, or build and print the summary."""
+    if args.list:
+        print(listing(args.out))
+        return 0
+    print(run_build(args, args.only))
+    return 0

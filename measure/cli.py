@@ -21,6 +21,7 @@ COMMANDS: dict[str, str] = {
     "remove": "measure.commands.removal",
     "eval": "measure.commands.evaluate",
     "figures": "figures.cli",
+    "paper": "figures.paper_cli",
     "run": "measure.commands.run",
 }
 

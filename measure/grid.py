@@ -84,3 +84,10 @@ def detect_model_grid(named_weights: Iterable[tuple[str, torch.Tensor]]) -> Grid
             "(previously quantized weights)"
         )
     return GridReport(len(results), len(hits), bits, blocks, verdict)
+
+
+def detect_linear_grid(model: torch.nn.Module) -> GridReport:
+    """Grid detection over every linear layer of a model's decoder blocks (found by the walker)."""
+    from measure.architecture import describe
+
+    return detect_model_grid((ref.name, ref.weight()) for ref in describe(model).linears)

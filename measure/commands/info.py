@@ -16,14 +16,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from measure.architecture import describe, parameter_counts, summary_table
-    from measure.grid import detect_model_grid
+    from measure.grid import detect_linear_grid
     from measure.models import load_model
 
     loaded = load_model(args.model)
     arch = describe(loaded.model)
     counts = parameter_counts(arch)
     table = summary_table(arch)
-    grid = detect_model_grid((ref.name, ref.weight()) for ref in arch.linears)
+    grid = detect_linear_grid(loaded.model)
     first = arch.blocks[0]
     summary = {
         "model": loaded.model_id,

@@ -1,0 +1,280 @@
+"""Experiments: named computations from a config (and maybe a model) to a result table, cached on disk.
+
+An experiment is declared once with :func:`experiment`; its table lives at
+``<results>/<model>/<name>.parquet`` (``<results>/model-free/`` when it needs no model) with a JSON
+sidecar (:func:`measure.store.write_table`) that holds its cache key. The table is *fresh* when the
+stored key equals the current one, otherwise it is recomputed. Experiments run one at a time and each
+is written atomically, so an interrupted run keeps every finished table and resumes after the last one.
+
+Cache key = sha256 of the canonical JSON of {name, config, seed, model id + hash (or none),
+code version}. The *code version* is the sha256 of the code of the experiment's function (without
+decorators, comments or layout) and of the source of every module or package it declares in ``code``
+(all ``*.py`` files of a package). We do not key on the git commit: it changes with every commit,
+even one that only edits a caption or the README, which would rerun many minutes of model
+experiments; it misses uncommitted edits; and it is unknown outside a checkout. The price of hashing
+declared source is that a declaration must name the code it depends on: name whole packages
+(``"theory"``, ``"measure"``) when unsure.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import importlib.util
+import inspect
+import json
+import random
+import re
+import sys
+import textwrap
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from measure.provenance import collect
+from measure.store import read_provenance, read_table, write_table
+from theory.errors import PvqError
+
+MODEL_FREE_DIR = "model-free"
+NO_MODEL = {"model_name": None, "model_id": None, "model_hash": None, "grid_detection": "not applicable: no model"}
+
+Compute = Callable[[Mapping[str, Any], "ExperimentContext"], pd.DataFrame]
+Synthetic = Callable[[np.random.Generator], pd.DataFrame]
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """A declared computation: ``compute(config, context) -> DataFrame``.
+
+    ``synthetic(rng)`` returns a small table with the same columns, used by the tests to render every
+    figure without running anything. ``code`` names the modules/packages whose source keys the cache.
+    """
+
+    name: str
+    compute: Compute
+    config: Mapping[str, Any]
+    synthetic: Synthetic
+    needs_model: bool = False
+    code: tuple[str, ...] = ()
+
+
+EXPERIMENTS: dict[str, Experiment] = {}
+
+
+def canonical_json(value: Any) -> str:
+    """Key-sorted compact JSON; raises :class:`PvqError` for values JSON cannot represent."""
+    try:
+        return json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError) as error:
+        message = f"experiment config must be plain JSON (numbers, strings, lists, dicts): {error}"
+        raise PvqError(message) from error
+
+
+def experiment(
+    name: str, *, config: Mapping[str, Any], synthetic: Synthetic, needs_model: bool = False,
+    code: Sequence[str] = (),
+) -> Callable[[Compute], Compute]:
+    """Register the decorated ``compute(config, context) -> DataFrame`` as experiment ``name``."""
+    canonical_json(config)
+
+    def register(compute: Compute) -> Compute:
+        if name in EXPERIMENTS:
+            raise PvqError(f"experiment {name!r} is registered twice; give each experiment a unique name")
+        EXPERIMENTS[name] = Experiment(name, compute, dict(config), synthetic, needs_model, tuple(code))
+        return compute
+
+    return register
+
+
+def _module_files(module_name: str) -> dict[str, Path]:
+    """The source files of a module (itself) or package (every ``*.py`` below it), by relative name."""
+    spec = importlib.util.find_spec(module_name)
+    if spec is None or spec.origin is None:
+        raise PvqError(f"experiment code dependency {module_name!r} is not an importable module or package")
+    origin = Path(spec.origin)
+    if spec.submodule_search_locations:
+        return {str(path.relative_to(origin.parent)): path for path in sorted(origin.parent.rglob("*.py"))}
+    return {origin.name: origin}
+
+
+def function_source(function: Callable[..., Any]) -> str:
+    """The code of ``function`` without its decorators, comments or layout (``ast.unparse``).
+
+    Decorators hold the experiment declaration (config, synthetic table), which is keyed separately, so
+    editing one experiment's declaration does not invalidate another that shares the function. Source
+    that does not parse on its own (a lambda inside a larger expression) is used verbatim.
+    """
+    try:
+        source = textwrap.dedent(inspect.getsource(function))
+    except (OSError, TypeError) as error:
+        raise PvqError(f"experiment function {function!r} has no source file; define it in a module") from error
+    try:
+        node = ast.parse(source).body[0]
+    except SyntaxError:
+        return source
+    if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+        node.decorator_list = []
+    return ast.unparse(node)
+
+
+def code_version(exp: Experiment) -> str:
+    """sha256 over the code of ``exp.compute`` and of every source file of the modules in ``exp.code``."""
+    digest = hashlib.sha256(function_source(exp.compute).encode())
+    for module_name in sorted(exp.code):
+        for relative, path in _module_files(module_name).items():
+            digest.update(f"{module_name}:{relative}".encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def model_slug(model_name: str) -> str:
+    """A directory name for a model name or path (``/`` and other separators become ``_``)."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", model_name.strip("/")) or "model"
+
+
+def _load_model(model_name: str, device: str) -> Any:
+    from measure.models import load_model
+
+    return load_model(model_name, device=device)
+
+
+def _detect_grid(loaded: Any) -> dict[str, Any]:
+    from measure.grid import detect_linear_grid
+
+    return detect_linear_grid(loaded.model).as_dict()
+
+
+@dataclass
+class ExperimentContext:
+    """What an experiment may use: model name, device, seed, results folder and a lazily loaded model.
+
+    ``load_model(name, device)`` defaults to :func:`measure.models.load_model` and ``detect_grid(loaded)``
+    to :func:`measure.grid.detect_linear_grid` over the model's block linears; tests pass toy versions.
+    The model is loaded only when an experiment that needs it is keyed or run.
+    """
+
+    model_name: str
+    results_root: Path
+    device: str = "cpu"
+    seed: int = 0
+    load_model: Callable[[str, str], Any] = _load_model
+    detect_grid: Callable[[Any], dict[str, Any]] = _detect_grid
+    _loaded: Any = field(default=None, init=False, repr=False)
+    _grid: dict[str, Any] | None = field(default=None, init=False, repr=False)
+
+    @property
+    def model(self) -> Any:
+        """The model, loaded on first use and kept for the following experiments."""
+        if self._loaded is None:
+            self._loaded = self.load_model(self.model_name, self.device)
+        return self._loaded
+
+    @property
+    def results_dir(self) -> Path:
+        """Where this model's experiment tables live."""
+        return Path(self.results_root) / model_slug(self.model_name)
+
+    def model_identity(self) -> dict[str, Any]:
+        """Model id and hash (what keys the cache); loads the model on first call."""
+        return {"model_id": self.model.model_id, "model_hash": self.model.model_hash}
+
+    def model_facts(self) -> dict[str, Any]:
+        """Name, id, hash, source and grid detection of the model (detection runs once)."""
+        if self._grid is None:
+            self._grid = self.detect_grid(self.model)
+        return {"model_name": self.model_name, **self.model.describe(), "grid_detection": self._grid}
+
+    def result_path(self, exp: Experiment) -> Path:
+        """``<results>/<model>/<name>.parquet``, or ``<results>/model-free/<name>.parquet``."""
+        folder = self.results_dir if exp.needs_model else Path(self.results_root) / MODEL_FREE_DIR
+        return folder / f"{exp.name}.parquet"
+
+
+def cache_key(exp: Experiment, context: ExperimentContext) -> str:
+    """sha256 of {name, config, seed, model id + hash, code version} (see the module docstring)."""
+    payload = {
+        "name": exp.name, "config": exp.config, "seed": context.seed,
+        "model": context.model_identity() if exp.needs_model else None,
+        "code_version": code_version(exp),
+    }
+    return hashlib.sha256(canonical_json(payload).encode()).hexdigest()[:24]
+
+
+@dataclass(frozen=True)
+class ExperimentRun:
+    """The outcome of :func:`ensure` for one experiment."""
+
+    name: str
+    status: str  # "computed" or "cached"
+    path: Path
+    seconds: float
+    provenance: dict[str, Any]
+
+    def table(self) -> pd.DataFrame:
+        """The result table."""
+        return read_table(self.path)
+
+
+def stored_key(path: Path) -> str | None:
+    """The cache key recorded next to a result table, or None if the table or sidecar is missing."""
+    if not path.exists():
+        return None
+    try:
+        return read_provenance(path).get("cache_key")
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's global and (if imported) torch's generators."""
+    random.seed(seed)
+    np.random.seed(seed)
+    if "torch" in sys.modules:
+        sys.modules["torch"].manual_seed(seed)
+
+
+def run_one(exp: Experiment, context: ExperimentContext) -> ExperimentRun:
+    """Return ``exp``'s cached table if its key matches, else compute and store it atomically."""
+    path = context.result_path(exp)
+    key = cache_key(exp, context)
+    if stored_key(path) == key:
+        return ExperimentRun(exp.name, "cached", path, 0.0, read_provenance(path))
+    seed_everything(context.seed)
+    start = time.perf_counter()
+    table = exp.compute(dict(exp.config), context)
+    seconds = time.perf_counter() - start
+    if not isinstance(table, pd.DataFrame):
+        raise PvqError(f"experiment {exp.name!r} returned {type(table).__name__}; it must return a DataFrame")
+    facts = context.model_facts() if exp.needs_model else NO_MODEL
+    provenance = collect(
+        experiment=exp.name, config=exp.config, cache_key=key, code_version=code_version(exp),
+        code=list(exp.code), seed=context.seed, device=context.device, runtime_s=round(seconds, 3), **facts,
+    )
+    path.unlink(missing_ok=True)  # a new sidecar must never sit beside the old table
+    write_table(table, path, provenance)
+    return ExperimentRun(exp.name, "computed", path, seconds, provenance)
+
+
+def ensure(experiments: Sequence[Experiment], context: ExperimentContext) -> dict[str, ExperimentRun]:
+    """Run the missing or stale experiments one at a time (with a progress bar); reuse the rest."""
+    runs: dict[str, ExperimentRun] = {}
+    with tqdm(experiments, desc="experiments", unit="exp", disable=None) as bar:
+        for exp in bar:
+            bar.set_postfix_str(exp.name)
+            runs[exp.name] = run_one(exp, context)
+    return runs
+
+
+def lookup(names: Sequence[str]) -> list[Experiment]:
+    """The registered experiments called ``names`` (in that order), or a clear error."""
+    missing = [name for name in names if name not in EXPERIMENTS]
+    if missing:
+        raise PvqError(
+            f"unknown experiment(s) {', '.join(missing)}; registered: {', '.join(sorted(EXPERIMENTS)) or 'none'}"
+        )
+    return [EXPERIMENTS[name] for name in names]

@@ -1,0 +1,132 @@
+"""The registry of thesis figures and tables (artifacts), each declared with the experiments it needs.
+
+Adding a figure is one decorated function in a module of :mod:`figures.catalog`::
+
+    @figure("gaussian_sqnr_vs_bits", needs=("theory_formats_gaussian",), section=SECTION,
+            caption=lambda tables, facts: "SQNR of ...")
+    def gaussian_sqnr_vs_bits(tables):
+        fig, ax = new_figure()
+        ...
+        return fig
+
+``draw(tables)`` receives ``{experiment name: DataFrame}`` and returns a matplotlib ``Figure`` (for
+``@figure``) or a pandas ``Styler`` (for ``@table``, see :func:`figures.style.thesis_table`).
+``caption(tables, facts)`` returns LaTeX text built from the data; ``facts`` holds the model id and
+hash and each experiment's config (the protocol). Pass data strings through :func:`escape_tex`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from figures.experiments import lookup
+from theory.errors import PvqError
+
+OUTPUT_FOLDERS = {"figure": "figures", "table": "tables"}
+Tables = Mapping[str, pd.DataFrame]
+Caption = Callable[[Tables, Mapping[str, Any]], str]
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """A figure or table: ``draw(tables)`` plus the experiments it needs and a caption from data."""
+
+    name: str
+    kind: str
+    draw: Callable[[Tables], Any]
+    needs: tuple[str, ...]
+    caption: Caption
+    section: str
+
+    @property
+    def folder(self) -> str:
+        """Output subfolder: ``figures`` or ``tables``."""
+        return OUTPUT_FOLDERS[self.kind]
+
+    def stem(self, out_dir: Path) -> Path:
+        """``<out>/figures/NAME`` or ``<out>/tables/NAME`` (suffixes are added per file)."""
+        return Path(out_dir) / self.folder / self.name
+
+    def sidecar(self, out_dir: Path) -> Path:
+        """The provenance sidecar ``<out>/<folder>/NAME.json``."""
+        return self.stem(out_dir).with_suffix(".json")
+
+
+ARTIFACTS: dict[str, Artifact] = {}
+
+
+def _register(kind: str, name: str, needs: Sequence[str], caption: Caption, section: str) -> Callable:
+    if not needs:
+        raise PvqError(f"{kind} {name!r} declares no experiments; list the result tables it draws in needs=")
+
+    def register(draw: Callable[[Tables], Any]) -> Callable[[Tables], Any]:
+        if name in ARTIFACTS:
+            raise PvqError(f"{kind} {name!r} is registered twice; give each figure and table a unique name")
+        ARTIFACTS[name] = Artifact(name, kind, draw, tuple(needs), caption, section)
+        return draw
+
+    return register
+
+
+def figure(name: str, *, needs: Sequence[str], caption: Caption, section: str) -> Callable:
+    """Register ``draw(tables) -> matplotlib.figure.Figure`` as figure ``name``."""
+    return _register("figure", name, needs, caption, section)
+
+
+def table(name: str, *, needs: Sequence[str], caption: Caption, section: str) -> Callable:
+    """Register ``draw(tables) -> pandas Styler`` as table ``name``."""
+    return _register("table", name, needs, caption, section)
+
+
+def load_catalog() -> dict[str, Artifact]:
+    """Import every module of :mod:`figures.catalog` (the order it declares, then the rest by name)."""
+    import figures.catalog as catalog
+
+    discovered = sorted(info.name for info in pkgutil.iter_modules(catalog.__path__))
+    ordered = [name for name in catalog.ORDER if name in discovered]
+    for name in ordered + [name for name in discovered if name not in ordered]:
+        importlib.import_module(f"figures.catalog.{name}")
+    return ARTIFACTS
+
+
+def select(names: Sequence[str] | None = None) -> list[Artifact]:
+    """The artifacts called ``names`` (all registered ones when None), in registration order."""
+    if not names:
+        return list(ARTIFACTS.values())
+    unknown = [name for name in names if name not in ARTIFACTS]
+    if unknown:
+        raise PvqError(
+            f"unknown figure/table {', '.join(unknown)}; see `pvq figures --list` "
+            f"(registered: {', '.join(ARTIFACTS) or 'none'})"
+        )
+    return [ARTIFACTS[name] for name in names]
+
+
+def needed_experiments(artifacts: Sequence[Artifact]) -> list[str]:
+    """The experiments the artifacts need, each once, in first-use order."""
+    return list(dict.fromkeys(name for artifact in artifacts for name in artifact.needs))
+
+
+def synthetic_tables(needs: Sequence[str], seed: int = 0) -> dict[str, pd.DataFrame]:
+    """Small stand-in tables for ``needs``, from each experiment's declared ``synthetic(rng)``."""
+    rng = np.random.default_rng(seed)
+    return {exp.name: exp.synthetic(rng) for exp in lookup(needs)}
+
+
+_TEX_SPECIALS = {
+    "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+    "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
+}
+
+
+def escape_tex(text: Any) -> str:
+    """``text`` with LaTeX's special characters escaped, for data values inside captions."""
+    return "".join(_TEX_SPECIALS.get(char, char) for char in str(text))

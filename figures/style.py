@@ -1,0 +1,153 @@
+"""The one thesis style: figure sizes, fonts, the colour-blind-safe palette and fixed method styles.
+
+Sizes fit an A4 single-column thesis whose text block is 15 cm wide (``TEXT_WIDTH_IN``); figures are
+drawn at their printed size, so 9 pt labels stay 9 pt on paper. Colours come from the Okabe–Ito
+palette (Okabe & Ito, "Color Universal Design", 2008), distinguishable under the common colour-vision
+deficiencies; each method always has the same colour *and* marker, so figures also read in grey.
+Families differ by line style (quantization solid, pruning dashed, removal dotted).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+from cycler import cycler
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from pandas.io.formats.style import Styler
+
+TEXT_WIDTH_CM = 15.0
+TEXT_WIDTH_IN = TEXT_WIDTH_CM / 2.54
+GOLDEN_HEIGHT_RATIO = 0.62
+
+OKABE_ITO: dict[str, str] = {
+    "black": "#000000",
+    "orange": "#E69F00",
+    "sky_blue": "#56B4E9",
+    "bluish_green": "#009E73",
+    "yellow": "#F0E442",
+    "blue": "#0072B2",
+    "vermillion": "#D55E00",
+    "reddish_purple": "#CC79A7",
+}
+LEGEND_INSIDE_MAX = 8
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "h")
+DIVERGING_CMAP = "RdBu"  # ColorBrewer RdBu: diverging and colour-blind safe
+
+THESIS_RC: dict[str, Any] = {
+    "font.size": 9,
+    "axes.titlesize": 10,
+    "axes.labelsize": 9,
+    "xtick.labelsize": 8,
+    "ytick.labelsize": 8,
+    "legend.fontsize": 8,
+    "legend.title_fontsize": 8,
+    "axes.prop_cycle": cycler(color=list(OKABE_ITO.values())),
+    "axes.grid": True,
+    "grid.linewidth": 0.4,
+    "grid.alpha": 0.5,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "lines.linewidth": 1.3,
+    "lines.markersize": 4.5,
+    "figure.dpi": 100,
+    "savefig.dpi": 300,
+    "savefig.bbox": "standard",
+    "pdf.fonttype": 42,
+    "ps.fonttype": 42,
+    "svg.hashsalt": "pvq",
+    "image.cmap": DIVERGING_CMAP,
+}
+
+
+@dataclass(frozen=True)
+class MethodStyle:
+    """How one method is drawn in every figure."""
+
+    color: str
+    marker: str
+    label: str
+    filled: bool = True
+    linestyle: str | None = None  # None: the family's line style
+
+
+METHOD_STYLE: dict[str, MethodStyle] = {
+    # quantization formats, by family of theory.formats
+    "int": MethodStyle(OKABE_ITO["blue"], "o", "INT-$b$ (signed grid)"),
+    "int-asym": MethodStyle(OKABE_ITO["sky_blue"], "D", "INT-$b$ (zero point)", filled=False, linestyle=":"),
+    "fp": MethodStyle(OKABE_ITO["bluish_green"], "^", "FP (minifloat, per tensor)"),
+    "mx": MethodStyle(OKABE_ITO["orange"], "X", "MX (OCP, block 32)"),
+    "nf4": MethodStyle(OKABE_ITO["reddish_purple"], "P", "NF4 (block 64)"),
+    "ternary": MethodStyle(OKABE_ITO["black"], "v", "Ternary (b1.58)"),
+    # pruning
+    "magnitude": MethodStyle(OKABE_ITO["vermillion"], "s", "Magnitude pruning"),
+}
+FAMILY_LINESTYLE: dict[str, str] = {"quantization": "-", "pruning": "--", "removal": ":"}
+
+
+def method_style(method: str) -> MethodStyle:
+    """The fixed style of ``method``; unknown methods get a deterministic palette colour and marker.
+
+    The fallback is chosen by sha256 of the name (not Python's salted ``hash``), so a method keeps its
+    look across runs and machines.
+    """
+    if method in METHOD_STYLE:
+        return METHOD_STYLE[method]
+    digest = int(hashlib.sha256(method.encode()).hexdigest(), 16)
+    colors = list(OKABE_ITO.values())
+    return MethodStyle(colors[digest % len(colors)], MARKERS[(digest // len(colors)) % len(MARKERS)], method)
+
+
+def method_order(methods: Iterable[str]) -> list[str]:
+    """Methods in legend order: those of :data:`METHOD_STYLE` in its order, then the others by name."""
+    present = set(methods)
+    known = [method for method in METHOD_STYLE if method in present]
+    return known + sorted(present - set(known))
+
+
+def line_kwargs(method: str, family: str) -> dict[str, Any]:
+    """Matplotlib keywords drawing ``method`` (of ``family``) in its fixed style, with its legend label."""
+    style = method_style(method)
+    return {
+        "color": style.color, "marker": style.marker, "label": style.label,
+        "markerfacecolor": style.color if style.filled else "none",
+        "linestyle": style.linestyle or FAMILY_LINESTYLE.get(family, "-"),
+    }
+
+
+def new_figure(
+    nrows: int = 1, ncols: int = 1, height_ratio: float = GOLDEN_HEIGHT_RATIO, width_fraction: float = 1.0
+) -> tuple[Figure, Any]:
+    """A figure sized for the thesis text block (15 cm wide) and its axes, with constrained layout.
+
+    Uses :class:`matplotlib.figure.Figure` directly (no pyplot state), so rendering is re-entrant and
+    nothing needs closing. Call it inside ``matplotlib.rc_context(THESIS_RC)`` (the renderer does).
+    """
+    width = TEXT_WIDTH_IN * width_fraction
+    figure = Figure(figsize=(width, width * height_ratio), layout="constrained")
+    axes = figure.subplots(nrows, ncols, squeeze=True)
+    return figure, axes
+
+
+def method_legend(ax: Axes, **kwargs: Any) -> None:
+    """A frameless legend inside the axes, or to their right when it has more than 8 entries."""
+    handles, labels = ax.get_legend_handles_labels()
+    if len(handles) > LEGEND_INSIDE_MAX:
+        ax.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, **kwargs)
+    else:
+        ax.legend(handles, labels, frameon=False, **kwargs)
+
+
+def thesis_table(df: pd.DataFrame, column_labels: Mapping[str, str], precision: int = 1) -> Styler:
+    """A booktabs-ready Styler of the columns in ``column_labels`` (column -> LaTeX header), in that order.
+
+    Numbers get ``precision`` decimals, missing cells "–", text cells are LaTeX-escaped; headers are
+    used as given (so they may hold math such as ``$b$``). The renderer calls
+    ``Styler.to_latex(hrules=True)``, which emits ``\\toprule``/``\\midrule``/``\\bottomrule``.
+    """
+    shown = df[list(column_labels)].rename(columns=dict(column_labels))
+    return shown.style.format(precision=precision, na_rep="–", escape="latex").hide(axis="index")

@@ -1,0 +1,151 @@
+"""The experiment cache: reused when nothing changed, invalidated by config, model, seed or code; resumable."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from figure_toys import ToyModels, make_counting_experiment, toy_context
+
+from figures.experiments import cache_key, code_version, ensure, experiment, stored_key
+from measure.store import read_provenance, read_table
+from theory.errors import PvqError
+
+
+def temp_files(root: Path) -> list[Path]:
+    return [path for path in root.rglob("*") if path.name.endswith(".tmp")]
+
+
+def test_second_run_reuses_the_table_and_returns_the_same_values(tmp_path):
+    calls: list[str] = []
+    models = ToyModels()
+    exp = make_counting_experiment("toy", calls)
+    first = ensure([exp], toy_context(tmp_path, models))["toy"]
+    second = ensure([exp], toy_context(tmp_path, models))["toy"]
+    assert (first.status, second.status) == ("computed", "cached")
+    assert calls == ["toy"]
+    np.testing.assert_array_equal(second.table()["y"], 2.0 * np.arange(5.0))
+    assert first.path == tmp_path / "toy" / "toy.parquet"
+
+
+def test_config_change_invalidates(tmp_path):
+    calls: list[str] = []
+    models = ToyModels()
+    ensure([make_counting_experiment("toy", calls)], toy_context(tmp_path, models))
+    changed = make_counting_experiment("toy", calls, config={"scale": 3.0})
+    run = ensure([changed], toy_context(tmp_path, models))["toy"]
+    assert run.status == "computed" and calls == ["toy", "toy"]
+    np.testing.assert_array_equal(read_table(run.path)["y"], 3.0 * np.arange(5.0))
+
+
+def test_model_hash_change_invalidates_and_is_recorded(tmp_path):
+    calls: list[str] = []
+    models = ToyModels()
+    exp = make_counting_experiment("toy", calls)
+    ensure([exp], toy_context(tmp_path, models))
+    models.hashes["toy"] = "hash-b"
+    run = ensure([exp], toy_context(tmp_path, models))["toy"]
+    assert run.status == "computed" and calls == ["toy", "toy"]
+    assert read_provenance(run.path)["model_hash"] == "hash-b"
+
+
+def test_seed_change_invalidates(tmp_path):
+    calls: list[str] = []
+    models = ToyModels()
+    exp = make_counting_experiment("toy", calls)
+    ensure([exp], toy_context(tmp_path, models, seed=0))
+    run = ensure([exp], toy_context(tmp_path, models, seed=1))["toy"]
+    assert run.status == "computed"
+    np.testing.assert_array_equal(run.table()["y"], 2.0 * np.arange(5.0) + 1)
+
+
+def test_code_version_follows_declared_modules_and_the_function_source(tmp_path):
+    exp = make_counting_experiment("toy", [])
+    other_module = dataclasses.replace(exp, code=("figures.registry",))
+    other_function = dataclasses.replace(exp, compute=lambda config, context: pd.DataFrame())
+    versions = {code_version(exp), code_version(other_module), code_version(other_function)}
+    assert len(versions) == 3
+    context = toy_context(tmp_path, ToyModels())
+    assert cache_key(exp, context) != cache_key(other_module, context)
+
+
+COMPUTE_SOURCE = """
+import pandas as pd
+{decorator}
+def compute(config, context):{comment}
+    return pd.DataFrame({{"y": [{value}]}})
+"""
+
+
+def code_version_of(tmp_path: Path, module: str, decorator: str = "", comment: str = "", value: int = 1) -> str:
+    source = COMPUTE_SOURCE.format(decorator=decorator, comment=comment, value=value)
+    (tmp_path / f"{module}.py").write_text(source)
+    compute = importlib.import_module(module).compute
+    return code_version(dataclasses.replace(make_counting_experiment("toy", []), compute=compute))
+
+
+def test_code_version_ignores_decorators_and_comments_but_not_the_body(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(tmp_path))
+    plain = code_version_of(tmp_path, "toy_compute_plain")
+    assert code_version_of(tmp_path, "toy_compute_decorated", decorator="@staticmethod") == plain
+    assert code_version_of(tmp_path, "toy_compute_commented", comment="  # explained") == plain
+    assert code_version_of(tmp_path, "toy_compute_changed", value=2) != plain
+
+
+def test_model_free_experiment_never_loads_the_model(tmp_path):
+    models = ToyModels()
+    exp = make_counting_experiment("free", [], needs_model=False)
+    run = ensure([exp], toy_context(tmp_path, models))["free"]
+    assert models.loads == 0
+    assert run.path == tmp_path / "model-free" / "free.parquet"
+    assert read_provenance(run.path)["model_id"] is None
+
+
+def test_ctrl_c_keeps_finished_results_leaves_no_temp_file_and_resumes(tmp_path):
+    calls: list[str] = []
+    models = ToyModels()
+    first, second = make_counting_experiment("first", calls), make_counting_experiment("second", calls)
+
+    def interrupted(config, context):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        ensure([first, dataclasses.replace(second, compute=interrupted)], toy_context(tmp_path, models))
+    assert (tmp_path / "toy" / "first.parquet").exists()
+    assert not (tmp_path / "toy" / "second.parquet").exists()
+    assert temp_files(tmp_path) == []
+    runs = ensure([first, second], toy_context(tmp_path, models))
+    assert {name: run.status for name, run in runs.items()} == {"first": "cached", "second": "computed"}
+    assert calls == ["first", "second"]
+
+
+def test_interrupt_while_rewriting_a_stale_table_never_pairs_new_key_with_old_data(tmp_path, monkeypatch):
+    models = ToyModels()
+    path = ensure([make_counting_experiment("toy", [])], toy_context(tmp_path, models))["toy"].path
+    changed = make_counting_experiment("toy", [], config={"scale": 3.0})
+
+    def half_write(self, target, **kwargs):
+        Path(target).write_bytes(b"PAR1 half")
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(pd.DataFrame, "to_parquet", half_write)
+        with pytest.raises(KeyboardInterrupt):
+            ensure([changed], toy_context(tmp_path, models))
+    assert stored_key(path) is None and not path.exists()
+    assert temp_files(tmp_path) == []
+    run = ensure([changed], toy_context(tmp_path, models))["toy"]
+    assert run.status == "computed"
+    np.testing.assert_array_equal(run.table()["y"], 3.0 * np.arange(5.0))
+
+
+def test_non_json_config_and_wrong_return_type_raise_clear_errors(tmp_path):
+    with pytest.raises(PvqError, match="plain JSON"):
+        experiment("bad", config={"x": object()}, synthetic=lambda rng: pd.DataFrame())
+    exp = dataclasses.replace(make_counting_experiment("toy", []), compute=lambda config, context: [1, 2])
+    with pytest.raises(PvqError, match="must return a DataFrame"):
+        ensure([exp], toy_context(tmp_path, ToyModels()))
