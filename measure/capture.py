@@ -16,7 +16,7 @@ hidden state after every block (for the angular distance of Gromov et al.).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -48,7 +48,7 @@ class BlockStatistics:
         self.output_energy += float((y64 * y64).sum())
         self.identity_error += float(((y64 - x64) ** 2).sum())
         self.tokens += x.shape[0] * x.shape[1]
-        self.last_token_outputs.append(y64[:, -1, :].cpu())
+        self.last_token_outputs.append(y64[:, -1, :].cpu().clone())
 
     @property
     def mean_cosine(self) -> float:
@@ -85,9 +85,14 @@ def _group_leaders(block: Block) -> dict[str, LinearRef]:
     return leaders
 
 
-def _register_gram_hooks(
+BlockHooks = Callable[[Block], list[torch.utils.hooks.RemovableHandle]]
+"""Registers extra forward hooks on one block (e.g. :mod:`measure.moe_capture`'s expert Grams); returns them."""
+
+
+def register_gram_hooks(
     block: Block, grams: dict[str, GramAccumulator], keep_rows: int
 ) -> list[torch.utils.hooks.RemovableHandle]:
+    """Pre-hooks adding each shared input of ``block`` (routed experts excluded) to its Gram in ``grams``."""
     handles = []
     for group, ref in _group_leaders(block).items():
         accumulator = grams.setdefault(group, GramAccumulator(ref.in_features, keep_rows, group))
@@ -111,8 +116,12 @@ def capture(
     keep_rows: int = 0,
     device: str = "cpu",
     arch: Architecture | None = None,
+    block_hooks: BlockHooks | None = None,
 ) -> Capture:
-    """Collect input Grams of every linear layer and block statistics over ``batches`` of token ids."""
+    """Collect input Grams of every linear layer and block statistics over ``batches`` of token ids.
+
+    ``block_hooks(block)``, when given, registers further hooks on every block for the same pass.
+    """
     if mode not in CAPTURE_MODES:
         raise PvqError(f"unknown capture mode {mode!r}; choose one of {', '.join(CAPTURE_MODES)}")
     _check_batches(batches)
@@ -124,7 +133,7 @@ def capture(
     first = [h[:, -1, :].double() for h in inputs.hidden]
     if mode == "sequential":
         for block in arch.blocks:
-            handles = _register_gram_hooks(block, grams, keep_rows)
+            handles = register_gram_hooks(block, grams, keep_rows) + (block_hooks(block) if block_hooks else [])
             try:
                 outputs = run_block(arch, block.index, inputs, device=device)
             finally:
@@ -134,7 +143,8 @@ def capture(
                 stats[block.index].add(x, y)
             inputs = BlockInputs(hidden=outputs, kwargs=inputs.kwargs)
         return Capture(grams, group_of, stats, first, mode)
-    handles = [h for block in arch.blocks for h in _register_gram_hooks(block, grams, keep_rows)]
+    handles = [h for block in arch.blocks for h in register_gram_hooks(block, grams, keep_rows)]
+    handles += [h for block in arch.blocks for h in (block_hooks(block) if block_hooks else [])]
     handles += _register_block_stat_hooks(arch, stats)
     try:
         with torch.no_grad():
