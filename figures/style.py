@@ -85,6 +85,17 @@ METHOD_STYLE: dict[str, MethodStyle] = {
     "ternary": MethodStyle(OKABE_ITO["black"], "v", "Ternary (b1.58)"),
     # pruning
     "magnitude": MethodStyle(OKABE_ITO["vermillion"], "s", "Magnitude pruning"),
+    "wanda": MethodStyle(OKABE_ITO["yellow"], "d", "Wanda"),
+    "sparsegpt": MethodStyle(OKABE_ITO["reddish_purple"], "*", "SparseGPT", linestyle="--"),
+    # LLM quantizers
+    "rtn": MethodStyle(OKABE_ITO["sky_blue"], "o", "RTN", filled=False),
+    "gptq": MethodStyle(OKABE_ITO["blue"], "h", "GPTQ"),
+    "sparsegpt+gptq": MethodStyle(OKABE_ITO["bluish_green"], "p", "SparseGPT + GPTQ"),
+    # layer removal orderings
+    "remove:bi": MethodStyle(OKABE_ITO["black"], ">", "Removal, BI order (ShortGPT)", linestyle=":"),
+    "remove:angular": MethodStyle(OKABE_ITO["orange"], "<", "Removal, angular rule", linestyle=":"),
+    "remove:reverse": MethodStyle(OKABE_ITO["vermillion"], "^", "Removal, reverse", filled=False, linestyle=":"),
+    "remove:random": MethodStyle(OKABE_ITO["sky_blue"], "v", "Removal, random order", filled=False, linestyle=":"),
 }
 FAMILY_LINESTYLE: dict[str, str] = {"quantization": "-", "pruning": "--", "removal": ":"}
 

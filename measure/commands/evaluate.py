@@ -1,17 +1,107 @@
-"""`pvq eval`: Perplexity and lm-eval benchmarks of a (compressed) model, in memory."""
+"""`pvq eval`: Perplexity and lm-eval benchmarks of a (compressed) model, in memory.
+
+Example: ``pvq eval --model smollm2-135m --compress SPEC --tasks csqa,mmlu --ppl``. The compressed model is
+built in memory (never saved); with ``--compress`` the KL divergence to the uncompressed model is reported
+too. Results are cached by (model hash, spec, task, protocol) under ``--out``; the tidy table
+``<out>/eval.parquet`` is rewritten from the cache after every run, and this run's summary rows are printed.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
+from typing import Any
 
 from theory.errors import PvqError
 
 HELP = "Perplexity and lm-eval benchmarks of a (compressed) model, in memory."
+SUMMARY_COLUMNS = ["task", "metric", "value", "stderr", "n", "limit", "runtime_s", "cached"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Placeholder until the command is built."""
+    from measure.defaults import DEFAULT_MODEL
+
+    parser.add_argument("--model", default=DEFAULT_MODEL, help=f"name, folder or .gguf (default {DEFAULT_MODEL})")
+    parser.add_argument("--compress", metavar="SPEC", help="compression spec applied in memory before evaluation")
+    parser.add_argument("--tasks", default="", help="comma-separated, e.g. csqa,mmlu (or lm_eval:<stock task>)")
+    parser.add_argument("--ppl", action="store_true", help="perplexity, cross-entropy, KL on the evaluation text")
+    parser.add_argument("--window", type=int, help="perplexity window length L (default 512 on CPU, 2048 on GPU)")
+    parser.add_argument("--stride", type=int, help="sliding-window stride (default: non-overlapping windows)")
+    parser.add_argument("--max-windows", type=int, help="score only the first N windows (recorded)")
+    parser.add_argument("--limit", type=int, help="questions per task (per MMLU subject), recorded")
+    parser.add_argument("--batch-size", type=int, default=4, help="windows / lm-eval requests per forward pass")
+    parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    parser.add_argument("--out", default="results/eval", help="results folder (default results/eval)")
+
+
+def parse_compression(text: str | None) -> Any:
+    """The parsed compression spec, or None without ``--compress``."""
+    if text is None:
+        return None
+    try:
+        from measure.spec import parse_spec
+    except ImportError as error:
+        raise PvqError("compression specs are not available yet (no measure.spec); drop --compress") from error
+    return parse_spec(text)
 
 
 def run(args: argparse.Namespace) -> int:
-    raise PvqError("`pvq eval` is not built yet")
+    from measure.evaluation.lmeval import TASKS, check_limit, resolve_tasks
+
+    names = [name for name in args.tasks.split(",") if name.strip()]
+    requests = resolve_tasks(names) if names else []
+    if not requests and not args.ppl:
+        raise PvqError(f"nothing to evaluate: give --ppl and/or --tasks (valid tasks: {', '.join(TASKS)})")
+    check_limit(args.limit)
+    spec = parse_compression(args.compress)
+    if not any(request.stock for request in requests):
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    return _evaluate(args, requests, spec)
+
+
+def _evaluate(args: argparse.Namespace, requests: list[Any], spec: Any) -> int:
+    import pandas as pd
+
+    from measure.evaluation.lmeval import check_stock_tasks
+    from measure.evaluation.perplexity import bos_token_id_for, check_window_fits, default_window, make_windows
+    from measure.evaluation.results import ResultCache
+    from measure.evaluation.runs import ModelVariant, cached_perplexity, cached_task
+    from measure.models import load_model
+    from measure.text import evaluation_text
+
+    check_stock_tasks(requests)
+    loaded = load_model(args.model, device=args.device)
+    variant = ModelVariant(loaded)
+    if spec is not None:
+        variant = ModelVariant(loaded, args.compress, _compressor(loaded, spec))
+    cache = ResultCache(args.out)
+    summary = []
+    if args.ppl:
+        window = args.window or default_window(args.device)
+        check_window_fits(loaded.model, window)
+        bos = bos_token_id_for(loaded.tokenizer, loaded.bos_per_window)
+        windows = make_windows(evaluation_text(), loaded.tokenizer, window, args.stride, bos, args.max_windows)
+        rows, cached = cached_perplexity(cache, variant, windows, args.batch_size)
+        summary += [{**row, "cached": cached} for row in rows]
+    for request in requests:
+        rows, cached = cached_task(cache, variant, request, args.limit, args.batch_size)
+        summary += [{**row, "cached": cached} for row in rows if not row["subtask"]]
+    table = cache.write_table()
+    print(f"{loaded.model_id} (hash {loaded.model_hash}), spec {variant.spec}")
+    frame = pd.DataFrame(summary, columns=SUMMARY_COLUMNS).astype({"stderr": float})
+    print(frame.to_string(index=False))
+    print(f"table: {table}")
+    return 0
+
+
+def _compressor(loaded: Any, spec: Any) -> Any:
+    """``model -> compressed model`` for ``spec``, calibrated on the calibration text."""
+    from measure.evaluation.perplexity import tokenize_text
+    from measure.spec import apply_spec
+    from measure.text import calibration_text
+
+    def compress(model: Any) -> Any:
+        return apply_spec(model, spec, tokenize_text(calibration_text(), loaded.tokenizer))
+
+    return compress

@@ -1,0 +1,139 @@
+"""Perplexity and KL against compressed size: block removal vs quantization vs pruning vs both.
+
+``compression_frontier`` compresses the model by each spec of :data:`SPECS` (:func:`measure.spec.apply_spec`,
+calibrated on the original model's stream), scores it on the pinned evaluation windows with the original as
+KL reference (:class:`measure.removal_study.ResidualStreamEvaluator`, the evaluator of the removal study, so the
+numbers share its windows), and restores the weights. The figure adds the removal study's end-to-end points
+(removal orderings and the size-matched pruners and quantizers). Size is the bits per weight of the decoder's
+compressed linear weights for compression and b(f) = 16(1 − f) for removal (Kuzmin et al. 2023, Sec. 3, free
+mask: pruning at sparsity s costs 16(1 − s)); joint pruning + quantization is Sec. 5 of the same paper.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from figures.catalog.models import CALIBRATION, EVALUATION, calibration, describe_protocol, evaluation_windows
+from figures.catalog.removal import STUDY, study_part
+from figures.experiments import ExperimentContext, experiment
+from figures.registry import Tables, escape_tex, figure
+from figures.style import OKABE_ITO, line_kwargs, method_order, new_figure
+
+SECTION = "Perplexity at equal size"
+FRONTIER = "compression_frontier"
+SPECS = ("rtn:3:g128", "rtn:4:g128", "gptq:3:g128", "gptq:4:g128", "magnitude:0.5", "sparsegpt:0.5",
+         "sparsegpt:0.5+gptq:4:g128")  # fmt: skip
+"""Quantization at 3 and 4 bits (groups of 128), pruning at 50 % (8 bits per weight at equal size), and the joint
+SparseGPT 50 % + GPTQ 4-bit point of the pruning × quantization frontier."""
+
+
+def spec_method(spec: str) -> str:
+    """The method of a spec: its term heads joined by ``+`` (``sparsegpt:0.5+gptq:4`` → ``sparsegpt+gptq``)."""
+    return "+".join(term.split(":")[0] for term in spec.split("+"))
+
+
+def spec_family(spec: str) -> str:
+    """``quantization`` / ``pruning`` for a single method, ``joint`` for a pruning + quantization pair."""
+    from measure.methods import get_method
+
+    kinds = {get_method(term.split(":")[0]).kind for term in spec.split("+")}
+    return kinds.pop() if len(kinds) == 1 else "joint"
+
+
+def synthetic_frontier(rng: np.random.Generator) -> pd.DataFrame:
+    """A small stand-in for :func:`compression_frontier` (same columns, made-up values)."""
+    rows = [("rtn:3:g128", "rtn", "quantization", 3.125, 80.0),
+            ("rtn:4:g128", "rtn", "quantization", 4.125, 26.0),
+            ("gptq:3:g128", "gptq", "quantization", 3.125, 40.0),
+            ("gptq:4:g128", "gptq", "quantization", 4.125, 23.0),
+            ("magnitude:0.5", "magnitude", "pruning", 8.0, 150.0),
+            ("sparsegpt:0.5", "sparsegpt", "pruning", 8.0, 35.0),
+            ("sparsegpt:0.5+gptq:4:g128", "sparsegpt+gptq", "joint", 2.06, 45.0)]
+    frame = pd.DataFrame(rows, columns=["spec", "method", "family", "bits_per_weight", "perplexity"])
+    return frame.assign(kl_to_reference_nats=np.log(frame["perplexity"] / 20.0) + rng.uniform(0, 0.05, len(frame)),
+                        model_bits_per_weight=frame["bits_per_weight"] + 3.0,
+                        size_mb=frame["bits_per_weight"] * 1e8 / 8e6, base_perplexity=20.0)  # fmt: skip
+
+
+@experiment(FRONTIER, needs_model=True, synthetic=synthetic_frontier, code=("measure",),
+            config={"specs": list(SPECS), "calibration": CALIBRATION, "evaluation": EVALUATION})  # fmt: skip
+def compression_frontier(config: Mapping[str, Any], context: ExperimentContext) -> pd.DataFrame:
+    """One row per spec: method, family, compressed bits per weight, whole-model bits per weight and MB, PPL and
+    KL to the original on the evaluation windows, and the original's PPL."""
+    from measure.removal_study import ResidualStreamEvaluator, restored
+    from measure.spec import apply_spec
+
+    loaded = context.model
+    batches = calibration(loaded, config["calibration"])
+    evaluator = ResidualStreamEvaluator(loaded.model, evaluation_windows(loaded, config["evaluation"]),
+                                        config["calibration"]["batch_size"])  # fmt: skip
+    base = evaluator.evaluate().perplexity
+    rows = []
+    for spec in config["specs"]:
+        with restored(loaded.model):
+            report = apply_spec(loaded.model, spec, batches, calibration=config["calibration"]["mode"])
+            result = evaluator.evaluate(start=0)
+        rows.append({
+            "spec": spec, "method": spec_method(spec), "family": spec_family(spec),
+            "bits_per_weight": report.size["compressed_bits_per_weight"],
+            "model_bits_per_weight": report.size["bits_per_weight"], "size_mb": report.size["bytes"] / 1e6,
+            "perplexity": result.perplexity, "kl_to_reference_nats": result.kl_to_reference_nats,
+            "base_perplexity": base,
+        })  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def frontier_points(tables: Tables) -> pd.DataFrame:
+    """The frontier's points and the removal study's end-to-end points in one frame: series, family,
+    bits_per_weight, perplexity, kl_to_reference_nats (removal series are ``remove:<ordering>``)."""
+    own = tables[FRONTIER].assign(series=lambda f: f["method"])
+    study = study_part(tables[STUDY], "end_to_end")
+    removal = study["family"] == "removal"
+    family = pd.Series("removal", index=study.index)
+    family[~removal] = study.loc[~removal, "spec"].astype(str).map(spec_family)
+    series = np.where(removal, "remove:" + study["method"].astype(str), study["method"].astype(str))
+    study = study.assign(series=series, family=family).drop_duplicates(["series", "bits_per_weight"])
+    columns = ["series", "family", "bits_per_weight", "perplexity", "kl_to_reference_nats"]
+    return pd.concat([own[columns], study[columns]], ignore_index=True)
+
+
+def _caption(tables: Tables, facts: Mapping[str, Any]) -> str:
+    own = tables[FRONTIER]
+    base = float(own["base_perplexity"].iloc[0])
+    specs = ", ".join(f"\\texttt{{{escape_tex(spec)}}}" for spec in own["spec"])
+    return (
+        f"Perplexity (a) and KL to the original (b) against size in bits per weight of the decoder's linear "
+        f"weights (removal: $b(f) = 16(1-f)$, pruning: $16(1-s)$ with a free mask). Compression: {specs}, plus "
+        "the removal study's orderings (dotted) and its size-matched pruning and quantization. Original model: "
+        f"perplexity {base:.2f} (dashed line). {escape_tex(facts['model_id'])}; "
+        f"{describe_protocol(facts['protocol'][FRONTIER])}."
+    )
+
+
+@figure("perplexity_vs_size", needs=(FRONTIER, STUDY), caption=_caption, section=SECTION)
+def perplexity_vs_size(tables: Tables) -> Figure:
+    """Two panels over bits per weight: perplexity (log) and KL [nats/token] (log), one series per method."""
+    points = frontier_points(tables)
+    base = float(tables[FRONTIER]["base_perplexity"].iloc[0])
+    fig, (ppl, kl) = new_figure(ncols=2, height_ratio=0.45)
+    for series in method_order(points["series"]):
+        rows = points[points["series"] == series].sort_values("bits_per_weight")
+        kwargs = line_kwargs(series, rows["family"].iloc[0])
+        if len(rows) == 1:
+            kwargs["linestyle"] = "none"
+        ppl.plot(rows["bits_per_weight"], rows["perplexity"], **kwargs)
+        kl.plot(rows["bits_per_weight"], rows["kl_to_reference_nats"], **kwargs)
+    ppl.axhline(base, color=OKABE_ITO["black"], linestyle="--", linewidth=0.8, label="original (16-bit)")
+    for ax, label, letter in ((ppl, "perplexity", "a"), (kl, "KL (nats/token)", "b")):
+        ax.set_yscale("log")
+        ax.set_xlabel("bits per weight")
+        ax.set_ylabel(label)
+        ax.set_title(f"({letter})", loc="left", fontsize="small")
+    handles, labels = ppl.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncols=4, frameon=False, fontsize=7)
+    return fig

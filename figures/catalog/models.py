@@ -1,0 +1,211 @@
+"""Model tables: what the default model is, and what each compression configuration costs and keeps.
+
+Also the one place that fixes the data protocol of every model experiment of the catalog (calibration windows,
+evaluation windows, calibration mode), so that removal, frontier and benchmark numbers are measured on the same
+tokens: :data:`CALIBRATION`, :data:`EVALUATION`, :func:`calibration` and :func:`evaluation_windows`.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from pandas.io.formats.style import Styler
+
+from figures.experiments import ExperimentContext, experiment
+from figures.registry import Tables, escape_tex, table
+from figures.style import thesis_table
+
+SECTION = "The models"
+SUMMARY = "model_summary"
+BENCHMARKS = "compression_benchmarks"
+CALIBRATION = {"sequences": 8, "sequence_length": 512, "batch_size": 4, "mode": "parallel"}
+"""Calibration of every model experiment: the first 8 windows of 512 tokens of the calibration text (4096 tokens),
+compression calibrated on the original model's stream (``apply_spec(..., calibration="parallel")``)."""
+EVALUATION = {"window": 512, "max_windows": 2}
+"""Perplexity / KL protocol of every model experiment: the first 2 non-overlapping windows of 512 tokens of the
+held-out evaluation text (chosen to fit the 20-minute budget of ``make figures`` on 2 CPU cores)."""
+BENCHMARK_VARIANTS = ("", "gptq:4:g128", "remove:bi:4")
+BENCHMARK_TASKS = {"csqa": 20}
+"""lm-eval task -> --limit. MMLU is 5-shot (about 600 tokens a question): at --limit 1 per subject it costs
+57 questions per variant, over the budget; add ``"mmlu": 1`` here to include it (the table shows a column)."""
+ORIGINAL = "original (16-bit)"
+BITS_PER_MB = 8e6
+
+
+def calibration(loaded: Any, config: Mapping[str, Any]) -> list:
+    """The calibration batches of ``config`` (:data:`CALIBRATION`) for a loaded model (with its BOS policy)."""
+    from measure.calibration import CalibrationProtocol, calibration_batches
+    from measure.text import calibration_text
+
+    protocol = CalibrationProtocol(config["sequences"], config["sequence_length"], config["batch_size"],
+                                   bos=loaded.bos_per_window)  # fmt: skip
+    return calibration_batches(loaded.tokenizer, calibration_text(), protocol)
+
+
+def evaluation_windows(loaded: Any, config: Mapping[str, Any]) -> Any:
+    """The pinned evaluation windows of ``config`` (:data:`EVALUATION`): :func:`measure.evaluation.perplexity.
+    make_windows` on the held-out evaluation text."""
+    from measure.evaluation.perplexity import bos_token_id_for, make_windows
+    from measure.text import evaluation_text
+
+    bos = bos_token_id_for(loaded.tokenizer, loaded.bos_per_window)
+    return make_windows(evaluation_text(), loaded.tokenizer, config["window"], bos_token_id=bos,
+                        max_windows=config["max_windows"])  # fmt: skip
+
+
+def describe_protocol(config: Mapping[str, Any]) -> str:
+    """Caption text for the calibration and evaluation protocol of an experiment config."""
+    cal, ev = config["calibration"], config["evaluation"]
+    return (
+        f"calibration {cal['sequences']}$\\times${cal['sequence_length']} tokens ({escape_tex(cal['mode'])}), "
+        f"evaluation {ev['max_windows']}$\\times${ev['window']} held-out tokens"
+    )
+
+
+def synthetic_summary(rng: np.random.Generator) -> pd.DataFrame:
+    """A small stand-in for :func:`model_summary` (same columns, made-up counts)."""
+    blocks = 4
+    parts = {"embeddings": 28e6, "attention": blocks * 1.3e6, "mlp": blocks * 2.6e6, "norms": blocks * 1152.0,
+             "final_norm": 576.0, "lm_head": 0.0}
+    total = sum(parts.values())
+    rows = [(part, int(count), 100 * count / total) for part, count in parts.items()]
+    frame = pd.DataFrame([*rows, ("total", int(total), 100.0)], columns=["part", "parameters", "share_pct"])
+    return frame.assign(blocks=blocks, linear_layers=7 * blocks, hidden_size=576)
+
+
+@experiment(SUMMARY, config={}, synthetic=synthetic_summary, needs_model=True, code=("measure.architecture",))
+def model_summary(config: Mapping[str, Any], context: ExperimentContext) -> pd.DataFrame:
+    """Parameters by part (:func:`measure.architecture.parameter_counts`: embeddings, attention, MLP, norms,
+    final norm, untied LM head, total), with the number of blocks, block linear layers and the hidden size."""
+    from measure.architecture import describe, parameter_counts
+
+    arch = describe(context.model.model)
+    counts = parameter_counts(arch)
+    blocks = range(len(arch.blocks))
+    parts = {
+        "embeddings": counts["embeddings"],
+        "attention": sum(counts[f"block.{i}.attention"] for i in blocks),
+        "mlp": sum(counts[f"block.{i}.mlp"] for i in blocks),
+        "norms": sum(counts[f"block.{i}.other"] for i in blocks),
+        "final_norm": counts["final_norm"],
+        "lm_head": counts["lm_head"],
+        "other": counts["other"],
+        "total": counts["total"],
+    }
+    frame = pd.DataFrame({"part": list(parts), "parameters": list(parts.values())})
+    frame["share_pct"] = 100 * frame["parameters"] / counts["total"]
+    hidden = arch.linears[0].in_features
+    return frame.assign(blocks=len(arch.blocks), linear_layers=len(arch.linears), hidden_size=hidden)
+
+
+def _summary_caption(tables: Tables, facts: Mapping[str, Any]) -> str:
+    frame = tables[SUMMARY]
+    grid = facts["grid_detection"]
+    verdict = grid.get("verdict", grid) if isinstance(grid, Mapping) else grid
+    return (
+        f"Model {escape_tex(facts['model_id'])} (weights sha256 {escape_tex(facts['model_hash'])}): "
+        f"{int(frame['blocks'].iloc[0])} blocks, {int(frame['linear_layers'].iloc[0])} linear layers in them, "
+        f"hidden size {int(frame['hidden_size'].iloc[0])}; parameters by part (a tied LM head counts 0). "
+        f"Grid detection on the block linear weights: {escape_tex(verdict)}."
+    )
+
+
+@table(SUMMARY, needs=(SUMMARY,), caption=_summary_caption, section=SECTION)
+def model_summary_table(tables: Tables) -> Styler:
+    """Parameters and share of the total per part of the model."""
+    frame = tables[SUMMARY].assign(parameters_m=lambda f: f["parameters"] / 1e6)
+    labels = {"part": "Part", "parameters_m": "Parameters [M]", "share_pct": "Share [\\%]"}
+    return thesis_table(frame, labels, precision=2)
+
+
+def synthetic_benchmarks(rng: np.random.Generator) -> pd.DataFrame:
+    """A small stand-in for :func:`compression_benchmarks` (same columns, made-up values)."""
+    rows = []
+    for spec, bits, ppl in (("", 16.0, 20.0), ("gptq:4:g128", 6.1, 23.0), ("remove:bi:4", 14.2, 40.0)):
+        for task, limit in (("csqa", 20), ("mmlu", 1)):
+            rows.append({
+                "spec": spec, "bits_per_weight": bits, "size_mb": bits * 1.35e8 / BITS_PER_MB, "perplexity": ppl,
+                "kl_to_reference_nats": np.nan if not spec else rng.uniform(0.05, 0.5), "task": task,
+                "accuracy": rng.uniform(0.2, 0.4), "accuracy_stderr": 0.05,
+                "questions": 20 if task == "csqa" else 57,
+                "limit": limit,
+            })  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def _variant_metrics(loaded: Any, spec: str, batches: list, windows: Any, tasks: Mapping[str, int],
+                     calibration_mode: str) -> list[dict[str, Any]]:  # fmt: skip
+    """Size (bits per original parameter, MB), PPL, KL to the original and task accuracies of one variant."""
+    from measure.evaluation.lmeval import evaluate_task, resolve_tasks
+    from measure.evaluation.perplexity import evaluate_perplexity
+    from measure.spec import apply_spec
+
+    parameters = sum(p.numel() for p in loaded.model.parameters())
+    model, reference, bits = loaded.model, None, 16.0 * parameters
+    if spec:
+        model, reference = copy.deepcopy(loaded.model), loaded.model
+        bits = apply_spec(model, spec, batches, calibration=calibration_mode).size["bits"]
+    result = evaluate_perplexity(model, windows, reference)
+    common = {"spec": spec, "bits_per_weight": bits / parameters, "size_mb": bits / BITS_PER_MB,
+              "perplexity": result.perplexity, "kl_to_reference_nats": result.kl_to_reference_nats}  # fmt: skip
+    rows = []
+    for request in resolve_tasks(tasks):
+        metrics = evaluate_task(model, loaded.tokenizer, request, limit=tasks[request.name],
+                                add_bos=loaded.bos_per_window)  # fmt: skip
+        accuracy = next(row for row in metrics if not row["subtask"] and row["metric"] in ("acc", "acc_micro"))
+        rows.append({**common, "task": request.name, "accuracy": accuracy["value"],
+                     "accuracy_stderr": accuracy["stderr"], "questions": accuracy["n"],
+                     "limit": tasks[request.name]})  # fmt: skip
+    return rows
+
+
+@experiment(
+    BENCHMARKS, needs_model=True, synthetic=synthetic_benchmarks, code=("measure",),
+    config={"variants": list(BENCHMARK_VARIANTS), "tasks": BENCHMARK_TASKS, "calibration": CALIBRATION,
+            "evaluation": EVALUATION},
+)  # fmt: skip
+def compression_benchmarks(config: Mapping[str, Any], context: ExperimentContext) -> pd.DataFrame:
+    """Per compression spec (``""`` = the original): size, perplexity, KL to the original and lm-eval accuracy
+    (``acc``; MMLU: micro average over subjects) of each task at its ``--limit``. One row per (spec, task)."""
+    loaded = context.model
+    batches = calibration(loaded, config["calibration"])
+    windows = evaluation_windows(loaded, config["evaluation"])
+    rows = []
+    for spec in config["variants"]:
+        rows += _variant_metrics(loaded, spec, batches, windows, config["tasks"], config["calibration"]["mode"])
+    return pd.DataFrame(rows)
+
+
+def _benchmarks_caption(tables: Tables, facts: Mapping[str, Any]) -> str:
+    frame = tables[BENCHMARKS]
+    limits = frame.drop_duplicates("task")
+    tasks = "; ".join(
+        f"{escape_tex(row.task)}: lm-eval \\texttt{{--limit {int(row.limit)}}} ({int(row.questions)} questions)"
+        for row in limits.itertuples()
+    )
+    mmlu = "; MMLU 5-shot, micro average over subjects" if "mmlu" in set(limits["task"]) else ""
+    return (
+        f"Compression configurations of {escape_tex(facts['model_id'])}: size in bits per original parameter "
+        "(every parameter at 16 bits except compressed weights; removed blocks cost nothing) and MB, perplexity "
+        f"and KL to the original ({describe_protocol(facts['protocol'][BENCHMARKS])}), and accuracy in \\% "
+        f"({tasks}{mmlu}). Small limits: differences of a few points are "
+        "within one standard error."
+    )
+
+
+@table(BENCHMARKS, needs=(BENCHMARKS,), caption=_benchmarks_caption, section=SECTION)
+def compression_benchmarks_table(tables: Tables) -> Styler:
+    """One row per configuration: bits per weight, MB, PPL, KL and one accuracy column per task."""
+    frame = tables[BENCHMARKS]
+    wide = frame.pivot_table(index="spec", columns="task", values="accuracy", sort=False) * 100
+    sizes = frame.drop_duplicates("spec").set_index("spec")
+    merged = sizes[["bits_per_weight", "size_mb", "perplexity", "kl_to_reference_nats"]].join(wide).reset_index()
+    merged["spec"] = merged["spec"].replace("", ORIGINAL)
+    labels = {"spec": "Configuration", "bits_per_weight": "Bits per weight", "size_mb": "Size [MB]",
+              "perplexity": "Perplexity", "kl_to_reference_nats": "KL [nats/token]"}  # fmt: skip
+    labels |= {task: f"{'CommonsenseQA' if task == 'csqa' else task.upper()} [\\%]" for task in wide.columns}
+    return thesis_table(merged, labels, precision=2)

@@ -1,0 +1,92 @@
+"""The paper's Fig. 3 on an LLM: every linear weight tensor, INT-b quantization vs magnitude pruning at equal size.
+
+For each weight tensor of the decoder blocks and b = 2, 3, 4: the weight SQNR of INT-b (per-tensor scale,
+MSE-optimal clipping) against that of magnitude pruning at the sparsity of equal compression, with the
+tensor's kurtosis as colour (:func:`measure.ledger.weight_tensor_study`, Kuzmin et al. 2023, Sec. 3, Fig. 3).
+Points above the diagonal are tensors where quantization wins.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from matplotlib.colors import LogNorm
+from matplotlib.figure import Figure
+
+from figures.experiments import ExperimentContext, experiment
+from figures.registry import Tables, escape_tex, figure
+from figures.style import method_style, new_figure
+from theory.accounting import Convention
+
+SECTION = "Quantization versus pruning on LLM weights"
+STUDY = "weight_tensor_study"
+BITS = (2, 3, 4)
+KURTOSIS_CMAP = "viridis"
+PANEL_MARKER_SIZE = 9
+
+
+def synthetic_weight_study(rng: np.random.Generator) -> pd.DataFrame:
+    """A small stand-in for :func:`measure.ledger.weight_tensor_study` (same columns used, made-up values)."""
+    rows = []
+    for block in range(3):
+        for role in ("q_proj", "k_proj", "down_proj"):
+            kurtosis = float(rng.uniform(3.2, 40.0))
+            for bits in BITS:
+                quant = 6.02 * bits - 4.0 - 2.0 * np.log(kurtosis / 3)
+                prune = 1.5 + 1.2 * bits + 2.5 * np.log(kurtosis / 3)
+                rows.append({"layer": f"model.layers.{block}.{role}", "block": block, "role": role,
+                             "kurtosis": kurtosis, "bits": bits, "bits_per_weight": float(bits),
+                             "sparsity": 1 - bits / 16, "quant_sqnr_db": quant, "prune_sqnr_db": prune,
+                             "diff_db": quant - prune, "pruning_wins": quant < prune})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+@experiment(STUDY, config={"bits": list(BITS), "convention": Convention().as_dict()}, needs_model=True,
+            synthetic=synthetic_weight_study, code=("measure.ledger", "theory"))  # fmt: skip
+def weight_tensor_study(config: Mapping[str, Any], context: ExperimentContext) -> pd.DataFrame:
+    """One row per (linear weight tensor, b): :func:`measure.ledger.weight_tensor_study` on the loaded model."""
+    from measure.ledger import weight_tensor_study as study
+
+    return study(context.model.model, config["bits"], Convention(**config["convention"]))
+
+
+def _caption(tables: Tables, facts: Mapping[str, Any]) -> str:
+    frame = tables[STUDY]
+    tensors = frame["layer"].nunique()
+    wins = ", ".join(
+        f"{int(rows['pruning_wins'].sum())}/{len(rows)} at {bits} bits" for bits, rows in frame.groupby("bits")
+    )
+    return (
+        f"Weight SQNR of INT-$b$ quantization (per-tensor scale, MSE-optimal clipping) vs magnitude pruning at "
+        f"equal size for each of the {tensors} linear weight tensors of {escape_tex(facts['model_id'])}, colour = "
+        f"the tensor's kurtosis (Pearson, Gaussian = 3). Above the diagonal quantization wins; pruning wins for "
+        f"{wins} tensors. Pruning size: kept values at 16 bits, free mask (Kuzmin et al. 2023, Fig. 3)."
+    )
+
+
+@figure("llm_tensor_pruning_vs_quantization", needs=(STUDY,), caption=_caption, section=SECTION)
+def llm_tensor_pruning_vs_quantization(tables: Tables) -> Figure:
+    """One panel per b: pruning SQNR (x) vs quantization SQNR (y) in dB, one point per tensor, log colour =
+    kurtosis, with the diagonal y = x."""
+    frame = tables[STUDY]
+    bits = sorted(frame["bits"].unique())
+    fig, axes = new_figure(ncols=len(bits), height_ratio=0.38)
+    axes = np.atleast_1d(axes)
+    norm = LogNorm(frame["kurtosis"].min(), frame["kurtosis"].max())
+    for ax, b in zip(axes, bits, strict=True):
+        rows = frame[frame["bits"] == b]
+        points = ax.scatter(rows["prune_sqnr_db"], rows["quant_sqnr_db"], c=rows["kurtosis"], norm=norm,
+                            cmap=KURTOSIS_CMAP, s=PANEL_MARKER_SIZE, marker=method_style("int").marker,
+                            linewidths=0)  # fmt: skip
+        low = float(min(rows["prune_sqnr_db"].min(), rows["quant_sqnr_db"].min()))
+        high = float(max(rows["prune_sqnr_db"].max(), rows["quant_sqnr_db"].max()))
+        ax.plot([low, high], [low, high], color="black", linewidth=0.8, linestyle="--", label="equal SQNR")
+        ax.set_title(f"$b = {b}$ bits, sparsity {100 * rows['sparsity'].iloc[0]:.1f}%", fontsize="small")
+        ax.set_xlabel("pruning SQNR (dB)")
+    axes[0].set_ylabel("INT-$b$ SQNR (dB)")
+    axes[0].legend(frameon=False, loc="upper left")
+    fig.colorbar(points, ax=list(axes)).set_label("kurtosis")
+    return fig

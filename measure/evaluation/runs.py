@@ -1,0 +1,85 @@
+"""Cached evaluation runs of one model variant (a loaded model, optionally compressed in memory).
+
+Figures and ``pvq eval`` both go through :func:`cached_perplexity` and :func:`cached_task`, so a result
+that exists under the same (model hash, spec, task, protocol) is read, never recomputed, and the compressed
+model is only built when some result is missing.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from measure.evaluation.lmeval import TaskRequest, evaluate_task, task_protocol
+from measure.evaluation.perplexity import TokenWindows, evaluate_perplexity
+from measure.evaluation.results import NO_SPEC, EvalKey, ResultCache
+
+Rows = list[dict[str, Any]]
+Compressor = Callable[[torch.nn.Module], torch.nn.Module]
+
+
+class ModelVariant:
+    """``loaded`` (a :class:`measure.models.LoadedModel`) compressed by ``compress`` under the name ``spec``.
+
+    ``compress`` receives a deep copy of the uncompressed model, which stays intact as the KL reference.
+    """
+
+    def __init__(self, loaded: Any, spec: str = NO_SPEC, compress: Compressor | None = None) -> None:
+        if (spec == NO_SPEC) != (compress is None):
+            raise ValueError("a compressed variant needs both a spec name and a compress function")
+        self.loaded = loaded
+        self.spec = spec
+        self.compress = compress
+
+    @functools.cached_property
+    def model(self) -> torch.nn.Module:
+        """The evaluated model, built on first use."""
+        if self.compress is None:
+            return self.loaded.model
+        return self.compress(copy.deepcopy(self.loaded.model))
+
+    @property
+    def reference(self) -> torch.nn.Module | None:
+        """The uncompressed model for KL, or None when this variant is the uncompressed model."""
+        return None if self.compress is None else self.loaded.model
+
+    def key(self, task: str, protocol: dict[str, Any]) -> EvalKey:
+        """The cache key of ``task`` under ``protocol`` (the weights' dtype is part of the protocol)."""
+        dtype = str(self.loaded.model.dtype)
+        return EvalKey(self.loaded.model_hash, self.spec, task, {**protocol, "dtype": dtype})
+
+    def provenance(self) -> dict[str, Any]:
+        """Provenance fields recorded with every result of this variant."""
+        return {"model": self.loaded.describe(), "spec": self.spec}
+
+
+def cached_perplexity(
+    cache: ResultCache, variant: ModelVariant, windows: TokenWindows, batch_size: int = 1
+) -> tuple[Rows, bool]:
+    """Perplexity rows of ``variant`` on ``windows`` (with KL to the uncompressed model when compressed)."""
+    kl_reference = None if variant.reference is None else variant.loaded.model_hash
+    key = variant.key("perplexity", {**windows.protocol.as_dict(), "kl_reference": kl_reference})
+    return cache.get_or_compute(
+        key, variant.loaded.model_id,
+        lambda: evaluate_perplexity(variant.model, windows, variant.reference, batch_size).metric_rows(),
+        **variant.provenance(),
+    )
+
+
+def cached_task(
+    cache: ResultCache, variant: ModelVariant, request: TaskRequest, limit: int | None = None, batch_size: int = 8
+) -> tuple[Rows, bool]:
+    """lm-eval rows of ``variant`` on one task, with the model's BOS policy."""
+    bos = variant.loaded.bos_per_window
+    key = variant.key(request.name, task_protocol(request, limit, bos))
+    return cache.get_or_compute(
+        key, variant.loaded.model_id,
+        lambda: evaluate_task(
+            variant.model, variant.loaded.tokenizer, request, limit=limit, batch_size=batch_size, add_bos=bos
+        ),
+        **variant.provenance(),
+    )

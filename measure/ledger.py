@@ -1,0 +1,243 @@
+"""The per-layer error ledger: every (layer, method, setting) measured on real activations, as one tidy table.
+
+For a linear layer y = x Wᵀ with calibration inputs X (tokens × in), H = XᵀX, and a compressed weight Ŵ:
+
+* relative output error e = ‖X(Ŵ − W)ᵀ‖²_F / ‖XWᵀ‖²_F = tr(ΔW H ΔWᵀ) / tr(W H Wᵀ) (the layer-wise objective of
+  OBS / GPTQ, Frantar et al. 2022, arXiv 2210.17323, Eq. 1), computed in float64 from the Gram;
+* output SQNR = −10·log10 e dB; weight SQNR = 10·log10(‖W‖²_F / ‖ΔW‖²_F) dB (Kuzmin et al. 2023, Sec. 4);
+* the weight's sample kurtosis, both conventions of ``scipy.stats.kurtosis`` (moment estimator, bias=True):
+  Fisher (excess, normal = 0) and Pearson (normal = 3).
+
+**Local error with original inputs.** The model is captured once, uncompressed; each method is then applied to
+each layer alone, on that layer's original Gram, and the model is never modified. A row is therefore the error
+a method makes on one layer given exact inputs, not the error after earlier layers were compressed (for that,
+compress with :func:`measure.spec.apply_spec`, ``calibration="sequential"``). Each method runs once per layer.
+Experts' rows use the Gram of the tokens routed to them (or all tokens, ``expert_route="all"``); MoE-Pruner
+reads the router-weighted Gram (:mod:`measure.moe_capture`), and its error is still reported on the plain one.
+
+:func:`weight_tensor_study` is the paper's Fig. 3 on a model: for every linear weight, INT-b weight SQNR vs
+magnitude pruning at equal compression with the tensor's kurtosis, b = 2…8
+(:func:`theory.study.tensor_sqnr_table`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+import pandas as pd
+import torch
+from scipy import stats
+from torch import nn
+from tqdm import tqdm
+
+from measure.architecture import Block, LinearRef, describe
+from measure.capture import Capture, capture
+from measure.methods.errors import weight_sqnr_db
+from measure.methods.method import DEFAULT_CONVENTION
+from measure.moe_capture import ExpertCapture
+from measure.spec import LayerStep, check_finite_weight, layer_gram, parse_term_list
+from theory.accounting import Convention
+from theory.errors import PvqError
+from theory.study import DEFAULT_BITS, tensor_sqnr_table
+
+DEFAULT_METHODS = (
+    "magnitude:0.5,wanda:0.5,sparsegpt:0.5,magnitude:2:4,wanda:2:4,sparsegpt:2:4,"
+    "rtn:3:channel,rtn:4:channel,rtn:8:channel,rtn:3:g128,rtn:4:g128,rtn:8:g128,"
+    "gptq:3:channel,gptq:4:channel,gptq:8:channel,gptq:3:g128,gptq:4:g128,gptq:8:g128,mxfp4,nf4"
+)
+"""The issue's minimum ledger: magnitude, Wanda, SparseGPT at 50 % and 2:4; RTN and GPTQ at 3/4/8 bits per
+channel and in groups of 128; MXFP4; NF4."""
+ERROR_DEFINITION = (
+    "relative_error = tr(dW H dW^T) / tr(W H W^T), H = X^T X of the layer's inputs in the original (uncompressed) "
+    "model, float64; each method applied to each layer alone (local error with original inputs)"
+)
+KURTOSIS_DEFINITION = (
+    "scipy.stats.kurtosis(W.ravel(), bias=True): kurtosis_fisher with fisher=True (excess, normal 0), "
+    "kurtosis_pearson with fisher=False (normal 3)"
+)
+
+
+class LayerErrorMeter:
+    """Relative output errors of replacements Ŵ of one weight W on inputs with Gram H, float64.
+
+    e(Ŵ) = tr(ΔW H ΔWᵀ) / tr(W H Wᵀ) with ΔW = Ŵ − W; the denominator is computed once per layer, so each
+    replacement costs one (out × in)·(in × in) product.
+    """
+
+    def __init__(self, weight: torch.Tensor, gram: torch.Tensor) -> None:
+        self.weight = weight.detach().double()
+        self.gram = gram.detach().double()
+        self.signal = _quadratic_trace(self.weight, self.gram)
+        if not self.signal > 0:
+            raise PvqError("the layer output W·X is zero on the calibration data; the relative error is undefined")
+
+    def relative_error(self, weight_hat: torch.Tensor) -> float:
+        """tr(ΔW H ΔWᵀ) / tr(W H Wᵀ)."""
+        return max(_quadratic_trace(weight_hat.detach().double() - self.weight, self.gram), 0.0) / self.signal
+
+
+def _quadratic_trace(matrix: torch.Tensor, gram: torch.Tensor) -> float:
+    """tr(M H Mᵀ) = Σ_ij (M H)_ij M_ij."""
+    return float(((matrix @ gram) * matrix).sum())
+
+
+def sqnr_db(relative_error: float) -> float:
+    """−10·log10(relative error) in dB (inf for an exact reconstruction)."""
+    return math.inf if relative_error == 0 else -10.0 * math.log10(relative_error)
+
+
+def weight_kurtosis(weight: torch.Tensor) -> tuple[float, float]:
+    """(Fisher, Pearson) sample kurtosis of the weight's entries: m4/m2² − 3 and m4/m2² (scipy, bias=True)."""
+    values = weight.detach().double().reshape(-1).numpy()
+    return float(stats.kurtosis(values, fisher=True)), float(stats.kurtosis(values, fisher=False))
+
+
+LEDGER_COLUMNS = [
+    "model", "layer", "block", "sublayer", "role", "expert", "out_features", "in_features", "parameters",
+    "tokens", "kurtosis_fisher", "kurtosis_pearson", "term", "method", "params", "kind", "scope", "gram",
+    "bits_per_weight", "relative_error", "output_sqnr_db", "weight_sqnr_db", "zero_fraction", "seconds",
+]  # fmt: skip
+"""``parameters`` = out·in weights (biases excluded); ``tokens`` = calibration tokens in the layer's Gram;
+``gram`` = which Gram the method read (``input`` or ``router_weighted``); ``seconds`` = the method's run time."""
+
+
+@dataclass
+class Ledger:
+    """A ledger table with what produced it (the capture, expert statistics and timings)."""
+
+    table: pd.DataFrame
+    capture: Capture
+    experts: ExpertCapture
+    skipped_layers: list[str] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def select_layers(
+    refs: Sequence[LinearRef], pattern: str | None, covers: Callable[[LinearRef], bool] = lambda ref: True
+) -> list[LinearRef]:
+    """Layers ``covers`` accepts whose name matches ``pattern`` (``re.search``); PvqError when none does."""
+    try:
+        regex = re.compile(pattern) if pattern else None
+    except re.error as error:
+        raise PvqError(f"the layer pattern {pattern!r} is not a valid regular expression: {error}") from None
+    covered = [ref for ref in refs if covers(ref)]
+    chosen = [ref for ref in covered if regex is None or regex.search(ref.name)]
+    if not chosen:
+        examples = ", ".join(ref.name for ref in covered[:3])
+        raise PvqError(
+            f"the layer pattern {pattern!r} matches none of the {len(covered)} layers the methods cover "
+            f"(names look like {examples}); see `pvq info MODEL --linears`"
+        )
+    return chosen
+
+
+def build_ledger(
+    model: nn.Module,
+    batches: Sequence[torch.Tensor],
+    methods: Sequence[LayerStep] | str,
+    mode: str = "full",
+    layers: str | None = None,
+    keep_rows: int = 0,
+    expert_route: str = "routed",
+    model_id: str = "",
+    progress: bool = False,
+) -> Ledger:
+    """Capture ``model`` once on ``batches``, then measure every method on every selected layer (module docstring).
+
+    ``methods`` is a list of layer steps or a comma-separated term list (``magnitude:0.5,gptq:4:g128``);
+    ``keep_rows`` keeps that many input rows per Gram (for checks); the model is not modified.
+    """
+    steps = parse_term_list(methods) if isinstance(methods, str) else list(methods)
+    arch = describe(model)
+    refs = select_layers(arch.linears, layers, lambda ref: any(step.covers(ref) for step in steps))
+    for ref in refs:
+        check_finite_weight(ref)
+    experts = ExpertCapture(expert_route, keep_rows)
+    start = time.perf_counter()
+    with tqdm(total=len(batches), desc="capture", unit="batch", disable=not progress) as bar:
+        def count_batch(*_: object) -> None:
+            bar.update()
+
+        def block_hooks(block: Block) -> list[torch.utils.hooks.RemovableHandle]:
+            handles = experts.hooks(block)
+            if block is arch.blocks[-1]:
+                handles.append(block.module.register_forward_hook(count_batch))
+            return handles
+
+        captured = capture(model, batches, mode=mode, keep_rows=keep_rows, arch=arch, block_hooks=block_hooks)
+    captured_at = time.perf_counter()
+    empty = set(experts.empty_experts())
+    skipped = [ref.name for ref in refs if ref.expert_index is not None and _expert_of(ref) in empty]
+    rows: list[dict] = []
+    for ref in tqdm(refs, desc="ledger", unit="layer", disable=not progress):
+        if ref.name not in skipped:
+            rows += _layer_rows(ref, steps, captured, experts, model_id)
+    table = pd.DataFrame(rows, columns=LEDGER_COLUMNS).astype({"expert": "Int64"})
+    seconds = {"capture": captured_at - start, "methods": time.perf_counter() - captured_at}
+    return Ledger(table, captured, experts, skipped, seconds)
+
+
+def _expert_of(ref: LinearRef) -> str:
+    """``<experts>.<e>`` of an expert layer named ``<experts>.<e>.<gate|up|down>``."""
+    return ref.name.rpartition(".")[0]
+
+
+def _layer_rows(
+    ref: LinearRef, steps: Sequence[LayerStep], captured: Capture, experts: ExpertCapture, model_id: str
+) -> list[dict]:
+    weight = ref.weight().clone()
+    gram = layer_gram(ref, captured.grams, experts)
+    meter = LayerErrorMeter(weight, gram.gram)
+    fisher, pearson = weight_kurtosis(weight)
+    shape = (ref.out_features, ref.in_features)
+    common = {
+        "model": model_id, "layer": ref.name, "block": ref.block_index, "sublayer": ref.sublayer_kind,
+        "role": ref.role, "expert": ref.expert_index, "out_features": shape[0], "in_features": shape[1],
+        "parameters": shape[0] * shape[1], "tokens": gram.tokens, "kurtosis_fisher": fisher,
+        "kurtosis_pearson": pearson,
+    }  # fmt: skip
+    rows = []
+    for step in (step for step in steps if step.covers(ref)):
+        weighted = ref.expert_index is not None and step.wants_router_weighted_gram()
+        method_gram = layer_gram(ref, captured.grams, experts, weighted).gram if weighted else meter.gram
+        start = time.perf_counter()
+        weight_hat = step.method.apply(weight, method_gram if step.method.needs_gram else None, step.params)
+        seconds = time.perf_counter() - start
+        relative = meter.relative_error(weight_hat)
+        rows.append({
+            **common,
+            "term": step.text, "method": step.method.name, "params": json.dumps(step.params, sort_keys=True),
+            "kind": step.method.kind, "scope": step.scope, "gram": "router_weighted" if weighted else "input",
+            "bits_per_weight": step.method.bits_per_weight(step.params, shape), "relative_error": relative,
+            "output_sqnr_db": sqnr_db(relative), "weight_sqnr_db": weight_sqnr_db(weight, weight_hat),
+            "zero_fraction": float((weight_hat == 0).double().mean()), "seconds": seconds,
+        })  # fmt: skip
+    return rows
+
+
+def weight_tensor_study(
+    model: nn.Module,
+    bits: Iterable[int] = DEFAULT_BITS,
+    convention: Convention = DEFAULT_CONVENTION,
+    layers: str | None = None,
+    progress: bool = False,
+) -> pd.DataFrame:
+    """INT-b vs magnitude pruning at equal compression on every linear weight tensor (Kuzmin et al. 2023, Fig. 3).
+
+    One row per (tensor, b) from :func:`theory.study.tensor_sqnr_table` (per-tensor scale, MSE clipping; sparsity
+    from ``convention``), with the layer's name, block, sublayer, role and expert.
+    """
+    bits = tuple(bits)
+    refs = select_layers(describe(model).linears, layers)
+    tables = []
+    for ref in tqdm(refs, desc="weight study", unit="tensor", disable=not progress):
+        check_finite_weight(ref)
+        table = tensor_sqnr_table(ref.weight().double().numpy(), bits, convention)
+        names = {"layer": ref.name, "block": ref.block_index, "sublayer": ref.sublayer_kind, "role": ref.role}
+        tables.append(table.assign(**names, expert=ref.expert_index))
+    return pd.concat(tables, ignore_index=True).astype({"expert": "Int64"})

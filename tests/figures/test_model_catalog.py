@@ -1,0 +1,174 @@
+"""The model figures and tables draw exactly the numbers of their tables (synthetic tables, no model)."""
+
+from __future__ import annotations
+
+import matplotlib
+import numpy as np
+import pandas as pd
+import pytest
+from figure_toys import synthetic_facts
+from scipy import stats
+
+from figures.catalog import frontier, removal, weights
+from figures.registry import load_catalog, synthetic_tables
+from figures.render import draw, render_artifact
+from figures.style import THESIS_RC
+from measure.store import read_table, write_table
+
+ARTIFACTS = load_catalog()
+
+
+def _tex_rows(path) -> list[list[str]]:
+    body = path.read_text().split("\\midrule")[1].split("\\bottomrule")[0]
+    return [[cell.strip() for cell in line.rstrip("\\ ").split("&")] for line in body.strip().splitlines()]
+
+
+def test_tensor_figure_plots_one_point_per_tensor_and_bits_coloured_by_kurtosis():
+    tables = synthetic_tables((weights.STUDY,))
+    frame = tables[weights.STUDY]
+    figure = draw(ARTIFACTS["llm_tensor_pruning_vs_quantization"], tables)
+    panels = [ax for ax in figure.axes if ax.get_label() != "<colorbar>"]
+    assert len(panels) == frame["bits"].nunique() == len(weights.BITS)
+    for ax, (bits, rows) in zip(panels, frame.groupby("bits"), strict=True):
+        points = ax.collections[0]
+        assert len(points.get_offsets()) == len(rows) == frame["layer"].nunique()
+        np.testing.assert_allclose(points.get_offsets(), rows[["prune_sqnr_db", "quant_sqnr_db"]].to_numpy())
+        np.testing.assert_allclose(points.get_array(), rows["kurtosis"])
+        assert str(bits) in ax.get_title()
+        assert "dB" in ax.get_xlabel()
+    assert figure.axes[-1].get_ylabel() == "kurtosis"  # the colour bar
+
+
+def test_stacked_study_survives_parquet_and_splits_back_into_its_parts(tmp_path):
+    parts = {
+        "levels": pd.DataFrame({"ordering": ["bi", "bi"], "removed": [1, 2], "blocks": ["3", "2,3"],
+                                "range_low_term": ["gptq:8", None]}),
+        "end_to_end": pd.DataFrame({"method": ["bi", "rtn"], "removed": [1, None], "perplexity": [21.0, 20.5]}),
+        "angular": pd.DataFrame({"n": [1, 1], "start": [0, 1], "chosen": [True, False]}),
+    }
+    path = write_table(removal.stack_parts(parts), tmp_path / "study.parquet", {})
+    stacked = read_table(path)
+    levels = removal.study_part(stacked, "levels")
+    assert list(levels["blocks"]) == ["3", "2,3"]
+    assert list(levels["removed"]) == [1, 2]
+    assert levels["range_low_term"].iloc[0] == "gptq:8" and pd.isna(levels["range_low_term"].iloc[1])
+    assert "perplexity" not in levels.columns
+    end = removal.study_part(stacked, "end_to_end")
+    assert end["removed"].iloc[0] == 1 and pd.isna(end["removed"].iloc[1])
+    assert list(removal.study_part(stacked, "angular")["chosen"].astype(bool)) == [True, False]
+
+
+def test_verdict_table_has_one_row_per_level_with_the_range_and_margin_of_the_levels(tmp_path):
+    tables = synthetic_tables((removal.STUDY,))
+    levels = removal.study_part(tables[removal.STUDY], "levels").sort_values(["ordering", "removed"])
+    artifact = ARTIFACTS["removal_verdicts"]
+    rendered = render_artifact(artifact, tables, synthetic_facts(artifact), tmp_path)
+    header = rendered.files[0].read_text().split("\\toprule")[1].split("\\midrule")[0]
+    for column in ("Verdict", "Margin [dB]", "Removal [dB]", "Low [dB]", "High [dB]", "$b(f)$", "PPL", "KL"):
+        assert column in header
+    rows = _tex_rows(rendered.files[0])
+    assert len(rows) == len(levels)
+    for cells, level in zip(rows, levels.itertuples(), strict=True):
+        ordering, removed, _blocks, bits, _sqnr, low, high, verdict, margin = cells[:9]
+        assert (ordering, int(removed)) == (level.ordering, level.removed)
+        assert float(bits) == pytest.approx(16 * (1 - level.removed_fraction), abs=0.005)
+        expected = "below" if level.removal_sqnr_db < level.range_low_db else (
+            "above" if level.removal_sqnr_db > level.range_high_db else "inside")
+        assert verdict == expected
+        nearest = level.range_low_db if expected == "below" else level.range_high_db
+        assert float(margin) == pytest.approx(0.0 if expected == "inside" else level.removal_sqnr_db - nearest,
+                                              abs=0.005)
+        assert float(low) <= float(high)
+
+
+def test_removal_figure_puts_ledger_curves_and_removal_levels_at_their_bits_per_weight():
+    tables = synthetic_tables((removal.STUDY,))
+    frame = tables[removal.STUDY]
+    curves, levels = removal.study_part(frame, "curves"), removal.study_part(frame, "levels")
+    with matplotlib.rc_context(THESIS_RC):
+        figure = removal.removal_vs_bounds(tables)
+    ax = figure.axes[0]
+    assert ax.get_xlabel() == "bits per weight" and ax.get_ylabel() == "output SQNR (dB)"
+    lines = {line.get_label(): line for line in ax.lines}
+    assert len(lines) == curves["method"].nunique() + levels["ordering"].nunique()
+    for ordering, rows in levels.groupby("ordering"):
+        line = next(line for label, line in lines.items() if ordering in label)
+        rows = rows.sort_values("bits_per_weight")
+        np.testing.assert_allclose(line.get_xdata(), rows["bits_per_weight"])
+        np.testing.assert_allclose(line.get_ydata(), rows["removal_sqnr_db"])
+        assert line.get_linestyle() == ":"
+
+
+def test_importance_figure_draws_bi_angular_attention_and_mlp_per_block():
+    tables = synthetic_tables((removal.STUDY,))
+    frame = tables[removal.STUDY]
+    units, angular = removal.study_part(frame, "units"), removal.study_part(frame, "angular")
+    with matplotlib.rc_context(THESIS_RC):
+        figure = removal.block_importance_across_depth(tables)
+    lines = {line.get_label(): line for line in figure.axes[0].lines}
+    assert len(lines) == 4
+    bi = lines[removal.IMPORTANCE_SERIES["bi"][0]]
+    blocks = units[units["unit"] == "block"].sort_values("block")
+    np.testing.assert_allclose(bi.get_ydata(), blocks["influence"])
+    first = angular[angular["n"] == 1].sort_values("start")
+    angular_line = lines[removal.IMPORTANCE_SERIES["angular"][0]]
+    np.testing.assert_allclose(angular_line.get_ydata(), first["angular_distance"])
+    assert figure.axes[0].get_xlabel() == "block index"
+
+
+def test_propagation_caption_states_the_correlations_computed_independently():
+    tables = synthetic_tables((removal.STUDY,))
+    single = removal.study_part(tables[removal.STUDY], "single_units")
+    artifact = ARTIFACTS["error_propagation"]
+    caption = artifact.caption(tables, synthetic_facts(artifact))
+    local, kl = np.log10(single["removal_relative_error"]), np.log10(single["kl_to_reference_nats"])
+    assert f"Pearson $r = {stats.pearsonr(local, kl).statistic:.2f}$" in caption
+    assert f"\\rho = {stats.spearmanr(local, kl).statistic:.2f}$ ($n = {len(single)}$)" in caption
+    figure = draw(artifact, tables)
+    alone, sets = figure.axes
+    for ax, frame in ((alone, single), (sets, removal.study_part(tables[removal.STUDY], "levels"))):
+        assert ax.get_xscale() == "log" and ax.get_yscale() == "log"
+        drawn = np.concatenate([points.get_offsets() for points in ax.collections])
+        assert len(drawn) == len(frame)
+        assert sorted(drawn[:, 1]) == pytest.approx(sorted(frame["kl_to_reference_nats"]))
+
+
+def test_frontier_plots_every_point_at_its_bits_per_weight_in_both_panels():
+    tables = synthetic_tables((frontier.FRONTIER, removal.STUDY))
+    points = frontier.frontier_points(tables)
+    end_to_end = removal.study_part(tables[removal.STUDY], "end_to_end")
+    study_points = end_to_end.drop_duplicates(["method", "bits_per_weight"])
+    assert len(points) == len(tables[frontier.FRONTIER]) + len(study_points)
+    figure = draw(ARTIFACTS["perplexity_vs_size"], tables)
+    ppl, kl = figure.axes[:2]
+    for ax, column in ((ppl, "perplexity"), (kl, "kl_to_reference_nats")):
+        assert ax.get_xlabel() == "bits per weight"
+        drawn = np.concatenate([np.column_stack([line.get_xdata(), line.get_ydata()]) for line in ax.lines
+                                if line.get_label() != "original (16-bit)"])
+        expected = points[["bits_per_weight", column]].to_numpy(float)
+        np.testing.assert_allclose(drawn[np.lexsort(drawn.T)], expected[np.lexsort(expected.T)])
+    assert ppl.get_ylabel() == "perplexity" and kl.get_ylabel() == "KL (nats/token)"
+
+
+@pytest.mark.parametrize(("spec", "method", "family"), [
+    ("gptq:4:g128", "gptq", "quantization"), ("sparsegpt:0.5", "sparsegpt", "pruning"),
+    ("sparsegpt:0.5+gptq:4:g128", "sparsegpt+gptq", "joint"),
+])
+def test_spec_method_and_family(spec, method, family):
+    assert frontier.spec_method(spec) == method
+    assert frontier.spec_family(spec) == family
+
+
+def test_benchmark_table_has_one_row_per_configuration_and_one_accuracy_column_per_task(tmp_path):
+    tables = synthetic_tables(("compression_benchmarks",))
+    frame = tables["compression_benchmarks"]
+    artifact = ARTIFACTS["compression_benchmarks"]
+    rendered = render_artifact(artifact, tables, synthetic_facts(artifact), tmp_path)
+    rows = _tex_rows(rendered.files[0])
+    assert len(rows) == frame["spec"].nunique()
+    for cells, (_, rows_of_spec) in zip(rows, frame.groupby("spec", sort=False), strict=True):
+        first = rows_of_spec.iloc[0]
+        assert float(cells[1]) == pytest.approx(first["bits_per_weight"], abs=0.005)
+        accuracies = sorted(100 * rows_of_spec["accuracy"])
+        assert sorted(float(cell) for cell in cells[5:]) == pytest.approx(accuracies, abs=0.005)
+    assert "--limit 20" in artifact.caption(tables, synthetic_facts(artifact))
