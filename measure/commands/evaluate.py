@@ -96,12 +96,15 @@ def _evaluate(args: argparse.Namespace, requests: list[Any], spec: Any) -> int:
 
 
 def _compressor(loaded: Any, spec: Any) -> Any:
-    """``model -> compressed model`` for ``spec``, calibrated on the calibration text."""
-    from measure.evaluation.perplexity import tokenize_text
+    """``model -> compressed model`` for ``spec``: compressed in place, calibrated on the calibration text
+    with the default :class:`measure.calibration.CalibrationProtocol` (128 windows of 512 tokens)."""
+    from measure.calibration import CalibrationProtocol, calibration_batches
     from measure.spec import apply_spec
     from measure.text import calibration_text
 
     def compress(model: Any) -> Any:
-        return apply_spec(model, spec, tokenize_text(calibration_text(), loaded.tokenizer))
+        protocol = CalibrationProtocol(bos=loaded.bos_per_window)
+        apply_spec(model, spec, calibration_batches(loaded.tokenizer, calibration_text(), protocol))
+        return model
 
     return compress
