@@ -92,10 +92,10 @@ METHOD_STYLE: dict[str, MethodStyle] = {
     "gptq": MethodStyle(OKABE_ITO["blue"], "h", "GPTQ"),
     "sparsegpt+gptq": MethodStyle(OKABE_ITO["bluish_green"], "p", "SparseGPT + GPTQ"),
     # layer removal orderings
-    "remove:bi": MethodStyle(OKABE_ITO["black"], ">", "Removal, BI order (ShortGPT)", linestyle=":"),
-    "remove:angular": MethodStyle(OKABE_ITO["orange"], "<", "Removal, angular rule", linestyle=":"),
-    "remove:reverse": MethodStyle(OKABE_ITO["vermillion"], "^", "Removal, reverse", filled=False, linestyle=":"),
-    "remove:random": MethodStyle(OKABE_ITO["sky_blue"], "v", "Removal, random order", filled=False, linestyle=":"),
+    "remove:bi": MethodStyle(OKABE_ITO["black"], ">", "Removal (bi, ShortGPT)", linestyle=":"),
+    "remove:angular": MethodStyle(OKABE_ITO["orange"], "<", "Removal (angular)", linestyle=":"),
+    "remove:reverse": MethodStyle(OKABE_ITO["vermillion"], "^", "Removal (reverse)", filled=False, linestyle=":"),
+    "remove:random": MethodStyle(OKABE_ITO["sky_blue"], "v", "Removal (random)", filled=False, linestyle=":"),
 }
 FAMILY_LINESTYLE: dict[str, str] = {"quantization": "-", "pruning": "--", "removal": ":"}
 
