@@ -43,12 +43,14 @@ class BlockStatistics:
 
     def add(self, x: torch.Tensor, y: torch.Tensor) -> None:
         """Accumulate a batch of block inputs x and outputs y, both (batch, tokens, hidden)."""
-        x64, y64 = x.double(), y.double()
-        self.cosine_sum += float(torch.nn.functional.cosine_similarity(x64, y64, dim=-1).sum())
-        self.output_energy += float((y64 * y64).sum())
-        self.identity_error += float(((y64 - x64) ** 2).sum())
+        # Reductions accumulate in float64 without float64 copies of the whole batch (large temporaries
+        # fragment the heap: resident memory grew ~0.7 GB per 8x512 batch on SmolLM2).
+        cosine = torch.nn.functional.cosine_similarity(x, y, dim=-1)
+        self.cosine_sum += float(cosine.sum(dtype=torch.float64))
+        self.output_energy += float(y.pow(2).sum(dtype=torch.float64))
+        self.identity_error += float((y - x).pow(2).sum(dtype=torch.float64))
         self.tokens += x.shape[0] * x.shape[1]
-        self.last_token_outputs.append(y64[:, -1, :].cpu().clone())
+        self.last_token_outputs.append(y[:, -1, :].to(device="cpu", dtype=torch.float64, copy=True))
 
     @property
     def mean_cosine(self) -> float:
