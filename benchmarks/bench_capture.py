@@ -5,13 +5,14 @@ Usage: ``python benchmarks/bench_capture.py [--model smollm2-135m] [--sequences 
 
 * a plain forward pass of the whole model (logits included): the baseline;
 * per-linear ``X.T @ X`` hooks in float32, one per linear layer (what the reference GPTQ / SparseGPT code does);
-* :func:`measure.capture.capture` in ``"full"`` mode (one syrk Gram per shared input, float64 accumulation,
-  block statistics),
+* :func:`measure.capture.capture` in ``"full"`` mode (one Gram per shared input by the panel kernel,
+  float64 accumulation, block statistics),
 
 and prints each ratio to the baseline beside its arithmetic floor: (forward MACs + Gram MACs) / forward MACs,
 with forward MACs per token = Σ out·in over every linear and the lm_head + 2·d·(L+1)/2 per attention layer
 (causal QKᵀ and AV), per-linear Gram MACs = Σ in² over linear layers, and syrk Gram MACs = Σ in²/2 over
-shared inputs (q/k/v read one Gram, gate/up one).
+shared inputs (q/k/v read one Gram, gate/up one). Last, the three Gram kernels (x.T @ x, BLAS ``ssyrk``, the
+panel kernel of :func:`measure.gram.batch_gram_upper`) on one batch of every input width.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import torch
 from measure.architecture import Architecture, describe
 from measure.calibration import CalibrationProtocol, calibration_batches
 from measure.capture import capture
+from measure.gram import batch_gram_syrk, batch_gram_upper
 from measure.models import load_model
 from measure.text import calibration_text
 
@@ -64,6 +66,21 @@ def per_linear_hooks(model: torch.nn.Module, arch: Architecture, batches: list[t
             handle.remove()
 
 
+def gram_kernels(arch: Architecture, tokens: int, repeats: int) -> list[tuple[int, float, float, float]]:
+    """Seconds of x.T @ x, BLAS ssyrk and the panel kernel on a (tokens × n) float32 batch, per shared width n."""
+    widths = sorted({ref.in_features for ref in arch.linears})
+    rows = []
+    for width in widths:
+        x = torch.randn(tokens, width)
+        rows.append((
+            width,
+            best_seconds(lambda x=x: x.T @ x, repeats),
+            best_seconds(lambda x=x: batch_gram_syrk(x), repeats),
+            best_seconds(lambda x=x: batch_gram_upper(x), repeats),
+        ))  # fmt: skip
+    return rows
+
+
 def flop_floors(arch: Architecture, sequence_length: int) -> dict[str, float]:
     """Per-token MACs of the forward pass and of both Gram schemes, and the two floors (ratios)."""
     config = arch.config
@@ -100,13 +117,24 @@ def main() -> None:
     hooks = best_seconds(lambda: per_linear_hooks(model, arch, batches), args.repeats)
     ours = best_seconds(lambda: capture(model, batches, mode="full", arch=arch), args.repeats)
     floors = flop_floors(arch, args.seq_len)
-    print(f"{loaded.model_id}: {args.sequences}x{args.seq_len} tokens, {args.threads} threads, "
-          f"best of {args.repeats}; forward {floors['forward_macs'] / 1e6:.1f} M MACs/token")
+    print(
+        f"{loaded.model_id}: {args.sequences}x{args.seq_len} tokens, {args.threads} threads, "
+        f"best of {args.repeats}; forward {floors['forward_macs'] / 1e6:.1f} M MACs/token"
+    )
     print(f"plain forward          {baseline:7.3f} s   1.00x")
-    rows = (("per-linear X.T@X hooks", hooks, "per_linear_floor", ""),
-            ("pvq capture (full)", ours, "syrk_floor", "   (target <= 1.40x)"))
+    rows = (
+        ("per-linear X.T@X hooks", hooks, "per_linear_floor", ""),
+        ("pvq capture (full)", ours, "syrk_floor", "   (target <= 1.40x)"),
+    )
     for label, seconds, floor, note in rows:
         print(f"{label:<22} {seconds:7.3f} s   {seconds / baseline:.2f}x   FLOP floor {floors[floor]:.2f}x{note}")
+    tokens = args.sequences * args.seq_len
+    print(f"Gram kernels on one {tokens}-token float32 batch (seconds; ratio to x.T @ x):")
+    for width, matmul, syrk, panels in gram_kernels(arch, tokens, args.repeats):
+        print(
+            f"  n = {width:5d}: x.T @ x {matmul:.4f}   ssyrk {syrk:.4f} ({syrk / matmul:.2f}x)   "
+            f"panels {panels:.4f} ({panels / matmul:.2f}x)"
+        )
 
 
 if __name__ == "__main__":

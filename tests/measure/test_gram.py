@@ -1,0 +1,52 @@
+"""The streaming Gram: panel kernel against x.T @ x, float64 accumulation, token counts and bad input."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from measure.gram import GramAccumulator, batch_gram_syrk, batch_gram_upper
+from theory.errors import PvqError
+
+
+@pytest.mark.parametrize("features", [1, 5, 191, 192, 300, 577])
+@pytest.mark.parametrize("panel", [1, 64, 192, 1000])
+def test_panel_kernel_gives_the_upper_triangle_of_xtx(features: int, panel: int) -> None:
+    x = torch.randn(37, features, dtype=torch.float64, generator=torch.Generator().manual_seed(features))
+    upper = batch_gram_upper(x, panel)
+    full = x.T @ x
+    assert torch.allclose(torch.triu(upper), torch.triu(full), rtol=1e-12, atol=1e-12)
+    assert torch.count_nonzero(torch.tril(upper, -1)[torch.tril(full, -1) == 0]) == 0
+
+
+def test_syrk_kernel_agrees_with_the_panel_kernel() -> None:
+    x = torch.randn(50, 40)
+    syrk, panels = torch.triu(batch_gram_syrk(x)), torch.triu(batch_gram_upper(x, 16))
+    assert torch.allclose(syrk, panels, rtol=1e-5, atol=1e-4)
+
+
+def test_accumulator_sums_batches_in_float64_and_counts_tokens() -> None:
+    generator = torch.Generator().manual_seed(0)
+    batches = [torch.randn(2, 7, 12, generator=generator) for _ in range(3)]
+    gram = GramAccumulator(12, keep_rows=5)
+    for batch in batches:
+        gram.add(batch)
+    rows = torch.cat([b.reshape(-1, 12) for b in batches]).double()
+    assert gram.tokens == 42
+    assert gram.gram.dtype == torch.float64
+    assert torch.allclose(gram.gram, rows.T @ rows, rtol=1e-5, atol=1e-5)
+    assert torch.equal(gram.gram, gram.gram.T)
+    assert torch.equal(gram.sample, rows[:5])
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), 1e30])
+def test_non_finite_inputs_are_refused_by_name(bad: float) -> None:
+    x = torch.randn(4, 8)
+    x[2, 3] = bad
+    with pytest.raises(PvqError, match=r"NaN or Inf in the input activations of layer\.q"):
+        GramAccumulator(8, name="layer.q").add(x)
+
+
+def test_wrong_width_is_refused() -> None:
+    with pytest.raises(PvqError, match="expected 8"):
+        GramAccumulator(8, name="x").add(torch.randn(3, 9))
