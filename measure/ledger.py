@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import json
 import math
+import multiprocessing
+import os
 import re
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -146,11 +148,13 @@ def build_ledger(
     expert_route: str = "routed",
     model_id: str = "",
     progress: bool = False,
+    workers: int | None = 1,
 ) -> Ledger:
     """Capture ``model`` once on ``batches``, then measure every method on every selected layer (module docstring).
 
     ``methods`` is a list of layer steps or a comma-separated term list (``magnitude:0.5,gptq:4:g128``);
-    ``keep_rows`` keeps that many input rows per Gram (for checks); the model is not modified.
+    ``keep_rows`` keeps that many input rows per Gram (for checks); the model is not modified. ``workers``
+    processes share the methods phase (None: one per CPU core; see :func:`measure_layers`).
     """
     steps = parse_term_list(methods) if isinstance(methods, str) else list(methods)
     arch = describe(model)
@@ -173,13 +177,67 @@ def build_ledger(
     captured_at = time.perf_counter()
     empty = set(experts.empty_experts())
     skipped = [ref.name for ref in refs if ref.expert_index is not None and _expert_of(ref) in empty]
-    rows: list[dict] = []
-    for ref in tqdm(refs, desc="ledger", unit="layer", disable=not progress):
-        if ref.name not in skipped:
-            rows += _layer_rows(ref, steps, captured, experts, model_id)
+    measured = [ref for ref in refs if ref.name not in skipped]
+    rows = measure_layers(measured, steps, captured, experts, model_id, workers, progress)
     table = pd.DataFrame(rows, columns=LEDGER_COLUMNS).astype({"expert": "Int64"})
     seconds = {"capture": captured_at - start, "methods": time.perf_counter() - captured_at}
     return Ledger(table, captured, experts, skipped, seconds)
+
+
+_SHARED: dict[str, object] = {}
+"""What forked workers of :func:`measure_layers` read (inherited copy-on-write, never pickled)."""
+
+
+def _rows_in_worker(index: int) -> list[dict]:
+    shared = _SHARED
+    return _layer_rows(shared["refs"][index], shared["steps"], shared["captured"], shared["experts"],
+                       shared["model_id"])  # type: ignore[index]  # fmt: skip
+
+
+def _single_thread_worker() -> None:
+    torch.set_num_threads(1)
+
+
+def measure_layers(
+    refs: Sequence[LinearRef],
+    steps: Sequence[LayerStep],
+    captured: Capture,
+    experts: ExpertCapture,
+    model_id: str = "",
+    workers: int | None = 1,
+    progress: bool = False,
+) -> list[dict]:
+    """Ledger rows of every layer of ``refs``, in order, computed by ``workers`` processes (None: one per core).
+
+    The column sweeps of GPTQ and SparseGPT are sequences of small products that one core runs no faster with
+    more threads, so the layers are shared among forked single-threaded workers instead (the model, Grams and
+    methods are inherited, not copied); ``workers=1``, or a platform without ``fork``, runs them in this process.
+    Rows do not depend on the number of workers (tested).
+    """
+    count = (os.cpu_count() or 1) if workers is None else workers
+    if count < 1:
+        raise PvqError(f"workers must be at least 1, got {workers}")
+    count = min(count, len(refs))
+    bar = tqdm(total=len(refs), desc="ledger", unit="layer", disable=not progress)
+    if count <= 1 or "fork" not in multiprocessing.get_all_start_methods():
+        rows = []
+        for ref in refs:
+            rows += _layer_rows(ref, steps, captured, experts, model_id)
+            bar.update()
+        bar.close()
+        return rows
+    _SHARED.update(refs=list(refs), steps=list(steps), captured=captured, experts=experts, model_id=model_id)
+    try:
+        context = multiprocessing.get_context("fork")
+        with context.Pool(count, initializer=_single_thread_worker) as pool:
+            rows = []
+            for layer_rows in pool.imap(_rows_in_worker, range(len(refs))):
+                rows += layer_rows
+                bar.update()
+    finally:
+        _SHARED.clear()
+        bar.close()
+    return rows
 
 
 def _expert_of(ref: LinearRef) -> str:

@@ -489,7 +489,7 @@ def _curves(
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Decoder-level and block-level aggregated points of the ledger terms (and bounds), weighted by the
     output energies on the ledger's own Grams."""
-    ledger = build_ledger(model, batches, ",".join(_ledger_terms(fractions, settings)))
+    ledger = build_ledger(model, batches, ",".join(_ledger_terms(fractions, settings)), workers=None)
     table = ledger.table if bounds is None else pd.concat([ledger.table, bounds], ignore_index=True)
     energy = layer_output_energy(arch, ledger.capture)
     return aggregate_layer_errors(table, energy), aggregate_layer_errors(table, energy, by=("block",))

@@ -154,3 +154,18 @@ def test_cli_writes_table_and_provenance(tmp_path, monkeypatch: pytest.MonkeyPat
     argv[4] = "nf4,bogus"
     assert cli.main(argv) == 2
     assert ledger.DEFAULT_METHODS.count(",") == 19
+
+
+@pytest.mark.parametrize("family", ["llama", "mixtral"])
+def test_forked_workers_give_the_same_rows_as_one_process(family: str) -> None:
+    model = tiny_model(family)
+    one = build_ledger(model, _batches(), METHODS, workers=1).table
+    two = build_ledger(model, _batches(), METHODS, workers=2).table
+    columns = [c for c in LEDGER_COLUMNS if c != "seconds"]
+    assert len(one) > 0
+    assert one[columns].equals(two[columns])
+
+
+def test_workers_below_one_are_refused() -> None:
+    with pytest.raises(PvqError, match="workers must be at least 1"):
+        build_ledger(tiny_model("llama"), _batches(), "nf4", workers=0)
