@@ -31,13 +31,14 @@ SECTION = "Layer removal against the bounds"
 STUDY = "removal_study"
 PARTS = ("units", "angular", "single_units", "curves", "block_verdicts", "levels", "end_to_end", "base")
 SETTINGS = {
-    "max_removed": 8, "orderings": ["bi", "angular", "reverse"], "seed": 0, "batch_size": 4, "probe_windows": 1,
+    "max_removed": 8, "orderings": ["bi", "angular", "reverse", "random"], "seed": 0, "batch_size": 4,
+    "probe_windows": 1,
     "sublayers": False, "quantizers": ["rtn", "gptq"], "pruners": ["magnitude"], "ledger_bits": [3, 4, 8],
     "group": "g128",
 }  # fmt: skip
-"""StudySettings of the default run, sized for the 20-minute budget: removal levels 1..8 blocks by three
-orderings, each block removed alone on 1 probe window, ledger terms RTN/GPTQ at 3/4/8 bits (groups of 128) and
-magnitude pruning at the sparsity of every removal level."""
+"""StudySettings of the default run, sized for the 20-minute budget: removal levels 1..8 blocks by the four
+orderings (BI, angular rule, reverse, random with seed 0), each block removed alone on 1 probe window, ledger
+terms RTN/GPTQ at 3/4/8 bits (groups of 128) and magnitude pruning at the sparsity of every removal level."""
 IMPORTANCE_SERIES = {
     "bi": ("Block Influence (block)", OKABE_ITO["blue"], "o"),
     "angular": ("angular distance, $n = 1$", OKABE_ITO["orange"], "s"),
