@@ -14,11 +14,12 @@ levels, end_to_end, base); :func:`study_part` takes one part back out. The figur
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
 import pandas as pd
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from pandas.io.formats.style import Styler
 
@@ -45,6 +46,8 @@ IMPORTANCE_SERIES = {
     "attention": ("attention drop score", OKABE_ITO["bluish_green"], "^"),
     "mlp": ("MLP drop score", OKABE_ITO["vermillion"], "v"),
 }
+LineStyle = Callable[[Any], dict[str, Any]]
+"""Plot keyword arguments of one series, from the value that names it."""
 VERDICT_COLUMNS = ["ordering", "removed", "blocks", "bits_per_weight", "removal_sqnr_db", "range_low_db",
                    "range_high_db", "range_low_term", "range_high_term", "verdict", "margin_db", "perplexity",
                    "kl_to_reference_nats"]  # fmt: skip
@@ -54,6 +57,11 @@ def study_part(frame: pd.DataFrame, part: str) -> pd.DataFrame:
     """Rows of the stacked study table that belong to ``part``, without the columns other parts use."""
     rows = frame[frame["table"] == part].drop(columns="table").dropna(axis=1, how="all")
     return rows.reset_index(drop=True)
+
+
+def study_parts(tables: Tables, *parts: str) -> tuple[pd.DataFrame, ...]:
+    """The named parts (:func:`study_part`) of the study's stacked table in ``tables``, in the order named."""
+    return tuple(study_part(tables[STUDY], part) for part in parts)
 
 
 def stack_parts(parts: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
@@ -161,9 +169,7 @@ def _importance_caption(tables: Tables, facts: Mapping[str, Any]) -> str:
 @figure("block_importance_across_depth", needs=(STUDY,), caption=_importance_caption, section=SECTION)
 def block_importance_across_depth(tables: Tables) -> Figure:
     """Per block index: BI, angular distance (n = 1) and attention / MLP drop scores, log y."""
-    frame = tables[STUDY]
-    units = study_part(frame, "units")
-    angular = study_part(frame, "angular")
+    units, angular = study_parts(tables, "units", "angular")
     series = {name: units[units["unit"] == unit][["block", "influence"]].to_numpy(float)
               for name, unit in (("bi", "block"), ("attention", "attention"), ("mlp", "mlp"))}  # fmt: skip
     series["angular"] = angular[angular["n"] == 1][["start", "angular_distance"]].to_numpy(float)
@@ -176,6 +182,23 @@ def block_importance_across_depth(tables: Tables) -> Figure:
     ax.set_ylabel("importance score (1 − cos; arccos/π)")
     method_legend(ax)
     return fig
+
+
+def _removal_style(ordering: str) -> dict[str, Any]:
+    """Line style of one removal ordering (:func:`figures.style.line_kwargs` of ``remove:<ordering>``)."""
+    return line_kwargs(f"remove:{ordering}", "removal")
+
+
+def _ledger_style(method: str) -> dict[str, Any]:
+    """Line style of one ledger method, in the pruning or the quantization family."""
+    return line_kwargs(method, "pruning" if method in ("magnitude", "wanda", "sparsegpt") else "quantization")
+
+
+def _lines_over_bits(ax: Axes, rows: pd.DataFrame, by: str, column: str, style: LineStyle) -> None:
+    """One line of ``column`` against bits per weight per value of ``by`` (sorted), styled by ``style(value)``."""
+    for value, group in rows.groupby(by, sort=True):
+        group = group.sort_values("bits_per_weight")
+        ax.plot(group["bits_per_weight"], group[column], **style(value))
 
 
 def _verdict_counts(levels: pd.DataFrame) -> str:
@@ -196,18 +219,10 @@ def _bounds_caption(tables: Tables, facts: Mapping[str, Any]) -> str:
 @figure("removal_vs_bounds", needs=(STUDY,), caption=_bounds_caption, section=SECTION)
 def removal_vs_bounds(tables: Tables) -> Figure:
     """Output SQNR [dB] vs bits per weight: one line per ledger method, one dotted series per removal ordering."""
-    frame = tables[STUDY]
-    curves = study_part(frame, "curves")
-    levels = study_part(frame, "levels")
+    curves, levels = study_parts(tables, "curves", "levels")
     fig, ax = new_figure(height_ratio=0.6)
-    for method, rows in curves.groupby("method", sort=True):
-        family = "pruning" if method in ("magnitude", "wanda", "sparsegpt") else "quantization"
-        rows = rows.sort_values("bits_per_weight")
-        ax.plot(rows["bits_per_weight"], rows["output_sqnr_db"], **line_kwargs(method, family))
-    for ordering, rows in levels.groupby("ordering", sort=True):
-        rows = rows.sort_values("bits_per_weight")
-        kwargs = line_kwargs(f"remove:{ordering}", "removal")
-        ax.plot(rows["bits_per_weight"], rows["removal_sqnr_db"], **kwargs)
+    _lines_over_bits(ax, curves, "method", "output_sqnr_db", _ledger_style)
+    _lines_over_bits(ax, levels, "ordering", "removal_sqnr_db", _removal_style)
     ax.set_xlabel("bits per weight")
     ax.set_ylabel("output SQNR (dB)")
     method_legend(ax)
@@ -261,15 +276,13 @@ def _propagation_caption(tables: Tables, facts: Mapping[str, Any]) -> str:
 def error_propagation(tables: Tables) -> Figure:
     """KL [nats/token] vs local relative error, log–log: (a) each block alone (error relative to its own output
     energy), (b) each ordering's removal sets (error relative to the decoder's block output energy)."""
-    frame = tables[STUDY]
-    single = study_part(frame, "single_units")
+    single, levels = study_parts(tables, "single_units", "levels")
     single = single[single["unit"] == "block"]
-    levels = study_part(frame, "levels")
     fig, (alone, sets) = new_figure(ncols=2, height_ratio=0.45)
     alone.scatter(single["removal_relative_error"], single["kl_to_reference_nats"], color=OKABE_ITO["black"],
                   marker="o", s=10, label="one block removed")  # fmt: skip
     for ordering, rows in levels.groupby("ordering", sort=True):
-        kwargs = line_kwargs(f"remove:{ordering}", "removal")
+        kwargs = _removal_style(ordering)
         sets.scatter(rows["removal_relative_error"], rows["kl_to_reference_nats"], color=kwargs["color"],
                      marker=kwargs["marker"], s=14, label=kwargs["label"])  # fmt: skip
     labels = (("a", "block error / its output energy"), ("b", "removed error / decoder output energy"))
