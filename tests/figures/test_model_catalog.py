@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import matplotlib
 import numpy as np
 import pandas as pd
 import pytest
 from figure_toys import synthetic_facts
+from matplotlib.figure import Figure
 from scipy import stats
 
 from figures.catalog import frontier, removal, weights
 from figures.registry import load_catalog, synthetic_tables
 from figures.render import draw, render_artifact
-from figures.style import THESIS_RC
 from measure.store import read_table, write_table
 
 ARTIFACTS = load_catalog()
@@ -21,6 +20,12 @@ ARTIFACTS = load_catalog()
 def _tex_rows(path) -> list[list[str]]:
     body = path.read_text().split("\\midrule")[1].split("\\bottomrule")[0]
     return [[cell.strip() for cell in line.rstrip("\\ ").split("&")] for line in body.strip().splitlines()]
+
+
+def _study_figure(name: str, *parts: str) -> tuple[Figure, tuple[pd.DataFrame, ...]]:
+    """Artifact ``name`` drawn from the synthetic removal study, and the named parts of that study."""
+    tables = synthetic_tables((removal.STUDY,))
+    return draw(ARTIFACTS[name], tables), removal.study_parts(tables, *parts)
 
 
 def test_tensor_figure_plots_one_point_per_tensor_and_bits_coloured_by_kurtosis():
@@ -82,11 +87,7 @@ def test_verdict_table_has_one_row_per_level_with_the_range_and_margin_of_the_le
 
 
 def test_removal_figure_puts_ledger_curves_and_removal_levels_at_their_bits_per_weight():
-    tables = synthetic_tables((removal.STUDY,))
-    frame = tables[removal.STUDY]
-    curves, levels = removal.study_part(frame, "curves"), removal.study_part(frame, "levels")
-    with matplotlib.rc_context(THESIS_RC):
-        figure = removal.removal_vs_bounds(tables)
+    figure, (curves, levels) = _study_figure("removal_vs_bounds", "curves", "levels")
     ax = figure.axes[0]
     assert ax.get_xlabel() == "bits per weight" and ax.get_ylabel() == "output SQNR (dB)"
     lines = {line.get_label(): line for line in ax.lines}
@@ -100,11 +101,7 @@ def test_removal_figure_puts_ledger_curves_and_removal_levels_at_their_bits_per_
 
 
 def test_importance_figure_draws_bi_angular_attention_and_mlp_per_block():
-    tables = synthetic_tables((removal.STUDY,))
-    frame = tables[removal.STUDY]
-    units, angular = removal.study_part(frame, "units"), removal.study_part(frame, "angular")
-    with matplotlib.rc_context(THESIS_RC):
-        figure = removal.block_importance_across_depth(tables)
+    figure, (units, angular) = _study_figure("block_importance_across_depth", "units", "angular")
     lines = {line.get_label(): line for line in figure.axes[0].lines}
     assert len(lines) == 4
     bi = lines[removal.IMPORTANCE_SERIES["bi"][0]]
