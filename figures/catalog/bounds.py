@@ -18,7 +18,7 @@ from matplotlib.figure import Figure
 from pandas.io.formats.style import Styler
 
 from figures.experiments import ExperimentContext, experiment
-from figures.registry import Tables, escape_tex, figure, table
+from figures.registry import Caption, Tables, escape_tex, figure, table
 from figures.style import FAMILY_LINESTYLE, OKABE_ITO, method_legend, new_figure, thesis_table
 
 SECTION = "Exact per-layer bounds"
@@ -127,10 +127,20 @@ def _protocol(tables: Tables, facts: Mapping[str, Any]) -> str:
     )
 
 
-def _figure_caption(tables: Tables, facts: Mapping[str, Any]) -> str:
-    return ("Per-layer compression problems: median over the swept layers of the output SQNR of the exact "
-            "optima, the SDP bounds (drawn at their certified SQNR upper bound) and the heuristics, for "
-            f"quantization (solid) and pruning at equal size (dashed). {_protocol(tables, facts)}")  # fmt: skip
+def _with_protocol(text: str) -> Caption:
+    """The caption ``text`` followed by the protocol of the sweep (:func:`_protocol`)."""
+
+    def caption(tables: Tables, facts: Mapping[str, Any]) -> str:
+        return f"{text} {_protocol(tables, facts)}"
+
+    return caption
+
+
+_figure_caption = _with_protocol(
+    "Per-layer compression problems: median over the swept layers of the output SQNR of the exact optima, the "
+    "SDP bounds (drawn at their certified SQNR upper bound) and the heuristics, for quantization (solid) and "
+    "pruning at equal size (dashed)."
+)
 
 
 @figure("per_layer_bounds", needs=(SWEEP,), caption=_figure_caption, section=SECTION)
@@ -168,10 +178,11 @@ def bound_gaps_frame(frame: pd.DataFrame) -> pd.DataFrame:
     return gaps
 
 
-def _gaps_caption(tables: Tables, facts: Mapping[str, Any]) -> str:
-    return ("Bound gaps per layer and $b$ (dB): exact optima, how far each heuristic falls below the exact "
-            "optimum of its family, and how far the SDP bound lies above it (a certified bound on the optimum; "
-            f"-- where not computed). {_protocol(tables, facts)}")  # fmt: skip
+_gaps_caption = _with_protocol(
+    "Bound gaps per layer and $b$ (dB): exact optima, how far each heuristic falls below the exact optimum of "
+    "its family, and how far the SDP bound lies above it (a certified bound on the optimum; -- where not "
+    "computed)."
+)
 
 
 @table("bound_gaps", needs=(SWEEP,), caption=_gaps_caption, section=SECTION)
