@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 
@@ -94,23 +95,16 @@ def kmeans_1d_labels(values: torch.Tensor, clusters: int, iterations: int = 100)
     return labels.reshape(values.shape)
 
 
-def splitquant_quantize(
-    weight: torch.Tensor,
-    gram: torch.Tensor | None = None,
-    *,
-    bits: int,
-    group: str | int,
-    symmetric: bool,
-    clip: str,
-) -> torch.Tensor:
+def splitquant_quantize(weight: torch.Tensor, gram: torch.Tensor | None = None, **grid: Any) -> torch.Tensor:
     """SplitQuant (Song & Lin 2025, arXiv 2501.12428): k-means splits W into lower / middle / upper clusters.
 
     ``W = W_low + W_mid + W_up`` with each part holding one cluster's weights and zeros elsewhere; each
-    part is quantized on its own (its own scales), and the layer becomes three layers whose outputs sum.
+    part is quantized on its own (its own scales) by :func:`rtn_quantize` with the grid options ``grid``
+    (bits, group, symmetric, clip), and the layer becomes three layers whose outputs sum.
     """
     labels = kmeans_1d_labels(weight, SPLIT_CLUSTERS)
     parts = (torch.where(labels == cluster, weight, 0.0) for cluster in range(SPLIT_CLUSTERS))
-    return sum(rtn_quantize(part, bits=bits, group=group, symmetric=symmetric, clip=clip) for part in parts)
+    return sum(rtn_quantize(part, **grid) for part in parts)
 
 
 def splitquant_bits_per_weight(params: dict, shape: tuple[int, int], convention: Convention) -> float:
