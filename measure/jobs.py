@@ -181,19 +181,13 @@ def _experiment(name: str) -> Any:
 
 
 def model_loader(dtype: str) -> Callable[[str, str], Any]:
-    """``load(name, device)`` loading in ``dtype``; a non-float32 load gets ``+<dtype>`` on its model hash.
-
-    The hash keys every cached result, and weights held in float16 are not the float32 weights, so their
-    results must not share cache entries.
-    """
+    """``load(name, device)`` loading in ``dtype``; a non-float32 load gets ``+<dtype>`` on its model hash
+    (:func:`measure.models.load_model`), so its results do not share cache entries with float32 ones."""
     from measure.commands.common import resolve_dtype
     from measure.models import load_model
 
     def load(name: str, device: str) -> Any:
-        loaded = load_model(name, device=device, dtype=resolve_dtype(dtype))
-        if dtype != DEFAULT_DTYPE:
-            loaded.model_hash = f"{loaded.model_hash}+{dtype}"
-        return loaded
+        return load_model(name, device=device, dtype=resolve_dtype(dtype))
 
     return load
 

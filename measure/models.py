@@ -98,17 +98,54 @@ def directory_hash(directory: Path) -> str:
     return value
 
 
-def _from_directory(directory: Path, device: str, dtype: torch.dtype) -> tuple[PreTrainedModel, Any]:
-    model = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype).to(device).eval()
-    tokenizer = AutoTokenizer.from_pretrained(directory)
-    return model, tokenizer
+@dataclass(frozen=True)
+class LoadTarget:
+    """Where a checkpoint's weights go: one ``device``, or an accelerate ``device_map`` (e.g. ``"auto"``
+    spreads the blocks over every visible GPU), in precision ``dtype``."""
+
+    device: str = "cpu"
+    dtype: torch.dtype = torch.float32
+    device_map: str | None = None
 
 
-def load_model(name_or_path: str, device: str = "cpu", dtype: torch.dtype = torch.float32) -> LoadedModel:
-    """Load a causal LM (see the module docstring for the accepted forms) in eval mode."""
+def _pretrained(source: str | Path, target: LoadTarget) -> PreTrainedModel:
+    """``from_pretrained`` in ``target.dtype``, moved to ``target.device`` or dispatched by its device map."""
+    if target.device_map is None:
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=target.dtype).to(target.device)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=target.dtype, device_map=target.device_map)
+    return model.eval()
+
+
+def _from_directory(directory: Path, target: LoadTarget) -> tuple[PreTrainedModel, Any]:
+    return _pretrained(directory, target), AutoTokenizer.from_pretrained(directory)
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """``float16`` for ``torch.float16``."""
+    return str(dtype).removeprefix("torch.")
+
+
+def load_model(
+    name_or_path: str, device: str = "cpu", dtype: torch.dtype = torch.float32, device_map: str | None = None
+) -> LoadedModel:
+    """Load a causal LM (see the module docstring for the accepted forms) in eval mode.
+
+    The model lands on ``device`` in ``dtype``; with ``device_map`` (``"auto"``: accelerate spreads the blocks
+    over the visible GPUs) ``device`` is ignored. Weights held in another precision than float32 are not the
+    checkpoint's float32 weights, and the model hash keys every cached result, so such a load gets
+    ``+<dtype>`` on its hash (``…+bfloat16``).
+    """
+    loaded = _load(name_or_path, LoadTarget(device, dtype, device_map))
+    if dtype != torch.float32:
+        loaded.model_hash = f"{loaded.model_hash}+{dtype_name(dtype)}"
+    return loaded
+
+
+def _load(name_or_path: str, target: LoadTarget) -> LoadedModel:
     if name_or_path in DEFAULT_MODELS:
         default = DEFAULT_MODELS[name_or_path]
-        model, tokenizer = _from_directory(ensure_default_checkpoint(name_or_path), device, dtype)
+        model, tokenizer = _from_directory(ensure_default_checkpoint(name_or_path), target)
         return LoadedModel(model, tokenizer, name_or_path, default.model_hash, default.bos_per_window, "default")
     path = Path(name_or_path).expanduser()
     if path.suffix == ".gguf":
@@ -118,21 +155,21 @@ def load_model(name_or_path: str, device: str = "cpu", dtype: torch.dtype = torc
         directory = cache_root() / "models" / f"gguf-{digest}"
         if not (directory / "pvq_source.json").exists():
             convert_gguf(path, directory)
-        model, tokenizer = _from_directory(directory, device, dtype)
+        model, tokenizer = _from_directory(directory, target)
         return LoadedModel(model, tokenizer, path.name, digest, detect_bos_per_window(tokenizer), "gguf")
     if path.is_dir():
-        model, tokenizer = _from_directory(path, device, dtype)
+        model, tokenizer = _from_directory(path, target)
         return LoadedModel(
             model, tokenizer, str(path), directory_hash(path), detect_bos_per_window(tokenizer), "directory"
         )
     if "/" not in name_or_path:
         get_default(name_or_path)
-    return _from_hub(name_or_path, device, dtype)
+    return _from_hub(name_or_path, target)
 
 
-def _from_hub(model_id: str, device: str, dtype: torch.dtype) -> LoadedModel:
+def _from_hub(model_id: str, target: LoadTarget) -> LoadedModel:
     try:
-        model = AutoModelForCausalLM.from_pretrained(model_id, dtype=dtype).to(device).eval()
+        model = _pretrained(model_id, target)
         tokenizer = AutoTokenizer.from_pretrained(model_id)
     except OSError as error:
         raise PvqError(
