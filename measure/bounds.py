@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -45,6 +45,9 @@ from theory.errors import PvqError
 from theory.integer_least_squares import QUANTIZERS, QuantGrid, exact_quantize, heuristic_quantize, mse_scale
 from theory.sdp_bound import park_boyd_bound, perspective_bound
 from theory.sparse_least_squares import exact_prune, heuristic_prune, paper_box
+
+if TYPE_CHECKING:
+    from measure.capture import BlockHooks
 
 QUANT_BOUND = "park_boyd"
 PRUNE_BOUND = "perspective"
@@ -174,13 +177,15 @@ def bounds_for_model(
     loaded: Any, layer_names: Sequence[str], bits_list: Sequence[int], opt_dim: int = 32, rows: int = 16,
     max_chunks: int | None = None, sdp_bits: Sequence[int] | None = None, sequences: int = 16,
     sequence_length: int = 512, batch_size: int = 4, convention: Convention = PAPER_CONVENTION,
-    time_limit: float = DEFAULT_TIME_LIMIT, seed: int = 0,
+    time_limit: float = DEFAULT_TIME_LIMIT, seed: int = 0, mode: str = "full", device: str = "cpu",
+    block_hooks: BlockHooks | None = None,
 ) -> pd.DataFrame:
     """:func:`layer_bounds` for each named linear layer of ``loaded`` (a ``LoadedModel``) and each b.
 
-    Grams are captured once from ``sequences × sequence_length`` calibration tokens (:mod:`measure.calibration`);
-    the SDP bounds run only at ``sdp_bits`` (all of ``bits_list`` when None). One row per (layer, b, method)
-    with ``layer``, ``block``, ``role``, ``bits`` and the columns of :func:`aggregate_records`.
+    Grams are captured once from ``sequences × sequence_length`` calibration tokens (:mod:`measure.calibration`;
+    ``mode``, ``device`` and ``block_hooks`` as in :func:`measure.capture.capture`); the SDP bounds run only at
+    ``sdp_bits`` (all of ``bits_list`` when None). One row per (layer, b, method) with ``layer``, ``block``,
+    ``role``, ``bits`` and the columns of :func:`aggregate_records`.
     """
     from measure.architecture import describe
     from measure.calibration import CalibrationProtocol, calibration_batches
@@ -199,7 +204,8 @@ def bounds_for_model(
         chunk_slices(refs[name].in_features, opt_dim)
         select_rows(refs[name].out_features, rows)
     protocol = CalibrationProtocol(sequences, sequence_length, batch_size, bos=loaded.bos_per_window)
-    grams = capture(loaded.model, calibration_batches(loaded.tokenizer, calibration_text(), protocol), arch=arch)
+    batches = calibration_batches(loaded.tokenizer, calibration_text(), protocol)
+    grams = capture(loaded.model, batches, mode=mode, device=device, arch=arch, block_hooks=block_hooks)
     frames = []
     for name in layer_names:
         ref = refs[name]

@@ -42,7 +42,7 @@ import torch
 from torch import nn
 
 from measure.architecture import Architecture, Block, Sublayer, describe, sublayer_input, sublayer_output
-from measure.capture import BlockStatistics, Capture, capture
+from measure.capture import BlockHooks, BlockStatistics, Capture, capture
 from theory.errors import PvqError
 
 SUBLAYER_KINDS = ("attention", "mlp")
@@ -213,9 +213,9 @@ def record_router_scores(arch: Architecture) -> Iterator[dict[int, np.ndarray]]:
         scores[block.index] = np.zeros(experts.count)
 
         def hook(module: nn.Module, args: tuple, output: object, index: int = block.index) -> None:
-            gates, indices = router_gates(output, len(scores[index]), top_k)
+            gates, indices = (t.reshape(-1).cpu() for t in router_gates(output, len(scores[index]), top_k))
             totals = torch.zeros(len(scores[index]), dtype=torch.float64)
-            scores[index] += totals.index_add_(0, indices.reshape(-1), gates.double().reshape(-1)).numpy()
+            scores[index] += totals.index_add_(0, indices, gates.double()).numpy()
 
         handles.append(router.module.register_forward_hook(hook))
     try:
@@ -245,12 +245,23 @@ class Importance:
 
 
 def measure_importance(
-    model: nn.Module, batches: Sequence[torch.Tensor], arch: Architecture | None = None, keep_rows: int = 0
+    model: nn.Module,
+    batches: Sequence[torch.Tensor],
+    arch: Architecture | None = None,
+    keep_rows: int = 0,
+    mode: str = "full",
+    device: str = "cpu",
+    block_hooks: BlockHooks | None = None,
 ) -> Importance:
-    """One full-mode capture with the sublayer and router hooks attached: Grams, block, sublayer, router stats."""
+    """One capture with the sublayer and router hooks attached: Grams, block, sublayer, router stats.
+
+    ``mode``, ``device`` and ``block_hooks`` as in :func:`measure.capture.capture` (the hooks fire in either mode).
+    """
     arch = arch or describe(model)
     with record_sublayer_statistics(arch) as sublayers, record_router_scores(arch) as experts:
-        result = capture(model, batches, mode="full", keep_rows=keep_rows, arch=arch)
+        result = capture(
+            model, batches, mode=mode, keep_rows=keep_rows, device=device, arch=arch, block_hooks=block_hooks
+        )
     return Importance(capture=result, sublayers=sublayers, expert_scores=experts)
 
 

@@ -38,11 +38,11 @@ from torch import nn
 from tqdm import tqdm
 
 from measure.architecture import Block, LinearRef, describe
-from measure.capture import Capture, capture
+from measure.capture import BlockHooks, Capture, capture
 from measure.methods.errors import weight_sqnr_db
 from measure.methods.method import DEFAULT_CONVENTION
 from measure.moe_capture import ExpertCapture
-from measure.spec import LayerStep, check_finite_weight, layer_gram, parse_term_list
+from measure.spec import LayerStep, check_finite_weight, layer_gram, method_weight, parse_term_list
 from theory.accounting import Convention
 from theory.errors import PvqError
 from theory.study import DEFAULT_BITS, tensor_sqnr_table
@@ -149,12 +149,17 @@ def build_ledger(
     model_id: str = "",
     progress: bool = False,
     workers: int | None = 1,
+    device: str = "cpu",
+    block_hooks: BlockHooks | None = None,
 ) -> Ledger:
     """Capture ``model`` once on ``batches``, then measure every method on every selected layer (module docstring).
 
     ``methods`` is a list of layer steps or a comma-separated term list (``magnitude:0.5,gptq:4:g128``);
     ``keep_rows`` keeps that many input rows per Gram (for checks); the model is not modified. ``workers``
-    processes share the methods phase (None: one per CPU core; see :func:`measure_layers`).
+    processes share the methods phase (None: one per CPU core; see :func:`measure_layers`). In the sequential
+    ``mode`` each block visits ``device`` for its turn; ``block_hooks(block)`` registers further hooks for the
+    capture pass (e.g. :class:`measure.memory.BlockMemoryLog`). The methods run on CPU copies of the weights
+    (float32 for half-precision models).
     """
     steps = parse_term_list(methods) if isinstance(methods, str) else list(methods)
     arch = describe(model)
@@ -167,13 +172,15 @@ def build_ledger(
         def count_batch(*_: object) -> None:
             bar.update()
 
-        def block_hooks(block: Block) -> list[torch.utils.hooks.RemovableHandle]:
-            handles = experts.hooks(block)
+        def ledger_hooks(block: Block) -> list[torch.utils.hooks.RemovableHandle]:
+            handles = experts.hooks(block) + (block_hooks(block) if block_hooks else [])
             if block is arch.blocks[-1]:
                 handles.append(block.module.register_forward_hook(count_batch))
             return handles
 
-        captured = capture(model, batches, mode=mode, keep_rows=keep_rows, arch=arch, block_hooks=block_hooks)
+        captured = capture(
+            model, batches, mode=mode, keep_rows=keep_rows, device=device, arch=arch, block_hooks=ledger_hooks
+        )
     captured_at = time.perf_counter()
     empty = set(experts.empty_experts())
     skipped = [ref.name for ref in refs if ref.expert_index is not None and _expert_of(ref) in empty]
@@ -248,7 +255,7 @@ def _expert_of(ref: LinearRef) -> str:
 def _layer_rows(
     ref: LinearRef, steps: Sequence[LayerStep], captured: Capture, experts: ExpertCapture, model_id: str
 ) -> list[dict]:
-    weight = ref.weight().clone()
+    weight = method_weight(ref)
     gram = layer_gram(ref, captured.grams, experts)
     meter = LayerErrorMeter(weight, gram.gram)
     fisher, pearson = weight_kurtosis(weight)
@@ -295,7 +302,7 @@ def weight_tensor_study(
     tables = []
     for ref in tqdm(refs, desc="weight study", unit="tensor", disable=not progress):
         check_finite_weight(ref)
-        table = tensor_sqnr_table(ref.weight().double().numpy(), bits, convention)
+        table = tensor_sqnr_table(ref.weight().detach().double().cpu().numpy(), bits, convention)
         names = {"layer": ref.name, "block": ref.block_index, "sublayer": ref.sublayer_kind, "role": ref.role}
         tables.append(table.assign(**names, expert=ref.expert_index))
     return pd.concat(tables, ignore_index=True).astype({"expert": "Int64"})

@@ -169,3 +169,15 @@ class BlockMemoryLog:
             self.device, format_bytes(reading.delta_bytes),
         )
         self._current = None
+
+    def summary(self) -> str:
+        """One line: the highest per-block peak (and its block) and the largest rise above a block's start."""
+        where = f"{'CUDA allocator' if is_cuda(self.device) else 'process RSS'} on {self.device}"
+        if not self.peaks:
+            return f"peak memory per block ({where}): no block ran"
+        index, top = max(self.peaks.items(), key=lambda item: item[1].peak_bytes)
+        rise = max(reading.delta_bytes for reading in self.peaks.values())
+        return (
+            f"peak memory per block ({where}, {len(self.peaks)} blocks): {format_bytes(top.peak_bytes)} "
+            f"(block {index}); at most {format_bytes(rise)} above a block's start"
+        )

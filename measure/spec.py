@@ -433,7 +433,7 @@ class _LayerPass:
                 f"no calibration token was routed to {ref.name}, so {step.text!r} has no statistics for it; "
                 "use expert_route='all' (every expert sees every token) or more calibration data"
             )
-        weight = ref.weight().clone()
+        weight = method_weight(ref)
         matrix = None if gram is None or gram.tokens == 0 else gram.gram
         weight_hat = step.method.apply(weight, matrix if step.method.needs_gram else None, step.params)
         ref.set_weight(weight_hat)
@@ -518,3 +518,11 @@ def parse_term_list(text: str) -> list[LayerStep]:
 def describe_steps(steps: Sequence[LayerStep]) -> list[Mapping[str, Any]]:
     """JSON-ready description of layer steps: term text, method, resolved parameters, scope."""
     return [{"term": s.text, "method": s.method.name, "params": s.params, "scope": s.scope} for s in steps]
+
+
+def method_weight(ref: LinearRef) -> torch.Tensor:
+    """A CPU copy of ``ref``'s weight as the methods take it: float64 stays, other precisions become float32
+    (float16 and bfloat16 values are exact in float32); ``set_weight`` casts a result back to the model's."""
+    weight = ref.weight().detach()
+    dtype = torch.float64 if weight.dtype == torch.float64 else torch.float32
+    return weight.to(device="cpu", dtype=dtype, copy=True)
