@@ -8,6 +8,12 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+from measure.commands.common import add_device_arguments
+
+if TYPE_CHECKING:
+    from figures.experiments import ExperimentContext
 
 HELP = "Run missing experiments and render every registered figure and table."
 DEFAULT_RESULTS = "results"
@@ -22,12 +28,12 @@ def add_build_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"folder of cached experiment tables (default: {DEFAULT_RESULTS}/)")
     parser.add_argument("--out", type=Path, default=Path(DEFAULT_OUT),
                         help=f"paper folder receiving figures/, tables/, sections/ (default: {DEFAULT_OUT}/)")
-    parser.add_argument("--device", default="cpu", help="torch device for model experiments (default: cpu)")
+    add_device_arguments(parser)
     parser.add_argument("--seed", type=int, default=0, help="seed of every experiment (default: 0)")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """`pvq figures [--only NAME ...] [--list] [--model NAME] [--results DIR] [--out DIR]`."""
+    """`pvq figures [--only NAME ...] [--list] [--model NAME] [--results DIR] [--out DIR] [--device] [--dtype]`."""
     parser.add_argument("--only", nargs="+", metavar="NAME", help="render only these figures/tables")
     parser.add_argument("--list", action="store_true", help="list the registered figures and tables and exit")
     add_build_arguments(parser)
@@ -47,18 +53,30 @@ def listing(out_dir: Path) -> str:
     return "\n".join(lines)
 
 
-def run_build(args: argparse.Namespace, only: list[str] | None = None) -> str:
-    """Run the experiments and render the selected artifacts; return the summary text."""
+def experiment_context(args: argparse.Namespace) -> ExperimentContext:
+    """What the experiments use: model, results folder, seed, and ``--device`` / ``--dtype`` resolved (a missing
+    CUDA device is a PvqError here, before any work); the model loads in that dtype on first use."""
     from figures.experiments import ExperimentContext
+    from measure.commands.common import placement
+    from measure.defaults import DEFAULT_MODEL
+    from measure.jobs import model_loader
+
+    place = placement(args, mode="full")
+    return ExperimentContext(
+        model_name=args.model or DEFAULT_MODEL, results_root=args.results, device=place.device, seed=args.seed,
+        load_model=model_loader(place.dtype_name),
+    )
+
+
+def run_build(
+    args: argparse.Namespace, only: list[str] | None = None, context: ExperimentContext | None = None
+) -> str:
+    """Run the experiments and render the selected artifacts; return the summary text."""
     from figures.registry import load_catalog, select
     from figures.render import build, summary
-    from measure.defaults import DEFAULT_MODEL
 
     registered = list(load_catalog().values())
-    context = ExperimentContext(
-        model_name=args.model or DEFAULT_MODEL, results_root=args.results, device=args.device, seed=args.seed
-    )
-    report = build(select(only), registered, context, args.out)
+    report = build(select(only), registered, context or experiment_context(args), args.out)
     return summary(report)
 
 

@@ -14,16 +14,17 @@ HELP = "Render every figure and table, then build the results chapter PDF (paper
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """`pvq paper [--model NAME] [--results DIR] [--out DIR]`."""
+    """`pvq paper [--model NAME] [--results DIR] [--out DIR] [--device D] [--dtype T]`."""
     add_build_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     """Check for latexmk, run `pvq figures`, build the PDF and print where it is."""
-    from figures.cli import run_build
+    from figures.cli import experiment_context, run_build
     from figures.paper import build_pdf, require_latexmk
 
+    context = experiment_context(args)
     require_latexmk()
-    print(run_build(args))
+    print(run_build(args, context=context))
     print(f"paper: {build_pdf(args.out)}")
     return 0

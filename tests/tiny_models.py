@@ -4,11 +4,13 @@
 vocabulary `TINY_VOCAB_SIZE`, float32, eval mode, weights drawn from the config's initialiser after
 `torch.manual_seed(seed)`. `tiny_tokenizer()` maps text to UTF-8 bytes (ids 3..258) and prepends <bos>, so
 tiny models can read real text. Token ids: <pad> 0, <bos> 1, <eos> 2; the models' configs agree.
+`save_tiny_model(family, folder)` saves both as a local model folder, as `pvq` commands load them.
 """
 
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 
 import torch
 import transformers
@@ -173,3 +175,11 @@ def tiny_tokenizer() -> PreTrainedTokenizerFast:
     return PreTrainedTokenizerFast(
         tokenizer_object=_byte_tokenizer(), pad_token="<pad>", bos_token="<bos>", eos_token="<eos>"
     )
+
+
+def save_tiny_model(family: str, folder: Path, **config_overrides: object) -> Path:
+    """`tiny_model(family, **config_overrides)` and the byte tokenizer saved as a local model folder (what `pvq`
+    loads by path); returns `folder`."""
+    tiny_model(family, **config_overrides).save_pretrained(folder)
+    tiny_tokenizer().save_pretrained(folder)
+    return folder

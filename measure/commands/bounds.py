@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from measure.commands.common import add_device_arguments, add_mode_argument
+
 HELP = "Exact optima and bounds of the per-layer quantization and pruning problems."
 COLUMNS = ("family", "method", "kind", "sqnr_db", "sqnr_upper_db", "status", "optimal_chunks", "chunks", "gap",
            "seconds")
@@ -23,18 +25,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seq-len", type=int, default=512, help="tokens per window (default 512)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the row subset and SDP rounding")
     parser.add_argument("--json", action="store_true", help="print JSON records instead of a table")
+    add_device_arguments(parser)
+    add_mode_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     from measure.bounds import bounds_for_model
-    from measure.models import load_model
+    from measure.commands.common import block_memory, load_placed, placement
 
-    loaded = load_model(args.model)
-    frame = bounds_for_model(
-        loaded, [args.layer], [args.bits], opt_dim=args.opt_dim, rows=args.rows, max_chunks=args.max_chunks,
-        sdp_bits=[] if args.no_sdp else None, sequences=args.sequences, sequence_length=args.seq_len,
-        time_limit=args.time_limit, seed=args.seed,
-    )
+    place = placement(args, args.mode)
+    loaded = load_placed(args.model, place)
+    with block_memory(place) as block_hooks:
+        frame = bounds_for_model(
+            loaded, [args.layer], [args.bits], opt_dim=args.opt_dim, rows=args.rows, max_chunks=args.max_chunks,
+            sdp_bits=[] if args.no_sdp else None, sequences=args.sequences, sequence_length=args.seq_len,
+            time_limit=args.time_limit, seed=args.seed, mode=place.mode, device=place.device,
+            block_hooks=block_hooks,
+        )
     shown = frame[list(COLUMNS)]
     if args.json:
         print(json.dumps({"model": loaded.model_id, "layer": args.layer, "bits": args.bits,

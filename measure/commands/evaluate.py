@@ -4,6 +4,11 @@ Example: ``pvq eval --model smollm2-135m --compress SPEC --tasks csqa,mmlu --ppl
 built in memory (never saved); with ``--compress`` the KL divergence to the uncompressed model is reported
 too. Results are cached by (model hash, spec, task, protocol) under ``--out``; the tidy table
 ``<out>/eval.parquet`` is rewritten from the cache after every run, and this run's summary rows are printed.
+
+``--device cuda`` with more than one GPU visible loads the model with accelerate's ``device_map="auto"`` (its
+blocks spread over the GPUs); with ``--compress`` the model stays on one device (the compression moves one
+block at a time to ``--device``). ``--dtype`` other than float32 gets results keyed apart (model hash
+``…+<dtype>``).
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import argparse
 import os
 from typing import Any
 
+from measure.commands.common import Placement, add_device_arguments
 from theory.errors import PvqError
 
 HELP = "Perplexity and lm-eval benchmarks of a (compressed) model, in memory."
@@ -30,7 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-windows", type=int, help="score only the first N windows (recorded)")
     parser.add_argument("--limit", type=int, help="questions per task (per MMLU subject), recorded")
     parser.add_argument("--batch-size", type=int, default=4, help="windows / lm-eval requests per forward pass")
-    parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    add_device_arguments(parser)
     parser.add_argument("--out", default="results/eval", help="results folder (default results/eval)")
 
 
@@ -46,8 +52,10 @@ def parse_compression(text: str | None) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
+    from measure.commands.common import placement
     from measure.evaluation.lmeval import TASKS, check_limit, resolve_tasks
 
+    place = placement(args, mode="full")
     names = [name for name in args.tasks.split(",") if name.strip()]
     requests = resolve_tasks(names) if names else []
     if not requests and not args.ppl:
@@ -57,12 +65,14 @@ def run(args: argparse.Namespace) -> int:
     if not any(request.stock for request in requests):
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-    return _evaluate(args, requests, spec)
+    return _evaluate(args, requests, spec, place)
 
 
-def _evaluate(args: argparse.Namespace, requests: list[Any], spec: Any) -> int:
+def _evaluate(args: argparse.Namespace, requests: list[Any], spec: Any, place: Placement) -> int:
+    """Load (spread over every GPU when more than one is visible and nothing is compressed), evaluate, print."""
     import pandas as pd
 
+    from measure.commands.common import device_map_for
     from measure.evaluation.lmeval import check_stock_tasks
     from measure.evaluation.perplexity import bos_token_id_for, check_window_fits, default_window, make_windows
     from measure.evaluation.results import ResultCache
@@ -71,14 +81,15 @@ def _evaluate(args: argparse.Namespace, requests: list[Any], spec: Any) -> int:
     from measure.text import evaluation_text
 
     check_stock_tasks(requests)
-    loaded = load_model(args.model, device=args.device)
+    device_map = device_map_for(place.device) if spec is None else None
+    loaded = load_model(args.model, device=place.device, dtype=place.dtype, device_map=device_map)
     variant = ModelVariant(loaded)
     if spec is not None:
-        variant = ModelVariant(loaded, args.compress, _compressor(loaded, spec))
+        variant = ModelVariant(loaded, args.compress, _compressor(loaded, spec, place.device))
     cache = ResultCache(args.out)
     summary = []
     if args.ppl:
-        window = args.window or default_window(args.device)
+        window = args.window or default_window(place.device)
         check_window_fits(loaded.model, window)
         bos = bos_token_id_for(loaded.tokenizer, loaded.bos_per_window)
         windows = make_windows(evaluation_text(), loaded.tokenizer, window, args.stride, bos, args.max_windows)
@@ -95,16 +106,17 @@ def _evaluate(args: argparse.Namespace, requests: list[Any], spec: Any) -> int:
     return 0
 
 
-def _compressor(loaded: Any, spec: Any) -> Any:
-    """``model -> compressed model`` for ``spec``: compressed in place, calibrated on the calibration text
-    with the default :class:`measure.calibration.CalibrationProtocol` (128 windows of 512 tokens)."""
+def _compressor(loaded: Any, spec: Any, device: str) -> Any:
+    """``model -> compressed model`` for ``spec``: compressed in place, one block at a time on ``device``,
+    calibrated on the calibration text with the default :class:`measure.calibration.CalibrationProtocol`
+    (128 windows of 512 tokens)."""
     from measure.calibration import CalibrationProtocol, calibration_batches
     from measure.spec import apply_spec
     from measure.text import calibration_text
 
     def compress(model: Any) -> Any:
         protocol = CalibrationProtocol(bos=loaded.bos_per_window)
-        apply_spec(model, spec, calibration_batches(loaded.tokenizer, calibration_text(), protocol))
+        apply_spec(model, spec, calibration_batches(loaded.tokenizer, calibration_text(), protocol), device=device)
         return model
 
     return compress

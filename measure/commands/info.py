@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from measure.commands.common import add_device_arguments
+
 HELP = "Describe a model: blocks, sublayers, linear layers, parameter counts, grid detection."
 
 
@@ -12,14 +14,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", help="default model name, local folder, .gguf file or hub id")
     parser.add_argument("--linears", action="store_true", help="list every linear layer")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    add_device_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     from measure.architecture import describe, parameter_counts, summary_table
+    from measure.commands.common import load_placed, placement
     from measure.grid import detect_linear_grid
-    from measure.models import load_model
 
-    loaded = load_model(args.model)
+    place = placement(args, mode="full")
+    loaded = load_placed(args.model, place)
     arch = describe(loaded.model)
     counts = parameter_counts(arch)
     table = summary_table(arch)
@@ -28,6 +32,8 @@ def run(args: argparse.Namespace) -> int:
     summary = {
         "model": loaded.model_id,
         "model_hash": loaded.model_hash,
+        "device": place.device,
+        "dtype": place.dtype_name,
         "class": arch.model_class,
         "family": arch.family,
         "blocks": len(arch.blocks),

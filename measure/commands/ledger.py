@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 
+from measure.commands.common import add_device_arguments, add_mode_argument
+
 HELP = "Per-layer error ledger of pruning and quantization methods on real activations."
 DEFAULT_MODEL = "smollm2-135m"
 GLIBC_M_MMAP_THRESHOLD = -3
@@ -25,7 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sequences", type=int, default=128, help="calibration windows (default 128)")
     parser.add_argument("--seq-len", type=int, default=512, help="tokens per window (default 512)")
     parser.add_argument("--batch-size", type=int, default=8, help="windows per forward pass (default 8)")
-    parser.add_argument("--mode", choices=("full", "sequential"), default="full", help="capture mode (same Grams)")
+    add_mode_argument(parser)
     parser.add_argument("--layers", default=None, help="regular expression: only layers whose name matches")
     parser.add_argument(
         "--expert-route", choices=("routed", "all"), default="routed",
@@ -34,6 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="torch seed (the calibration windows are fixed)")
     parser.add_argument("--weight-study", action="store_true", help="also write the weight-tensor study (Fig. 3)")
     parser.add_argument("--out", required=True, help="output directory")
+    add_device_arguments(parser)
 
 
 def keep_large_temporaries_off_the_heap() -> None:
@@ -63,31 +66,33 @@ def run(args: argparse.Namespace) -> int:
     from measure import ledger as ledgers
     from measure.architecture import describe
     from measure.calibration import CalibrationProtocol, calibration_batches
+    from measure.commands.common import block_memory, load_placed, placement
     from measure.grid import detect_model_grid
-    from measure.models import load_model
     from measure.provenance import collect
     from measure.spec import describe_steps, parse_term_list
     from measure.store import write_table
     from measure.text import calibration_text
 
+    place = placement(args, args.mode)
     steps = parse_term_list(args.methods or ledgers.DEFAULT_METHODS)
     torch.manual_seed(args.seed)
-    loaded = load_model(args.model)
+    loaded = load_placed(args.model, place)
     protocol = CalibrationProtocol(args.sequences, args.seq_len, args.batch_size, bos=loaded.bos_per_window)
     batches = calibration_batches(loaded.tokenizer, calibration_text(), protocol)
     arch = describe(loaded.model)
     grid = detect_model_grid((ref.name, ref.weight()) for ref in arch.linears)
-    ledger = ledgers.build_ledger(
-        loaded.model, batches, steps, mode=args.mode, layers=args.layers, expert_route=args.expert_route,
-        model_id=loaded.model_id, progress=True,
-    )  # fmt: skip
+    with block_memory(place) as block_hooks:
+        ledger = ledgers.build_ledger(
+            loaded.model, batches, steps, mode=place.mode, layers=args.layers, expert_route=args.expert_route,
+            model_id=loaded.model_id, progress=True, device=place.device, block_hooks=block_hooks,
+        )  # fmt: skip
     provenance = collect(
         **loaded.describe(),
         grid_detection=grid.as_dict(),
         calibration=protocol.as_dict(),
         calibration_tokens=sum(batch.numel() for batch in batches),
         seed=args.seed,
-        capture_mode=args.mode,
+        **place.as_dict(),
         methods=describe_steps(steps),
         layers=args.layers,
         expert_route=args.expert_route,

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from measure.commands.common import Placement, add_device_arguments, add_mode_argument
 from theory.errors import PvqError
 
 HELP = "Block/sublayer importance and layer removal measured against the bounds."
@@ -50,15 +51,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     parser.add_argument("--seed", type=int, default=0, help="seed of the random ordering (default 0)")
     parser.add_argument("--bounds", help="study: parquet of per-layer bounds to add to the ledger points")
+    add_device_arguments(parser)
+    add_mode_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    from measure.models import load_model
+    from measure.commands.common import load_placed, placement
 
-    loaded = load_model(args.model)
+    if args.study and args.mode == "sequential":
+        raise PvqError("--study runs the whole model on --device (perplexity of every removal); drop --mode")
+    place = placement(args, "full" if args.study else args.mode)
+    loaded = load_placed(args.model, place)
     if args.study:
         return _study(args, loaded)
-    return _remove(args, loaded)
+    return _remove(args, loaded, place)
 
 
 def _calibration(args: argparse.Namespace, loaded: Any) -> tuple[list, Any]:
@@ -70,10 +76,11 @@ def _calibration(args: argparse.Namespace, loaded: Any) -> tuple[list, Any]:
     return calibration_batches(loaded.tokenizer, calibration_text(), protocol), protocol
 
 
-def _remove(args: argparse.Namespace, loaded: Any) -> int:
+def _remove(args: argparse.Namespace, loaded: Any, place: Placement) -> int:
     import pandas as pd
 
     from measure.architecture import describe
+    from measure.commands.common import block_memory
     from measure.importance import choose_units, get_ordering, measure_importance
     from measure.removal import drop_experts, remove_units, removed_fraction, save_removed
     from measure.removal_study import unit_table
@@ -87,7 +94,9 @@ def _remove(args: argparse.Namespace, loaded: Any) -> int:
     else:
         if args.blocks is None and args.experts is None:
             raise PvqError("say what to remove: --blocks N (by --metric), --indices I,J,... or --experts N")
-        importance = measure_importance(loaded.model, _calibration(args, loaded)[0], arch)
+        with block_memory(place) as block_hooks:
+            importance = measure_importance(loaded.model, _calibration(args, loaded)[0], arch, mode=place.mode,
+                                            device=place.device, block_hooks=block_hooks)  # fmt: skip
         if args.experts is not None:
             removal = drop_experts(loaded.model, importance.expert_scores, args.experts)
         else:

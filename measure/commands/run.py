@@ -1,17 +1,21 @@
 """`pvq run`: Run a declared experiment grid locally or on SLURM.
 
-``pvq run FILE [--executor local|slurm|submitit-local|debug] [--dry-run] [--workers N] [--retries N]``.
-The experiment file (TOML, :mod:`measure.grid_file`) is checked completely before any job starts; finished
-jobs are skipped, the others run on the executor (:mod:`measure.executors`), failed ones are retried and
-then reported. Results land in the tables ``pvq figures`` and ``pvq eval`` read.
+``pvq run FILE [--executor local|slurm|submitit-local|debug] [--dry-run] [--workers N] [--retries N]
+[--device D] [--dtype T]``. The experiment file (TOML, :mod:`measure.grid_file`) is checked completely before
+any job starts; ``--device`` / ``--dtype`` override its settings for every job (a dtype is part of a job's
+identity, so another dtype means other jobs and results; a device is not). Finished jobs are skipped, the
+others run on the executor (:mod:`measure.executors`), failed ones are retried and then reported. Results land
+in the tables ``pvq figures`` and ``pvq eval`` read.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 from typing import Any
 
+from measure.commands.common import add_device_arguments, check_device_name, resolve_device
 from measure.executors import EXECUTORS
 from theory.errors import PvqError
 
@@ -19,7 +23,7 @@ HELP = "Run a declared experiment grid locally or on SLURM."
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """`pvq run FILE [--executor ...] [--dry-run] [--workers N] [--retries N]`."""
+    """`pvq run FILE [--executor ...] [--dry-run] [--workers N] [--retries N] [--device D] [--dtype T]`."""
     parser.add_argument("file", type=Path, help="experiment file (TOML); examples in measure/experiment_files/")
     parser.add_argument(
         "--executor", default="local", choices=EXECUTORS,
@@ -31,6 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int,
                         help="jobs side by side for --executor local (default: cores ÷ cpus per job)")
     parser.add_argument("--retries", type=int, default=1, help="times a failed job is retried (default 1)")
+    add_device_arguments(parser, overrides="the experiment file")
 
 
 def job_table(jobs: list[Any], status: dict[str, str]) -> str:
@@ -47,16 +52,35 @@ def refresh_eval_tables(jobs: list[Any]) -> list[Path]:
     return [ResultCache(root).write_table() for root in roots if (root / "cache").is_dir()]
 
 
+def check_device_here(device: str | None, executor: str) -> None:
+    """Check ``--device``: its name always; on this machine also that it exists (a PvqError before any job
+    starts), except for SLURM, whose jobs run on other nodes."""
+    if device is None:
+        return
+    check_device_name(device)
+    if executor != "slurm":
+        resolve_device(device)
+
+
+def with_overrides(jobs: list[Any], device: str | None, dtype: str | None) -> list[Any]:
+    """``jobs`` with ``--device`` / ``--dtype`` replacing what the experiment file says, when given (jobs that
+    become the same job are run once)."""
+    changes = {key: value for key, value in (("device", device), ("dtype", dtype)) if value is not None}
+    replaced = [dataclasses.replace(job, **changes) for job in jobs]
+    return list({job.job_id: job for job in replaced}.values())
+
+
 def run(args: argparse.Namespace) -> int:
     from measure.executors import check_slurm_available, execute, sbatch_scripts
     from measure.grid_file import load_grid
     from measure.jobs import is_finished, last_failure
 
+    check_device_here(args.device, args.executor)
     if args.executor == "slurm" and not args.dry_run:
         check_slurm_available()
     if args.workers is not None and args.workers < 1:
         raise PvqError(f"--workers must be at least 1, got {args.workers}")
-    jobs = load_grid(args.file)
+    jobs = with_overrides(load_grid(args.file), args.device, args.dtype)
     status = {job.job_id: "finished" if is_finished(job) else "pending" for job in jobs}
     pending = [job for job in jobs if status[job.job_id] == "pending"]
     print(f"{args.file}: {len(jobs)} jobs, {len(jobs) - len(pending)} finished (skipped), {len(pending)} to run")

@@ -26,7 +26,7 @@ def synthetic_compute(exp):
 
 
 def build_args(results: Path, out: Path) -> argparse.Namespace:
-    return argparse.Namespace(model=None, results=results, out=out, device="cpu", seed=0)
+    return argparse.Namespace(model=None, results=results, out=out, device="cpu", dtype="float32", seed=0)
 
 
 @pytest.fixture

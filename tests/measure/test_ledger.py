@@ -133,7 +133,7 @@ def test_weight_tensor_study_has_one_row_per_tensor_and_bits() -> None:
 
 
 def test_cli_writes_table_and_provenance(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
-    def fake_load(name: str) -> models.LoadedModel:
+    def fake_load(name: str, **placement: object) -> models.LoadedModel:
         return models.LoadedModel(tiny_model("llama"), tiny_tokenizer(), name, "hash123", True, "test")
 
     monkeypatch.setattr(models, "load_model", fake_load)

@@ -1,4 +1,5 @@
-"""Layer-sequential and whole-model paths give the same Grams, ledger rows, compressed weights and perplexity.
+"""Layer-sequential and whole-model paths give the same Grams, ledger rows, block importance, compressed weights
+and perplexity.
 
 The whole-model path hooks every layer and runs the model forward; the layer-sequential path
 (:mod:`measure.blocks`) pushes cached block inputs through one block at a time. Checked on a sequential
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import copy
 
+import pandas as pd
 import pytest
 import torch
 from tiny_models import TINY_VOCAB_SIZE, tiny_model, tiny_tokenizer
@@ -24,7 +26,9 @@ from measure.evaluation.perplexity import (
     make_windows,
     output_head,
 )
+from measure.importance import importance_table, measure_importance
 from measure.ledger import build_ledger
+from measure.memory import BlockMemoryLog
 from measure.spec import apply_spec, parse_spec
 
 FAMILIES = ("llama", "gpt_neox")
@@ -43,7 +47,11 @@ def calibration_batches() -> list[torch.Tensor]:
 def test_grams_and_ledger_rows_agree(family: str) -> None:
     model = tiny_model(family, num_hidden_layers=3)
     whole = build_ledger(model, calibration_batches(), LEDGER_METHODS, mode="full", keep_rows=TOKENS)
-    sequential = build_ledger(model, calibration_batches(), LEDGER_METHODS, mode="sequential")
+    memory = BlockMemoryLog("cpu")
+    sequential = build_ledger(
+        model, calibration_batches(), LEDGER_METHODS, mode="sequential", device="cpu", block_hooks=memory.hooks
+    )
+    assert sorted(memory.peaks) == [0, 1, 2]
     assert whole.capture.grams.keys() == sequential.capture.grams.keys()
     for group, accumulator in whole.capture.grams.items():
         direct = accumulator.sample.T @ accumulator.sample
@@ -59,6 +67,19 @@ def test_grams_and_ledger_rows_agree(family: str) -> None:
     for column in numeric:
         expected, actual = (torch.tensor(ledger.table[column].to_numpy(float)) for ledger in (whole, sequential))
         torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-9)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_block_and_sublayer_importance_agree(family: str) -> None:
+    """What `pvq remove` ranks: block and sublayer statistics, from either pass."""
+    model = tiny_model(family, num_hidden_layers=3)
+    whole, sequential = (
+        importance_table(measure_importance(model, calibration_batches(), mode=mode, device="cpu"))
+        for mode in ("full", "sequential")
+    )
+    assert whole[["unit", "block", "tokens"]].equals(sequential[["unit", "block", "tokens"]])
+    numeric = ["influence", "removal_relative_error", "removal_sqnr_db"]
+    pd.testing.assert_frame_equal(sequential[numeric], whole[numeric], rtol=1e-5)
 
 
 def compress_whole_model(model: torch.nn.Module, batches: list[torch.Tensor]) -> None:
