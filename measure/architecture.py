@@ -45,6 +45,7 @@ class LinearRef:
     Layers with the same `shared_input_group` read the same input tensor (one Gram XᵀX serves them all):
     q/k/v of one attention, gate/up of one MLP, attention and MLP of a parallel block with one shared norm,
     gate/up of one routed expert (the tokens routed to it).
+    `out_features` and `in_features` are read off `weight_view()` when the LinearRef is made.
     """
 
     name: str
@@ -54,12 +55,18 @@ class LinearRef:
     module: nn.Module
     shared_input_group: str
     expert_index: int | None
-    out_features: int
-    in_features: int
+    out_features: int = field(init=False)
+    in_features: int = field(init=False)
     parameter_name: str
     stacked: bool
     weight_view: Callable[[], torch.Tensor] = field(repr=False)
     bias_view: Callable[[], torch.Tensor | None] = field(repr=False)
+
+    def __post_init__(self) -> None:
+        """Read (out_features, in_features) off the weight view, the one place they come from."""
+        out_features, in_features = self.weight_view().shape
+        object.__setattr__(self, "out_features", int(out_features))
+        object.__setattr__(self, "in_features", int(in_features))
 
     def weight(self) -> torch.Tensor:
         """W as an (out_features, in_features) view sharing storage with the model (change it via set_weight)."""
@@ -581,7 +588,6 @@ def _module_ref(
     """A LinearRef for an nn.Linear (weight (out, in)), Conv1D (weight (in, out)) or router (weight (E, in))."""
     role, shared = _role_and_group(name.rpartition(".")[2], roles, role_prefix, group, name)
     transposed = isinstance(module, Conv1D)
-    out_features, in_features = module.weight.shape[::-1] if transposed else module.weight.shape
     return LinearRef(
         name=name,
         role=role,
@@ -590,8 +596,6 @@ def _module_ref(
         module=module,
         shared_input_group=shared,
         expert_index=expert_index,
-        out_features=int(out_features),
-        in_features=int(in_features),
         parameter_name=f"{name}.weight",
         stacked=False,
         weight_view=lambda: module.weight.detach().T if transposed else module.weight.detach(),
@@ -670,7 +674,6 @@ def _fused_ref(
         bias = getattr(module, f"{tensor_name}_bias", None)
         return None if bias is None else layout.rows(bias.detach()[expert], half)
 
-    out_features, in_features = weight_view().shape
     return LinearRef(
         name=f"{experts.name}.{expert}.{role}",
         role=f"expert.{role}",
@@ -679,8 +682,6 @@ def _fused_ref(
         module=module,
         shared_input_group=group,
         expert_index=expert,
-        out_features=int(out_features),
-        in_features=int(in_features),
         parameter_name=f"{experts.name}.{tensor_name}",
         stacked=True,
         weight_view=weight_view,
