@@ -360,18 +360,12 @@ def _describe_block(index: int, block: nn.Module, names: dict, config: object, m
         name=block_name,
         module=block,
         parallel=parallel,
-        attention=Sublayer(
-            kind="attention",
-            name=attention_name,
-            module=attention,
-            input_norm=norms.get("attention_in"),
-            output_norm=norms.get("attention_out"),
-            residual_norm=norms.get("attention_residual"),
-            linears=_dense_linears(
-                attention, families.ATTENTION_ROLES, "attention", index, attention_group, names
-            ),
-            router=None,
-            experts=None,
+        attention=_sublayer(
+            "attention",
+            attention_name,
+            attention,
+            norms,
+            _dense_linears(attention, families.ATTENTION_ROLES, "attention", index, attention_group, names),
         ),
         mlp=_mlp_sublayer(mlp_name, mlp, loose_linears, norms, index, mlp_group, names, model_class),
     )
@@ -476,13 +470,26 @@ def _mlp_sublayer(
         linears = _dense_linears(module, families.MLP_ROLES, "mlp", block_index, group, names)
     else:
         router, linears = _moe_linears(module, experts, block_index, group, names, model_class)
+    return _sublayer("mlp", name, module, norms, linears, router, experts)
+
+
+def _sublayer(
+    kind: str,
+    name: str,
+    module: nn.Module | None,
+    norms: dict[str, nn.Module],
+    linears: tuple[LinearRef, ...],
+    router: LinearRef | None = None,
+    experts: Experts | None = None,
+) -> Sublayer:
+    """A Sublayer of `kind` ("attention" or "mlp") with the block's `<kind>_in/_out/_residual` norms around it."""
     return Sublayer(
-        kind="mlp",
+        kind=kind,
         name=name,
         module=module,
-        input_norm=norms.get("mlp_in"),
-        output_norm=norms.get("mlp_out"),
-        residual_norm=norms.get("mlp_residual"),
+        input_norm=norms.get(f"{kind}_in"),
+        output_norm=norms.get(f"{kind}_out"),
+        residual_norm=norms.get(f"{kind}_residual"),
         linears=linears,
         router=router,
         experts=experts,
