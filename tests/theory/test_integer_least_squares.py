@@ -7,8 +7,9 @@ import itertools
 
 import numpy as np
 import pytest
+from chunk_toys import synthetic_chunk
 
-from theory.chunk_problem import ChunkProblem, damped_gram, make_chunk_problem
+from theory.chunk_problem import ChunkProblem, make_chunk_problem
 from theory.errors import PvqError
 from theory.integer_least_squares import (
     ORDERINGS,
@@ -22,15 +23,12 @@ from theory.integer_least_squares import (
     rtn_codes,
 )
 from theory.miqp import miqp_quantize
-from theory.synthetic_layer import synthetic_gram, synthetic_weights
+from theory.synthetic_layer import synthetic_weights
 
 
 def chunk(seed: int, size: int, noise: float = 1.0, relative_damping: float = 1e-2) -> ChunkProblem:
-    """A chunk of a synthetic LLM-like layer (outlier channels included)."""
-    generator = np.random.default_rng(seed)
-    gram, _ = damped_gram(synthetic_gram(generator, width=size, tokens=512, rank=4, outliers=1, noise=noise),
-                          relative_damping)
-    return make_chunk_problem(synthetic_weights(generator, 1, size)[0], gram)
+    """:func:`synthetic_chunk` from 512 tokens, by default with noise 1 and 1 % damping."""
+    return synthetic_chunk(seed, size, noise, relative_damping, tokens=512)
 
 
 def brute_force(problem: ChunkProblem, grid: QuantGrid) -> float:

@@ -7,22 +7,13 @@ from collections.abc import Callable
 import cvxpy as cp
 import numpy as np
 import pytest
+from chunk_toys import synthetic_chunk as chunk
 
 from theory import sdp_bound
-from theory.chunk_problem import ChunkProblem, damped_gram, make_chunk_problem
 from theory.errors import PvqError
 from theory.integer_least_squares import QuantGrid, exact_quantize, mse_scale
 from theory.sdp_bound import park_boyd_bound, perspective_bound
 from theory.sparse_least_squares import exact_prune, paper_box
-from theory.synthetic_layer import synthetic_activations, synthetic_weights
-
-
-def chunk(seed: int, size: int, noise: float = 0.2) -> ChunkProblem:
-    """A chunk of a synthetic LLM-like layer (outlier channels included)."""
-    generator = np.random.default_rng(seed)
-    activations = synthetic_activations(generator, width=size, tokens=256, rank=4, outliers=1, noise=noise)
-    gram, _ = damped_gram(activations.T @ activations, 1e-3)
-    return make_chunk_problem(synthetic_weights(generator, 1, size)[0], gram)
 
 
 @pytest.mark.parametrize(("seed", "bits", "box_cuts"), [(0, 3, True), (1, 2, True), (2, 3, False), (3, 4, True)])

@@ -7,6 +7,7 @@ import itertools
 import cvxpy as cp
 import numpy as np
 import pytest
+from chunk_toys import synthetic_chunk as chunk
 
 from theory.chunk_problem import ChunkProblem, damped_gram, make_chunk_problem
 from theory.errors import PvqError
@@ -24,14 +25,6 @@ from theory.sparse_least_squares import (
     wanda_mask,
 )
 from theory.synthetic_layer import synthetic_activations, synthetic_weights
-
-
-def chunk(seed: int, size: int, noise: float = 0.2, relative_damping: float = 1e-3) -> ChunkProblem:
-    """A chunk of a synthetic LLM-like layer (outlier channels included)."""
-    generator = np.random.default_rng(seed)
-    activations = synthetic_activations(generator, width=size, tokens=256, rank=4, outliers=1, noise=noise)
-    gram, _ = damped_gram(activations.T @ activations, relative_damping)
-    return make_chunk_problem(synthetic_weights(generator, 1, size)[0], gram)
 
 
 def brute_force(problem: ChunkProblem, kept: int, box: float | None = None) -> float:
