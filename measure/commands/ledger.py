@@ -7,13 +7,12 @@ Writes ``OUT/ledger.parquet`` with its provenance sidecar ``OUT/ledger.json`` (a
 from __future__ import annotations
 
 import argparse
+import os
 
 from measure.commands.common import add_device_arguments, add_mode_argument
 
 HELP = "Per-layer error ledger of pruning and quantization methods on real activations."
 DEFAULT_MODEL = "smollm2-135m"
-GLIBC_M_MMAP_THRESHOLD = -3
-MMAP_THRESHOLD_BYTES = 128 * 1024
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -35,30 +34,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     parser.add_argument("--seed", type=int, default=0, help="torch seed (the calibration windows are fixed)")
     parser.add_argument("--weight-study", action="store_true", help="also write the weight-tensor study (Fig. 3)")
+    parser.add_argument(
+        "--workers", type=int, default=None,
+        help="processes sharing the methods phase (default: one per CPU core; 1 = this process only)",
+    )  # fmt: skip
     parser.add_argument("--out", required=True, help="output directory")
     add_device_arguments(parser)
 
 
-def keep_large_temporaries_off_the_heap() -> None:
-    """glibc only: serve every allocation of >= 128 KiB with mmap, fixing the threshold (``mallopt``).
-
-    glibc otherwise raises its mmap threshold after the first large free, so the float64 temporaries of each
-    calibration batch land on the heap, and the small tensors kept between batches (block statistics) pin the
-    freed holes: on SmolLM2 with 8 x 512-token batches resident memory grew by about 0.7 GB per batch (5.6 GB
-    after 6 of 16 batches, 7.7 GB after 10; one run was killed at 12 GB). With the fixed threshold the full run
-    peaked at 2.2 GB, at the price of page faults on fresh mappings (170 M faults, 315 s of system time).
-    """
-    import ctypes
-    import ctypes.util
-
-    name = ctypes.util.find_library("c")
-    libc = ctypes.CDLL(name) if name else None
-    if libc is not None and hasattr(libc, "mallopt"):
-        libc.mallopt(GLIBC_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
-
-
 def run(args: argparse.Namespace) -> int:
-    keep_large_temporaries_off_the_heap()
     from pathlib import Path
 
     import torch
@@ -85,6 +69,7 @@ def run(args: argparse.Namespace) -> int:
         ledger = ledgers.build_ledger(
             loaded.model, batches, steps, mode=place.mode, layers=args.layers, expert_route=args.expert_route,
             model_id=loaded.model_id, progress=True, device=place.device, block_hooks=block_hooks,
+            workers=args.workers,
         )  # fmt: skip
     provenance = collect(
         **loaded.describe(),
@@ -102,6 +87,7 @@ def run(args: argparse.Namespace) -> int:
         kurtosis_definition=ledgers.KURTOSIS_DEFINITION,
         seconds=ledger.seconds,
         torch_threads=torch.get_num_threads(),
+        method_workers=args.workers or os.cpu_count(),
     )
     out = Path(args.out)
     path = write_table(ledger.table, out / "ledger.parquet", provenance)
