@@ -52,10 +52,11 @@ def test_every_experiment_declares_a_nonempty_synthetic_table():
         assert len(table) > 0, exp.name
 
 
-def test_readme_lists_every_registered_artifact():
-    text = README.read_text()
+@pytest.mark.parametrize("readme", [README, README.parents[1] / "README.md"], ids=["paper", "top"])
+def test_readme_lists_every_registered_artifact(readme: Path) -> None:
+    text = readme.read_text()
     missing = [name for name in ARTIFACTS if f"`{name}`" not in text]
-    assert not missing, f"add {missing} to paper/README.md"
+    assert not missing, f"add {missing} to {readme}"
 
 
 def test_sqnr_figure_plots_exactly_the_table_values_one_series_per_format_family():
