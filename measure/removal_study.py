@@ -424,8 +424,8 @@ def run_study(
     single = _single_units(importance, arch, probe, settings.sublayers)
     lap("single_units", single_units=single)
 
-    curves, block_curves = _curves(model, arch, batches, sorted(levels["removed_fraction"].unique()), settings,
-                                   bounds)  # fmt: skip
+    fractions = sorted(levels["removed_fraction"].unique())
+    curves, block_curves, captured = _curves(model, arch, batches, fractions, settings, bounds)
     blocks = units[units["unit"] == "block"][["block", "removed_fraction", "bits_per_weight", "removal_sqnr_db"]]
     lap("ledger", curves=curves, block_verdicts=block_verdict_table(blocks, block_curves))
 
@@ -435,7 +435,7 @@ def run_study(
     levels = pd.concat([levels, pd.DataFrame([evaluated[text] for text in levels["blocks"]])], axis=1)
     lap("levels", levels=verdict_table(levels, curves))
 
-    lap("baselines", end_to_end=_end_to_end(model, batches, evaluator, levels, curves, settings))
+    lap("baselines", end_to_end=_end_to_end(model, batches, evaluator, levels, curves, settings, captured))
     for unit, rows in single.groupby("unit"):
         study.summary[f"correlation_single_{unit}"] = propagation_correlation(
             rows["removal_relative_error"], rows["kl_to_reference_nats"]
@@ -486,13 +486,14 @@ def _curves(
     fractions: Sequence[float],
     settings: StudySettings,
     bounds: pd.DataFrame | None,
-) -> tuple[pd.DataFrame, pd.DataFrame]:
+) -> tuple[pd.DataFrame, pd.DataFrame, Capture]:
     """Decoder-level and block-level aggregated points of the ledger terms (and bounds), weighted by the
-    output energies on the ledger's own Grams."""
+    output energies on the ledger's own Grams, and that capture (the size-matched compressions reuse it)."""
     ledger = build_ledger(model, batches, ",".join(_ledger_terms(fractions, settings)), workers=None)
     table = ledger.table if bounds is None else pd.concat([ledger.table, bounds], ignore_index=True)
     energy = layer_output_energy(arch, ledger.capture)
-    return aggregate_layer_errors(table, energy), aggregate_layer_errors(table, energy, by=("block",))
+    curves = aggregate_layer_errors(table, energy), aggregate_layer_errors(table, energy, by=("block",))
+    return (*curves, ledger.capture)
 
 
 def _end_to_end(
@@ -502,10 +503,12 @@ def _end_to_end(
     levels: pd.DataFrame,
     curves: pd.DataFrame,
     settings: StudySettings,
+    captured: Capture | None = None,
 ) -> pd.DataFrame:
     """PPL and KL of every removal level and of the size-matched pruners (sparsity s(f)) and quantizers (the
     largest ledger bits whose decoder-level bits per weight do not exceed b(f)). Compression calibrates on the
-    original model's stream (``apply_spec(..., calibration="parallel")``), like the ledger."""
+    original model's stream (``apply_spec(..., calibration="parallel")``), like the ledger, reading the ledger's
+    Grams (``captured``) instead of capturing them again for every spec."""
     rows = [
         {
             "family": "removal", "method": row.ordering, "spec": f"remove:blocks={row.blocks}",
@@ -526,7 +529,7 @@ def _end_to_end(
                 matched.setdefault(points["term"].iloc[0], []).append(fraction)
     for spec, matched_fractions in matched.items():
         with restored(model):
-            report = apply_spec(model, spec, batches, calibration="parallel")
+            report = apply_spec(model, spec, batches, calibration="parallel", captured=captured)
             result = evaluator.evaluate(start=0)
         for fraction in matched_fractions:
             rows.append({

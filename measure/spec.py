@@ -42,7 +42,7 @@ from torch import nn
 
 from measure.architecture import Architecture, Block, LinearRef, describe
 from measure.blocks import BlockInputs, record_block_inputs, run_block
-from measure.capture import register_gram_hooks
+from measure.capture import Capture, register_gram_hooks
 from measure.gram import GramAccumulator
 from measure.methods import REGISTRY, get_method
 from measure.methods.errors import output_error
@@ -332,12 +332,18 @@ def apply_spec(
     calibration: str = "sequential",
     device: str = "cpu",
     expert_route: str = "routed",
+    captured: Capture | None = None,
 ) -> CompressionReport:
     """Compress ``model`` in place as ``spec`` says (see the module docstring for the order of work).
 
     ``batches`` (token ids, one tensor per batch) are needed when a method reads Grams; ``expert_route`` picks
     which tokens experts' Grams see (:mod:`measure.moe_capture`). Weights are checked for NaN/Inf before a pass
     starts; an error raised during a pass (an expert without tokens) leaves the earlier blocks compressed.
+
+    ``captured``: Grams of the *unmodified* model on the same ``batches`` (e.g. a ledger's capture). With
+    ``calibration="parallel"`` the first layer pass reads them instead of running the model again (the Grams
+    it would capture are the same: original inputs); later passes, passes after a model step (``remove``) and
+    passes over routed experts capture as usual.
     """
     spec = parse_spec(spec) if isinstance(spec, str) else spec
     if calibration not in CALIBRATIONS:
@@ -351,9 +357,11 @@ def apply_spec(
         if isinstance(stage, ModelStep):
             fields = stage.kind.apply(model, stage.params, batches or [], device)
             model_steps.append({"term": stage.text, **fields})
+            captured = None
             continue
         layer_pass = _LayerPass(describe(model), stage, calibration, device, expert_route)
-        rows += layer_pass.run(batches)
+        rows += layer_pass.run(batches, captured if calibration == "parallel" else None)
+        captured = None
         empty += layer_pass.experts_without_tokens
         tokens = max(tokens, layer_pass.tokens)
     return CompressionReport(
@@ -390,7 +398,7 @@ class _LayerPass:
         found = [(ref, next((s for s in self.steps if s.covers(ref)), None)) for ref in block.linears]
         return [(ref, step) for ref, step in found if step is not None]
 
-    def run(self, batches: Sequence[torch.Tensor] | None) -> list[dict[str, Any]]:
+    def run(self, batches: Sequence[torch.Tensor] | None, captured: Capture | None = None) -> list[dict[str, Any]]:
         targets = [self.targets(block) for block in self.arch.blocks]
         flat = [pair for block_targets in targets for pair in block_targets]
         for ref, _ in flat:
@@ -401,6 +409,14 @@ class _LayerPass:
             names = sorted({step.text for step in self.steps if step.method.needs_gram})
             raise PvqError(f"spec terms {names} need calibration data; pass calibration batches")
         self.tokens = sum(batch.numel() for batch in batches)
+        if captured is not None and all(ref.expert_index is None for ref, _ in flat):
+            missing = [ref.name for ref, _ in flat if ref.shared_input_group not in captured.grams]
+            if captured.tokens != self.tokens or missing:
+                raise PvqError(
+                    f"the given capture ({captured.tokens} tokens) is not of this model's layers on these "
+                    f"{self.tokens} calibration tokens; capture again or pass captured=None"
+                )
+            return [self.compress(ref, step, captured.grams, None) for ref, step in flat]
         inputs = record_block_inputs(self.arch.model, self.arch, batches)
         rows = []
         for block, block_targets in zip(self.arch.blocks, targets, strict=True):

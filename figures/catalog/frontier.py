@@ -18,7 +18,14 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from figures.catalog.models import CALIBRATION, EVALUATION, calibration, describe_protocol, evaluation_windows
+from figures.catalog.models import (
+    CALIBRATION,
+    EVALUATION,
+    calibration,
+    describe_protocol,
+    evaluation_windows,
+    original_capture,
+)
 from figures.catalog.removal import STUDY, study_part
 from figures.experiments import ExperimentContext, experiment
 from figures.registry import Tables, escape_tex, figure
@@ -73,10 +80,12 @@ def compression_frontier(config: Mapping[str, Any], context: ExperimentContext) 
     evaluator = ResidualStreamEvaluator(loaded.model, evaluation_windows(loaded, config["evaluation"]),
                                         config["calibration"]["batch_size"])  # fmt: skip
     base = evaluator.evaluate().perplexity
+    captured = original_capture(loaded, batches, config["calibration"])
     rows = []
     for spec in config["specs"]:
         with restored(loaded.model):
-            report = apply_spec(loaded.model, spec, batches, calibration=config["calibration"]["mode"])
+            report = apply_spec(loaded.model, spec, batches, calibration=config["calibration"]["mode"],
+                                captured=captured)  # fmt: skip
             result = evaluator.evaluate(start=0)
         rows.append({
             "spec": spec, "method": spec_method(spec), "family": spec_family(spec),

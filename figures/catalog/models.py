@@ -57,6 +57,14 @@ def evaluation_windows(loaded: Any, config: Mapping[str, Any]) -> Any:
                         max_windows=config["max_windows"])  # fmt: skip
 
 
+def original_capture(loaded: Any, batches: list, config: Mapping[str, Any]) -> Any:
+    """Grams of the unmodified model on ``batches`` when ``config`` calibrates in parallel (every spec of an
+    experiment then reads them, ``apply_spec(..., captured=...)``, instead of capturing them again), else None."""
+    from measure.capture import capture
+
+    return capture(loaded.model, batches) if config["mode"] == "parallel" else None
+
+
 def describe_protocol(config: Mapping[str, Any]) -> str:
     """Caption text for the calibration and evaluation protocol of an experiment config."""
     cal, ev = config["calibration"], config["evaluation"]
@@ -138,7 +146,7 @@ def synthetic_benchmarks(rng: np.random.Generator) -> pd.DataFrame:
 
 
 def _variant_metrics(loaded: Any, spec: str, batches: list, windows: Any, tasks: Mapping[str, int],
-                     calibration_mode: str) -> list[dict[str, Any]]:  # fmt: skip
+                     calibration_mode: str, captured: Any = None) -> list[dict[str, Any]]:  # fmt: skip
     """Size (bits per original parameter, MB), PPL, KL to the original and task accuracies of one variant."""
     from measure.evaluation.lmeval import evaluate_task, resolve_tasks
     from measure.evaluation.perplexity import evaluate_perplexity
@@ -148,7 +156,7 @@ def _variant_metrics(loaded: Any, spec: str, batches: list, windows: Any, tasks:
     model, reference, bits = loaded.model, None, 16.0 * parameters
     if spec:
         model, reference = copy.deepcopy(loaded.model), loaded.model
-        bits = apply_spec(model, spec, batches, calibration=calibration_mode).size["bits"]
+        bits = apply_spec(model, spec, batches, calibration=calibration_mode, captured=captured).size["bits"]
     result = evaluate_perplexity(model, windows, reference)
     common = {"spec": spec, "bits_per_weight": bits / parameters, "size_mb": bits / BITS_PER_MB,
               "perplexity": result.perplexity, "kl_to_reference_nats": result.kl_to_reference_nats}  # fmt: skip
@@ -174,9 +182,11 @@ def compression_benchmarks(config: Mapping[str, Any], context: ExperimentContext
     loaded = context.model
     batches = calibration(loaded, config["calibration"])
     windows = evaluation_windows(loaded, config["evaluation"])
+    captured = original_capture(loaded, batches, config["calibration"])
     rows = []
     for spec in config["variants"]:
-        rows += _variant_metrics(loaded, spec, batches, windows, config["tasks"], config["calibration"]["mode"])
+        rows += _variant_metrics(loaded, spec, batches, windows, config["tasks"], config["calibration"]["mode"],
+                                 captured)  # fmt: skip
     return pd.DataFrame(rows)
 
 

@@ -229,6 +229,27 @@ def test_sequential_and_parallel_calibration_follow_their_streams() -> None:
     torch.testing.assert_close(sequential[second], method.apply(ref.weight(), compressed_gram, params))
 
 
+@pytest.mark.parametrize("spec", ["gptq:3:g16", "sparsegpt:0.5+gptq:4:g16", "remove:blocks=1+sparsegpt:0.5"])
+def test_a_given_capture_replaces_the_first_parallel_pass(spec: str) -> None:
+    reference, reused = tiny_model("llama", num_hidden_layers=3), tiny_model("llama", num_hidden_layers=3)
+    captured = capture(reused, _batches())
+    report = apply_spec(reused, spec, _batches(), calibration="parallel", captured=captured)
+    expected = apply_spec(reference, spec, _batches(), calibration="parallel")
+    assert _weights(reused).keys() == _weights(reference).keys()
+    for name, weight in _weights(reference).items():
+        torch.testing.assert_close(_weights(reused)[name], weight, rtol=1e-5, atol=1e-6)
+    assert report.layers["relative_error"].to_numpy() == pytest.approx(
+        expected.layers["relative_error"].to_numpy(), rel=1e-4
+    )
+
+
+def test_a_capture_of_other_tokens_is_refused() -> None:
+    model = tiny_model("llama")
+    captured = capture(model, _batches()[:1])
+    with pytest.raises(PvqError, match="capture again"):
+        apply_spec(model, "gptq:4:g16", _batches(), calibration="parallel", captured=captured)
+
+
 # --- errors and extension ------------------------------------------------------------------------------------
 
 
