@@ -12,7 +12,9 @@ and prints each ratio to the baseline beside its arithmetic floor: (forward MACs
 with forward MACs per token = Σ out·in over every linear and the lm_head + 2·d·(L+1)/2 per attention layer
 (causal QKᵀ and AV), per-linear Gram MACs = Σ in² over linear layers, and syrk Gram MACs = Σ in²/2 over
 shared inputs (q/k/v read one Gram, gate/up one). Last, the three Gram kernels (x.T @ x, BLAS ``ssyrk``, the
-panel kernel of :func:`measure.gram.batch_gram_upper`) on one batch of every input width.
+panel kernel of :func:`measure.gram.batch_gram_upper`), first swapped into the capture, then alone on one batch
+of every input width: scipy's ``ssyrk`` wins alone, but inside the forward pass its OpenBLAS threads contend with
+torch's own, so the capture uses the panel kernel on torch's GEMM.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from collections.abc import Callable
 
 import torch
 
+from measure import gram
 from measure.architecture import Architecture, describe
 from measure.calibration import CalibrationProtocol, calibration_batches
 from measure.capture import capture
@@ -81,6 +84,17 @@ def gram_kernels(arch: Architecture, tokens: int, repeats: int) -> list[tuple[in
     return rows
 
 
+def capture_with_kernel(kernel: Callable[[torch.Tensor], torch.Tensor], run: Callable[[], object]) -> None:
+    """``run()`` with the capture's Gram kernel (:func:`measure.gram.gram_panels`) replaced by ``kernel``, which
+    returns the whole upper triangle of xᵀx as one panel (restored after)."""
+    original = gram.gram_panels
+    gram.gram_panels = lambda x: [(0, x.shape[-1], kernel(x))]
+    try:
+        run()
+    finally:
+        gram.gram_panels = original
+
+
 def flop_floors(arch: Architecture, sequence_length: int) -> dict[str, float]:
     """Per-token MACs of the forward pass and of both Gram schemes, and the two floors (ratios)."""
     config = arch.config
@@ -105,7 +119,7 @@ def main() -> None:
     parser.add_argument("--sequences", type=int, default=4)
     parser.add_argument("--seq-len", type=int, default=512)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     loaded = load_model(args.model)
@@ -128,8 +142,17 @@ def main() -> None:
     )
     for label, seconds, floor, note in rows:
         print(f"{label:<22} {seconds:7.3f} s   {seconds / baseline:.2f}x   FLOP floor {floors[floor]:.2f}x{note}")
+    print("pvq capture (full) with each Gram kernel, inside the forward pass:")
+    run = lambda: capture(model, batches, mode="full", arch=arch)  # noqa: E731
+    kernels = (("x.T @ x", lambda x: x.T @ x), ("ssyrk", batch_gram_syrk), ("panels", None))
+    for label, kernel in kernels:
+        if kernel is None:
+            seconds = best_seconds(run, args.repeats)
+        else:
+            seconds = best_seconds(lambda kernel=kernel: capture_with_kernel(kernel, run), args.repeats)
+        print(f"  {label:<8} {seconds:7.3f} s   {seconds / baseline:.2f}x")
     tokens = args.sequences * args.seq_len
-    print(f"Gram kernels on one {tokens}-token float32 batch (seconds; ratio to x.T @ x):")
+    print(f"Gram kernels alone on one {tokens}-token float32 batch (seconds; ratio to x.T @ x):")
     for width, matmul, syrk, panels in gram_kernels(arch, tokens, args.repeats):
         print(
             f"  n = {width:5d}: x.T @ x {matmul:.4f}   ssyrk {syrk:.4f} ({syrk / matmul:.2f}x)   "

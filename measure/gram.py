@@ -19,23 +19,31 @@ from scipy.linalg import blas
 from theory.errors import PvqError
 
 GRAM_PANEL = 192
-"""Column-panel width of :func:`batch_gram_upper`: panels of about this many features."""
+"""Column-panel width of :func:`gram_panels`: panels of about this many features (192 measured best of
+128/192/288 in the capture on SmolLM2, 2 threads)."""
+
+
+def gram_panels(x: torch.Tensor, panel: int = GRAM_PANEL) -> list[tuple[int, int, torch.Tensor]]:
+    """The panels (start, stop, x[:, start:stop]ᵀ x[:, start:]) of the upper block triangle of xᵀx.
+
+    The n features of a (t × n) batch are cut into k ≈ n / ``panel`` column panels P_1..P_k; panel i is
+    xᵀx[P_i, P_i ∪ … ∪ P_k], one matmul, in x's precision: (k + 1) / (2k) of the FLOPs of x.T @ x. BLAS ``ssyrk``
+    (half the FLOPs) is faster alone, but called between torch's operations its OpenBLAS thread pool contends
+    with torch's, which made the whole capture several times slower on 2 cores; panels run on torch's own GEMM
+    and threads, on any device. ``benchmarks/bench_capture.py`` times the kernels inside the capture and alone.
+    """
+    features = x.shape[-1]
+    count = max(1, round(features / panel))
+    edges = [round(i * features / count) for i in range(count + 1)]
+    return [(start, stop, x[:, start:stop].T @ x[:, start:]) for start, stop in itertools.pairwise(edges)]
 
 
 def batch_gram_upper(x: torch.Tensor, panel: int = GRAM_PANEL) -> torch.Tensor:
-    """Upper block triangle of xᵀx for a (t × n) batch, in x's precision (zeros below it).
-
-    The n features are cut into k ≈ n / ``panel`` column panels P_1..P_k and only the panels of the upper block
-    triangle are formed, xᵀx[P_i, P_i ∪ … ∪ P_k] = x[:, P_i]ᵀ x[:, P_i:], one matmul each: (k + 1) / (2k) of the
-    FLOPs of x.T @ x. Unlike BLAS ``ssyrk`` (half the FLOPs) it runs on torch's own GEMM and thread pool, on any
-    device; ``benchmarks/bench_capture.py`` times the three kernels side by side.
-    """
+    """Upper block triangle of xᵀx for a (t × n) batch from :func:`gram_panels`, zeros below it."""
     features = x.shape[-1]
-    panels = max(1, round(features / panel))
-    edges = [round(i * features / panels) for i in range(panels + 1)]
     upper = torch.zeros(features, features, dtype=x.dtype, device=x.device)
-    for start, stop in itertools.pairwise(edges):
-        upper[start:stop, start:] = x[:, start:stop].T @ x[:, start:]
+    for start, stop, block in gram_panels(x, panel):
+        upper[start:stop, start:] = block
     return upper
 
 
@@ -49,6 +57,8 @@ def batch_gram_syrk(x: torch.Tensor) -> torch.Tensor:
 class GramAccumulator:
     """H = Σ_t x_t x_tᵀ over every token seen, in float64, with the token count.
 
+    Only the panels of the upper block triangle are stored (:func:`gram_panels`; about 60 % of n² for the
+    widths of SmolLM2), created from the first batch's products rather than zero-filled first.
     ``keep_rows`` > 0 also keeps the first ``keep_rows`` input rows (float64) so tests and users can
     check Gram-based errors against directly computed ones.
     """
@@ -58,7 +68,7 @@ class GramAccumulator:
         self.name = name
         self.tokens = 0
         self.keep_rows = keep_rows
-        self._upper = torch.zeros(dim, dim, dtype=torch.float64)
+        self._panels: list[tuple[int, int, torch.Tensor]] = []
         self._rows: list[torch.Tensor] = []
         self._kept = 0
 
@@ -69,15 +79,21 @@ class GramAccumulator:
             raise PvqError(f"Gram {self.name}: input has {rows.shape[-1]} features, expected {self.dim}")
         if rows.dtype not in (torch.float32, torch.float64):
             rows = rows.float()
-        upper = batch_gram_upper(rows.contiguous())
+        panels = gram_panels(rows.contiguous())
         # A NaN or Inf input (or a square overflowing float32) shows on the diagonal Σ_t x_tj²: a check on
         # n numbers instead of t·n.
-        if not torch.isfinite(torch.diagonal(upper)).all():
+        diagonals = [torch.diagonal(block[:, : stop - start]) for start, stop, block in panels]
+        if not all(torch.isfinite(diagonal).all() for diagonal in diagonals):
             raise PvqError(
                 f"NaN or Inf in the input activations of {self.name or 'a layer'}; "
                 "check the model weights and the calibration text"
             )
-        self._upper += upper.to(device="cpu", dtype=torch.float64)
+        if not self._panels:
+            self._panels = [(start, stop, block.to(device="cpu", dtype=torch.float64, copy=True))
+                            for start, stop, block in panels]  # fmt: skip
+        else:
+            for (_, _, block), (_, _, total) in zip(panels, self._panels, strict=True):
+                total += block.to(device="cpu", dtype=torch.float64)
         self.tokens += rows.shape[0]
         if self._kept < self.keep_rows:
             take = rows[: self.keep_rows - self._kept].to(device="cpu", dtype=torch.float64)
@@ -86,8 +102,11 @@ class GramAccumulator:
 
     @property
     def gram(self) -> torch.Tensor:
-        """The symmetric (dim × dim) float64 Gram matrix."""
-        upper = torch.triu(self._upper)
+        """The symmetric (dim × dim) float64 Gram matrix (zeros before any batch)."""
+        upper = torch.zeros(self.dim, self.dim, dtype=torch.float64)
+        for start, stop, total in self._panels:
+            upper[start:stop, start:] = total
+        upper = torch.triu(upper)
         return upper + upper.T - torch.diag(torch.diagonal(upper))
 
     @property
