@@ -40,6 +40,7 @@ closed form, less the same rounding guard. Upper bound: keep the k largest ``z_j
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable
 
 import cvxpy as cp
@@ -55,6 +56,14 @@ SDP_SOLVERS = ("CLARABEL", "SCS")
 ROUNDING_GUARD = 1e-12
 GOLDEN_SECTION_STEPS = 60
 
+
+
+def _solve(problem: cp.Problem, solver: str) -> None:
+    """Solve without cvxpy's "Solution may be inaccurate" warning: an inaccurate dual only loosens the bound,
+    never invalidates it, because every bound is recomputed from the repaired multipliers."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Solution may be inaccurate")
+        problem.solve(solver=solver)
 
 def park_boyd_bound(
     problem: ChunkProblem, grid: QuantGrid, box_cuts: bool = True, samples: int | None = None, seed: int = 0,
@@ -79,7 +88,7 @@ def park_boyd_bound(
     box = diagonal <= (grid.q_min + grid.q_max) * vector - grid.q_min * grid.q_max
     constraints = [lifted[problem.size, problem.size] == 1, integrality] + ([box] if box_cuts else [])
     objective = cp.trace(hessian @ matrix) + 2 * linear @ vector + constant
-    cp.Problem(cp.Minimize(objective), constraints).solve(solver=solver)
+    _solve(cp.Problem(cp.Minimize(objective), constraints), solver)
     if lifted.value is None:
         raise PvqError(f"the SDP solver {solver} returned no solution; try the other solver")
     integrality_multiplier = np.maximum(np.asarray(integrality.dual_value, dtype=np.float64), 0.0)
@@ -197,7 +206,7 @@ def perspective_bound(
         magnitude = cp.diag(matrix) <= bound_squared * support
         constraints.append(magnitude)
     objective = cp.trace(gram @ matrix) - 2 * linear @ vector + constant
-    cp.Problem(cp.Minimize(objective), constraints).solve(solver=solver)
+    _solve(cp.Problem(cp.Minimize(objective), constraints), solver)
     if lifted.value is None:
         raise PvqError(f"the SDP solver {solver} returned no solution; try the other solver")
     multipliers = np.array([pair.dual_value for pair in pairs], dtype=np.float64)

@@ -137,6 +137,8 @@ def synthetic_study(rng: np.random.Generator) -> pd.DataFrame:
 def removal_study(config: Mapping[str, Any], context: ExperimentContext) -> pd.DataFrame:
     """:func:`measure.removal_study.run_study` on the loaded model with ``config["settings"]``, its tables
     stacked (:func:`stack_parts`) plus a ``base`` part holding the original model's perplexity."""
+    from tqdm import tqdm
+
     from measure.removal_study import StudySettings, run_study
 
     loaded = context.model
@@ -145,7 +147,8 @@ def removal_study(config: Mapping[str, Any], context: ExperimentContext) -> pd.D
                                 "quantizers": tuple(settings["quantizers"]), "pruners": tuple(settings["pruners"]),
                                 "ledger_bits": tuple(settings["ledger_bits"])})  # fmt: skip
     study = run_study(loaded.model, calibration(loaded, config["calibration"]),
-                      evaluation_windows(loaded, config["evaluation"]), settings)  # fmt: skip
+                      evaluation_windows(loaded, config["evaluation"]), settings,
+                      log=lambda step: tqdm.write(f"removal_study: {step}"))  # fmt: skip
     return stack_parts({**study.tables, "base": pd.DataFrame([study.summary["base"]])})
 
 
