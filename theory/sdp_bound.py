@@ -57,13 +57,13 @@ ROUNDING_GUARD = 1e-12
 GOLDEN_SECTION_STEPS = 60
 
 
-
 def _solve(problem: cp.Problem, solver: str) -> None:
     """Solve without cvxpy's "Solution may be inaccurate" warning: an inaccurate dual only loosens the bound,
     never invalidates it, because every bound is recomputed from the repaired multipliers."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Solution may be inaccurate")
         problem.solve(solver=solver)
+
 
 def park_boyd_bound(
     problem: ChunkProblem, grid: QuantGrid, box_cuts: bool = True, samples: int | None = None, seed: int = 0,
