@@ -38,13 +38,19 @@ def gram_panels(x: torch.Tensor, panel: int = GRAM_PANEL) -> list[tuple[int, int
     return [(start, stop, x[:, start:stop].T @ x[:, start:]) for start, stop in itertools.pairwise(edges)]
 
 
-def batch_gram_upper(x: torch.Tensor, panel: int = GRAM_PANEL) -> torch.Tensor:
-    """Upper block triangle of xᵀx for a (t × n) batch from :func:`gram_panels`, zeros below it."""
-    features = x.shape[-1]
-    upper = torch.zeros(features, features, dtype=x.dtype, device=x.device)
-    for start, stop, block in gram_panels(x, panel):
+def assemble_panels(
+    panels: list[tuple[int, int, torch.Tensor]], features: int, dtype: torch.dtype, device: torch.device | str
+) -> torch.Tensor:
+    """The (features × features) matrix holding ``panels`` at their rows and columns, zeros elsewhere."""
+    upper = torch.zeros(features, features, dtype=dtype, device=device)
+    for start, stop, block in panels:
         upper[start:stop, start:] = block
     return upper
+
+
+def batch_gram_upper(x: torch.Tensor, panel: int = GRAM_PANEL) -> torch.Tensor:
+    """Upper block triangle of xᵀx for a (t × n) batch from :func:`gram_panels`, zeros below it."""
+    return assemble_panels(gram_panels(x, panel), x.shape[-1], x.dtype, x.device)
 
 
 def batch_gram_syrk(x: torch.Tensor) -> torch.Tensor:
@@ -103,10 +109,7 @@ class GramAccumulator:
     @property
     def gram(self) -> torch.Tensor:
         """The symmetric (dim × dim) float64 Gram matrix (zeros before any batch)."""
-        upper = torch.zeros(self.dim, self.dim, dtype=torch.float64)
-        for start, stop, total in self._panels:
-            upper[start:stop, start:] = total
-        upper = torch.triu(upper)
+        upper = torch.triu(assemble_panels(self._panels, self.dim, torch.float64, "cpu"))
         return upper + upper.T - torch.diag(torch.diagonal(upper))
 
     @property

@@ -205,6 +205,14 @@ def _single_thread_worker() -> None:
     torch.set_num_threads(1)
 
 
+def method_workers(workers: int | None) -> int:
+    """The number of processes ``workers`` asks for: itself, or one per CPU core for None (PvqError below 1)."""
+    count = (os.cpu_count() or 1) if workers is None else workers
+    if count < 1:
+        raise PvqError(f"workers must be at least 1, got {workers}")
+    return count
+
+
 def measure_layers(
     refs: Sequence[LinearRef],
     steps: Sequence[LayerStep],
@@ -221,10 +229,7 @@ def measure_layers(
     methods are inherited, not copied); ``workers=1``, or a platform without ``fork``, runs them in this process.
     Rows do not depend on the number of workers (tested).
     """
-    count = (os.cpu_count() or 1) if workers is None else workers
-    if count < 1:
-        raise PvqError(f"workers must be at least 1, got {workers}")
-    count = min(count, len(refs))
+    count = min(method_workers(workers), len(refs))
     bar = tqdm(total=len(refs), desc="ledger", unit="layer", disable=not progress)
     if count <= 1 or "fork" not in multiprocessing.get_all_start_methods():
         rows = []

@@ -7,7 +7,6 @@ Writes ``OUT/ledger.parquet`` with its provenance sidecar ``OUT/ledger.json`` (a
 from __future__ import annotations
 
 import argparse
-import os
 
 from measure.commands.common import add_device_arguments, add_mode_argument
 
@@ -87,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
         kurtosis_definition=ledgers.KURTOSIS_DEFINITION,
         seconds=ledger.seconds,
         torch_threads=torch.get_num_threads(),
-        method_workers=args.workers or os.cpu_count(),
+        method_workers=ledgers.method_workers(args.workers),
     )
     out = Path(args.out)
     path = write_table(ledger.table, out / "ledger.parquet", provenance)
