@@ -77,6 +77,15 @@ class Capture:
     def tokens(self) -> int:
         return self.blocks[0].tokens if self.blocks else 0
 
+    def check_reusable(self, refs: Sequence[LinearRef], tokens: int) -> None:
+        """PvqError unless this capture holds the Gram of every layer of ``refs`` over ``tokens`` tokens: the check
+        before a caller reads it instead of capturing the same batches again."""
+        if self.tokens != tokens or any(ref.shared_input_group not in self.grams for ref in refs):
+            raise PvqError(
+                f"the given capture ({self.tokens} tokens) is not of this model's layers on these {tokens} "
+                "calibration tokens; capture again or pass captured=None"
+            )
+
 
 def _group_leaders(block: Block) -> dict[str, LinearRef]:
     leaders: dict[str, LinearRef] = {}

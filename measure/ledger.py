@@ -37,7 +37,7 @@ from scipy import stats
 from torch import nn
 from tqdm import tqdm
 
-from measure.architecture import Block, LinearRef, describe
+from measure.architecture import Architecture, Block, LinearRef, describe
 from measure.capture import BlockHooks, Capture, capture
 from measure.methods.errors import weight_sqnr_db
 from measure.methods.method import DEFAULT_CONVENTION
@@ -151,6 +151,7 @@ def build_ledger(
     workers: int | None = 1,
     device: str = "cpu",
     block_hooks: BlockHooks | None = None,
+    captured: Capture | None = None,
 ) -> Ledger:
     """Capture ``model`` once on ``batches``, then measure every method on every selected layer (module docstring).
 
@@ -159,7 +160,9 @@ def build_ledger(
     processes share the methods phase (None: one per CPU core; see :func:`measure_layers`). In the sequential
     ``mode`` each block visits ``device`` for its turn; ``block_hooks(block)`` registers further hooks for the
     capture pass (e.g. :class:`measure.memory.BlockMemoryLog`). The methods run on CPU copies of the weights
-    (float32 for half-precision models).
+    (float32 for half-precision models). ``captured``: Grams of this model on the same ``batches`` (e.g. an
+    importance pass's), read instead of capturing again when no selected layer is a routed expert (experts need
+    their own routed Grams).
     """
     steps = parse_term_list(methods) if isinstance(methods, str) else list(methods)
     arch = describe(model)
@@ -168,19 +171,11 @@ def build_ledger(
         check_finite_weight(ref)
     experts = ExpertCapture(expert_route, keep_rows)
     start = time.perf_counter()
-    with tqdm(total=len(batches), desc="capture", unit="batch", disable=not progress) as bar:
-        def count_batch(*_: object) -> None:
-            bar.update()
-
-        def ledger_hooks(block: Block) -> list[torch.utils.hooks.RemovableHandle]:
-            handles = experts.hooks(block) + (block_hooks(block) if block_hooks else [])
-            if block is arch.blocks[-1]:
-                handles.append(block.module.register_forward_hook(count_batch))
-            return handles
-
-        captured = capture(
-            model, batches, mode=mode, keep_rows=keep_rows, device=device, arch=arch, block_hooks=ledger_hooks
-        )
+    if captured is not None and all(ref.expert_index is None for ref in refs):
+        captured.check_reusable(refs, sum(batch.numel() for batch in batches))
+    else:
+        captured = _capture_with_progress(model, batches, arch, mode, keep_rows, device, experts, block_hooks,
+                                          progress)  # fmt: skip
     captured_at = time.perf_counter()
     empty = set(experts.empty_experts())
     skipped = [ref.name for ref in refs if ref.expert_index is not None and _expert_of(ref) in empty]
@@ -250,6 +245,33 @@ def measure_layers(
         _SHARED.clear()
         bar.close()
     return rows
+
+
+def _capture_with_progress(
+    model: nn.Module,
+    batches: Sequence[torch.Tensor],
+    arch: Architecture,
+    mode: str,
+    keep_rows: int,
+    device: str,
+    experts: ExpertCapture,
+    block_hooks: BlockHooks | None,
+    progress: bool,
+) -> Capture:
+    """The ledger's capture pass: Grams, expert Grams and ``block_hooks``, with a progress bar over batches."""
+    with tqdm(total=len(batches), desc="capture", unit="batch", disable=not progress) as bar:
+        def count_batch(*_: object) -> None:
+            bar.update()
+
+        def ledger_hooks(block: Block) -> list[torch.utils.hooks.RemovableHandle]:
+            handles = experts.hooks(block) + (block_hooks(block) if block_hooks else [])
+            if block is arch.blocks[-1]:
+                handles.append(block.module.register_forward_hook(count_batch))
+            return handles
+
+        return capture(
+            model, batches, mode=mode, keep_rows=keep_rows, device=device, arch=arch, block_hooks=ledger_hooks
+        )
 
 
 def _expert_of(ref: LinearRef) -> str:

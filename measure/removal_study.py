@@ -414,7 +414,6 @@ def run_study(
 
     arch = describe(model)
     importance = measure_importance(model, batches, arch)
-    importance.capture.grams.clear()  # the ledger captures its own Grams; these would only hold memory
     units = unit_table(importance, arch)
     levels = removal_levels(importance, arch, settings)
     lap("importance", units=units, angular=angular_table(importance.states, settings.max_removed))
@@ -425,7 +424,7 @@ def run_study(
     lap("single_units", single_units=single)
 
     fractions = sorted(levels["removed_fraction"].unique())
-    curves, block_curves, captured = _curves(model, arch, batches, fractions, settings, bounds)
+    curves, block_curves, captured = _curves(model, arch, batches, fractions, settings, bounds, importance.capture)
     blocks = units[units["unit"] == "block"][["block", "removed_fraction", "bits_per_weight", "removal_sqnr_db"]]
     lap("ledger", curves=curves, block_verdicts=block_verdict_table(blocks, block_curves))
 
@@ -486,10 +485,13 @@ def _curves(
     fractions: Sequence[float],
     settings: StudySettings,
     bounds: pd.DataFrame | None,
+    captured: Capture,
 ) -> tuple[pd.DataFrame, pd.DataFrame, Capture]:
     """Decoder-level and block-level aggregated points of the ledger terms (and bounds), weighted by the
-    output energies on the ledger's own Grams, and that capture (the size-matched compressions reuse it)."""
-    ledger = build_ledger(model, batches, ",".join(_ledger_terms(fractions, settings)), workers=None)
+    output energies on the ledger's Grams (the importance pass's ``captured``, when the ledger can read it),
+    and the ledger's capture (the size-matched compressions reuse it)."""
+    terms = ",".join(_ledger_terms(fractions, settings))
+    ledger = build_ledger(model, batches, terms, workers=None, captured=captured)
     table = ledger.table if bounds is None else pd.concat([ledger.table, bounds], ignore_index=True)
     energy = layer_output_energy(arch, ledger.capture)
     curves = aggregate_layer_errors(table, energy), aggregate_layer_errors(table, energy, by=("block",))

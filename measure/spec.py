@@ -410,12 +410,7 @@ class _LayerPass:
             raise PvqError(f"spec terms {names} need calibration data; pass calibration batches")
         self.tokens = sum(batch.numel() for batch in batches)
         if captured is not None and all(ref.expert_index is None for ref, _ in flat):
-            missing = [ref.name for ref, _ in flat if ref.shared_input_group not in captured.grams]
-            if captured.tokens != self.tokens or missing:
-                raise PvqError(
-                    f"the given capture ({captured.tokens} tokens) is not of this model's layers on these "
-                    f"{self.tokens} calibration tokens; capture again or pass captured=None"
-                )
+            captured.check_reusable([ref for ref, _ in flat], self.tokens)
             return [self.compress(ref, step, captured.grams, None) for ref, step in flat]
         inputs = record_block_inputs(self.arch.model, self.arch, batches)
         rows = []

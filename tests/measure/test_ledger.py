@@ -13,6 +13,7 @@ from tiny_models import tiny_model, tiny_tokenizer
 from measure import cli, ledger, models, text
 from measure.architecture import describe
 from measure.calibration import CalibrationProtocol, calibration_batches
+from measure.capture import capture
 from measure.ledger import LEDGER_COLUMNS, LayerErrorMeter, build_ledger, weight_tensor_study
 from measure.methods.errors import output_error
 from measure.spec import layer_gram, parse_spec
@@ -169,3 +170,14 @@ def test_forked_workers_give_the_same_rows_as_one_process(family: str) -> None:
 def test_workers_below_one_are_refused() -> None:
     with pytest.raises(PvqError, match="workers must be at least 1"):
         build_ledger(tiny_model("llama"), _batches(), "nf4", workers=0)
+
+
+def test_a_given_capture_gives_the_same_rows_as_capturing_again() -> None:
+    model = tiny_model("llama")
+    columns = [c for c in LEDGER_COLUMNS if c != "seconds"]
+    fresh = build_ledger(model, _batches(), METHODS).table
+    reused = build_ledger(model, _batches(), METHODS, captured=capture(model, _batches())).table
+    assert len(fresh) > 0
+    assert fresh[columns].equals(reused[columns])
+    with pytest.raises(PvqError, match="capture again"):
+        build_ledger(model, _batches(), METHODS, captured=capture(model, _batches()[:1]))
