@@ -91,6 +91,11 @@ METHOD_STYLE: dict[str, MethodStyle] = {
     "rtn": MethodStyle(OKABE_ITO["sky_blue"], "o", "RTN", filled=False),
     "gptq": MethodStyle(OKABE_ITO["blue"], "h", "GPTQ"),
     "sparsegpt+gptq": MethodStyle(OKABE_ITO["bluish_green"], "p", "SparseGPT + GPTQ"),
+    "rtn_g128": MethodStyle(OKABE_ITO["sky_blue"], "o", "RTN (g128)", filled=False),
+    "gptq_g128": MethodStyle(OKABE_ITO["blue"], "h", "GPTQ (g128)"),
+    "rtn_channel": MethodStyle(OKABE_ITO["sky_blue"], "D", "RTN (per channel)", filled=False, linestyle="-."),
+    "gptq_channel": MethodStyle(OKABE_ITO["blue"], "H", "GPTQ (per channel)", linestyle="-."),
+    "gaussian_rd": MethodStyle(OKABE_ITO["bluish_green"], "", "Gaussian RD reference", linestyle="-"),
     # layer removal orderings
     "remove:bi": MethodStyle(OKABE_ITO["black"], ">", "Removal (bi, ShortGPT)", linestyle=":"),
     "remove:angular": MethodStyle(OKABE_ITO["orange"], "<", "Removal (angular)", linestyle=":"),

@@ -24,12 +24,11 @@ from __future__ import annotations
 
 import json
 import math
-import multiprocessing
-import os
 import re
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 
 import pandas as pd
 import torch
@@ -42,6 +41,7 @@ from measure.capture import BlockHooks, Capture, capture
 from measure.methods.errors import weight_sqnr_db
 from measure.methods.method import DEFAULT_CONVENTION
 from measure.moe_capture import ExpertCapture
+from measure.parallel import fork_map
 from measure.spec import LayerStep, check_finite_weight, layer_gram, method_weight, parse_term_list
 from theory.accounting import Convention
 from theory.errors import PvqError
@@ -186,28 +186,6 @@ def build_ledger(
     return Ledger(table, captured, experts, skipped, seconds)
 
 
-_SHARED: dict[str, object] = {}
-"""What forked workers of :func:`measure_layers` read (inherited copy-on-write, never pickled)."""
-
-
-def _rows_in_worker(index: int) -> list[dict]:
-    shared = _SHARED
-    return _layer_rows(shared["refs"][index], shared["steps"], shared["captured"], shared["experts"],
-                       shared["model_id"])  # type: ignore[index]  # fmt: skip
-
-
-def _single_thread_worker() -> None:
-    torch.set_num_threads(1)
-
-
-def method_workers(workers: int | None) -> int:
-    """The number of processes ``workers`` asks for: itself, or one per CPU core for None (PvqError below 1)."""
-    count = (os.cpu_count() or 1) if workers is None else workers
-    if count < 1:
-        raise PvqError(f"workers must be at least 1, got {workers}")
-    return count
-
-
 def measure_layers(
     refs: Sequence[LinearRef],
     steps: Sequence[LayerStep],
@@ -224,27 +202,13 @@ def measure_layers(
     methods are inherited, not copied); ``workers=1``, or a platform without ``fork``, runs them in this process.
     Rows do not depend on the number of workers (tested).
     """
-    count = min(method_workers(workers), len(refs))
     bar = tqdm(total=len(refs), desc="ledger", unit="layer", disable=not progress)
-    if count <= 1 or "fork" not in multiprocessing.get_all_start_methods():
-        rows = []
-        for ref in refs:
-            rows += _layer_rows(ref, steps, captured, experts, model_id)
-            bar.update()
-        bar.close()
-        return rows
-    _SHARED.update(refs=list(refs), steps=list(steps), captured=captured, experts=experts, model_id=model_id)
     try:
-        context = multiprocessing.get_context("fork")
-        with context.Pool(count, initializer=_single_thread_worker) as pool:
-            rows = []
-            for layer_rows in pool.imap(_rows_in_worker, range(len(refs))):
-                rows += layer_rows
-                bar.update()
+        per_layer = fork_map(partial(_layer_rows, steps=steps, captured=captured, experts=experts,
+                                     model_id=model_id), refs, workers, on_result=lambda rows: bar.update())
     finally:
-        _SHARED.clear()
         bar.close()
-    return rows
+    return [row for rows in per_layer for row in rows]
 
 
 def _capture_with_progress(

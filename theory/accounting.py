@@ -18,7 +18,9 @@ Formulas (bits per weight, bpw):
   (``packing="2bit"``), plus one 16-bit scale per tensor
 * pruning at sparsity p, kept values at ``base_bits``:
   ``none``: ``(1-p)·base``; ``bitmask``: ``(1-p)·base + 1``;
-  ``index``: ``(1-p)·(base + index_bits)``; ``nm`` (N:M): ``(N/M)·base + N·ceil(log2 M)/M``.
+  ``index``: ``(1-p)·(base + index_bits)``; ``nm`` (N:M): ``(N/M)·base + N·ceil(log2 M)/M``;
+  ``entropy`` (the mask entropy-coded at its Shannon limit, a Bernoulli(p) source):
+  ``(1-p)·base + H(p)``, ``H(p) = −p·log2 p − (1−p)·log2(1−p)`` (0.84 bits at p = 4/15).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from typing import Any
 from theory.errors import PvqError
 
 BASE_BITS = 16
-MASK_ENCODINGS = ("none", "bitmask", "index", "nm")
+MASK_ENCODINGS = ("none", "bitmask", "index", "nm", "entropy")
 
 KQUANT_BITS_PER_WEIGHT: dict[str, float] = {
     # (256·b + sub-block scale/min bits + super-block fp16 constants) / 256
@@ -135,6 +137,8 @@ def sparse_bits_per_weight(sparsity: float, convention: Convention = PAPER_CONVE
         return density * base + 1.0
     if convention.mask_encoding == "index":
         return density * (base + convention.index_bits)
+    if convention.mask_encoding == "entropy":
+        return density * base + binary_entropy_bits(sparsity)
     n, m = convention.n, convention.m
     if not math.isclose(sparsity, 1 - n / m):
         raise PvqError(f"N:M {n}:{m} fixes the sparsity at {1 - n / m:g}, got {sparsity:g}")
@@ -154,14 +158,38 @@ def equal_compression_sparsity(bits_per_weight: float, convention: Convention = 
         sparsity = 1 - (bits_per_weight - 1) / base
     elif convention.mask_encoding == "index":
         sparsity = 1 - bits_per_weight / (base + convention.index_bits)
+    elif convention.mask_encoding == "entropy":
+        sparsity = _entropy_coded_sparsity(bits_per_weight, base)
     else:
         raise PvqError("N:M fixes the sparsity at 1 - N/M; choose mask encoding none, bitmask or index")
-    if not 0 <= sparsity < 1:
+    if not 0 <= sparsity < 1:  # NaN fails too
         raise PvqError(
             f"{bits_per_weight:g} bits per weight has no pruning equivalent under the "
             f"{convention.mask_encoding!r} encoding (sparsity would be {sparsity:g})"
         )
     return sparsity
+
+
+def binary_entropy_bits(p: float) -> float:
+    """H(p) = −p·log2 p − (1−p)·log2(1−p) in bits (0 at p = 0 and p = 1)."""
+    return -sum(q * math.log2(q) for q in (p, 1.0 - p) if q > 0)
+
+
+def _entropy_coded_sparsity(bits_per_weight: float, base: float) -> float:
+    """The sparsity p ≥ p* with (1−p)·base + H(p) = ``bits_per_weight``, by bisection to machine precision.
+
+    The size falls monotonically on p ≥ p* = 1/(1 + 2^base), where d/dp [(1−p)·base + H(p)] =
+    −base + log2((1−p)/p) vanishes; a size above the maximum (≈ base) or below 0 has no solution (NaN)."""
+    def size(p: float) -> float:
+        return (1 - p) * base + binary_entropy_bits(p)
+
+    low, high = 1.0 / (1.0 + 2.0**base), 1.0
+    if not 0 <= bits_per_weight <= size(low):
+        return math.nan
+    for _ in range(200):
+        middle = 0.5 * (low + high)
+        low, high = (middle, high) if size(middle) > bits_per_weight else (low, middle)
+    return 0.5 * (low + high)
 
 
 def removal_bits_per_weight(removed_fraction: float, base_bits: int = BASE_BITS) -> float:

@@ -71,9 +71,9 @@ def nf4_values() -> np.ndarray:
 def int_grid(bits: int, symmetric: bool = True) -> np.ndarray:
     """Integer codes: signed ``{-2^(b-1), …, 2^(b-1)-1}`` (Kuzmin et al., Sec. 2) or unsigned ``{0, …, 2^b-1}``.
 
-    The unsigned codes are used with a zero point z: value ``(q - z)·s``.
+    The unsigned codes are used with a zero point z: value ``(q - z)·s``; b = 2..16.
     """
-    accounting.check_bits(bits)
+    accounting.check_bits(bits, high=16)
     if symmetric:
         return np.arange(-(2 ** (bits - 1)), 2 ** (bits - 1), dtype=float)
     return np.arange(0, 2**bits, dtype=float)

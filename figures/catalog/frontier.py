@@ -2,8 +2,8 @@
 
 ``compression_frontier`` compresses the model by each spec of :data:`SPECS` (:func:`measure.spec.apply_spec`,
 calibrated on the original model's stream), scores it on the pinned evaluation windows with the original as
-KL reference (:class:`measure.removal_study.ResidualStreamEvaluator`, the evaluator of the removal study, so the
-numbers share its windows), and restores the weights. The figure adds the removal study's end-to-end points
+KL reference (:class:`measure.evaluation.residual.ResidualStreamEvaluator`, the evaluator of the removal study, so
+the numbers share its windows), and restores the weights. The figure adds the removal study's end-to-end points
 (removal orderings and the size-matched pruners and quantizers). Size is the bits per weight of the decoder's
 compressed linear weights for compression and b(f) = 16(1 − f) for removal (Kuzmin et al. 2023, Sec. 3, free
 mask: pruning at sparsity s costs 16(1 − s)); joint pruning + quantization is Sec. 5 of the same paper.
@@ -72,7 +72,7 @@ def synthetic_frontier(rng: np.random.Generator) -> pd.DataFrame:
 def compression_frontier(config: Mapping[str, Any], context: ExperimentContext) -> pd.DataFrame:
     """One row per spec: method, family, compressed bits per weight, whole-model bits per weight and MB, PPL and
     KL to the original on the evaluation windows, and the original's PPL."""
-    from measure.removal_study import ResidualStreamEvaluator, restored
+    from measure.evaluation.residual import ResidualStreamEvaluator, restored
     from measure.spec import apply_spec
 
     loaded = context.model
@@ -103,10 +103,8 @@ def frontier_points(tables: Tables) -> pd.DataFrame:
     own = tables[FRONTIER].assign(series=lambda f: f["method"])
     study = study_part(tables[STUDY], "end_to_end")
     removal = study["family"] == "removal"
-    family = pd.Series("removal", index=study.index)
-    family[~removal] = study.loc[~removal, "spec"].astype(str).map(spec_family)
     series = np.where(removal, "remove:" + study["method"].astype(str), study["method"].astype(str))
-    study = study.assign(series=series, family=family).drop_duplicates(["series", "bits_per_weight"])
+    study = study.assign(series=series).drop_duplicates(["series", "bits_per_weight"])
     columns = ["series", "family", "bits_per_weight", "perplexity", "kl_to_reference_nats"]
     return pd.concat([own[columns], study[columns]], ignore_index=True)
 

@@ -1,20 +1,24 @@
-"""Layer removal against the bounds at equal compression (:mod:`measure.removal_study`).
+"""Layer removal against pruning, quantization and the rate–distortion reference at exactly equal size.
 
 One experiment, ``removal_study``, runs :func:`measure.removal_study.run_study` once and stores all its tables
-stacked in one parquet (column ``table`` names the part: units, angular, single_units, curves, block_verdicts,
-levels, end_to_end, base); :func:`study_part` takes one part back out. The figures show
+stacked in one parquet (column ``table`` names the part: units, angular, single_units, layers, blocks, levels,
+points, answer, end_to_end, base); :func:`study_part` takes one part back out. Every error is named by its
+``view`` (:data:`measure.removal_views.VIEWS`): layer view energy- or parameter-weighted, block view, end to end.
+The figures and tables show
 
 * block importance across depth: Block Influence (ShortGPT, arXiv 2403.03853, Eq. 1), angular distance at
   n = 1 (Gromov et al., arXiv 2403.17887) and the attention / MLP drop scores (LLM-Drop, arXiv 2406.15786);
-* removal vs the ledger's quantization and pruning curves at equal compression (b(f) = 16(1 − f)), with the
-  verdict table (inside / below / above the methods' SQNR range, margin in dB);
+* removal vs every method's curve over 2–16 bits in each view, with the Gaussian rate–distortion reference in
+  the layer views, and the answer table: per view and removal level the removal's error, the best and worst
+  method at exactly b(f) = 16(1 − f), the margins and each method's equivalent bits
+  (:mod:`measure.removal_answer`);
 * error propagation: local removal error vs end-to-end KL to the original, with Pearson r of the logs and
   Spearman ρ (:func:`measure.removal_study.propagation_correlation`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -30,29 +34,28 @@ from figures.style import OKABE_ITO, line_kwargs, method_legend, new_figure, the
 
 SECTION = "Layer removal against the bounds"
 STUDY = "removal_study"
-PARTS = ("units", "angular", "single_units", "curves", "block_verdicts", "levels", "end_to_end", "base")
+PARTS = ("units", "angular", "single_units", "layers", "blocks", "levels", "points", "answer", "end_to_end",
+         "base")
 SETTINGS = {
     "max_removed": 8, "orderings": ["bi", "angular", "reverse", "random"], "seed": 0, "batch_size": 4,
-    "probe_windows": 1,
-    "sublayers": False, "quantizers": ["rtn", "gptq"], "pruners": ["magnitude"], "ledger_bits": [3, 4, 8],
-    "group": "g128",
+    "probe_windows": 1, "sublayers": False, "quantizers": ["rtn", "gptq"], "groups": ["g128"],
+    "quantizer_bits": {"rtn": [2, 3, 4, 5, 6, 8, 11, 12, 13, 14, 15, 16], "gptq": [2, 3, 4, 6, 8]},
+    "pruners": ["magnitude"], "pruner_sparsities": [0.5, 0.75, 0.875], "mask_conventions": ["free", "entropy"],
+    "views": ["layer_energy", "layer_parameters", "block", "end_to_end"], "block_batches": 1, "workers": None,
 }  # fmt: skip
 """StudySettings of the default run, sized for the 20-minute budget: removal levels 1..8 blocks by the four
-orderings (BI, angular rule, reverse, random with seed 0), each block removed alone on 1 probe window, ledger
-terms RTN/GPTQ at 3/4/8 bits (groups of 128) and magnitude pruning at the sparsity of every removal level."""
+orderings (BI, angular rule, reverse, random with seed 0), each block removed alone on 1 probe window; RTN in
+groups of 128 at 2–6, 8 and 11–16 bits (every b(f) of 1..8 removed blocks lies between two consecutive widths),
+GPTQ in groups of 128 at 2, 3, 4, 6 and 8 bits (its curve; it has no bracketing widths at b(f)); magnitude pruning
+at the equal-size sparsity of every level and mask convention and at 50/75/87.5 %; the block view on the first
+calibration batch. The full study (``pvq remove --study``) measures RTN and GPTQ at every width 2–16, per channel
+and in groups of 128, and SparseGPT."""
 IMPORTANCE_SERIES = {
     "bi": ("Block Influence (block)", OKABE_ITO["blue"], "o"),
     "angular": ("angular distance, $n = 1$", OKABE_ITO["orange"], "s"),
     "attention": ("attention drop score", OKABE_ITO["bluish_green"], "^"),
     "mlp": ("MLP drop score", OKABE_ITO["vermillion"], "v"),
 }
-LineStyle = Callable[[Any], dict[str, Any]]
-"""Plot keyword arguments of one series, from the value that names it."""
-VERDICT_COLUMNS = ["ordering", "removed", "blocks", "bits_per_weight", "removal_sqnr_db", "range_low_db",
-                   "range_high_db", "range_low_term", "range_high_term", "verdict", "margin_db", "perplexity",
-                   "kl_to_reference_nats"]  # fmt: skip
-
-
 def study_part(frame: pd.DataFrame, part: str) -> pd.DataFrame:
     """Rows of the stacked study table that belong to ``part``, without the columns other parts use."""
     rows = frame[frame["table"] == part].drop(columns="table").dropna(axis=1, how="all")
@@ -76,8 +79,66 @@ def stack_parts(parts: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
     return stacked
 
 
+def _synthetic_levels(rng: np.random.Generator, blocks: int, influence: np.ndarray) -> pd.DataFrame:
+    """Made-up removal levels with the columns of :func:`measure.removal_study.measure_levels`."""
+    rows = []
+    for ordering in ("bi", "angular"):
+        for k in (1, 2):
+            share = float(influence[-k:].sum() / influence.sum())
+            kl = 0.3 * k * rng.uniform(0.8, 1.2)
+            rows.append({
+                "ordering": ordering, "removed": k, "blocks": ",".join(map(str, range(blocks - k, blocks))),
+                "removed_fraction": k / blocks, "bits_per_weight": 16 * (1 - k / blocks),
+                "linear_bits_per_weight": 16 * (1 - k / blocks) - 0.01, "removal_error_layer_energy": share,
+                "removal_error_layer_parameters": k / blocks, "removal_error_block": 0.8 * share,
+                "perplexity": 20 * np.exp(kl), "kl_to_reference_nats": kl, "removal_error_end_to_end": kl,
+            })  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def _synthetic_points(rng: np.random.Generator, levels: pd.DataFrame) -> pd.DataFrame:
+    """Made-up curve points with :data:`measure.removal_study.POINT_COLUMNS` (6 dB per bit quantizers, a pruner
+    under both mask conventions, the RD reference in the layer views, one spliced model per level)."""
+    from measure.removal_study import POINT_COLUMNS
+
+    rows = []
+
+    def add(view: str, series: str, family: str, term: str, bits: float, error: float, **extra: Any) -> None:
+        rows.append({"view": view, "series": series, "family": family, "term": term, "mask_convention": None,
+                     "bits_per_weight": bits, "linear_bits_per_weight": bits - 0.01, "error": error,
+                     "quality_db": -10 * np.log10(error), "perplexity": np.nan, "mixed": False,
+                     "removed_fraction": np.nan, "size_gap_bits": np.nan, **extra})  # fmt: skip
+
+    for view in ("layer_energy", "layer_parameters", "block", "end_to_end"):
+        scale = 0.05 if view == "end_to_end" else 1.0
+        extra = (lambda e: {"perplexity": 20 * np.exp(e)}) if view == "end_to_end" else (lambda e: {})
+        for series, base in (("rtn_g128", 0.5), ("gptq_g128", 0.3)):
+            for bits in range(2, 17):
+                error = scale * base * 4.0 ** (2 - bits) * rng.uniform(0.9, 1.1)
+                add(view, series, "quantization", f"{series.split('_')[0]}:{bits}:g128", bits + 0.125, error,
+                    **extra(error))  # fmt: skip
+        for sparsity in (0.5, 0.75, 0.875, *levels["removed_fraction"].unique()):
+            error = scale * 0.02 * np.exp(4 * sparsity)
+            for name, mask_bits in (("free", 0.0), ("entropy", 0.5)):
+                add(view, "magnitude", "pruning", f"magnitude:{sparsity:.9f}", 16 * (1 - sparsity) + mask_bits,
+                    error, mask_convention=name, **extra(error))  # fmt: skip
+        if view.startswith("layer"):
+            for bits in [*range(2, 17), *levels["bits_per_weight"].unique()]:
+                error = 0.3 * 4.0 ** (1 - bits)
+                add(view, "gaussian_rd", "reference", f"gaussian_rd:{bits:.6f}", float(bits), error)
+        if view == "end_to_end":
+            for fraction, bits in levels[["removed_fraction", "bits_per_weight"]].drop_duplicates().to_numpy():
+                error = 1e-9 * rng.uniform(0.5, 2)
+                add(view, "rtn_g128", "quantization", f"rtn_g128:mix@{fraction:.6f}", bits, error, mixed=True,
+                    removed_fraction=fraction, size_gap_bits=1e-7, **extra(error))  # fmt: skip
+    return pd.DataFrame(rows, columns=POINT_COLUMNS)
+
+
 def synthetic_study(rng: np.random.Generator) -> pd.DataFrame:
-    """A small stand-in for the stacked tables of :func:`measure.removal_study.run_study` (made-up values)."""
+    """A small stand-in for the stacked tables of :func:`measure.removal_study.run_study` (made-up values; the
+    answer and end-to-end parts are computed from made-up levels and points by the study's own table functions)."""
+    from measure.removal_answer import answer_table, end_to_end_table
+
     blocks = 6
     influence = np.sort(rng.uniform(0.02, 0.3, blocks))[::-1]
     units = pd.DataFrame([
@@ -92,62 +153,44 @@ def synthetic_study(rng: np.random.Generator) -> pd.DataFrame:
                                               "removal_sqnr_db", "parameters"]].assign(
         kl_to_reference_nats=lambda f: 0.5 * f["removal_relative_error"] * rng.uniform(0.5, 2, blocks),
         perplexity=lambda f: 20 * np.exp(f["kl_to_reference_nats"]), base_perplexity=20.0, nri=1e-6, windows=1)
-    curves = pd.DataFrame([
-        {"method": method, "term": f"{method}:{b}", "bits_per_weight": float(b), "relative_error": err,
-         "output_sqnr_db": -10 * np.log10(err), "layers": 7 * blocks}
-        for method, base in (("rtn", 0.5), ("gptq", 0.2)) for b, err in ((3, base), (4, base / 4), (8, base / 256))
-    ] + [
-        {"method": "magnitude", "term": f"magnitude:{k / blocks:.6f}", "bits_per_weight": 16 * (1 - k / blocks),
-         "relative_error": 0.01 * k, "output_sqnr_db": -10 * np.log10(0.01 * k), "layers": 7 * blocks}
-        for k in (1, 2)
-    ])  # fmt: skip
-    levels = []
-    for ordering in ("bi", "angular"):
-        for k in (1, 2):
-            local = float(influence[-k:].sum() / influence.sum())
-            sqnr = -10 * np.log10(local)
-            low = curves[curves["bits_per_weight"] <= 16 * (1 - k / blocks) + 0.01]["output_sqnr_db"]
-            levels.append({
-                "ordering": ordering, "removed": k, "blocks": ",".join(map(str, range(blocks - k, blocks))),
-                "removed_fraction": k / blocks, "bits_per_weight": 16 * (1 - k / blocks), "sparsity": k / blocks,
-                "removal_relative_error": local, "removal_sqnr_db": sqnr, "perplexity": 20 + 10 * k,
-                "kl_to_reference_nats": 0.3 * k, "range_low_db": low.min(), "range_high_db": low.max(),
-                "range_low_term": "magnitude", "range_high_term": "gptq:8", "methods": 3,
-                "verdict": "below" if sqnr < low.min() else "inside", "margin_db": min(sqnr - low.min(), 0.0),
-            })  # fmt: skip
-    levels = pd.DataFrame(levels)
-    end_to_end = pd.concat([
-        levels.assign(family="removal", method=levels["ordering"], spec="remove:blocks=" + levels["blocks"]),
-        pd.DataFrame([{"family": "compression", "method": m, "spec": s, "removed_fraction": f,
-                       "bits_per_weight": bits, "perplexity": 21.0 + f, "kl_to_reference_nats": 0.01 + f / 10}
-                      for m, s, bits, f in (("magnitude", "magnitude:0.166667", 13.3, 1 / 6),
-                                            ("rtn", "rtn:8:g128", 8.125, 1 / 6))]),
-    ], ignore_index=True)[["family", "method", "spec", "removed", "removed_fraction", "bits_per_weight",
-                           "perplexity", "kl_to_reference_nats"]]  # fmt: skip
-    block_verdicts = units[units["unit"] == "block"][["block", "removed_fraction", "bits_per_weight",
-                                                      "removal_sqnr_db"]].assign(verdict="below", margin_db=-20.0)
-    base = pd.DataFrame([{"perplexity": 20.0, "kl_to_reference_nats": 0.0}])
-    parts = {"units": units, "angular": angular, "single_units": single, "curves": curves,
-             "block_verdicts": block_verdicts, "levels": levels, "end_to_end": end_to_end, "base": base}
+    layers = pd.DataFrame([{"layer": f"model.layers.{b}.{name}", "block": b, "parameters": 1000,
+                            "output_energy": float(rng.uniform(1, 100))}
+                           for b in range(blocks) for name in ("self_attn.q_proj", "mlp.down_proj")])  # fmt: skip
+    layers = layers.assign(energy_share=layers["output_energy"] / layers["output_energy"].sum())
+    share = influence / influence.sum()
+    block_shares = pd.DataFrame({"block": range(blocks), "layer_energy_share": share,
+                                 "parameter_share": 1 / blocks, "update_energy_share": share})
+    levels = _synthetic_levels(rng, blocks, influence)
+    points = _synthetic_points(rng, levels)
+    views, conventions = SETTINGS["views"], SETTINGS["mask_conventions"]
+    parts = {"units": units, "angular": angular, "single_units": single, "layers": layers, "blocks": block_shares,
+             "levels": levels, "points": points, "answer": answer_table(levels, points, views, conventions),
+             "end_to_end": end_to_end_table(levels, points),
+             "base": pd.DataFrame([{"perplexity": 20.0, "kl_to_reference_nats": 0.0}])}  # fmt: skip
     return stack_parts(parts)
 
 
-@experiment(STUDY, needs_model=True, synthetic=synthetic_study, code=("measure",),
+def study_settings(settings: Mapping[str, Any]) -> Any:
+    """:class:`measure.removal_study.StudySettings` from the JSON form of :data:`SETTINGS` (lists → tuples)."""
+    from measure.removal_study import StudySettings
+
+    tuples = {key: tuple(value) for key, value in settings.items() if isinstance(value, list)}
+    bits = {name: tuple(widths) for name, widths in settings["quantizer_bits"].items()}
+    return StudySettings(**{**settings, **tuples, "quantizer_bits": bits})
+
+
+@experiment(STUDY, needs_model=True, synthetic=synthetic_study, code=("measure", "theory"),
             config={"calibration": CALIBRATION, "evaluation": EVALUATION, "settings": SETTINGS})  # fmt: skip
 def removal_study(config: Mapping[str, Any], context: ExperimentContext) -> pd.DataFrame:
     """:func:`measure.removal_study.run_study` on the loaded model with ``config["settings"]``, its tables
     stacked (:func:`stack_parts`) plus a ``base`` part holding the original model's perplexity."""
     from tqdm import tqdm
 
-    from measure.removal_study import StudySettings, run_study
+    from measure.removal_study import run_study
 
     loaded = context.model
-    settings = dict(config["settings"])
-    settings = StudySettings(**{**settings, "orderings": tuple(settings["orderings"]),
-                                "quantizers": tuple(settings["quantizers"]), "pruners": tuple(settings["pruners"]),
-                                "ledger_bits": tuple(settings["ledger_bits"])})  # fmt: skip
     study = run_study(loaded.model, calibration(loaded, config["calibration"]),
-                      evaluation_windows(loaded, config["evaluation"]), settings,
+                      evaluation_windows(loaded, config["evaluation"]), study_settings(config["settings"]),
                       log=lambda step: tqdm.write(f"removal_study: {step}"))  # fmt: skip
     return stack_parts({**study.tables, "base": pd.DataFrame([study.summary["base"]])})
 
@@ -187,89 +230,209 @@ def block_importance_across_depth(tables: Tables) -> Figure:
     return fig
 
 
+VIEW_TITLES = {
+    "layer_energy": "layer view, energy-weighted", "layer_parameters": "layer view, parameter-weighted",
+    "block": "block view (residual stream)", "end_to_end": "end to end",
+}  # fmt: skip
+VIEW_AXES = {
+    "layer_energy": "rel. output error", "layer_parameters": "rel. output error",
+    "block": "error / update energy", "end_to_end": "KL (nats/token)",
+}  # fmt: skip
+TABLE_ORDERINGS = ("bi", "angular")
+TABLE_LEVELS = (1, 2, 4, 8)
+SERIES_CODES = {"rtn_g128": "R", "gptq_g128": "G", "rtn_channel": "Rc", "gptq_channel": "Gc", "magnitude": "M",
+                "sparsegpt": "S", "wanda": "W"}  # fmt: skip
+"""Short codes of the series in the answer table (defined in its caption)."""
+ANSWER_LEVEL = 4
+"""The removal level the one-sentence answer speaks of (the largest level present when fewer were run)."""
+
+
 def _removal_style(ordering: str) -> dict[str, Any]:
     """Line style of one removal ordering (:func:`figures.style.line_kwargs` of ``remove:<ordering>``)."""
     return line_kwargs(f"remove:{ordering}", "removal")
 
 
-def _ledger_style(method: str) -> dict[str, Any]:
-    """Line style of one ledger method, in the pruning or the quantization family."""
-    return line_kwargs(method, "pruning" if method in ("magnitude", "wanda", "sparsegpt") else "quantization")
+def _series_style(series: str, family: str, convention: str) -> dict[str, Any]:
+    """Line style of one curve; a pruner under the entropy-coded mask is drawn open and dotted."""
+    kwargs = line_kwargs(series, family)
+    if convention == "entropy":
+        kwargs |= {"label": f"{kwargs['label']}, entropy-coded mask", "linestyle": ":", "markerfacecolor": "none"}
+    elif family == "pruning":
+        kwargs["label"] = f"{kwargs['label']}, free mask"
+    return kwargs
 
 
-def _lines_over_bits(ax: Axes, rows: pd.DataFrame, by: str, column: str, style: LineStyle) -> None:
-    """One line of ``column`` against bits per weight per value of ``by`` (sorted), styled by ``style(value)``."""
-    for value, group in rows.groupby(by, sort=True):
+def _view_panel(ax: Axes, points: pd.DataFrame, levels: pd.DataFrame, view: str) -> None:
+    """Every method's error over bits per parameter in ``view`` (log y), the removal levels as markers."""
+    rows = points[(points["view"] == view) & ~points["mixed"].astype(bool)]
+    conventions = rows["mask_convention"].astype("string").fillna("")
+    for (series, convention), group in rows.groupby([rows["series"], conventions], sort=True):
         group = group.sort_values("bits_per_weight")
-        ax.plot(group["bits_per_weight"], group[column], **style(value))
+        ax.plot(group["bits_per_weight"], group["error"], markersize=2.5,
+                **_series_style(series, group["family"].iloc[0], convention))  # fmt: skip
+    for ordering, group in levels.groupby("ordering", sort=True):
+        kwargs = _removal_style(ordering) | {"linestyle": "none"}
+        ax.plot(group["bits_per_weight"], group[f"removal_error_{view}"], markersize=3.5, **kwargs)
+    ax.set_yscale("log")
+    ax.set_ylabel(VIEW_AXES[view], fontsize="small")
 
 
-def _verdict_counts(levels: pd.DataFrame) -> str:
-    counts = levels["verdict"].value_counts()
-    return ", ".join(f"{int(n)} {escape_tex(v)}" for v, n in counts.items())
+def _answer_rows(tables: Tables) -> pd.DataFrame:
+    return study_part(tables[STUDY], "answer")
+
+
+def _answer_sentence(answer: pd.DataFrame) -> str:
+    """The study's answer in one sentence, read off the answer table (BI ordering, free mask)."""
+    rows = answer[(answer["ordering"] == "bi") & (answer["mask_convention"] == "free")]
+    if rows.empty:
+        return ""
+    level = min(ANSWER_LEVEL, int(rows["removed"].max()))
+    rows = rows[rows["removed"] == level].set_index("view")
+    first = rows.iloc[0]
+    series = next((s for s in ("gptq_g128", "gptq_channel", "rtn_g128") if f"equivalent_bits_{s}" in rows), None)
+    parts = []
+    for view, row in rows.iterrows():
+        if series is not None:
+            parts.append(f"the {VIEW_TITLES[str(view)]} error of {_bits_text(row, series)}-bit "
+                         f"{escape_tex(series.replace('_', ' '))}")  # fmt: skip
+    worst = rows["margin_worst_db"].dropna()
+    gap = (f"; at that size every method measured there is better in every view (removal minus the worst method: "
+           f"{worst.max():.1f} dB at most)" if not worst.empty and (worst < 0).all() else "")  # fmt: skip
+    return (f"Answer: removing the {level} lowest-BI blocks ($b(f) = {first['bits_per_weight']:.2f}$ bits per "
+            f"parameter) makes {', '.join(parts)}{gap}.")  # fmt: skip
+
+
+def _bits_text(row: pd.Series, series: str) -> str:
+    """An equivalent-bits cell: the value, or "< x" / "> x" when censored at the curve's end x."""
+    bits, censored = row[f"equivalent_bits_{series}"], row.get(f"equivalent_bits_{series}_censored", "")
+    if pd.isna(bits):
+        return "–"
+    prefix = {"below": "<", "above": ">"}.get(str(censored), "")
+    return f"{prefix}{bits:.1f}"
 
 
 def _bounds_caption(tables: Tables, facts: Mapping[str, Any]) -> str:
-    levels = study_part(tables[STUDY], "levels")
     return (
-        "Decoder-level output SQNR of removing $n$ blocks (fraction $f$ of the decoder) at the bits per weight "
-        "of equal compression $b(f) = 16(1-f)$, against the ledger's quantization and pruning curves (local "
-        "error with original inputs, energy-weighted over layers; removal: block output energy lost). "
-        f"Verdicts over {len(levels)} removal levels: {_verdict_counts(levels)}. {_settings_text(facts)}."
+        "Error against size in bits per decoder parameter, one panel per view, each one signal for removal and "
+        "for every method: (a) layer view, energy-weighted: "
+        r"$\sum_\ell \mathrm{tr}(\Delta W H \Delta W^\top) / \sum_\ell \mathrm{tr}(W H W^\top)$ over the "
+        r"decoder's linear layers (bias-free outputs, original inputs; removal sets $\hat W = 0$); (b) layer "
+        "view, parameter-weighted mean of the layers' relative errors (removal: the parameter share of the "
+        "removed "
+        r"linears); (c) block view: $\sum_i \lVert \hat y_i - y_i \rVert^2 / \sum_i \lVert y_i - x_i "
+        r"\rVert^2$ with each block on its original input (removal: $\hat y_i = x_i$); (d) KL to the original "
+        "model on the evaluation windows. Quantizers at integer widths, pruners at their sparsities with a free "
+        "or "
+        "entropy-coded mask; the Gaussian rate--distortion reference (reverse water-filling on each layer's "
+        r"$H^{1/2}\Sigma_w H^{1/2}$) is the limit for Gaussian weights with the layers' second-order statistics, "
+        "not a bound on the actual weights. Removal orderings as markers at $b(f) = 16(1-f)$. "
+        f"{_answer_sentence(_answer_rows(tables))} {_settings_text(facts)}."
     )
 
 
 @figure("removal_vs_bounds", needs=(STUDY,), caption=_bounds_caption, section=SECTION)
 def removal_vs_bounds(tables: Tables) -> Figure:
-    """Output SQNR [dB] vs bits per weight: one line per ledger method, one dotted series per removal ordering."""
-    curves, levels = study_parts(tables, "curves", "levels")
-    fig, ax = new_figure(height_ratio=0.6)
-    _lines_over_bits(ax, curves, "method", "output_sqnr_db", _ledger_style)
-    _lines_over_bits(ax, levels, "ordering", "removal_sqnr_db", _removal_style)
-    ax.set_xlabel("bits per weight")
-    ax.set_ylabel("output SQNR (dB)")
-    method_legend(ax)
+    """One panel per view: error (log) vs bits per decoder parameter for every method, the RD reference and the
+    removal levels of every ordering."""
+    points, levels = study_parts(tables, "points", "levels")
+    views = [view for view in VIEW_TITLES if view in set(points["view"])]
+    fig, axes = new_figure(nrows=2, ncols=2, height_ratio=0.85)
+    for letter, ax, view in zip("abcd", axes.flat, views, strict=False):
+        _view_panel(ax, points, levels, view)
+        ax.set_title(f"({letter}) {VIEW_TITLES[view]}", loc="left", fontsize="small")
+        ax.set_xlabel("bits per decoder parameter", fontsize="small")
+    for ax in axes.flat[len(views):]:
+        ax.set_visible(False)
+    handles: dict[str, Any] = {}
+    for ax in axes.flat:
+        handles |= dict(zip(*reversed(ax.get_legend_handles_labels()), strict=True))
+    fig.legend(handles.values(), handles.keys(), loc="outside lower center", ncols=3, frameon=False,
+               fontsize="x-small")  # fmt: skip
     return fig
 
 
+def _cell(row: pd.Series, which: str) -> str:
+    """A "dB code" cell of the best or worst method at b(f)."""
+    series, value = row.get(f"{which}_series"), row.get(f"{which}_db")
+    if pd.isna(value):
+        return "–"
+    return f"{value:.1f} {SERIES_CODES.get(str(series), str(series))}"
+
+
+def answer_display(answer: pd.DataFrame) -> pd.DataFrame:
+    """The rows and cells of the ``removal_verdicts`` table: free-mask rows of :data:`TABLE_ORDERINGS` at
+    :data:`TABLE_LEVELS`, with the worst method and the pruner's equivalent bits under the entropy-coded mask."""
+    keys = ["view", "ordering", "removed"]
+    free = answer[(answer["mask_convention"] == "free") & answer["ordering"].isin(TABLE_ORDERINGS)
+                  & answer["removed"].isin(TABLE_LEVELS)]  # fmt: skip
+    entropy = answer[answer["mask_convention"] == "entropy"].set_index(keys)
+    pruners = [c.removeprefix("equivalent_bits_") for c in answer.columns
+               if c.startswith("equivalent_bits_") and not c.endswith("_censored")]  # fmt: skip
+    rows = []
+    for _, row in free.iterrows():
+        key = tuple(row[k] for k in keys)
+        shown = {"view": VIEW_TITLES[row["view"]].replace("layer view, ", "layer, "), "ordering": row["ordering"],
+                 "removed": int(row["removed"]), "bits_per_weight": row["bits_per_weight"],
+                 "removal_db": row["removal_db"], "best": _cell(row, "best"), "worst": _cell(row, "worst"),
+                 "worst_entropy": _cell(entropy.loc[key], "worst") if key in entropy.index else "–",
+                 "rd_db": row["rd_db"]}  # fmt: skip
+        for series in pruners:
+            shown[f"eq_{series}"] = _bits_text(row, series)
+        rows.append(shown)
+    return pd.DataFrame(rows)
+
+
 def _verdict_table_caption(tables: Tables, facts: Mapping[str, Any]) -> str:
-    levels = study_part(tables[STUDY], "levels")
+    answer = _answer_rows(tables)
+    codes = ", ".join(f"{code} = {escape_tex(series.replace('_', ' '))}" for series, code in SERIES_CODES.items()
+                      if f"equivalent_bits_{series}" in answer)  # fmt: skip
     return (
-        "Verdict per removal level: the removal's decoder-level SQNR against the SQNR range of the methods at "
-        "their largest tabulated bits per weight not above $b(f)$ (ends of the range: the term named); margin = "
-        "signed distance to the nearest end in dB (0 inside, negative below). PPL and KL on the evaluation "
-        f"windows. {_verdict_counts(levels)}. {_settings_text(facts)}."
+        "Removal against the methods at exactly equal size $b(f) = 16(1-f)$ bits per decoder parameter, per view "
+        "(layer view energy- and parameter-weighted, block view, end to end; definitions in "
+        "Fig.~\\ref{fig:removal_vs_bounds}). dB $= -10\\log_{10}$ of the view's error (end to end: of the KL in "
+        "nats/token). Removal: the removal's dB; Best, Worst: the best and worst method at $b(f)$ "
+        "(free mask; "
+        "Worst H: pruners charged $H(s)$ bits per weight for an entropy-coded mask) — quantizers interpolated in "
+        "dB "
+        "between the two integer widths that bracket $b(f)$, end to end a model spliced from those two widths at "
+        "$b(f)$; RD: Gaussian rate--distortion reference (a reference for Gaussian weights, not a bound); "
+        "$\\equiv$: equivalent bits, the size at which the method makes the removal's error ($<$: worse than the "
+        f"method at its smallest size measured). Codes: {codes}. Orderings BI and angular, $n \\in "
+        f"\\{{{', '.join(map(str, TABLE_LEVELS))}\\}}$ (all levels and orderings in the study's parquet). "
+        f"{_answer_sentence(answer)} {_settings_text(facts)}."
     )
 
 
 @table("removal_verdicts", needs=(STUDY,), caption=_verdict_table_caption, section=SECTION)
 def removal_verdicts(tables: Tables) -> Styler:
-    """One row per (ordering, n removed): b(f), removal SQNR, the methods' range, verdict, margin, PPL, KL."""
-    levels = study_part(tables[STUDY], "levels").sort_values(["ordering", "removed"])
-    levels["removed"] = levels["removed"].astype(int)
-    labels = {"ordering": "Ordering", "removed": "$n$", "blocks": "Blocks", "bits_per_weight": "$b(f)$",
-              "removal_sqnr_db": "Removal [dB]", "range_low_db": "Low [dB]", "range_high_db": "High [dB]",
-              "verdict": "Verdict", "margin_db": "Margin [dB]", "perplexity": "PPL",
-              "kl_to_reference_nats": "KL [nats/token]"}  # fmt: skip
-    return thesis_table(levels, labels, precision=2)
+    """One row per view, ordering and n removed: b(f), the removal's dB, the best and worst method at b(f) (free
+    and entropy-coded masks), the RD reference and every method's equivalent bits."""
+    shown = answer_display(_answer_rows(tables))
+    labels = {"view": "View", "ordering": "Ord.", "removed": "$n$", "bits_per_weight": "$b(f)$",
+              "removal_db": "Removal", "best": "Best", "worst": "Worst", "worst_entropy": "Worst H", "rd_db": "RD"}
+    labels |= {c: f"$\\equiv${SERIES_CODES.get(c.removeprefix('eq_'), c.removeprefix('eq_'))}"
+               for c in shown.columns if c.startswith("eq_")}  # fmt: skip
+    return thesis_table(shown, labels, precision=1)
 
 
 def _propagation_caption(tables: Tables, facts: Mapping[str, Any]) -> str:
     from measure.removal_study import propagation_correlation
 
-    frame = tables[STUDY]
+    single = study_part(tables[STUDY], "single_units")
+    blocks = single[single["unit"] == "block"]
+    levels = study_part(tables[STUDY], "levels").drop_duplicates("blocks")
     parts = []
-    for name, label in (("single_units", "single blocks"), ("levels", "removal sets")):
-        rows = study_part(frame, name)
-        if name == "single_units":
-            rows = rows[rows["unit"] == "block"]
-        corr = propagation_correlation(rows["removal_relative_error"], rows["kl_to_reference_nats"])
+    pairs = (("single blocks", blocks["removal_relative_error"], blocks["kl_to_reference_nats"]),
+             ("distinct removal sets", levels["removal_error_block"], levels["kl_to_reference_nats"]))
+    for label, local, kl in pairs:
+        corr = propagation_correlation(local, kl)
         parts.append(f"{label}: Pearson $r = {corr['pearson_log10']:.2f}$ of the logs, Spearman "
                      f"$\\rho = {corr['spearman']:.2f}$ ($n = {corr['n']}$)")  # fmt: skip
-    single = study_part(frame, "single_units")
     return (
         "Error propagation: local removal error vs end-to-end KL to the original model, (a) each block alone "
-        "(error over its own output energy), (b) the removal sets (error over the decoder's block output energy); "
+        "(residual update over block output energy, "
+        "$\\lVert y_i - x_i \\rVert^2 / \\lVert y_i \\rVert^2$), (b) the "
+        "distinct removal sets in the block view (removed update energy over the update energy of all blocks); "
         f"{'; '.join(parts)}. Single blocks on {int(single['windows'].iloc[0])} probe window(s). "
         f"{_settings_text(facts)}."
     )
@@ -277,8 +440,8 @@ def _propagation_caption(tables: Tables, facts: Mapping[str, Any]) -> str:
 
 @figure("error_propagation", needs=(STUDY,), caption=_propagation_caption, section=SECTION)
 def error_propagation(tables: Tables) -> Figure:
-    """KL [nats/token] vs local relative error, log–log: (a) each block alone (error relative to its own output
-    energy), (b) each ordering's removal sets (error relative to the decoder's block output energy)."""
+    """KL [nats/token] vs local relative error, log–log: (a) each block alone (update energy over its output
+    energy), (b) each ordering's removal sets (block view: removed over total update energy)."""
     single, levels = study_parts(tables, "single_units", "levels")
     single = single[single["unit"] == "block"]
     fig, (alone, sets) = new_figure(ncols=2, height_ratio=0.45)
@@ -286,9 +449,9 @@ def error_propagation(tables: Tables) -> Figure:
                   marker="o", s=10, label="one block removed")  # fmt: skip
     for ordering, rows in levels.groupby("ordering", sort=True):
         kwargs = _removal_style(ordering)
-        sets.scatter(rows["removal_relative_error"], rows["kl_to_reference_nats"], color=kwargs["color"],
+        sets.scatter(rows["removal_error_block"], rows["kl_to_reference_nats"], color=kwargs["color"],
                      marker=kwargs["marker"], s=14, label=kwargs["label"])  # fmt: skip
-    labels = (("a", "block error / its output energy"), ("b", "removed error / decoder output energy"))
+    labels = (("a", "update / output energy"), ("b", "block view error"))
     for ax, (letter, xlabel) in zip((alone, sets), labels, strict=True):
         ax.set_xscale("log")
         ax.set_yscale("log")

@@ -51,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
     from measure.calibration import CalibrationProtocol, calibration_batches
     from measure.commands.common import block_memory, load_placed, placement
     from measure.grid import detect_model_grid
+    from measure.parallel import method_workers
     from measure.provenance import collect
     from measure.spec import describe_steps, parse_term_list
     from measure.store import write_table
@@ -86,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
         kurtosis_definition=ledgers.KURTOSIS_DEFINITION,
         seconds=ledger.seconds,
         torch_threads=torch.get_num_threads(),
-        method_workers=ledgers.method_workers(args.workers),
+        method_workers=method_workers(args.workers),
     )
     out = Path(args.out)
     path = write_table(ledger.table, out / "ledger.parquet", provenance)

@@ -35,7 +35,7 @@ NM = Param(
 FRACTION = Param("fraction", None, as_fraction, "fraction of the rows / heads removed, in [0, 1)")
 BLOCK_SIZE = Param("block_size", 128, as_positive_int, "columns per OBS block (lazy batch updates)", prefix="b")
 PERCDAMP = Param("percdamp", 0.01, as_fraction, "damping λ = percdamp·mean(diag H) added to H")
-BITS = Param("bits", 4, as_bits(2, 8), "bits per integer code")
+BITS = Param("bits", 4, as_bits(2, 16), "bits per integer code (2..16)")
 GROUP = Param(
     "group",
     "channel",
