@@ -50,9 +50,48 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="study: first windows used when removing each block / sublayer alone (default 4)",
     )  # fmt: skip
     parser.add_argument("--seed", type=int, default=0, help="seed of the random ordering (default 0)")
-    parser.add_argument("--bounds", help="study: parquet of per-layer bounds to add to the ledger points")
+    parser.add_argument(
+        "--views", default="layer_energy,layer_parameters,block,end_to_end",
+        help="study: views measured (layer_energy, layer_parameters, block, end_to_end; default all)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--mask-conventions", default="free,entropy",
+        help="study: how pruners pay for their mask: free, entropy, bitmap (default free,entropy)",
+    )  # fmt: skip
+    parser.add_argument("--bits", default="2-16", help="study: quantizer widths, 2-16 or a list like 2,3,4,8")
+    parser.add_argument("--groups", default="g128,channel", help="study: quantizer groups (default g128,channel)")
+    parser.add_argument("--pruner", default="sparsegpt", help="study: pruning methods (default sparsegpt)")
     add_device_arguments(parser)
     add_mode_argument(parser)
+
+
+def study_settings(args: argparse.Namespace) -> Any:
+    """:class:`measure.removal_study.StudySettings` from the study's options, checked (except against the
+    model's block count) before anything is loaded or written."""
+    from measure.removal_study import StudySettings, check_settings
+
+    def names(text: str) -> tuple[str, ...]:
+        return tuple(part.strip() for part in text.split(",") if part.strip())
+
+    bits = _bit_widths(args.bits)
+    settings = StudySettings(
+        max_removed=args.max_removed, seed=args.seed, batch_size=args.batch_size, probe_windows=args.probe_windows,
+        groups=names(args.groups), quantizer_bits={"rtn": bits, "gptq": bits}, pruners=names(args.pruner),
+        mask_conventions=names(args.mask_conventions), views=names(args.views),
+    )  # fmt: skip
+    check_settings(settings)
+    return settings
+
+
+def _bit_widths(text: str) -> tuple[int, ...]:
+    """``2-16`` or ``2,3,4,8`` as integer widths (PvqError for anything else)."""
+    try:
+        if "-" in text:
+            low, high = (int(part) for part in text.split("-"))
+            return tuple(range(low, high + 1))
+        return tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise PvqError(f"--bits takes a range such as 2-16 or a list such as 2,3,4,8, got {text!r}") from None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -60,6 +99,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.study and args.mode == "sequential":
         raise PvqError("--study runs the whole model on --device (perplexity of every removal); drop --mode")
+    if args.study:
+        study_settings(args)
     place = placement(args, "full" if args.study else args.mode)
     loaded = load_placed(args.model, place)
     if args.study:
@@ -128,11 +169,12 @@ def _study(args: argparse.Namespace, loaded: Any) -> int:
     import pandas as pd
     import torch
 
+    from measure.architecture import describe
     from measure.atomic import write_text_atomic
     from measure.evaluation.perplexity import bos_token_id_for, make_windows
     from measure.provenance import collect
-    from measure.removal_study import StudySettings, run_study
-    from measure.store import read_table, write_table
+    from measure.removal_study import check_settings, run_study
+    from measure.store import write_table
     from measure.text import evaluation_text
 
     batches, protocol = _calibration(args, loaded)
@@ -140,28 +182,27 @@ def _study(args: argparse.Namespace, loaded: Any) -> int:
         evaluation_text(), loaded.tokenizer, args.window,
         bos_token_id=bos_token_id_for(loaded.tokenizer, loaded.bos_per_window), max_windows=args.eval_windows,
     )  # fmt: skip
-    settings = StudySettings(max_removed=args.max_removed, seed=args.seed, batch_size=args.batch_size,
-                             probe_windows=args.probe_windows)  # fmt: skip
-    bounds = read_table(args.bounds) if args.bounds else None
+    settings = study_settings(args)
+    check_settings(settings, len(describe(loaded.model).blocks))
     provenance = collect(
         **loaded.describe(), calibration=protocol.as_dict(), evaluation=windows.protocol.as_dict(),
-        settings=asdict(settings), bounds=args.bounds, torch_threads=torch.get_num_threads(),
+        settings=asdict(settings), torch_threads=torch.get_num_threads(),
     )  # fmt: skip
     out = Path(args.out or DEFAULT_STUDY_OUT)
 
     def write(name: str, table: pd.DataFrame) -> None:
         write_table(table, out / f"{name}.parquet", {**provenance, "table": name})
 
-    study = run_study(loaded.model, batches, windows, settings, bounds, log=lambda text: print(text, flush=True),
+    study = run_study(loaded.model, batches, windows, settings, log=lambda text: print(text, flush=True),
                       on_table=write)  # fmt: skip
     write_text_atomic(out / "summary.json", json.dumps({**provenance, "summary": study.summary}, indent=2))
     with pd.option_context("display.width", 200, "display.max_rows", 400, "display.max_columns", 30):
-        _print_summary(study, settings)
+        _print_summary(study)
     print(f"tables -> {out}")
     return 0
 
 
-def _print_summary(study: Any, settings: Any) -> None:
+def _print_summary(study: Any) -> None:
     units = study.tables["units"]
     blocks = units[units["unit"] == "block"].sort_values("influence")
     print("Block Influence ranking (ShortGPT removes from the top):")
@@ -171,15 +212,16 @@ def _print_summary(study: Any, settings: Any) -> None:
     print("Angular distance rule l*(n):")
     print(chosen.to_string(index=False))
     levels = study.tables["levels"]
-    print(f"Perplexity by removed blocks (base {study.summary['base']['perplexity']:.3f}):")
-    print(levels.pivot(index="removed", columns="ordering", values="perplexity").to_string())
-    print("Verdict per removal level (decoder-level local SQNR vs the methods at equal compression):")
-    columns = ["ordering", "removed", "blocks", "bits_per_weight", "removal_sqnr_db", "range_low_db",
-               "range_high_db", "verdict", "margin_db", "perplexity", "kl_to_reference_nats"]  # fmt: skip
-    print(levels[columns].to_string(index=False))
-    compression = study.tables["end_to_end"]
-    print("Size-matched compression:")
-    print(compression[compression["family"] == "compression"].to_string(index=False))
+    if "perplexity" in levels:
+        print(f"Perplexity by removed blocks (base {study.summary['base']['perplexity']:.3f}):")
+        print(levels.pivot(index="removed", columns="ordering", values="perplexity").to_string())
+    answer = study.tables["answer"]
+    print("Removal against the methods at exactly equal size b(f), per view (dB = -10 log10 error; margins: "
+          "removal minus method; equivalent bits of each method):")
+    columns = ["view", "ordering", "removed", "mask_convention", "bits_per_weight", "removal_db", "best_series",
+               "best_db", "worst_series", "worst_db", "rd_db",
+               *[c for c in answer.columns if c.startswith("equivalent_bits_")]]  # fmt: skip
+    print(answer[[c for c in columns if c in answer]].to_string(index=False))
     for key, value in study.summary.items():
         if key.startswith("correlation"):
             print(f"{key}: {value}")

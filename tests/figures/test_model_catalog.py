@@ -63,41 +63,58 @@ def test_stacked_study_survives_parquet_and_splits_back_into_its_parts(tmp_path)
     assert list(removal.study_part(stacked, "angular")["chosen"].astype(bool)) == [True, False]
 
 
-def test_verdict_table_has_one_row_per_level_with_the_range_and_margin_of_the_levels(tmp_path):
+def test_answer_table_shows_the_free_mask_rows_of_the_answer_with_their_numbers(tmp_path):
     tables = synthetic_tables((removal.STUDY,))
-    levels = removal.study_part(tables[removal.STUDY], "levels").sort_values(["ordering", "removed"])
+    answer = removal.study_part(tables[removal.STUDY], "answer")
     artifact = ARTIFACTS["removal_verdicts"]
     rendered = render_artifact(artifact, tables, synthetic_facts(artifact), tmp_path)
     header = rendered.files[0].read_text().split("\\toprule")[1].split("\\midrule")[0]
-    for column in ("Verdict", "Margin [dB]", "Removal [dB]", "Low [dB]", "High [dB]", "$b(f)$", "PPL", "KL"):
+    for column in ("View", "Ord.", "$b(f)$", "Removal", "Best", "Worst", "Worst H", "RD", "$\\equiv$G"):
         assert column in header
+    free = answer[(answer["mask_convention"] == "free") & answer["ordering"].isin(removal.TABLE_ORDERINGS)
+                  & answer["removed"].isin(removal.TABLE_LEVELS)]  # fmt: skip
     rows = _tex_rows(rendered.files[0])
-    assert len(rows) == len(levels)
-    for cells, level in zip(rows, levels.itertuples(), strict=True):
-        ordering, removed, _blocks, bits, _sqnr, low, high, verdict, margin = cells[:9]
-        assert (ordering, int(removed)) == (level.ordering, level.removed)
-        assert float(bits) == pytest.approx(16 * (1 - level.removed_fraction), abs=0.005)
-        expected = "below" if level.removal_sqnr_db < level.range_low_db else (
-            "above" if level.removal_sqnr_db > level.range_high_db else "inside")
-        assert verdict == expected
-        nearest = level.range_low_db if expected == "below" else level.range_high_db
-        assert float(margin) == pytest.approx(0.0 if expected == "inside" else level.removal_sqnr_db - nearest,
-                                              abs=0.005)
-        assert float(low) <= float(high)
+    assert len(rows) == len(free) == 4 * 2 * 2
+    for cells, level in zip(rows, free.itertuples(), strict=True):
+        assert (cells[1], int(cells[2])) == (level.ordering, level.removed)
+        assert float(cells[3]) == pytest.approx(level.bits_per_weight, abs=0.05)
+        assert float(cells[4]) == pytest.approx(level.removal_db, abs=0.05)
+        best_db, code = cells[5].split()
+        assert float(best_db) == pytest.approx(level.best_db, abs=0.05)
+        assert code == removal.SERIES_CODES[level.best_series]
+        equivalent = dict(zip(("G", "M", "R"), cells[9:], strict=True))  # series sorted by name
+        for code, series in (("G", "gptq_g128"), ("M", "magnitude"), ("R", "rtn_g128")):
+            assert equivalent[code].lstrip("<>") == f"{getattr(level, f'equivalent_bits_{series}'):.1f}"
 
 
-def test_removal_figure_puts_ledger_curves_and_removal_levels_at_their_bits_per_weight():
-    figure, (curves, levels) = _study_figure("removal_vs_bounds", "curves", "levels")
-    ax = figure.axes[0]
-    assert ax.get_xlabel() == "bits per weight" and ax.get_ylabel() == "output SQNR (dB)"
-    lines = {line.get_label(): line for line in ax.lines}
-    assert len(lines) == curves["method"].nunique() + levels["ordering"].nunique()
-    for ordering, rows in levels.groupby("ordering"):
-        line = next(line for label, line in lines.items() if ordering in label)
-        rows = rows.sort_values("bits_per_weight")
-        np.testing.assert_allclose(line.get_xdata(), rows["bits_per_weight"])
-        np.testing.assert_allclose(line.get_ydata(), rows["removal_sqnr_db"])
-        assert line.get_linestyle() == ":"
+def test_answer_sentence_is_read_off_the_answer_table():
+    tables = synthetic_tables((removal.STUDY,))
+    answer = removal.study_part(tables[removal.STUDY], "answer")
+    artifact = ARTIFACTS["removal_verdicts"]
+    caption = artifact.caption(tables, synthetic_facts(artifact))
+    rows = answer[(answer["ordering"] == "bi") & (answer["mask_convention"] == "free") & (answer["removed"] == 2)]
+    assert f"removing the 2 lowest-BI blocks ($b(f) = {rows['bits_per_weight'].iloc[0]:.2f}$" in caption
+    block = rows[rows["view"] == "block"].iloc[0]
+    bits = block["equivalent_bits_gptq_g128"]
+    prefix = "<" if block["equivalent_bits_gptq_g128_censored"] == "below" else ""
+    assert f"the block view (residual stream) error of {prefix}{bits:.1f}-bit gptq g128" in caption
+
+
+def test_removal_figure_draws_every_curve_and_the_removal_levels_of_each_view():
+    figure, (points, levels) = _study_figure("removal_vs_bounds", "points", "levels")
+    views = list(removal.VIEW_TITLES)
+    assert len([ax for ax in figure.axes if ax.get_visible()]) == len(views)
+    for ax, view in zip(figure.axes, views, strict=True):
+        assert ax.get_xlabel() == "bits per decoder parameter" and ax.get_yscale() == "log"
+        rows = points[(points["view"] == view) & ~points["mixed"].astype(bool)]
+        curves = rows.groupby([rows["series"], rows["mask_convention"].astype("string").fillna("")]).ngroups
+        assert len(ax.lines) == curves + levels["ordering"].nunique()
+        for ordering, group in levels.groupby("ordering"):
+            line = next(line for line in ax.lines if ordering in line.get_label())
+            np.testing.assert_allclose(line.get_xdata(), group["bits_per_weight"])
+            np.testing.assert_allclose(line.get_ydata(), group[f"removal_error_{view}"])
+        rd = [line for line in ax.lines if line.get_label() == "Gaussian RD reference"]
+        assert len(rd) == (1 if view.startswith("layer") else 0)
 
 
 def test_importance_figure_draws_bi_angular_attention_and_mlp_per_block():

@@ -1,4 +1,4 @@
-"""Removal study: evaluator vs evaluate_perplexity, aggregation and verdicts on synthetic tables, a tiny run."""
+"""Removal study: the evaluator vs evaluate_perplexity, the answer table against direct readings, a tiny run."""
 
 from __future__ import annotations
 
@@ -12,22 +12,12 @@ import torch
 from tiny_models import tiny_model, tiny_tokenizer
 
 from measure.architecture import describe
-from measure.capture import BlockStatistics
+from measure.equal_size import MAX_BRACKET_BITS, SIZE_TOLERANCE
 from measure.evaluation.perplexity import evaluate_perplexity, make_windows
+from measure.evaluation.residual import ResidualStreamEvaluator, first_windows
 from measure.removal import remove_blocks, sublayer_removed
-from measure.removal_study import (
-    ResidualStreamEvaluator,
-    StudySettings,
-    aggregate_layer_errors,
-    equal_compression,
-    first_windows,
-    matched_points,
-    propagation_correlation,
-    removal_set_error,
-    run_study,
-    verdict,
-    verdict_table,
-)
+from measure.removal_answer import answer_table
+from measure.removal_study import StudySettings, check_settings, propagation_correlation, run_study
 from theory.errors import PvqError
 
 TEXT = " ".join(f"The {i % 17}th river runs past {i % 5} old mills." for i in range(400))
@@ -63,54 +53,32 @@ def test_evaluator_equals_evaluate_perplexity_of_the_removed_model() -> None:
         evaluator.evaluate([1], start=3)
 
 
-def test_aggregation_is_energy_weighted_over_layers() -> None:
-    table = pd.DataFrame({
-        "layer": ["a", "b", "c", "d"] * 2, "block": [0, 0, 1, 1] * 2, "sublayer": ["attention", "mlp"] * 4,
-        "method": ["rtn"] * 4 + ["sparsegpt"] * 4, "term": ["rtn:4"] * 4 + ["sparsegpt:0.5"] * 4,
-        "bits_per_weight": [4.0, 4.0, 4.5, 4.5, 8.0, 8.0, 8.0, 8.0], "parameters": [1, 3, 1, 3] * 2,
-        "relative_error": [0.1, 0.01, 0.2, 0.02, 0.3, 0.03, 0.4, 0.04],
-    })  # fmt: skip
-    energy = pd.DataFrame({"layer": ["a", "b", "c", "d"], "output_energy": [1.0, 9.0, 2.0, 8.0]})
-    model_level = aggregate_layer_errors(table, energy).set_index("term")
-    expected = (0.1 * 1 + 0.01 * 9 + 0.2 * 2 + 0.02 * 8) / 20
-    assert model_level.loc["rtn:4", "relative_error"] == pytest.approx(expected)
-    assert model_level.loc["rtn:4", "output_sqnr_db"] == pytest.approx(-10 * math.log10(expected))
-    assert model_level.loc["rtn:4", "bits_per_weight"] == pytest.approx((4 + 12 + 4.5 + 13.5) / 8)
-    per_block = aggregate_layer_errors(table, energy, by=("block",)).set_index(["term", "block"])
-    assert per_block.loc[("sparsegpt:0.5", 1), "relative_error"] == pytest.approx((0.4 * 2 + 0.04 * 8) / 10)
-    with pytest.raises(PvqError, match="lacks columns"):
-        aggregate_layer_errors(table.drop(columns="relative_error"), energy)
-    with pytest.raises(PvqError, match="no layer of the per-layer table"):
-        aggregate_layer_errors(table, energy.assign(layer=["x", "y", "z", "w"]))
+def _points(view: str, rows: list[tuple[str, float, float]]) -> pd.DataFrame:
+    """Curve points (series, bits per parameter, error) of one view with the study's columns."""
+    return pd.DataFrame([{"view": view, "series": series, "family": "quantization", "term": f"{series}@{bits}",
+                          "mask_convention": None, "bits_per_weight": bits, "linear_bits_per_weight": bits,
+                          "error": error, "quality_db": -10 * math.log10(error), "perplexity": math.nan,
+                          "mixed": False, "removed_fraction": math.nan, "size_gap_bits": math.nan}
+                         for series, bits, error in rows])  # fmt: skip
 
 
-def test_matched_points_and_verdicts() -> None:
-    curves = pd.DataFrame({
-        "method": ["rtn", "rtn", "rtn", "sparsegpt", "sparsegpt"], "term": ["r2", "r4", "r8", "s50", "s25"],
-        "bits_per_weight": [2.1, 4.1, 8.1, 8.0, 12.0], "output_sqnr_db": [5.0, 18.0, 42.0, 12.0, 20.0],
-    })  # fmt: skip
-    points = matched_points(curves, 10.0)
-    assert sorted(points["term"]) == ["r8", "s50"]
-    assert sorted(matched_points(curves, 12.005)["term"]) == ["r8", "s25"]
-    assert matched_points(curves, 2.0).empty
-    below, inside, above = (verdict(value, points) for value in (5.0, 30.0, 50.0))
-    assert (below["verdict"], below["margin_db"], below["range_low_term"]) == ("below", pytest.approx(-7.0), "s50")
-    assert (inside["verdict"], inside["margin_db"]) == ("inside", 0.0)
-    assert (above["verdict"], above["margin_db"], above["range_high_term"]) == ("above", pytest.approx(8.0), "r8")
-    assert verdict(5.0, matched_points(curves, 2.0))["verdict"] == "no comparison"
-    levels = pd.DataFrame({"bits_per_weight": [10.0, 12.0, 4.5], "removal_sqnr_db": [5.0, 30.0, 19.0]})
-    table = verdict_table(levels, curves)
-    assert table["verdict"].tolist() == ["below", "inside", "above"]
-    assert table["range_low_db"].tolist() == [12.0, 20.0, 18.0]
-
-
-def test_equal_compression_mapping_and_removal_set_error() -> None:
-    assert equal_compression(0.25) == {"removed_fraction": 0.25, "bits_per_weight": 12.0, "sparsity": 0.25}
-    with pytest.raises(PvqError, match="removed fraction must lie in"):
-        equal_compression(1.0)
-    blocks = [BlockStatistics(i, tokens=1, output_energy=e, identity_error=d)
-              for i, (e, d) in enumerate([(10.0, 1.0), (20.0, 4.0), (30.0, 3.0)])]  # fmt: skip
-    assert removal_set_error(blocks, [0, 2]) == pytest.approx(4.0 / 60.0)
+def test_answer_table_reads_each_method_at_the_removal_size_and_inverts_its_curve() -> None:
+    levels = pd.DataFrame([{"ordering": "bi", "removed": 1, "blocks": "3", "removed_fraction": 0.25,
+                            "bits_per_weight": 12.0, "linear_bits_per_weight": 12.0,
+                            "removal_error_block": 0.01}])  # fmt: skip
+    points = _points("block", [("rtn", 2.0, 0.5), ("rtn", 3.0, 0.1), ("rtn", 11.5, 1e-6), ("rtn", 12.5, 2.5e-7),
+                               ("gptq", 2.0, 0.2), ("gptq", 3.0, 0.005), ("gptq", 4.0, 0.001)])  # fmt: skip
+    row = answer_table(levels, points, ["block"], ["free"]).iloc[0]
+    rtn_at_size = 0.5 * (60.0 + (-10 * math.log10(2.5e-7)))  # halfway between 11.5 and 12.5 bits, in dB
+    assert row["removal_db"] == pytest.approx(20.0)
+    assert (row["methods_at_size"], row["best_series"], row["interpolated"]) == (1, "rtn", "rtn")
+    assert row["best_db"] == pytest.approx(rtn_at_size)
+    assert row["margin_best_db"] == pytest.approx(20 - rtn_at_size)
+    rtn_db = [-10 * math.log10(0.1), 60.0]
+    assert row["equivalent_bits_rtn"] == pytest.approx(3.0 + (20.0 - rtn_db[0]) / (rtn_db[1] - rtn_db[0]) * 8.5)
+    gptq_db = [-10 * math.log10(0.2), -10 * math.log10(0.005)]
+    assert row["equivalent_bits_gptq"] == pytest.approx(2.0 + (20.0 - gptq_db[0]) / (gptq_db[1] - gptq_db[0]))
+    assert row["equivalent_bits_gptq_censored"] == "" and math.isnan(row["rd_db"])
 
 
 def test_propagation_correlation() -> None:
@@ -130,28 +98,86 @@ def test_first_windows_keeps_a_consistent_protocol() -> None:
         first_windows(windows, 9)
 
 
-def test_run_study_on_a_tiny_model_leaves_it_unchanged() -> None:
+TINY_SETTINGS = StudySettings(
+    max_removed=2, probe_windows=1, batch_size=2, groups=("g128", "channel"), pruners=("sparsegpt",),
+    quantizer_bits={"rtn": (2, 3, 4, 8, 11, 12, 13, 14, 15, 16), "gptq": (2, 4, 7, 8)}, workers=1,
+)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def tiny_study() -> tuple:
     model = tiny_model("llama", num_hidden_layers=4)
     ids = _windows().input_ids[:1]
     with torch.no_grad():
         before = model(ids).logits
-    settings = StudySettings(max_removed=2, probe_windows=1, ledger_bits=(4, 8), batch_size=2)
     published: list[str] = []
-    study = run_study(model, _batches(), _windows(2), settings, on_table=lambda name, _: published.append(name))
-    assert published == list(study.tables)
+    study = run_study(model, _batches(), _windows(2), TINY_SETTINGS,
+                      on_table=lambda name, _: published.append(name))  # fmt: skip
     with torch.no_grad():
-        torch.testing.assert_close(model(ids).logits, before, rtol=0, atol=0)
+        after = model(ids).logits
+    return study, published, before, after
+
+
+def test_run_study_on_a_tiny_model_leaves_it_unchanged(tiny_study) -> None:
+    study, published, before, after = tiny_study
+    assert published == list(study.tables)
+    torch.testing.assert_close(after, before, rtol=0, atol=0)
     levels = study.tables["levels"]
-    assert len(levels) == len(settings.orderings) * settings.max_removed
+    assert len(levels) == len(TINY_SETTINGS.orderings) * TINY_SETTINGS.max_removed
     assert levels["bits_per_weight"].tolist()[:2] == [pytest.approx(12.0), pytest.approx(8.0)]
-    assert set(levels["verdict"]) <= {"inside", "below", "above"}
     single = study.tables["single_units"]
     assert single.groupby("unit").size().to_dict() == {"attention": 4, "block": 4, "mlp": 4}
-    end_to_end = study.tables["end_to_end"]
-    compression = end_to_end[end_to_end["family"] == "compression"]
-    assert set(compression["method"]) == {"sparsegpt", "rtn", "gptq"}
-    assert (compression["bits_per_weight"] <= 12.0 + 0.01).all()
-    assert set(study.summary) >= {"base", "correlation_single_block", "correlation_levels", "seconds"}
+    answer = study.tables["answer"]
+    assert len(answer) == 4 * len(levels) * len(TINY_SETTINGS.mask_conventions)
+    assert set(study.summary) >= {"base", "correlation_single_block", "correlation_levels_block", "seconds"}
+
+
+def test_every_method_at_the_removal_size_sits_there_or_between_widths_one_bit_apart(tiny_study) -> None:
+    study = tiny_study[0]
+    points, answer = study.tables["points"], study.tables["answer"]
+    local = answer[answer["view"] != "end_to_end"]
+    for row in local.itertuples():
+        rows = points[(points["view"] == row.view) & ~points["mixed"]
+                      & (points["mask_convention"].isna() | (points["mask_convention"] == row.mask_convention))]
+        at_size = 0
+        for series, curve in rows[rows["family"] != "reference"].groupby("series"):
+            bits = np.sort(curve["bits_per_weight"].to_numpy())
+            exact = np.abs(bits - row.bits_per_weight) <= SIZE_TOLERANCE
+            below, above = bits[bits < row.bits_per_weight], bits[bits > row.bits_per_weight]
+            bracketed = len(below) and len(above) and above[0] - below[-1] <= MAX_BRACKET_BITS
+            at_size += bool(exact.any() or bracketed)
+            assert (series in row.interpolated.split(",")) == bool(bracketed and not exact.any())
+            if curve["family"].iloc[0] == "pruning":
+                assert exact.any(), (series, row.bits_per_weight)
+        assert at_size == row.methods_at_size
+    mixed = points[points["mixed"]]
+    assert len(mixed) and (mixed["size_gap_bits"].abs() < 0.01).all()
+    for point in mixed.itertuples():
+        low, high = (int(b) for b in point.term.split(":")[1].split("@")[0].split("|"))
+        assert high == low + 1
+
+
+def test_layer_view_of_removal_equals_its_parameter_share_whichever_blocks_go(tiny_study) -> None:
+    levels = tiny_study[0].tables["levels"]
+    layers = tiny_study[0].tables["layers"]
+    for row in levels.itertuples():
+        removed = [int(b) for b in row.blocks.split(",")]
+        share = layers[layers["block"].isin(removed)]["parameters"].sum() / layers["parameters"].sum()
+        assert row.removal_error_layer_parameters == pytest.approx(share, rel=1e-15)
+        assert row.removal_error_layer_parameters == pytest.approx(row.removed_fraction, rel=1e-3)
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"views": ("block", "residual")}, "unknown view 'residual'"),
+    ({"mask_conventions": ("gzip",)}, "unknown mask convention 'gzip'"),
+    ({"quantizer_bits": {"rtn": (1, 4), "gptq": (4,)}}, "bits must be an integer in 2..16"),
+    ({"quantizer_bits": {"rtn": (4, 17), "gptq": (4,)}}, "bits must be an integer in 2..16"),
+    ({"max_removed": 4}, "max_removed must lie in 1..3"),
+])
+def test_bad_study_settings_are_one_clear_error_each(change: dict, message: str) -> None:
+    settings = StudySettings(**{**TINY_SETTINGS.__dict__, **change})
+    with pytest.raises(PvqError, match=message):
+        check_settings(settings, blocks=4)
 
 
 def test_pvq_remove_study_writes_every_table(tmp_path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
@@ -166,10 +192,32 @@ def test_pvq_remove_study_writes_every_table(tmp_path, monkeypatch: pytest.Monke
     out = tmp_path / "study"
     assert main(["remove", "--model", str(source), "--study", "--out", str(out), "--sequences", "2", "--seq-len",
                  "24", "--eval-windows", "2", "--window", "32", "--max-removed", "1", "--probe-windows", "1",
-                 "--batch-size", "2"]) == 0  # fmt: skip
-    names = {"units", "angular", "single_units", "curves", "block_verdicts", "levels", "end_to_end"}
+                 "--batch-size", "2", "--bits", "2,3,4", "--pruner", "magnitude"]) == 0  # fmt: skip
+    names = {"units", "angular", "single_units", "layers", "blocks", "levels", "points", "answer", "end_to_end"}
     assert {path.stem for path in out.glob("*.parquet")} == names
     assert len(read_table(out / "levels.parquet")) == 4
     assert read_provenance(out / "levels.parquet")["settings"]["max_removed"] == 1
     printed = capsys.readouterr().out
-    assert "Block Influence ranking" in printed and "Verdict per removal level" in printed
+    assert "Block Influence ranking" in printed and "exactly equal size" in printed
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--views", "residual"], "unknown view 'residual'"),
+    (["--mask-conventions", "gzip"], "unknown mask convention 'gzip'"),
+    (["--bits", "2-17"], "bits must be an integer in 2..16"),
+    (["--max-removed", "3"], "max_removed must lie in 1..2"),
+])
+def test_pvq_remove_study_refuses_bad_input_and_writes_nothing(tmp_path, monkeypatch, capsys, flags, message):
+    from measure.cli import main
+
+    source = tmp_path / "tiny"
+    tiny_model("llama", num_hidden_layers=3).save_pretrained(source)
+    tiny_tokenizer().save_pretrained(source)
+    monkeypatch.setattr("measure.text.calibration_text", lambda: TEXT)
+    monkeypatch.setattr("measure.text.evaluation_text", lambda: TEXT[::-1])
+    out = tmp_path / "study"
+    code = main(["remove", "--model", str(source), "--study", "--out", str(out), "--sequences", "2", "--seq-len",
+                 "24", "--eval-windows", "2", "--window", "32", *flags])  # fmt: skip
+    assert code != 0
+    assert message in capsys.readouterr().err
+    assert not out.exists()

@@ -1,0 +1,166 @@
+"""The views of the removal study against direct computations on a residual model built by hand.
+
+The toy: a tiny Llama whose attention and MLP outputs are scaled down so that each block's residual update is a
+few percent of its input (‖y − x‖ / ‖x‖ ≈ 0.04, as in the middle of real LLMs). Every view of removal and of RTN
+is recomputed here without the study's code: layer errors from the linears' inputs X captured by hooks
+(‖X ΔWᵀ‖² / ‖X Wᵀ‖², not the Gram), block errors by running a copy of the model whose only compressed block is i
+(its input is then the original x_i), and KL with :func:`measure.evaluation.perplexity.evaluate_perplexity`.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from tiny_models import tiny_model, tiny_tokenizer
+
+from measure.architecture import describe
+from measure.capture import capture
+from measure.evaluation.perplexity import evaluate_perplexity, make_windows
+from measure.evaluation.residual import ResidualStreamEvaluator
+from measure.methods import get_method
+from measure.removal import remove_blocks
+from measure.removal_views import ResidualStream, ViewMeter, check_views, removal_errors
+from measure.spec import parse_term_list
+from theory.errors import PvqError
+
+TEXT = " ".join(f"The {i % 17}th river runs past {i % 5} old mills." for i in range(400))
+BRANCH_SCALE = 0.18
+"""Scales o_proj and down_proj so that ‖y − x‖ / ‖x‖ ≈ 0.04 in every block of the toy."""
+
+
+def _toy() -> torch.nn.Module:
+    model = tiny_model("llama", num_hidden_layers=4)
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.o_proj.weight.mul_(BRANCH_SCALE)
+            layer.mlp.down_proj.weight.mul_(BRANCH_SCALE)
+    return model
+
+
+def _batches() -> list[torch.Tensor]:
+    return list(torch.randint(3, 300, (4, 24), generator=torch.Generator().manual_seed(1)).split(2))
+
+
+def _linear_inputs(model: torch.nn.Module, batches: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Every linear's input rows X (tokens × in) over ``batches``, float64, by forward hooks."""
+    inputs: dict[str, list[torch.Tensor]] = {}
+    handles = [module.register_forward_hook(
+        lambda m, args, out, name=name: inputs.setdefault(name, []).append(args[0].reshape(-1, args[0].shape[-1])))
+        for name, module in model.named_modules() if isinstance(module, torch.nn.Linear) and "layers." in name]
+    with torch.no_grad():
+        for ids in batches:
+            model(ids)
+    for handle in handles:
+        handle.remove()
+    return {name: torch.cat(rows).double() for name, rows in inputs.items()}
+
+
+def _block_io(model: torch.nn.Module, batches: list[torch.Tensor], index: int
+              ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """(input, output) hidden states of block ``index`` over ``batches``."""
+    seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+    block = model.model.layers[index]
+    handle = block.register_forward_hook(
+        lambda m, args, kwargs, out: seen.append((kwargs.get("hidden_states", args[0] if args else None),
+                                                  out[0] if isinstance(out, tuple) else out)), with_kwargs=True)
+    with torch.no_grad():
+        for ids in batches:
+            model(ids)
+    handle.remove()
+    return torch.cat([x for x, _ in seen]).double(), torch.cat([y for _, y in seen]).double()
+
+
+@pytest.fixture(scope="module")
+def toy() -> dict:
+    model, batches = _toy(), _batches()
+    arch = describe(model)
+    meter = ViewMeter(model, arch, capture(model, batches), ResidualStream.record(model, arch, batches), workers=1)
+    step = parse_term_list("rtn:4:g128")[0]
+    return {"model": model, "batches": batches, "arch": arch, "meter": meter, "step": step,
+            "rtn": meter.compress(step)}
+
+
+def test_the_toy_blocks_update_the_residual_stream_by_a_few_percent(toy) -> None:
+    for index in range(4):
+        x, y = _block_io(toy["model"], toy["batches"], index)
+        assert 0.02 < float((y - x).norm() / x.norm()) < 0.08
+
+
+def test_layer_view_of_removal_is_the_energy_share_and_the_parameter_share_of_the_removed_linears(toy) -> None:
+    inputs = _linear_inputs(toy["model"], toy["batches"])
+    weights = {ref.name: ref.weight().detach().double() for ref in toy["arch"].linears}
+    energy = {name: float((inputs[name] @ w.T).pow(2).sum()) for name, w in weights.items()}
+    removed = [1, 3]
+    inside = [name for name in weights if any(f"layers.{b}." in name for b in removed)]
+    views = removal_errors(toy["meter"].layers, toy["meter"].update_energy, removed)
+    share = sum(energy[n] for n in inside) / sum(energy.values())
+    assert views["layer_energy"] == pytest.approx(share, rel=1e-6)  # X from two float32 forwards
+    assert views["layer_parameters"] == sum(weights[n].numel() for n in inside) / sum(
+        w.numel() for w in weights.values())
+    states = [_block_io(toy["model"], toy["batches"], i) for i in range(4)]
+    updates = [float((y - x).pow(2).sum()) for x, y in states]
+    assert views["block"] == pytest.approx(sum(updates[i] for i in removed) / sum(updates), rel=1e-6)
+
+
+def test_layer_and_block_views_of_rtn_equal_errors_computed_directly(toy) -> None:
+    model, batches, meter, rtn = toy["model"], toy["batches"], toy["meter"], toy["rtn"]
+    inputs = _linear_inputs(model, batches)
+    method = get_method("rtn")
+    relative, energy, block_error, updates = [], [], np.zeros(4), np.zeros(4)
+    for ref in meter.refs:
+        w = ref.weight().detach()
+        w_hat = method.apply(w, None, toy["step"].params).double()
+        x = inputs[ref.name]
+        energy.append(float((x @ w.double().T).pow(2).sum()))
+        relative.append(float((x @ (w_hat - w.double()).T).pow(2).sum()) / energy[-1])
+    np.testing.assert_allclose(rtn.relative, relative, rtol=1e-6)  # X from two float32 forwards
+    for index in range(4):
+        compressed = copy.deepcopy(model)
+        for ref in describe(compressed).blocks[index].linears:
+            ref.set_weight(method.apply(ref.weight().detach(), None, toy["step"].params))
+        x, y = _block_io(model, batches, index)
+        x_again, y_hat = _block_io(compressed, batches, index)
+        torch.testing.assert_close(x_again, x)
+        block_error[index] = float((y_hat - y).pow(2).sum())
+        updates[index] = float((y - x).pow(2).sum())
+    views = meter.local_errors(rtn)
+    assert views["layer_energy"] == pytest.approx(np.dot(relative, energy) / sum(energy), rel=1e-6)
+    parameters = [ref.out_features * ref.in_features for ref in meter.refs]
+    assert views["layer_parameters"] == pytest.approx(np.dot(relative, parameters) / sum(parameters), rel=1e-6)
+    assert views["block"] == pytest.approx(block_error.sum() / updates.sum(), rel=1e-4)
+
+
+def test_on_the_toy_removing_one_block_is_worse_than_rtn_4_in_every_view(toy) -> None:
+    model, meter, rtn = toy["model"], toy["meter"], toy["rtn"]
+    removal = removal_errors(meter.layers, meter.update_energy, [2])
+    compression = meter.local_errors(rtn)
+    for view in ("layer_energy", "layer_parameters", "block"):
+        assert removal[view] > compression[view], view
+    windows = make_windows(TEXT, tiny_tokenizer(), 48, max_windows=2)
+    removed = copy.deepcopy(model)
+    remove_blocks(removed, [2])
+    quantized = copy.deepcopy(model)
+    for ref, weight in zip(describe(quantized).linears, rtn.weights, strict=True):
+        ref.set_weight(weight)
+    kl_removed = evaluate_perplexity(removed, windows, reference=model).kl_to_reference_nats
+    kl_quantized = evaluate_perplexity(quantized, windows, reference=model).kl_to_reference_nats
+    assert kl_removed > kl_quantized > 0
+    evaluator = ResidualStreamEvaluator(model, windows, batch_size=2)
+    assert meter.evaluate(rtn.weights, evaluator).kl_to_reference_nats == pytest.approx(kl_quantized, rel=1e-3)
+
+
+def test_installed_weights_are_restored_exactly(toy) -> None:
+    before = {k: v.clone() for k, v in toy["model"].state_dict().items()}
+    toy["meter"].local_errors(toy["rtn"])
+    for key, value in toy["model"].state_dict().items():
+        assert torch.equal(value, before[key]), key
+
+
+def test_an_unknown_view_is_one_clear_error() -> None:
+    with pytest.raises(PvqError, match="unknown view 'residual'; choose from layer_energy, layer_parameters, "
+                                       "block, end_to_end"):  # fmt: skip
+        check_views(["block", "residual"])
+    assert check_views(["block"]) == ("block",)
