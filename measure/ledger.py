@@ -101,10 +101,13 @@ def weight_kurtosis(weight: torch.Tensor) -> tuple[float, float]:
 
 LEDGER_COLUMNS = [
     "model", "layer", "block", "sublayer", "role", "expert", "out_features", "in_features", "parameters",
-    "tokens", "kurtosis_fisher", "kurtosis_pearson", "term", "method", "params", "kind", "scope", "gram",
+    "tokens", "output_energy", "output_energy_share", "kurtosis_fisher", "kurtosis_pearson", "term", "method",
+    "params", "kind", "scope", "gram",
     "bits_per_weight", "relative_error", "output_sqnr_db", "weight_sqnr_db", "zero_fraction", "seconds",
 ]  # fmt: skip
 """``parameters`` = out·in weights (biases excluded); ``tokens`` = calibration tokens in the layer's Gram;
+``output_energy`` = tr(W H Wᵀ) = ‖XWᵀ‖² (bias-free) and ``output_energy_share`` its share of the sum over the
+ledger's layers (massive-activation layers hold most of it, so energy-weighted aggregates are dominated by them);
 ``gram`` = which Gram the method read (``input`` or ``router_weighted``); ``seconds`` = the method's run time."""
 
 
@@ -182,6 +185,8 @@ def build_ledger(
     measured = [ref for ref in refs if ref.name not in skipped]
     rows = measure_layers(measured, steps, captured, experts, model_id, workers, progress)
     table = pd.DataFrame(rows, columns=LEDGER_COLUMNS).astype({"expert": "Int64"})
+    energy = table.drop_duplicates("layer")["output_energy"].sum()
+    table["output_energy_share"] = table["output_energy"] / energy if energy > 0 else float("nan")
     seconds = {"capture": captured_at - start, "methods": time.perf_counter() - captured_at}
     return Ledger(table, captured, experts, skipped, seconds)
 
@@ -254,7 +259,8 @@ def _layer_rows(
     common = {
         "model": model_id, "layer": ref.name, "block": ref.block_index, "sublayer": ref.sublayer_kind,
         "role": ref.role, "expert": ref.expert_index, "out_features": shape[0], "in_features": shape[1],
-        "parameters": shape[0] * shape[1], "tokens": gram.tokens, "kurtosis_fisher": fisher,
+        "parameters": shape[0] * shape[1], "tokens": gram.tokens, "output_energy": meter.signal,
+        "kurtosis_fisher": fisher,
         "kurtosis_pearson": pearson,
     }  # fmt: skip
     rows = []

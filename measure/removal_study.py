@@ -114,8 +114,8 @@ class StudySettings:
 
     ``quantizer_bits[q]``: the integer widths quantizer q is measured at (each also in every group of ``groups``);
     ``pruner_sparsities``: sparsities measured besides the equal-size ones of every level and mask convention;
-    ``block_batches``: how many calibration batches the block view runs (all when None); ``workers``: processes
-    computing compressed weights (one per core when None)."""
+    ``block_sequences``: how many calibration sequences (the first ones) the block view runs (all when None);
+    ``workers``: processes computing compressed weights (one per core when None)."""
 
     max_removed: int = 8
     orderings: tuple[str, ...] = DEFAULT_ORDERINGS
@@ -130,7 +130,7 @@ class StudySettings:
     pruner_sparsities: tuple[float, ...] = (0.5, 0.75, 0.875)
     mask_conventions: tuple[str, ...] = ("free", "entropy")
     views: tuple[str, ...] = tuple(VIEWS)
-    block_batches: int | None = None
+    block_sequences: int | None = None
     workers: int | None = None
 
 
@@ -158,8 +158,8 @@ def check_settings(settings: StudySettings, blocks: int | None = None) -> None:
     for sparsity in settings.pruner_sparsities:
         if not 0 <= sparsity < 1:
             raise PvqError(f"pruner sparsities must lie in [0, 1), got {sparsity}")
-    if settings.probe_windows < 1 or (settings.block_batches is not None and settings.block_batches < 1):
-        raise PvqError("probe_windows and block_batches must be at least 1")
+    if settings.probe_windows < 1 or (settings.block_sequences is not None and settings.block_sequences < 1):
+        raise PvqError("probe_windows and block_sequences must be at least 1")
 
 
 def decoder_sizes(arch: Architecture) -> DecoderSizes:
@@ -361,10 +361,11 @@ def measure_quantizer(meter: ViewMeter, evaluator: ResidualStreamEvaluator | Non
     targets = levels.drop_duplicates("removed_fraction")[["removed_fraction", "linear_bits_per_weight"]]
     previous: tuple[LayerStep, TermWeights] | None = None
     for bits, step in steps.items():
+        start = time.perf_counter()
         weights = meter.compress(step)
         points.add(series, "quantization", step.text, bits_of[bits], meter.local_errors(weights),
                    _evaluate(meter, weights.weights, evaluator))  # fmt: skip
-        log(f"{step.text} measured")
+        log(f"{step.text} measured ({time.perf_counter() - start:.1f} s)")
         if previous is not None and evaluator is not None:
             for fraction, target in targets.itertuples(index=False):
                 if bracketing_widths(bits_of, target) == (bits - 1, bits):
@@ -383,13 +384,14 @@ def measure_pruner(meter: ViewMeter, evaluator: ResidualStreamEvaluator | None, 
     """Points of ``pruner`` at every sparsity, one row per view and mask convention (the bits differ by convention,
     the errors do not)."""
     for sparsity in sorted(set(sparsities)):
+        start = time.perf_counter()
         step = _step(f"{pruner}:{sparsity:.9f}")
         weights = meter.compress(step)
         errors, result = meter.local_errors(weights), _evaluate(meter, weights.weights, evaluator)
         for name in conventions:
             bits = sparse_bits_per_weight(float(step.params["sparsity"]), mask_convention(name))
             points.add(pruner, "pruning", step.text, bits, errors, result, mask_convention=name)
-        log(f"{step.text} measured")
+        log(f"{step.text} measured ({time.perf_counter() - start:.1f} s)")
 
 
 def measure_reference(meter: ViewMeter, points: StudyPoints, linear_bits: Sequence[float]) -> None:
@@ -459,7 +461,8 @@ def run_study(
     single = _single_units(importance, arch, probe, settings.sublayers)
     lap("single_units", single_units=single)
 
-    stream = ResidualStream.record(model, arch, list(batches)[: settings.block_batches])
+    sequences = torch.cat(list(batches))[: settings.block_sequences]
+    stream = ResidualStream.record(model, arch, list(sequences.split(settings.batch_size)))
     meter = ViewMeter(model, arch, importance.capture, stream, settings.workers)
     evaluator = None
     if "end_to_end" in settings.views:

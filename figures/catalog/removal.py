@@ -41,15 +41,15 @@ SETTINGS = {
     "probe_windows": 1, "sublayers": False, "quantizers": ["rtn", "gptq"], "groups": ["g128"],
     "quantizer_bits": {"rtn": [2, 3, 4, 5, 6, 8, 11, 12, 13, 14, 15, 16], "gptq": [2, 3, 4, 6, 8]},
     "pruners": ["magnitude"], "pruner_sparsities": [0.5, 0.75, 0.875], "mask_conventions": ["free", "entropy"],
-    "views": ["layer_energy", "layer_parameters", "block", "end_to_end"], "block_batches": 1, "workers": None,
+    "views": ["layer_energy", "layer_parameters", "block", "end_to_end"], "block_sequences": 2, "workers": None,
 }  # fmt: skip
 """StudySettings of the default run, sized for the 20-minute budget: removal levels 1..8 blocks by the four
 orderings (BI, angular rule, reverse, random with seed 0), each block removed alone on 1 probe window; RTN in
 groups of 128 at 2–6, 8 and 11–16 bits (every b(f) of 1..8 removed blocks lies between two consecutive widths),
-GPTQ in groups of 128 at 2, 3, 4, 6 and 8 bits (its curve; it has no bracketing widths at b(f)); magnitude pruning
-at the equal-size sparsity of every level and mask convention and at 50/75/87.5 %; the block view on the first
-calibration batch. The full study (``pvq remove --study``) measures RTN and GPTQ at every width 2–16, per channel
-and in groups of 128, and SparseGPT."""
+GPTQ in groups of 128 at 2, 3, 4, 6 and 8 bits (its curve; it has no bracketing widths at b(f)); magnitude
+pruning at the equal-size sparsity of every level and mask convention and at 50/75/87.5 %; the block view on the
+first two calibration sequences (1024 tokens). The full study (``pvq remove --study``) measures RTN and GPTQ at
+every width 2–16, per channel and in groups of 128, and SparseGPT."""
 IMPORTANCE_SERIES = {
     "bi": ("Block Influence (block)", OKABE_ITO["blue"], "o"),
     "angular": ("angular distance, $n = 1$", OKABE_ITO["orange"], "s"),
@@ -145,8 +145,9 @@ def synthetic_study(rng: np.random.Generator) -> pd.DataFrame:
         {"unit": unit, "block": b, "influence": scale * x, "removal_relative_error": 2 * scale * x}
         for unit, scale in (("block", 1.0), ("attention", 0.4), ("mlp", 0.6)) for b, x in enumerate(influence)
     ])  # fmt: skip
-    units = units.assign(removal_sqnr_db=-10 * np.log10(units["removal_relative_error"]), parameters=1000,
-                         removed_fraction=1 / blocks, bits_per_weight=16 * (1 - 1 / blocks), rank=units["block"])
+    units = units.assign(removal_sqnr_db=-10 * np.log10(units["removal_relative_error"]), tokens=4096,
+                         parameters=1000, removed_fraction=1 / blocks, bits_per_weight=16 * (1 - 1 / blocks),
+                         rank=units["block"])
     angular = pd.DataFrame([{"n": n, "start": s, "angular_distance": 0.1 * n + 0.05 * s / blocks, "chosen": s == 0}
                             for n in (1, 2) for s in range(blocks - n + 1)])  # fmt: skip
     single = units[units["unit"] == "block"][["unit", "block", "influence", "removal_relative_error",

@@ -35,6 +35,7 @@ from figures.style import (
 )
 from theory.accounting import Convention
 from theory.formats import FORMATS as THEORY_FORMATS
+from theory.study import COMPARISON_COLUMNS, FORMAT_COLUMNS
 
 SECTION = "Quantization versus pruning in theory"
 FORMATS = "theory_formats_gaussian"
@@ -71,18 +72,23 @@ def synthetic_formats(rng: np.random.Generator) -> pd.DataFrame:
     """A small stand-in for :func:`theory.study.format_sqnr_table` (same columns, made-up values)."""
     rows = []
     for bits in BITS:
-        rows.append((f"int{bits}", "quantization", bits, float(bits), np.nan, 6.02 * bits - 4.3, 0.0, 0.4 * bits))
-        rows.append((f"int{bits}_asym", "quantization", bits, float(bits), np.nan, 6.02 * bits - 4.4, 0.0, 0.5))
+        rows.append(("int", f"int{bits}", "quantization", bits, float(bits), np.nan, 6.02 * bits - 4.3, 0.0,
+                     0.4 * bits))  # fmt: skip
+        rows.append(("int-asym", f"int{bits}_asym", "quantization", bits, float(bits), np.nan, 6.02 * bits - 4.4,
+                     0.0, 0.5))  # fmt: skip
     formats = {"fp8_e4m3": (8, 8.0, 31.5), "fp8_e5m2": (8, 8.0, 25.6), "fp4_e2m1": (4, 4.0, 19.0),
                "nf4": (4, 4.127, 20.7), "mxfp4": (4, 4.25, 18.8), "mxint8": (8, 8.25, 41.7),
                "mxfp8_e4m3": (8, 8.25, 30.6),
                "ternary": (1.585, 1.585, 5.8)}
     for name, (bits, size, sqnr) in formats.items():
-        rows.append((name, "quantization", bits, size, np.nan, sqnr + rng.normal(0, 0.05), 0.01, np.nan))
-    for size in sorted({row[3] for row in rows}):
-        rows.append(("magnitude", "pruning", size, size, 1 - size / 16, 1.5 + 1.2 * size, 0.0, np.nan))
-    columns = ["method", "family", "bits", "bits_per_weight", "sparsity", "sqnr_db", "sqnr_se_db", "clip_sigma"]
-    return pd.DataFrame(rows, columns=columns).assign(distribution="gaussian", convention="{}")
+        rows.append((name, name, "quantization", bits, size, np.nan, sqnr + rng.normal(0, 0.05), 0.01, np.nan))
+    for size in sorted({row[4] for row in rows}):
+        rows.append(("magnitude", "magnitude", "pruning", size, size, 1 - size / 16, 1.5 + 1.2 * size, 0.0,
+                     np.nan))  # fmt: skip
+    columns = ["method", "format", "family", "bits", "bits_per_weight", "sparsity", "sqnr_db", "sqnr_se_db",
+               "clip_sigma"]
+    frame = pd.DataFrame(rows, columns=columns).assign(distribution="gaussian", convention="{}")
+    return frame[FORMAT_COLUMNS]
 
 
 def synthetic_kurtosis(rng: np.random.Generator, truncate: float | None, clip_rule: str) -> pd.DataFrame:
@@ -98,8 +104,11 @@ def synthetic_kurtosis(rng: np.random.Generator, truncate: float | None, clip_ru
     )
     frame["diff_db"] = frame["quant_sqnr_db"] - frame["prune_sqnr_db"]
     frame["pruning_wins"] = frame["diff_db"] < 0
-    return frame.assign(distribution="student-t", clip_sigma=3.0, convention="{}", clip_rule=clip_rule,
-                        truncate_sigma=np.nan if truncate is None else truncate)
+    frame = frame.assign(distribution="student-t", clip_sigma=3.0, convention="{}", grid="signed",
+                         clip_rule=clip_rule, prune_bits_per_weight=frame["bits_per_weight"],
+                         kurtosis_parameter=frame["kurtosis"],
+                         truncate_sigma=np.nan if truncate is None else truncate)  # fmt: skip
+    return frame[[*COMPARISON_COLUMNS, "kurtosis_parameter", "truncate_sigma"]]
 
 
 @experiment(

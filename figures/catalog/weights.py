@@ -29,19 +29,22 @@ PANEL_MARKER_SIZE = 9
 
 
 def synthetic_weight_study(rng: np.random.Generator) -> pd.DataFrame:
-    """A small stand-in for :func:`measure.ledger.weight_tensor_study` (same columns used, made-up values)."""
+    """A small stand-in for :func:`measure.ledger.weight_tensor_study` (same columns, made-up values)."""
     rows = []
     for block in range(3):
-        for role in ("q_proj", "k_proj", "down_proj"):
+        for role, sublayer in (("q", "attention"), ("k", "attention"), ("down", "mlp")):
             kurtosis = float(rng.uniform(3.2, 40.0))
             for bits in BITS:
                 quant = 6.02 * bits - 4.0 - 2.0 * np.log(kurtosis / 3)
                 prune = 1.5 + 1.2 * bits + 2.5 * np.log(kurtosis / 3)
-                rows.append({"layer": f"model.layers.{block}.{role}", "block": block, "role": role,
-                             "kurtosis": kurtosis, "bits": bits, "bits_per_weight": float(bits),
-                             "sparsity": 1 - bits / 16, "quant_sqnr_db": quant, "prune_sqnr_db": prune,
-                             "diff_db": quant - prune, "pruning_wins": quant < prune})  # fmt: skip
-    return pd.DataFrame(rows)
+                rows.append({"distribution": "empirical", "kurtosis": kurtosis, "bits": bits,
+                             "bits_per_weight": float(bits), "sparsity": 1 - bits / 16, "quant_sqnr_db": quant,
+                             "prune_sqnr_db": prune, "diff_db": quant - prune, "pruning_wins": quant < prune,
+                             "clip_sigma": 3.0, "convention": "{}", "grid": "signed", "clip_rule": "mse",
+                             "prune_bits_per_weight": float(bits), "numel": 576 * 576,
+                             "layer": f"model.layers.{block}.{sublayer}.{role}", "block": block,
+                             "sublayer": sublayer, "role": role, "expert": None})  # fmt: skip
+    return pd.DataFrame(rows).astype({"expert": "Int64"})
 
 
 @experiment(STUDY, config={"bits": list(BITS), "convention": Convention().as_dict()}, needs_model=True,

@@ -30,6 +30,9 @@ from measure.evaluation.perplexity import (
 from measure.removal import check_block_indices
 from theory.errors import PvqError
 
+REFERENCE_CACHE_BYTES = 1 << 29
+"""The reference logits are kept when they take at most this many bytes (512 MiB)."""
+
 
 def first_windows(windows: TokenWindows, count: int) -> TokenWindows:
     """The first ``count`` windows, with the protocol's max_windows and windows hash updated."""
@@ -45,8 +48,9 @@ class ResidualStreamEvaluator:
     """Perplexity and KL to the original model of variants equal to it before some block (module docstring).
 
     Construction runs the original once over ``windows`` and keeps the residual stream at every block boundary
-    (L + 1 tensors per window batch); the reference logits are recomputed from the kept final hidden states
-    chunk by chunk (caching them would take windows·L·|V|·4 bytes, 1.6 GB for 16 × 512 tokens and |V| = 49152).
+    (L + 1 tensors per window batch). The reference logits take windows·L·|V|·4 bytes (0.2 GB for 2 × 512 tokens
+    and |V| = 49152, 1.6 GB for 16 × 512): they are kept when that is at most :data:`REFERENCE_CACHE_BYTES`, else
+    recomputed from the kept final hidden states chunk by chunk at every evaluation.
     """
 
     def __init__(self, model: nn.Module, windows: TokenWindows, batch_size: int = 4,
@@ -67,6 +71,10 @@ class ResidualStreamEvaluator:
             self.vocab_size = int(model.get_output_embeddings().weight.shape[0])
             self.rows_per_chunk = max(1, LOGITS_BUDGET_BYTES // (4 * self.vocab_size * 2))
             self.reference = self._rows(self.states[-1])
+            rows = sum(len(targets) for targets in self.targets)
+            self.cached = [] if rows * self.vocab_size * 4 > REFERENCE_CACHE_BYTES else [
+                [self.head(reference[first:first + self.rows_per_chunk])
+                 for first in range(0, len(reference), self.rows_per_chunk)] for reference in self.reference]
 
     def _final(self, hidden: torch.Tensor) -> torch.Tensor:
         return hidden if self.arch.final_norm is None else self.arch.final_norm(hidden)
@@ -99,10 +107,12 @@ class ResidualStreamEvaluator:
             for index in range(start, blocks):
                 if index not in skipped:
                     hidden = run_block(self.arch, index, BlockInputs(hidden, self.kwargs))
-            for rows, targets, reference in zip(self._rows(hidden), self.targets, self.reference, strict=True):
-                for first in range(0, len(targets), self.rows_per_chunk):
+            batches = zip(self._rows(hidden), self.targets, self.reference, strict=True)
+            for batch, (rows, targets, reference) in enumerate(batches):
+                for chunk, first in enumerate(range(0, len(targets), self.rows_per_chunk)):
                     part = slice(first, first + self.rows_per_chunk)
-                    logits, reference_logits = self.head(rows[part]), self.head(reference[part])
+                    logits = self.head(rows[part])
+                    reference_logits = self.cached[batch][chunk] if self.cached else self.head(reference[part])
                     part_nll, part_kl = chunk_statistics(logits, targets[part], reference_logits)
                     nll += part_nll
                     kl += part_kl

@@ -1,22 +1,29 @@
-"""`pvq figures` and `pvq paper` end to end, with every experiment computing its synthetic table."""
+"""`pvq figures` and `pvq paper` end to end, with every experiment computing its synthetic table (on a tiny
+model folder, so nothing is fetched)."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
+import json
 import shutil
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
+from tiny_models import save_tiny_model
 
 from figures import paper, paper_cli
-from figures.experiments import EXPERIMENTS
+from figures.experiments import EXPERIMENTS, model_slug
 from figures.registry import load_catalog
 from measure.cli import main
+from measure.store import read_table
 from theory.errors import PvqError
 
 ARTIFACTS = load_catalog()
+MAGIC = {".pdf": b"%PDF-", ".png": b"\x89PNG\r\n\x1a\n", ".tex": b"\\begin{tabular}"}
 PAPER_DIR = Path(__file__).resolve().parents[2] / "paper"
 
 
@@ -25,8 +32,14 @@ def synthetic_compute(exp):
     return lambda config, context: exp.synthetic(np.random.default_rng(context.seed))
 
 
-def build_args(results: Path, out: Path) -> argparse.Namespace:
-    return argparse.Namespace(model=None, results=results, out=out, device="cpu", dtype="float32", seed=0)
+def build_args(results: Path, out: Path, model: Path | None = None) -> argparse.Namespace:
+    return argparse.Namespace(model=model and str(model), results=results, out=out, device="cpu", dtype="float32",
+                              seed=0)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_tiny_model("llama", tmp_path_factory.mktemp("models") / "tiny-llama")
 
 
 @pytest.fixture
@@ -47,15 +60,27 @@ def test_unknown_name_is_a_clear_error(capsys, tmp_path):
     assert "no_such_figure" in capsys.readouterr().err
 
 
-def test_figures_writes_every_artifact_then_reuses_every_experiment(synthetic_experiments, tmp_path, capsys):
-    argv = ["figures", "--results", str(tmp_path / "results"), "--out", str(tmp_path / "paper")]
+def test_figures_writes_every_artifact_then_reuses_every_experiment(synthetic_experiments, tiny_dir, tmp_path,
+                                                                     capsys):  # fmt: skip
+    argv = ["figures", "--model", str(tiny_dir), "--results", str(tmp_path / "results"), "--out",
+            str(tmp_path / "paper")]  # fmt: skip
     experiments = {name for artifact in ARTIFACTS.values() for name in artifact.needs}
     assert main(argv) == 0
     assert f"{len(experiments)} computed, 0 from cache" in capsys.readouterr().out
-    for artifact in ARTIFACTS.values():
-        suffixes = (".pdf", ".png", ".json") if artifact.kind == "figure" else (".tex", ".json")
-        for suffix in suffixes:
-            assert artifact.stem(tmp_path / "paper").with_suffix(suffix).exists()
+    for name, artifact in ARTIFACTS.items():
+        stem = artifact.stem(tmp_path / "paper")
+        suffixes = (".pdf", ".png") if artifact.kind == "figure" else (".tex",)
+        provenance = json.loads(artifact.sidecar(tmp_path / "paper").read_text())
+        assert (provenance["artifact"], provenance["needs"]) == (name, list(artifact.needs))
+        assert provenance["files"] == {
+            stem.with_suffix(suffix).name: hashlib.sha256(stem.with_suffix(suffix).read_bytes()).hexdigest()
+            for suffix in suffixes
+        }
+        assert all(stem.with_suffix(suffix).read_bytes().startswith(MAGIC[suffix]) for suffix in suffixes)
+    for name in experiments:
+        folder = "model-free" if not EXPERIMENTS[name].needs_model else model_slug(str(tiny_dir))
+        stored = read_table(tmp_path / "results" / folder / f"{name}.parquet")
+        pd.testing.assert_frame_equal(stored, EXPERIMENTS[name].synthetic(np.random.default_rng(0)))
     section = (tmp_path / "paper" / "sections" / "results.tex").read_text()
     assert all(f"{{{artifact.folder}/{name}." in section for name, artifact in ARTIFACTS.items())
     assert main(argv) == 0
@@ -71,9 +96,9 @@ def test_paper_without_latex_says_how_to_install_it(monkeypatch, capsys, tmp_pat
 
 
 @pytest.mark.skipif(shutil.which("latexmk") is None, reason="LaTeX (latexmk) is not installed")
-def test_paper_builds_the_chapter_pdf(synthetic_experiments, tmp_path, capsys):
+def test_paper_builds_the_chapter_pdf(synthetic_experiments, tiny_dir, tmp_path, capsys):
     out = tmp_path / "paper"
     shutil.copytree(PAPER_DIR, out, ignore=shutil.ignore_patterns("build", "figures", "tables", "results.tex"))
-    args = build_args(tmp_path / "results", out)
+    args = build_args(tmp_path / "results", out, tiny_dir)
     assert paper_cli.run(args) == 0
     assert (out / "build" / "main.pdf").stat().st_size > 10_000

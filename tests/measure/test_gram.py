@@ -34,9 +34,24 @@ def test_accumulator_sums_batches_in_float64_and_counts_tokens() -> None:
     rows = torch.cat([b.reshape(-1, 12) for b in batches]).double()
     assert gram.tokens == 42
     assert gram.gram.dtype == torch.float64
-    assert torch.allclose(gram.gram, rows.T @ rows, rtol=1e-5, atol=1e-5)
+    assert torch.allclose(gram.gram, rows.T @ rows, rtol=1e-5, atol=1e-5)  # float32 products within a batch
     assert torch.equal(gram.gram, gram.gram.T)
     assert torch.equal(gram.sample, rows[:5])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_large_offset_sums_survive_only_float64_accumulation(dtype: torch.dtype) -> None:
+    """Inputs 3000 + k (k = 0..7): every product is an integer below 2^24, exact in float32, but 40 of them sum
+    past 2^24, where float32 steps by 2 or more; the float64 sum is exact."""
+    generator = torch.Generator().manual_seed(1)
+    batches = [3000 + torch.randint(0, 8, (1, 9), generator=generator).to(dtype) for _ in range(40)]
+    gram = GramAccumulator(9)
+    for batch in batches:
+        gram.add(batch)
+    rows = torch.cat(batches).double()
+    torch.testing.assert_close(gram.gram, rows.T @ rows, rtol=1e-12, atol=0)
+    float32_sum = torch.stack([b.T @ b for b in batches]).float().cumsum(dim=0)[-1].double()
+    assert not torch.allclose(float32_sum, rows.T @ rows, rtol=1e-12, atol=0)  # the bug this test would catch
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), 1e30])

@@ -59,6 +59,14 @@ def test_gram_errors_equal_direct_errors_on_the_kept_rows(family: str) -> None:
     assert set(weighted["method"]) == ({"moe_pruner"} if family == "mixtral" else set())
 
 
+def _hand_rtn8_sqnr_db(weight: torch.Tensor, gram) -> float:
+    """Output SQNR of 8-bit symmetric per-row RTN (``s = max|w|/127``), written out, on a captured Gram."""
+    w = weight.double()
+    scale = w.abs().amax(dim=1, keepdim=True) / 127
+    error = scale * torch.round(w / scale) - w
+    return -10 * math.log10(float(torch.trace(error @ gram.gram @ error.T) / torch.trace(w @ gram.gram @ w.T)))
+
+
 def test_meter_agrees_with_the_methods_output_error() -> None:
     generator = torch.Generator().manual_seed(5)
     weight, x = torch.randn(24, 40, generator=generator), torch.randn(300, 40, generator=generator)
@@ -72,7 +80,8 @@ def test_meter_agrees_with_the_methods_output_error() -> None:
 def test_rows_carry_independent_layer_facts() -> None:
     model = tiny_model("llama")
     state = {k: v.clone() for k, v in model.state_dict().items()}
-    table = build_ledger(model, _batches(), "magnitude:0.5,rtn:4:g16,gptq:8:channel", model_id="tiny").table
+    result = build_ledger(model, _batches(), "magnitude:0.5,rtn:4:g16,gptq:8:channel", model_id="tiny")
+    table = result.table
     assert list(table.columns) == LEDGER_COLUMNS
     assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())  # the model is not modified
     refs = {ref.name: ref for ref in describe(model).linears}
@@ -87,7 +96,10 @@ def test_rows_carry_independent_layer_facts() -> None:
     rtn = table[table["term"] == "rtn:4:g16"]
     assert (rtn["bits_per_weight"] == 4 + 16 / 16).all()
     assert (table.loc[table["term"] == "magnitude:0.5", "zero_fraction"] == 0.5).all()
-    assert (table.loc[table["term"] == "gptq:8:channel", "output_sqnr_db"] > 30).all()
+    for row in table[table["term"] == "gptq:8:channel"].itertuples():
+        gram = layer_gram(refs[row.layer], result.capture.grams, None)
+        rtn_db = _hand_rtn8_sqnr_db(refs[row.layer].weight(), gram)
+        assert rtn_db <= row.output_sqnr_db <= rtn_db + 8, row.layer  # GPTQ gains 1-7 dB over RTN here
     assert json.loads(rtn["params"].iloc[0]) == {"bits": 4, "group": 16, "symmetric": True, "clip": "minmax"}
 
 
@@ -107,8 +119,8 @@ def test_bad_inputs_give_one_clear_error() -> None:
     model = tiny_model("llama")
     with pytest.raises(PvqError, match=r"unknown method 'gtpq'; methods: magnitude, .*gptq"):
         build_ledger(model, _batches(), "nf4,gtpq:4")
-    with pytest.raises(PvqError, match=r"parameter 'bits': must be an integer in 2\.\.8"):
-        build_ledger(model, _batches(), "rtn:12")
+    with pytest.raises(PvqError, match=r"parameter 'bits': must be an integer in 2\.\.16"):
+        build_ledger(model, _batches(), "rtn:17")
     with pytest.raises(PvqError, match=r"parameter 'sparsity': must lie in \[0, 1\)"):
         build_ledger(model, _batches(), "wanda:1")
     with pytest.raises(PvqError, match="fewer than the 64 x 128 calibration tokens asked"):
@@ -133,7 +145,7 @@ def test_weight_tensor_study_has_one_row_per_tensor_and_bits() -> None:
     assert (first["quant_sqnr_db"].diff().dropna() > 0).all()
 
 
-def test_cli_writes_table_and_provenance(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cli_writes_table_and_provenance(tmp_path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
     def fake_load(name: str, **placement: object) -> models.LoadedModel:
         return models.LoadedModel(tiny_model("llama"), tiny_tokenizer(), name, "hash123", True, "test")
 
@@ -153,7 +165,11 @@ def test_cli_writes_table_and_provenance(tmp_path, monkeypatch: pytest.MonkeyPat
     assert [m["term"] for m in provenance["methods"]] == ["magnitude:0.5", "gptq:4:g16"]
     assert "local error with original inputs" in provenance["error_definition"]
     argv[4] = "nf4,bogus"
+    capsys.readouterr()
     assert cli.main(argv) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("pvq ledger: error: spec term 'bogus': unknown method 'bogus'; methods: magnitude,")
+    assert len(error.splitlines()) == 1
     assert ledger.DEFAULT_METHODS.count(",") == 19
 
 
@@ -181,3 +197,16 @@ def test_a_given_capture_gives_the_same_rows_as_capturing_again() -> None:
     assert fresh[columns].equals(reused[columns])
     with pytest.raises(PvqError, match="capture again"):
         build_ledger(model, _batches(), METHODS, captured=capture(model, _batches()[:1]))
+
+
+def test_output_energy_and_its_share_equal_direct_sums_over_the_kept_rows() -> None:
+    model = tiny_model("llama").double()
+    result = build_ledger(model, _batches(), "rtn:4:g128", keep_rows=10_000)
+    refs = {ref.name: ref for ref in describe(model).linears}
+    direct = {}
+    for row in result.table.itertuples():
+        x = layer_gram(refs[row.layer], result.capture.grams, result.experts).sample
+        direct[row.layer] = float(((x @ refs[row.layer].weight().double().T) ** 2).sum())
+        assert row.output_energy == pytest.approx(direct[row.layer], rel=1e-12)
+    for row in result.table.itertuples():
+        assert row.output_energy_share == pytest.approx(direct[row.layer] / sum(direct.values()), rel=1e-12)

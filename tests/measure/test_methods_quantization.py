@@ -7,11 +7,15 @@ import math
 import numpy as np
 import pytest
 import torch
+from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
+from gguf.quants import dequantize as gguf_dequantize
+from scipy.cluster.vq import kmeans2
 from test_methods_layer import OUTLIER_COLUMNS, naive_obs, random_layer
 
 from measure.methods import get_method
 from measure.methods.errors import output_error
 from theory import formats
+from theory.accounting import Convention
 
 
 @pytest.fixture(scope="module")
@@ -218,37 +222,76 @@ def test_ternary_is_absmean_times_minus_one_zero_one(layer) -> None:
     assert set(torch.unique(torch.round(quantized / gamma)).tolist()) == {-1.0, 0.0, 1.0}
 
 
-def kquant_reference(row: np.ndarray, layout: str) -> np.ndarray:
-    """A loop over super-blocks and sub-blocks, in numpy, of the Q4_K / Q3_K-like rules."""
-    half = lambda x: float(np.float16(x))  # noqa: E731
-    out = []
-    for block in row.reshape(-1, 256):
-        if layout == "q4_k":
-            subs = block.reshape(8, 32)
-            mins = -np.minimum(subs.min(axis=1), 0)
-            scales = (subs.max(axis=1) + mins) / 15
-            d, dmin = half(scales.max() / 63), half(mins.max() / 63)
-            scales, mins = d * np.clip(np.round(scales / d), 0, 63), dmin * np.clip(np.round(mins / dmin), 0, 63)
-            for sub, s, m in zip(subs, scales, mins, strict=True):
-                out.append(s * np.clip(np.round((sub + m) / s), 0, 15) - m)
-        else:
-            subs = block.reshape(16, 16)
-            scales = np.array([-sub[np.argmax(np.abs(sub))] / 4 for sub in subs])
-            d = half(-scales[np.argmax(np.abs(scales))] / 32)
-            scales = d * np.clip(np.round(scales / d), -32, 31)
-            for sub, s in zip(subs, scales, strict=True):
-                out.append(s * np.clip(np.round(sub / s), -4, 3))
-    return np.concatenate(out)
+def _six_bit_codes(values: np.ndarray, step: np.float16, low: int, high: int) -> np.ndarray:
+    """``clip(rint(v / step), low, high)`` against an fp16 super-block constant (0 where step = 0)."""
+    return np.clip(np.rint(values / (float(step) or 1.0)), low, high)
+
+
+def _signed_extreme(values: np.ndarray) -> np.ndarray:
+    """The element of largest magnitude along the last axis, with its sign."""
+    return np.take_along_axis(values, np.abs(values).argmax(axis=-1)[..., None], axis=-1)[..., 0]
+
+
+def q4_k_block(block: np.ndarray) -> bytes:
+    """One ggml ``block_q4_K`` (``ggml-common.h``: fp16 d, fp16 dmin, 12 bytes of 6-bit scales and mins, 128
+    bytes of nibbles) of 256 weights, with the min-max sub-block ranges :mod:`measure.methods.kquant` documents
+    (codes computed in float64, as pvq computes)."""
+    subs = block.reshape(8, 32)
+    mins = -np.minimum(subs.min(axis=1), 0)
+    ranges = (subs.max(axis=1) + mins) / 15
+    d, dmin = np.float16(ranges.max() / 63), np.float16(mins.max() / 63)
+    sc, m = _six_bit_codes(ranges, d, 0, 63), _six_bit_codes(mins, dmin, 0, 63)
+    step, offset = float(d) * sc, float(dmin) * m
+    q = np.clip(np.rint((subs + offset[:, None]) / np.where(step > 0, step, 1)[:, None]), 0, 15).astype(np.uint8)
+    sc, m = sc.astype(np.uint8), m.astype(np.uint8)
+    # bytes 0-3: sc 0-3 and the top bits of sc 4-7; 4-7: m 0-3 and the top bits of m 4-7; 8-11: low bits of 4-7
+    sc_top, m_top = sc[4:] >> 4 << 6, m[4:] >> 4 << 6
+    scales = np.concatenate([sc[:4] | sc_top, m[:4] | m_top, (sc[4:] & 15) | (m[4:] & 15) << 4])
+    pairs = q.reshape(4, 2, 32)  # bytes 32c..32c+31 hold sub-block 2c in the low and 2c+1 in the high nibble
+    nibbles = (pairs[:, 0] | pairs[:, 1] << 4).reshape(-1)
+    return d.tobytes() + dmin.tobytes() + scales.astype(np.uint8).tobytes() + nibbles.tobytes()
+
+
+def q3_k_block(block: np.ndarray) -> bytes:
+    """One ggml ``block_q3_K`` (32 bytes of high bits, 64 bytes of 2-bit pairs, 12 bytes of 6-bit scales stored
+    as sc + 32, fp16 d) of 256 weights, with signed-extreme scales at both levels."""
+    subs = block.reshape(16, 16)
+    scales = -_signed_extreme(subs) / 4
+    d = np.float16(-_signed_extreme(scales) / 32)
+    sc = _six_bit_codes(scales, d, -32, 31)
+    step = float(d) * sc
+    q = np.clip(np.rint(subs / np.where(step != 0, step, 1)[:, None]), -4, 3)
+    stored, shifted = (sc + 32).astype(np.uint8), (q + 4).astype(np.uint8).reshape(-1)
+    packed_scales = np.zeros(12, dtype=np.uint8)
+    for j in range(16):  # low nibble of scale j in byte j % 8 (high half for j >= 8), top 2 bits in byte 8 + j % 4
+        packed_scales[j % 8] |= (stored[j] & 15) << (4 * (j // 8))
+        packed_scales[8 + j % 4] |= (stored[j] >> 4) << (2 * (j // 4))
+    low = (shifted & 3).reshape(2, 4, 32)  # weight 128c + 32s + l: bits 2s..2s+1 of byte 32c + l
+    pairs = low[:, 0] | low[:, 1] << 2 | low[:, 2] << 4 | low[:, 3] << 6
+    high = (shifted >> 2).reshape(8, 32)  # weight 32b + l: bit b of byte l (set for codes 0..3)
+    hmask = np.bitwise_or.reduce(high << np.arange(8, dtype=np.uint8)[:, None], axis=0)
+    return hmask.astype(np.uint8).tobytes() + pairs.reshape(-1).tobytes() + packed_scales.tobytes() + d.tobytes()
+
+
+GGUF_ENCODERS = {"q4_k": (q4_k_block, GGMLQuantizationType.Q4_K), "q3_k": (q3_k_block, GGMLQuantizationType.Q3_K)}
 
 
 @pytest.mark.parametrize("layout", ["q4_k", "q3_k"])
-def test_kquant_matches_a_loop_reference(layout) -> None:
-    weight = torch.randn(4, 512, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
-    quantized = get_method(layout).apply(weight, None)
-    for row, original in zip(quantized, weight, strict=True):
-        assert np.allclose(row.numpy(), kquant_reference(original.numpy(), layout), atol=1e-12)
-    sub_block, levels = (32, 16) if layout == "q4_k" else (16, 8)
-    assert all(torch.unique(values).numel() <= levels for values in rows_in_groups(quantized, sub_block))
+@pytest.mark.parametrize("columns", [512, 300])
+def test_kquant_equals_its_gguf_blocks_decoded_by_gguf(layout, columns) -> None:
+    """Pack the codes into real GGUF blocks, decode them with ``gguf.quants.dequantize``: pvq's weights exactly,
+    at the bits per weight of the block layout (rows zero-padded to a multiple of 256)."""
+    weight = torch.randn(4, columns, generator=torch.Generator().manual_seed(3))
+    encode, gguf_type = GGUF_ENCODERS[layout]
+    padded = np.zeros((4, -(-columns // 256) * 256))
+    padded[:, :columns] = weight.double().numpy()
+    packed = np.frombuffer(b"".join(encode(block) for block in padded.reshape(-1, 256)), dtype=np.uint8)
+    block_size, type_size = GGML_QUANT_SIZES[gguf_type]
+    assert packed.size == padded.size // block_size * type_size
+    decoded = gguf_dequantize(packed.reshape(4, -1), gguf_type)
+    np.testing.assert_array_equal(get_method(layout).apply(weight, None).numpy(), decoded[:, :columns])
+    bits = get_method(layout).bits_per_weight({}, tuple(weight.shape), Convention("none"))
+    assert bits == pytest.approx(8 * packed.size / weight.numel(), rel=1e-12)
 
 
 def test_int8_outlier_keeps_outlier_columns_and_rounds_the_rest(layer) -> None:
@@ -265,14 +308,17 @@ def test_int8_outlier_keeps_outlier_columns_and_rounds_the_rest(layer) -> None:
 
 
 def test_splitquant_is_the_sum_of_three_separately_quantized_clusters(layer) -> None:
-    from measure.methods.quantization import kmeans_1d_labels
-
+    """Clusters from scipy's Lloyd iteration (``kmeans2``, started at the (c + ½)/3 quantiles), each cluster's
+    part (zeros elsewhere) rounded by the written-out min-max RTN over the whole tensor."""
     weight, _, _ = layer
     params = {"bits": 3, "group": "tensor", "symmetric": False}
     quantized = get_method("splitquant").apply(weight, None, params).double()
-    labels = kmeans_1d_labels(weight.double(), 3)
-    parts = [torch.where(labels == c, weight, 0.0) for c in range(3)]
-    expected = sum(get_method("rtn").apply(part, None, params).double() for part in parts)
+    values = weight.double().numpy().ravel()
+    start = np.sort(values)[((np.arange(3) + 0.5) / 3 * values.size).astype(int)]
+    centroids, labels = kmeans2(values, start, iter=100, minit="matrix")
+    labels = torch.from_numpy(np.argsort(np.argsort(centroids))[labels].reshape(weight.shape))
+    parts = [torch.where(labels == c, weight.double(), 0.0) for c in range(3)]
+    expected = sum(reference_rtn(part.reshape(-1), 3, symmetric=False).reshape(weight.shape) for part in parts)
     assert torch.allclose(quantized, expected, atol=1e-6)
     for c, part in enumerate(parts):
         assert_on_lattice(torch.where(labels == c, quantized, 0.0).reshape(1, -1), 8)
@@ -304,9 +350,17 @@ def test_prune_then_quantize_keeps_the_mask_and_the_grid(layer) -> None:
     assert output_error(weight, joint, gram)[0] < output_error(weight, simple, gram)[0]
 
 
-def test_dead_inputs_do_not_break_gptq(layer) -> None:
+def test_a_dead_input_is_plain_rtn_and_gptq_still_beats_rtn_on_the_live_ones(layer) -> None:
+    """An input never active on the calibration data (H_jj = 0) is decoupled: its weights are plain RTN on the
+    grid, and GPTQ still lowers the output error of the live inputs below RTN's."""
     weight, _, gram = layer
     dead = gram.clone()
     dead[7, :] = dead[:, 7] = 0
-    quantized = get_method("gptq").apply(weight, dead, {"bits": 4, "group": 32, "act_order": True})
-    assert torch.isfinite(quantized).all()
+    params = {"bits": 4, "group": 32, "symmetric": True}
+    rtn = get_method("rtn").apply(weight, None, params)
+    for act_order in (False, True):
+        quantized = get_method("gptq").apply(weight, dead, {**params, "act_order": act_order})
+        expected = torch.stack([reference_rtn(g, 4, True) for g in weight.double()[:, :32]])[:, 7]
+        assert torch.allclose(quantized[:, 7].double(), expected, rtol=0, atol=1e-6)
+        assert_on_lattice(rows_in_groups(quantized, 32), 16)
+        assert output_error(weight, quantized, dead)[0] < 0.6 * output_error(weight, rtn, dead)[0]

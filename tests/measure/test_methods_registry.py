@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from test_methods_layer import random_layer
@@ -76,6 +77,9 @@ def test_resolve_fills_defaults_and_coerces_strings() -> None:
         ("sparsegpt", {"sparsity": 0.5}, Convention("index", index_bits=16), 16.0),
         ("magnitude", {"sparsity": 0.3}, NONE, 16 * (1 - round(0.3 * 64 * 256) / (64 * 256))),
         ("magnitude_row", {"sparsity": 0.3}, NONE, 16 * (1 - 77 / 256)),
+        ("moe_pruner", {"sparsity": 0.3}, NONE, 16 * (1 - 77 / 256)),
+        ("moe_pruner", {"sparsity": 0.5}, BITMASK, 8 + 1),
+        ("moe_pruner", {"nm": "2:4"}, NM, 0.5 * 16 + 2 * 2 / 4),
         ("wanda", {"nm": "2:4"}, NM, 0.5 * 16 + 2 * 2 / 4),
         ("sparsegpt", {"nm": "4:8"}, NM, 0.5 * 16 + 4 * 3 / 8),
         ("wanda", {"nm": "2:4"}, NONE, 8.0),
@@ -97,12 +101,6 @@ def test_resolve_fills_defaults_and_coerces_strings() -> None:
         ("mxint8", {}, NONE, 8.25),
         ("q4_k", {}, NONE, (256 * 4 + 8 * 12 + 2 * 16) / 256),
         ("q3_k", {}, NONE, (256 * 3 + 16 * 6 + 16) / 256),
-        (
-            "int8_outlier",
-            {"outlier_fraction": 4 / 256},
-            NONE,
-            (64 * 252 * 8 + 64 * 16 + 64 * 4 * 16 + 4 * 8) / (64 * 256),
-        ),
         ("splitquant", {"bits": 3}, NONE, 3 * (3 + 19 / (64 * 256))),
         ("ternary", {}, NONE, math.log2(3) + 16 / (64 * 256)),
         ("ternary", {"packing": "2bit"}, NONE, 2 + 16 / (64 * 256)),
@@ -117,6 +115,50 @@ def test_bits_per_weight_match_hand_formulas(name, params, convention, expected)
     assert get_method(name).bits_per_weight(params, SHAPE, convention) == pytest.approx(expected, rel=1e-12)
 
 
+def test_int8_outlier_bits_count_the_arrays_that_store_it(layer) -> None:
+    """The layer is int8 codes times one scale per row, plus the outlier columns as they were: stored as int8
+    codes, fp16 scales, fp16 outlier columns and one ⌈log2 in⌉-bit index per outlier column, the bits these
+    arrays hold per weight are the method's bits per weight."""
+    weight, _, gram = layer
+    params = {"outlier_fraction": 4 / 256}
+    quantized = get_method("int8_outlier").apply(weight, gram, params).double()
+    kept = (quantized == weight.double()).all(dim=0)
+    regular = quantized[:, ~kept]
+    scales = regular.abs().amax(dim=1, keepdim=True) / 127
+    codes = torch.round(regular / scales)
+    assert torch.allclose(scales * codes, regular, rtol=0, atol=1e-6) and codes.abs().max() == 127
+    arrays = (codes.numpy().astype(np.int8), scales.numpy().astype(np.float16),
+              weight[:, kept].numpy().astype(np.float16))  # fmt: skip
+    index_bits = int(kept.sum()) * (weight.shape[1] - 1).bit_length()
+    stored_bits = 8 * sum(array.nbytes for array in arrays) + index_bits
+    assert int(kept.sum()) == 4
+    bits = get_method("int8_outlier").bits_per_weight(params, tuple(weight.shape), NONE)
+    assert bits == stored_bits / weight.numel()
+
+
+CLAIMED_LEVELS = {
+    "rtn": ("row", 2**4), "gptq": ("row", 2**4), "nf4": (64, 16), "mxfp4": (32, 16), "mxfp6_e3m2": (32, 64),
+    "mxfp6_e2m3": (32, 64), "mxfp8_e4m3": (32, 256), "mxfp8_e5m2": (32, 256), "mxint8": (32, 256),
+    "q4_k": (32, 16), "q3_k": (16, 8), "int8_outlier": ("row", 2**8 + 10), "splitquant": ("tensor", 3 * 2**4),
+    "ternary": ("tensor", 3),
+}  # fmt: skip
+"""Inputs sharing one set of levels, and how many levels, at default parameters on a 1024-input layer
+(int8_outlier: 255 codes per row plus its round(0.01 · 1024) = 10 fp16 columns; SplitQuant: three clusters)."""
+
+
+@pytest.mark.parametrize("name", method_names("quantization"))
+def test_every_quantizer_uses_no_more_levels_than_it_claims(name) -> None:
+    weight, _, gram = random_layer(rows=16, columns=1024)
+    unit, levels = CLAIMED_LEVELS[name]
+    quantized = get_method(name).apply(weight, gram)
+    groups = {"row": quantized, "tensor": quantized.reshape(1, -1)}.get(unit)
+    groups = quantized.reshape(-1, unit) if groups is None else groups
+    assert max(torch.unique(group).numel() for group in groups) <= levels
+    element_bits = get_method(name).element_bits(get_method(name).resolve({}), tuple(weight.shape))
+    if float(element_bits).is_integer() and name not in ("splitquant", "int8_outlier"):
+        assert levels == 2**element_bits
+
+
 def test_kquant_pays_for_row_padding() -> None:
     assert get_method("q4_k").bits_per_weight({}, (8, 128), NONE) == pytest.approx(9.0)
 
@@ -124,7 +166,7 @@ def test_kquant_pays_for_row_padding() -> None:
 @pytest.mark.parametrize(
     ("name", "params", "message"),
     [
-        ("gptq", {"bits": 9}, "bits"),
+        ("gptq", {"bits": 17}, "bits"),
         ("rtn", {"bits": 1}, "bits"),
         ("rtn", {"bits": 2.5}, "integer"),
         ("rtn", {"group": "row"}, "group"),

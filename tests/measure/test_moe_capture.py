@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_methods_layer import direct_output_error
 from tiny_models import tiny_model
 
 from measure.architecture import describe
@@ -106,14 +107,41 @@ def test_experts_without_tokens_are_reported() -> None:
         apply_spec(model, "gptq:4@expert", _batches())
 
 
-def test_route_all_calibrates_a_starved_expert() -> None:
+def _moe_inputs_after(compressed: torch.nn.Module, block: int) -> tuple[torch.Tensor, dict]:
+    """The experts' input rows (float64) of ``block`` in a fresh starved Mixtral whose earlier blocks hold
+    ``compressed``'s weights, and the original weights of that block's expert layers by name."""
+    model = tiny_model("mixtral")
+    _starve_expert(model, 3)
+    for ref, done in zip(describe(model).linears, describe(compressed).linears, strict=True):
+        if ref.block_index < block:
+            ref.set_weight(done.weight())
+    rows: list[torch.Tensor] = []
+    experts = describe(model).blocks[block].mlp.experts.module
+    experts.register_forward_pre_hook(lambda module, args: rows.append(args[0].reshape(-1, args[0].shape[-1])))
+    with torch.no_grad():
+        for batch in _batches():
+            model(batch)
+    weights = {ref.name: ref.weight().double() for ref in describe(model).blocks[block].mlp.linears}
+    return torch.cat(rows).double(), weights
+
+
+def test_route_all_calibrates_a_starved_expert_on_every_token() -> None:
+    """With route 'all' each expert's error is measured on all 64 tokens: gate/up on the MoE input x, down on
+    silu(x W_gateᵀ) ⊙ (x W_upᵀ) of the original expert, with the earlier blocks already compressed."""
     model = tiny_model("mixtral")
     starved = _starve_expert(model, 3)
     report = apply_spec(model, "gptq:4@expert", _batches(), expert_route="all")
     assert report.experts_without_tokens == [starved]
-    rows = report.layers.set_index("layer")
-    assert rows.loc[f"{starved}.gate", "tokens"] == 64
-    assert rows["relative_error"].between(0, 1).all()
+    assert set(report.layers["tokens"]) == {64}
+    compressed = {ref.name: ref.weight().double() for ref in describe(model).linears}
+    for block, rows in report.layers.groupby("block"):
+        x, original = _moe_inputs_after(model, block)
+        for row in rows.itertuples():
+            expert = row.layer.rsplit(".", 1)[0]
+            hidden = torch.nn.functional.silu(x @ original[f"{expert}.gate"].T) * (x @ original[f"{expert}.up"].T)
+            inputs = hidden if row.layer.endswith(".down") else x
+            direct = direct_output_error(original[row.layer], compressed[row.layer], inputs)
+            assert row.relative_error == pytest.approx(direct, rel=1e-5), row.layer
 
 
 def test_bad_route_is_a_clear_error() -> None:

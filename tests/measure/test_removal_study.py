@@ -180,15 +180,22 @@ def test_bad_study_settings_are_one_clear_error_each(change: dict, message: str)
         check_settings(settings, blocks=4)
 
 
-def test_pvq_remove_study_writes_every_table(tmp_path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
-    from measure.cli import main
-    from measure.store import read_provenance, read_table
-
+@pytest.fixture
+def tiny_source(tmp_path, monkeypatch: pytest.MonkeyPatch):
+    """A saved 3-block tiny Llama with its tokenizer; calibration and evaluation text replaced by ``TEXT``."""
     source = tmp_path / "tiny"
     tiny_model("llama", num_hidden_layers=3).save_pretrained(source)
     tiny_tokenizer().save_pretrained(source)
     monkeypatch.setattr("measure.text.calibration_text", lambda: TEXT)
     monkeypatch.setattr("measure.text.evaluation_text", lambda: TEXT[::-1])
+    return source
+
+
+def test_pvq_remove_study_writes_every_table(tmp_path, tiny_source, capsys) -> None:
+    from measure.cli import main
+    from measure.store import read_provenance, read_table
+
+    source = tiny_source
     out = tmp_path / "study"
     assert main(["remove", "--model", str(source), "--study", "--out", str(out), "--sequences", "2", "--seq-len",
                  "24", "--eval-windows", "2", "--window", "32", "--max-removed", "1", "--probe-windows", "1",
@@ -207,17 +214,14 @@ def test_pvq_remove_study_writes_every_table(tmp_path, monkeypatch: pytest.Monke
     (["--bits", "2-17"], "bits must be an integer in 2..16"),
     (["--max-removed", "3"], "max_removed must lie in 1..2"),
 ])
-def test_pvq_remove_study_refuses_bad_input_and_writes_nothing(tmp_path, monkeypatch, capsys, flags, message):
+def test_pvq_remove_study_refuses_bad_input_and_writes_nothing(
+    tmp_path, tiny_source, capsys, flags: list[str], message: str
+) -> None:
     from measure.cli import main
 
-    source = tmp_path / "tiny"
-    tiny_model("llama", num_hidden_layers=3).save_pretrained(source)
-    tiny_tokenizer().save_pretrained(source)
-    monkeypatch.setattr("measure.text.calibration_text", lambda: TEXT)
-    monkeypatch.setattr("measure.text.evaluation_text", lambda: TEXT[::-1])
     out = tmp_path / "study"
-    code = main(["remove", "--model", str(source), "--study", "--out", str(out), "--sequences", "2", "--seq-len",
-                 "24", "--eval-windows", "2", "--window", "32", *flags])  # fmt: skip
+    code = main(["remove", "--model", str(tiny_source), "--study", "--out", str(out), "--sequences", "2",
+                 "--seq-len", "24", "--eval-windows", "2", "--window", "32", *flags])  # fmt: skip
     assert code != 0
     assert message in capsys.readouterr().err
     assert not out.exists()

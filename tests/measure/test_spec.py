@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 import torch
+from test_methods_layer import direct_output_error
 from tiny_models import tiny_model
 
 from measure import spec as spec_module
@@ -31,6 +32,28 @@ def _other_parameters(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """Every parameter that holds no block linear weight (embeddings, norms, biases, lm_head)."""
     linear = {ref.parameter_name for ref in describe(model).linears}
     return {name: p.detach().clone() for name, p in model.named_parameters() if name not in linear}
+
+
+def _sequential_inputs(family: str, compressed: torch.nn.Module, block: int, batches) -> dict[str, torch.Tensor]:
+    """Inputs (tokens × features, float64) of the non-expert linears of ``block`` in a fresh ``family`` model
+    whose earlier blocks hold ``compressed``'s weights: what layer-sequential calibration shows that block."""
+    model = tiny_model(family)
+    for ref, done in zip(describe(model).linears, describe(compressed).linears, strict=True):
+        if ref.block_index < block:
+            ref.set_weight(done.weight())
+    rows: dict[str, list[torch.Tensor]] = {}
+
+    def keep(name: str):
+        return lambda module, args: rows.setdefault(name, []).append(args[0].reshape(-1, args[0].shape[-1]))
+
+    refs = [ref for ref in describe(model).blocks[block].linears if ref.expert_index is None]
+    handles = [ref.module.register_forward_pre_hook(keep(ref.name)) for ref in refs]
+    with torch.no_grad():
+        for batch in batches:
+            model(batch)
+    for handle in handles:
+        handle.remove()
+    return {name: torch.cat(parts).double() for name, parts in rows.items()}
 
 
 # --- parsing -------------------------------------------------------------------------------------------------
@@ -67,8 +90,8 @@ def test_parse_flags_names_and_separate_scopes() -> None:
     ("spec", "message"),
     [
         ("fancy:4", r"unknown method 'fancy'; methods: magnitude, .*sparsegpt, .*gptq"),
-        ("gptq:9", r"'gptq:9': parameter 'bits': must be an integer in 2..8, got '9'"),
-        ("rtn:1", r"parameter 'bits': must be an integer in 2..8"),
+        ("gptq:17", r"'gptq:17': parameter 'bits': must be an integer in 2..16, got '17'"),
+        ("rtn:1", r"parameter 'bits': must be an integer in 2..16"),
         ("sparsegpt:1.5", r"parameter 'sparsity': must lie in \[0, 1\), got '1.5'"),
         ("magnitude:-0.1", r"parameter 'sparsity': must lie in \[0, 1\)"),
         ("rtn:4@head", r"unknown scope 'head'; choose one of all, attention, mlp, expert, router"),
@@ -129,7 +152,14 @@ def test_apply_spec_changes_exactly_the_scoped_layers(family: str, spec: str, ki
     for name, value in _other_parameters(model).items():
         assert torch.equal(value, others[name]), name
     assert set(report.layers["layer"]) == {r.name for r in describe(model).linears if r.sublayer_kind in kinds}
-    assert report.layers["relative_error"].between(0, 1).all()
+    original = {ref.name: ref for ref in describe(tiny_model(family)).linears}
+    for row in report.layers.itertuples():
+        if row.sublayer == "expert":
+            assert 0 < row.relative_error < 1
+            continue
+        inputs = _sequential_inputs(family, model, row.block, _batches())[row.layer]
+        direct = direct_output_error(original[row.layer].weight(), after[row.layer], inputs)
+        assert row.relative_error == pytest.approx(direct, rel=1e-5), row.layer
 
 
 def test_sparsity_and_grids_hold_in_the_model() -> None:

@@ -27,4 +27,8 @@ def test_split_is_disjoint_deterministic_and_covers_all_articles() -> None:
     assert len(calibration) + len(evaluation) == len(articles)
     assert [a.title for a in evaluation] == [a.title for i, a in enumerate(articles) if i % text.EVAL_EVERY == 3]
     assert len(text.evaluation_text()) > 300_000
-    assert text.text_hash(text.evaluation_text()) == text.text_hash(text.evaluation_text())
+    assert text.text_hash(text.evaluation_text()) == "2090afde01891f7e"  # cleaner version 1 on the gensim dump
+
+
+def test_text_hash_is_the_first_16_hex_digits_of_sha256() -> None:
+    assert text.text_hash("abc") == "ba7816bf8f01cfea"  # FIPS 180-2, Appendix B.1: SHA-256("abc")

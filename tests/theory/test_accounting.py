@@ -99,6 +99,11 @@ def test_bad_input(call, message):
         call()
 
 
-def test_numpy_scalars_are_accepted():
-    check_bits(np.int64(4))
-    check_sparsity(np.float32(0.5))
+def test_numpy_scalars_are_accepted_and_give_the_python_results():
+    assert check_bits(np.int64(4)) is None and check_sparsity(np.float32(0.5)) is None
+    assert integer_bits_per_weight(np.int64(4), 128) == integer_bits_per_weight(4, 128) == 4 + 16 / 128
+    assert removal_bits_per_weight(np.float64(0.25)) == removal_bits_per_weight(0.25) == 12.0
+    with pytest.raises(PvqError, match="bits must be an integer"):
+        check_bits(np.float64(4.0))
+    with pytest.raises(PvqError, match=r"sparsity must lie in \[0, 1\)"):
+        check_sparsity(np.float32(1.0))

@@ -65,9 +65,10 @@ def test_nf4_matches_published_table():
 def test_int_grid_is_the_paper_grid():
     assert int_grid(4).tolist() == list(range(-8, 8))
     assert int_grid(3, symmetric=False).tolist() == list(range(8))
-    with pytest.raises(PvqError, match=r"integer in 2\.\.8"):
-        int_grid(9)
-    with pytest.raises(PvqError, match=r"integer in 2\.\.8"):
+    assert int_grid(16).tolist() == list(range(-(2**15), 2**15))
+    with pytest.raises(PvqError, match=r"integer in 2\.\.16"):
+        int_grid(17)
+    with pytest.raises(PvqError, match=r"integer in 2\.\.16"):
         int_grid(1)
 
 

@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+from scipy import integrate, optimize, stats
 
 from theory.distributions import Empirical, Gaussian, Laplace, StudentT, TruncatedStudentT
 from theory.errors import PvqError
@@ -62,10 +63,29 @@ def test_pruning_integral_matches_monte_carlo(name, sparsity, samples):
     assert abs(dist.small_magnitude_energy(sparsity) - mean) <= 4 * error
 
 
+def gaussian_int4_mse_by_quadrature(step: float) -> float:
+    """``E[(W − Q(W))²]`` for W ~ N(0, 1) and the levels ``{−8, …, 7}·step``, each cell integrated by ``quad``."""
+    levels = np.arange(-8, 8) * step
+    edges = np.concatenate([[-np.inf], (levels[1:] + levels[:-1]) / 2, [np.inf]])
+    return sum(
+        integrate.quad(lambda w, q=q: (w - q) ** 2 * stats.norm.pdf(w), low, high, epsabs=1e-14, epsrel=1e-12)[0]
+        for q, low, high in zip(levels, edges[:-1], edges[1:], strict=True)
+    )
+
+
 def test_published_gaussian_values():
+    """5.58 dB (pruning, 75 %) and 19.26 dB (INT4, MSE-optimal clip) as the docstring of theory.sqnr records."""
     gaussian = Gaussian()
-    assert round(pruning_sqnr_db(gaussian, 0.75), 1) == 5.6
-    assert 19.1 <= quantization_sqnr_db(gaussian, "int4") <= 19.3
+    assert pruning_sqnr_db(gaussian, 0.75) == pytest.approx(5.58, abs=0.01)
+    assert quantization_sqnr_db(gaussian, "int4") == pytest.approx(19.26, abs=0.01)
+
+
+def test_gaussian_int4_equals_quadrature_at_the_best_step():
+    best = optimize.minimize_scalar(
+        gaussian_int4_mse_by_quadrature, bounds=(0.2, 0.6), method="bounded", options={"xatol": 1e-10}
+    )
+    assert quantization_sqnr_db(Gaussian(), "int4") == pytest.approx(-10 * math.log10(best.fun), abs=1e-6)
+    assert optimal_clip(Gaussian(), 4) == pytest.approx(7 * best.x, rel=1e-6)
 
 
 def test_gaussian_pruning_closed_form():
@@ -172,7 +192,7 @@ def test_block_format_integral_is_refused_and_bad_input():
         pruning_sqnr_db(Gaussian(), 1.0)
     with pytest.raises(PvqError, match=r"sparsity must lie in \[0, 1\)"):
         pruning_sqnr_db(Gaussian(), -0.1)
-    with pytest.raises(PvqError, match=r"integer in 2\.\.8"):
+    with pytest.raises(PvqError, match=r"integer in 2\.\.16"):
         optimal_clip(Gaussian(), 1)
     with pytest.raises(PvqError, match="unknown MX element"):
         mx_sqnr_db(Gaussian(), "fp3")

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from measure.cli import main
-from theory.distributions import StudentT, TruncatedStudentT
+from theory.distributions import Gaussian, Laplace, StudentT, TruncatedStudentT
 from theory.sqnr import optimal_clip, pruning_sqnr_db, quantization_sqnr_db
 
 
@@ -23,8 +23,9 @@ def test_json_point_gaussian(capsys):
                 "grid_convention"):
         assert key in result
     assert result["sparsity"] == 0.75 and result["bits_per_weight"] == 4.0
-    assert round(result["prune_sqnr_db"], 1) == 5.6
-    assert 19.1 <= result["quant_sqnr_db"] <= 19.3
+    assert result["prune_sqnr_db"] == pytest.approx(5.58, abs=0.01)
+    assert result["quant_sqnr_db"] == pytest.approx(19.26, abs=0.01)  # as the docstring of theory.sqnr records
+    assert result["quant_sqnr_db"] == pytest.approx(quantization_sqnr_db(Gaussian(), "int4"), abs=1e-12)
     assert result["convention"]["mask_encoding"] == "none"
 
 
@@ -47,10 +48,15 @@ def test_json_point_truncated_range_clip(capsys):
     assert result["pruning_wins"] is True and result["truncate_sigma"] == 20.0
 
 
-def test_readable_table(capsys):
+def test_readable_table_shows_the_json_fields_and_the_library_values(capsys):
     assert main(["theory", "--dist", "laplace", "--bits", "5"]) == 0
-    out = capsys.readouterr().out
-    assert "quant_sqnr_db" in out and "prune_sqnr_db" in out and "{" in out
+    rows = dict(line.split(maxsplit=1) for line in capsys.readouterr().out.strip().splitlines())
+    result = run_json(capsys, "--dist", "laplace", "--bits", "5")
+    assert list(rows) == list(result)
+    assert float(rows["quant_sqnr_db"]) == pytest.approx(quantization_sqnr_db(Laplace(), "int5"), abs=5e-5)
+    assert float(rows["prune_sqnr_db"]) == pytest.approx(pruning_sqnr_db(Laplace(), 1 - 5 / 16), abs=5e-5)
+    assert float(rows["sparsity"]) == 1 - 5 / 16 and rows["pruning_wins"] == "False"
+    assert json.loads(rows["convention"]) == result["convention"]
 
 
 def test_tables_are_written(tmp_path, capsys):
