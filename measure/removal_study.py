@@ -394,16 +394,22 @@ def measure_pruner(meter: ViewMeter, evaluator: ResidualStreamEvaluator | None, 
         log(f"{step.text} measured ({time.perf_counter() - start:.1f} s)")
 
 
-def measure_reference(meter: ViewMeter, points: StudyPoints, linear_bits: Sequence[float]) -> None:
+def measure_reference(meter: ViewMeter, points: StudyPoints, linear_bits: Sequence[float]) -> pd.DataFrame:
     """The Gaussian rate–distortion reference (:mod:`theory.rate_distortion`) of every layer at every size in
-    ``linear_bits`` (bits per linear weight), aggregated like the layer view."""
+    ``linear_bits`` (bits per linear weight), aggregated like the layer view into ``points``; returns the per-layer
+    values at the integer sizes (layer, block, bits_per_weight, rd_relative_error, rd_sqnr_db)."""
     spectra = [layer_spectrum(meter.captured.gram_for(ref.name).to_numpy(),
                               ref.weight().detach().to("cpu", torch.float64).numpy())
                for ref in meter.refs]  # fmt: skip
+    rows = []
     for bits in sorted(set(linear_bits)):
         relative = np.array([rd_relative_error(spectrum, bits) for spectrum in spectra])
         errors = layer_view_errors(meter.layers, relative)
         points.add(RD_SERIES, "reference", f"{RD_SERIES}:{bits:.6f}", bits, errors)
+        if float(bits).is_integer():
+            rows += [{"layer": ref.name, "block": ref.block_index, "bits_per_weight": bits, "rd_relative_error": r,
+                      "rd_sqnr_db": sqnr_db(r)} for ref, r in zip(meter.refs, relative, strict=True)]  # fmt: skip
+    return pd.DataFrame(rows)
 
 
 def block_shares(meter: ViewMeter) -> pd.DataFrame:
@@ -431,7 +437,8 @@ def run_study(
     Tables (each passed to ``on_table`` as soon as it is final): units (importance of blocks and sublayers),
     angular (d(ℓ, n) for n = 1..max_removed), single_units (each block, attention or MLP removed alone on the
     first ``probe_windows`` windows: local error, PPL, KL, NRI), layers (each linear's output energy and share),
-    blocks (each block's energy, weight and update shares), levels (one row per ordering and removal count:
+    blocks (each block's energy, weight and update shares), layer_rd (each linear's Gaussian rate–distortion
+    reference at 2..16 bits per weight), levels (one row per ordering and removal count:
     blocks, f, b(f), the removal's error in every view, PPL, KL), points (every method's error per view and
     setting, the RD reference, the spliced equal-size models), answer (:func:`answer_table`) and end_to_end.
     """
@@ -480,10 +487,12 @@ def run_study(
     sparsities = [*settings.pruner_sparsities, *equal_size_sparsities(levels, settings)["sparsity"]]
     for pruner in settings.pruners:
         measure_pruner(meter, evaluator, points, pruner, sparsities, settings.mask_conventions, log)
+    reference = pd.DataFrame()
     if set(settings.views) & {"layer_energy", "layer_parameters"}:
-        measure_reference(meter, points, [*map(float, ALL_BITS), *levels["linear_bits_per_weight"]])
+        reference = measure_reference(meter, points, [*map(float, ALL_BITS), *levels["linear_bits_per_weight"]])
     table = points.table()
-    lap("methods", points=table, answer=answer_table(levels, table, settings.views, settings.mask_conventions))
+    lap("methods", points=table, layer_rd=reference,
+        answer=answer_table(levels, table, settings.views, settings.mask_conventions))
     if evaluator is not None:
         on_table("end_to_end", study.tables.setdefault("end_to_end", end_to_end_table(levels, table)))
         _correlations(study, single, levels)

@@ -1,8 +1,8 @@
 """Layer removal against pruning, quantization and the rate–distortion reference at exactly equal size.
 
 One experiment, ``removal_study``, runs :func:`measure.removal_study.run_study` once and stores all its tables
-stacked in one parquet (column ``table`` names the part: units, angular, single_units, layers, blocks, levels,
-points, answer, end_to_end, base); :func:`study_part` takes one part back out. Every error is named by its
+stacked in one parquet (column ``table`` names the part: units, angular, single_units, layers, blocks, layer_rd,
+levels, points, answer, end_to_end, base); :func:`study_part` takes one part back out. Every error is named by its
 ``view`` (:data:`measure.removal_views.VIEWS`): layer view energy- or parameter-weighted, block view, end to end.
 The figures and tables show
 
@@ -34,8 +34,8 @@ from figures.style import OKABE_ITO, line_kwargs, method_legend, new_figure, the
 
 SECTION = "Layer removal against the bounds"
 STUDY = "removal_study"
-PARTS = ("units", "angular", "single_units", "layers", "blocks", "levels", "points", "answer", "end_to_end",
-         "base")
+PARTS = ("units", "angular", "single_units", "layers", "blocks", "layer_rd", "levels", "points", "answer",
+         "end_to_end", "base")
 SETTINGS = {
     "max_removed": 8, "orderings": ["bi", "angular", "reverse", "random"], "seed": 0, "batch_size": 4,
     "probe_windows": 1, "sublayers": False, "quantizers": ["rtn", "gptq"], "groups": ["g128"],
@@ -161,11 +161,16 @@ def synthetic_study(rng: np.random.Generator) -> pd.DataFrame:
     share = influence / influence.sum()
     block_shares = pd.DataFrame({"block": range(blocks), "layer_energy_share": share,
                                  "parameter_share": 1 / blocks, "update_energy_share": share})
+    layer_rd = pd.DataFrame([{"layer": layer, "block": block, "bits_per_weight": float(bits),
+                              "rd_relative_error": 0.3 * 4.0 ** (1 - bits)}
+                             for layer, block in layers[["layer", "block"]].to_numpy() for bits in range(2, 17)])
+    layer_rd = layer_rd.assign(rd_sqnr_db=-10 * np.log10(layer_rd["rd_relative_error"]))
     levels = _synthetic_levels(rng, blocks, influence)
     points = _synthetic_points(rng, levels)
     views, conventions = SETTINGS["views"], SETTINGS["mask_conventions"]
     parts = {"units": units, "angular": angular, "single_units": single, "layers": layers, "blocks": block_shares,
-             "levels": levels, "points": points, "answer": answer_table(levels, points, views, conventions),
+             "layer_rd": layer_rd, "levels": levels, "points": points,
+             "answer": answer_table(levels, points, views, conventions),
              "end_to_end": end_to_end_table(levels, points),
              "base": pd.DataFrame([{"perplexity": 20.0, "kl_to_reference_nats": 0.0}])}  # fmt: skip
     return stack_parts(parts)

@@ -157,6 +157,19 @@ def test_every_method_at_the_removal_size_sits_there_or_between_widths_one_bit_a
         assert high == low + 1
 
 
+def test_rd_reference_of_the_layer_view_aggregates_the_per_layer_values(tiny_study) -> None:
+    tables = tiny_study[0].tables
+    layers, per_layer, points = tables["layers"], tables["layer_rd"], tables["points"]
+    for bits, rows in per_layer.groupby("bits_per_weight"):
+        merged = rows.merge(layers, on="layer")
+        energy = (merged["rd_relative_error"] * merged["output_energy"]).sum() / merged["output_energy"].sum()
+        parameters = (merged["rd_relative_error"] * merged["parameters"]).sum() / merged["parameters"].sum()
+        reference = points[(points["series"] == "gaussian_rd") & (points["linear_bits_per_weight"] == bits)]
+        assert reference.set_index("view").loc["layer_energy", "error"] == pytest.approx(energy, rel=1e-12)
+        assert reference.set_index("view").loc["layer_parameters", "error"] == pytest.approx(parameters, rel=1e-12)
+    assert sorted(per_layer["bits_per_weight"].unique()) == list(range(2, 17))
+
+
 def test_layer_view_of_removal_equals_its_parameter_share_whichever_blocks_go(tiny_study) -> None:
     levels = tiny_study[0].tables["levels"]
     layers = tiny_study[0].tables["layers"]
@@ -200,7 +213,8 @@ def test_pvq_remove_study_writes_every_table(tmp_path, tiny_source, capsys) -> N
     assert main(["remove", "--model", str(source), "--study", "--out", str(out), "--sequences", "2", "--seq-len",
                  "24", "--eval-windows", "2", "--window", "32", "--max-removed", "1", "--probe-windows", "1",
                  "--batch-size", "2", "--bits", "2,3,4", "--pruner", "magnitude"]) == 0  # fmt: skip
-    names = {"units", "angular", "single_units", "layers", "blocks", "levels", "points", "answer", "end_to_end"}
+    names = {"units", "angular", "single_units", "layers", "blocks", "layer_rd", "levels", "points", "answer",
+             "end_to_end"}
     assert {path.stem for path in out.glob("*.parquet")} == names
     assert len(read_table(out / "levels.parquet")) == 4
     assert read_provenance(out / "levels.parquet")["settings"]["max_removed"] == 1
@@ -225,3 +239,23 @@ def test_pvq_remove_study_refuses_bad_input_and_writes_nothing(
     assert code != 0
     assert message in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_unit_table_counts_each_units_parameters_and_ranks_by_influence() -> None:
+    from measure.importance import measure_importance
+    from measure.removal_study import unit_table
+
+    model = tiny_model("llama", num_hidden_layers=4)
+    arch = describe(model)
+    table = unit_table(measure_importance(model, _batches(), arch), arch)
+    decoder = sum(p.numel() for p in model.model.layers.parameters())
+    for row in table.itertuples():
+        layer = model.model.layers[row.block]
+        modules = {"block": [layer], "attention": [layer.self_attn, layer.input_layernorm],  # a sublayer goes
+                   "mlp": [layer.mlp, layer.post_attention_layernorm]}[row.unit]  # with its input norm
+        parameters = sum(p.numel() for module in modules for p in module.parameters())
+        assert row.parameters == parameters
+        assert row.removed_fraction == pytest.approx(parameters / decoder, rel=1e-12)
+        assert row.bits_per_weight == pytest.approx(16 * (1 - parameters / decoder), rel=1e-12)
+    for _, rows in table.groupby("unit"):
+        assert list(rows.sort_values("influence")["rank"]) == list(range(len(rows)))
