@@ -1,7 +1,9 @@
 """`pvq figures`: Run missing experiments and render every registered figure and table.
 
 Experiments whose cached table matches their cache key (config + model hash + code version + seed)
-are reused; the others run one at a time, so Ctrl-C keeps what finished and a rerun resumes.
+are reused; the others run one at a time, so Ctrl-C keeps what finished and a rerun resumes. Each one
+is announced as it starts; the warnings and bars of the libraries it drives show only with ``--verbose``.
+``--archive FILE.tar.gz`` then packs the results and the rendered artifacts (:mod:`figures.archive`).
 """
 
 from __future__ import annotations
@@ -11,12 +13,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from measure.commands.common import add_device_arguments
+from measure.store import ARCHIVE_SUFFIXES, RESULTS_DIR
+from theory.errors import PvqError
 
 if TYPE_CHECKING:
     from figures.experiments import ExperimentContext
 
 HELP = "Run missing experiments and render every registered figure and table."
-DEFAULT_RESULTS = "results"
 DEFAULT_OUT = "paper"
 
 
@@ -24,18 +27,25 @@ def add_build_arguments(parser: argparse.ArgumentParser) -> None:
     """Options shared by `pvq figures` and `pvq paper`."""
     parser.add_argument("--model", default=None,
                         help="model name or path for model experiments (default: the default model)")
-    parser.add_argument("--results", type=Path, default=Path(DEFAULT_RESULTS),
-                        help=f"folder of cached experiment tables (default: {DEFAULT_RESULTS}/)")
+    parser.add_argument("--results", type=Path, default=Path(RESULTS_DIR),
+                        help=f"folder of cached experiment tables (default: {RESULTS_DIR}/)")
     parser.add_argument("--out", type=Path, default=Path(DEFAULT_OUT),
                         help=f"paper folder receiving figures/, tables/, sections/ (default: {DEFAULT_OUT}/)")
     add_device_arguments(parser)
     parser.add_argument("--seed", type=int, default=0, help="seed of every experiment (default: 0)")
+    parser.add_argument("--verbose", action="store_true",
+                        help="also show the warnings, log messages and progress bars of the libraries the "
+                        "experiments drive (lm-eval, transformers, cvxpy, ...); pvq's own always show")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """`pvq figures [--only NAME ...] [--list] [--model NAME] [--results DIR] [--out DIR] [--device] [--dtype]`."""
+    """`pvq figures [--only NAME ...] [--list] [--archive FILE] [--model NAME] [--results DIR] [--out DIR]
+    [--device] [--dtype] [--seed] [--verbose]`."""
     parser.add_argument("--only", nargs="+", metavar="NAME", help="render only these figures/tables")
     parser.add_argument("--list", action="store_true", help="list the registered figures and tables and exit")
+    parser.add_argument("--archive", type=Path, metavar="FILE.tar.gz",
+                        help="afterwards pack the result tables, the rendered figures and tables and a manifest "
+                        "of their sha256 into this archive, for publishing (compare with `pvq verify FILE`)")
     add_build_arguments(parser)
 
 
@@ -76,14 +86,21 @@ def run_build(
     from figures.render import build, summary
 
     registered = list(load_catalog().values())
-    report = build(select(only), registered, context or experiment_context(args), args.out)
+    verbose = getattr(args, "verbose", False)
+    report = build(select(only), registered, context or experiment_context(args), args.out, verbose=verbose)
     return summary(report)
 
 
 def run(args: argparse.Namespace) -> int:
-    """List, or build and print the summary."""
+    """List, or build and print the summary (then write the archive when asked)."""
     if args.list:
         print(listing(args.out))
         return 0
+    if args.archive and not args.archive.name.endswith(ARCHIVE_SUFFIXES):
+        raise PvqError(f"--archive {args.archive}: name the archive {' or '.join(ARCHIVE_SUFFIXES)}")
     print(run_build(args, args.only))
+    if args.archive:
+        from figures.archive import write_archive
+
+        print(f"archive: {write_archive(args.archive, args.results, args.out)}")
     return 0

@@ -19,6 +19,7 @@ declared source is that a declaration must name the code it depends on: name who
 from __future__ import annotations
 
 import ast
+import contextlib
 import hashlib
 import importlib.util
 import inspect
@@ -28,15 +29,17 @@ import re
 import sys
 import textwrap
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from figures.progress import ExperimentProgress, last_runtime
+from figures.quiet import quiet_unless
 from measure.provenance import collect
 from measure.store import read_provenance, read_table, write_table
 from theory.errors import PvqError
@@ -149,13 +152,18 @@ def _detect_grid(loaded: Any) -> dict[str, Any]:
     return detect_linear_grid(loaded.model).as_dict()
 
 
+def _write_step(text: str) -> None:
+    tqdm.write(text, file=sys.stderr)
+
+
 @dataclass
 class ExperimentContext:
     """What an experiment may use: model name, device, seed, results folder and a lazily loaded model.
 
     ``load_model(name, device)`` defaults to :func:`measure.models.load_model` and ``detect_grid(loaded)``
     to :func:`measure.grid.detect_linear_grid` over the model's block linears; tests pass toy versions.
-    The model is loaded only when an experiment that needs it is keyed or run.
+    The model is loaded only when an experiment that needs it is keyed or run. An experiment reports its
+    steps with :meth:`step`; :func:`ensure` shows them on its progress bar (``on_step``).
     """
 
     model_name: str
@@ -164,6 +172,7 @@ class ExperimentContext:
     seed: int = 0
     load_model: Callable[[str, str], Any] = _load_model
     detect_grid: Callable[[Any], dict[str, Any]] = _detect_grid
+    on_step: Callable[[str], None] = field(default=_write_step, repr=False)
     _loaded: Any = field(default=None, init=False, repr=False)
     _grid: dict[str, Any] | None = field(default=None, init=False, repr=False)
 
@@ -173,6 +182,10 @@ class ExperimentContext:
         if self._loaded is None:
             self._loaded = self.load_model(self.model_name, self.device)
         return self._loaded
+
+    def step(self, text: str) -> None:
+        """Report a step of the running experiment (e.g. ``"ledger measured (41.2 s)"``)."""
+        self.on_step(text)
 
     @property
     def results_dir(self) -> Path:
@@ -238,12 +251,17 @@ def seed_everything(seed: int) -> None:
         sys.modules["torch"].manual_seed(seed)
 
 
-def run_one(exp: Experiment, context: ExperimentContext) -> ExperimentRun:
-    """Return ``exp``'s cached table if its key matches, else compute and store it atomically."""
+def cached_run(exp: Experiment, context: ExperimentContext, key: str) -> ExperimentRun | None:
+    """``exp``'s stored table as a cached run when the key recorded beside it is ``key``, else None."""
     path = context.result_path(exp)
-    key = cache_key(exp, context)
-    if stored_key(path) == key:
-        return ExperimentRun(exp.name, "cached", path, 0.0, read_provenance(path))
+    if stored_key(path) != key:
+        return None
+    return ExperimentRun(exp.name, "cached", path, 0.0, read_provenance(path))
+
+
+def compute_run(exp: Experiment, context: ExperimentContext, key: str) -> ExperimentRun:
+    """Compute ``exp`` and store its table atomically, with its cache ``key`` and runtime in the sidecar."""
+    path = context.result_path(exp)
     seed_everything(context.seed)
     start = time.perf_counter()
     table = exp.compute(dict(exp.config), context)
@@ -260,13 +278,44 @@ def run_one(exp: Experiment, context: ExperimentContext) -> ExperimentRun:
     return ExperimentRun(exp.name, "computed", path, seconds, provenance)
 
 
-def ensure(experiments: Sequence[Experiment], context: ExperimentContext) -> dict[str, ExperimentRun]:
-    """Run the missing or stale experiments one at a time (with a progress bar); reuse the rest."""
+def run_one(exp: Experiment, context: ExperimentContext) -> ExperimentRun:
+    """Return ``exp``'s cached table if its key matches, else compute and store it atomically."""
+    key = cache_key(exp, context)
+    return cached_run(exp, context, key) or compute_run(exp, context, key)
+
+
+@contextlib.contextmanager
+def _steps_to(context: ExperimentContext, report: Callable[[str], None]) -> Iterator[None]:
+    previous, context.on_step = context.on_step, report
+    try:
+        yield
+    finally:
+        context.on_step = previous
+
+
+def ensure(
+    experiments: Sequence[Experiment], context: ExperimentContext, *, verbose: bool = True,
+    stream: TextIO | None = None,
+) -> dict[str, ExperimentRun]:
+    """Reuse every fresh table; run the missing or stale experiments one at a time.
+
+    On ``stream`` (default: stderr) a bar runs over ``experiments`` and each experiment that runs is
+    announced with its position and an estimate from its last run (:mod:`figures.progress`); its
+    :meth:`ExperimentContext.step` reports go to the bar. Unless ``verbose``, third-party output while an
+    experiment is keyed (which may load the model) and run is dropped (:mod:`figures.quiet`).
+    """
     runs: dict[str, ExperimentRun] = {}
-    with tqdm(experiments, desc="experiments", unit="exp", disable=None) as bar:
-        for exp in bar:
-            bar.set_postfix_str(exp.name)
-            runs[exp.name] = run_one(exp, context)
+    with ExperimentProgress(len(experiments), stream) as progress:
+        for index, exp in enumerate(experiments, start=1):
+            with quiet_unless(verbose):
+                key = cache_key(exp, context)
+            run = cached_run(exp, context, key)
+            if run is None:
+                progress.start(index, exp.name, last_runtime(context.result_path(exp)))
+                with quiet_unless(verbose), _steps_to(context, progress.step):
+                    run = compute_run(exp, context, key)
+            runs[exp.name] = run
+            progress.advance()
     return runs
 
 

@@ -9,7 +9,6 @@ runtime, the caption and the sha256 of every file written.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from collections.abc import Mapping, Sequence
@@ -27,6 +26,7 @@ from figures.paper import write_results_section
 from figures.registry import Artifact, Tables, needed_experiments
 from figures.style import THESIS_RC
 from measure.atomic import atomic_path, write_text_atomic
+from measure.fetch import sha256_file
 from measure.provenance import collect
 from theory.errors import PvqError
 
@@ -83,10 +83,6 @@ def save_table(styler: Styler, stem: Path) -> tuple[Path, ...]:
     return (tex,)
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def draw(artifact: Artifact, tables: Tables) -> Figure | Styler:
     """Call the artifact's draw function in the thesis style and check what it returned."""
     expected = Figure if artifact.kind == "figure" else Styler
@@ -118,7 +114,7 @@ def render_artifact(
         artifact=artifact.name, kind=artifact.kind, section=artifact.section, caption=caption,
         needs=list(artifact.needs), **facts,
         runtime_s={"render": round(seconds, 3), "experiments": round(experiment_seconds, 3)},
-        files={path.name: _sha256(path) for path in files},
+        files={path.name: sha256_file(path) for path in files},
     )
     write_text_atomic(sidecar, json.dumps(provenance, indent=2, sort_keys=True, default=str))
     return RenderedArtifact(artifact.name, artifact.kind, files, sidecar, seconds)
@@ -135,15 +131,17 @@ class BuildReport:
 
 
 def build(
-    artifacts: Sequence[Artifact], registered: Sequence[Artifact], context: ExperimentContext, out_dir: Path
+    artifacts: Sequence[Artifact], registered: Sequence[Artifact], context: ExperimentContext, out_dir: Path,
+    *, verbose: bool = True,
 ) -> BuildReport:
     """Run missing/stale experiments of ``artifacts``, render them, regenerate the results section.
 
     The results section lists every artifact of ``registered`` that has been rendered into ``out_dir``
-    (so ``--only`` does not drop the others from the chapter).
+    (so ``--only`` does not drop the others from the chapter). Without ``verbose`` the experiments run with
+    third-party output silenced (:func:`figures.experiments.ensure`).
     """
     start = time.perf_counter()
-    runs = ensure(lookup(needed_experiments(artifacts)), context)
+    runs = ensure(lookup(needed_experiments(artifacts)), context, verbose=verbose)
     rendered = []
     with tqdm(artifacts, desc="rendering", unit="artifact", disable=None) as bar:
         for artifact in bar:

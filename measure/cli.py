@@ -23,6 +23,7 @@ COMMANDS: dict[str, str] = {
     "figures": "figures.cli",
     "paper": "figures.paper_cli",
     "run": "measure.commands.run",
+    "verify": "measure.commands.verify",
 }
 
 

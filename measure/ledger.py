@@ -74,16 +74,16 @@ class LayerErrorMeter:
     def __init__(self, weight: torch.Tensor, gram: torch.Tensor) -> None:
         self.weight = weight.detach().double()
         self.gram = gram.detach().double()
-        self.signal = _quadratic_trace(self.weight, self.gram)
+        self.signal = quadratic_trace(self.weight, self.gram)
         if not self.signal > 0:
             raise PvqError("the layer output W·X is zero on the calibration data; the relative error is undefined")
 
     def relative_error(self, weight_hat: torch.Tensor) -> float:
         """tr(ΔW H ΔWᵀ) / tr(W H Wᵀ)."""
-        return max(_quadratic_trace(weight_hat.detach().double() - self.weight, self.gram), 0.0) / self.signal
+        return max(quadratic_trace(weight_hat.detach().double() - self.weight, self.gram), 0.0) / self.signal
 
 
-def _quadratic_trace(matrix: torch.Tensor, gram: torch.Tensor) -> float:
+def quadratic_trace(matrix: torch.Tensor, gram: torch.Tensor) -> float:
     """tr(M H Mᵀ) = Σ_ij (M H)_ij M_ij."""
     return float(((matrix @ gram) * matrix).sum())
 

@@ -87,11 +87,13 @@ def answer_table(levels: pd.DataFrame, points: pd.DataFrame, views: Sequence[str
 
 def end_to_end_table(levels: pd.DataFrame, points: pd.DataFrame) -> pd.DataFrame:
     """PPL and KL of every removal level and every compressed model (free-mask sizes for pruners), one table:
-    family, method, spec, removed, removed_fraction, bits_per_weight, perplexity, kl_to_reference_nats."""
+    family, method, spec, removed, removed_fraction, bits_per_weight (per decoder parameter),
+    linear_bits_per_weight (the same size per linear weight), perplexity, kl_to_reference_nats."""
     removal = pd.DataFrame({
         "family": "removal", "method": levels["ordering"], "spec": "remove:blocks=" + levels["blocks"],
         "removed": levels["removed"], "removed_fraction": levels["removed_fraction"],
-        "bits_per_weight": levels["bits_per_weight"], "perplexity": levels["perplexity"],
+        "bits_per_weight": levels["bits_per_weight"], "linear_bits_per_weight": levels["linear_bits_per_weight"],
+        "perplexity": levels["perplexity"],
         "kl_to_reference_nats": levels["kl_to_reference_nats"],
     })  # fmt: skip
     rows = points[(points["view"] == "end_to_end") & (points["family"] != "reference")
@@ -99,6 +101,7 @@ def end_to_end_table(levels: pd.DataFrame, points: pd.DataFrame) -> pd.DataFrame
     compression = pd.DataFrame({
         "family": rows["family"], "method": rows["series"], "spec": rows["term"], "removed": math.nan,
         "removed_fraction": rows["removed_fraction"], "bits_per_weight": rows["bits_per_weight"],
-        "perplexity": rows["perplexity"], "kl_to_reference_nats": rows["error"],
+        "linear_bits_per_weight": rows["linear_bits_per_weight"], "perplexity": rows["perplexity"],
+        "kl_to_reference_nats": rows["error"],
     })  # fmt: skip
     return pd.concat([removal, compression], ignore_index=True)

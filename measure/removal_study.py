@@ -315,6 +315,23 @@ end to end); ``quality_db`` = −10·log10 error; ``mixed``: a model spliced fro
 size (``removed_fraction``), ``size_gap_bits`` its size minus b(f)."""
 
 
+class StepClock:
+    """Seconds of each call made through it, printed as ``compress 1.2 s, local_errors 3.4 s, ...``."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    def __call__(self, function: Callable[..., Any], *args: Any) -> Any:
+        start = time.perf_counter()
+        try:
+            return function(*args)
+        finally:
+            self.seconds[function.__name__.strip("_")] = time.perf_counter() - start
+
+    def __str__(self) -> str:
+        return ", ".join(f"{name} {value:.1f} s" for name, value in self.seconds.items())
+
+
 def _step(text: str) -> LayerStep:
     return parse_term_list(text)[0]
 
@@ -361,11 +378,12 @@ def measure_quantizer(meter: ViewMeter, evaluator: ResidualStreamEvaluator | Non
     targets = levels.drop_duplicates("removed_fraction")[["removed_fraction", "linear_bits_per_weight"]]
     previous: tuple[LayerStep, TermWeights] | None = None
     for bits, step in steps.items():
-        start = time.perf_counter()
-        weights = meter.compress(step)
-        points.add(series, "quantization", step.text, bits_of[bits], meter.local_errors(weights),
-                   _evaluate(meter, weights.weights, evaluator))  # fmt: skip
-        log(f"{step.text} measured ({time.perf_counter() - start:.1f} s)")
+        clock = StepClock()
+        weights = clock(meter.compress, step)
+        local = clock(meter.local_errors, weights)
+        points.add(series, "quantization", step.text, bits_of[bits], local,
+                   clock(_evaluate, meter, weights.weights, evaluator))  # fmt: skip
+        log(f"{step.text} measured ({clock})")
         if previous is not None and evaluator is not None:
             for fraction, target in targets.itertuples(index=False):
                 if bracketing_widths(bits_of, target) == (bits - 1, bits):
@@ -384,14 +402,14 @@ def measure_pruner(meter: ViewMeter, evaluator: ResidualStreamEvaluator | None, 
     """Points of ``pruner`` at every sparsity, one row per view and mask convention (the bits differ by convention,
     the errors do not)."""
     for sparsity in sorted(set(sparsities)):
-        start = time.perf_counter()
+        clock = StepClock()
         step = _step(f"{pruner}:{sparsity:.9f}")
-        weights = meter.compress(step)
-        errors, result = meter.local_errors(weights), _evaluate(meter, weights.weights, evaluator)
+        weights = clock(meter.compress, step)
+        errors, result = clock(meter.local_errors, weights), clock(_evaluate, meter, weights.weights, evaluator)
         for name in conventions:
             bits = sparse_bits_per_weight(float(step.params["sparsity"]), mask_convention(name))
             points.add(pruner, "pruning", step.text, bits, errors, result, mask_convention=name)
-        log(f"{step.text} measured ({time.perf_counter() - start:.1f} s)")
+        log(f"{step.text} measured ({clock})")
 
 
 def measure_reference(meter: ViewMeter, points: StudyPoints, linear_bits: Sequence[float]) -> pd.DataFrame:

@@ -4,7 +4,8 @@
 calibrated on the original model's stream), scores it on the pinned evaluation windows with the original as
 KL reference (:class:`measure.evaluation.residual.ResidualStreamEvaluator`, the evaluator of the removal study, so
 the numbers share its windows), and restores the weights. The figure adds the removal study's end-to-end points
-(removal orderings and the size-matched pruners and quantizers). Size is the bits per weight of the decoder's
+(removal orderings, RTN and GPTQ over 2–16 bits, magnitude pruning, and the models spliced at each removal's
+size). Size is the bits per weight of the decoder's
 compressed linear weights for compression and b(f) = 16(1 − f) for removal (Kuzmin et al. 2023, Sec. 3, free
 mask: pruning at sparsity s costs 16(1 − s)); joint pruning + quantization is Sec. 5 of the same paper.
 """
@@ -33,10 +34,10 @@ from figures.style import OKABE_ITO, line_kwargs, method_order, new_figure
 
 SECTION = "Perplexity at equal size"
 FRONTIER = "compression_frontier"
-SPECS = ("rtn:3:g128", "rtn:4:g128", "gptq:3:g128", "gptq:4:g128", "magnitude:0.5", "sparsegpt:0.5",
-         "sparsegpt:0.5+gptq:4:g128")  # fmt: skip
-"""Quantization at 3 and 4 bits (groups of 128), pruning at 50 % (8 bits per weight at equal size), and the joint
-SparseGPT 50 % + GPTQ 4-bit point of the pruning × quantization frontier."""
+SPECS = ("sparsegpt:0.5", "sparsegpt:0.5+gptq:4:g128")
+"""SparseGPT at 50 % (8 bits per weight with a free mask) and the joint SparseGPT 50 % + GPTQ 4-bit point of the
+pruning × quantization frontier. RTN and GPTQ (groups of 128) and magnitude pruning come from the removal study's
+end-to-end points (same calibration, windows and evaluator), which measure them at many more sizes."""
 
 
 def spec_method(spec: str) -> str:
@@ -104,7 +105,8 @@ def frontier_points(tables: Tables) -> pd.DataFrame:
     study = study_part(tables[STUDY], "end_to_end")
     removal = study["family"] == "removal"
     series = np.where(removal, "remove:" + study["method"].astype(str), study["method"].astype(str))
-    study = study.assign(series=series).drop_duplicates(["series", "bits_per_weight"])
+    study = study.assign(series=series, bits_per_weight=study["linear_bits_per_weight"])
+    study = study.drop_duplicates(["series", "bits_per_weight"])
     columns = ["series", "family", "bits_per_weight", "perplexity", "kl_to_reference_nats"]
     return pd.concat([own[columns], study[columns]], ignore_index=True)
 
@@ -115,8 +117,10 @@ def _caption(tables: Tables, facts: Mapping[str, Any]) -> str:
     specs = ", ".join(f"\\texttt{{{escape_tex(spec)}}}" for spec in own["spec"])
     return (
         f"Perplexity (a) and KL to the original (b) against size in bits per weight of the decoder's linear "
-        f"weights (removal: $b(f) = 16(1-f)$, pruning: $16(1-s)$ with a free mask). Compression: {specs}, plus "
-        "the removal study's orderings (dotted) and its size-matched pruning and quantization. Original model: "
+        "weights (pruning: $16(1-s)$ with a free mask; removal of a fraction $f$ of the decoder: the bits per "
+        "linear weight of the same size, $16(1-f)$ per decoder parameter with norms at 16 bits). Compression: "
+        f"{specs}, plus the removal study's orderings (dotted), RTN and GPTQ over 2--16 bits, magnitude pruning "
+        "and the models spliced from two widths at each removal's size. Original model: "
         f"perplexity {base:.2f} (dashed line). {escape_tex(facts['model_id'])}; "
         f"{describe_protocol(facts['protocol'][FRONTIER])}."
     )

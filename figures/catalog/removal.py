@@ -39,16 +39,16 @@ PARTS = ("units", "angular", "single_units", "layers", "blocks", "layer_rd", "le
 SETTINGS = {
     "max_removed": 8, "orderings": ["bi", "angular", "reverse", "random"], "seed": 0, "batch_size": 4,
     "probe_windows": 1, "sublayers": False, "quantizers": ["rtn", "gptq"], "groups": ["g128"],
-    "quantizer_bits": {"rtn": [2, 3, 4, 5, 6, 8, 11, 12, 13, 14, 15, 16], "gptq": [2, 3, 4, 6, 8]},
-    "pruners": ["magnitude"], "pruner_sparsities": [0.5, 0.75, 0.875], "mask_conventions": ["free", "entropy"],
-    "views": ["layer_energy", "layer_parameters", "block", "end_to_end"], "block_sequences": 2, "workers": None,
+    "quantizer_bits": {"rtn": [2, 3, 4, 6, 8, 11, 12, 13, 14, 15, 16], "gptq": [2, 3, 4]},
+    "pruners": ["magnitude"], "pruner_sparsities": [0.5, 0.75], "mask_conventions": ["free", "entropy"],
+    "views": ["layer_energy", "layer_parameters", "block", "end_to_end"], "block_sequences": 1, "workers": None,
 }  # fmt: skip
 """StudySettings of the default run, sized for the 20-minute budget: removal levels 1..8 blocks by the four
 orderings (BI, angular rule, reverse, random with seed 0), each block removed alone on 1 probe window; RTN in
-groups of 128 at 2–6, 8 and 11–16 bits (every b(f) of 1..8 removed blocks lies between two consecutive widths),
-GPTQ in groups of 128 at 2, 3, 4, 6 and 8 bits (its curve; it has no bracketing widths at b(f)); magnitude
-pruning at the equal-size sparsity of every level and mask convention and at 50/75/87.5 %; the block view on the
-first two calibration sequences (1024 tokens). The full study (``pvq remove --study``) measures RTN and GPTQ at
+groups of 128 at 2, 3, 4, 6, 8 and 11–16 bits (every b(f) of 1..8 removed blocks lies between two consecutive
+widths), GPTQ in groups of 128 at 2, 3 and 4 bits (its curve where removal's errors lie; no widths bracket b(f));
+magnitude pruning at the equal-size sparsity of every level and mask convention and at 50 and 75 %; the block view
+on the first calibration sequence (512 tokens). The full study (``pvq remove --study``) measures RTN and GPTQ at
 every width 2–16, per channel and in groups of 128, and SparseGPT."""
 IMPORTANCE_SERIES = {
     "bi": ("Block Influence (block)", OKABE_ITO["blue"], "o"),
@@ -190,14 +190,12 @@ def study_settings(settings: Mapping[str, Any]) -> Any:
 def removal_study(config: Mapping[str, Any], context: ExperimentContext) -> pd.DataFrame:
     """:func:`measure.removal_study.run_study` on the loaded model with ``config["settings"]``, its tables
     stacked (:func:`stack_parts`) plus a ``base`` part holding the original model's perplexity."""
-    from tqdm import tqdm
-
     from measure.removal_study import run_study
 
     loaded = context.model
     study = run_study(loaded.model, calibration(loaded, config["calibration"]),
                       evaluation_windows(loaded, config["evaluation"]), study_settings(config["settings"]),
-                      log=lambda step: tqdm.write(f"removal_study: {step}"))  # fmt: skip
+                      log=context.step)  # fmt: skip
     return stack_parts({**study.tables, "base": pd.DataFrame([study.summary["base"]])})
 
 
