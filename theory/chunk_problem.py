@@ -15,7 +15,8 @@ What a chunk result bounds
   ``eᵀHe = Σ_C e_Cᵀ H_CC e_C + Σ_{C≠D} e_Cᵀ H_CD e_D``. Dropping the cross terms leaves a separable
   objective whose optimum is exactly the sum of the chunk optima, so summed chunk bounds are exact
   bounds of the surrogate with Gram ``blockdiag(H_CC)``; the cross terms have no sign, so they are not
-  bounds of the full-row optimum. The signal of the surrogate is ``Σ_C w_Cᵀ H_CC w_C``.
+  bounds of the full-row optimum. Its SQNR, like the sub-problem's, uses the full-row signal ``wᵀHw``
+  (:func:`aggregate_sqnr`), not the surrogate's own energy ``Σ_C w_Cᵀ H_CC w_C``.
   A concrete compressed row assembled from chunk solutions has the true error ``eᵀHe``
   (:func:`row_error`), an upper bound of the full-row optimum.
 
@@ -69,7 +70,8 @@ class ChunkProblem:
 
     @property
     def signal(self) -> float:
-        """``wᵀHw``: the chunk's share of the output energy (the SQNR numerator)."""
+        """``w_Cᵀ H_CC w_C``: the chunk's own energy (the scale of its errors; the SQNR numerator is the whole
+        row's ``wᵀHw``, :func:`aggregate_sqnr`)."""
         return float(self.weights @ self.gram @ self.weights)
 
     def error(self, compressed: np.ndarray) -> float:
@@ -274,12 +276,14 @@ def layer_signal(weight: np.ndarray, gram: np.ndarray) -> float:
 
 
 def aggregate_sqnr(signal: float, results: list[SolverResult]) -> SqnrInterval:
-    """Layer output SQNR interval: ``signal / Σ value`` (lower dB) to ``signal / Σ lower_bound`` (upper dB).
+    """Output SQNR interval of rows: ``signal / Σ value`` (lower dB) to ``signal / Σ lower_bound`` (upper dB).
 
-    Row sums are exact because rows are independent. Which chunk results and which signal make a
-    statement (module docstring): every chunk of every row with ``signal = Σ problem.signal`` bounds the
-    block-diagonal surrogate (the paper's numbers); one chunk C of every row with
-    ``signal = layer_signal(W, H)`` bounds the exact sub-problem "compress only C".
+    ``signal`` is the full output energy of the rows the results belong to, ``layer_signal(W_rows, H)``
+    (``Σ_r w_rᵀHw_r``, each row counted once), so the ratio is the energy-weighted relative error
+    ``Σ_r Σ_C e_rC / Σ_r w_rᵀHw_r``. Row sums are exact because rows are independent. What it bounds (module
+    docstring): with one chunk C of each row, the exact sub-problem "compress only C, the rest of the row
+    original"; with every chunk of each row, the block-diagonal surrogate of those rows (the paper's numbers),
+    over the same full-row signal, hence comparable in level with a whole layer's ``tr(ΔW H ΔWᵀ)/tr(W H Wᵀ)``.
     """
     if not results:
         raise PvqError("no chunk results to aggregate")

@@ -1,14 +1,18 @@
 """Per-layer bounds: exact optima and certified SDP bounds of the chunk problems on real layers, vs heuristics.
 
 Kuzmin et al. (NeurIPS 2023, Sec. 4, Fig. 4) solve the per-layer quantization and pruning problems exactly on
-small chunks and bound them with SDPs. Here (:func:`measure.bounds.bounds_for_model`): for each sublayer kind
-(q, k, v, o, gate, up, down) of the first, middle and last block of the model and b = 2, 3, 4, the exact
-quantization optimum, the Park–Boyd bound, RTN and GPTQ against the exact pruning optimum (equal size), the
-perspective bound, and magnitude, Wanda and SparseGPT, as output SQNR over the chunks measured.
+small chunks and bound them with SDPs. Here (:func:`measure.bounds.bounds_for_model`): for each sublayer kind in
+``roles`` of the blocks at ``positions`` and b = 2, 3, 4, on every chunk of ``rows`` seeded random output rows,
+the exact quantization optimum, the Park–Boyd bound, RTN and GPTQ against the exact pruning optimum (equal size),
+the perspective bound, and magnitude, Wanda and SparseGPT, as the energy-weighted output SQNR of the sampled
+rows with a 95% bootstrap interval over rows; and the Gaussian rate–distortion reference of each whole layer.
+The SDP bounds run only at ``sdp_bits`` on the ``sdp_roles`` layers: the two SDPs of a chunk of 16 take about
+0.13–0.17 s, so 16 rows × 36 chunks of one layer take 75–100 s per b on 2 loaded CPU cores.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -19,17 +23,20 @@ from pandas.io.formats.style import Styler
 
 from figures.experiments import ExperimentContext, experiment
 from figures.registry import Caption, Tables, escape_tex, figure, table
-from figures.style import FAMILY_LINESTYLE, OKABE_ITO, method_legend, new_figure, thesis_table
+from figures.style import FAMILY_LINESTYLE, OKABE_ITO, new_figure, thesis_table
 
 SECTION = "Exact per-layer bounds"
 SWEEP = "layer_bounds_sweep"
 POSITIONS = ("first", "middle", "last")
 SWEEP_CONFIG = {
-    "positions": list(POSITIONS), "roles": ["q", "k", "v", "o", "gate", "up", "down"], "bits": [2, 3, 4],
-    "sdp_bits": [4], "opt_dim": 32, "rows": 2, "max_chunks": 1, "sequences": 4, "sequence_length": 256,
+    "positions": ["middle"], "roles": ["q", "o", "up", "down"], "bits": [2, 3, 4], "sdp_bits": [],
+    "sdp_roles": ["q"], "opt_dim": 16, "rows": 16, "max_chunks": None, "sequences": 4, "sequence_length": 256,
     "time_limit": 2.0,
 }  # fmt: skip
-"""Sized for the 4-minute budget of this sweep on 2 loaded CPU cores (the SDPs dominate: about 1.3 s each)."""
+"""Every chunk of 16 rows of four layers of the middle block, one per distinct input (q shares its input with
+k and v, up with gate), sized for the about 2 minutes this sweep takes on 2 loaded CPU cores: chunks of 16 (the
+exact solves of chunks of 32 take 5–15 s per row and b) and no SDP bounds (``sdp_bits`` empty): on one layer
+at one b they would add about 100 s. Set ``sdp_bits`` (and ``sdp_roles``) to draw them."""
 SERIES = (
     ("quantization", "exact", "sqnr_db", "INT-$b$ exact optimum", "black", "o"),
     ("quantization", "park_boyd", "sqnr_upper_db", "INT-$b$ SDP bound (Park–Boyd)", "reddish_purple", "v"),
@@ -42,7 +49,10 @@ SERIES = (
     ("pruning", "magnitude", "sqnr_db", "magnitude", "orange", "s"),
 )
 """(family, method, column, label, Okabe–Ito colour, marker) of each line of the figure; bounds are drawn at their
-SQNR upper bound, quantization solid and pruning dashed."""
+SQNR upper bound, quantization solid and pruning dashed; error bars are the ``column``'s ``_low95``/``_high95``."""
+REFERENCE_SERIES = ("sqnr_db", "Gaussian RD reference (not a bound)", "black")
+"""(column, label, colour) of the Gaussian rate–distortion reference (:data:`measure.bounds.REFERENCE`), dotted.
+The figure imports :mod:`measure.bounds` (and with it cvxpy) only when it draws."""
 GAPS = {
     "quant_exact_db": ("quantization", "exact", "sqnr_db"),
     "gptq_gap_db": ("quantization", "gptq", "sqnr_db"),
@@ -56,6 +66,9 @@ GAPS = {
     "perspective_gap_db": ("pruning", "perspective", "sqnr_upper_db"),
 }
 """Table column -> (family, method, SQNR column); a ``_gap_db`` column is |that − the family's exact optimum|."""
+PANEL_COLUMNS = 2
+DODGE = 0.025
+"""Horizontal offset (bits) between neighbouring series, so that their error bars do not hide each other."""
 
 
 def sweep_blocks(count: int, positions: list[str]) -> list[int]:
@@ -64,53 +77,98 @@ def sweep_blocks(count: int, positions: list[str]) -> list[int]:
     return sorted({where[position] for position in positions})
 
 
+def _synthetic_methods(rng: np.random.Generator, bits: int) -> list[tuple[str, str, str, float, float]]:
+    """(family, method, kind, sqnr_db, sqnr_upper_db) of every method at ``bits``, made up."""
+    quant, prune = 6.0 * bits - 3 + rng.normal(0, 0.3), 2.0 + 1.5 * bits + rng.normal(0, 0.3)
+    methods = [("quantization", "exact", "exact", quant, quant),
+               ("quantization", "park_boyd", "bound", quant - 0.4, quant + 1.0),
+               ("quantization", "gptq", "heuristic", quant - 0.5, np.nan),
+               ("quantization", "rtn", "heuristic", quant - 2.0, np.nan),
+               ("pruning", "exact", "exact", prune, prune),
+               ("pruning", "perspective", "bound", prune - 0.2, prune + 0.8)]
+    methods += [("pruning", name, "heuristic", prune - drop, np.nan) for name, drop in
+                (("magnitude", 3.0), ("wanda", 2.0), ("sparsegpt", 1.0), ("magnitude+refit", 1.0),
+                 ("wanda+refit", 0.7), ("sparsegpt+refit", 0.3))]
+    from measure.bounds import REFERENCE
+
+    return [*methods, (*REFERENCE, "reference", 6.02 * bits + 1.0, np.nan)]
+
+
 def synthetic_sweep(rng: np.random.Generator) -> pd.DataFrame:
-    """A small stand-in for :func:`measure.bounds.bounds_for_model` (same columns, made-up values)."""
+    """A small stand-in for :func:`measure.bounds.bounds_for_model` (same columns and dtypes, made-up values)."""
     rows = []
     for block in (0, 1):
         for role in ("q", "down"):
             for bits in SWEEP_CONFIG["bits"]:
-                quant, prune = 6.0 * bits - 3 + rng.normal(0, 0.3), 2.0 + 1.5 * bits + rng.normal(0, 0.3)
-                methods = [("quantization", "exact", "exact", quant, quant), ("quantization", "park_boyd", "bound",
-                           quant - 0.4, quant + 1.0), ("quantization", "gptq", "heuristic", quant - 0.5, np.nan),
-                           ("quantization", "rtn", "heuristic", quant - 2.0, np.nan),
-                           ("pruning", "exact", "exact", prune, prune + 0.1),
-                           ("pruning", "perspective", "bound", prune - 0.2, prune + 0.8)]
-                methods += [("pruning", name, "heuristic", prune - drop, np.nan) for name, drop in
-                            (("magnitude", 3.0), ("wanda", 2.0), ("sparsegpt", 1.0), ("magnitude+refit", 1.0),
-                             ("wanda+refit", 0.7), ("sparsegpt+refit", 0.3))]
-                for family, method, kind, sqnr, upper in methods:
-                    rows.append({"family": family, "method": method, "kind": kind, "sqnr_db": sqnr,
-                                 "sqnr_upper_db": upper, "status": "optimal" if kind == "exact" else kind,
-                                 "optimal_chunks": 2 if kind == "exact" else 0, "chunks": 2,
-                                 "gap": 0.0 if kind == "exact" else np.nan,
-                                 "layer": f"model.layers.{block}.{role}", "block": block, "role": role,
-                                 "bits": bits})  # fmt: skip
-    return pd.DataFrame(rows)
+                for family, method, kind, sqnr, upper in _synthetic_methods(rng, bits):
+                    measured, bounded = kind != "reference", kind in ("exact", "bound")
+                    rows.append({
+                        "family": family, "method": method, "kind": kind, "sqnr_db": sqnr,
+                        "sqnr_db_low95": sqnr - 0.5 if measured else np.nan,
+                        "sqnr_db_high95": sqnr + 0.4 if measured else np.nan, "sqnr_upper_db": upper,
+                        "sqnr_upper_db_low95": upper - 0.5 if bounded else np.nan,
+                        "sqnr_upper_db_high95": upper + 0.4 if bounded else np.nan,
+                        "status": {"exact": "optimal", "reference": "reference"}.get(kind, kind),
+                        "optimal_chunks": 4 if kind == "exact" else 0, "chunks": 4 if measured else 0,
+                        "rows": 2 if measured else 64, "gap": 0.0 if bounded else np.nan,
+                        "layer": f"model.layers.{block}.{role}", "block": block, "role": role, "bits": bits,
+                    })  # fmt: skip
+    return pd.DataFrame(rows).astype({"family": "str", "method": "str", "kind": "str", "status": "str",
+                                      "layer": "str", "role": "str"})  # fmt: skip
 
 
 @experiment(SWEEP, config=SWEEP_CONFIG, synthetic=synthetic_sweep, needs_model=True,
             code=("measure.bounds", "measure.capture", "measure.calibration", "theory"))  # fmt: skip
 def layer_bounds_sweep(config: Mapping[str, Any], context: ExperimentContext) -> pd.DataFrame:
-    """:func:`measure.bounds.bounds_for_model` over the ``roles`` of the blocks at ``positions``, without its
-    ``seconds`` column: solver times vary from run to run, and experiment tables must be byte-identical across
-    runs (the total runtime is in the provenance; ``pvq bounds`` reports per-method times)."""
+    """:func:`measure.bounds.bounds_for_model` over the ``roles`` of the blocks at ``positions`` (SDPs at
+    ``sdp_bits`` on the ``sdp_roles`` layers), without its ``seconds`` column: solver times vary from run to run,
+    and experiment tables must be byte-identical across runs (the total runtime is in the provenance;
+    ``pvq bounds`` reports per-method times)."""
     from measure.architecture import describe
     from measure.bounds import bounds_for_model
 
     loaded = context.model
     arch = describe(loaded.model)
-    names = [ref.name for index in sweep_blocks(len(arch.blocks), config["positions"])
-             for ref in arch.blocks[index].linears if ref.role in config["roles"] and ref.expert_index is None]
+    blocks = [arch.blocks[index] for index in sweep_blocks(len(arch.blocks), config["positions"])]
+    refs = [ref for block in blocks for ref in block.linears
+            if ref.role in config["roles"] and ref.expert_index is None]  # fmt: skip
     return bounds_for_model(
-        loaded, names, config["bits"], opt_dim=config["opt_dim"], rows=config["rows"],
+        loaded, [ref.name for ref in refs], config["bits"], opt_dim=config["opt_dim"], rows=config["rows"],
         max_chunks=config["max_chunks"], sdp_bits=config["sdp_bits"], sequences=config["sequences"],
         sequence_length=config["sequence_length"], time_limit=config["time_limit"], seed=context.seed,
+        sdp_layers=[ref.name for ref in refs if ref.role in config["sdp_roles"]],
     ).drop(columns="seconds")
 
 
+def _chunks_text(config: Mapping[str, Any]) -> str:
+    """"every chunk" or "the first N chunks" of ``opt_dim`` inputs, as the config says."""
+    count = config["max_chunks"]
+    which = "every chunk" if count is None else f"the first {count} chunk(s)"
+    return f"{which} of {config['opt_dim']} inputs"
+
+
+_SQNR_TEXT = (
+    "Output SQNR [dB] $= 10\\log_{10}(\\sum_r w_r^\\top H w_r / \\sum_r \\sum_C e_{rC})$: the sampled rows' full "
+    "output energy over their summed chunk errors $e_{rC}$, energy-weighted over rows (the level of a whole "
+    "layer's $\\mathrm{tr}(W H W^\\top) / \\mathrm{tr}(\\Delta W H \\Delta W^\\top)$)."
+)
+
+
+def _sdp_text(frame: pd.DataFrame, config: Mapping[str, Any]) -> str:
+    """Caption sentence: where the SDP bounds were computed, or that none were, and why."""
+    layers = frame.loc[frame["kind"] == "bound", "layer"].unique()
+    cost = (f"SDPs on every chunk of {config['rows']} rows are too slow for this sweep; "
+            "\\texttt{pvq bounds} computes them")  # fmt: skip
+    if len(layers) == 0:
+        return f"No SDP bounds in this sweep ({cost})."
+    bits = ", ".join(map(str, sorted(frame.loc[frame["kind"] == "bound", "bits"].unique())))
+    return f"SDP bounds only at $b \\in \\{{{bits}\\}}$ on {', '.join(map(escape_tex, layers))} ({cost})."
+
+
 def _protocol(tables: Tables, facts: Mapping[str, Any]) -> str:
-    """Caption text: what was solved, on which data, and the grid detection of the model."""
+    """Caption text: what was solved, on which data, what the SQNR and its interval are, and the grid detection."""
+    from measure.bounds import BOOTSTRAP_RESAMPLES, INTERVAL_LEVEL
+
     config, frame = facts["protocol"][SWEEP], tables[SWEEP]
     exact = frame[frame["kind"] == "exact"]
     grid = facts["grid_detection"]
@@ -118,14 +176,13 @@ def _protocol(tables: Tables, facts: Mapping[str, Any]) -> str:
     return (
         f"{escape_tex(facts['model_id'])}, {frame['layer'].nunique()} layers (blocks "
         f"{', '.join(map(str, sorted(frame['block'].unique())))}; {', '.join(map(escape_tex, config['roles']))}); "
-        f"per layer {config['rows']} seeded random rows $\\times$ the first {config['max_chunks']} chunk(s) of "
-        f"{config['opt_dim']} inputs, each chunk compressed alone with the rest of its row unchanged; SQNR = "
-        f"$10\\log_{{10}}(\\sum$ signal$/\\sum$ error$)$ over those chunks, Gram from {config['sequences']}"
-        f"$\\times${config['sequence_length']} calibration tokens (1\\% damping). SDP bounds only at "
-        f"$b \\in \\{{{', '.join(map(str, config['sdp_bits']))}\\}}$; exact solves limited to "
-        f"{config['time_limit']:g}~s per chunk ({int(exact['optimal_chunks'].sum())} of "
-        f"{int(exact['chunks'].sum())} proven optimal). Pruning keeps $k = n\\,b/16$ weights (free mask), refit "
-        f"box $2\\max|w|$. Grid detection: {escape_tex(verdict)}."
+        f"per layer {config['rows']} seeded random rows $\\times$ {_chunks_text(config)}, each chunk compressed "
+        f"alone with the rest of its row unchanged. {_SQNR_TEXT} $H$: Gram of {config['sequences']}$\\times$"
+        f"{config['sequence_length']} calibration tokens plus 1\\% damping. Error bars: "
+        f"{100 * INTERVAL_LEVEL:g}\\% percentile bootstrap over rows ({BOOTSTRAP_RESAMPLES} resamples). "
+        f"{_sdp_text(frame, config)} Exact solves limited to {config['time_limit']:g}~s per chunk "
+        f"({int(exact['optimal_chunks'].sum())} of {int(exact['chunks'].sum())} proven optimal). Pruning keeps "
+        f"$k = n\\,b/16$ weights (free mask), refit box $2\\max|w|$. Grid detection: {escape_tex(verdict)}."
     )
 
 
@@ -139,34 +196,80 @@ def _with_protocol(text: str) -> Caption:
 
 
 _figure_caption = _with_protocol(
-    "Per-layer compression problems: median over the swept layers of the output SQNR of the exact optima, the "
-    "SDP bounds (drawn at their certified SQNR upper bound) and the heuristics, for quantization (solid) and "
-    "pruning at equal size (dashed)."
+    "Per-layer compression problems, one panel per layer: output SQNR [dB] of the exact optima, the SDP bounds "
+    "where computed (drawn at their certified SQNR upper bound) and the heuristics, for quantization (solid) and "
+    "pruning at equal size (dashed), vs bits per weight (INT-$b$: $b$ bits per weight, its per-chunk scale not "
+    "counted). "
+    "Dotted: the Gaussian rate--distortion reference of the whole layer (all rows, same damped $H$), "
+    "$10\\log_{10}(\\sum_j \\mu_j / D)$ [dB]: $\\mu_j$ the eigenvalues of $H^{1/2} \\Sigma_w H^{1/2}$ with "
+    "$\\Sigma_w = W^\\top W/\\mathrm{rows}$ ($\\sum_j \\mu_j = \\mathrm{tr}(W H W^\\top)/\\mathrm{rows}$, the "
+    "mean row output energy) and $D$ the least mean row output error that reverse water-filling on them (Cover "
+    "\\& Thomas, Thm 10.3.3) allows at $b$ bits per weight, every bit counted. It is a reference for Gaussian "
+    "rows with the layer's second-order statistics, not a bound on its real weights; with fewer rows than inputs "
+    "$\\Sigma_w$ has rank at most rows, and it spends all bits on those directions."
 )
+
+
+def _layer_panels(frame: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    """(title, rows) per layer of ``frame``, ordered by block, then as the table lists them (the model's order)."""
+    layers = frame.drop_duplicates("layer").sort_values("block", kind="stable")
+    return [(f"block {row.block} {row.role}", frame[frame["layer"] == row.layer]) for row in layers.itertuples()]
+
+
+def _draw_series(ax: Any, rows: pd.DataFrame, series: tuple[str, str, str, str, str, str], offset: float) -> None:
+    """One method of :data:`SERIES` on ``ax``: ``column`` vs bits (shifted by ``offset``) with its 95% interval
+    as error bars."""
+    family, method, column, label, color, marker = series
+    points = rows[(rows["family"] == family) & (rows["method"] == method)].dropna(subset=[column])
+    if points.empty:
+        return
+    points = points.sort_values("bits")
+    values = points[column].to_numpy(float)
+    below = values - points[f"{column}_low95"].to_numpy(float)
+    above = points[f"{column}_high95"].to_numpy(float) - values
+    ax.errorbar(points["bits"].to_numpy(float) + offset, values, yerr=np.vstack([below, above]),
+                color=OKABE_ITO[color], marker=marker, linestyle=FAMILY_LINESTYLE[family], capsize=2,
+                label=label)  # fmt: skip
 
 
 @figure("per_layer_bounds", needs=(SWEEP,), caption=_figure_caption, section=SECTION)
 def per_layer_bounds(tables: Tables) -> Figure:
-    """Median output SQNR [dB] over layers vs bits, one line per (family, method) of :data:`SERIES`."""
+    """Output SQNR [dB] vs bits per layer: one error-bar line per (family, method) of :data:`SERIES` and the
+    Gaussian RD reference dotted (:data:`REFERENCE_SERIES`); one shared legend below the panels."""
     frame = tables[SWEEP]
-    fig, ax = new_figure(height_ratio=0.6)
-    for family, method, column, label, color, marker in SERIES:
-        rows = frame[(frame["family"] == family) & (frame["method"] == method)]
-        medians = rows.groupby("bits")[column].median().dropna()
-        if medians.empty:
-            continue
-        ax.plot(medians.index.to_numpy(float), medians.to_numpy(float), color=OKABE_ITO[color], marker=marker,
-                linestyle=FAMILY_LINESTYLE[family], label=label)
-    ax.set_xticks(sorted(frame["bits"].unique()))
-    ax.set_xlabel("Size [bits per weight; pruning at equal size]")
-    ax.set_ylabel("Output SQNR [dB], median over layers")
-    method_legend(ax)
+    panels = _layer_panels(frame)
+    columns = min(PANEL_COLUMNS, len(panels))
+    count = math.ceil(len(panels) / columns)
+    fig, axes = new_figure(nrows=count, ncols=columns, height_ratio=0.42 * count + 0.25)
+    axes = np.atleast_1d(axes).ravel()
+    from measure.bounds import REFERENCE
+
+    (family, method), (column, label, color) = REFERENCE, REFERENCE_SERIES
+    for index, (ax, (title, rows)) in enumerate(zip(axes, panels, strict=False)):
+        for number, series in enumerate(SERIES):
+            _draw_series(ax, rows, series, DODGE * (number - (len(SERIES) - 1) / 2))
+        reference = rows[(rows["family"] == family) & (rows["method"] == method)].sort_values("bits")
+        ax.plot(reference["bits"].to_numpy(float), reference[column].to_numpy(float), color=OKABE_ITO[color],
+                linestyle=":", label=label)  # fmt: skip
+        ax.set_title(title)
+        ax.set_xticks(sorted(frame["bits"].unique()))
+        ax.set_xlabel("bits per weight")
+        if index % columns == 0:
+            ax.set_ylabel("output SQNR [dB]")
+    for ax in axes[len(panels):]:
+        fig.delaxes(ax)
+    legend = {label: handle for ax in axes[: len(panels)] for handle, label in zip(*ax.get_legend_handles_labels(),
+                                                                                   strict=True)}  # fmt: skip
+    fig.legend(list(legend.values()), list(legend), loc="outside lower center", ncols=3, frameon=False)
     return fig
 
 
 def bound_gaps_frame(frame: pd.DataFrame) -> pd.DataFrame:
-    """Per (layer, b): the exact optima (dB), each heuristic's shortfall and each SDP bound's excess over the
-    exact optimum of its family, |method − exact| in dB (:data:`GAPS`)."""
+    """Per (layer, b): the exact optima (output SQNR, dB), each heuristic's shortfall and each SDP bound's excess
+    over the exact optimum of its family, |method − exact| in dB (:data:`GAPS`), the INT − pruning difference of
+    the exact optima and the Gaussian RD reference minus the INT exact optimum (signed, dB)."""
+    from measure.bounds import REFERENCE
+
     values = frame.pivot_table(index=["block", "role", "bits"], columns=["family", "method"], aggfunc="first",
                                values=["sqnr_db", "sqnr_upper_db"], dropna=False)  # fmt: skip
     gaps = pd.DataFrame(index=values.index)
@@ -175,15 +278,18 @@ def bound_gaps_frame(frame: pd.DataFrame) -> pd.DataFrame:
         exact = values[("sqnr_db", family, "exact")]
         gaps[name] = series if name.endswith("_exact_db") else (series - exact).abs()
     gaps["quant_minus_prune_db"] = gaps["quant_exact_db"] - gaps["prune_exact_db"]
+    gaps["reference_minus_quant_db"] = values[("sqnr_db", *REFERENCE)] - gaps["quant_exact_db"]
     gaps = gaps.reset_index()
     gaps["layer"] = gaps["block"].astype(str) + "." + gaps["role"].astype(str)
     return gaps
 
 
 _gaps_caption = _with_protocol(
-    "Bound gaps per layer and $b$ (dB): exact optima, how far each heuristic falls below the exact optimum of "
-    "its family, and how far the SDP bound lies above it (a certified bound on the optimum; -- where not "
-    "computed)."
+    "Bound gaps per layer and $b$, in dB of output SQNR (as in the figure: sampled rows' output energy over "
+    "their summed chunk errors): exact optima, how far each heuristic falls below the exact optimum of its "
+    "family, how far the SDP bound lies above it (a certified bound on the optimum; -- where not computed), "
+    "INT $-$ pruning exact optima, and the Gaussian rate--distortion reference of the whole layer minus the "
+    "INT exact optimum (RD $-$ INT; a reference for Gaussian weights, not a bound)."
 )
 
 
@@ -195,4 +301,5 @@ def bound_gaps(tables: Tables) -> Styler:
         "rtn_gap_db": "RTN", "sdp_gap_db": "SDP", "prune_exact_db": "prune exact", "sparsegpt_gap_db": "SparseGPT",
         "sparsegpt_refit_gap_db": "+refit", "wanda_gap_db": "Wanda", "magnitude_gap_db": "mag.",
         "perspective_gap_db": "persp.", "quant_minus_prune_db": "INT $-$ prune",
+        "reference_minus_quant_db": "RD $-$ INT",
     })  # fmt: skip

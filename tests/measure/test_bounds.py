@@ -1,4 +1,5 @@
-"""Per-layer bounds: lower <= exact <= heuristics per chunk, the aggregate equals a direct computation, errors."""
+"""Per-layer bounds: lower <= exact <= heuristics per chunk, the aggregate and its interval equal direct
+computations over full-row signals, the Gaussian reference, errors."""
 
 from __future__ import annotations
 
@@ -9,9 +10,21 @@ import numpy as np
 import pytest
 from tiny_models import tiny_model, tiny_tokenizer
 
-from measure.bounds import aggregate_records, bounds_for_model, layer_bounds, select_rows, solve_chunks
+from measure.bounds import (
+    BOOTSTRAP_RESAMPLES,
+    BOOTSTRAP_SEED,
+    COLUMNS,
+    REFERENCE,
+    aggregate_records,
+    bounds_for_model,
+    layer_bounds,
+    row_bootstrap_db,
+    select_rows,
+    solve_chunks,
+)
 from theory.accounting import Convention
 from theory.errors import PvqError
+from theory.rate_distortion import rd_sqnr_db
 
 TOLERANCE = 1e-9
 
@@ -23,10 +36,20 @@ def _layer(out_features: int = 5, in_features: int = 16, seed: int = 0) -> tuple
     return rng.standard_normal((out_features, in_features)), inputs.T @ inputs
 
 
+def _damped(gram: np.ndarray) -> np.ndarray:
+    return gram + 0.01 * np.mean(np.diag(gram)) * np.eye(gram.shape[0])
+
+
 @pytest.fixture(scope="module")
 def records() -> list:
     weight, gram = _layer()
     return solve_chunks(weight, gram, bits=3, opt_dim=6, rows=3, max_chunks=2, time_limit=30.0, seed=1)
+
+
+@pytest.fixture(scope="module")
+def all_chunks() -> list:
+    weight, gram = _layer()
+    return solve_chunks(weight, gram, bits=3, opt_dim=6, rows=4, time_limit=30.0, seed=2)
 
 
 def test_selected_rows_are_a_seeded_distinct_subset_and_only_the_first_chunks_are_solved(records) -> None:
@@ -54,7 +77,7 @@ def test_per_chunk_order_lower_bounds_then_exact_then_heuristics(records) -> Non
 
 def test_chunk_error_is_the_row_error_with_the_rest_of_the_row_unchanged(records) -> None:
     weight, gram = _layer()
-    damped = gram + 0.01 * np.mean(np.diag(gram)) * np.eye(gram.shape[0])
+    damped = _damped(gram)
     for record in records:
         row = weight[record.row].copy()
         row[record.chunk] = record.result.solution
@@ -62,17 +85,26 @@ def test_chunk_error_is_the_row_error_with_the_rest_of_the_row_unchanged(records
         assert difference @ damped @ difference == pytest.approx(record.result.value, rel=1e-9, abs=1e-12)
 
 
-def test_aggregate_sqnr_equals_a_direct_computation(records) -> None:
+def test_every_record_carries_the_full_output_energy_of_its_row(records) -> None:
     weight, gram = _layer()
-    damped = gram + 0.01 * np.mean(np.diag(gram)) * np.eye(gram.shape[0])
-    frame = aggregate_records(records).set_index(["family", "method"])
+    damped = _damped(gram)
+    for record in records:
+        assert record.signal == pytest.approx(weight[record.row] @ damped @ weight[record.row], rel=1e-12)
+
+
+def test_with_every_chunk_measured_the_sqnr_is_row_energy_over_summed_chunk_errors(all_chunks) -> None:
+    weight, gram = _layer()
+    damped = _damped(gram)
+    frame = aggregate_records(all_chunks).set_index(["family", "method"])
+    rows = select_rows(5, 4, seed=2)
+    signal = sum(weight[row] @ damped @ weight[row] for row in rows)
     for family, method in [("quantization", "gptq"), ("pruning", "exact"), ("pruning", "wanda+refit")]:
-        chosen = [r for r in records if r.family == family and r.result.method == method]
-        signal = sum(weight[r.row, r.chunk] @ damped[r.chunk, r.chunk] @ weight[r.row, r.chunk] for r in chosen)
+        chosen = [r for r in all_chunks if r.family == family and r.result.method == method]
+        assert {(r.row, r.chunk.start) for r in chosen} == {(row, start) for row in rows for start in (0, 6, 12)}
         error = sum((r.result.solution - weight[r.row, r.chunk]) @ damped[r.chunk, r.chunk]
                     @ (r.result.solution - weight[r.row, r.chunk]) for r in chosen)
         assert frame.loc[(family, method), "sqnr_db"] == pytest.approx(10 * math.log10(signal / error), abs=1e-9)
-        assert frame.loc[(family, method), "chunks"] == 6
+        assert frame.loc[(family, method), "chunks"] == 12 and frame.loc[(family, method), "rows"] == 4
     exact = frame.loc[("quantization", "exact")]
     assert exact["status"] == "optimal" and exact["gap"] == pytest.approx(0.0, abs=1e-12)
     assert exact["sqnr_upper_db"] == pytest.approx(exact["sqnr_db"])
@@ -81,12 +113,52 @@ def test_aggregate_sqnr_equals_a_direct_computation(records) -> None:
     assert perspective >= frame.loc[("pruning", "exact"), "sqnr_db"] - 1e-6
 
 
+def test_row_interval_is_a_bootstrap_of_the_energy_weighted_ratio(all_chunks) -> None:
+    weight, gram = _layer()
+    damped = _damped(gram)
+    frame = aggregate_records(all_chunks).set_index(["family", "method"])
+    chosen = [r for r in all_chunks if r.family == "quantization" and r.result.method == "rtn"]
+    rows = sorted({r.row for r in chosen})
+    signals = np.array([weight[row] @ damped @ weight[row] for row in rows])
+    errors = np.array([sum(r.result.value for r in chosen if r.row == row) for row in rows])
+    generator = np.random.default_rng(BOOTSTRAP_SEED)
+    ratios = []
+    for _ in range(BOOTSTRAP_RESAMPLES):
+        draw = generator.integers(0, len(rows), size=len(rows))
+        ratios.append(errors[draw].sum() / signals[draw].sum())
+    low, high = np.quantile(ratios, [0.025, 0.975])
+    rtn = frame.loc[("quantization", "rtn")]
+    assert rtn["sqnr_db_low95"] == pytest.approx(-10 * math.log10(high), abs=1e-9)
+    assert rtn["sqnr_db_high95"] == pytest.approx(-10 * math.log10(low), abs=1e-9)
+    assert rtn["sqnr_db_low95"] <= rtn["sqnr_db"] <= rtn["sqnr_db_high95"]
+    assert math.isnan(rtn["sqnr_upper_db_low95"])
+    bound = frame.loc[("quantization", "park_boyd")]
+    assert bound["sqnr_upper_db_low95"] <= bound["sqnr_upper_db"] <= bound["sqnr_upper_db_high95"]
+
+
+def test_rows_with_equal_relative_error_give_a_zero_width_interval() -> None:
+    signals = np.array([1.0, 4.0, 2.5])
+    low, high = row_bootstrap_db(signals, 0.01 * signals)
+    assert low == pytest.approx(20.0, abs=1e-9) and high == pytest.approx(20.0, abs=1e-9)
+
+
+def test_layer_reference_is_the_gaussian_rate_distortion_sqnr_of_all_rows() -> None:
+    weight, gram = _layer()
+    frame = layer_bounds(weight, gram, bits=3, opt_dim=8, rows=2, max_chunks=1, sdp=False)
+    assert list(frame.columns) == list(COLUMNS)
+    reference = frame.set_index(["family", "method"]).loc[REFERENCE]
+    eigenvalues, eigenvectors = np.linalg.eigh(_damped(gram))
+    spectrum = eigenvalues * ((weight @ eigenvectors) ** 2).mean(axis=0)  # λ_j · mean over rows of (v_jᵀw)²
+    assert reference["sqnr_db"] == pytest.approx(rd_sqnr_db(spectrum, 3), abs=1e-9)
+    assert reference["kind"] == "reference" and reference["rows"] == 5 and reference["chunks"] == 0
+
+
 def test_layer_bounds_without_sdp_lists_every_method_once() -> None:
     weight, gram = _layer()
     frame = layer_bounds(weight, gram, bits=2, opt_dim=8, rows=2, max_chunks=1, sdp=False)
     assert sorted(frame["method"]) == sorted(["exact", "rtn", "gptq", "exact", "magnitude", "wanda", "sparsegpt",
-                                              "magnitude+refit", "wanda+refit", "sparsegpt+refit"])
-    assert (frame["chunks"] == 2).all()
+                                              "magnitude+refit", "wanda+refit", "sparsegpt+refit", "gaussian_rd"])
+    assert (frame.loc[frame["kind"] != "reference", "chunks"] == 2).all()
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [
@@ -114,10 +186,12 @@ def test_bounds_for_model_runs_per_layer_and_bits_and_rejects_unknown_layers() -
         bounds_for_model(loaded, ["model.layers.9.mlp.up_proj"], [4])
     layers = ["model.layers.0.self_attn.q_proj", "model.layers.1.mlp.down_proj"]
     frame = bounds_for_model(loaded, layers, [2, 4], opt_dim=8, rows=2, max_chunks=1, sdp_bits=[4], sequences=2,
-                             sequence_length=32, batch_size=2)  # fmt: skip
+                             sequence_length=32, batch_size=2, sdp_layers=layers[1:])  # fmt: skip
     assert set(frame["layer"]) == set(layers) and set(frame["bits"]) == {2, 4}
-    assert set(frame.loc[frame["method"] == "park_boyd", "bits"]) == {4}
+    sdp = frame[frame["method"] == "park_boyd"]
+    assert set(sdp["bits"]) == {4} and set(sdp["layer"]) == set(layers[1:])
     assert set(frame["role"]) == {"q", "down"}
-    for _, rows in frame.groupby(["layer", "bits", "family"]):
+    assert len(frame[frame["kind"] == "reference"]) == 4
+    for _, rows in frame[frame["kind"] != "reference"].groupby(["layer", "bits", "family"]):
         values = rows.set_index("method")["sqnr_db"]
         assert (values.drop("exact") <= values["exact"] + 1e-9).all()

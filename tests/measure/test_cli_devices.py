@@ -29,7 +29,7 @@ from measure.store import read_provenance
 from theory.errors import PvqError
 
 MISSING = "/nonexistent/pvq-model"
-MODEL_FREE = {"models", "theory"}
+MODEL_FREE = {"models", "theory", "verify"}
 ARGV = {
     "info": [MISSING],
     "bounds": ["--model", MISSING, "--layer", "model.layers.0.mlp.up_proj"],

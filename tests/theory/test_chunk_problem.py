@@ -171,6 +171,22 @@ def test_aggregate_sums_errors_and_orders_the_interval():
         aggregate_sqnr(1.0, [])
 
 
+def test_one_chunk_per_row_over_the_row_signal_is_the_layer_sqnr_with_only_that_chunk_compressed():
+    generator = np.random.default_rng(5)
+    activations = synthetic_activations(generator, width=12, tokens=300)
+    weight = synthetic_weights(generator, rows=3, width=12)
+    gram = activations.T @ activations
+    chunk = chunk_slices(12, 4)[1]
+    compressed = weight.copy()
+    compressed[:, chunk] = np.round(weight[:, chunk] / 0.01) * 0.01
+    problems = [make_chunk_problem(weight[row, chunk], gram[chunk, chunk]) for row in range(3)]
+    results = [_result(problem.error(compressed[row, chunk]), 0.0) for row, problem in enumerate(problems)]
+    direct = 10 * np.log10(
+        np.sum((activations @ weight.T) ** 2) / np.sum((activations @ (compressed - weight).T) ** 2)
+    )
+    assert aggregate_sqnr(layer_signal(weight, gram), results).lower_db == pytest.approx(direct, rel=1e-10)
+
+
 def test_solver_result_rejects_unknown_status_and_reports_gap():
     assert _result(4.0, 3.0).gap == pytest.approx(0.25)
     with pytest.raises(PvqError, match="status"):
