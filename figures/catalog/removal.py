@@ -285,25 +285,49 @@ def _answer_rows(tables: Tables) -> pd.DataFrame:
     return study_part(tables[STUDY], "answer")
 
 
+ANSWER_SERIES = ("gptq_g128", "gptq_channel", "rtn_g128", "rtn_channel")
+"""Quantizers the one-sentence answer speaks of, in order of preference (the first whose curve reaches the
+removal's error in a view)."""
+
+
 def _answer_sentence(answer: pd.DataFrame) -> str:
-    """The study's answer in one sentence, read off the answer table (BI ordering, free mask)."""
+    """The study's answer in one sentence, read off the answer table (BI ordering, free mask): per view the
+    equivalent bits of the first quantizer of :data:`ANSWER_SERIES` whose curve reaches the removal's error, and
+    how far the worst method at b(f) is from the removal."""
     rows = answer[(answer["ordering"] == "bi") & (answer["mask_convention"] == "free")]
     if rows.empty:
         return ""
     level = min(ANSWER_LEVEL, int(rows["removed"].max()))
     rows = rows[rows["removed"] == level].set_index("view")
-    first = rows.iloc[0]
-    series = next((s for s in ("gptq_g128", "gptq_channel", "rtn_g128") if f"equivalent_bits_{s}" in rows), None)
+    present = [s for s in ANSWER_SERIES if f"equivalent_bits_{s}" in rows]
     parts = []
     for view, row in rows.iterrows():
+        reached = [s for s in present if row.get(f"equivalent_bits_{s}_censored", "") == ""]
+        series = (reached or present or [None])[0]
         if series is not None:
-            parts.append(f"the {VIEW_TITLES[str(view)]} error of {_bits_text(row, series)}-bit "
-                         f"{escape_tex(series.replace('_', ' '))}")  # fmt: skip
-    worst = rows["margin_worst_db"].dropna()
-    gap = (f"; at that size every method measured there is better in every view (removal minus the worst method: "
-           f"{worst.max():.1f} dB at most)" if not worst.empty and (worst < 0).all() else "")  # fmt: skip
-    return (f"Answer: removing the {level} lowest-BI blocks ($b(f) = {first['bits_per_weight']:.2f}$ bits per "
-            f"parameter) makes {', '.join(parts)}{gap}.")  # fmt: skip
+            name = SERIES_NAMES.get(series, series)
+            parts.append(f"{_bits_prose(row, series)} {escape_tex(name)} {VIEW_PROSE[str(view)]}")
+    margins = [f"{row['margin_worst_db']:+.1f} dB {VIEW_PROSE[str(view)]}"
+               for view, row in rows.iterrows() if pd.notna(row.get("margin_worst_db"))]  # fmt: skip
+    gap = (f"; against the worst method measured at that size its margin is {', '.join(margins)} (negative: the "
+           "removal is worse)" if margins else "")  # fmt: skip
+    bits = rows["bits_per_weight"].iloc[0]
+    return (f"Answer: removing the {level} lowest-BI blocks ($b(f) = {bits:.2f}$ bits per parameter) makes the "
+            f"error of {', of '.join(parts)}{gap}.")  # fmt: skip
+
+
+SERIES_NAMES = {"gptq_g128": "GPTQ (g128)", "gptq_channel": "GPTQ (per channel)", "rtn_g128": "RTN (g128)",
+                "rtn_channel": "RTN (per channel)", "magnitude": "magnitude pruning", "sparsegpt": "SparseGPT",
+                "wanda": "Wanda"}  # fmt: skip
+VIEW_PROSE = {"layer_energy": "in the energy-weighted layer view", "layer_parameters":
+              "in the parameter-weighted layer view", "block": "in the block view", "end_to_end": "end to end"}
+
+
+def _bits_prose(row: pd.Series, series: str) -> str:
+    """Equivalent bits in words: "3.0-bit", "more than 4.1-bit" or "fewer than 2.1-bit"."""
+    censored = str(row.get(f"equivalent_bits_{series}_censored", ""))
+    prefix = {"below": "fewer than ", "above": "more than "}.get(censored, "")
+    return f"{prefix}{row[f'equivalent_bits_{series}']:.1f}-bit"
 
 
 def _bits_text(row: pd.Series, series: str) -> str:
@@ -388,21 +412,20 @@ def answer_display(answer: pd.DataFrame) -> pd.DataFrame:
 
 def _verdict_table_caption(tables: Tables, facts: Mapping[str, Any]) -> str:
     answer = _answer_rows(tables)
-    codes = ", ".join(f"{code} = {escape_tex(series.replace('_', ' '))}" for series, code in SERIES_CODES.items()
-                      if f"equivalent_bits_{series}" in answer)  # fmt: skip
+    codes = ", ".join(f"{code} = {escape_tex(SERIES_NAMES.get(series, series))}"
+                      for series, code in SERIES_CODES.items() if f"equivalent_bits_{series}" in answer)
+    levels = ", ".join(map(str, TABLE_LEVELS))
     return (
         "Removal against the methods at exactly equal size $b(f) = 16(1-f)$ bits per decoder parameter, per view "
         "(layer view energy- and parameter-weighted, block view, end to end; definitions in "
         "Fig.~\\ref{fig:removal_vs_bounds}). dB $= -10\\log_{10}$ of the view's error (end to end: of the KL in "
-        "nats/token). Removal: the removal's dB; Best, Worst: the best and worst method at $b(f)$ "
-        "(free mask; "
-        "Worst H: pruners charged $H(s)$ bits per weight for an entropy-coded mask) — quantizers interpolated in "
-        "dB "
-        "between the two integer widths that bracket $b(f)$, end to end a model spliced from those two widths at "
-        "$b(f)$; RD: Gaussian rate--distortion reference (a reference for Gaussian weights, not a bound); "
+        "nats/token). Removal: the removal's dB; Best, Worst: the best and worst method at $b(f)$ (free mask; "
+        "Worst H: pruners charged $H(s)$ bits per weight for an entropy-coded mask); quantizers interpolated in "
+        "dB between the two integer widths that bracket $b(f)$, end to end a model spliced from those two widths "
+        "at $b(f)$; RD: Gaussian rate--distortion reference (a reference for Gaussian weights, not a bound); "
         "$\\equiv$: equivalent bits, the size at which the method makes the removal's error ($<$: worse than the "
-        f"method at its smallest size measured). Codes: {codes}. Orderings BI and angular, $n \\in "
-        f"\\{{{', '.join(map(str, TABLE_LEVELS))}\\}}$ (all levels and orderings in the study's parquet). "
+        f"method at its smallest size measured, $>$: better than at its largest). Codes: {codes}. Orderings BI "
+        f"and angular, $n \\in \\{{{levels}\\}}$ (all levels and orderings in the study's parquet). "
         f"{_answer_sentence(answer)} {_settings_text(facts)}."
     )
 

@@ -94,10 +94,14 @@ def test_answer_sentence_is_read_off_the_answer_table():
     caption = artifact.caption(tables, synthetic_facts(artifact))
     rows = answer[(answer["ordering"] == "bi") & (answer["mask_convention"] == "free") & (answer["removed"] == 2)]
     assert f"removing the 2 lowest-BI blocks ($b(f) = {rows['bits_per_weight'].iloc[0]:.2f}$" in caption
-    block = rows[rows["view"] == "block"].iloc[0]
-    bits = block["equivalent_bits_gptq_g128"]
-    prefix = "<" if block["equivalent_bits_gptq_g128_censored"] == "below" else ""
-    assert f"the block view (residual stream) error of {prefix}{bits:.1f}-bit gptq g128" in caption
+    for view, prose in removal.VIEW_PROSE.items():
+        row = rows[rows["view"] == view].iloc[0]
+        present = [s for s in removal.ANSWER_SERIES if f"equivalent_bits_{s}" in row.index]
+        reached = [s for s in present if row[f"equivalent_bits_{s}_censored"] == ""]
+        series = (reached or present)[0]
+        words = {"below": "fewer than ", "above": "more than "}.get(row[f"equivalent_bits_{series}_censored"], "")
+        bits = row[f"equivalent_bits_{series}"]
+        assert f"{words}{bits:.1f}-bit {removal.SERIES_NAMES[series]} {prose}" in caption
 
 
 def test_removal_figure_draws_every_curve_and_the_removal_levels_of_each_view():
