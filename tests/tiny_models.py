@@ -183,3 +183,22 @@ def save_tiny_model(family: str, folder: Path, **config_overrides: object) -> Pa
     tiny_model(family, **config_overrides).save_pretrained(folder)
     tiny_tokenizer().save_pretrained(folder)
     return folder
+
+
+def linear_inputs(model: torch.nn.Module, batches: list[torch.Tensor], refs: list) -> dict[str, torch.Tensor]:
+    """Input rows (tokens × in, float64) of each linear of ``refs`` (``measure.architecture.LinearRef``) while
+    ``model`` runs ``batches``, captured by forward pre-hooks: an independent view of what its Gram sums."""
+    rows: dict[str, list[torch.Tensor]] = {}
+
+    def keep(name: str):
+        return lambda module, args: rows.setdefault(name, []).append(args[0].reshape(-1, args[0].shape[-1]))
+
+    handles = [ref.module.register_forward_pre_hook(keep(ref.name)) for ref in refs]
+    try:
+        with torch.no_grad():
+            for batch in batches:
+                model(batch)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return {name: torch.cat(parts).double() for name, parts in rows.items()}

@@ -14,7 +14,7 @@ import copy
 import numpy as np
 import pytest
 import torch
-from tiny_models import tiny_model, tiny_tokenizer
+from tiny_models import linear_inputs, tiny_model, tiny_tokenizer
 
 from measure.architecture import describe
 from measure.capture import capture
@@ -45,17 +45,8 @@ def _batches() -> list[torch.Tensor]:
 
 
 def _linear_inputs(model: torch.nn.Module, batches: list[torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Every linear's input rows X (tokens × in) over ``batches``, float64, by forward hooks."""
-    inputs: dict[str, list[torch.Tensor]] = {}
-    handles = [module.register_forward_hook(
-        lambda m, args, out, name=name: inputs.setdefault(name, []).append(args[0].reshape(-1, args[0].shape[-1])))
-        for name, module in model.named_modules() if isinstance(module, torch.nn.Linear) and "layers." in name]
-    with torch.no_grad():
-        for ids in batches:
-            model(ids)
-    for handle in handles:
-        handle.remove()
-    return {name: torch.cat(rows).double() for name, rows in inputs.items()}
+    """Every block linear's input rows X (tokens × in) over ``batches``, float64, by forward hooks."""
+    return linear_inputs(model, batches, describe(model).linears)
 
 
 def _block_io(model: torch.nn.Module, batches: list[torch.Tensor], index: int

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import torch
 from test_methods_layer import direct_output_error
-from tiny_models import tiny_model
+from tiny_models import linear_inputs, tiny_model
 
 from measure import spec as spec_module
 from measure.architecture import describe
@@ -41,19 +41,8 @@ def _sequential_inputs(family: str, compressed: torch.nn.Module, block: int, bat
     for ref, done in zip(describe(model).linears, describe(compressed).linears, strict=True):
         if ref.block_index < block:
             ref.set_weight(done.weight())
-    rows: dict[str, list[torch.Tensor]] = {}
-
-    def keep(name: str):
-        return lambda module, args: rows.setdefault(name, []).append(args[0].reshape(-1, args[0].shape[-1]))
-
     refs = [ref for ref in describe(model).blocks[block].linears if ref.expert_index is None]
-    handles = [ref.module.register_forward_pre_hook(keep(ref.name)) for ref in refs]
-    with torch.no_grad():
-        for batch in batches:
-            model(batch)
-    for handle in handles:
-        handle.remove()
-    return {name: torch.cat(parts).double() for name, parts in rows.items()}
+    return linear_inputs(model, batches, refs)
 
 
 # --- parsing -------------------------------------------------------------------------------------------------
