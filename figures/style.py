@@ -91,9 +91,9 @@ METHOD_STYLE: dict[str, MethodStyle] = {
     "rtn": MethodStyle(OKABE_ITO["sky_blue"], "o", "RTN", filled=False),
     "gptq": MethodStyle(OKABE_ITO["blue"], "h", "GPTQ"),
     "sparsegpt+gptq": MethodStyle(OKABE_ITO["bluish_green"], "p", "SparseGPT + GPTQ"),
-    "rtn_g128": MethodStyle(OKABE_ITO["sky_blue"], "o", "RTN (g128)", filled=False),
-    "gptq_g128": MethodStyle(OKABE_ITO["blue"], "h", "GPTQ (g128)"),
-    "rtn_channel": MethodStyle(OKABE_ITO["sky_blue"], "D", "RTN (per channel)", filled=False, linestyle="-."),
+    "rtn_g128": MethodStyle(OKABE_ITO["sky_blue"], "8", "RTN (g128)", filled=False),
+    "gptq_g128": MethodStyle(OKABE_ITO["blue"], "p", "GPTQ (g128)"),
+    "rtn_channel": MethodStyle(OKABE_ITO["sky_blue"], "<", "RTN (per channel)", filled=False, linestyle="-."),
     "gptq_channel": MethodStyle(OKABE_ITO["blue"], "H", "GPTQ (per channel)", linestyle="-."),
     "gaussian_rd": MethodStyle(OKABE_ITO["bluish_green"], "", "Gaussian RD reference", linestyle="-"),
     # layer removal orderings

@@ -38,7 +38,6 @@ TINY: dict[str, dict[str, Any]] = {
 }  # fmt: skip
 """Per model experiment, the config entries replaced (nested entries merged); every model experiment also gets
 the tiny :data:`CALIBRATION` and :data:`EVALUATION` protocol where its config has one."""
-REWRITTEN = {"layer_bounds_sweep", "per_layer_bounds"}
 
 
 def tiny_config(name: str, config: Mapping[str, Any]) -> dict[str, Any]:
@@ -63,11 +62,7 @@ def tiny_context(tmp_path_factory: pytest.TempPathFactory) -> ExperimentContext:
     return ExperimentContext(model_name=str(model), results_root=tmp_path_factory.mktemp("results"))
 
 
-def _marks(name: str) -> list[pytest.MarkDecorator]:
-    return [pytest.mark.xfail(strict=False, reason="table being rewritten")] if name in REWRITTEN else []
-
-
-@pytest.mark.parametrize("name", [pytest.param(name, marks=_marks(name)) for name in EXPERIMENTS])
+@pytest.mark.parametrize("name", list(EXPERIMENTS))
 def test_real_table_has_the_columns_and_dtypes_of_the_synthetic_one(name, tiny_context, monkeypatch) -> None:
     monkeypatch.setattr(text, "calibration_text", lambda: TEXT)
     monkeypatch.setattr(text, "evaluation_text", lambda: TEXT)
@@ -81,4 +76,4 @@ def test_real_table_has_the_columns_and_dtypes_of_the_synthetic_one(name, tiny_c
 
 
 def test_tiny_configs_name_registered_experiments() -> None:
-    assert set(TINY) <= set(EXPERIMENTS) | REWRITTEN
+    assert set(TINY) <= set(EXPERIMENTS)
