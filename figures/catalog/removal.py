@@ -97,9 +97,9 @@ def _synthetic_levels(rng: np.random.Generator, blocks: int, influence: np.ndarr
 
 
 def _synthetic_points(rng: np.random.Generator, levels: pd.DataFrame) -> pd.DataFrame:
-    """Made-up curve points with :data:`measure.removal_study.POINT_COLUMNS` (6 dB per bit quantizers, a pruner
+    """Made-up curve points with :data:`measure.removal_terms.POINT_COLUMNS` (6 dB per bit quantizers, a pruner
     under both mask conventions, the RD reference in the layer views, one spliced model per level)."""
-    from measure.removal_study import POINT_COLUMNS
+    from measure.removal_terms import POINT_COLUMNS
 
     rows = []
 
