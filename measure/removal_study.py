@@ -82,7 +82,6 @@ from measure.removal_views import removal_errors as local_removal_errors
 from measure.spec import parse_term_list
 from theory.accounting import (
     check_bits,
-    equal_compression_sparsity,
     removal_bits_per_weight,
 )
 from theory.errors import PvqError
@@ -175,16 +174,6 @@ def _blocks_of(text: str) -> list[int]:
 
 def _scores(result: PerplexityResult) -> dict[str, float]:
     return {"perplexity": result.perplexity, "kl_to_reference_nats": result.kl_to_reference_nats}
-
-
-def equal_size_sparsities(levels: pd.DataFrame, settings: StudySettings) -> pd.DataFrame:
-    """The pruning sparsity of equal size of every removed fraction under every mask convention."""
-    sizes = levels[["removed_fraction", "linear_bits_per_weight"]].drop_duplicates("removed_fraction")
-    return pd.DataFrame([
-        {"removed_fraction": row.removed_fraction, "mask_convention": name,
-         "sparsity": equal_compression_sparsity(row.linear_bits_per_weight, mask_convention(name))}
-        for row in sizes.itertuples() for name in settings.mask_conventions
-    ])  # fmt: skip
 
 
 def measure_levels(levels: pd.DataFrame, meter: ViewMeter, evaluator: ResidualStreamEvaluator | None
@@ -325,7 +314,7 @@ def run_study(
 
     sequences = torch.cat(list(batches))[: settings.block_sequences]
     stream = ResidualStream.record(model, arch, list(sequences.split(settings.batch_size)))
-    meter = ViewMeter(model, arch, importance.capture, stream, settings.workers)
+    meter = ViewMeter(arch, importance.capture, stream, settings.workers)
     evaluator = None
     if "end_to_end" in settings.views:
         evaluator = ResidualStreamEvaluator(model, windows, settings.batch_size, arch)
@@ -334,12 +323,15 @@ def run_study(
     levels = measure_levels(levels, meter, evaluator)
     lap("levels", layers=meter.layers, blocks=block_shares(meter), levels=levels)
 
-    points = StudyPoints(decoder_sizes(arch), settings.views)
+    sizes = decoder_sizes(arch)
+    points = StudyPoints(sizes, settings.views)
     for quantizer in settings.quantizers:
         for group in settings.groups:
             measure_quantizer(meter, evaluator, points, f"{quantizer}:{{bits}}:{group}",
                               settings.quantizer_bits[quantizer], levels, log)  # fmt: skip
-    sparsities = [*settings.pruner_sparsities, *equal_size_sparsities(levels, settings)["sparsity"]]
+    fractions = levels["removed_fraction"].unique()
+    equal = [sizes.sparsity(fraction, name) for name in settings.mask_conventions for fraction in fractions]
+    sparsities = [*settings.pruner_sparsities, *equal]
     for pruner in settings.pruners:
         measure_pruner(meter, evaluator, points, pruner, sparsities, settings.mask_conventions, log)
     reference = pd.DataFrame()

@@ -88,8 +88,9 @@ def _step(text: str) -> LayerStep:
 
 def _linear_bits(meter: ViewMeter, step: LayerStep) -> float:
     """Parameter-weighted bits per linear weight of ``step`` over the meter's layers."""
-    return sum(step.bits_per_weight(ref) * ref.out_features * ref.in_features for ref in meter.refs) / sum(
-        ref.out_features * ref.in_features for ref in meter.refs)
+    parameters = [int(p) for p in meter.layers["parameters"]]
+    bits = sum(step.bits_per_weight(ref) * p for ref, p in zip(meter.refs, parameters, strict=True))
+    return bits / sum(parameters)
 
 
 def _evaluate(meter: ViewMeter, weights: Sequence[torch.Tensor], evaluator: ResidualStreamEvaluator | None

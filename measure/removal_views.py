@@ -43,6 +43,7 @@ from measure.architecture import Architecture, LinearRef
 from measure.blocks import BlockInputs, record_block_inputs, run_block
 from measure.capture import Capture
 from measure.evaluation.perplexity import PerplexityResult
+from measure.evaluation.residual import ResidualStreamEvaluator
 from measure.ledger import quadratic_trace
 from measure.parallel import fork_map
 from measure.spec import LayerStep, check_finite_weight, method_weight
@@ -169,7 +170,6 @@ class TermWeights:
     """A compression term's weights for every covered linear (in the order of the meter's refs), with their
     per-layer relative output errors."""
 
-    term: str
     weights: list[torch.Tensor]
     relative: np.ndarray
 
@@ -177,9 +177,9 @@ class TermWeights:
 class ViewMeter:
     """Measures removal and compression terms in every view on one model (module docstring)."""
 
-    def __init__(self, model: nn.Module, arch: Architecture, captured: Capture, stream: ResidualStream,
-                 workers: int | None = None) -> None:  # fmt: skip
-        self.model, self.arch, self.captured, self.stream, self.workers = model, arch, captured, stream, workers
+    def __init__(self, arch: Architecture, captured: Capture, stream: ResidualStream, workers: int | None = None
+                 ) -> None:  # fmt: skip
+        self.arch, self.captured, self.stream, self.workers = arch, captured, stream, workers
         self.refs = study_linears(arch)
         for ref in self.refs:
             check_finite_weight(ref)
@@ -190,7 +190,7 @@ class ViewMeter:
         """Every covered layer compressed by ``step`` (forked workers), with its relative output error."""
         items = list(zip(self.refs, self.layers["output_energy"], strict=True))
         results = fork_map(partial(_compress_layer, step=step, captured=self.captured), items, self.workers)
-        return TermWeights(step.text, [w for w, _ in results], np.array([e for _, e in results]))
+        return TermWeights([w for w, _ in results], np.array([e for _, e in results]))
 
     @contextlib.contextmanager
     def installed(self, weights: Sequence[torch.Tensor], blocks: Sequence[int] | None = None) -> Iterator[None]:
@@ -214,7 +214,7 @@ class ViewMeter:
                 block_error[block.index] = self.stream.block_error(self.arch, block.index)
         return method_errors(self.layers, term.relative, block_error, self.update_energy)
 
-    def evaluate(self, weights: Sequence[torch.Tensor], evaluator: object) -> PerplexityResult:
+    def evaluate(self, weights: Sequence[torch.Tensor], evaluator: ResidualStreamEvaluator) -> PerplexityResult:
         """The whole model with ``weights`` installed, scored by ``evaluator.evaluate(start=0)``."""
         with self.installed(weights):
-            return evaluator.evaluate(start=0)  # type: ignore[attr-defined]
+            return evaluator.evaluate(start=0)

@@ -68,7 +68,7 @@ def _block_io(model: torch.nn.Module, batches: list[torch.Tensor], index: int
 def toy() -> dict:
     model, batches = _toy(), _batches()
     arch = describe(model)
-    meter = ViewMeter(model, arch, capture(model, batches), ResidualStream.record(model, arch, batches), workers=1)
+    meter = ViewMeter(arch, capture(model, batches), ResidualStream.record(model, arch, batches), workers=1)
     step = parse_term_list("rtn:4:g128")[0]
     return {"model": model, "batches": batches, "arch": arch, "meter": meter, "step": step,
             "rtn": meter.compress(step)}
