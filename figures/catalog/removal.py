@@ -394,8 +394,8 @@ def answer_display(answer: pd.DataFrame) -> pd.DataFrame:
     free = answer[(answer["mask_convention"] == "free") & answer["ordering"].isin(TABLE_ORDERINGS)
                   & answer["removed"].isin(TABLE_LEVELS)]  # fmt: skip
     entropy = answer[answer["mask_convention"] == "entropy"].set_index(keys)
-    pruners = [c.removeprefix("equivalent_bits_") for c in answer.columns
-               if c.startswith("equivalent_bits_") and not c.endswith("_censored")]  # fmt: skip
+    measured = [c.removeprefix("equivalent_bits_") for c in answer.columns
+                if c.startswith("equivalent_bits_") and not c.endswith("_censored")]  # fmt: skip
     rows = []
     for _, row in free.iterrows():
         key = tuple(row[k] for k in keys)
@@ -404,7 +404,7 @@ def answer_display(answer: pd.DataFrame) -> pd.DataFrame:
                  "removal_db": row["removal_db"], "best": _cell(row, "best"), "worst": _cell(row, "worst"),
                  "worst_entropy": _cell(entropy.loc[key], "worst") if key in entropy.index else "–",
                  "rd_db": row["rd_db"]}  # fmt: skip
-        for series in pruners:
+        for series in measured:
             shown[f"eq_{series}"] = _bits_text(row, series)
         rows.append(shown)
     return pd.DataFrame(rows)
