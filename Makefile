@@ -34,7 +34,7 @@ test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"
 
 lint: $(STAMP)
-	$(BIN)/ruff check theory measure figures tests benchmarks
+	$(BIN)/ruff check theory measure figures pvq tests benchmarks
 
 paper: $(STAMP)
 	$(BIN)/pvq paper

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+import figures.catalog as catalog
 from figures.experiments import lookup
 from theory.errors import PvqError
 
@@ -88,7 +89,6 @@ def table(name: str, *, needs: Sequence[str], caption: Caption, section: str) ->
 
 def load_catalog() -> dict[str, Artifact]:
     """Import every module of :mod:`figures.catalog` (the order it declares, then the rest by name)."""
-    import figures.catalog as catalog
 
     discovered = sorted(info.name for info in pkgutil.iter_modules(catalog.__path__))
     ordered = [name for name in catalog.ORDER if name in discovered]

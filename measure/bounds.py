@@ -44,6 +44,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from measure.capture.statistics import capture
+from measure.data.calibration import CalibrationProtocol, calibration_batches
+from measure.data.text import calibration_text
+from measure.models.architecture import describe
 from theory.accounting import PAPER_CONVENTION, Convention, check_bits
 from theory.chunk_problem import (
     DEFAULT_RELATIVE_DAMPING,
@@ -64,7 +68,7 @@ from theory.sdp_bound import park_boyd_bound, perspective_bound
 from theory.sparse_least_squares import exact_prune, heuristic_prune, paper_box
 
 if TYPE_CHECKING:
-    from measure.capture import BlockHooks
+    from measure.capture.statistics import BlockHooks
 
 QUANT_BOUND = "park_boyd"
 PRUNE_BOUND = "perspective"
@@ -269,15 +273,11 @@ def bounds_for_model(
 ) -> pd.DataFrame:
     """:func:`layer_bounds` for each named linear layer of ``loaded`` (a ``LoadedModel``) and each b.
 
-    Grams are captured once from ``sequences × sequence_length`` calibration tokens (:mod:`measure.calibration`;
-    ``mode``, ``device`` and ``block_hooks`` as in :func:`measure.capture.capture`); the SDP bounds run only at
+    Grams are captured once from ``sequences × sequence_length`` calibration tokens (:mod:`measure.data.calibration`;
+    ``mode``, ``device`` and ``block_hooks`` as in :func:`measure.capture.statistics.capture`); the SDP bounds run only at
     ``sdp_bits`` and on ``sdp_layers`` (each: all when None). One row per (layer, b, method) with ``layer``,
     ``block``, ``role``, ``bits`` and the columns of :func:`layer_bounds`.
     """
-    from measure.architecture import describe
-    from measure.calibration import CalibrationProtocol, calibration_batches
-    from measure.capture import capture
-    from measure.text import calibration_text
 
     for bits in bits_list:
         check_bits(bits)
@@ -291,7 +291,7 @@ def bounds_for_model(
         chunk_slices(refs[name].in_features, opt_dim)
         select_rows(refs[name].out_features, rows)
     protocol = CalibrationProtocol(sequences, sequence_length, batch_size, bos=loaded.bos_per_window)
-    batches = calibration_batches(loaded.tokenizer, calibration_text(), protocol)
+    batches = calibration_batches(loaded, protocol)
     grams = capture(loaded.model, batches, mode=mode, device=device, arch=arch, block_hooks=block_hooks)
     frames = []
     for name in layer_names:

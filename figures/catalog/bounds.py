@@ -24,6 +24,8 @@ from pandas.io.formats.style import Styler
 from figures.experiments import ExperimentContext, experiment
 from figures.registry import Caption, Tables, escape_tex, figure, table
 from figures.style import FAMILY_LINESTYLE, OKABE_ITO, new_figure, thesis_table
+from measure.bounds import BOOTSTRAP_RESAMPLES, INTERVAL_LEVEL, REFERENCE, bounds_for_model
+from measure.models.architecture import describe
 
 SECTION = "Exact per-layer bounds"
 SWEEP = "layer_bounds_sweep"
@@ -89,7 +91,6 @@ def _synthetic_methods(rng: np.random.Generator, bits: int) -> list[tuple[str, s
     methods += [("pruning", name, "heuristic", prune - drop, np.nan) for name, drop in
                 (("magnitude", 3.0), ("wanda", 2.0), ("sparsegpt", 1.0), ("magnitude+refit", 1.0),
                  ("wanda+refit", 0.7), ("sparsegpt+refit", 0.3))]
-    from measure.bounds import REFERENCE
 
     return [*methods, (*REFERENCE, "reference", 6.02 * bits + 1.0, np.nan)]
 
@@ -118,14 +119,12 @@ def synthetic_sweep(rng: np.random.Generator) -> pd.DataFrame:
 
 
 @experiment(SWEEP, config=SWEEP_CONFIG, synthetic=synthetic_sweep, needs_model=True,
-            code=("measure.bounds", "measure.capture", "measure.calibration", "theory"))  # fmt: skip
+            code=("measure.bounds", "measure.capture.statistics", "measure.data.calibration", "theory"))  # fmt: skip
 def layer_bounds_sweep(config: Mapping[str, Any], context: ExperimentContext) -> pd.DataFrame:
     """:func:`measure.bounds.bounds_for_model` over the ``roles`` of the blocks at ``positions`` (SDPs at
     ``sdp_bits`` on the ``sdp_roles`` layers), without its ``seconds`` column: solver times vary from run to run,
     and experiment tables must be byte-identical across runs (the total runtime is in the provenance;
     ``pvq bounds`` reports per-method times)."""
-    from measure.architecture import describe
-    from measure.bounds import bounds_for_model
 
     loaded = context.model
     arch = describe(loaded.model)
@@ -167,7 +166,6 @@ def _sdp_text(frame: pd.DataFrame, config: Mapping[str, Any]) -> str:
 
 def _protocol(tables: Tables, facts: Mapping[str, Any]) -> str:
     """Caption text: what was solved, on which data, what the SQNR and its interval are, and the grid detection."""
-    from measure.bounds import BOOTSTRAP_RESAMPLES, INTERVAL_LEVEL
 
     config, frame = facts["protocol"][SWEEP], tables[SWEEP]
     exact = frame[frame["kind"] == "exact"]
@@ -242,7 +240,6 @@ def per_layer_bounds(tables: Tables) -> Figure:
     count = math.ceil(len(panels) / columns)
     fig, axes = new_figure(nrows=count, ncols=columns, height_ratio=0.42 * count + 0.25)
     axes = np.atleast_1d(axes).ravel()
-    from measure.bounds import REFERENCE
 
     (family, method), (column, label, color) = REFERENCE, REFERENCE_SERIES
     for index, (ax, (title, rows)) in enumerate(zip(axes, panels, strict=False)):
@@ -268,7 +265,6 @@ def bound_gaps_frame(frame: pd.DataFrame) -> pd.DataFrame:
     """Per (layer, b): the exact optima (output SQNR, dB), each heuristic's shortfall and each SDP bound's excess
     over the exact optimum of its family, |method − exact| in dB (:data:`GAPS`), the INT − pruning difference of
     the exact optima and the Gaussian RD reference minus the INT exact optimum (signed, dB)."""
-    from measure.bounds import REFERENCE
 
     values = frame.pivot_table(index=["block", "role", "bits"], columns=["family", "method"], aggfunc="first",
                                values=["sqnr_db", "sqnr_upper_db"], dropna=False)  # fmt: skip

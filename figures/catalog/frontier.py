@@ -1,6 +1,6 @@
 """Perplexity and KL against compressed size: block removal vs quantization vs pruning vs both.
 
-``compression_frontier`` compresses the model by each spec of :data:`SPECS` (:func:`measure.spec.apply_spec`,
+``compression_frontier`` compresses the model by each spec of :data:`SPECS` (:func:`measure.compress.spec.apply_spec`,
 calibrated on the original model's stream), scores it on the pinned evaluation windows with the original as
 KL reference (:class:`measure.evaluation.residual.ResidualStreamEvaluator`, the evaluator of the removal study, so
 the numbers share its windows), and restores the weights. The figure adds the removal study's end-to-end points
@@ -31,6 +31,9 @@ from figures.catalog.removal import STUDY, study_part
 from figures.experiments import ExperimentContext, experiment
 from figures.registry import Tables, escape_tex, figure
 from figures.style import OKABE_ITO, line_kwargs, method_order, new_figure
+from measure.compress.methods import get_method
+from measure.compress.spec import apply_spec
+from measure.evaluation.residual import ResidualStreamEvaluator, restored
 
 SECTION = "Perplexity at equal size"
 FRONTIER = "compression_frontier"
@@ -47,7 +50,6 @@ def spec_method(spec: str) -> str:
 
 def spec_family(spec: str) -> str:
     """``quantization`` / ``pruning`` for a single method, ``joint`` for a pruning + quantization pair."""
-    from measure.methods import get_method
 
     kinds = {get_method(term.split(":")[0]).kind for term in spec.split("+")}
     return kinds.pop() if len(kinds) == 1 else "joint"
@@ -73,8 +75,6 @@ def synthetic_frontier(rng: np.random.Generator) -> pd.DataFrame:
 def compression_frontier(config: Mapping[str, Any], context: ExperimentContext) -> pd.DataFrame:
     """One row per spec: method, family, compressed bits per weight, whole-model bits per weight and MB, PPL and
     KL to the original on the evaluation windows, and the original's PPL."""
-    from measure.evaluation.residual import ResidualStreamEvaluator, restored
-    from measure.spec import apply_spec
 
     loaded = context.model
     batches = calibration(loaded, config["calibration"])

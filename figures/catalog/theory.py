@@ -35,7 +35,7 @@ from figures.style import (
 )
 from theory.accounting import Convention
 from theory.formats import FORMATS as THEORY_FORMATS
-from theory.study import COMPARISON_COLUMNS, FORMAT_COLUMNS
+from theory.study import COMPARISON_COLUMNS, FORMAT_COLUMNS, format_sqnr_table, kurtosis_bits_table
 
 SECTION = "Quantization versus pruning in theory"
 FORMATS = "theory_formats_gaussian"
@@ -117,7 +117,6 @@ def synthetic_kurtosis(rng: np.random.Generator, truncate: float | None, clip_ru
 )
 def theory_formats(config: Mapping[str, Any], context: ExperimentContext) -> pd.DataFrame:
     """SQNR of every format and of magnitude pruning on one distribution (``theory.study``)."""
-    from theory.study import format_sqnr_table
 
     return format_sqnr_table(config["distribution"], convention=_convention(config), seed=context.seed)
 
@@ -133,7 +132,6 @@ def _kurtosis_config(truncate: float | None, clip_rule: str) -> dict[str, Any]:
             synthetic=partial(synthetic_kurtosis, truncate=TRUNCATE_SIGMA, clip_rule="range"))
 def theory_kurtosis_bits(config: Mapping[str, Any], context: ExperimentContext) -> pd.DataFrame:
     """SQNR(INT-b) − SQNR(magnitude pruning) over a kurtosis × bits grid of Student-t laws (``theory.study``)."""
-    from theory.study import kurtosis_bits_table
 
     return kurtosis_bits_table(
         config["kurtoses"], config["bits"], convention=_convention(config), truncate=config["truncate"],

@@ -19,6 +19,7 @@ from matplotlib.figure import Figure
 from figures.experiments import ExperimentContext, experiment
 from figures.registry import Tables, escape_tex, figure
 from figures.style import method_style, new_figure
+from measure.ledger import weight_tensor_study as study
 from theory.accounting import Convention
 
 SECTION = "Quantization versus pruning on LLM weights"
@@ -51,7 +52,6 @@ def synthetic_weight_study(rng: np.random.Generator) -> pd.DataFrame:
             synthetic=synthetic_weight_study, code=("measure.ledger", "theory"))  # fmt: skip
 def weight_tensor_study(config: Mapping[str, Any], context: ExperimentContext) -> pd.DataFrame:
     """One row per (linear weight tensor, b): :func:`measure.ledger.weight_tensor_study` on the loaded model."""
-    from measure.ledger import weight_tensor_study as study
 
     return study(context.model.model, config["bits"], Convention(**config["convention"]))
 

@@ -10,14 +10,17 @@ import pytest
 import torch
 from tiny_models import tiny_model, tiny_tokenizer
 
-from measure import cli, ledger, models, text
-from measure.architecture import describe
-from measure.calibration import CalibrationProtocol, calibration_batches
-from measure.capture import capture
+from measure import ledger
+from measure.capture.statistics import capture
+from measure.compress.methods.errors import output_error
+from measure.compress.spec import layer_gram, parse_spec
+from measure.data import text
+from measure.data.calibration import CalibrationProtocol, text_batches
 from measure.ledger import LEDGER_COLUMNS, LayerErrorMeter, build_ledger, weight_tensor_study
-from measure.methods.errors import output_error
-from measure.spec import layer_gram, parse_spec
-from measure.store import read_provenance, read_table
+from measure.models import load as models
+from measure.models.architecture import describe
+from measure.records.store import read_provenance, read_table
+from pvq import cli
 from theory.errors import PvqError
 
 METHODS = "magnitude:0.5,wanda:2:4,sparsegpt:0.5,rtn:3:channel,gptq:4:g16,nf4,mxfp4,moe_pruner:0.5"
@@ -124,7 +127,7 @@ def test_bad_inputs_give_one_clear_error() -> None:
     with pytest.raises(PvqError, match=r"parameter 'sparsity': must lie in \[0, 1\)"):
         build_ledger(model, _batches(), "wanda:1")
     with pytest.raises(PvqError, match="fewer than the 64 x 128 calibration tokens asked"):
-        calibration_batches(tiny_tokenizer(), TEXT, CalibrationProtocol(64, 128, 8))
+        text_batches(tiny_tokenizer(), TEXT, CalibrationProtocol(64, 128, 8))
     with torch.no_grad():
         describe(model).blocks[0].attention.linears[1].module.weight[3, 3] = math.inf
     with pytest.raises(PvqError, match=r"layer model\.layers\.0\.self_attn\.k_proj has NaN or Inf weights"):

@@ -9,8 +9,7 @@ import pytest
 import torch
 from tiny_models import tiny_model, tiny_tokenizer
 
-from measure.cli import main
-from measure.data import benchmark_datasets_dir
+from measure.data.benchmarks import benchmark_datasets_dir
 from measure.evaluation.lmeval import (
     TASKS,
     group_averages,
@@ -19,6 +18,7 @@ from measure.evaluation.lmeval import (
     run_lm_eval,
 )
 from measure.evaluation.results import EvalKey, ResultCache
+from pvq.cli import main
 from theory.errors import PvqError
 
 LETTERS = "ABCDE"

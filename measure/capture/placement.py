@@ -1,0 +1,118 @@
+"""Where a model lives and its calibration pass runs: device and dtype names resolved, and :class:`Placement`.
+
+On an accelerator a calibration pass is layer-sequential by default: the model stays in CPU memory and one
+decoder block at a time visits the device (:func:`measure.capture.statistics.capture`, ``mode="sequential"``), so
+a model larger than the device's memory still runs; the pass reports its peak memory per block.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TextIO
+
+import torch
+
+from measure.capture.memory import BlockMemoryLog
+from measure.capture.statistics import CAPTURE_MODES, BlockHooks
+from measure.models.load import LoadedModel, load_model
+from theory.errors import PvqError
+
+DEVICES = ("auto", "cpu", "cuda")
+DEFAULT_DEVICE = "auto"
+DTYPES = ("float32", "float16", "bfloat16")
+DEFAULT_DTYPE = "float32"
+_DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+
+
+def check_device_name(name: str) -> str:
+    """``name`` if it is auto, cpu, cuda or cuda:N, else a PvqError listing those."""
+    if not isinstance(name, str) or not _DEVICE.match(name):
+        raise PvqError(f"unknown device {name!r}; use one of auto, cpu, cuda or cuda:N")
+    return name
+
+
+def resolve_device(name: str) -> str:
+    """The torch device to use: ``auto`` = ``cuda`` when CUDA is available, else ``cpu``.
+
+    Asking for ``cuda`` (or ``cuda:N``) on a machine without it is a PvqError, never a silent CPU run.
+    """
+    check_device_name(name)
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise PvqError(f"--device {name} asked for, but torch sees no CUDA device; use --device cpu or auto")
+        index = int(name.partition(":")[2] or 0)
+        if index >= torch.cuda.device_count():
+            raise PvqError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) are visible")
+    return name
+
+
+def resolve_dtype(name: str) -> torch.dtype:
+    """The ``torch.dtype`` called ``name`` (one of :data:`DTYPES`)."""
+    if name not in DTYPES:
+        raise PvqError(f"unknown dtype {name!r}; use one of {', '.join(DTYPES)}")
+    return getattr(torch, name)
+
+
+def device_map_for(device: str) -> str | None:
+    """``"auto"`` (accelerate spreads the blocks over the GPUs) for plain ``cuda`` with more than one CUDA device
+    visible; None otherwise (one device, or ``cuda:N``, which asks for that device alone)."""
+    return "auto" if device == "cuda" and torch.cuda.device_count() > 1 else None
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a command's model lives and its calibration pass runs: resolved ``--device``, ``--dtype``, mode."""
+
+    device: str
+    dtype_name: str = DEFAULT_DTYPE
+    mode: str = "full"
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return resolve_dtype(self.dtype_name)
+
+    @property
+    def home(self) -> str:
+        """Where the model is loaded: CPU memory for a layer-sequential pass (blocks visit ``device`` one at a
+        time), else ``device``."""
+        return "cpu" if self.mode == "sequential" else self.device
+
+    def as_dict(self) -> dict[str, str]:
+        """Provenance fields."""
+        return {"device": self.device, "dtype": self.dtype_name, "capture_mode": self.mode}
+
+
+def resolve_placement(device: str, dtype: str = DEFAULT_DTYPE, mode: str | None = None) -> Placement:
+    """Resolve ``device`` and ``dtype`` (a missing CUDA device is a PvqError before any work) and the capture
+    mode: ``mode`` when given, else sequential exactly when the device is not the CPU."""
+    resolved = resolve_device(device)
+    resolve_dtype(dtype)
+    if mode is not None and mode not in CAPTURE_MODES:
+        raise PvqError(f"unknown capture mode {mode!r}; choose one of {', '.join(CAPTURE_MODES)}")
+    return Placement(resolved, dtype, mode or ("full" if resolved == "cpu" else "sequential"))
+
+
+def load_placed(name: str, place: Placement) -> LoadedModel:
+    """:func:`measure.models.load.load_model` of ``name`` at ``place.home`` in ``place.dtype``."""
+    return load_model(name, device=place.home, dtype=place.dtype)
+
+
+@contextmanager
+def block_memory(place: Placement, report: TextIO | None = None) -> Iterator[BlockHooks | None]:
+    """The ``block_hooks`` that log the peak memory of each block of a layer-sequential pass run inside the
+    context (None for a full pass); when the pass ends, one line ``peak memory per block ...`` goes to
+    ``report`` (default stderr): peak RSS on the CPU, ``torch.cuda.max_memory_allocated`` on CUDA
+    (:class:`measure.capture.memory.BlockMemoryLog`)."""
+    if place.mode != "sequential":
+        yield None
+        return
+    memory = BlockMemoryLog(place.device)
+    yield memory.hooks
+    memory.finish()
+    print(memory.summary(), file=report or sys.stderr, flush=True)

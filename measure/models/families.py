@@ -1,0 +1,99 @@
+"""The naming conventions of Hugging Face decoder families that the module graph cannot tell by itself.
+
+`measure.models.architecture` discovers blocks, sublayers, linear layers, experts and routers from the module graph
+and the config. What it cannot discover is what a *name* means: that `c_attn` is a fused q/k/v projection,
+that `ln_2` normalises the MLP input, that Gemma's `post_attention_layernorm` normalises the attention
+output while Llama's normalises the MLP input. Those facts live here, as data, and nowhere else.
+Adding a family that uses new names means adding its names here; nothing else changes.
+"""
+
+from __future__ import annotations
+
+ATTENTION_CHILD_NAMES = frozenset({"self_attn", "attn", "attention", "self_attention"})
+"""Attribute names of a block's attention sublayer (besides classes whose name contains "Attention")."""
+
+MLP_CHILD_NAMES = frozenset({"mlp", "feed_forward", "block_sparse_moe", "ffn", "moe"})
+"""Attribute names of a block's MLP sublayer (besides classes named like `MLP_CLASS_MARKERS`)."""
+
+MLP_CLASS_MARKERS = ("MLP", "FeedForward", "SparseMoeBlock", "Moe", "Experts")
+"""Substrings of the class name of a block's MLP (dense or mixture-of-experts) sublayer."""
+
+ATTENTION_ROLES = {
+    "q_proj": "q",
+    "query": "q",
+    "k_proj": "k",
+    "key": "k",
+    "v_proj": "v",
+    "value": "v",
+    "query_key_value": "qkv",
+    "c_attn": "qkv",
+    "qkv_proj": "qkv",
+    "Wqkv": "qkv",
+    "W_pack": "qkv",
+    "o_proj": "o",
+    "out_proj": "o",
+    "dense": "o",
+    "c_proj": "o",
+    "wo": "o",
+}
+"""Leaf name of a linear layer inside an attention sublayer -> its role."""
+
+MLP_ROLES = {
+    "gate_proj": "gate",
+    "w1": "gate",
+    "up_proj": "up",
+    "w3": "up",
+    "gate_up_proj": "gate_up",
+    "fc1": "fc1",
+    "c_fc": "fc1",
+    "fc_in": "fc1",
+    "dense_h_to_4h": "fc1",
+    "down_proj": "down",
+    "w2": "down",
+    "fc2": "fc2",
+    "c_proj": "fc2",
+    "fc_out": "fc2",
+    "dense_4h_to_h": "fc2",
+}
+"""Leaf name of a linear layer inside a dense MLP (or one expert, or a shared expert) -> its role."""
+
+MOE_GATE_ROLES = {"shared_expert_gate": "shared_gate"}
+"""Linear layers directly inside a mixture-of-experts block that gate the shared expert (not the router)."""
+
+OUTPUT_ROLES = frozenset({"o", "down", "fc2"})
+"""Roles whose input is private to the layer (attention context, MLP hidden units); all other roles read
+the sublayer input and so share it with their siblings."""
+
+ATTENTION_INPUT_NORMS = frozenset(
+    {"input_layernorm", "ln_1", "ln_attn", "self_attn_layer_norm", "attention_norm", "norm_1"}
+)
+"""Block-level norms that normalise the attention input (in a pre-norm block)."""
+
+MLP_INPUT_NORMS = frozenset(
+    {
+        "post_attention_layernorm",
+        "ln_2",
+        "ln_mlp",
+        "pre_feedforward_layernorm",
+        "pre_mlp_layernorm",
+        "final_layer_norm",
+        "ffn_norm",
+        "norm_2",
+    }
+)
+"""Block-level norms that normalise the MLP input (in a pre-norm block)."""
+
+MLP_OUTPUT_NORMS = frozenset({"post_feedforward_layernorm", "post_mlp_layernorm"})
+"""Sandwich norms applied to the MLP output before the residual add (Gemma 2/3, OLMo 2)."""
+
+SANDWICH_ATTENTION_OUTPUT_NORMS = frozenset({"post_attention_layernorm"})
+"""In a block that also has an `MLP_OUTPUT_NORMS` norm, these normalise the attention output instead of
+the MLP input (Gemma 2/3 and OLMo 2 reuse Llama's name with the other meaning)."""
+
+PARALLEL_CONFIG_FLAGS = ("use_parallel_residual", "parallel_attn")
+"""Config flags that say whether attention and MLP read the same block input (GPT-NeoX, StableLM: first;
+Falcon: second). Without a flag, a block with an attention input norm and no MLP input norm is parallel
+(Phi, GPT-J, CodeGen, Cohere)."""
+
+PRE_NORM_CONFIG_FLAGS = ("do_layer_norm_before",)
+"""Config flags that, when False, move the block norms after the residual add (post-LN OPT-350m)."""

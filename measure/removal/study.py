@@ -1,0 +1,360 @@
+"""Does ShortGPT-style block removal fit the bounds of pruning and quantization at equal size? The study.
+
+**Levels.** For each ordering (Block Influence, angular rule, reverse, random) n = 1..``max_removed`` blocks are
+removed; level n removes a fraction f of the decoder parameters and keeps b(f) = 16(1 − f) bits per decoder
+parameter (:mod:`measure.removal.equal_size`).
+
+**Views** (:mod:`measure.removal.views`). Every level and every compression term is measured on one signal per
+view, with one denominator for both: the layer view (energy- and parameter-weighted over the decoder's linear
+layers), the block view (residual stream, over the blocks' update energy) and end to end (KL to the original on
+the evaluation windows).
+
+**Exactly equal size.** Quantizers (RTN and GPTQ in each group setting) are measured at integer bit widths
+(2..16). In the local views a quantizer's value at b(f) is interpolated in dB between the two widths one bit
+apart that bracket it, and marked interpolated; end to end it is a real model at b(f): the two bracketing widths
+spliced row by row in every layer (:func:`measure.removal.equal_size.row_mix`), within half a row of the size (the gap is
+reported in ``size_gap_bits``). Pruners run at the equal-size sparsity s(f) of each mask convention (free as in
+Kuzmin et al. 2023, entropy-coded, bitmap), which sits at b(f) exactly.
+
+**Reference.** The Gaussian rate–distortion limit of every linear layer (:mod:`theory.rate_distortion`) at the
+equal-size bits per linear weight, aggregated like the layer view: the limit for Gaussian weights with each
+layer's second-order statistics, not a bound on the actual weights.
+
+**Answer** (:func:`answer_table`). Per view, level and mask convention: the removal's error; the best and the worst
+method at b(f); the RD reference (layer views); the margins (removal dB − method dB; negative: removal worse);
+and the equivalent bits of every method — the size at which the method makes the removal's error, read off its
+curve (:func:`measure.removal.equal_size.equivalent_bits`; below the curve's smallest size it is censored, never
+extrapolated).
+
+**End to end.** :class:`ResidualStreamEvaluator` caches the original model's residual stream at every block
+boundary and its reference log-probabilities on the pinned evaluation windows; a variant that equals the
+original before block ``start`` is scored by running blocks start..L−1 only. It gives what
+:func:`measure.evaluation.perplexity.evaluate_perplexity` gives for the variant with the original as reference
+(tested), for a fraction of the cost.
+
+**Error propagation.** For single-block removals and for the distinct removal sets: the Pearson correlation of
+log10(local error) with log10(KL to the original) and the Spearman rank correlation of the two.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from scipy import stats
+from torch import nn
+
+from measure.compress.spec import parse_term_list
+from measure.evaluation.perplexity import PerplexityResult, TokenWindows
+from measure.evaluation.residual import ResidualStreamEvaluator, first_windows
+from measure.models.architecture import Architecture, describe, parameter_counts
+from measure.removal.answer import answer_table, end_to_end_table
+from measure.removal.equal_size import DecoderSizes, mask_convention
+from measure.removal.importance import (
+    Importance,
+    angular_table,
+    choose_units,
+    get_ordering,
+    importance_table,
+    measure_importance,
+    normalized_relative_importance,
+)
+from measure.removal.remove import (
+    Removal,
+    removed_fraction,
+    sublayer_parameter_count,
+    sublayer_removed,
+)
+from measure.removal.terms import StudyPoints, measure_pruner, measure_quantizer, measure_reference
+from measure.removal.views import (
+    LOCAL_VIEWS,
+    VIEWS,
+    ResidualStream,
+    ViewMeter,
+    check_views,
+)
+from measure.removal.views import removal_errors as local_removal_errors
+from theory.accounting import (
+    check_bits,
+    removal_bits_per_weight,
+)
+from theory.errors import PvqError
+
+DEFAULT_ORDERINGS = ("bi", "angular", "reverse", "random")
+ALL_BITS = tuple(range(2, 17))
+"""Integer widths of the full study's quantizers: every width from 2 to 16 bits."""
+
+
+def _all_bits() -> dict[str, tuple[int, ...]]:
+    return {"rtn": ALL_BITS, "gptq": ALL_BITS}
+
+
+@dataclass(frozen=True)
+class StudySettings:
+    """Sizes and choices of :func:`run_study` (recorded with its tables).
+
+    ``quantizer_bits[q]``: the integer widths quantizer q is measured at (each also in every group of ``groups``);
+    ``pruner_sparsities``: sparsities measured besides the equal-size ones of every level and mask convention;
+    ``block_sequences``: how many calibration sequences (the first ones) the block view runs (all when None);
+    ``workers``: processes computing compressed weights (one per core when None)."""
+
+    max_removed: int = 8
+    orderings: tuple[str, ...] = DEFAULT_ORDERINGS
+    seed: int = 0
+    batch_size: int = 4
+    probe_windows: int = 4
+    sublayers: bool = True
+    quantizers: tuple[str, ...] = ("rtn", "gptq")
+    groups: tuple[str, ...] = ("g128", "channel")
+    quantizer_bits: Mapping[str, tuple[int, ...]] = field(default_factory=_all_bits)
+    pruners: tuple[str, ...] = ("sparsegpt",)
+    pruner_sparsities: tuple[float, ...] = (0.5, 0.75, 0.875)
+    mask_conventions: tuple[str, ...] = ("free", "entropy")
+    views: tuple[str, ...] = tuple(VIEWS)
+    block_sequences: int | None = None
+    workers: int | None = None
+
+
+def check_settings(settings: StudySettings, blocks: int | None = None) -> None:
+    """One clear PvqError for the first bad choice in ``settings`` (and removal levels beyond ``blocks - 1``)."""
+    if blocks is not None and not 1 <= settings.max_removed <= blocks - 1:
+        raise PvqError(f"the study removes 1..max_removed blocks; max_removed must lie in 1..{blocks - 1} "
+                       f"(the model has {blocks} blocks), got {settings.max_removed}")  # fmt: skip
+    if settings.max_removed < 1:
+        raise PvqError(f"max_removed must be at least 1, got {settings.max_removed}")
+    for name in settings.orderings:
+        if get_ordering(name).unit != "block":
+            raise PvqError(f"the study's orderings remove whole blocks; {name!r} removes sublayers")
+    check_views(settings.views)
+    for name in settings.mask_conventions:
+        mask_convention(name)
+    for quantizer in settings.quantizers:
+        if quantizer not in settings.quantizer_bits:
+            raise PvqError(f"quantizer {quantizer!r} has no bit widths; give quantizer_bits[{quantizer!r}]")
+        for bits in settings.quantizer_bits[quantizer]:
+            check_bits(bits, 2, 16)
+        parse_term_list(",".join(f"{quantizer}:4:{group}" for group in settings.groups))
+    for pruner in settings.pruners:
+        parse_term_list(f"{pruner}:0.5")
+    for sparsity in settings.pruner_sparsities:
+        if not 0 <= sparsity < 1:
+            raise PvqError(f"pruner sparsities must lie in [0, 1), got {sparsity}")
+    if settings.probe_windows < 1 or (settings.block_sequences is not None and settings.block_sequences < 1):
+        raise PvqError("probe_windows and block_sequences must be at least 1")
+
+
+def decoder_sizes(arch: Architecture) -> DecoderSizes:
+    """Decoder parameters and the weights of its linear layers."""
+    linear = sum(ref.out_features * ref.in_features for ref in arch.linears)
+    return DecoderSizes(decoder=parameter_counts(arch)["decoder"], linear=linear)
+
+
+def removal_levels(importance: Importance, arch: Architecture, settings: StudySettings) -> pd.DataFrame:
+    """One row per (ordering, n removed blocks): the blocks, f, b(f) and the equal-size bits per linear weight."""
+    sizes = decoder_sizes(arch)
+    rows = []
+    for name in settings.orderings:
+        for count in range(1, settings.max_removed + 1):
+            _, blocks = choose_units(name, importance, count, settings.seed)
+            fraction = removed_fraction(arch, Removal(blocks=blocks))
+            rows.append({"ordering": name, "removed": count, "blocks": ",".join(map(str, blocks)),
+                         **sizes.equal_size(fraction)})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def _blocks_of(text: str) -> list[int]:
+    return [int(i) for i in text.split(",")] if text else []
+
+
+def _scores(result: PerplexityResult) -> dict[str, float]:
+    return {"perplexity": result.perplexity, "kl_to_reference_nats": result.kl_to_reference_nats}
+
+
+def measure_levels(levels: pd.DataFrame, meter: ViewMeter, evaluator: ResidualStreamEvaluator | None
+                   ) -> pd.DataFrame:  # fmt: skip
+    """``levels`` with the removal's error in every local view (``removal_error_<view>``) and, with an
+    evaluator, PPL and KL of each distinct removal set (evaluated once per set)."""
+    local = {text: local_removal_errors(meter.layers, meter.update_energy, _blocks_of(text))
+             for text in levels["blocks"].unique()}  # fmt: skip
+    columns = {f"removal_error_{view}": [local[text][view] for text in levels["blocks"]] for view in LOCAL_VIEWS}
+    levels = levels.assign(**columns)
+    if evaluator is None:
+        return levels
+    scored = {text: _scores(evaluator.evaluate(_blocks_of(text))) for text in levels["blocks"].unique()}
+    return levels.assign(perplexity=[scored[t]["perplexity"] for t in levels["blocks"]],
+                         kl_to_reference_nats=[scored[t]["kl_to_reference_nats"] for t in levels["blocks"]],
+                         removal_error_end_to_end=[scored[t]["kl_to_reference_nats"] for t in levels["blocks"]])
+
+
+def propagation_correlation(local_error: Sequence[float], kl: Sequence[float]) -> dict[str, float]:
+    """Pearson r of log10(local error) vs log10(KL), Spearman ρ of the two, and n (positive pairs only)."""
+    pairs = [(e, k) for e, k in zip(local_error, kl, strict=True) if e > 0 and k > 0]
+    if len(pairs) < 3:
+        return {"pearson_log10": math.nan, "spearman": math.nan, "n": len(pairs)}
+    local, divergence = np.log10(np.array(pairs)).T
+    return {
+        "pearson_log10": float(stats.pearsonr(local, divergence).statistic),
+        "spearman": float(stats.spearmanr(local, divergence).statistic),
+        "n": len(pairs),
+    }
+
+
+@dataclass
+class RemovalStudy:
+    """The study's tidy tables by name and a summary (correlations, base perplexity, timings in seconds)."""
+
+    tables: dict[str, pd.DataFrame] = field(default_factory=dict)
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+def unit_table(importance: Importance, arch: Architecture) -> pd.DataFrame:
+    """:func:`measure.removal.importance.importance_table` with each unit's parameters, the decoder fraction they hold and
+    the bits per weight of equal compression, plus the BI rank (0 = ShortGPT removes it first)."""
+    table = importance_table(importance)
+    decoder = parameter_counts(arch)["decoder"]
+    parameters = [
+        sum(p.numel() for p in arch.blocks[row.block].module.parameters()) if row.unit == "block"
+        else sublayer_parameter_count(arch.blocks[row.block], row.unit)
+        for row in table.itertuples()
+    ]  # fmt: skip
+    fraction = np.array(parameters) / decoder
+    bits = [removal_bits_per_weight(f) for f in fraction]
+    table = table.assign(parameters=parameters, removed_fraction=fraction, bits_per_weight=bits)
+    table["rank"] = table.groupby("unit")["influence"].rank(method="first").astype(int) - 1
+    return table
+
+
+def _single_units(
+    importance: Importance, arch: Architecture, evaluator: ResidualStreamEvaluator, sublayers: bool
+) -> pd.DataFrame:
+    """Each block (and, with ``sublayers``, each attention and MLP) removed alone: its influence, local removal
+    error, parameters, PPL and KL on the evaluator's windows, and NRI."""
+    base = evaluator.evaluate()
+    table = unit_table(importance, arch)
+    if not sublayers:
+        table = table[table["unit"] == "block"]
+    rows = []
+    for row in table.itertuples():
+        if row.unit == "block":
+            result = evaluator.evaluate([row.block])
+        else:
+            with sublayer_removed(arch, row.unit, row.block):
+                result = evaluator.evaluate(start=row.block)
+        rows.append({
+            "unit": row.unit, "block": row.block, "influence": row.influence,
+            "removal_relative_error": row.removal_relative_error, "removal_sqnr_db": row.removal_sqnr_db,
+            "parameters": row.parameters, **_scores(result), "base_perplexity": base.perplexity,
+            "nri": normalized_relative_importance(base.perplexity, result.perplexity, row.parameters),
+            "windows": evaluator.windows.input_ids.shape[0],
+        })  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def block_shares(meter: ViewMeter) -> pd.DataFrame:
+    """Per block: its share of the linear layers' output energy, of their weights, and of the blocks' update
+    energy Σ‖y − x‖² (what the layer and block views charge for removing it)."""
+    layers = meter.layers.groupby("block", as_index=False)[["output_energy", "parameters"]].sum()
+    return pd.DataFrame({
+        "block": layers["block"], "layer_energy_share": layers["output_energy"] / layers["output_energy"].sum(),
+        "parameter_share": layers["parameters"] / layers["parameters"].sum(),
+        "update_energy_share": meter.update_energy[layers["block"]] / meter.update_energy.sum(),
+    })  # fmt: skip
+
+
+def run_study(
+    model: nn.Module,
+    batches: Sequence[torch.Tensor],
+    windows: TokenWindows,
+    settings: StudySettings = StudySettings(),
+    log: Callable[[str], None] = lambda message: None,
+    on_table: Callable[[str, pd.DataFrame], None] = lambda name, table: None,
+) -> RemovalStudy:
+    """The whole comparison on one model (module docstring); the model is left as it was. Settings are checked
+    before any work (:func:`check_settings`).
+
+    Tables (each passed to ``on_table`` as soon as it is final): units (importance of blocks and sublayers),
+    angular (d(ℓ, n) for n = 1..max_removed), single_units (each block, attention or MLP removed alone on the
+    first ``probe_windows`` windows: local error, PPL, KL, NRI), layers (each linear's output energy and share),
+    blocks (each block's energy, weight and update shares), layer_rd (each linear's Gaussian rate–distortion
+    reference at 2..16 bits per weight), levels (one row per ordering and removal count:
+    blocks, f, b(f), the removal's error in every view, PPL, KL), points (every method's error per view and
+    setting, the RD reference, the spliced equal-size models), answer (:func:`answer_table`) and end_to_end.
+    """
+    arch = describe(model)
+    check_settings(settings, len(arch.blocks))
+    study = RemovalStudy()
+    seconds: dict[str, float] = {}
+    clock = time.perf_counter()
+
+    def lap(step: str, **tables: pd.DataFrame) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        seconds[step] = now - clock
+        clock = now
+        log(f"{step}: {seconds[step]:.1f} s")
+        for name, table in tables.items():
+            study.tables[name] = table
+            on_table(name, table)
+
+    importance = measure_importance(model, batches, arch)
+    units = unit_table(importance, arch)
+    levels = removal_levels(importance, arch, settings)
+    lap("importance", units=units, angular=angular_table(importance.states, settings.max_removed))
+
+    probe_windows = first_windows(windows, settings.probe_windows)
+    probe = ResidualStreamEvaluator(model, probe_windows, settings.batch_size, arch)
+    single = _single_units(importance, arch, probe, settings.sublayers)
+    lap("single_units", single_units=single)
+
+    sequences = torch.cat(list(batches))[: settings.block_sequences]
+    stream = ResidualStream.record(model, arch, list(sequences.split(settings.batch_size)))
+    meter = ViewMeter(arch, importance.capture, stream, settings.workers)
+    evaluator = None
+    if "end_to_end" in settings.views:
+        evaluator = ResidualStreamEvaluator(model, windows, settings.batch_size, arch)
+    if evaluator is not None:
+        study.summary["base"] = _scores(evaluator.evaluate())
+    levels = measure_levels(levels, meter, evaluator)
+    lap("levels", layers=meter.layers, blocks=block_shares(meter), levels=levels)
+
+    sizes = decoder_sizes(arch)
+    points = StudyPoints(sizes, settings.views)
+    for quantizer in settings.quantizers:
+        for group in settings.groups:
+            measure_quantizer(meter, evaluator, points, f"{quantizer}:{{bits}}:{group}",
+                              settings.quantizer_bits[quantizer], levels, log)  # fmt: skip
+    fractions = levels["removed_fraction"].unique()
+    equal = [sizes.sparsity(fraction, name) for name in settings.mask_conventions for fraction in fractions]
+    sparsities = [*settings.pruner_sparsities, *equal]
+    for pruner in settings.pruners:
+        measure_pruner(meter, evaluator, points, pruner, sparsities, settings.mask_conventions, log)
+    reference = pd.DataFrame()
+    if set(settings.views) & {"layer_energy", "layer_parameters"}:
+        reference = measure_reference(meter, points, [*map(float, ALL_BITS), *levels["linear_bits_per_weight"]])
+    table = points.table()
+    lap("methods", points=table, layer_rd=reference,
+        answer=answer_table(levels, table, settings.views, settings.mask_conventions))
+    if evaluator is not None:
+        on_table("end_to_end", study.tables.setdefault("end_to_end", end_to_end_table(levels, table)))
+        _correlations(study, single, levels)
+    study.summary["seconds"] = seconds
+    return study
+
+
+def _correlations(study: RemovalStudy, single: pd.DataFrame, levels: pd.DataFrame) -> None:
+    """Error propagation (module docstring): single units per kind, and the distinct removal sets per view."""
+    for unit, rows in single.groupby("unit"):
+        study.summary[f"correlation_single_{unit}"] = propagation_correlation(
+            rows["removal_relative_error"], rows["kl_to_reference_nats"]
+        )
+    distinct = levels.drop_duplicates("blocks")
+    for view in LOCAL_VIEWS:
+        study.summary[f"correlation_levels_{view}"] = propagation_correlation(
+            distinct[f"removal_error_{view}"], distinct["kl_to_reference_nats"]
+        )

@@ -1,0 +1,179 @@
+"""Every compression term of the removal study measured in every view: the points of its curves.
+
+:func:`measure_quantizer` measures one quantizer at its integer widths (and end to end the models spliced from two
+consecutive widths at each removal level's size, :func:`mixed_weights`); :func:`measure_pruner` one pruner at its
+sparsities, with the bits of every mask convention; :func:`measure_reference` the Gaussian rate–distortion
+reference of every layer (:mod:`theory.rate_distortion`). Each adds rows to :class:`StudyPoints`
+(:data:`POINT_COLUMNS`), the curves :mod:`measure.removal.answer` reads at the removal sizes.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from measure.compress.spec import LayerStep, parse_term_list
+from measure.evaluation.perplexity import PerplexityResult
+from measure.evaluation.residual import ResidualStreamEvaluator
+from measure.ledger import sqnr_db
+from measure.removal.answer import RD_SERIES
+from measure.removal.equal_size import DecoderSizes, bracketing_widths, mask_convention, row_mix
+from measure.removal.views import TermWeights, ViewMeter, layer_view_errors, splice_rows
+from theory.accounting import sparse_bits_per_weight
+from theory.rate_distortion import layer_spectrum, rd_relative_error
+
+
+class StudyPoints:
+    """The points of the study's curves: one row per view and measured setting (columns :data:`POINT_COLUMNS`)."""
+
+    def __init__(self, sizes: DecoderSizes, views: Sequence[str]) -> None:
+        self.sizes, self.views, self.rows = sizes, tuple(views), []
+
+    def add(self, series: str, family: str, term: str, linear_bits: float, errors: Mapping[str, float],
+            result: PerplexityResult | None = None, mask_convention: str | None = None,
+            **extra: Any) -> None:  # fmt: skip
+        """One row per requested view with an error in ``errors`` (and end to end when ``result`` is given)."""
+        errors = dict(errors)
+        if result is not None:  # a KL estimate within rounding of 0 can come out negative: KL >= 0
+            errors["end_to_end"] = max(result.kl_to_reference_nats, 0.0)
+        for view in self.views:
+            if view not in errors:
+                continue
+            self.rows.append({
+                "view": view, "series": series, "family": family, "term": term, "mask_convention": mask_convention,
+                "bits_per_weight": self.sizes.decoder_bits(linear_bits), "linear_bits_per_weight": linear_bits,
+                "error": errors[view], "quality_db": sqnr_db(errors[view]),
+                "perplexity": result.perplexity if view == "end_to_end" and result is not None else math.nan,
+                "mixed": False, "removed_fraction": math.nan, "size_gap_bits": math.nan, **extra,
+            })  # fmt: skip
+
+    def table(self) -> pd.DataFrame:
+        return pd.DataFrame(self.rows, columns=POINT_COLUMNS)
+
+
+POINT_COLUMNS = ["view", "series", "family", "term", "mask_convention", "bits_per_weight",
+                 "linear_bits_per_weight", "error", "quality_db", "perplexity", "mixed", "removed_fraction",
+                 "size_gap_bits"]  # fmt: skip
+"""``bits_per_weight``: per decoder parameter; ``error``: the view's error (relative error, or KL in nats per token
+end to end); ``quality_db`` = −10·log10 error; ``mixed``: a model spliced from two widths at a removal level's
+size (``removed_fraction``), ``size_gap_bits`` its size minus b(f)."""
+
+
+class StepClock:
+    """Seconds of each call made through it, printed as ``compress 1.2 s, local_errors 3.4 s, ...``."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    def __call__(self, function: Callable[..., Any], *args: Any) -> Any:
+        start = time.perf_counter()
+        try:
+            return function(*args)
+        finally:
+            self.seconds[function.__name__.strip("_")] = time.perf_counter() - start
+
+    def __str__(self) -> str:
+        return ", ".join(f"{name} {value:.1f} s" for name, value in self.seconds.items())
+
+
+def _step(text: str) -> LayerStep:
+    return parse_term_list(text)[0]
+
+
+def _linear_bits(meter: ViewMeter, step: LayerStep) -> float:
+    """Parameter-weighted bits per linear weight of ``step`` over the meter's layers."""
+    parameters = [int(p) for p in meter.layers["parameters"]]
+    bits = sum(step.bits_per_weight(ref) * p for ref, p in zip(meter.refs, parameters, strict=True))
+    return bits / sum(parameters)
+
+
+def _evaluate(meter: ViewMeter, weights: Sequence[torch.Tensor], evaluator: ResidualStreamEvaluator | None
+              ) -> PerplexityResult | None:  # fmt: skip
+    return None if evaluator is None else meter.evaluate(weights, evaluator)
+
+
+def mixed_weights(meter: ViewMeter, low: tuple[LayerStep, TermWeights], high: tuple[LayerStep, TermWeights],
+                  target_linear_bits: float) -> tuple[list[torch.Tensor], float]:  # fmt: skip
+    """Weights of a model whose linears cost ``target_linear_bits`` per weight: in every layer the same fraction of
+    leading rows from ``high``, the rest from ``low`` (:func:`measure.removal.equal_size.row_mix`); and the bits per linear
+    weight it reaches."""
+    (low_step, low_weights), (high_step, high_weights) = low, high
+    refs = meter.refs
+    total = sum(ref.out_features * ref.in_features for ref in refs)
+    counts, gap = row_mix([ref.out_features for ref in refs],
+                          [ref.in_features * low_step.bits_per_weight(ref) for ref in refs],
+                          [ref.in_features * high_step.bits_per_weight(ref) for ref in refs],
+                          target_linear_bits * total)  # fmt: skip
+    weights = [splice_rows(lo, hi, k) for lo, hi, k in zip(low_weights.weights, high_weights.weights, counts,
+                                                           strict=True)]  # fmt: skip
+    return weights, target_linear_bits + gap / total
+
+
+def measure_quantizer(meter: ViewMeter, evaluator: ResidualStreamEvaluator | None, points: StudyPoints,
+                      term_prefix: str, widths: Sequence[int], levels: pd.DataFrame, log: Callable[[str], None]
+                      ) -> None:  # fmt: skip
+    """Points of ``term_prefix`` (``<quantizer>:{bits}:<group>``) at every width, and end to end the spliced
+    model at every level's size that two consecutive widths bracket."""
+    quantizer, group = term_prefix.split(":{bits}:")
+    series = f"{quantizer}_{group}"
+    steps = {bits: _step(term_prefix.format(bits=bits)) for bits in sorted(widths)}
+    bits_of = {bits: _linear_bits(meter, step) for bits, step in steps.items()}
+    targets = levels.drop_duplicates("removed_fraction")[["removed_fraction", "linear_bits_per_weight"]]
+    previous: tuple[LayerStep, TermWeights] | None = None
+    for bits, step in steps.items():
+        clock = StepClock()
+        weights = clock(meter.compress, step)
+        local = clock(meter.local_errors, weights)
+        points.add(series, "quantization", step.text, bits_of[bits], local,
+                   clock(_evaluate, meter, weights.weights, evaluator))  # fmt: skip
+        log(f"{step.text} measured ({clock})")
+        if previous is not None and evaluator is not None:
+            for fraction, target in targets.itertuples(index=False):
+                if bracketing_widths(bits_of, target) == (bits - 1, bits):
+                    mixed, reached = mixed_weights(meter, previous, (step, weights), target)
+                    result = meter.evaluate(mixed, evaluator)
+                    points.add(series, "quantization", f"{series}:{bits - 1}|{bits}@{fraction:.6f}", reached, {},
+                               result, mixed=True, removed_fraction=fraction,
+                               size_gap_bits=points.sizes.decoder_bits(reached)
+                               - points.sizes.decoder_bits(target))  # fmt: skip
+        previous = (step, weights) if bits + 1 in steps else None
+
+
+def measure_pruner(meter: ViewMeter, evaluator: ResidualStreamEvaluator | None, points: StudyPoints,
+                   pruner: str, sparsities: Sequence[float], conventions: Sequence[str],
+                   log: Callable[[str], None]) -> None:  # fmt: skip
+    """Points of ``pruner`` at every sparsity, one row per view and mask convention (the bits differ by convention,
+    the errors do not)."""
+    for sparsity in sorted(set(sparsities)):
+        clock = StepClock()
+        step = _step(f"{pruner}:{sparsity:.9f}")
+        weights = clock(meter.compress, step)
+        errors, result = clock(meter.local_errors, weights), clock(_evaluate, meter, weights.weights, evaluator)
+        for name in conventions:
+            bits = sparse_bits_per_weight(float(step.params["sparsity"]), mask_convention(name))
+            points.add(pruner, "pruning", step.text, bits, errors, result, mask_convention=name)
+        log(f"{step.text} measured ({clock})")
+
+
+def measure_reference(meter: ViewMeter, points: StudyPoints, linear_bits: Sequence[float]) -> pd.DataFrame:
+    """The Gaussian rate–distortion reference (:mod:`theory.rate_distortion`) of every layer at every size in
+    ``linear_bits`` (bits per linear weight), aggregated like the layer view into ``points``; returns the per-layer
+    values at the integer sizes (layer, block, bits_per_weight, rd_relative_error, rd_sqnr_db)."""
+    spectra = [layer_spectrum(meter.captured.gram_for(ref.name).to_numpy(),
+                              ref.weight().detach().to("cpu", torch.float64).numpy())
+               for ref in meter.refs]  # fmt: skip
+    rows = []
+    for bits in sorted(set(linear_bits)):
+        relative = np.array([rd_relative_error(spectrum, bits) for spectrum in spectra])
+        errors = layer_view_errors(meter.layers, relative)
+        points.add(RD_SERIES, "reference", f"{RD_SERIES}:{bits:.6f}", bits, errors)
+        if float(bits).is_integer():
+            rows += [{"layer": ref.name, "block": ref.block_index, "bits_per_weight": bits, "rd_relative_error": r,
+                      "rd_sqnr_db": sqnr_db(r)} for ref, r in zip(meter.refs, relative, strict=True)]  # fmt: skip
+    return pd.DataFrame(rows)

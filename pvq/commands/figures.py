@@ -1,0 +1,104 @@
+"""`pvq figures`: Run missing experiments and render every registered figure and table.
+
+Experiments whose cached table matches their cache key (config + model hash + code version + seed)
+are reused; the others run one at a time, so Ctrl-C keeps what finished and a rerun resumes. Each one
+is announced as it starts; the warnings and bars of the libraries it drives show only with ``--verbose``.
+``--archive FILE.tar.gz`` then packs the results and the rendered artifacts (:mod:`figures.archive`).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from figures.archive import write_archive
+from figures.experiments import ExperimentContext
+from figures.registry import load_catalog, select
+from figures.render import build, summary
+from measure.models.defaults import DEFAULT_MODEL
+from measure.records.store import ARCHIVE_SUFFIXES, RESULTS_DIR
+from pvq.commands.common import add_device_arguments, placement
+from pvq.scale.jobs import model_loader
+from theory.errors import PvqError
+
+if TYPE_CHECKING:
+    from figures.experiments import ExperimentContext
+
+HELP = "Run missing experiments and render every registered figure and table."
+DEFAULT_OUT = "paper"
+
+
+def add_build_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options shared by `pvq figures` and `pvq paper`."""
+    parser.add_argument("--model", default=None,
+                        help="model name or path for model experiments (default: the default model)")
+    parser.add_argument("--results", type=Path, default=Path(RESULTS_DIR),
+                        help=f"folder of cached experiment tables (default: {RESULTS_DIR}/)")
+    parser.add_argument("--out", type=Path, default=Path(DEFAULT_OUT),
+                        help=f"paper folder receiving figures/, tables/, sections/ (default: {DEFAULT_OUT}/)")
+    add_device_arguments(parser)
+    parser.add_argument("--seed", type=int, default=0, help="seed of every experiment (default: 0)")
+    parser.add_argument("--verbose", action="store_true",
+                        help="also show the warnings, log messages and progress bars of the libraries the "
+                        "experiments drive (lm-eval, transformers, cvxpy, ...); pvq's own always show")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """`pvq figures [--only NAME ...] [--list] [--archive FILE] [--model NAME] [--results DIR] [--out DIR]
+    [--device] [--dtype] [--seed] [--verbose]`."""
+    parser.add_argument("--only", nargs="+", metavar="NAME", help="render only these figures/tables")
+    parser.add_argument("--list", action="store_true", help="list the registered figures and tables and exit")
+    parser.add_argument("--archive", type=Path, metavar="FILE.tar.gz",
+                        help="afterwards pack the result tables, the rendered figures and tables and a manifest "
+                        "of their sha256 into this archive, for publishing (compare with `pvq verify FILE`)")
+    add_build_arguments(parser)
+
+
+def listing(out_dir: Path) -> str:
+    """One line per registered artifact: kind, name, the experiments it needs, its output file."""
+
+    lines = []
+    for artifact in load_catalog().values():
+        suffix = ".pdf" if artifact.kind == "figure" else ".tex"
+        lines.append(
+            f"{artifact.kind:<7} {artifact.name:<32} needs {', '.join(artifact.needs):<48} "
+            f"{artifact.stem(out_dir).with_suffix(suffix)}"
+        )
+    return "\n".join(lines)
+
+
+def experiment_context(args: argparse.Namespace) -> ExperimentContext:
+    """What the experiments use: model, results folder, seed, and ``--device`` / ``--dtype`` resolved (a missing
+    CUDA device is a PvqError here, before any work); the model loads in that dtype on first use."""
+
+    place = placement(args, mode="full")
+    return ExperimentContext(
+        model_name=args.model or DEFAULT_MODEL, results_root=args.results, device=place.device, seed=args.seed,
+        load_model=model_loader(place.dtype_name),
+    )
+
+
+def run_build(
+    args: argparse.Namespace, only: list[str] | None = None, context: ExperimentContext | None = None
+) -> str:
+    """Run the experiments and render the selected artifacts; return the summary text."""
+
+    registered = list(load_catalog().values())
+    verbose = getattr(args, "verbose", False)
+    report = build(select(only), registered, context or experiment_context(args), args.out, verbose=verbose)
+    return summary(report)
+
+
+def run(args: argparse.Namespace) -> int:
+    """List, or build and print the summary (then write the archive when asked)."""
+    if args.list:
+        print(listing(args.out))
+        return 0
+    if args.archive and not args.archive.name.endswith(ARCHIVE_SUFFIXES):
+        raise PvqError(f"--archive {args.archive}: name the archive {' or '.join(ARCHIVE_SUFFIXES)}")
+    print(run_build(args, args.only))
+    if args.archive:
+
+        print(f"archive: {write_archive(args.archive, args.results, args.out)}")
+    return 0
