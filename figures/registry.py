@@ -27,11 +27,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-import figures.catalog as catalog
 from figures.experiments import lookup
 from theory.errors import PvqError
 
 OUTPUT_FOLDERS = {"figure": "figures", "table": "tables"}
+CATALOG = "figures.catalog"
+CATALOG_FOLDER = Path(__file__).resolve().parent / "catalog"
+CATALOG_ORDER: tuple[str, ...] = ("theory", "models", "weights", "bounds", "removal", "frontier")
+"""Catalog modules in the order of the results chapter; modules not listed follow alphabetically."""
 Tables = Mapping[str, pd.DataFrame]
 Caption = Callable[[Tables, Mapping[str, Any]], str]
 
@@ -88,12 +91,12 @@ def table(name: str, *, needs: Sequence[str], caption: Caption, section: str) ->
 
 
 def load_catalog() -> dict[str, Artifact]:
-    """Import every module of :mod:`figures.catalog` (the order it declares, then the rest by name)."""
-
-    discovered = sorted(info.name for info in pkgutil.iter_modules(catalog.__path__))
-    ordered = [name for name in catalog.ORDER if name in discovered]
+    """Import every module of :mod:`figures.catalog` (:data:`CATALOG_ORDER`, then the rest by name): the catalog
+    sits above the registry (its modules register into it), so it is discovered by name, never imported here."""
+    discovered = sorted(info.name for info in pkgutil.iter_modules([str(CATALOG_FOLDER)]))
+    ordered = [name for name in CATALOG_ORDER if name in discovered]
     for name in ordered + [name for name in discovered if name not in ordered]:
-        importlib.import_module(f"figures.catalog.{name}")
+        importlib.import_module(f"{CATALOG}.{name}")
     return ARTIFACTS
 
 

@@ -1,0 +1,103 @@
+"""The package's layer order, checked on every module's imports (module level and inside functions).
+
+Data flows capture → ledger → bounds → study tables → figures, and imports run only downward:
+theory ← measure (records ← models ← data ← capture ← compress ← evaluation ← ledger, bounds ← removal)
+← figures (everything else ← catalog) ← pvq (scale-out ← commands ← cli).
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("theory", "measure", "figures", "pvq")
+LAYERS: tuple[tuple[str, ...], ...] = (
+    ("theory",),
+    ("measure", "measure.records"),
+    ("measure.models",),
+    ("measure.data",),
+    ("measure.capture",),
+    ("measure.compress",),
+    ("measure.evaluation",),
+    ("measure.ledger", "measure.bounds"),
+    ("measure.removal",),
+    ("figures",),
+    ("figures.catalog",),
+    ("pvq", "pvq.scale"),
+    ("pvq.commands",),
+    ("pvq.cli",),
+)
+"""Bottom first; a module may import its own layer and the layers below it."""
+
+
+def layer_of(module: str) -> int:
+    """The index in :data:`LAYERS` of the longest prefix of ``module`` (package or module name)."""
+    best = (-1, -1)
+    for index, prefixes in enumerate(LAYERS):
+        for prefix in prefixes:
+            if module == prefix or module.startswith(prefix + "."):
+                best = max(best, (len(prefix), index))
+    if best[1] < 0:
+        raise AssertionError(f"{module} belongs to no layer; add it to LAYERS")
+    return best[1]
+
+
+def project_modules() -> dict[str, Path]:
+    modules = {}
+    for package in PACKAGES:
+        for path in sorted((ROOT / package).rglob("*.py")):
+            name = ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+            modules[name] = path
+    return modules
+
+
+def imports_of(path: Path) -> list[tuple[str, int, bool]]:
+    """(imported module, line, inside a function) for every import of a project module in ``path``."""
+    tree = ast.parse(path.read_text())
+    in_function = {
+        id(node) for function in ast.walk(tree) if isinstance(function, ast.FunctionDef | ast.AsyncFunctionDef)
+        for node in ast.walk(function)
+    }
+    found = []
+    for node in ast.walk(tree):
+        names = []
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names = [node.module]
+        elif isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        found += [(name, node.lineno, id(node) in in_function) for name in names if name.split(".")[0] in PACKAGES]
+    return found
+
+
+MODULES = project_modules()
+
+
+def test_every_module_belongs_to_a_layer() -> None:
+    for name in MODULES:
+        layer_of(name)
+
+
+@pytest.mark.parametrize("module", sorted(MODULES))
+def test_imports_point_down_the_layers_and_none_hides_in_a_function(module: str) -> None:
+    here = layer_of(module)
+    for imported, line, in_function in imports_of(MODULES[module]):
+        where = f"{MODULES[module].relative_to(ROOT)}:{line} imports {imported}"
+        assert not in_function, f"{where} inside a function; import at module level"
+        assert layer_of(imported) <= here, f"{where}, a higher layer ({LAYERS[layer_of(imported)]} above {LAYERS[here]})"
+
+
+def test_the_layer_check_catches_an_upward_and_a_hidden_import(tmp_path: Path) -> None:
+    upward = tmp_path / "upward.py"
+    upward.write_text("from figures.registry import ARTIFACTS\n\n\ndef f():\n    from pvq.cli import main\n")
+    found = imports_of(upward)
+    assert found == [("figures.registry", 1, False), ("pvq.cli", 5, True)]
+    assert layer_of("figures.registry") > layer_of("measure.ledger")
+    assert layer_of("measure.capture.gram") < layer_of("measure.compress.spec") < layer_of("measure.removal.study")
+
+
+def test_measure_has_no_loose_modules_but_the_stages() -> None:
+    loose = sorted(path.name for path in (ROOT / "measure").glob("*.py"))
+    assert loose == ["__init__.py", "bounds.py", "ledger.py"]
