@@ -7,27 +7,21 @@ stored key equals the current one, otherwise it is recomputed. Experiments run o
 is written atomically, so an interrupted run keeps every finished table and resumes after the last one.
 
 Cache key = sha256 of the canonical JSON of {name, config, seed, model id + hash (or none),
-code version}. The *code version* is the sha256 of the code of the experiment's function (without
-decorators, comments or layout) and of the source of every module or package it declares in ``code``
-(all ``*.py`` files of a package). We do not key on the git commit: it changes with every commit,
-even one that only edits a caption or the README, which would rerun many minutes of model
-experiments; it misses uncommitted edits; and it is unknown outside a checkout. The price of hashing
-declared source is that a declaration must name the code it depends on: name whole packages
-(``"theory"``, ``"measure"``) when unsure.
+code version}. The *code version* (:mod:`figures.code_version`) hashes the code the experiment runs,
+found from its imports: its function (without decorators, comments or layout), the helpers of its module it
+calls, and the source of every project module in their import closure. We do not key on the git commit: it
+changes with every commit, even one that only edits a caption or the README, which would rerun many minutes of
+model experiments; it misses uncommitted edits; and it is unknown outside a checkout.
 """
 
 from __future__ import annotations
 
-import ast
 import contextlib
 import hashlib
-import importlib.util
-import inspect
 import json
 import random
 import re
 import sys
-import textwrap
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -38,6 +32,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from figures.code_version import code_modules, code_version_of
 from figures.progress import ExperimentProgress, last_runtime
 from figures.quiet import quiet_unless
 from measure.models.load import load_model
@@ -58,7 +53,7 @@ class Experiment:
     """A declared computation: ``compute(config, context) -> DataFrame``.
 
     ``synthetic(rng)`` returns a small table with the same columns, used by the tests to render every
-    figure without running anything. ``code`` names the modules/packages whose source keys the cache.
+    figure without running anything.
     """
 
     name: str
@@ -66,7 +61,6 @@ class Experiment:
     config: Mapping[str, Any]
     synthetic: Synthetic
     needs_model: bool = False
-    code: tuple[str, ...] = ()
 
 
 EXPERIMENTS: dict[str, Experiment] = {}
@@ -82,8 +76,7 @@ def canonical_json(value: Any) -> str:
 
 
 def experiment(
-    name: str, *, config: Mapping[str, Any], synthetic: Synthetic, needs_model: bool = False,
-    code: Sequence[str] = (),
+    name: str, *, config: Mapping[str, Any], synthetic: Synthetic, needs_model: bool = False
 ) -> Callable[[Compute], Compute]:
     """Register the decorated ``compute(config, context) -> DataFrame`` as experiment ``name``."""
     canonical_json(config)
@@ -91,50 +84,15 @@ def experiment(
     def register(compute: Compute) -> Compute:
         if name in EXPERIMENTS:
             raise PvqError(f"experiment {name!r} is registered twice; give each experiment a unique name")
-        EXPERIMENTS[name] = Experiment(name, compute, dict(config), synthetic, needs_model, tuple(code))
+        EXPERIMENTS[name] = Experiment(name, compute, dict(config), synthetic, needs_model)
         return compute
 
     return register
 
 
-def _module_files(module_name: str) -> dict[str, Path]:
-    """The source files of a module (itself) or package (every ``*.py`` below it), by relative name."""
-    spec = importlib.util.find_spec(module_name)
-    if spec is None or spec.origin is None:
-        raise PvqError(f"experiment code dependency {module_name!r} is not an importable module or package")
-    origin = Path(spec.origin)
-    if spec.submodule_search_locations:
-        return {str(path.relative_to(origin.parent)): path for path in sorted(origin.parent.rglob("*.py"))}
-    return {origin.name: origin}
-
-
-def function_source(function: Callable[..., Any]) -> str:
-    """The code of ``function`` without its decorators, comments or layout (``ast.unparse``).
-
-    Decorators hold the experiment declaration (config, synthetic table), which is keyed separately, so
-    editing one experiment's declaration does not invalidate another that shares the function. Source
-    that does not parse on its own (a lambda inside a larger expression) is used verbatim.
-    """
-    try:
-        source = textwrap.dedent(inspect.getsource(function))
-    except (OSError, TypeError) as error:
-        raise PvqError(f"experiment function {function!r} has no source file; define it in a module") from error
-    try:
-        node = ast.parse(source).body[0]
-    except SyntaxError:
-        return source
-    if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
-        node.decorator_list = []
-    return ast.unparse(node)
-
-
 def code_version(exp: Experiment) -> str:
-    """sha256 over the code of ``exp.compute`` and of every source file of the modules in ``exp.code``."""
-    digest = hashlib.sha256(function_source(exp.compute).encode())
-    for module_name in sorted(exp.code):
-        for relative, path in _module_files(module_name).items():
-            digest.update(f"{module_name}:{relative}".encode() + b"\0" + path.read_bytes())
-    return digest.hexdigest()[:16]
+    """The code version of ``exp`` (:func:`figures.code_version.code_version_of` of its function)."""
+    return code_version_of(exp.compute)
 
 
 def model_slug(model_name: str) -> str:
@@ -271,7 +229,7 @@ def compute_run(exp: Experiment, context: ExperimentContext, key: str) -> Experi
     facts = context.model_facts() if exp.needs_model else NO_MODEL
     provenance = collect(
         experiment=exp.name, config=exp.config, cache_key=key, code_version=code_version(exp),
-        code=list(exp.code), seed=context.seed, device=context.device, runtime_s=round(seconds, 3), **facts,
+        code=code_modules(exp.compute), seed=context.seed, device=context.device, runtime_s=round(seconds, 3), **facts,
     )
     path.unlink(missing_ok=True)  # a new sidecar must never sit beside the old table
     write_table(table, path, provenance)

@@ -118,8 +118,7 @@ def synthetic_sweep(rng: np.random.Generator) -> pd.DataFrame:
                                       "layer": "str", "role": "str"})  # fmt: skip
 
 
-@experiment(SWEEP, config=SWEEP_CONFIG, synthetic=synthetic_sweep, needs_model=True,
-            code=("measure.bounds", "measure.capture.statistics", "measure.data.calibration", "theory"))  # fmt: skip
+@experiment(SWEEP, config=SWEEP_CONFIG, synthetic=synthetic_sweep, needs_model=True)  # fmt: skip
 def layer_bounds_sweep(config: Mapping[str, Any], context: ExperimentContext) -> pd.DataFrame:
     """:func:`measure.bounds.bounds_for_model` over the ``roles`` of the blocks at ``positions`` (SDPs at
     ``sdp_bits`` on the ``sdp_roles`` layers), without its ``seconds`` column: solver times vary from run to run,

@@ -70,7 +70,7 @@ def synthetic_frontier(rng: np.random.Generator) -> pd.DataFrame:
                         size_mb=frame["bits_per_weight"] * 1e8 / 8e6, base_perplexity=20.0)  # fmt: skip
 
 
-@experiment(FRONTIER, needs_model=True, synthetic=synthetic_frontier, code=("measure",),
+@experiment(FRONTIER, needs_model=True, synthetic=synthetic_frontier,
             config={"specs": list(SPECS), "calibration": CALIBRATION, "evaluation": EVALUATION})  # fmt: skip
 def compression_frontier(config: Mapping[str, Any], context: ExperimentContext) -> pd.DataFrame:
     """One row per spec: method, family, compressed bits per weight, whole-model bits per weight and MB, PPL and

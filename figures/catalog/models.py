@@ -21,7 +21,7 @@ from figures.style import thesis_table
 from measure.capture.statistics import capture
 from measure.compress.spec import apply_spec
 from measure.data.calibration import CalibrationProtocol, calibration_batches
-from measure.data.text import calibration_text, evaluation_text
+from measure.data.text import evaluation_text
 from measure.evaluation.lmeval import evaluate_task, resolve_tasks
 from measure.evaluation.perplexity import bos_token_id_for, evaluate_perplexity, make_windows
 from measure.models.architecture import describe, parameter_counts
@@ -87,7 +87,7 @@ def synthetic_summary(rng: np.random.Generator) -> pd.DataFrame:
     return frame.assign(blocks=blocks, linear_layers=7 * blocks, hidden_size=576)
 
 
-@experiment(SUMMARY, config={}, synthetic=synthetic_summary, needs_model=True, code=("measure.models.architecture",))
+@experiment(SUMMARY, config={}, synthetic=synthetic_summary, needs_model=True)
 def model_summary(config: Mapping[str, Any], context: ExperimentContext) -> pd.DataFrame:
     """Parameters by part (:func:`measure.models.architecture.parameter_counts`: embeddings, attention, MLP, norms,
     final norm, untied LM head, total), with the number of blocks, block linear layers and the hidden size."""
@@ -170,7 +170,7 @@ def _variant_metrics(loaded: Any, spec: str, batches: list, windows: Any, tasks:
 
 
 @experiment(
-    BENCHMARKS, needs_model=True, synthetic=synthetic_benchmarks, code=("measure",),
+    BENCHMARKS, needs_model=True, synthetic=synthetic_benchmarks,
     config={"variants": list(BENCHMARK_VARIANTS), "tasks": BENCHMARK_TASKS, "calibration": CALIBRATION,
             "evaluation": EVALUATION},
 )  # fmt: skip

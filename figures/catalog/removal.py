@@ -185,7 +185,7 @@ def study_settings(settings: Mapping[str, Any]) -> Any:
     return StudySettings(**{**settings, **tuples, "quantizer_bits": bits})
 
 
-@experiment(STUDY, needs_model=True, synthetic=synthetic_study, code=("measure", "theory"),
+@experiment(STUDY, needs_model=True, synthetic=synthetic_study,
             config={"calibration": CALIBRATION, "evaluation": EVALUATION, "settings": SETTINGS})  # fmt: skip
 def removal_study(config: Mapping[str, Any], context: ExperimentContext) -> pd.DataFrame:
     """:func:`measure.removal.study.run_study` on the loaded model with ``config["settings"]``, its tables

@@ -113,7 +113,7 @@ def synthetic_kurtosis(rng: np.random.Generator, truncate: float | None, clip_ru
 
 @experiment(
     FORMATS, config={"distribution": "gaussian", "convention": Convention().as_dict()},
-    synthetic=synthetic_formats, code=("theory",),
+    synthetic=synthetic_formats,
 )
 def theory_formats(config: Mapping[str, Any], context: ExperimentContext) -> pd.DataFrame:
     """SQNR of every format and of magnitude pruning on one distribution (``theory.study``)."""
@@ -126,9 +126,9 @@ def _kurtosis_config(truncate: float | None, clip_rule: str) -> dict[str, Any]:
             "clip_rule": clip_rule}
 
 
-@experiment(KURTOSIS_MSE, config=_kurtosis_config(None, "mse"), code=("theory",),
+@experiment(KURTOSIS_MSE, config=_kurtosis_config(None, "mse"),
             synthetic=partial(synthetic_kurtosis, truncate=None, clip_rule="mse"))
-@experiment(KURTOSIS_RANGE, config=_kurtosis_config(TRUNCATE_SIGMA, "range"), code=("theory",),
+@experiment(KURTOSIS_RANGE, config=_kurtosis_config(TRUNCATE_SIGMA, "range"),
             synthetic=partial(synthetic_kurtosis, truncate=TRUNCATE_SIGMA, clip_rule="range"))
 def theory_kurtosis_bits(config: Mapping[str, Any], context: ExperimentContext) -> pd.DataFrame:
     """SQNR(INT-b) − SQNR(magnitude pruning) over a kurtosis × bits grid of Student-t laws (``theory.study``)."""

@@ -49,7 +49,7 @@ def synthetic_weight_study(rng: np.random.Generator) -> pd.DataFrame:
 
 
 @experiment(STUDY, config={"bits": list(BITS), "convention": Convention().as_dict()}, needs_model=True,
-            synthetic=synthetic_weight_study, code=("measure.ledger", "theory"))  # fmt: skip
+            synthetic=synthetic_weight_study)  # fmt: skip
 def weight_tensor_study(config: Mapping[str, Any], context: ExperimentContext) -> pd.DataFrame:
     """One row per (linear weight tensor, b): :func:`measure.ledger.weight_tensor_study` on the loaded model."""
 

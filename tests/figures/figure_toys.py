@@ -65,7 +65,7 @@ def make_counting_experiment(name: str, calls: list[str], config: dict | None = 
         x = np.arange(5.0)
         return pd.DataFrame({"x": x, "y": cfg["scale"] * x + context.seed})
 
-    return Experiment(name, compute, config or {"scale": 2.0}, toy_synthetic, needs_model, ("figures.style",))
+    return Experiment(name, compute, config or {"scale": 2.0}, toy_synthetic, needs_model)
 
 
 def synthetic_facts(artifact: Artifact) -> dict[str, Any]:

@@ -46,7 +46,7 @@ def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def synthetic_experiments(monkeypatch):
     for name, exp in list(EXPERIMENTS.items()):
-        synthetic = dataclasses.replace(exp, compute=synthetic_compute(exp), code=())
+        synthetic = dataclasses.replace(exp, compute=synthetic_compute(exp))
         monkeypatch.setitem(EXPERIMENTS, name, synthetic)
 
 

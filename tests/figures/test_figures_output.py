@@ -106,7 +106,7 @@ def chatty(config, context):
     return experiment.synthetic(np.random.default_rng(context.seed))
 
 
-EXPERIMENTS[experiment.name] = dataclasses.replace(experiment, compute=chatty, code=())
+EXPERIMENTS[experiment.name] = dataclasses.replace(experiment, compute=chatty)
 root = sys.argv[1]
 for mode, flags in (("quiet", []), ("verbose", ["--verbose"])):
     state["mode"] = mode
