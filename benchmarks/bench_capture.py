@@ -29,7 +29,6 @@ from measure.capture import gram
 from measure.capture.gram import batch_gram_syrk, batch_gram_upper
 from measure.capture.statistics import capture
 from measure.data.calibration import CalibrationProtocol, calibration_batches
-from measure.data.text import calibration_text
 from measure.models.architecture import Architecture, describe
 from measure.models.load import load_model
 

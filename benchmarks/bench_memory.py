@@ -74,7 +74,6 @@ def child(mode: str, model_name: str, sequences: int, length: int, batch_size: i
     from measure.capture.memory import BlockMemoryLog, peak_rss_bytes, reset_peak_rss, rss_bytes
     from measure.capture.statistics import capture
     from measure.data.calibration import CalibrationProtocol, calibration_batches
-    from measure.data.text import calibration_text
     from measure.models.architecture import describe
     from measure.models.load import load_model
 

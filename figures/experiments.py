@@ -37,6 +37,7 @@ from figures.progress import ExperimentProgress, last_runtime
 from figures.quiet import quiet_unless
 from measure.models.load import load_model
 from measure.models.weight_grid import detect_linear_grid
+from measure.records.canonical import canonical_json
 from measure.records.provenance import collect
 from measure.records.store import read_provenance, read_table, write_table
 from theory.errors import PvqError
@@ -64,15 +65,6 @@ class Experiment:
 
 
 EXPERIMENTS: dict[str, Experiment] = {}
-
-
-def canonical_json(value: Any) -> str:
-    """Key-sorted compact JSON; raises :class:`PvqError` for values JSON cannot represent."""
-    try:
-        return json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=False)
-    except (TypeError, ValueError) as error:
-        message = f"experiment config must be plain JSON (numbers, strings, lists, dicts): {error}"
-        raise PvqError(message) from error
 
 
 def experiment(

@@ -46,7 +46,6 @@ import pandas as pd
 
 from measure.capture.statistics import capture
 from measure.data.calibration import CalibrationProtocol, calibration_batches
-from measure.data.text import calibration_text
 from measure.models.architecture import describe
 from theory.accounting import PAPER_CONVENTION, Convention, check_bits
 from theory.chunk_problem import (
@@ -59,13 +58,13 @@ from theory.chunk_problem import (
     damped_gram,
     equal_compression_kept,
     layer_signal,
-    output_sqnr_db,
 )
 from theory.errors import PvqError
 from theory.integer_least_squares import QUANTIZERS, QuantGrid, exact_quantize, heuristic_quantize, mse_scale
 from theory.rate_distortion import layer_spectrum, rd_sqnr_db
 from theory.sdp_bound import park_boyd_bound, perspective_bound
 from theory.sparse_least_squares import exact_prune, heuristic_prune, paper_box
+from theory.sqnr import sqnr_db
 
 if TYPE_CHECKING:
     from measure.capture.statistics import BlockHooks
@@ -176,7 +175,7 @@ def row_bootstrap_db(signals: np.ndarray, errors: np.ndarray, resamples: int = B
     draws = np.random.default_rng(seed).integers(0, signals.size, size=(resamples, signals.size))
     relative = errors[draws].sum(axis=1) / signals[draws].sum(axis=1)
     low, high = np.quantile(relative, [(1 - level) / 2, (1 + level) / 2])
-    return output_sqnr_db(1.0, float(high)), output_sqnr_db(1.0, float(low))
+    return sqnr_db(1.0, float(high)), sqnr_db(1.0, float(low))
 
 
 def _row_sums(group: Sequence[ChunkRecord]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -23,7 +23,6 @@ magnitude pruning at equal compression with the tensor's kurtosis, b = 2…8
 from __future__ import annotations
 
 import json
-import math
 import re
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -38,13 +37,13 @@ from tqdm import tqdm
 
 from measure.capture.experts import ExpertCapture
 from measure.capture.statistics import BlockHooks, Capture, capture
-from measure.compress.methods.errors import weight_sqnr_db
-from measure.compress.methods.method import DEFAULT_CONVENTION
+from measure.compress.methods.metrics import LayerErrorMeter, weight_sqnr_db
 from measure.compress.parallel import fork_map
 from measure.compress.spec import LayerStep, check_finite_weight, layer_gram, method_weight, parse_term_list
 from measure.models.architecture import Architecture, Block, LinearRef, describe
-from theory.accounting import Convention
+from theory.accounting import PAPER_CONVENTION, Convention
 from theory.errors import PvqError
+from theory.sqnr import relative_error_db
 from theory.study import DEFAULT_BITS, tensor_sqnr_table
 
 DEFAULT_METHODS = (
@@ -52,7 +51,7 @@ DEFAULT_METHODS = (
     "rtn:3:channel,rtn:4:channel,rtn:8:channel,rtn:3:g128,rtn:4:g128,rtn:8:g128,"
     "gptq:3:channel,gptq:4:channel,gptq:8:channel,gptq:3:g128,gptq:4:g128,gptq:8:g128,mxfp4,nf4"
 )
-"""The issue's minimum ledger: magnitude, Wanda, SparseGPT at 50 % and 2:4; RTN and GPTQ at 3/4/8 bits per
+"""The default ledger methods: magnitude, Wanda, SparseGPT at 50 % and 2:4; RTN and GPTQ at 3/4/8 bits per
 channel and in groups of 128; MXFP4; NF4."""
 ERROR_DEFINITION = (
     "relative_error = tr(dW H dW^T) / tr(W H W^T), H = X^T X of the layer's inputs in the original (uncompressed) "
@@ -62,35 +61,6 @@ KURTOSIS_DEFINITION = (
     "scipy.stats.kurtosis(W.ravel(), bias=True): kurtosis_fisher with fisher=True (excess, normal 0), "
     "kurtosis_pearson with fisher=False (normal 3)"
 )
-
-
-class LayerErrorMeter:
-    """Relative output errors of replacements Ŵ of one weight W on inputs with Gram H, float64.
-
-    e(Ŵ) = tr(ΔW H ΔWᵀ) / tr(W H Wᵀ) with ΔW = Ŵ − W; the denominator is computed once per layer, so each
-    replacement costs one (out × in)·(in × in) product.
-    """
-
-    def __init__(self, weight: torch.Tensor, gram: torch.Tensor) -> None:
-        self.weight = weight.detach().double()
-        self.gram = gram.detach().double()
-        self.signal = quadratic_trace(self.weight, self.gram)
-        if not self.signal > 0:
-            raise PvqError("the layer output W·X is zero on the calibration data; the relative error is undefined")
-
-    def relative_error(self, weight_hat: torch.Tensor) -> float:
-        """tr(ΔW H ΔWᵀ) / tr(W H Wᵀ)."""
-        return max(quadratic_trace(weight_hat.detach().double() - self.weight, self.gram), 0.0) / self.signal
-
-
-def quadratic_trace(matrix: torch.Tensor, gram: torch.Tensor) -> float:
-    """tr(M H Mᵀ) = Σ_ij (M H)_ij M_ij."""
-    return float(((matrix @ gram) * matrix).sum())
-
-
-def sqnr_db(relative_error: float) -> float:
-    """−10·log10(relative error) in dB (inf for an exact reconstruction)."""
-    return math.inf if relative_error == 0 else -10.0 * math.log10(relative_error)
 
 
 def weight_kurtosis(weight: torch.Tensor) -> tuple[float, float]:
@@ -103,7 +73,7 @@ LEDGER_COLUMNS = [
     "model", "layer", "block", "sublayer", "role", "expert", "out_features", "in_features", "parameters",
     "tokens", "output_energy", "output_energy_share", "kurtosis_fisher", "kurtosis_pearson", "term", "method",
     "params", "kind", "scope", "gram",
-    "bits_per_weight", "relative_error", "output_sqnr_db", "weight_sqnr_db", "zero_fraction", "seconds",
+    "bits_per_weight", "relative_error", "sqnr_db", "weight_sqnr_db", "zero_fraction", "seconds",
 ]  # fmt: skip
 """``parameters`` = out·in weights (biases excluded); ``tokens`` = calibration tokens in the layer's Gram;
 ``output_energy`` = tr(W H Wᵀ) = ‖XWᵀ‖² (bias-free) and ``output_energy_share`` its share of the sum over the
@@ -276,7 +246,7 @@ def _layer_rows(
             "term": step.text, "method": step.method.name, "params": json.dumps(step.params, sort_keys=True),
             "kind": step.method.kind, "scope": step.scope, "gram": "router_weighted" if weighted else "input",
             "bits_per_weight": step.method.bits_per_weight(step.params, shape), "relative_error": relative,
-            "output_sqnr_db": sqnr_db(relative), "weight_sqnr_db": weight_sqnr_db(weight, weight_hat),
+            "sqnr_db": relative_error_db(relative), "weight_sqnr_db": weight_sqnr_db(weight, weight_hat),
             "zero_fraction": float((weight_hat == 0).double().mean()), "seconds": seconds,
         })  # fmt: skip
     return rows
@@ -285,7 +255,7 @@ def _layer_rows(
 def weight_tensor_study(
     model: nn.Module,
     bits: Iterable[int] = DEFAULT_BITS,
-    convention: Convention = DEFAULT_CONVENTION,
+    convention: Convention = PAPER_CONVENTION,
     layers: str | None = None,
     progress: bool = False,
 ) -> pd.DataFrame:

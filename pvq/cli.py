@@ -18,8 +18,6 @@ from types import ModuleType
 
 from theory.errors import PvqError
 
-from theory.errors import PvqError
-
 COMMANDS: dict[str, str] = {
     "models": "pvq.commands.models",
     "info": "pvq.commands.info",

@@ -47,6 +47,7 @@ from theory.accounting import (
     equal_compression_sparsity,
 )
 from theory.errors import PvqError
+from theory.sqnr import sqnr_db
 
 DEFAULT_RELATIVE_DAMPING = 1e-2
 STATUSES = ("optimal", "time_limit", "bound", "heuristic")
@@ -118,11 +119,11 @@ class SqnrInterval:
 
     @property
     def lower_db(self) -> float:
-        return output_sqnr_db(self.signal, self.error_upper)
+        return sqnr_db(self.signal, self.error_upper)
 
     @property
     def upper_db(self) -> float:
-        return output_sqnr_db(self.signal, self.error_lower)
+        return sqnr_db(self.signal, self.error_lower)
 
 
 def damped_gram(gram: np.ndarray, relative_damping: float = DEFAULT_RELATIVE_DAMPING) -> tuple[np.ndarray, float]:
@@ -258,15 +259,6 @@ def row_error(gram: np.ndarray, weight_row: np.ndarray, compressed_row: np.ndarr
     return float(difference @ np.asarray(gram, dtype=np.float64) @ difference)
 
 
-def output_sqnr_db(signal: float, error: float) -> float:
-    """Output SQNR ``10·log10(Σ_rows wᵀHw / Σ_rows error)`` in dB (Kuzmin et al., Sec. 4); +inf at 0 error."""
-    if signal < 0 or error < 0:
-        raise PvqError(f"signal and error energies must be >= 0, got {signal!r} and {error!r}")
-    if error == 0:
-        return math.inf
-    if signal == 0:
-        return -math.inf
-    return 10.0 * math.log10(signal / error)
 
 
 def layer_signal(weight: np.ndarray, gram: np.ndarray) -> float:

@@ -27,8 +27,9 @@ import math
 
 import numpy as np
 
-from theory.chunk_problem import NEGATIVE_TOLERANCE, output_sqnr_db
+from theory.chunk_problem import NEGATIVE_TOLERANCE
 from theory.errors import PvqError
+from theory.sqnr import sqnr_db
 
 SYMMETRY_TOLERANCE = 1e-8
 """Largest ``max|H − Hᵀ| / max|H|`` accepted as a symmetric Gram (as :func:`theory.chunk_problem.damped_gram`)."""
@@ -133,4 +134,4 @@ def rd_relative_error(spectrum: np.ndarray, bits_per_weight: float) -> float:
 
 def rd_sqnr_db(spectrum: np.ndarray, bits_per_weight: float) -> float:
     """``−10·log10`` of :func:`rd_relative_error`: the output SQNR [dB] of the Gaussian RD reference."""
-    return output_sqnr_db(1.0, rd_relative_error(spectrum, bits_per_weight))
+    return sqnr_db(1.0, rd_relative_error(spectrum, bits_per_weight))

@@ -23,8 +23,10 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from theory import accounting
 from theory.clip_search import minimize_clip
@@ -50,11 +52,27 @@ class GridFit:
     zero_point: int | None = None
 
 
-def sqnr_db(signal_power: float, mse: float) -> float:
-    """``10·log10(E[W²] / MSE)``; +∞ for an exact compressor."""
-    if mse <= 0:
+def sqnr_db(signal: float, error: float) -> float:
+    """Signal-to-noise ratio ``10·log10(signal / error)`` in dB, for any pair of energies of one signal: E[W²] over
+    the MSE of a compressor on a distribution, or Σ_rows wᵀHw over Σ_rows of the output error of a layer (Kuzmin
+    et al. 2023, Sec. 4). +∞ at zero error, −∞ at zero signal; a negative energy is a PvqError."""
+    if signal < 0 or error < 0:
+        raise PvqError(f"signal and error energies must be >= 0, got {signal!r} and {error!r}")
+    if error == 0:
         return math.inf
-    return 10.0 * math.log10(signal_power / mse)
+    if signal == 0:
+        return -math.inf
+    return 10.0 * math.log10(signal / error)
+
+
+def relative_error_db(relative_error: ArrayLike) -> Any:
+    """``−10·log10 e`` in dB of a relative error e = error energy / signal energy (the SQNR it implies); +∞ at
+    e = 0. A scalar gives a float (``math.log10``), an array an array (``numpy.log10``)."""
+    if np.ndim(relative_error) == 0:
+        value = float(relative_error)
+        return math.inf if value == 0 else -10.0 * math.log10(value)
+    with np.errstate(divide="ignore"):
+        return -10.0 * np.log10(np.asarray(relative_error, dtype=np.float64))
 
 
 def grid_mse(dist: Distribution, levels: np.ndarray) -> float:

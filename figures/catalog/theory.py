@@ -33,7 +33,7 @@ from figures.style import (
     new_figure,
     thesis_table,
 )
-from theory.accounting import Convention
+from theory.accounting import PAPER_CONVENTION, Convention
 from theory.formats import FORMATS as THEORY_FORMATS
 from theory.study import COMPARISON_COLUMNS, FORMAT_COLUMNS, format_sqnr_table, kurtosis_bits_table
 
@@ -112,7 +112,7 @@ def synthetic_kurtosis(rng: np.random.Generator, truncate: float | None, clip_ru
 
 
 @experiment(
-    FORMATS, config={"distribution": "gaussian", "convention": Convention().as_dict()},
+    FORMATS, config={"distribution": "gaussian", "convention": PAPER_CONVENTION.as_dict()},
     synthetic=synthetic_formats,
 )
 def theory_formats(config: Mapping[str, Any], context: ExperimentContext) -> pd.DataFrame:
@@ -122,7 +122,7 @@ def theory_formats(config: Mapping[str, Any], context: ExperimentContext) -> pd.
 
 
 def _kurtosis_config(truncate: float | None, clip_rule: str) -> dict[str, Any]:
-    return {"kurtoses": KURTOSES, "bits": BITS, "convention": Convention().as_dict(), "truncate": truncate,
+    return {"kurtoses": KURTOSES, "bits": BITS, "convention": PAPER_CONVENTION.as_dict(), "truncate": truncate,
             "clip_rule": clip_rule}
 
 

@@ -20,7 +20,7 @@ from figures.experiments import ExperimentContext, experiment
 from figures.registry import Tables, escape_tex, figure
 from figures.style import method_style, new_figure
 from measure.ledger import weight_tensor_study as study
-from theory.accounting import Convention
+from theory.accounting import PAPER_CONVENTION, Convention
 
 SECTION = "Quantization versus pruning on LLM weights"
 STUDY = "weight_tensor_study"
@@ -48,7 +48,7 @@ def synthetic_weight_study(rng: np.random.Generator) -> pd.DataFrame:
     return pd.DataFrame(rows).astype({"expert": "Int64"})
 
 
-@experiment(STUDY, config={"bits": list(BITS), "convention": Convention().as_dict()}, needs_model=True,
+@experiment(STUDY, config={"bits": list(BITS), "convention": PAPER_CONVENTION.as_dict()}, needs_model=True,
             synthetic=synthetic_weight_study)  # fmt: skip
 def weight_tensor_study(config: Mapping[str, Any], context: ExperimentContext) -> pd.DataFrame:
     """One row per (linear weight tensor, b): :func:`measure.ledger.weight_tensor_study` on the loaded model."""

@@ -45,8 +45,8 @@ from measure.capture.experts import ROUTER_WEIGHTED_METHODS, ExpertCapture
 from measure.capture.gram import GramAccumulator
 from measure.capture.statistics import Capture, register_gram_hooks
 from measure.compress.methods import REGISTRY, get_method
-from measure.compress.methods.errors import output_error
 from measure.compress.methods.method import Method
+from measure.compress.methods.metrics import output_error
 from measure.models.architecture import Architecture, Block, LinearRef, describe
 from theory.accounting import BASE_BITS
 from theory.errors import PvqError
@@ -300,7 +300,7 @@ class CompressionReport:
 
     ``layers`` columns: layer, block, sublayer, role, expert, term, method, parameters (out·in), bits_per_weight,
     tokens (calibration tokens in the layer's Gram, 0 for data-free passes), relative_error
-    (tr(ΔW H ΔWᵀ)/tr(W H Wᵀ) on the Gram the method used; NaN without one), output_sqnr_db.
+    (tr(ΔW H ΔWᵀ)/tr(W H Wᵀ) on the Gram the method used; NaN without one), sqnr_db.
     """
 
     spec: str
@@ -378,7 +378,7 @@ def apply_spec(
 
 REPORT_COLUMNS = [
     "layer", "block", "sublayer", "role", "expert", "term", "method", "parameters", "bits_per_weight", "tokens",
-    "relative_error", "output_sqnr_db",
+    "relative_error", "sqnr_db",
 ]  # fmt: skip
 
 
@@ -461,7 +461,7 @@ class _LayerPass:
             "bits_per_weight": step.bits_per_weight(ref),
             "tokens": 0 if gram is None else gram.tokens,
             "relative_error": relative,
-            "output_sqnr_db": sqnr,
+            "sqnr_db": sqnr,
         }
 
 

@@ -21,6 +21,7 @@ from typing import Any
 import pandas as pd
 
 from measure.records.atomic import write_text_atomic
+from measure.records.canonical import canonical_json
 from measure.records.provenance import collect
 from measure.records.store import write_table
 
@@ -30,11 +31,6 @@ COLUMNS = (
 )
 NO_SPEC = "none"
 TABLE_NAME = "eval.parquet"
-
-
-def canonical_json(value: Any) -> str:
-    """JSON with sorted keys and no whitespace: equal values give equal text (and equal digests)."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
 
 
 @dataclass(frozen=True)
@@ -50,7 +46,7 @@ class EvalKey:
     def digest(self) -> str:
         """sha256 (first 24 hex digits) of the canonical JSON of all four fields."""
         fields = {"model_hash": self.model_hash, "spec": self.spec, "task": self.task, "protocol": self.protocol}
-        return hashlib.sha256(canonical_json(fields).encode()).hexdigest()[:24]
+        return hashlib.sha256(canonical_json(fields, stringify=True).encode()).hexdigest()[:24]
 
 
 def tidy_rows(
@@ -63,7 +59,7 @@ def tidy_rows(
     common = {
         "model_id": model_id, "model_hash": key.model_hash, "spec": key.spec, "task": key.task,
         "limit": key.protocol.get("limit", key.protocol.get("max_windows")), "runtime_s": runtime_s,
-        "protocol": canonical_json(key.protocol), "cache_key": key.digest,
+        "protocol": canonical_json(key.protocol, stringify=True), "cache_key": key.digest,
     }
     return [{**common, "num_fewshot": None, "stderr": None, "subtask": "", **row} for row in metric_rows]
 

@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from measure.ledger import sqnr_db
 from measure.removal.equal_size import equivalent_bits, value_at
+from theory.sqnr import relative_error_db
 
 RD_SERIES = "gaussian_rd"
 """Series name of the Gaussian rate–distortion reference in the points and answer tables."""
@@ -42,7 +42,7 @@ def _value_at_size(view_points: pd.DataFrame, series: str, curve: pd.DataFrame, 
 def _answer_row(view_points: pd.DataFrame, curves: Mapping[str, pd.DataFrame], level: Any, view: str
                 ) -> dict[str, Any]:  # fmt: skip
     removal = float(getattr(level, f"removal_error_{view}"))
-    removal_db = sqnr_db(removal)
+    removal_db = relative_error_db(removal)
     at_size = {series: found for series, curve in curves.items() if series != RD_SERIES
                and (found := _value_at_size(view_points, series, curve, level)) is not None}  # fmt: skip
     row: dict[str, Any] = {"removal_error": removal, "removal_db": removal_db, "methods_at_size": len(at_size),

@@ -44,6 +44,7 @@ from torch import nn
 from measure.capture.statistics import BlockHooks, BlockStatistics, Capture, capture
 from measure.models.architecture import Architecture, Block, Sublayer, describe, sublayer_input, sublayer_output
 from theory.errors import PvqError
+from theory.sqnr import relative_error_db
 
 SUBLAYER_KINDS = ("attention", "mlp")
 
@@ -62,7 +63,7 @@ def removal_relative_error(stats: Sequence[BlockStatistics]) -> np.ndarray:
 
 def removal_sqnr_db(stats: Sequence[BlockStatistics]) -> np.ndarray:
     """10·log10(‖y‖² / ‖y − x‖²) in dB per unit: the output SQNR of the unit replaced by the identity."""
-    return -10.0 * np.log10(removal_relative_error(stats))
+    return relative_error_db(removal_relative_error(stats))
 
 
 def boundary_states(result: Capture) -> list[torch.Tensor]:

@@ -21,12 +21,12 @@ import torch
 from measure.compress.spec import LayerStep, parse_term_list
 from measure.evaluation.perplexity import PerplexityResult
 from measure.evaluation.residual import ResidualStreamEvaluator
-from measure.ledger import sqnr_db
 from measure.removal.answer import RD_SERIES
 from measure.removal.equal_size import DecoderSizes, bracketing_widths, mask_convention, row_mix
 from measure.removal.views import TermWeights, ViewMeter, layer_view_errors, splice_rows
 from theory.accounting import sparse_bits_per_weight
 from theory.rate_distortion import layer_spectrum, rd_relative_error
+from theory.sqnr import relative_error_db
 
 
 class StudyPoints:
@@ -48,7 +48,7 @@ class StudyPoints:
             self.rows.append({
                 "view": view, "series": series, "family": family, "term": term, "mask_convention": mask_convention,
                 "bits_per_weight": self.sizes.decoder_bits(linear_bits), "linear_bits_per_weight": linear_bits,
-                "error": errors[view], "quality_db": sqnr_db(errors[view]),
+                "error": errors[view], "quality_db": relative_error_db(errors[view]),
                 "perplexity": result.perplexity if view == "end_to_end" and result is not None else math.nan,
                 "mixed": False, "removed_fraction": math.nan, "size_gap_bits": math.nan, **extra,
             })  # fmt: skip
@@ -175,5 +175,5 @@ def measure_reference(meter: ViewMeter, points: StudyPoints, linear_bits: Sequen
         points.add(RD_SERIES, "reference", f"{RD_SERIES}:{bits:.6f}", bits, errors)
         if float(bits).is_integer():
             rows += [{"layer": ref.name, "block": ref.block_index, "bits_per_weight": bits, "rd_relative_error": r,
-                      "rd_sqnr_db": sqnr_db(r)} for ref, r in zip(meter.refs, relative, strict=True)]  # fmt: skip
+                      "rd_sqnr_db": relative_error_db(r)} for ref, r in zip(meter.refs, relative, strict=True)]  # fmt: skip
     return pd.DataFrame(rows)

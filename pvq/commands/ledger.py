@@ -13,15 +13,14 @@ from measure.capture.placement import block_memory, load_placed
 from measure.compress.parallel import method_workers
 from measure.compress.spec import describe_steps, parse_term_list
 from measure.data.calibration import CalibrationProtocol, calibration_batches
-from measure.data.text import calibration_text
 from measure.models.architecture import describe
+from measure.models.defaults import DEFAULT_MODEL
 from measure.models.weight_grid import detect_model_grid
 from measure.records.provenance import collect
 from measure.records.store import write_table
 from pvq.commands.common import add_device_arguments, add_mode_argument, placement
 
 HELP = "Per-layer error ledger of pruning and quantization methods on real activations."
-DEFAULT_MODEL = "smollm2-135m"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -30,7 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--methods",
         default=None,
         help="comma-separated spec terms, e.g. magnitude:0.5,sparsegpt:2:4,gptq:4:g128,nf4 "
-        "(default: the issue's list of 20 settings)",
+        "(default: the 20 settings of measure.ledger.DEFAULT_METHODS)",
     )
     parser.add_argument("--sequences", type=int, default=128, help="calibration windows (default 128)")
     parser.add_argument("--seq-len", type=int, default=512, help="tokens per window (default 512)")

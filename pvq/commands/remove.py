@@ -20,7 +20,7 @@ from typing import Any
 
 from measure.capture.placement import Placement, block_memory, load_placed
 from measure.data.calibration import CalibrationProtocol, calibration_batches
-from measure.data.text import calibration_text, evaluation_text
+from measure.data.text import evaluation_text
 from measure.evaluation.perplexity import bos_token_id_for, make_windows
 from measure.models.architecture import describe
 from measure.models.defaults import DEFAULT_MODEL

@@ -42,7 +42,6 @@ from measure.models.defaults import DEFAULT_MODEL
 from measure.models.load import load_model
 from measure.records.atomic import write_text_atomic
 from measure.records.provenance import collect
-from theory.errors import PvqError
 
 RUNS_DIR = "runs"
 EVAL_DIR = "eval"

@@ -108,7 +108,7 @@ def test_ledger_in_bfloat16_runs_the_methods_on_the_bfloat16_weights(
     table, provenance = ledger_run(tiny_dir, tmp_path, "--dtype", "bfloat16")
     assert provenance["dtype"] == "bfloat16" and provenance["model_hash"].endswith("+bfloat16")
     assert len(table) == 3 * 7 * len(METHODS.split(","))
-    assert all(math.isfinite(value) and value > 0 for value in table["output_sqnr_db"])
+    assert all(math.isfinite(value) and value > 0 for value in table["sqnr_db"])
 
 
 def test_sequential_ledger_matches_full_and_logs_memory_per_block(
@@ -121,7 +121,7 @@ def test_sequential_ledger_matches_full_and_logs_memory_per_block(
     )
     assert "peak memory per block (process RSS on cpu, 3 blocks): " in capsys.readouterr().err
     assert (full_provenance["capture_mode"], provenance["capture_mode"]) == ("full", "sequential")
-    numeric = ["relative_error", "output_sqnr_db", "weight_sqnr_db"]
+    numeric = ["relative_error", "sqnr_db", "weight_sqnr_db"]
     identity = [column for column in full.columns if column not in [*numeric, "seconds"]]
     pd.testing.assert_frame_equal(sequential[identity], full[identity])
     pd.testing.assert_frame_equal(sequential[numeric], full[numeric], rtol=1e-5)

@@ -12,11 +12,11 @@ from tiny_models import tiny_model, tiny_tokenizer
 
 from measure import ledger
 from measure.capture.statistics import capture
-from measure.compress.methods.errors import output_error
+from measure.compress.methods.metrics import LayerErrorMeter, output_error
 from measure.compress.spec import layer_gram, parse_spec
 from measure.data import text
 from measure.data.calibration import CalibrationProtocol, text_batches
-from measure.ledger import LEDGER_COLUMNS, LayerErrorMeter, build_ledger, weight_tensor_study
+from measure.ledger import LEDGER_COLUMNS, build_ledger, weight_tensor_study
 from measure.models import load as models
 from measure.models.architecture import describe
 from measure.records.store import read_provenance, read_table
@@ -56,7 +56,7 @@ def test_gram_errors_equal_direct_errors_on_the_kept_rows(family: str) -> None:
         weight_hat = step.method.apply(ref.weight(), matrix, step.params)
         direct = _direct_relative_error(gram.sample, ref.weight(), weight_hat)
         assert row.relative_error == pytest.approx(direct, rel=tolerance), (row.layer, row.term)
-        assert row.output_sqnr_db == pytest.approx(-10 * math.log10(direct), abs=1e-4)
+        assert row.sqnr_db == pytest.approx(-10 * math.log10(direct), abs=1e-4)
     assert set(result.table.loc[result.table["sublayer"] == "expert", "tokens"]) != {64}  # routed subsets
     weighted = result.table[result.table["gram"] == "router_weighted"]
     assert set(weighted["method"]) == ({"moe_pruner"} if family == "mixtral" else set())
@@ -102,7 +102,7 @@ def test_rows_carry_independent_layer_facts() -> None:
     for row in table[table["term"] == "gptq:8:channel"].itertuples():
         gram = layer_gram(refs[row.layer], result.capture.grams, None)
         rtn_db = _hand_rtn8_sqnr_db(refs[row.layer].weight(), gram)
-        assert rtn_db <= row.output_sqnr_db <= rtn_db + 8, row.layer  # GPTQ gains 1-7 dB over RTN here
+        assert rtn_db <= row.sqnr_db <= rtn_db + 8, row.layer  # GPTQ gains 1-7 dB over RTN here
     assert json.loads(rtn["params"].iloc[0]) == {"bits": 4, "group": 16, "symmetric": True, "clip": "minmax"}
 
 

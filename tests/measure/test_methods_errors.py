@@ -9,7 +9,7 @@ import torch
 from test_methods_layer import direct_output_error, random_layer
 
 from measure.compress.methods import get_method
-from measure.compress.methods.errors import output_error, weight_sqnr_db
+from measure.compress.methods.metrics import output_error, weight_sqnr_db
 from theory.errors import PvqError
 
 

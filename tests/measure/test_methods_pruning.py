@@ -7,7 +7,7 @@ import torch
 from test_methods_layer import naive_obs, random_layer
 
 from measure.compress.methods import get_method
-from measure.compress.methods.errors import output_error
+from measure.compress.methods.metrics import output_error
 
 SCORE_PRUNERS = ("magnitude", "magnitude_row", "wanda", "moe_pruner", "sparsegpt")
 

@@ -13,7 +13,7 @@ from scipy.cluster.vq import kmeans2
 from test_methods_layer import OUTLIER_COLUMNS, naive_obs, random_layer
 
 from measure.compress.methods import get_method
-from measure.compress.methods.errors import output_error
+from measure.compress.methods.metrics import output_error
 from theory import formats
 from theory.accounting import Convention
 

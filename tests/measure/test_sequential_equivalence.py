@@ -61,7 +61,7 @@ def test_grams_and_ledger_rows_agree(family: str) -> None:
         torch.testing.assert_close(sequential.capture.grams[group].gram, direct, **tolerance)
     columns = [c for c in whole.table.columns if c != "seconds"]
     assert len(whole.table) == len(describe(model).linears) * len(LEDGER_METHODS.split(","))
-    numeric = ["relative_error", "output_sqnr_db", "weight_sqnr_db", "bits_per_weight", "zero_fraction"]
+    numeric = ["relative_error", "sqnr_db", "weight_sqnr_db", "bits_per_weight", "zero_fraction"]
     identity = [c for c in columns if c not in numeric]
     assert whole.table[identity].equals(sequential.table[identity])
     for column in numeric:

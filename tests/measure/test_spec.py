@@ -10,8 +10,8 @@ import torch
 from test_methods_layer import direct_output_error
 from tiny_models import linear_inputs, tiny_model
 
-from measure import spec as spec_module
 from measure.capture.statistics import capture
+from measure.compress import spec as spec_module
 from measure.compress.methods import get_method
 from measure.compress.spec import TermKind, apply_spec, model_size, parse_spec, parse_term_list
 from measure.models.architecture import describe

@@ -19,10 +19,10 @@ from theory.chunk_problem import (
     kept_count,
     layer_signal,
     make_chunk_problem,
-    output_sqnr_db,
     row_error,
 )
 from theory.errors import PvqError
+from theory.sqnr import sqnr_db
 from theory.synthetic_layer import synthetic_activations, synthetic_weights
 
 
@@ -153,10 +153,10 @@ def test_output_sqnr_from_grams_matches_direct_outputs():
     direct = 10 * np.log10(
         np.sum((activations @ weight.T) ** 2) / np.sum((activations @ (compressed - weight).T) ** 2)
     )
-    assert output_sqnr_db(layer_signal(weight, gram), sum(errors)) == pytest.approx(direct, rel=1e-10)
-    assert output_sqnr_db(1.0, 0.0) == math.inf
+    assert sqnr_db(layer_signal(weight, gram), sum(errors)) == pytest.approx(direct, rel=1e-10)
+    assert sqnr_db(1.0, 0.0) == math.inf
     with pytest.raises(PvqError):
-        output_sqnr_db(-1.0, 1.0)
+        sqnr_db(-1.0, 1.0)
 
 
 def _result(value: float, lower: float) -> SolverResult:

@@ -10,11 +10,10 @@ import torch
 
 from measure.compress.methods.checks import check_gram, check_weight
 from measure.compress.methods.params import BitsFunction, Param, resolve_params
-from theory.accounting import Convention
+from theory.accounting import PAPER_CONVENTION, Convention
 from theory.errors import PvqError
 
 KINDS = ("pruning", "quantization", "joint")
-DEFAULT_CONVENTION = Convention()
 Compress = Callable[..., torch.Tensor]
 """``compress(weight, gram, **params) -> weight_hat``: float64 in, float64 out, same shape."""
 
@@ -64,7 +63,7 @@ class Method:
         return weight_hat.to(weight.dtype)
 
     def bits_per_weight(
-        self, params: Mapping[str, Any] | None, shape: tuple[int, int], convention: Convention = DEFAULT_CONVENTION
+        self, params: Mapping[str, Any] | None, shape: tuple[int, int], convention: Convention = PAPER_CONVENTION
     ) -> float:
         """Storage cost in bits per original weight of an ``out × in`` layer, overheads included."""
         if len(shape) != 2 or min(shape) < 1:

@@ -8,11 +8,34 @@ arXiv 2210.17323, Eq. 1) and the per-layer SQNR of Kuzmin et al. (2023, Sec. 4).
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from theory.errors import PvqError
+from theory.sqnr import relative_error_db
+
+
+class LayerErrorMeter:
+    """Relative output errors of replacements Ŵ of one weight W on inputs with Gram H, float64.
+
+    e(Ŵ) = tr(ΔW H ΔWᵀ) / tr(W H Wᵀ) with ΔW = Ŵ − W; the denominator is computed once per layer, so each
+    replacement costs one (out × in)·(in × in) product.
+    """
+
+    def __init__(self, weight: torch.Tensor, gram: torch.Tensor) -> None:
+        self.weight = weight.detach().double()
+        self.gram = gram.detach().double()
+        self.signal = quadratic_trace(self.weight, self.gram)
+        if not self.signal > 0:
+            raise PvqError("the layer output W·X is zero on the calibration data; the relative error is undefined")
+
+    def relative_error(self, weight_hat: torch.Tensor) -> float:
+        """tr(ΔW H ΔWᵀ) / tr(W H Wᵀ)."""
+        return max(quadratic_trace(weight_hat.detach().double() - self.weight, self.gram), 0.0) / self.signal
+
+
+def quadratic_trace(matrix: torch.Tensor, gram: torch.Tensor) -> float:
+    """tr(M H Mᵀ) = Σ_ij (M H)_ij M_ij."""
+    return float(((matrix @ gram) * matrix).sum())
 
 
 def output_error(weight: torch.Tensor, weight_hat: torch.Tensor, gram: torch.Tensor) -> tuple[float, float]:
@@ -23,14 +46,8 @@ def output_error(weight: torch.Tensor, weight_hat: torch.Tensor, gram: torch.Ten
     _check_pair(weight, weight_hat)
     if gram.shape != (weight.shape[1], weight.shape[1]):
         raise PvqError(f"the Gram matrix must be {weight.shape[1]}×{weight.shape[1]}, got {tuple(gram.shape)}")
-    w = weight.double()
-    delta = weight_hat.double() - w
-    h = gram.double()
-    signal = float(((w @ h) * w).sum())
-    if not signal > 0:
-        raise PvqError("the layer output W·X is zero on the calibration data; the relative error is undefined")
-    relative = max(float(((delta @ h) * delta).sum()), 0.0) / signal
-    return relative, _to_db(relative)
+    relative = LayerErrorMeter(weight, gram).relative_error(weight_hat)
+    return relative, relative_error_db(relative)
 
 
 def weight_sqnr_db(weight: torch.Tensor, weight_hat: torch.Tensor) -> float:
@@ -40,11 +57,7 @@ def weight_sqnr_db(weight: torch.Tensor, weight_hat: torch.Tensor) -> float:
     signal = float((w * w).sum())
     if not signal > 0:
         raise PvqError("the weight is all zeros; its SQNR is undefined")
-    return _to_db(float(((weight_hat.double() - w) ** 2).sum()) / signal)
-
-
-def _to_db(relative_error: float) -> float:
-    return math.inf if relative_error == 0 else -10.0 * math.log10(relative_error)
+    return relative_error_db(float(((weight_hat.double() - w) ** 2).sum()) / signal)
 
 
 def _check_pair(weight: torch.Tensor, weight_hat: torch.Tensor) -> None:
