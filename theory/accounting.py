@@ -30,7 +30,7 @@ import numbers
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from theory.errors import PvqError
+from theory.errors import PvqError, choose
 
 BASE_BITS = 16
 MASK_ENCODINGS = ("none", "bitmask", "index", "nm", "entropy")
@@ -66,10 +66,7 @@ class Convention:
     m: int = 4
 
     def __post_init__(self) -> None:
-        if self.mask_encoding not in MASK_ENCODINGS:
-            raise PvqError(
-                f"unknown mask encoding {self.mask_encoding!r}; choose one of {', '.join(MASK_ENCODINGS)}"
-            )
+        choose("mask encoding", self.mask_encoding, MASK_ENCODINGS)
         if self.base_bits <= 0 or self.index_bits <= 0:
             raise PvqError("base_bits and index_bits must be positive")
         if not 0 < self.n <= self.m:
@@ -113,9 +110,7 @@ def mx_bits_per_weight(element_bits: int, block_size: int = 32, scale_bits: int 
 def kquant_bits_per_weight(name: str) -> float:
     """Bits per weight of a GGUF quantization type (llama.cpp block layouts)."""
     key = name.upper()
-    if key not in KQUANT_BITS_PER_WEIGHT:
-        raise PvqError(f"unknown GGUF type {name!r}; known: {', '.join(KQUANT_BITS_PER_WEIGHT)}")
-    return KQUANT_BITS_PER_WEIGHT[key]
+    return KQUANT_BITS_PER_WEIGHT[choose("GGUF type", key, KQUANT_BITS_PER_WEIGHT)]
 
 
 def ternary_bits_per_weight(packing: str = "ideal", numel: int | None = None) -> float:

@@ -46,7 +46,7 @@ from theory.accounting import (
     check_sparsity,
     equal_compression_sparsity,
 )
-from theory.errors import PvqError
+from theory.errors import PvqError, choose
 from theory.sqnr import sqnr_db
 
 DEFAULT_RELATIVE_DAMPING = 1e-2
@@ -100,8 +100,7 @@ class SolverResult:
     seconds: float
 
     def __post_init__(self) -> None:
-        if self.status not in STATUSES:
-            raise PvqError(f"unknown solver status {self.status!r}; known: {', '.join(STATUSES)}")
+        choose("solver status", self.status, STATUSES)
 
     @property
     def gap(self) -> float:

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 from scipy import integrate, special
 
-from theory.errors import PvqError
+from theory.errors import PvqError, choose
 
 Moments = tuple[np.ndarray, np.ndarray, np.ndarray]
 
@@ -383,8 +383,7 @@ def make_distribution(name: str, kurtosis: float | None = None, truncate: float 
     the Laplace (6), whose kurtosis is fixed.
     """
     key = name.lower()
-    if key not in DISTRIBUTION_NAMES:
-        raise PvqError(f"unknown distribution {name!r}; choose one of {', '.join(DISTRIBUTION_NAMES)}")
+    choose("distribution", key, DISTRIBUTION_NAMES)
     if key == "student-t":
         if kurtosis is None:
             raise PvqError("the Student-t needs its kurtosis (> 3), e.g. --kurtosis 6")

@@ -23,7 +23,7 @@ import numpy as np
 from scipy import special
 
 from theory import accounting
-from theory.errors import PvqError
+from theory.errors import PvqError, choose
 
 # OCP MX v1.0 Table 1: E5M2 keeps IEEE infinities/NaNs (top exponent reserved); E4M3 reserves only
 # S.1111.111 for NaN; the FP6 and FP4 formats have no special values.
@@ -144,8 +144,7 @@ E8M0_EXPONENT_RANGE = (-127, 127)
 
 def mx_element(element: str) -> MxElement:
     """The MX element format called ``element``."""
-    if element not in MX_ELEMENTS:
-        raise PvqError(f"unknown MX element {element!r}; choose one of {', '.join(MX_ELEMENTS)}")
+    choose("MX element", element, MX_ELEMENTS)
     return MX_ELEMENTS[element]
 
 
@@ -265,6 +264,5 @@ FORMATS: dict[str, Format] = _build_formats()
 
 def get_format(name: str) -> Format:
     """The registered format called ``name``."""
-    if name not in FORMATS:
-        raise PvqError(f"unknown format {name!r}; known: {', '.join(FORMATS)}")
+    choose("format", name, FORMATS)
     return FORMATS[name]

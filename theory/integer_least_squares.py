@@ -23,7 +23,7 @@ import numpy as np
 
 from theory.accounting import check_bits
 from theory.chunk_problem import ChunkProblem, SolverResult
-from theory.errors import PvqError
+from theory.errors import PvqError, choose
 
 # Residual weight ρ of :func:`search_order` per named column ordering.
 ORDERINGS = {"hybrid": 0.5, "chang_han": 1.0, "vblast": 0.0}
@@ -124,8 +124,7 @@ QUANTIZERS: dict[str, Callable[[ChunkProblem, QuantGrid], np.ndarray]] = {"rtn":
 
 def heuristic_quantize(problem: ChunkProblem, grid: QuantGrid, method: str) -> SolverResult:
     """The chunk quantized by a registered heuristic (:data:`QUANTIZERS`), lower bound 0."""
-    if method not in QUANTIZERS:
-        raise PvqError(f"unknown quantization method {method!r}; choose one of {', '.join(QUANTIZERS)}")
+    choose("quantization method", method, QUANTIZERS)
     start = time.perf_counter()
     return quantized_result(problem, grid, QUANTIZERS[method](problem, grid), method, start)
 
@@ -198,8 +197,7 @@ def exact_quantize(
     lower bound is the least partial distance of the unexplored subtrees (each is the next candidate of
     a level on the current path), which lower-bounds every point not yet enumerated.
     """
-    if ordering not in ORDERINGS:
-        raise PvqError(f"unknown column ordering {ordering!r}; choose one of {', '.join(ORDERINGS)}")
+    choose("column ordering", ordering, ORDERINGS)
     if time_limit is not None and not time_limit > 0:
         raise PvqError(f"time limit must be > 0 seconds, got {time_limit!r}")
     start = time.perf_counter()

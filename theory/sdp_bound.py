@@ -47,7 +47,7 @@ import cvxpy as cp
 import numpy as np
 
 from theory.chunk_problem import ChunkProblem, SolverResult, check_kept
-from theory.errors import PvqError
+from theory.errors import PvqError, choose
 from theory.integer_least_squares import QuantGrid, one_opt, quantized_result
 from theory.sparse_least_squares import check_box, pruned_result, refit, top_k_mask
 
@@ -246,5 +246,4 @@ def _pruning_dual_value(
 
 
 def _check_solver(solver: str) -> None:
-    if solver not in SDP_SOLVERS:
-        raise PvqError(f"unknown SDP solver {solver!r}; choose one of {', '.join(SDP_SOLVERS)}")
+    choose("SDP solver", solver, SDP_SOLVERS)

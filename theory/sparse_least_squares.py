@@ -24,7 +24,7 @@ import numpy as np
 from scipy.optimize import lsq_linear
 
 from theory.chunk_problem import ChunkProblem, SolverResult, check_kept
-from theory.errors import PvqError
+from theory.errors import PvqError, choose
 
 PAPER_BOX_FACTOR = 2.0
 SPARSEGPT_BLOCK = 128
@@ -157,8 +157,7 @@ def heuristic_prune(
     sequential update for SparseGPT), clipped to the box if one is given; the name gets ``+refit``
     when the kept weights are refit (:func:`refit`).
     """
-    if method not in PRUNERS:
-        raise PvqError(f"unknown pruning method {method!r}; choose one of {', '.join(PRUNERS)}")
+    choose("pruning method", method, PRUNERS)
     check_box(box)
     start = time.perf_counter()
     mask, weights = PRUNERS[method](problem, kept)

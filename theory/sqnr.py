@@ -31,7 +31,7 @@ from numpy.typing import ArrayLike
 from theory import accounting
 from theory.clip_search import minimize_clip
 from theory.distributions import Distribution, Empirical
-from theory.errors import PvqError
+from theory.errors import PvqError, choose
 from theory.formats import MX_ELEMENTS, TERNARY_LEVELS, Format, get_format, int_grid, mx_quantize
 
 # The clip scan runs over [LOW_FRACTION·median|W|, HIGH_FACTOR·q_{1-TAIL}(|W|)], in σ units.
@@ -206,8 +206,7 @@ def block_sqnr_db(dist: Distribution, quantize: Callable[[np.ndarray], np.ndarra
 def mx_sqnr_db(dist: Distribution, element: str, n_blocks: int = DEFAULT_BLOCKS,
                seed: int = 0) -> tuple[float, float]:
     """``(SQNR_dB, standard_error_dB)`` of an OCP MX v1.0 format (32-element blocks, shared 2^k scale)."""
-    if element not in MX_ELEMENTS:
-        raise PvqError(f"unknown MX element {element!r}; choose one of {', '.join(MX_ELEMENTS)}")
+    choose("MX element", element, MX_ELEMENTS)
     return block_sqnr_db(dist, lambda x: mx_quantize(x, element), 32, n_blocks, seed)
 
 

@@ -25,7 +25,7 @@ import pandas as pd
 from theory import accounting
 from theory.accounting import PAPER_CONVENTION, Convention
 from theory.distributions import Distribution, Empirical, StudentT, TruncatedStudentT, make_distribution
-from theory.errors import PvqError
+from theory.errors import PvqError, choose
 from theory.formats import FORMATS, get_format
 from theory.sqnr import DEFAULT_BLOCKS, format_fit, format_sqnr_db, pruning_sqnr_db
 
@@ -61,8 +61,7 @@ def compare_at_equal_compression(dist: Distribution, bits: int, convention: Conv
     The sparsity is :func:`theory.accounting.equal_compression_sparsity` of INT-b's bits per weight
     (``1 - b/16`` with the paper's free mask).
     """
-    if clip_rule not in CLIP_RULES:
-        raise PvqError(f"unknown clip rule {clip_rule!r}; choose one of {', '.join(CLIP_RULES)}")
+    choose("clip rule", clip_rule, CLIP_RULES)
     accounting.check_bits(bits)
     fmt = get_format(f"int{bits}" if symmetric else f"int{bits}_asym")
     fit = format_fit(dist, fmt, clip=None if clip_rule == "mse" else range_clip(dist))

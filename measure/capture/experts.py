@@ -31,7 +31,7 @@ from torch import nn
 
 from measure.capture.gram import GramAccumulator
 from measure.models.architecture import Block, Experts, LinearRef
-from theory.errors import PvqError
+from theory.errors import PvqError, choose
 
 EXPERT_ROUTES = ("routed", "all")
 ROUTER_WEIGHTED_METHODS = frozenset({"moe_pruner"})
@@ -69,8 +69,7 @@ class ExpertCapture:
     routed_tokens: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.route not in EXPERT_ROUTES:
-            raise PvqError(f"unknown expert route {self.route!r}; choose one of {', '.join(EXPERT_ROUTES)}")
+        choose("expert route", self.route, EXPERT_ROUTES)
 
     def hooks(self, block: Block) -> list[torch.utils.hooks.RemovableHandle]:
         """Register the pre-hook on ``block``'s experts (none for a dense block); returns the handles."""

@@ -19,7 +19,7 @@ import torch
 from measure.capture.memory import BlockMemoryLog
 from measure.capture.statistics import CAPTURE_MODES, BlockHooks
 from measure.models.load import LoadedModel, load_model
-from theory.errors import PvqError
+from theory.errors import PvqError, choose
 
 DEVICES = ("auto", "cpu", "cuda")
 DEFAULT_DEVICE = "auto"
@@ -54,8 +54,7 @@ def resolve_device(name: str) -> str:
 
 def resolve_dtype(name: str) -> torch.dtype:
     """The ``torch.dtype`` called ``name`` (one of :data:`DTYPES`)."""
-    if name not in DTYPES:
-        raise PvqError(f"unknown dtype {name!r}; use one of {', '.join(DTYPES)}")
+    choose("dtype", name, DTYPES)
     return getattr(torch, name)
 
 
@@ -93,8 +92,8 @@ def resolve_placement(device: str, dtype: str = DEFAULT_DTYPE, mode: str | None 
     mode: ``mode`` when given, else sequential exactly when the device is not the CPU."""
     resolved = resolve_device(device)
     resolve_dtype(dtype)
-    if mode is not None and mode not in CAPTURE_MODES:
-        raise PvqError(f"unknown capture mode {mode!r}; choose one of {', '.join(CAPTURE_MODES)}")
+    if mode is not None:
+        choose("capture mode", mode, CAPTURE_MODES)
     return Placement(resolved, dtype, mode or ("full" if resolved == "cpu" else "sequential"))
 
 

@@ -25,7 +25,7 @@ from torch import nn
 from measure.capture.blocks import BlockInputs, record_block_inputs, run_block
 from measure.capture.gram import GramAccumulator
 from measure.models.architecture import Architecture, Block, LinearRef, describe
-from theory.errors import PvqError
+from theory.errors import PvqError, choose
 
 CAPTURE_MODES = ("full", "sequential")
 
@@ -133,8 +133,7 @@ def capture(
 
     ``block_hooks(block)``, when given, registers further hooks on every block for the same pass.
     """
-    if mode not in CAPTURE_MODES:
-        raise PvqError(f"unknown capture mode {mode!r}; choose one of {', '.join(CAPTURE_MODES)}")
+    choose("capture mode", mode, CAPTURE_MODES)
     _check_batches(batches)
     arch = arch or describe(model)
     grams: dict[str, GramAccumulator] = {}

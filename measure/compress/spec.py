@@ -49,7 +49,7 @@ from measure.compress.methods.method import Method
 from measure.compress.methods.metrics import output_error
 from measure.models.architecture import Architecture, Block, LinearRef, describe
 from theory.accounting import BASE_BITS
-from theory.errors import PvqError
+from theory.errors import PvqError, choose
 
 CALIBRATIONS = ("sequential", "parallel")
 SCOPES: dict[str, frozenset[str]] = {
@@ -189,8 +189,8 @@ def _split_term(part: str, spec: str) -> _Term:
     if not part:
         raise PvqError(f"spec {spec!r} has an empty term (two '+' in a row, or a '+' at an end)")
     body, at, scope = part.partition("@")
-    if at and scope not in SCOPES:
-        raise PvqError(f"spec term {part!r}: unknown scope {scope!r}; choose one of {', '.join(SCOPES)}")
+    if at:
+        choose("spec scope", scope, SCOPES)
     head, *tokens = body.split(":")
     if any(not token for token in tokens):
         raise PvqError(f"spec term {part!r} has an empty parameter (two ':' in a row, or a ':' at its end)")
@@ -346,8 +346,7 @@ def apply_spec(
     passes over routed experts capture as usual.
     """
     spec = parse_spec(spec) if isinstance(spec, str) else spec
-    if calibration not in CALIBRATIONS:
-        raise PvqError(f"unknown calibration {calibration!r}; choose one of {', '.join(CALIBRATIONS)}")
+    choose("calibration", calibration, CALIBRATIONS)
     start = time.perf_counter()
     rows: list[dict[str, Any]] = []
     model_steps: list[dict[str, Any]] = []

@@ -25,7 +25,7 @@ from functools import lru_cache
 from measure.data.benchmarks import wiki_dump_path
 from measure.models.fetch import cache_root
 from measure.records.atomic import write_text_atomic
-from theory.errors import PvqError, choose
+from theory.errors import choose
 
 EVAL_EVERY = 4
 MIN_ARTICLE_CHARS = 500
@@ -124,9 +124,7 @@ def wiki_articles() -> tuple[Article, ...]:
 
 def split_articles(split: str) -> tuple[Article, ...]:
     """The calibration or evaluation articles (disjoint; see the module docstring)."""
-    if split not in ("calibration", "evaluation"):
-
-        raise PvqError(f"unknown text split {split!r}; choose 'calibration' or 'evaluation'")
+    choose("text split", split, ("calibration", "evaluation"))
     is_eval = split == "evaluation"
     return tuple(
         a for i, a in enumerate(wiki_articles()) if (i % EVAL_EVERY == EVAL_EVERY - 1) == is_eval

@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from theory.accounting import BASE_BITS, Convention, equal_compression_sparsity, removal_bits_per_weight
-from theory.errors import PvqError
+from theory.errors import PvqError, choose
 
 SIZE_TOLERANCE = 1e-6
 """Bits per parameter within which a measured point sits at a size."""
@@ -41,8 +41,7 @@ uncompressed bitmap (1 bit per weight)."""
 
 def mask_convention(name: str) -> Convention:
     """The :class:`theory.accounting.Convention` called ``name`` (PvqError naming the choices otherwise)."""
-    if name not in MASK_CONVENTIONS:
-        raise PvqError(f"unknown mask convention {name!r}; choose one of {', '.join(MASK_CONVENTIONS)}")
+    choose("mask convention", name, MASK_CONVENTIONS)
     return MASK_CONVENTIONS[name]
 
 

@@ -43,7 +43,7 @@ from torch import nn
 
 from measure.capture.statistics import BlockHooks, BlockStatistics, Capture, capture
 from measure.models.architecture import Architecture, Block, Sublayer, describe, sublayer_input, sublayer_output
-from theory.errors import PvqError
+from theory.errors import PvqError, choose
 from theory.sqnr import relative_error_db
 
 SUBLAYER_KINDS = ("attention", "mlp")
@@ -130,8 +130,7 @@ class SublayerStatistics:
 
     def of(self, kind: str) -> list[BlockStatistics]:
         """The statistics of the ``kind`` sublayers (attention or mlp), one per block."""
-        if kind not in SUBLAYER_KINDS:
-            raise PvqError(f"unknown sublayer kind {kind!r}; choose one of {', '.join(SUBLAYER_KINDS)}")
+        choose("sublayer kind", kind, SUBLAYER_KINDS)
         return getattr(self, kind)
 
 
@@ -337,8 +336,7 @@ ORDERINGS: dict[str, Ordering] = {
 
 def get_ordering(name: str) -> Ordering:
     """The removal rule called ``name``; PvqError listing the valid names otherwise."""
-    if name not in ORDERINGS:
-        raise PvqError(f"unknown removal metric {name!r}; choose one of {', '.join(ORDERINGS)}")
+    choose("removal metric", name, ORDERINGS)
     return ORDERINGS[name]
 
 

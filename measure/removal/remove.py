@@ -51,7 +51,7 @@ from measure.models.architecture import (
 from measure.records.atomic import atomic_dir
 from measure.removal.importance import SUBLAYER_KINDS, choose_units, get_ordering, measure_importance
 from theory.accounting import removal_bits_per_weight
-from theory.errors import PvqError
+from theory.errors import PvqError, choose
 
 LAYER_INDEX_LISTS = ("mlp_only_layers",)
 """Config attributes that list block indices (not one entry per block); renumbered when blocks go."""
@@ -117,8 +117,7 @@ def _renumber_config(config: object, kept: list[int], count: int) -> None:
 
 def sublayer_of(block: Block, kind: str) -> Sublayer:
     """The attention or MLP sublayer of ``block``."""
-    if kind not in SUBLAYER_KINDS:
-        raise PvqError(f"unknown sublayer kind {kind!r}; choose one of {', '.join(SUBLAYER_KINDS)}")
+    choose("sublayer kind", kind, SUBLAYER_KINDS)
     return getattr(block, kind)
 
 

@@ -47,7 +47,7 @@ from measure.compress.spec import LayerStep, check_finite_weight, method_weight
 from measure.evaluation.perplexity import PerplexityResult
 from measure.evaluation.residual import ResidualStreamEvaluator
 from measure.models.architecture import Architecture, LinearRef
-from theory.errors import PvqError
+from theory.errors import PvqError, choose
 
 VIEWS: dict[str, str] = {
     "layer_energy": "layer view, energy-weighted: sum over linear layers of tr(dW H dW^T) / sum of tr(W H W^T) "
@@ -65,8 +65,7 @@ LOCAL_VIEWS = ("layer_energy", "layer_parameters", "block")
 def check_views(views: Sequence[str]) -> tuple[str, ...]:
     """``views`` as a tuple; PvqError naming an unknown one and the choices."""
     for view in views:
-        if view not in VIEWS:
-            raise PvqError(f"unknown view {view!r}; choose from {', '.join(VIEWS)}")
+        choose("view", view, VIEWS)
     if not views:
         raise PvqError(f"choose at least one view of {', '.join(VIEWS)}")
     return tuple(views)

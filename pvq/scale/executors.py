@@ -31,7 +31,7 @@ from typing import Any
 
 from measure.records.atomic import write_text_atomic
 from pvq.scale.jobs import Job, Resources, last_failure, run_job
-from theory.errors import PvqError
+from theory.errors import PvqError, choose
 
 JOB_NAME = "pvq"
 SUBMITIT_DIR = "submitit"
@@ -224,8 +224,7 @@ BACKENDS: dict[str, Backend] = {
 
 def execute(jobs: Sequence[Job], executor: str, workers: int | None = None, retries: int = 1) -> list[Outcome]:
     """Run ``jobs`` on ``executor``; retry failed ones up to ``retries`` times; one outcome per job, in order."""
-    if executor not in BACKENDS:
-        raise PvqError(f"unknown executor {executor!r}; choose one of {', '.join(EXECUTORS)}")
+    choose("executor", executor, EXECUTORS)
     if retries < 0:
         raise PvqError(f"--retries must be ≥ 0, got {retries}")
     if executor == "slurm":
