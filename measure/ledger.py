@@ -11,7 +11,7 @@ For a linear layer y = x Wᵀ with calibration inputs X (tokens × in), H = Xᵀ
 **Local error with original inputs.** The model is captured once, uncompressed; each method is then applied to
 each layer alone, on that layer's original Gram, and the model is never modified. A row is therefore the error
 a method makes on one layer given exact inputs, not the error after earlier layers were compressed (for that,
-compress with :func:`measure.compress.spec.apply_spec`, ``calibration="sequential"``). Each method runs once per layer.
+compress with :func:`measure.compress.apply.apply_spec`, ``calibration="sequential"``). Each method runs once per layer.
 Experts' rows use the Gram of the tokens routed to them (or all tokens, ``expert_route="all"``); MoE-Pruner
 reads the router-weighted Gram (:mod:`measure.capture.experts`), and its error is still reported on the plain one.
 
@@ -37,9 +37,10 @@ from tqdm import tqdm
 
 from measure.capture.experts import ExpertCapture
 from measure.capture.statistics import BlockHooks, Capture, capture
+from measure.compress.apply import check_finite_weight, layer_gram, method_weight
 from measure.compress.methods.metrics import LayerErrorMeter, weight_sqnr_db
 from measure.compress.parallel import fork_map
-from measure.compress.spec import LayerStep, check_finite_weight, layer_gram, method_weight, parse_term_list
+from measure.compress.spec import LayerStep, parse_term_list
 from measure.models.architecture import Architecture, Block, LinearRef, describe
 from theory.accounting import PAPER_CONVENTION, Convention
 from theory.errors import PvqError

@@ -1,6 +1,6 @@
 """Perplexity and KL against compressed size: block removal vs quantization vs pruning vs both.
 
-``compression_frontier`` compresses the model by each spec of :data:`SPECS` (:func:`measure.compress.spec.apply_spec`,
+``compression_frontier`` compresses the model by each spec of :data:`SPECS` (:func:`measure.compress.apply.apply_spec`,
 calibrated on the original model's stream), scores it on the pinned evaluation windows with the original as
 KL reference (:class:`measure.evaluation.residual.ResidualStreamEvaluator`, the evaluator of the removal study, so
 the numbers share its windows), and restores the weights. The figure adds the removal study's end-to-end points
@@ -31,8 +31,8 @@ from figures.catalog.removal import STUDY, study_part
 from figures.experiments import ExperimentContext, experiment
 from figures.registry import Tables, escape_tex, figure
 from figures.style import OKABE_ITO, line_kwargs, method_order, new_figure
+from measure.compress.apply import apply_spec
 from measure.compress.methods import get_method
-from measure.compress.spec import apply_spec
 from measure.evaluation.residual import ResidualStreamEvaluator, restored
 
 SECTION = "Perplexity at equal size"

@@ -19,7 +19,7 @@ from figures.experiments import ExperimentContext, experiment
 from figures.registry import Tables, escape_tex, table
 from figures.style import thesis_table
 from measure.capture.statistics import capture
-from measure.compress.spec import apply_spec
+from measure.compress.apply import apply_spec
 from measure.data.calibration import CalibrationProtocol, calibration_batches
 from measure.data.text import evaluation_text
 from measure.evaluation.lmeval import evaluate_task, resolve_tasks

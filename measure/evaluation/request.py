@@ -16,7 +16,8 @@ from typing import Any
 import pandas as pd
 
 from measure.capture.placement import DEFAULT_DTYPE, device_map_for, resolve_dtype
-from measure.compress.spec import Spec, apply_spec, parse_spec
+from measure.compress.apply import apply_spec
+from measure.compress.spec import Spec, parse_spec
 from measure.data.calibration import CalibrationProtocol, calibration_batches
 from measure.data.text import evaluation_text
 from measure.evaluation.lmeval import TASKS, TaskRequest, check_limit, check_stock_tasks, resolve_tasks

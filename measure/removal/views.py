@@ -41,9 +41,10 @@ from torch import nn
 
 from measure.capture.blocks import BlockInputs, record_block_inputs, run_block
 from measure.capture.statistics import Capture
+from measure.compress.apply import check_finite_weight, method_weight
 from measure.compress.methods.metrics import quadratic_trace
 from measure.compress.parallel import fork_map
-from measure.compress.spec import LayerStep, check_finite_weight, method_weight
+from measure.compress.spec import LayerStep
 from measure.evaluation.perplexity import PerplexityResult
 from measure.evaluation.residual import ResidualStreamEvaluator
 from measure.models.architecture import Architecture, LinearRef

@@ -12,8 +12,9 @@ from tiny_models import tiny_model, tiny_tokenizer
 
 from measure import ledger
 from measure.capture.statistics import capture
+from measure.compress.apply import layer_gram
 from measure.compress.methods.metrics import LayerErrorMeter, output_error
-from measure.compress.spec import layer_gram, parse_spec
+from measure.compress.spec import parse_spec
 from measure.data import text
 from measure.data.calibration import CalibrationProtocol, text_batches
 from measure.ledger import LEDGER_COLUMNS, build_ledger, weight_tensor_study

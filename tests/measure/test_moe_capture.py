@@ -9,7 +9,7 @@ from tiny_models import tiny_model
 
 from measure.capture.experts import ExpertCapture
 from measure.capture.statistics import capture
-from measure.compress.spec import apply_spec
+from measure.compress.apply import apply_spec
 from measure.ledger import build_ledger
 from measure.models.architecture import describe
 from theory.errors import PvqError

@@ -11,7 +11,7 @@ import torch
 from tiny_models import tiny_model
 from transformers import AutoModelForCausalLM
 
-from measure.compress import spec
+from measure.compress import apply, spec
 from measure.models.architecture import describe, parameter_counts
 from measure.removal.importance import influence, measure_importance, record_router_scores
 from measure.removal.remove import (
@@ -230,18 +230,18 @@ def test_remove_spec_terms(monkeypatch: pytest.MonkeyPatch) -> None:
     batches = list(torch.randint(3, 300, (4, 16), generator=torch.Generator().manual_seed(1)).split(2))
     model = _model("llama")
     expected = _skipped_logits(model, [1, 3])
-    report = spec.apply_spec(model, "remove:blocks=1,3", batches)
+    report = apply.apply_spec(model, "remove:blocks=1,3", batches)
     torch.testing.assert_close(_logits(model), expected, rtol=0, atol=0)
     assert report.model_steps[0]["removal"]["blocks"] == [1, 3]
     assert report.model_steps[0]["equal_compression_bits_per_weight"] == pytest.approx(8.0)
     model = _model("llama")
     lowest = int(np.argmin(influence(measure_importance(model, batches).blocks)))
-    report = spec.apply_spec(model, "remove:bi:1", batches)
+    report = apply.apply_spec(model, "remove:bi:1", batches)
     assert report.model_steps[0]["removal"]["blocks"] == [lowest]
     assert spec.parse_spec("remove:mlp=0,2").steps[0].params == {"unit": "mlp", "indices": [0, 2]}
     assert spec.parse_spec("remove:random:2:seed=4").steps[0].params == {"metric": "random", "count": 2, "seed": 4}
     with pytest.raises(PvqError, match="ranks units on calibration data"):
-        spec.apply_spec(_model("llama"), "remove:angular:1", [])
+        apply.apply_spec(_model("llama"), "remove:angular:1", [])
 
 
 def test_pvq_remove_writes_a_checkpoint_that_reloads(

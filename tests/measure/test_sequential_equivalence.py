@@ -18,7 +18,8 @@ from tiny_models import TINY_VOCAB_SIZE, tiny_model, tiny_tokenizer
 from measure.capture.blocks import record_block_inputs, run_block
 from measure.capture.memory import BlockMemoryLog
 from measure.capture.statistics import capture
-from measure.compress.spec import apply_spec, parse_spec
+from measure.compress.apply import apply_spec
+from measure.compress.spec import parse_spec
 from measure.data.calibration import token_windows
 from measure.evaluation.perplexity import (
     chunk_statistics,

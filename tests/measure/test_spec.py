@@ -12,8 +12,9 @@ from tiny_models import linear_inputs, tiny_model
 
 from measure.capture.statistics import capture
 from measure.compress import spec as spec_module
+from measure.compress.apply import apply_spec, model_size
 from measure.compress.methods import get_method
-from measure.compress.spec import TermKind, apply_spec, model_size, parse_spec, parse_term_list
+from measure.compress.spec import TermKind, parse_spec, parse_term_list
 from measure.models.architecture import describe
 from measure.models.weight_grid import detect_tensor_grid, distinct_per_block
 from theory.errors import PvqError

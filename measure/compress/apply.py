@@ -1,0 +1,258 @@
+"""Apply a compression spec (:mod:`measure.compress.spec`) to a model, and count its size.
+
+:func:`apply_spec` runs the terms in order. Consecutive layer terms are one GPTQ-style layer-sequential pass
+(Frantar et al. 2022, arXiv 2210.17323, Sec. 4): for each block, capture the Grams H = XᵀX of its layers'
+inputs, compress its layers, then push the calibration batches through the block to get the next block's
+inputs. ``calibration="sequential"`` captures on the compressed model's stream (every block sees the errors of
+the blocks before it); ``"parallel"`` on the original model's stream. The choice is recorded in the report.
+:func:`model_size` counts every parameter at 16 bits except compressed layer weights, which cost their
+method's bits per weight (:mod:`theory.accounting`).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+import torch
+from torch import nn
+
+from measure.capture.blocks import BlockInputs, record_block_inputs, run_block
+from measure.capture.experts import ExpertCapture
+from measure.capture.gram import GramAccumulator
+from measure.capture.statistics import Capture, register_gram_hooks
+from measure.compress.methods.metrics import output_error
+from measure.compress.spec import CALIBRATIONS, LayerStep, ModelStep, Spec, parse_spec
+from measure.models.architecture import Architecture, Block, LinearRef, describe
+from theory.accounting import BASE_BITS
+from theory.errors import PvqError, choose
+
+
+@dataclass
+class CompressionReport:
+    """What :func:`apply_spec` did: one row per compressed layer, the model size, and how it was calibrated.
+
+    ``layers`` columns: layer, block, sublayer, role, expert, term, method, parameters (out·in), bits_per_weight,
+    tokens (calibration tokens in the layer's Gram, 0 for data-free passes), relative_error
+    (tr(ΔW H ΔWᵀ)/tr(W H Wᵀ) on the Gram the method used; NaN without one), sqnr_db.
+    """
+
+    spec: str
+    calibration: str
+    layers: pd.DataFrame
+    size: dict[str, float]
+    model_steps: list[dict[str, Any]]
+    experts_without_tokens: list[str]
+    tokens: int
+    seconds: float
+
+    def provenance(self) -> dict[str, Any]:
+        """The fields a result derived from the compressed model records."""
+        return {
+            "spec": self.spec,
+            "calibration": self.calibration,
+            "calibration_tokens": self.tokens,
+            "size": self.size,
+            "model_steps": self.model_steps,
+            "experts_without_tokens": self.experts_without_tokens,
+            "compression_seconds": self.seconds,
+        }
+
+
+def apply_spec(
+    model: nn.Module,
+    spec: Spec | str,
+    batches: Sequence[torch.Tensor] | None = None,
+    calibration: str = "sequential",
+    device: str = "cpu",
+    expert_route: str = "routed",
+    captured: Capture | None = None,
+) -> CompressionReport:
+    """Compress ``model`` in place as ``spec`` says (see the module docstring for the order of work).
+
+    ``batches`` (token ids, one tensor per batch) are needed when a method reads Grams; ``expert_route`` picks
+    which tokens experts' Grams see (:mod:`measure.capture.experts`). Weights are checked for NaN/Inf before a pass
+    starts; an error raised during a pass (an expert without tokens) leaves the earlier blocks compressed.
+
+    ``captured``: Grams of the *unmodified* model on the same ``batches`` (e.g. a ledger's capture). With
+    ``calibration="parallel"`` the first layer pass reads them instead of running the model again (the Grams
+    it would capture are the same: original inputs); later passes, passes after a model step (``remove``) and
+    passes over routed experts capture as usual.
+    """
+    spec = parse_spec(spec) if isinstance(spec, str) else spec
+    choose("calibration", calibration, CALIBRATIONS)
+    start = time.perf_counter()
+    rows: list[dict[str, Any]] = []
+    model_steps: list[dict[str, Any]] = []
+    empty: list[str] = []
+    tokens = 0
+    for stage in spec.stages():
+        if isinstance(stage, ModelStep):
+            fields = stage.kind.apply(model, stage.params, batches or [], device)
+            model_steps.append({"term": stage.text, **fields})
+            captured = None
+            continue
+        layer_pass = _LayerPass(describe(model), stage, calibration, device, expert_route)
+        rows += layer_pass.run(batches, captured if calibration == "parallel" else None)
+        captured = None
+        empty += layer_pass.experts_without_tokens
+        tokens = max(tokens, layer_pass.tokens)
+    return CompressionReport(
+        spec=spec.text,
+        calibration=calibration,
+        layers=pd.DataFrame(rows, columns=REPORT_COLUMNS).astype({"expert": "Int64"}),
+        size=model_size(model, spec),
+        model_steps=model_steps,
+        experts_without_tokens=empty,
+        tokens=tokens,
+        seconds=time.perf_counter() - start,
+    )
+
+
+REPORT_COLUMNS = [
+    "layer", "block", "sublayer", "role", "expert", "term", "method", "parameters", "bits_per_weight", "tokens",
+    "relative_error", "sqnr_db",
+]  # fmt: skip
+
+
+@dataclass
+class _LayerPass:
+    """One layer-sequential pass of consecutive layer steps over every block."""
+
+    arch: Architecture
+    steps: tuple[LayerStep, ...]
+    calibration: str
+    device: str
+    expert_route: str
+    tokens: int = 0
+    experts_without_tokens: list[str] = field(default_factory=list)
+
+    def targets(self, block: Block) -> list[tuple[LinearRef, LayerStep]]:
+        found = [(ref, next((s for s in self.steps if s.covers(ref)), None)) for ref in block.linears]
+        return [(ref, step) for ref, step in found if step is not None]
+
+    def run(self, batches: Sequence[torch.Tensor] | None, captured: Capture | None = None) -> list[dict[str, Any]]:
+        targets = [self.targets(block) for block in self.arch.blocks]
+        flat = [pair for block_targets in targets for pair in block_targets]
+        for ref, _ in flat:
+            check_finite_weight(ref)
+        if not any(step.method.needs_gram for _, step in flat):
+            return [self.compress(ref, step, None, None) for ref, step in flat]
+        if not batches:
+            names = sorted({step.text for step in self.steps if step.method.needs_gram})
+            raise PvqError(f"spec terms {names} need calibration data; pass calibration batches")
+        self.tokens = sum(batch.numel() for batch in batches)
+        if captured is not None and all(ref.expert_index is None for ref, _ in flat):
+            captured.check_reusable([ref for ref, _ in flat], self.tokens)
+            return [self.compress(ref, step, captured.grams, None) for ref, step in flat]
+        inputs = record_block_inputs(self.arch.model, self.arch, batches)
+        rows = []
+        for block, block_targets in zip(self.arch.blocks, targets, strict=True):
+            grams: dict[str, GramAccumulator] = {}
+            experts = ExpertCapture(self.expert_route)
+            handles = (register_gram_hooks(block, grams, 0) + experts.hooks(block)) if block_targets else []
+            try:
+                outputs = run_block(self.arch, block.index, inputs, device=self.device)
+            finally:
+                for handle in handles:
+                    handle.remove()
+            self.experts_without_tokens += experts.empty_experts()
+            rows += [self.compress(ref, step, grams, experts) for ref, step in block_targets]
+            last = block.index == len(self.arch.blocks) - 1
+            if self.calibration == "sequential" and block_targets and not last:
+                outputs = run_block(self.arch, block.index, inputs, device=self.device)
+            inputs = BlockInputs(hidden=outputs, kwargs=inputs.kwargs)
+        return rows
+
+    def compress(
+        self,
+        ref: LinearRef,
+        step: LayerStep,
+        grams: dict[str, GramAccumulator] | None,
+        experts: ExpertCapture | None,
+    ) -> dict[str, Any]:
+        gram = None if grams is None else layer_gram(ref, grams, experts, step.wants_router_weighted_gram())
+        if gram is not None and step.method.needs_gram and gram.tokens == 0:
+            raise PvqError(
+                f"no calibration token was routed to {ref.name}, so {step.text!r} has no statistics for it; "
+                "use expert_route='all' (every expert sees every token) or more calibration data"
+            )
+        weight = method_weight(ref)
+        matrix = None if gram is None or gram.tokens == 0 else gram.gram
+        weight_hat = step.method.apply(weight, matrix if step.method.needs_gram else None, step.params)
+        ref.set_weight(weight_hat)
+        relative, sqnr = output_error(weight, weight_hat, matrix) if matrix is not None else (math.nan, math.nan)
+        return {
+            "layer": ref.name,
+            "block": ref.block_index,
+            "sublayer": ref.sublayer_kind,
+            "role": ref.role,
+            "expert": ref.expert_index,
+            "term": step.text,
+            "method": step.method.name,
+            "parameters": ref.out_features * ref.in_features,
+            "bits_per_weight": step.bits_per_weight(ref),
+            "tokens": 0 if gram is None else gram.tokens,
+            "relative_error": relative,
+            "sqnr_db": sqnr,
+        }
+
+
+def layer_gram(
+    ref: LinearRef, grams: Mapping[str, GramAccumulator], experts: ExpertCapture, weighted: bool = False
+) -> GramAccumulator | None:
+    """The Gram of ``ref``'s input: its shared input's (from ``grams``) or its expert's (routed / weighted)."""
+    if ref.expert_index is not None:
+        return experts.gram_for(ref, weighted=weighted)
+    return grams.get(ref.shared_input_group)
+
+
+def check_finite_weight(ref: LinearRef) -> None:
+    """Raise a PvqError naming ``ref`` when its weight holds NaN or Inf."""
+    if not torch.isfinite(ref.weight()).all():
+        raise PvqError(f"layer {ref.name} has NaN or Inf weights; load an intact checkpoint before compressing it")
+
+
+def model_size(model: nn.Module, spec: Spec | str) -> dict[str, float]:
+    """Storage of ``model`` compressed by ``spec``: every parameter at 16 bits except compressed layer weights.
+
+    bits = 16·(P − Σ_c out_c·in_c) + Σ_c bpw_c·out_c·in_c over compressed layers c (P = distinct parameters, a
+    tied lm_head counted once; embeddings, lm_head, norms and biases stay at 16 bits); bytes = bits / 8.
+    Keys: parameters, bits, bytes, bits_per_weight (bits / P), compressed_weights,
+    compressed_bits_per_weight, linear_weights, linear_bits_per_weight (over every block linear weight).
+    """
+    spec = parse_spec(spec) if isinstance(spec, str) else spec
+    arch = describe(model)
+    parameters = sum(p.numel() for p in model.parameters())
+    compressed_weights = 0
+    compressed_bits = 0.0
+    for ref in arch.linears:
+        step = spec.step_for(ref)
+        if step is not None:
+            compressed_weights += ref.out_features * ref.in_features
+            compressed_bits += step.bits_per_weight(ref) * ref.out_features * ref.in_features
+    linear_weights = sum(ref.out_features * ref.in_features for ref in arch.linears)
+    bits = BASE_BITS * (parameters - compressed_weights) + compressed_bits
+    return {
+        "parameters": parameters,
+        "bits": bits,
+        "bytes": bits / 8,
+        "bits_per_weight": bits / parameters,
+        "compressed_weights": compressed_weights,
+        "compressed_bits_per_weight": compressed_bits / compressed_weights if compressed_weights else math.nan,
+        "linear_weights": linear_weights,
+        "linear_bits_per_weight": (BASE_BITS * (linear_weights - compressed_weights) + compressed_bits)
+        / linear_weights,
+    }
+
+
+def method_weight(ref: LinearRef) -> torch.Tensor:
+    """A CPU copy of ``ref``'s weight as the methods take it: float64 stays, other precisions become float32
+    (float16 and bfloat16 values are exact in float32); ``set_weight`` casts a result back to the model's."""
+    weight = ref.weight().detach()
+    dtype = torch.float64 if weight.dtype == torch.float64 else torch.float32
+    return weight.to(device="cpu", dtype=dtype, copy=True)
