@@ -12,7 +12,8 @@ and prints each ratio to the baseline beside its arithmetic floor: (forward MACs
 with forward MACs per token = Σ out·in over every linear and the lm_head + 2·d·(L+1)/2 per attention layer
 (causal QKᵀ and AV), per-linear Gram MACs = Σ in² over linear layers, and syrk Gram MACs = Σ in²/2 over
 shared inputs (q/k/v read one Gram, gate/up one). Last, the three Gram kernels (x.T @ x, BLAS ``ssyrk``, the
-panel kernel of :func:`measure.capture.gram.batch_gram_upper`), first swapped into the capture, then alone on one batch
+panel kernel of :func:`measure.capture.gram.batch_gram_upper`), first swapped into the capture, then alone on one
+batch
 of every input width: scipy's ``ssyrk`` wins alone, but inside the forward pass its OpenBLAS threads contend with
 torch's own, so the capture uses the panel kernel on torch's GEMM.
 """
@@ -84,7 +85,8 @@ def gram_kernels(arch: Architecture, tokens: int, repeats: int) -> list[tuple[in
 
 
 def capture_with_kernel(kernel: Callable[[torch.Tensor], torch.Tensor], run: Callable[[], object]) -> None:
-    """``run()`` with the capture's Gram kernel (:func:`measure.capture.gram.gram_panels`) replaced by ``kernel``, which
+    """``run()`` with the capture's Gram kernel (:func:`measure.capture.gram.gram_panels`) replaced by ``kernel``,
+    which
     returns the whole upper triangle of xᵀx as one panel (restored after)."""
     original = gram.gram_panels
     gram.gram_panels = lambda x: [(0, x.shape[-1], kernel(x))]

@@ -19,7 +19,7 @@ import importlib.util
 import inspect
 import textwrap
 from collections.abc import Callable, Iterable
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -62,7 +62,7 @@ def module_path(module: str) -> Path | None:
     return Path(spec.origin) if spec is not None and spec.origin and spec.origin.endswith(".py") else None
 
 
-@lru_cache(maxsize=None)
+@cache
 def _parsed(path: Path, mtime_ns: int) -> ast.Module:
     return ast.parse(path.read_text())
 
@@ -82,7 +82,7 @@ def imported_names(tree: ast.Module) -> dict[str, str]:
         if isinstance(node, ast.Import):
             for alias in node.names:
                 if _in_project(alias.name):
-                    names[alias.asname or alias.name.split(".")[0]] = alias.name if alias.asname else alias.name
+                    names[alias.asname or alias.name.split(".")[0]] = alias.name
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module and _in_project(node.module):
             for alias in node.names:
                 submodule = f"{node.module}.{alias.name}"
@@ -164,9 +164,7 @@ def local_closure(function: Callable[..., Any]) -> tuple[list[str], set[str]]:
             pending += [(module, inner) for inner in _referenced(definitions[name])]
         elif name in imports:
             target = imports[name]
-            if not _followed_by_name(target):
-                modules.add(target)
-            elif module_path(target) is not None and target.endswith("." + name):
+            if not _followed_by_name(target) or target.endswith("." + name):
                 modules.add(target)
             else:
                 pending.append((target, _original_name(tree, name)))

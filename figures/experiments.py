@@ -111,7 +111,8 @@ class ExperimentContext:
     """What an experiment may use: model name, device, seed, results folder and a lazily loaded model.
 
     ``load_model(name, device)`` defaults to :func:`measure.models.load.load_model` and ``detect_grid(loaded)``
-    to :func:`measure.models.weight_grid.detect_linear_grid` over the model's block linears; tests pass toy versions.
+    to :func:`measure.models.weight_grid.detect_linear_grid` over the model's block linears; tests pass toy
+    versions.
     The model is loaded only when an experiment that needs it is keyed or run. An experiment reports its
     steps with :meth:`step`; :func:`ensure` shows them on its progress bar (``on_step``).
     """
@@ -221,7 +222,8 @@ def compute_run(exp: Experiment, context: ExperimentContext, key: str) -> Experi
     facts = context.model_facts() if exp.needs_model else NO_MODEL
     provenance = collect(
         experiment=exp.name, config=exp.config, cache_key=key, code_version=code_version(exp),
-        code=code_modules(exp.compute), seed=context.seed, device=context.device, runtime_s=round(seconds, 3), **facts,
+        code=code_modules(exp.compute), seed=context.seed, device=context.device, runtime_s=round(seconds, 3),
+        **facts,
     )
     path.unlink(missing_ok=True)  # a new sidecar must never sit beside the old table
     write_table(table, path, provenance)

@@ -272,8 +272,10 @@ def bounds_for_model(
 ) -> pd.DataFrame:
     """:func:`layer_bounds` for each named linear layer of ``loaded`` (a ``LoadedModel``) and each b.
 
-    Grams are captured once from ``sequences × sequence_length`` calibration tokens (:mod:`measure.data.calibration`;
-    ``mode``, ``device`` and ``block_hooks`` as in :func:`measure.capture.statistics.capture`); the SDP bounds run only at
+    Grams are captured once from ``sequences × sequence_length`` calibration tokens
+    (:mod:`measure.data.calibration`;
+    ``mode``, ``device`` and ``block_hooks`` as in :func:`measure.capture.statistics.capture`); the SDP bounds run
+    only at
     ``sdp_bits`` and on ``sdp_layers`` (each: all when None). One row per (layer, b, method) with ``layer``,
     ``block``, ``role``, ``bits`` and the columns of :func:`layer_bounds`.
     """

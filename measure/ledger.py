@@ -11,7 +11,8 @@ For a linear layer y = x Wᵀ with calibration inputs X (tokens × in), H = Xᵀ
 **Local error with original inputs.** The model is captured once, uncompressed; each method is then applied to
 each layer alone, on that layer's original Gram, and the model is never modified. A row is therefore the error
 a method makes on one layer given exact inputs, not the error after earlier layers were compressed (for that,
-compress with :func:`measure.compress.apply.apply_spec`, ``calibration="sequential"``). Each method runs once per layer.
+compress with :func:`measure.compress.apply.apply_spec`, ``calibration="sequential"``). Each method runs once per
+layer.
 Experts' rows use the Gram of the tokens routed to them (or all tokens, ``expert_route="all"``); MoE-Pruner
 reads the router-weighted Gram (:mod:`measure.capture.experts`), and its error is still reported on the plain one.
 
@@ -133,7 +134,8 @@ def build_ledger(
     ``keep_rows`` keeps that many input rows per Gram (for checks); the model is not modified. ``workers``
     processes share the methods phase (None: one per CPU core; see :func:`measure_layers`). In the sequential
     ``mode`` each block visits ``device`` for its turn; ``block_hooks(block)`` registers further hooks for the
-    capture pass (e.g. :class:`measure.capture.memory.BlockMemoryLog`). The methods run on CPU copies of the weights
+    capture pass (e.g. :class:`measure.capture.memory.BlockMemoryLog`). The methods run on CPU copies of the
+    weights
     (float32 for half-precision models). ``captured``: Grams of this model on the same ``batches`` (e.g. an
     importance pass's), read instead of capturing again when no selected layer is a routed expert (experts need
     their own routed Grams).

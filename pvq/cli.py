@@ -1,4 +1,5 @@
-"""The ``pvq`` command line: one registry of subcommands, each a module with ``HELP``, ``add_arguments`` and ``run``.
+"""The ``pvq`` command line: one registry of subcommands, each a module with ``HELP``, ``add_arguments`` and
+``run``.
 
 Adding a subcommand is one module plus one line in ``COMMANDS``. Only the chosen subcommand's module is imported
 (the one import made inside a function anywhere in the package, and it points down the layers); the others are
@@ -54,7 +55,7 @@ def _load(module_name: str) -> ModuleType:
 
 def build_parser(commands: Collection[str] | None = None) -> argparse.ArgumentParser:
     """The ``pvq`` parser; the modules of ``commands`` (all when None) are imported and declare their arguments,
-    the others are listed by their help alone (so ``pvq --help`` and ``pvq eval ...`` import only what they use)."""
+    the others are listed by their help alone (``pvq --help`` and ``pvq eval ...`` import only what they use)."""
     parser = argparse.ArgumentParser(
         prog="pvq",
         description="Pruning vs quantization of LLMs: measurements, bounds and figures.",

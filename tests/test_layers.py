@@ -86,7 +86,8 @@ def test_imports_point_down_the_layers_and_none_hides_in_a_function(module: str)
     for imported, line, in_function in imports_of(MODULES[module]):
         where = f"{MODULES[module].relative_to(ROOT)}:{line} imports {imported}"
         assert not in_function, f"{where} inside a function; import at module level"
-        assert layer_of(imported) <= here, f"{where}, a higher layer ({LAYERS[layer_of(imported)]} above {LAYERS[here]})"
+        higher = f"{where}, a higher layer ({LAYERS[layer_of(imported)]} above {LAYERS[here]})"
+        assert layer_of(imported) <= here, higher
 
 
 def test_the_layer_check_catches_an_upward_and_a_hidden_import(tmp_path: Path) -> None:

@@ -1,6 +1,7 @@
 """Perplexity and KL against compressed size: block removal vs quantization vs pruning vs both.
 
-``compression_frontier`` compresses the model by each spec of :data:`SPECS` (:func:`measure.compress.apply.apply_spec`,
+``compression_frontier`` compresses the model by each spec of :data:`SPECS`
+(:func:`measure.compress.apply.apply_spec`,
 calibrated on the original model's stream), scores it on the pinned evaluation windows with the original as
 KL reference (:class:`measure.evaluation.residual.ResidualStreamEvaluator`, the evaluator of the removal study, so
 the numbers share its windows), and restores the weights. The figure adds the removal study's end-to-end points

@@ -97,7 +97,8 @@ def _group_leaders(block: Block) -> dict[str, LinearRef]:
 
 
 BlockHooks = Callable[[Block], list[torch.utils.hooks.RemovableHandle]]
-"""Registers extra forward hooks on one block (e.g. :mod:`measure.capture.experts`'s expert Grams); returns them."""
+"""Registers extra forward hooks on one block (e.g. the expert Grams of :mod:`measure.capture.experts`);
+returns them."""
 
 
 def register_gram_hooks(

@@ -5,10 +5,12 @@ Grammar::
     spec := term ("+" term)*
     term := head (":" token)* ("@" scope)?
 
-* ``head`` is a compression method of :mod:`measure.compress.methods` (``magnitude``, ``wanda``, ``sparsegpt``, ``rtn``,
+* ``head`` is a compression method of :mod:`measure.compress.methods` (``magnitude``, ``wanda``, ``sparsegpt``,
+``rtn``,
   ``gptq``, ``nf4``, ``mxfp4``, ...) or a model-level term kind of :data:`TERM_KINDS` (layer removal adds
   ``remove``).
-* Tokens set the method's parameters (:mod:`measure.compress.methods.params`): by position (``gptq:4`` → bits 4), by
+* Tokens set the method's parameters (:mod:`measure.compress.methods.params`): by position (``gptq:4`` → bits 4),
+by
   prefix (``g128`` → group 128), by flag word (``channel``, ``asym``, ``mse``), as ``name=value``, and for
   pruners as an N:M pair (``sparsegpt:2:4`` → nm 2:4).
 * ``scope`` picks the linear layers of every block by sublayer kind (:data:`SCOPES`); without one a term

@@ -48,7 +48,9 @@ def token_windows(ids: torch.Tensor, count: int, length: int, bos_id: int | None
     return windows
 
 
-def text_batches(tokenizer: PreTrainedTokenizerBase, text: str, protocol: CalibrationProtocol) -> list[torch.Tensor]:
+def text_batches(
+    tokenizer: PreTrainedTokenizerBase, text: str, protocol: CalibrationProtocol
+) -> list[torch.Tensor]:
     """The calibration windows of ``text`` as a list of (batch, length) id tensors."""
     if not text.strip():
         raise PvqError("the calibration text is empty")

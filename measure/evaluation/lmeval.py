@@ -1,7 +1,8 @@
 """lm-eval benchmarks of an in-memory model on the local benchmark datasets.
 
 Our tasks are YAMLs in ``tasks/`` (one registry, :data:`TASKS`) that read the ``save_to_disk`` folders of
-:func:`measure.data.benchmarks.benchmark_datasets_dir`, so they run offline. A user with internet can name any stock
+:func:`measure.data.benchmarks.benchmark_datasets_dir`, so they run offline. A user with internet can name any
+stock
 lm-eval task as ``lm_eval:<task>``. Every run goes through lm-eval's own API: ``HFLM(pretrained=<model
 object>, tokenizer=...)`` and ``simple_evaluate`` with a ``TaskManager`` whose ``include_path`` is our folder
 (Gao et al., "A framework for few-shot language model evaluation", lm-evaluation-harness).

@@ -91,7 +91,8 @@ def run_evaluation(request: EvaluationRequest) -> EvaluationReport:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     device_map = device_map_for(request.device) if spec is None else None
-    loaded = load_model(request.model, device=request.device, dtype=resolve_dtype(request.dtype), device_map=device_map)
+    dtype = resolve_dtype(request.dtype)
+    loaded = load_model(request.model, device=request.device, dtype=dtype, device_map=device_map)
     variant = ModelVariant(loaded)
     if spec is not None:
         variant = ModelVariant(loaded, str(request.spec), compress_in_memory(loaded, spec, request.device))
@@ -101,7 +102,8 @@ def run_evaluation(request: EvaluationRequest) -> EvaluationReport:
         window = request.window or default_window(request.device)
         check_window_fits(loaded.model, window)
         bos = bos_token_id_for(loaded.tokenizer, loaded.bos_per_window)
-        windows = make_windows(evaluation_text(), loaded.tokenizer, window, request.stride, bos, request.max_windows)
+        text = evaluation_text()
+        windows = make_windows(text, loaded.tokenizer, window, request.stride, bos, request.max_windows)
         rows, cached = cached_perplexity(cache, variant, windows, request.batch_size)
         summary += [{**row, "cached": cached} for row in rows]
     for task in tasks:

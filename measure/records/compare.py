@@ -125,7 +125,8 @@ class TableVerdict:
 
 
 def compare_folders(here: Path, reference: Path, rtol: float) -> list[TableVerdict]:
-    """A verdict for every table name of either results folder (:func:`measure.records.store.find_tables`), by name."""
+    """A verdict for every table name of either results folder (:func:`measure.records.store.find_tables`),
+    by name."""
     here_tables, reference_tables = find_tables(here), find_tables(reference)
     return [
         _verdict(name, here_tables, reference_tables, rtol) for name in sorted({*here_tables, *reference_tables})

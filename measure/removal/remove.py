@@ -17,7 +17,8 @@ agrees with its modules, and ``save_pretrained`` + plain ``from_pretrained`` giv
   sublayer needs none of them, so the accounting (:func:`removed_parameters`) counts them as removed. In a
   post-norm block (OPT-350m) the residual norm still applies.
 * **Experts** of every mixture-of-experts block: the ``count`` experts with the smallest router-weighted score
-  (:func:`measure.removal.importance.record_router_scores`) leave the expert list or the fused 3-D tensors, the router
+  (:func:`measure.removal.importance.record_router_scores`) leave the expert list or the fused 3-D tensors, the
+  router
   loses their rows, and the config's expert count drops by ``count`` in every MoE block (configs hold one
   expert count, so each MoE block drops the same number).
 
@@ -279,7 +280,8 @@ def parse_removal_term(tokens: tuple[str, ...]) -> dict[str, Any]:
     """Parameters of a ``remove`` spec term (PvqError names the bad token).
 
     ``remove:blocks=3,7,12`` / ``remove:attn=2,5`` / ``remove:mlp=1``: those blocks or sublayers;
-    ``remove:<metric>:<n>[:seed=S]``: the n units rule <metric> of :data:`measure.removal.importance.ORDERINGS` picks on
+    ``remove:<metric>:<n>[:seed=S]``: the n units rule <metric> of :data:`measure.removal.importance.ORDERINGS`
+    picks on
     the calibration data (``remove:bi:4`` is ShortGPT); ``remove:experts:<n>``: the n experts of lowest router
     score in every MoE block.
     """

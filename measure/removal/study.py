@@ -12,7 +12,8 @@ the evaluation windows).
 **Exactly equal size.** Quantizers (RTN and GPTQ in each group setting) are measured at integer bit widths
 (2..16). In the local views a quantizer's value at b(f) is interpolated in dB between the two widths one bit
 apart that bracket it, and marked interpolated; end to end it is a real model at b(f): the two bracketing widths
-spliced row by row in every layer (:func:`measure.removal.equal_size.row_mix`), within half a row of the size (the gap is
+spliced row by row in every layer (:func:`measure.removal.equal_size.row_mix`), within half a row of the size (the
+gap is
 reported in ``size_gap_bits``). Pruners run at the equal-size sparsity s(f) of each mask convention (free as in
 Kuzmin et al. 2023, entropy-coded, bitmap), which sits at b(f) exactly.
 
@@ -214,7 +215,8 @@ class RemovalStudy:
 
 
 def unit_table(importance: Importance, arch: Architecture) -> pd.DataFrame:
-    """:func:`measure.removal.importance.importance_table` with each unit's parameters, the decoder fraction they hold and
+    """:func:`measure.removal.importance.importance_table` with each unit's parameters, the decoder fraction they
+    hold and
     the bits per weight of equal compression, plus the BI rank (0 = ShortGPT removes it first)."""
     table = importance_table(importance)
     decoder = parameter_counts(arch)["decoder"]

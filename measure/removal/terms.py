@@ -101,7 +101,8 @@ def _evaluate(meter: ViewMeter, weights: Sequence[torch.Tensor], evaluator: Resi
 def mixed_weights(meter: ViewMeter, low: tuple[LayerStep, TermWeights], high: tuple[LayerStep, TermWeights],
                   target_linear_bits: float) -> tuple[list[torch.Tensor], float]:  # fmt: skip
     """Weights of a model whose linears cost ``target_linear_bits`` per weight: in every layer the same fraction of
-    leading rows from ``high``, the rest from ``low`` (:func:`measure.removal.equal_size.row_mix`); and the bits per linear
+    leading rows from ``high``, the rest from ``low`` (:func:`measure.removal.equal_size.row_mix`); and the bits
+    per linear
     weight it reaches."""
     (low_step, low_weights), (high_step, high_weights) = low, high
     refs = meter.refs
@@ -174,6 +175,9 @@ def measure_reference(meter: ViewMeter, points: StudyPoints, linear_bits: Sequen
         errors = layer_view_errors(meter.layers, relative)
         points.add(RD_SERIES, "reference", f"{RD_SERIES}:{bits:.6f}", bits, errors)
         if float(bits).is_integer():
-            rows += [{"layer": ref.name, "block": ref.block_index, "bits_per_weight": bits, "rd_relative_error": r,
-                      "rd_sqnr_db": relative_error_db(r)} for ref, r in zip(meter.refs, relative, strict=True)]  # fmt: skip
+            rows += [
+                {"layer": ref.name, "block": ref.block_index, "bits_per_weight": bits, "rd_relative_error": r,
+                 "rd_sqnr_db": relative_error_db(r)}
+                for ref, r in zip(meter.refs, relative, strict=True)
+            ]
     return pd.DataFrame(rows)

@@ -378,5 +378,7 @@ def load_grid(path: str | Path) -> list[Job]:
     if not file.is_file():
         raise PvqError(f"experiment file {file} does not exist; see pvq/scale/experiment_files/ for examples")
     if file.suffix != ".toml":
-        raise PvqError(f"experiment file {file} must be TOML (*.toml); see pvq/scale/experiment_files/ for examples")
+        raise PvqError(
+            f"experiment file {file} must be TOML (*.toml); see pvq/scale/experiment_files/ for examples"
+        )
     return parse_grid(file.read_text(), str(file))

@@ -205,7 +205,7 @@ def run_experiment_job(job: Job, device: str) -> list[str]:
 
 
 def eval_request(job: Job, device: str) -> EvaluationRequest:
-    """The :class:`measure.evaluation.request.EvaluationRequest` of an ``eval`` job (what ``pvq eval`` would run)."""
+    """The :class:`measure.evaluation.request.EvaluationRequest` of an ``eval`` job (what ``pvq eval`` runs)."""
     ppl = job.evaluation == PERPLEXITY
     return EvaluationRequest(
         model=str(job.model), out=Path(job.results) / EVAL_DIR, spec=None if job.spec == NO_SPEC else job.spec,

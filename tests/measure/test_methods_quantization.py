@@ -234,7 +234,8 @@ def _signed_extreme(values: np.ndarray) -> np.ndarray:
 
 def q4_k_block(block: np.ndarray) -> bytes:
     """One ggml ``block_q4_K`` (``ggml-common.h``: fp16 d, fp16 dmin, 12 bytes of 6-bit scales and mins, 128
-    bytes of nibbles) of 256 weights, with the min-max sub-block ranges :mod:`measure.compress.methods.kquant` documents
+    bytes of nibbles) of 256 weights, with the min-max sub-block ranges :mod:`measure.compress.methods.kquant`
+    documents
     (codes computed in float64, as pvq computes)."""
     subs = block.reshape(8, 32)
     mins = -np.minimum(subs.min(axis=1), 0)

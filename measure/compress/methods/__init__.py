@@ -249,7 +249,8 @@ def method_names(kind: str | None = None) -> list[str]:
 
 
 def get_method(name: str) -> Method:
-    """The method called ``name``; ``"<pruning>+<quantization>"`` composes two (:mod:`measure.compress.methods.joint`)."""
+    """The method called ``name``; ``"<pruning>+<quantization>"`` composes two
+    (:mod:`measure.compress.methods.joint`)."""
     if name in REGISTRY:
         return REGISTRY[name]
     if "+" in name:
