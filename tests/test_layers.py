@@ -1,8 +1,9 @@
 """The package's layer order, checked on every module's imports (module level and inside functions).
 
 Data flows capture → ledger → bounds → study tables → figures, and imports run only downward:
-theory ← measure (records ← models ← data ← capture ← compress ← evaluation ← ledger, bounds ← removal)
-← figures (everything else ← catalog) ← pvq (scale-out ← commands ← cli).
+theory ← measure (records ← models ← data ← capture ← compress ← evaluation ← ledger, bounds ← removal study)
+← figures (everything else ← catalog) ← pvq (scale-out ← commands ← cli). Only the CLI imports a module by
+name (the chosen subcommand), and the figure registry discovers the catalog above it by name.
 """
 
 from __future__ import annotations
@@ -97,6 +98,13 @@ def test_the_layer_check_catches_an_upward_and_a_hidden_import(tmp_path: Path) -
     assert found == [("figures.registry", 1, False), ("pvq.cli", 5, True)]
     assert layer_of("figures.registry") > layer_of("measure.ledger")
     assert layer_of("measure.capture.gram") < layer_of("measure.compress.spec") < layer_of("measure.removal.study")
+
+
+def test_only_the_cli_and_the_catalog_discovery_import_by_name() -> None:
+    by_name = sorted(
+        str(path.relative_to(ROOT)) for path in MODULES.values() if "import_module(" in path.read_text()
+    )
+    assert by_name == ["figures/registry.py", "pvq/cli.py"]
 
 
 def test_measure_has_no_loose_modules_but_the_stages() -> None:

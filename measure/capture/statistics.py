@@ -9,7 +9,7 @@ Two modes give the same numbers (to float tolerance; tested):
 Layers that read the same tensor (q/k/v; gate/up; a parallel block's attention and MLP) share one Gram
 (``LinearRef.shared_input_group``), which is both cheaper and exactly what their errors need.
 
-Block statistics (for layer removal; see :mod:`measure.removal.importance`) are accumulated per token from the
+Block statistics (for layer removal; see :mod:`measure.compress.importance`) are accumulated per token from the
 block input x and output y: Σ cos(x_t, y_t), Σ‖y_t‖², Σ‖y_t − x_t‖², and per sequence the last token's
 hidden state after every block (for the angular distance of Gromov et al.).
 """

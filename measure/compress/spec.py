@@ -24,18 +24,16 @@ by
 
 from __future__ import annotations
 
-import importlib
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
-
-import torch
-from torch import nn
 
 from measure.capture.experts import ROUTER_WEIGHTED_METHODS
 from measure.compress.methods import REGISTRY, get_method
 from measure.compress.methods.method import Method
+from measure.compress.remove import REMOVE_TERM
+from measure.compress.term_kind import TermKind
 from measure.models.architecture import LinearRef
 from theory.errors import PvqError, choose
 
@@ -49,24 +47,10 @@ SCOPES: dict[str, frozenset[str]] = {
 }
 """Scope name -> the ``LinearRef.sublayer_kind`` values it covers (``mlp`` includes shared and routed experts)."""
 DEFAULT_SCOPE = "all"
-TERM_KINDS: dict[str, str] = {"remove": "measure.removal.remove:REMOVE_TERM"}
-"""Model-level term kinds: head -> ``"module:attribute"`` of a :class:`TermKind`, imported when first used."""
+TERM_KINDS: dict[str, TermKind] = {REMOVE_TERM.name: REMOVE_TERM}
+"""Model-level term kinds by head (:class:`measure.compress.term_kind.TermKind`)."""
 _PREFIXED = re.compile(r"^([a-z]+)(\d+(?:\.\d+)?)$")
 _INTEGER = re.compile(r"^\d+$")
-
-
-@dataclass(frozen=True)
-class TermKind:
-    """A spec term that transforms the whole model instead of compressing linear layers (e.g. ``remove:...``).
-
-    ``parse(tokens)`` turns the term's tokens into checked parameters (PvqError on a bad token);
-    ``apply(model, params, batches, device)`` changes the model in place and returns report fields.
-    """
-
-    name: str
-    summary: str
-    parse: Callable[[tuple[str, ...]], dict[str, Any]]
-    apply: Callable[[nn.Module, dict[str, Any], Sequence[torch.Tensor], str], dict[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -163,9 +147,8 @@ def parse_spec(text: str) -> Spec:
 
 
 def term_kind(head: str) -> TermKind:
-    """The registered model-level term kind called ``head`` (imported on first use)."""
-    module_name, _, attribute = TERM_KINDS[head].partition(":")
-    return getattr(importlib.import_module(module_name), attribute)
+    """The registered model-level term kind called ``head``."""
+    return TERM_KINDS[head]
 
 
 def _valid_heads() -> str:
@@ -178,7 +161,7 @@ def _split_term(part: str, spec: str) -> _Term:
         raise PvqError(f"spec {spec!r} has an empty term (two '+' in a row, or a '+' at an end)")
     body, at, scope = part.partition("@")
     if at:
-        choose("spec scope", scope, SCOPES)
+        choose("scope", scope, SCOPES)
     head, *tokens = body.split(":")
     if any(not token for token in tokens):
         raise PvqError(f"spec term {part!r} has an empty parameter (two ':' in a row, or a ':' at its end)")

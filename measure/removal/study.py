@@ -51,13 +51,7 @@ import torch
 from scipy import stats
 from torch import nn
 
-from measure.compress.spec import parse_term_list
-from measure.evaluation.perplexity import PerplexityResult, TokenWindows
-from measure.evaluation.residual import ResidualStreamEvaluator, first_windows
-from measure.models.architecture import Architecture, describe, parameter_counts
-from measure.removal.answer import answer_table, end_to_end_table
-from measure.removal.equal_size import DecoderSizes, mask_convention
-from measure.removal.importance import (
+from measure.compress.importance import (
     Importance,
     angular_table,
     choose_units,
@@ -66,12 +60,18 @@ from measure.removal.importance import (
     measure_importance,
     normalized_relative_importance,
 )
-from measure.removal.remove import (
+from measure.compress.remove import (
     Removal,
     removed_fraction,
     sublayer_parameter_count,
     sublayer_removed,
 )
+from measure.compress.spec import parse_term_list
+from measure.evaluation.perplexity import PerplexityResult, TokenWindows
+from measure.evaluation.residual import ResidualStreamEvaluator, first_windows
+from measure.models.architecture import Architecture, describe, parameter_counts
+from measure.removal.answer import answer_table, end_to_end_table
+from measure.removal.equal_size import DecoderSizes, mask_convention
 from measure.removal.terms import StudyPoints, measure_pruner, measure_quantizer, measure_reference
 from measure.removal.views import (
     LOCAL_VIEWS,
@@ -215,7 +215,7 @@ class RemovalStudy:
 
 
 def unit_table(importance: Importance, arch: Architecture) -> pd.DataFrame:
-    """:func:`measure.removal.importance.importance_table` with each unit's parameters, the decoder fraction they
+    """:func:`measure.compress.importance.importance_table` with each unit's parameters, the decoder fraction they
     hold and
     the bits per weight of equal compression, plus the BI rank (0 = ShortGPT removes it first)."""
     table = importance_table(importance)

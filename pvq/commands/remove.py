@@ -19,6 +19,8 @@ import argparse
 from typing import Any
 
 from measure.capture.placement import Placement, block_memory, load_placed
+from measure.compress.importance import choose_units, get_ordering, measure_importance
+from measure.compress.remove import drop_experts, remove_units, removed_fraction, save_removed
 from measure.data.calibration import CalibrationProtocol, calibration_batches
 from measure.data.text import evaluation_text
 from measure.evaluation.perplexity import bos_token_id_for, make_windows
@@ -27,8 +29,6 @@ from measure.models.defaults import DEFAULT_MODEL
 from measure.records.atomic import write_text_atomic
 from measure.records.provenance import collect
 from measure.records.store import write_table
-from measure.removal.importance import choose_units, get_ordering, measure_importance
-from measure.removal.remove import drop_experts, remove_units, removed_fraction, save_removed
 from measure.removal.study import StudySettings, check_settings, run_study, unit_table
 from pvq.commands.common import add_device_arguments, add_mode_argument, placement
 from theory.accounting import removal_bits_per_weight

@@ -10,8 +10,7 @@ import pytest
 import torch
 from tiny_models import tiny_model
 
-from measure.models.architecture import describe
-from measure.removal.importance import (
+from measure.compress.importance import (
     ORDERINGS,
     angular_distances,
     angular_start,
@@ -24,7 +23,8 @@ from measure.removal.importance import (
     record_router_scores,
     removal_sqnr_db,
 )
-from measure.removal.remove import remove_sublayers
+from measure.compress.remove import remove_sublayers
+from measure.models.architecture import describe
 from theory.errors import PvqError
 
 BLOCKS = 4

@@ -12,9 +12,8 @@ from tiny_models import tiny_model
 from transformers import AutoModelForCausalLM
 
 from measure.compress import apply, spec
-from measure.models.architecture import describe, parameter_counts
-from measure.removal.importance import influence, measure_importance, record_router_scores
-from measure.removal.remove import (
+from measure.compress.importance import influence, measure_importance, record_router_scores
+from measure.compress.remove import (
     RECORD_FILE,
     Removal,
     drop_experts,
@@ -26,6 +25,7 @@ from measure.removal.remove import (
     save_removed,
     sublayer_removed,
 )
+from measure.models.architecture import describe, parameter_counts
 from theory.errors import PvqError
 
 SLIDING = {"layer_types": ["sliding_attention", "full_attention"] * 2, "sliding_window": 4}
@@ -225,8 +225,7 @@ def test_bad_removal_requests_are_one_clear_error() -> None:
     assert len(describe(model).blocks) == 4
 
 
-def test_remove_spec_terms(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(spec.TERM_KINDS, "remove", "measure.removal.remove:REMOVE_TERM")
+def test_remove_spec_terms() -> None:
     batches = list(torch.randint(3, 300, (4, 16), generator=torch.Generator().manual_seed(1)).split(2))
     model = _model("llama")
     expected = _skipped_logits(model, [1, 3])

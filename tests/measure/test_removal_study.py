@@ -11,12 +11,12 @@ import pytest
 import torch
 from tiny_models import tiny_model, tiny_tokenizer
 
+from measure.compress.remove import remove_blocks, sublayer_removed
 from measure.evaluation.perplexity import evaluate_perplexity, make_windows
 from measure.evaluation.residual import ResidualStreamEvaluator, first_windows
 from measure.models.architecture import describe
 from measure.removal.answer import answer_table
 from measure.removal.equal_size import MAX_BRACKET_BITS, SIZE_TOLERANCE
-from measure.removal.remove import remove_blocks, sublayer_removed
 from measure.removal.study import StudySettings, check_settings, propagation_correlation, run_study
 from theory.errors import PvqError
 
@@ -242,7 +242,7 @@ def test_pvq_remove_study_refuses_bad_input_and_writes_nothing(
 
 
 def test_unit_table_counts_each_units_parameters_and_ranks_by_influence() -> None:
-    from measure.removal.importance import measure_importance
+    from measure.compress.importance import measure_importance
     from measure.removal.study import unit_table
 
     model = tiny_model("llama", num_hidden_layers=4)

@@ -18,11 +18,11 @@ from tiny_models import linear_inputs, tiny_model, tiny_tokenizer
 
 from measure.capture.statistics import capture
 from measure.compress.methods import get_method
+from measure.compress.remove import remove_blocks
 from measure.compress.spec import parse_term_list
 from measure.evaluation.perplexity import evaluate_perplexity, make_windows
 from measure.evaluation.residual import ResidualStreamEvaluator
 from measure.models.architecture import describe
-from measure.removal.remove import remove_blocks
 from measure.removal.views import ResidualStream, ViewMeter, check_views, removal_errors
 from theory.errors import PvqError
 

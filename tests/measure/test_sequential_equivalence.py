@@ -19,6 +19,7 @@ from measure.capture.blocks import record_block_inputs, run_block
 from measure.capture.memory import BlockMemoryLog
 from measure.capture.statistics import capture
 from measure.compress.apply import apply_spec
+from measure.compress.importance import importance_table, measure_importance
 from measure.compress.spec import parse_spec
 from measure.data.calibration import token_windows
 from measure.evaluation.perplexity import (
@@ -30,7 +31,6 @@ from measure.evaluation.perplexity import (
 )
 from measure.ledger import build_ledger
 from measure.models.architecture import describe
-from measure.removal.importance import importance_table, measure_importance
 
 FAMILIES = ("llama", "gpt_neox")
 LEDGER_METHODS = "magnitude:0.5,wanda:0.5,sparsegpt:0.5,rtn:4:channel,gptq:4:channel"

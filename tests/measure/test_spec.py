@@ -14,7 +14,8 @@ from measure.capture.statistics import capture
 from measure.compress import spec as spec_module
 from measure.compress.apply import apply_spec, model_size
 from measure.compress.methods import get_method
-from measure.compress.spec import TermKind, parse_spec, parse_term_list
+from measure.compress.spec import parse_spec, parse_term_list
+from measure.compress.term_kind import TermKind
 from measure.models.architecture import describe
 from measure.models.weight_grid import detect_tensor_grid, distinct_per_block
 from theory.errors import PvqError
@@ -301,7 +302,7 @@ SCALE_TERM = TermKind("scale", "scale the final norm (test term)", lambda tokens
 
 
 def test_model_level_terms_come_from_the_term_registry(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(spec_module.TERM_KINDS, "scale", f"{__name__}:SCALE_TERM")
+    monkeypatch.setitem(spec_module.TERM_KINDS, "scale", SCALE_TERM)
     model = tiny_model("llama")
     norm = describe(model).final_norm.weight.clone()
     spec = parse_spec("scale:2+rtn:8")

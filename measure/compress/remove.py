@@ -17,7 +17,7 @@ agrees with its modules, and ``save_pretrained`` + plain ``from_pretrained`` giv
   sublayer needs none of them, so the accounting (:func:`removed_parameters`) counts them as removed. In a
   post-norm block (OPT-350m) the residual norm still applies.
 * **Experts** of every mixture-of-experts block: the ``count`` experts with the smallest router-weighted score
-  (:func:`measure.removal.importance.record_router_scores`) leave the expert list or the fused 3-D tensors, the
+  (:func:`measure.compress.importance.record_router_scores`) leave the expert list or the fused 3-D tensors, the
   router
   loses their rows, and the config's expert count drops by ``count`` in every MoE block (configs hold one
   expert count, so each MoE block drops the same number).
@@ -40,7 +40,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from measure.compress.spec import TermKind
+from measure.compress.importance import SUBLAYER_KINDS, choose_units, get_ordering, measure_importance
+from measure.compress.term_kind import TermKind
 from measure.models.architecture import (
     Architecture,
     Block,
@@ -50,7 +51,6 @@ from measure.models.architecture import (
     parameter_counts,
 )
 from measure.records.atomic import atomic_dir
-from measure.removal.importance import SUBLAYER_KINDS, choose_units, get_ordering, measure_importance
 from theory.accounting import removal_bits_per_weight
 from theory.errors import PvqError, choose
 
@@ -222,7 +222,7 @@ def check_rebuildable(model: nn.Module) -> None:
         differing = sorted(set(expected.items()) ^ set(actual.items()))[:4]
         raise PvqError(
             f"after removal the config of {type(model).__name__} no longer describes its modules (first "
-            f"differences: {differing}); this family needs a config fix-up in measure/removal/remove.py"
+            f"differences: {differing}); this family needs a config fix-up in measure/compress/remove.py"
         )
 
 
@@ -280,7 +280,7 @@ def parse_removal_term(tokens: tuple[str, ...]) -> dict[str, Any]:
     """Parameters of a ``remove`` spec term (PvqError names the bad token).
 
     ``remove:blocks=3,7,12`` / ``remove:attn=2,5`` / ``remove:mlp=1``: those blocks or sublayers;
-    ``remove:<metric>:<n>[:seed=S]``: the n units rule <metric> of :data:`measure.removal.importance.ORDERINGS`
+    ``remove:<metric>:<n>[:seed=S]``: the n units rule <metric> of :data:`measure.compress.importance.ORDERINGS`
     picks on
     the calibration data (``remove:bi:4`` is ShortGPT); ``remove:experts:<n>``: the n experts of lowest router
     score in every MoE block.
@@ -344,4 +344,4 @@ REMOVE_TERM = TermKind(
     parse=parse_removal_term,
     apply=apply_removal_term,
 )
-"""The ``remove`` model-level spec term; :data:`measure.compress.spec.TERM_KINDS` maps "remove" to it."""
+"""The ``remove`` model-level spec term (registered in :data:`measure.compress.spec.TERM_KINDS`)."""
