@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -126,20 +126,30 @@ class BuildReport:
 
     runs: dict[str, ExperimentRun]
     rendered: list[RenderedArtifact]
-    results_section: Path
+    results_section: Path | None
     seconds: float
+    cross_model: list[RenderedArtifact] = field(default_factory=list)
+    report: Path | None = None
 
 
 def build(
     artifacts: Sequence[Artifact], registered: Sequence[Artifact], context: ExperimentContext, out_dir: Path,
-    *, verbose: bool = True,
+    *, verbose: bool = True, chapter: bool = True,
 ) -> BuildReport:
-    """Run missing/stale experiments of ``artifacts``, render them, regenerate the results section.
+    """Run missing/stale experiments of ``artifacts``, render them, then the cross-model artifacts and the HTML
+    report, and (with ``chapter``) regenerate the chapter's results section for this model.
 
-    The results section lists every artifact of ``registered`` that has been rendered into ``out_dir``
-    (so ``--only`` does not drop the others from the chapter). Without ``verbose`` the experiments run with
-    third-party output silenced (:func:`figures.experiments.ensure`).
+    Each artifact goes to its home (:func:`figures.layout.artifact_home`): the model's folder
+    ``<out>/<model>/`` when it depends on the model, the shared ``<out>/`` otherwise. The results section lists
+    every artifact of ``registered`` that has been rendered for this model (so ``--only`` does not drop the
+    others from the chapter). The cross-model artifacts are rendered when two or more models have results
+    (:mod:`figures.cross_model`); ``<out>/index.html`` shows every model rendered (:mod:`figures.report`).
+    Without ``verbose`` the experiments run with third-party output silenced (:func:`figures.experiments.ensure`).
     """
+    from figures.cross_model import render_cross_model
+    from figures.layout import artifact_home
+    from figures.report import write_report
+
     start = time.perf_counter()
     runs = ensure(lookup(needed_experiments(artifacts)), context, verbose=verbose)
     rendered = []
@@ -147,9 +157,12 @@ def build(
         for artifact in bar:
             bar.set_postfix_str(artifact.name)
             tables = {name: runs[name].table() for name in artifact.needs}
-            rendered.append(render_artifact(artifact, tables, facts_from_runs(artifact, runs), out_dir))
-    section = write_results_section(Path(out_dir), registered)
-    return BuildReport(runs, rendered, section, time.perf_counter() - start)
+            home = artifact_home(out_dir, artifact, context.model_name)
+            rendered.append(render_artifact(artifact, tables, facts_from_runs(artifact, runs), home))
+    section = write_results_section(Path(out_dir), registered, context.model_name) if chapter else None
+    cross_model = render_cross_model(context.results_root, Path(out_dir))
+    report = write_report(Path(out_dir), context.results_root, registered)
+    return BuildReport(runs, rendered, section, time.perf_counter() - start, cross_model, report)
 
 
 def summary(report: BuildReport) -> str:
@@ -161,7 +174,10 @@ def summary(report: BuildReport) -> str:
         f"rendered: {len(report.rendered)} figures/tables",
         *(f"  {item.kind:<9} {item.name:<32} {item.seconds:8.1f} s  "
           f"{', '.join(str(path) for path in item.files)}" for item in report.rendered),
-        f"results section: {report.results_section}",
+        *(f"  {item.kind:<9} {item.name:<32} {item.seconds:8.1f} s  "
+          f"{', '.join(str(path) for path in item.files)}" for item in report.cross_model),
+        f"results section: {report.results_section or 'kept (another model is the chapter model)'}",
+        f"report: {report.report}",
         f"wall time: {report.seconds:.1f} s",
     ]
     return "\n".join(lines)

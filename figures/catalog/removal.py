@@ -27,6 +27,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from pandas.io.formats.style import Styler
 
+from figures.answers import answer
 from figures.catalog.models import CALIBRATION, EVALUATION, calibration, describe_protocol, evaluation_windows
 from figures.experiments import ExperimentContext, experiment
 from figures.registry import Tables, escape_tex, figure, table
@@ -337,6 +338,12 @@ def _bits_text(row: pd.Series, series: str) -> str:
         return "–"
     prefix = {"below": "<", "above": ">"}.get(str(censored), "")
     return f"{prefix}{bits:.1f}"
+
+
+@answer(SECTION, needs=(STUDY,))
+def removal_answer(tables: Tables) -> str:
+    """The section's answer: the sentence the ``removal_verdicts`` caption states (:func:`_answer_sentence`)."""
+    return _answer_sentence(_answer_rows(tables))
 
 
 def _bounds_caption(tables: Tables, facts: Mapping[str, Any]) -> str:
