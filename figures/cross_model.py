@@ -7,9 +7,9 @@ When two or more models have a stored ``results/<model>/removal_study.parquet``,
   2403.03853, Eq. 1) and the angular distance at n = 1 (Gromov et al., arXiv 2403.17887) of each block against
   its normalized depth ``block / (blocks − 1)`` (0 = first block, 1 = last), one line per model;
 * ``removal_answer_by_model`` (table): the thesis answer per model, one row per model and view: the removal of
-  the lowest-BI blocks at the level the one-sentence answer speaks of (:data:`figures.catalog.removal.ANSWER_LEVEL`,
-  free mask), its dB, the best and worst method at exactly the same size b(f) = 16(1 − f) bits per decoder
-  parameter, and the equivalent bits of the quantizer the answer names.
+  the lowest-BI blocks at the level the one-sentence answer speaks of
+  (:data:`figures.catalog.removal.ANSWER_LEVEL`, free mask), its dB, the best and worst method at exactly the
+  same size b(f) = 16(1 − f) bits per decoder parameter, and the equivalent bits of the quantizer the answer names.
 
 Each model's table is read as stored, with its own protocol; when the protocols differ the caption says so.
 """
@@ -27,8 +27,16 @@ from matplotlib.figure import Figure
 from pandas.io.formats.style import Styler
 
 from figures.catalog.removal import (
-    ANSWER_LEVEL, ANSWER_SERIES, SERIES_CODES, SERIES_NAMES, STUDY, VIEW_TITLES, _bits_text, _cell, study_part,
-)  # fmt: skip
+    ANSWER_LEVEL,
+    ANSWER_SERIES,
+    SERIES_CODES,
+    SERIES_NAMES,
+    STUDY,
+    VIEW_CODES,
+    study_part,
+)
+from figures.catalog.removal import _bits_text as bits_text
+from figures.catalog.removal import _cell as cell
 from figures.experiments import MODEL_FREE_DIR
 from figures.layout import CROSS_MODEL_DIR
 from figures.registry import Artifact, Tables, escape_tex
@@ -37,9 +45,6 @@ from measure.store import read_provenance, read_table
 
 SECTION = "Across models"
 MIN_MODELS = 2
-VIEW_SHORT = {"layer_energy": "layer, energy", "layer_parameters": "layer, param.", "block": "block",
-              "end_to_end": "end to end"}  # fmt: skip
-"""View names short enough for the table's column (defined in the caption)."""
 
 
 def study_tables(results_root: Path) -> dict[str, Path]:
@@ -97,10 +102,11 @@ def _answer_level_rows(frame: pd.DataFrame) -> pd.DataFrame:
 def _equivalent(row: pd.Series) -> str:
     """The equivalent bits of the first quantizer of :data:`ANSWER_SERIES` whose curve reaches the removal's
     error (as the one-sentence answer chooses), with its code."""
-    present = [s for s in ANSWER_SERIES if f"equivalent_bits_{s}" in row.index and pd.notna(row[f"equivalent_bits_{s}"])]
+    present = [s for s in ANSWER_SERIES
+               if f"equivalent_bits_{s}" in row.index and pd.notna(row[f"equivalent_bits_{s}"])]  # fmt: skip
     reached = [s for s in present if str(row.get(f"equivalent_bits_{s}_censored", "")) in ("", "nan", "<NA>")]
     series = (reached or present or [None])[0]
-    return "–" if series is None else f"{_bits_text(row, series)} {SERIES_CODES.get(series, series)}"
+    return "–" if series is None else f"{bits_text(row, series)} {SERIES_CODES.get(series, series)}"
 
 
 def answer_by_model(tables: Tables) -> pd.DataFrame:
@@ -110,12 +116,12 @@ def answer_by_model(tables: Tables) -> pd.DataFrame:
     for model, frame in tables.items():
         blocks = int(study_part(frame, "units").query("unit == 'block'")["block"].nunique())
         for _, row in _answer_level_rows(frame).iterrows():
-            rows.append({"model": model, "view": VIEW_SHORT.get(row["view"], row["view"]),
+            rows.append({"model": model, "view": VIEW_CODES.get(row["view"], row["view"]),
                          "removed": f"{int(row['removed'])}/{blocks}", "bits_per_weight": row["bits_per_weight"],
-                         "removal_db": row["removal_db"], "best": _cell(row, "best"), "worst": _cell(row, "worst"),
+                         "removal_db": row["removal_db"], "best": cell(row, "best"), "worst": cell(row, "worst"),
                          "equivalent": _equivalent(row)})  # fmt: skip
-    return pd.DataFrame(rows, columns=["model", "view", "removed", "bits_per_weight", "removal_db", "best", "worst",
-                                       "equivalent"])  # fmt: skip
+    columns = ["model", "view", "removed", "bits_per_weight", "removal_db", "best", "worst", "equivalent"]
+    return pd.DataFrame(rows, columns=columns)
 
 
 def removal_answer_by_model(tables: Tables) -> Styler:
@@ -145,12 +151,14 @@ def _importance_caption(tables: Tables, facts: Mapping[str, Any]) -> str:
 
 
 def _answer_caption(tables: Tables, facts: Mapping[str, Any]) -> str:
-    codes = ", ".join(f"{code} = {escape_tex(SERIES_NAMES.get(series, series))}" for series, code in SERIES_CODES.items())
+    codes = ", ".join(f"{code} = {escape_tex(SERIES_NAMES.get(series, series))}"
+                      for series, code in SERIES_CODES.items())  # fmt: skip
     return (
         "The thesis answer per model: removing the $n$ lowest-BI of the model's $L$ blocks "
         f"($n = \\min({ANSWER_LEVEL}$, largest level measured$)$) leaves $b(f) = 16(1-f)$ bits per decoder "
-        "parameter; per view (layer view energy- and parameter-weighted, block view, end to end) the removal's "
-        "dB $= -10\\log_{10}$ of the view's error, the best and worst method at exactly $b(f)$ (free mask), and "
+        "parameter; per view (LE, LP: layer view energy- and parameter-weighted, B: block view, E2E: end to "
+        "end) the removal's dB $= -10\\log_{10}$ of the view's error, the best and worst method at exactly $b(f)$ "
+        "(free mask), and "
         "$\\equiv$: the equivalent bits of the quantizer the answer names (the size at which it makes the "
         f"removal's error; $<$, $>$: beyond its measured range). Codes: {codes}. {_models_text(facts)}."
     )
@@ -175,8 +183,9 @@ def cross_model_facts(paths: Mapping[str, Path]) -> dict[str, Any]:
         "seed": {m: p.get("seed") for m, p in provenances.items()},
         "protocol": {m: p.get("config") for m, p in provenances.items()},
         "experiments": {
-            f"{m}/{STUDY}": {"status": "cached", "cache_key": p.get("cache_key"), "code_version": p.get("code_version"),
-                             "runtime_s": p.get("runtime_s") or 0.0, "table": str(paths[m])}
+            f"{m}/{STUDY}": {"status": "cached", "cache_key": p.get("cache_key"),
+                             "code_version": p.get("code_version"), "runtime_s": p.get("runtime_s") or 0.0,
+                             "table": str(paths[m])}
             for m, p in provenances.items()
         },
     }  # fmt: skip

@@ -92,8 +92,15 @@ def load_catalog() -> dict[str, Artifact]:
 
     discovered = sorted(info.name for info in pkgutil.iter_modules(catalog.__path__))
     ordered = [name for name in catalog.ORDER if name in discovered]
-    for name in ordered + [name for name in discovered if name not in ordered]:
-        importlib.import_module(f"figures.catalog.{name}")
+    names = ordered + [name for name in discovered if name not in ordered]
+    modules = [f"figures.catalog.{name}" for name in names]
+    for module in modules:
+        importlib.import_module(module)
+    # A catalog module imported earlier (e.g. by a module reusing its helpers) must not change the order.
+    rank = {module: index for index, module in enumerate(modules)}
+    ordered_artifacts = sorted(ARTIFACTS.values(), key=lambda item: rank.get(item.draw.__module__, len(rank)))
+    ARTIFACTS.clear()
+    ARTIFACTS.update((artifact.name, artifact) for artifact in ordered_artifacts)
     return ARTIFACTS
 
 

@@ -159,8 +159,8 @@ def build(
             tables = {name: runs[name].table() for name in artifact.needs}
             home = artifact_home(out_dir, artifact, context.model_name)
             rendered.append(render_artifact(artifact, tables, facts_from_runs(artifact, runs), home))
-    section = write_results_section(Path(out_dir), registered, context.model_name) if chapter else None
     cross_model = render_cross_model(context.results_root, Path(out_dir))
+    section = write_results_section(Path(out_dir), registered, context.model_name) if chapter else None
     report = write_report(Path(out_dir), context.results_root, registered)
     return BuildReport(runs, rendered, section, time.perf_counter() - start, cross_model, report)
 

@@ -45,7 +45,7 @@ def _script(match: re.Match[str]) -> str:
 
 def _command(match: re.Match[str]) -> str:
     name = match.group(1)
-    return SYMBOLS.get(name, name if name.isalpha() else name)
+    return SYMBOLS.get(name, name)
 
 
 def plain_text(tex: str) -> str:

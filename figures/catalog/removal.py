@@ -243,6 +243,8 @@ VIEW_AXES = {
     "layer_energy": "rel. output error", "layer_parameters": "rel. output error",
     "block": "error / update energy", "end_to_end": "KL (nats/token)",
 }  # fmt: skip
+VIEW_CODES = {"layer_energy": "LE", "layer_parameters": "LP", "block": "B", "end_to_end": "E2E"}
+"""Short names of the views in the answer table (defined in its caption), so that it fits the text width."""
 TABLE_ORDERINGS = ("bi", "angular")
 TABLE_LEVELS = (1, 2, 4, 8)
 SERIES_CODES = {"rtn_g128": "R", "gptq_g128": "G", "rtn_channel": "Rc", "gptq_channel": "Gc", "magnitude": "M",
@@ -406,7 +408,7 @@ def answer_display(answer: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for _, row in free.iterrows():
         key = tuple(row[k] for k in keys)
-        shown = {"view": VIEW_TITLES[row["view"]].replace("layer view, ", "layer, "), "ordering": row["ordering"],
+        shown = {"view": VIEW_CODES[row["view"]], "ordering": row["ordering"],
                  "removed": int(row["removed"]), "bits_per_weight": row["bits_per_weight"],
                  "removal_db": row["removal_db"], "best": _cell(row, "best"), "worst": _cell(row, "worst"),
                  "worst_entropy": _cell(entropy.loc[key], "worst") if key in entropy.index else "–",
@@ -424,7 +426,7 @@ def _verdict_table_caption(tables: Tables, facts: Mapping[str, Any]) -> str:
     levels = ", ".join(map(str, TABLE_LEVELS))
     return (
         "Removal against the methods at exactly equal size $b(f) = 16(1-f)$ bits per decoder parameter, per view "
-        "(layer view energy- and parameter-weighted, block view, end to end; definitions in "
+        "(LE, LP: layer view energy- and parameter-weighted, B: block view, E2E: end to end; definitions in "
         "Fig.~\\ref{fig:removal_vs_bounds}). dB $= -10\\log_{10}$ of the view's error (end to end: of the KL in "
         "nats/token). Removal: the removal's dB; Best, Worst: the best and worst method at $b(f)$ (free mask; "
         "Worst H: pruners charged $H(s)$ bits per weight for an entropy-coded mask); quantizers interpolated in "
