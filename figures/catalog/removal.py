@@ -32,6 +32,7 @@ from figures.catalog.models import CALIBRATION, EVALUATION, calibration, describ
 from figures.experiments import ExperimentContext, experiment
 from figures.registry import Tables, escape_tex, figure, table
 from figures.style import OKABE_ITO, line_kwargs, method_legend, new_figure, thesis_table
+from figures.ticks import sparse_log_minor_labels
 
 SECTION = "Layer removal against the bounds"
 STUDY = "removal_study"
@@ -491,6 +492,7 @@ def error_propagation(tables: Tables) -> Figure:
     for ax, (letter, xlabel) in zip((alone, sets), labels, strict=True):
         ax.set_xscale("log")
         ax.set_yscale("log")
+        sparse_log_minor_labels(ax.xaxis)  # half-width panels: 2, 3, 4, 6 × 10^k labels would collide
         ax.set_xlabel(f"local removal error ({xlabel})", fontsize="small")
         ax.set_ylabel("KL (nats/token)")
         ax.set_title(f"({letter})", loc="left", fontsize="small")
