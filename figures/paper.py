@@ -2,10 +2,10 @@
 
 ``paper/main.tex`` (hand-written) inputs ``sections/results.tex``, which this module writes from the
 artifacts rendered for one model (the chapter's model): one ``\\section`` per catalog section, each figure as
-``\\includegraphics`` and each table as ``\\input`` from where :mod:`figures.layout` put it (shared
-model-free artifacts in ``figures/``, ``tables/``; the model's in ``<model>/figures/``, ``<model>/tables/``),
-with the data-derived caption stored in the artifact's provenance sidecar; then a section with the
-cross-model artifacts when they have been rendered.
+``\\includegraphics`` and each table through ``\\pvqtable`` (:data:`TABLE_MACRO`) from where
+:mod:`figures.layout` put it (shared model-free artifacts in ``figures/``, ``tables/``; the model's in
+``<model>/figures/``, ``<model>/tables/``), with the data-derived caption stored in the artifact's provenance
+sidecar; then it inputs ``sections/cross_model.tex``, the cross-model artifacts, which every run rewrites.
 """
 
 from __future__ import annotations
@@ -30,6 +30,11 @@ INSTALL_HINT = (
     "On Debian/Ubuntu: sudo apt-get install texlive-latex-extra latexmk; then rerun `make paper`"
 )
 CROSS_MODEL_SECTION = "Across models"
+CROSS_MODEL_SECTION_FILE = Path("sections") / "cross_model.tex"
+CROSS_MODEL_INPUT = (
+    "\n% The cross-model artifacts, rewritten by every `pvq figures` run whichever model it renders.\n"
+    f"\\IfFileExists{{{CROSS_MODEL_SECTION_FILE.as_posix()}}}{{\\input{{{CROSS_MODEL_SECTION_FILE.as_posix()}}}}}{{}}\n"
+)
 TABLE_MACRO = r"""% \pvqtable{label}{caption}{table}: the table at its natural size when it fits the text
 % width; else in \small, then \footnotesize (9 pt, the figures' text size) with narrower column gaps; else, in that
 % size, on its own landscape page (rotating's sidewaystable, where the width limit is the text height), scaled down
@@ -75,8 +80,9 @@ def table_block(name: str, caption: str, stem: str | None = None) -> str:
 
 def results_tex(out_dir: Path, artifacts: Sequence[Artifact], model_name: str) -> str:
     """The results section text for every artifact of ``artifacts`` already rendered into ``out_dir`` for
-    ``model_name`` (model-free ones from the shared folders), then the rendered cross-model artifacts."""
-    from figures.layout import CROSS_MODEL_DIR, artifact_home, relative_stem
+    ``model_name`` (model-free ones from the shared folders), then an input of the cross-model section
+    (:func:`write_cross_model_section`)."""
+    from figures.layout import artifact_home, relative_stem
 
     sections: dict[str, list[str]] = {}
     for artifact in artifacts:
@@ -88,15 +94,32 @@ def results_tex(out_dir: Path, artifacts: Sequence[Artifact], model_name: str) -
         block = figure_block if artifact.kind == "figure" else table_block
         stem = relative_stem(out_dir, artifact, home)
         sections.setdefault(artifact.section, []).append(block(artifact.name, caption, stem))
+    if not sections:
+        return HEADER + "No figures or tables have been rendered yet: run \\texttt{make figures}.\n"
+    parts = [f"\\section{{{title}}}\n\n" + "\n".join(blocks) for title, blocks in sections.items()]
+    return HEADER + "\n" + "\n".join(parts) + CROSS_MODEL_INPUT
+
+
+def cross_model_tex(out_dir: Path) -> str:
+    """The cross-model section: every artifact rendered into ``<out>/cross-model/`` (empty when none is)."""
+    from figures.layout import CROSS_MODEL_DIR
+
+    blocks = []
     for sidecar in sorted(Path(out_dir, CROSS_MODEL_DIR).glob("*/*.json")):
         record = json.loads(sidecar.read_text())
         block = figure_block if record["kind"] == "figure" else table_block
         stem = sidecar.with_suffix("").relative_to(out_dir).as_posix()
-        sections.setdefault(CROSS_MODEL_SECTION, []).append(block(record["artifact"], record["caption"], stem))
-    if not sections:
-        return HEADER + "No figures or tables have been rendered yet: run \\texttt{make figures}.\n"
-    parts = [f"\\section{{{title}}}\n\n" + "\n".join(blocks) for title, blocks in sections.items()]
-    return HEADER + "\n" + "\n".join(parts)
+        blocks.append(block(record["artifact"], record["caption"], stem))
+    if not blocks:
+        return HEADER
+    return HEADER + f"\n\\section{{{CROSS_MODEL_SECTION}}}\n\n" + "\n".join(blocks)
+
+
+def write_cross_model_section(out_dir: Path) -> Path:
+    """Write ``<out>/sections/cross_model.tex`` atomically (the results section inputs it) and return its path."""
+    path = Path(out_dir) / CROSS_MODEL_SECTION_FILE
+    write_text_atomic(path, cross_model_tex(Path(out_dir)))
+    return path
 
 
 def write_results_section(out_dir: Path, artifacts: Sequence[Artifact], model_name: str) -> Path:

@@ -22,7 +22,7 @@ from pandas.io.formats.style import Styler
 from tqdm import tqdm
 
 from figures.experiments import NO_MODEL, ExperimentContext, ExperimentRun, ensure, lookup
-from figures.paper import write_results_section
+from figures.paper import write_cross_model_section, write_results_section
 from figures.registry import Artifact, Tables, needed_experiments
 from figures.style import THESIS_RC
 from measure.atomic import atomic_path, write_text_atomic
@@ -160,6 +160,7 @@ def build(
             home = artifact_home(out_dir, artifact, context.model_name)
             rendered.append(render_artifact(artifact, tables, facts_from_runs(artifact, runs), home))
     cross_model = render_cross_model(context.results_root, Path(out_dir))
+    write_cross_model_section(Path(out_dir))
     section = write_results_section(Path(out_dir), registered, context.model_name) if chapter else None
     report = write_report(Path(out_dir), context.results_root, registered)
     return BuildReport(runs, rendered, section, time.perf_counter() - start, cross_model, report)
