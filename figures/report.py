@@ -26,11 +26,12 @@ from figures.answers import ANSWERS
 from figures.experiments import EXPERIMENTS, MODEL_FREE_DIR
 from figures.layout import CROSS_MODEL_DIR, model_dependent, model_homes
 from figures.registry import Artifact
-from figures.tex_text import plain_text, tabular_rows
+from figures.tex_text import column_alignments, plain_text, tabular_rows
 from measure.atomic import write_text_atomic
 from measure.store import read_table
 
 REPORT_NAME = "index.html"
+ALIGN_CLASS = {"l": "left", "c": "center"}
 STYLE = """
 body { font-family: system-ui, sans-serif; max-width: 62rem; margin: 2rem auto; padding: 0 1rem; color: #111;
        line-height: 1.45; }
@@ -43,6 +44,7 @@ table.data { border-collapse: collapse; font-size: 0.85rem; margin: 0.5rem 0; }
 table.data th, table.data td { padding: 0.15rem 0.5rem; text-align: right; white-space: nowrap; }
 table.data thead { border-top: 2px solid #000; border-bottom: 1px solid #000; }
 table.data tbody { border-bottom: 2px solid #000; }
+table.data .left { text-align: left; } table.data .center { text-align: center; }
 .scroll { overflow-x: auto; }
 details { font-size: 0.85rem; background: #f6f6f6; padding: 0.3rem 0.6rem; }
 details dt { font-weight: bold; margin-top: 0.3rem; }
@@ -100,11 +102,17 @@ def table_html(tex: str) -> str:
         head, body = tabular_rows(tex)
     except ValueError:
         return f"<pre>{esc(tex)}</pre>"
+    aligned = column_alignments(tex)
 
-    def row(cells: Iterable[tuple[str, int]], tag: str) -> str:
-        spans = [f' colspan="{span}"' if span > 1 else "" for _, span in cells]
-        return "<tr>" + "".join(f"<{tag}{span}>{esc(text)}</{tag}>" for (text, _), span in zip(cells, spans,
-                                                                                         strict=True)) + "</tr>"
+    def row(cells: Sequence[tuple[str, int]], tag: str) -> str:
+        parts, column = [], 0
+        for text, span in cells:
+            attributes = f' colspan="{span}"' if span > 1 else ""
+            if span == 1 and column < len(aligned) and aligned[column] != "r":
+                attributes += f' class="{ALIGN_CLASS[aligned[column]]}"'
+            parts.append(f"<{tag}{attributes}>{esc(text)}</{tag}>")
+            column += span
+        return "<tr>" + "".join(parts) + "</tr>"
 
     thead = "".join(row(cells, "th") for cells in head)
     tbody = "".join(row(cells, "td") for cells in body)

@@ -62,7 +62,7 @@ def plain_text(tex: str) -> str:
     text = re.sub(r"\^\\top\b", "ᵀ", text)
     text = re.sub(r"\^([0-9])", lambda m: m.group(1).translate(_SUPERSCRIPTS), text)
     text = re.sub(r"(?<!\\)[${}]", "\0", text.replace("\\\\", "\n"))  # ends a command name, then dropped
-    text = text.replace("---", "—").replace("--", "–")
+    text = text.replace("---", "—").replace("--", "–").replace("``", "“").replace("''", "”")
     text = re.sub(r"(?<!\\)~", "\u00a0", text)
     text = _COMMAND.sub(_command, text).replace("\0", "")
     return re.sub(r"[ \t]+", " ", text).strip()
@@ -106,3 +106,14 @@ def tabular_rows(tex: str) -> tuple[list[list[tuple[str, int]]], list[list[tuple
         return parsed
 
     return rows(head_text), rows(rows_text)
+
+
+def column_alignments(tex: str) -> list[str]:
+    """The alignment letter (``l``, ``c``, ``r``; ``p{..}`` columns as ``l``) of each column of the first
+    ``tabular``/``longtable`` in ``tex``; empty when there is none."""
+    found = re.search(r"\\begin\{(?:tabular|longtable)\}(?:\[[a-z]\])?\{((?:[^{}]|\{[^{}]*\})*)\}", tex)
+    if found is None:
+        return []
+    spec = re.sub(r"@\{[^{}]*\}|\|", "", found.group(1))
+    spec = re.sub(r"[pmb]\{[^{}]*\}", "l", spec)
+    return [letter for letter in spec if letter in "lcr"]

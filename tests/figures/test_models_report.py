@@ -188,7 +188,7 @@ def test_report_text_is_escaped_and_a_table_is_read_from_its_booktabs_source(tmp
     (folder / "toy.json").write_text(json.dumps(record))
     html_text = artifact_html(folder / "toy.json", tmp_path)
     assert "<script>" not in html_text and "&lt;script&gt;alert(1)&lt;/script&gt; &amp; 5%" in html_text
-    assert "<td>a_b &lt;i&gt;</td><td>3.5</td>" in html_text and "<th>b [dB]</th>" in html_text
+    assert '<td class="left">a_b &lt;i&gt;</td><td>3.5</td>' in html_text and "<th>b [dB]</th>" in html_text
     assert "m&lt;1&gt;" in html_text and "&lt;y&gt;" in html_text and "<details>" in html_text
 
 
