@@ -51,10 +51,10 @@ TABLE_MACRO = r"""% \pvqtable{label}{caption}{table}: the table at its natural s
         \else\usebox{\pvqtablebox}\fi
       \end{sidewaystable}%
     \else
-      \begin{table}[tbp]\centering\caption{#2}\label{#1}\resizebox{\textwidth}{!}{\usebox{\pvqtablebox}}\end{table}%
+      \begin{table}[htbp]\centering\caption{#2}\label{#1}\resizebox{\textwidth}{!}{\usebox{\pvqtablebox}}\end{table}%
     \fi
   \else
-    \begin{table}[tbp]\centering\caption{#2}\label{#1}\usebox{\pvqtablebox}\end{table}%
+    \begin{table}[htbp]\centering\caption{#2}\label{#1}\usebox{\pvqtablebox}\end{table}%
   \fi}
 """
 HEADER = (
@@ -66,7 +66,7 @@ HEADER = (
 def figure_block(name: str, caption: str, stem: str | None = None) -> str:
     """A full-width figure float including ``STEM.pdf`` (default ``figures/NAME``)."""
     return (
-        "\\begin{figure}[tbp]\n  \\centering\n"
+        "\\begin{figure}[htbp]\n  \\centering\n"
         f"  \\includegraphics[width=\\textwidth]{{{stem or f'figures/{name}'}.pdf}}\n"
         f"  \\caption{{{caption}}}\n  \\label{{fig:{name}}}\n\\end{{figure}}\n"
     )

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from figures.answers import ANSWERS
-from figures.experiments import EXPERIMENTS, MODEL_FREE_DIR
+from figures.experiments import EXPERIMENTS, MODEL_FREE_DIR, model_slug
 from figures.layout import CROSS_MODEL_DIR, model_dependent, model_homes
 from figures.registry import Artifact
 from figures.tex_text import column_alignments, plain_text, tabular_rows
@@ -179,10 +179,18 @@ def answers_html(models: Iterable[str], results_root: Path) -> str:
     return "".join(parts) or "<p>No model has been rendered yet: run <code>make figures</code>.</p>"
 
 
+def default_first(homes: Mapping[str, Path]) -> dict[str, Path]:
+    """The model homes with the default model's first, the others by name."""
+    from measure.defaults import DEFAULT_MODEL
+
+    default = model_slug(DEFAULT_MODEL)
+    return dict(sorted(homes.items(), key=lambda item: (item[0] != default, item[0])))
+
+
 def report_html(out_dir: Path, results_root: Path, registered: Sequence[Artifact]) -> str:
     """The whole page for the paper folder ``out_dir`` (see the module docstring)."""
     out_dir = Path(out_dir)
-    homes = model_homes(out_dir)
+    homes = default_first(model_homes(out_dir))
     shared = [artifact for artifact in registered if not model_dependent(artifact)]
     per_model = [artifact for artifact in registered if model_dependent(artifact)]
     cross = sorted((out_dir / CROSS_MODEL_DIR).glob("*/*.json"))
