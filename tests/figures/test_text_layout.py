@@ -14,6 +14,7 @@ from figures.registry import Artifact, load_catalog, synthetic_tables
 from figures.render import draw
 from figures.style import THESIS_RC, new_figure
 from figures.text_layout import text_problems
+from figures.ticks import sparse_log_minor_labels
 
 FIGURES = [artifact for artifact in load_catalog().values() if artifact.kind == "figure"]
 CROSS_FIGURES = [artifact for artifact in cross_model.ARTIFACTS if artifact.kind == "figure"]
@@ -60,3 +61,18 @@ def test_the_check_finds_a_text_on_a_tick_label_and_accepts_a_legend_with_its_ow
         ax.text(0.5, -0.02, "on the tick labels", transform=ax.transAxes, va="top", ha="center")
         problems = text_problems(figure)
     assert problems and all("'on the tick labels'" in problem for problem in problems), problems
+
+
+@pytest.mark.parametrize(("limits", "labelled"), [((0.15, 0.9), {0.2, 0.5}), ((1e-3, 1.0), set())])
+def test_sparse_minor_labels_mark_2_and_5_times_a_power_of_ten_only_on_axes_under_one_decade(limits, labelled):
+    with matplotlib.rc_context(THESIS_RC):
+        figure, ax = new_figure(width_fraction=0.5)
+        ax.set_xscale("log")
+        ax.set_xlim(*limits)
+        sparse_log_minor_labels(ax.xaxis)
+        figure.canvas.draw()
+        formatter = ax.xaxis.get_minor_formatter()
+        minor = [x for x in ax.xaxis.get_minorticklocs() if limits[0] <= x <= limits[1]]
+        shown = {round(x, 6) for x in minor if formatter(x)}
+    assert shown == labelled
+    assert all(formatter(x) == "" for x in minor if round(x, 6) not in labelled)
