@@ -41,7 +41,7 @@ from figures.experiments import MODEL_FREE_DIR
 from figures.layout import CROSS_MODEL_DIR
 from figures.registry import Artifact, Tables, escape_tex
 from figures.style import MARKERS, OKABE_ITO, new_figure, thesis_table
-from measure.store import read_provenance, read_table
+from measure.records.store import read_provenance, read_table
 
 SECTION = "Across models"
 MIN_MODELS = 2

@@ -27,8 +27,8 @@ from figures.experiments import EXPERIMENTS, MODEL_FREE_DIR, model_slug
 from figures.layout import CROSS_MODEL_DIR, model_dependent, model_homes
 from figures.registry import Artifact
 from figures.tex_text import column_alignments, plain_text, tabular_rows
-from measure.atomic import write_text_atomic
-from measure.store import read_table
+from measure.records.atomic import write_text_atomic
+from measure.records.store import read_table
 
 REPORT_NAME = "index.html"
 ALIGN_CLASS = {"l": "left", "c": "center"}
@@ -181,7 +181,7 @@ def answers_html(models: Iterable[str], results_root: Path) -> str:
 
 def default_first(homes: Mapping[str, Path]) -> dict[str, Path]:
     """The model homes with the default model's first, the others by name."""
-    from measure.defaults import DEFAULT_MODEL
+    from measure.models.defaults import DEFAULT_MODEL
 
     default = model_slug(DEFAULT_MODEL)
     return dict(sorted(homes.items(), key=lambda item: (item[0] != default, item[0])))

@@ -30,8 +30,8 @@ from figures.registry import load_catalog
 from figures.render import build
 from figures.report import REPORT_NAME, artifact_html, esc
 from figures.tex_text import plain_text, tabular_rows
-from measure.fetch import sha256_file
-from measure.store import read_table
+from measure.models.fetch import sha256_file
+from measure.records.store import read_table
 
 REGISTERED = list(load_catalog().values())
 MODELS = ("toy-a", "toy-b")
