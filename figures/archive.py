@@ -1,7 +1,9 @@
 """`pvq figures --archive FILE.tar.gz`: the result tables and the rendered artifacts in one file to publish.
 
 Inside the archive: ``results/<model or model-free>/<name>.parquet`` with each table's provenance sidecar
-``<name>.json``, the rendered ``paper/figures/*`` and ``paper/tables/*`` (with their sidecars), and
+``<name>.json``, the rendered ``figures/*`` and ``tables/*`` of the paper folder, of every model's home and of
+the cross-model folder (with their sidecars, :mod:`figures.layout`) under ``paper/``, the report
+``paper/index.html``, and
 ``manifest.json``: the provenance facts of the packing run (git commit, package versions, time) and the
 sha256 of every other member. The archive is written to a temporary file renamed into place, so an
 interrupted run never leaves a partial archive. `pvq verify FILE.tar.gz` compares a checkout against it.
@@ -15,7 +17,9 @@ import tarfile
 import time
 from pathlib import Path
 
+from figures.layout import CROSS_MODEL_DIR, model_homes
 from figures.registry import OUTPUT_FOLDERS
+from figures.report import REPORT_NAME
 from measure.models.fetch import sha256_file
 from measure.records.atomic import atomic_path
 from measure.records.provenance import collect
@@ -28,15 +32,21 @@ PAPER_DIR = "paper"
 
 def archive_members(results: Path, out: Path) -> dict[str, Path]:
     """``{name inside the archive: file on disk}``: every result table and its sidecar, then every file of the
-    paper folder's figure and table folders (hidden and temporary files left out)."""
+    figure and table folders of the paper folder, of each model's home and of the cross-model folder, and the
+    HTML report (hidden and temporary files left out)."""
     members = {}
     for name, table in find_tables(results).items():
         members[f"{RESULTS_DIR}/{name}{table.suffix}"] = table
         if sidecar_path(table).is_file():
             members[f"{RESULTS_DIR}/{name}.json"] = sidecar_path(table)
-    for folder in sorted(OUTPUT_FOLDERS.values()):
-        files = sorted(path for path in (Path(out) / folder).glob("*") if path.is_file() and path.name[0] != ".")
-        members.update({f"{PAPER_DIR}/{folder}/{path.name}": path for path in files})
+    out = Path(out)
+    homes = [out, *model_homes(out).values(), out / CROSS_MODEL_DIR]
+    for home in homes:
+        for folder in sorted(OUTPUT_FOLDERS.values()):
+            files = sorted(path for path in (home / folder).glob("*") if path.is_file() and path.name[0] != ".")
+            members.update({f"{PAPER_DIR}/{path.relative_to(out).as_posix()}": path for path in files})
+    if (out / REPORT_NAME).is_file():
+        members[f"{PAPER_DIR}/{REPORT_NAME}"] = out / REPORT_NAME
     return members
 
 

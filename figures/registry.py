@@ -95,8 +95,14 @@ def load_catalog() -> dict[str, Artifact]:
     sits above the registry (its modules register into it), so it is discovered by name, never imported here."""
     discovered = sorted(info.name for info in pkgutil.iter_modules([str(CATALOG_FOLDER)]))
     ordered = [name for name in CATALOG_ORDER if name in discovered]
-    for name in ordered + [name for name in discovered if name not in ordered]:
-        importlib.import_module(f"{CATALOG}.{name}")
+    modules = [f"{CATALOG}.{name}" for name in ordered + [name for name in discovered if name not in ordered]]
+    for module in modules:
+        importlib.import_module(module)
+    # A catalog module imported earlier (e.g. by a module reusing its helpers) must not change the order.
+    rank = {module: index for index, module in enumerate(modules)}
+    ordered_artifacts = sorted(ARTIFACTS.values(), key=lambda item: rank.get(item.draw.__module__, len(rank)))
+    ARTIFACTS.clear()
+    ARTIFACTS.update((artifact.name, artifact) for artifact in ordered_artifacts)
     return ARTIFACTS
 
 

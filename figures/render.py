@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,11 +19,9 @@ from typing import Any
 import matplotlib
 from matplotlib.figure import Figure
 from pandas.io.formats.style import Styler
-from tqdm import tqdm
 
-from figures.experiments import NO_MODEL, ExperimentContext, ExperimentRun, ensure, lookup
-from figures.paper import write_results_section
-from figures.registry import Artifact, Tables, needed_experiments
+from figures.experiments import NO_MODEL, ExperimentRun
+from figures.registry import Artifact, Tables
 from figures.style import THESIS_RC
 from measure.models.fetch import sha256_file
 from measure.records.atomic import atomic_path, write_text_atomic
@@ -118,50 +116,3 @@ def render_artifact(
     )
     write_text_atomic(sidecar, json.dumps(provenance, indent=2, sort_keys=True, default=str))
     return RenderedArtifact(artifact.name, artifact.kind, files, sidecar, seconds)
-
-
-@dataclass(frozen=True)
-class BuildReport:
-    """What one ``pvq figures`` run did."""
-
-    runs: dict[str, ExperimentRun]
-    rendered: list[RenderedArtifact]
-    results_section: Path
-    seconds: float
-
-
-def build(
-    artifacts: Sequence[Artifact], registered: Sequence[Artifact], context: ExperimentContext, out_dir: Path,
-    *, verbose: bool = True,
-) -> BuildReport:
-    """Run missing/stale experiments of ``artifacts``, render them, regenerate the results section.
-
-    The results section lists every artifact of ``registered`` that has been rendered into ``out_dir``
-    (so ``--only`` does not drop the others from the chapter). Without ``verbose`` the experiments run with
-    third-party output silenced (:func:`figures.experiments.ensure`).
-    """
-    start = time.perf_counter()
-    runs = ensure(lookup(needed_experiments(artifacts)), context, verbose=verbose)
-    rendered = []
-    with tqdm(artifacts, desc="rendering", unit="artifact", disable=None) as bar:
-        for artifact in bar:
-            bar.set_postfix_str(artifact.name)
-            tables = {name: runs[name].table() for name in artifact.needs}
-            rendered.append(render_artifact(artifact, tables, facts_from_runs(artifact, runs), out_dir))
-    section = write_results_section(Path(out_dir), registered)
-    return BuildReport(runs, rendered, section, time.perf_counter() - start)
-
-
-def summary(report: BuildReport) -> str:
-    """Human-readable account: experiments computed vs from cache, files rendered, wall time."""
-    computed = [run for run in report.runs.values() if run.status == "computed"]
-    lines = [
-        f"experiments: {len(computed)} computed, {len(report.runs) - len(computed)} from cache",
-        *(f"  {run.status:<9} {run.name:<32} {run.seconds:8.1f} s  {run.path}" for run in report.runs.values()),
-        f"rendered: {len(report.rendered)} figures/tables",
-        *(f"  {item.kind:<9} {item.name:<32} {item.seconds:8.1f} s  "
-          f"{', '.join(str(path) for path in item.files)}" for item in report.rendered),
-        f"results section: {report.results_section}",
-        f"wall time: {report.seconds:.1f} s",
-    ]
-    return "\n".join(lines)

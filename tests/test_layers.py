@@ -2,7 +2,7 @@
 
 Data flows capture → ledger → bounds → study tables → figures, and imports run only downward:
 theory ← measure (records ← models ← data ← capture ← compress ← evaluation ← ledger, bounds ← removal study)
-← figures (everything else ← catalog) ← pvq (scale-out ← commands ← cli). Only the CLI imports a module by
+← figures (everything else ← catalog ← build) ← pvq (scale-out ← commands ← cli). Only the CLI imports a module by
 name (the chosen subcommand), and the figure registry discovers the catalog above it by name.
 """
 
@@ -27,6 +27,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("measure.removal",),
     ("figures",),
     ("figures.catalog",),
+    ("figures.build",),
     ("pvq", "pvq.scale"),
     ("pvq.commands",),
     ("pvq.cli",),

@@ -256,7 +256,8 @@ def per_layer_bounds(tables: Tables) -> Figure:
         fig.delaxes(ax)
     legend = {label: handle for ax in axes[: len(panels)] for handle, label in zip(*ax.get_legend_handles_labels(),
                                                                                    strict=True)}  # fmt: skip
-    fig.legend(list(legend.values()), list(legend), loc="outside lower center", ncols=3, frameon=False)
+    fig.legend(list(legend.values()), list(legend), loc="outside lower center", ncols=3, frameon=False,
+               fontsize="small")  # fmt: skip
     return fig
 
 

@@ -27,10 +27,12 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from pandas.io.formats.style import Styler
 
+from figures.answers import answer
 from figures.catalog.models import CALIBRATION, EVALUATION, calibration, describe_protocol, evaluation_windows
 from figures.experiments import ExperimentContext, experiment
 from figures.registry import Tables, escape_tex, figure, table
 from figures.style import OKABE_ITO, line_kwargs, method_legend, new_figure, thesis_table
+from figures.ticks import sparse_log_minor_labels
 from measure.removal.answer import answer_table, end_to_end_table
 from measure.removal.study import StudySettings, propagation_correlation, run_study
 from measure.removal.terms import POINT_COLUMNS
@@ -241,6 +243,8 @@ VIEW_AXES = {
     "layer_energy": "rel. output error", "layer_parameters": "rel. output error",
     "block": "error / update energy", "end_to_end": "KL (nats/token)",
 }  # fmt: skip
+VIEW_CODES = {"layer_energy": "LE", "layer_parameters": "LP", "block": "B", "end_to_end": "E2E"}
+"""Short names of the views in the answer table (defined in its caption), so that it fits the text width."""
 TABLE_ORDERINGS = ("bi", "angular")
 TABLE_LEVELS = (1, 2, 4, 8)
 SERIES_CODES = {"rtn_g128": "R", "gptq_g128": "G", "rtn_channel": "Rc", "gptq_channel": "Gc", "magnitude": "M",
@@ -338,6 +342,12 @@ def _bits_text(row: pd.Series, series: str) -> str:
     return f"{prefix}{bits:.1f}"
 
 
+@answer(SECTION, needs=(STUDY,))
+def removal_answer(tables: Tables) -> str:
+    """The section's answer: the sentence the ``removal_verdicts`` caption states (:func:`_answer_sentence`)."""
+    return _answer_sentence(_answer_rows(tables))
+
+
 def _bounds_caption(tables: Tables, facts: Mapping[str, Any]) -> str:
     return (
         "Error against size in bits per decoder parameter, one panel per view, each one signal for removal and "
@@ -398,7 +408,7 @@ def answer_display(answer: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for _, row in free.iterrows():
         key = tuple(row[k] for k in keys)
-        shown = {"view": VIEW_TITLES[row["view"]].replace("layer view, ", "layer, "), "ordering": row["ordering"],
+        shown = {"view": VIEW_CODES[row["view"]], "ordering": row["ordering"],
                  "removed": int(row["removed"]), "bits_per_weight": row["bits_per_weight"],
                  "removal_db": row["removal_db"], "best": _cell(row, "best"), "worst": _cell(row, "worst"),
                  "worst_entropy": _cell(entropy.loc[key], "worst") if key in entropy.index else "–",
@@ -416,7 +426,7 @@ def _verdict_table_caption(tables: Tables, facts: Mapping[str, Any]) -> str:
     levels = ", ".join(map(str, TABLE_LEVELS))
     return (
         "Removal against the methods at exactly equal size $b(f) = 16(1-f)$ bits per decoder parameter, per view "
-        "(layer view energy- and parameter-weighted, block view, end to end; definitions in "
+        "(LE, LP: layer view energy- and parameter-weighted, B: block view, E2E: end to end; definitions in "
         "Fig.~\\ref{fig:removal_vs_bounds}). dB $= -10\\log_{10}$ of the view's error (end to end: of the KL in "
         "nats/token). Removal: the removal's dB; Best, Worst: the best and worst method at $b(f)$ (free mask; "
         "Worst H: pruners charged $H(s)$ bits per weight for an entropy-coded mask); quantizers interpolated in "
@@ -480,6 +490,7 @@ def error_propagation(tables: Tables) -> Figure:
     for ax, (letter, xlabel) in zip((alone, sets), labels, strict=True):
         ax.set_xscale("log")
         ax.set_yscale("log")
+        sparse_log_minor_labels(ax.xaxis)  # half-width panels: 2, 3, 4, 6 × 10^k labels would collide
         ax.set_xlabel(f"local removal error ({xlabel})", fontsize="small")
         ax.set_ylabel("KL (nats/token)")
         ax.set_title(f"({letter})", loc="left", fontsize="small")

@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from figures.archive import write_archive
+from figures.build import build, summary
 from figures.experiments import ExperimentContext
+from figures.layout import artifact_home
 from figures.registry import load_catalog, select
-from figures.render import build, summary
 from measure.models.defaults import DEFAULT_MODEL
 from measure.records.store import ARCHIVE_SUFFIXES, RESULTS_DIR
 from pvq.commands.common import add_device_arguments, placement
@@ -55,15 +56,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_build_arguments(parser)
 
 
-def listing(out_dir: Path) -> str:
-    """One line per registered artifact: kind, name, the experiments it needs, its output file."""
+def listing(out_dir: Path, model_name: str | None = None) -> str:
+    """One line per registered artifact: kind, name, the experiments it needs, its output file for
+    ``model_name`` (default: the default model)."""
 
     lines = []
     for artifact in load_catalog().values():
         suffix = ".pdf" if artifact.kind == "figure" else ".tex"
+        home = artifact_home(out_dir, artifact, model_name or DEFAULT_MODEL)
         lines.append(
             f"{artifact.kind:<7} {artifact.name:<32} needs {', '.join(artifact.needs):<48} "
-            f"{artifact.stem(out_dir).with_suffix(suffix)}"
+            f"{artifact.stem(home).with_suffix(suffix)}"
         )
     return "\n".join(lines)
 
@@ -80,20 +83,24 @@ def experiment_context(args: argparse.Namespace) -> ExperimentContext:
 
 
 def run_build(
-    args: argparse.Namespace, only: list[str] | None = None, context: ExperimentContext | None = None
+    args: argparse.Namespace, only: list[str] | None = None, context: ExperimentContext | None = None,
+    chapter: bool | None = None,
 ) -> str:
-    """Run the experiments and render the selected artifacts; return the summary text."""
+    """Run the experiments and render the selected artifacts; return the summary text. The chapter's results
+    section is rewritten when ``chapter`` (default: when the model is the default model)."""
 
     registered = list(load_catalog().values())
     verbose = getattr(args, "verbose", False)
-    report = build(select(only), registered, context or experiment_context(args), args.out, verbose=verbose)
+    context = context or experiment_context(args)
+    chapter = context.model_name == DEFAULT_MODEL if chapter is None else chapter
+    report = build(select(only), registered, context, args.out, verbose=verbose, chapter=chapter)
     return summary(report)
 
 
 def run(args: argparse.Namespace) -> int:
     """List, or build and print the summary (then write the archive when asked)."""
     if args.list:
-        print(listing(args.out))
+        print(listing(args.out, args.model))
         return 0
     if args.archive and not args.archive.name.endswith(ARCHIVE_SUFFIXES):
         raise PvqError(f"--archive {args.archive}: name the archive {' or '.join(ARCHIVE_SUFFIXES)}")

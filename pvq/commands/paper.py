@@ -1,5 +1,8 @@
 """`pvq paper`: Render every figure and table, then build the results chapter PDF with latexmk.
 
+The chapter shows the model of this run (``--model``, default: the default model) and the shared model-free
+and cross-model artifacts.
+
 Without LaTeX it stops before any work and prints how to install it
 (``apt-get install texlive-latex-extra latexmk`` on Debian/Ubuntu).
 """
@@ -24,6 +27,6 @@ def run(args: argparse.Namespace) -> int:
 
     context = experiment_context(args)
     require_latexmk()
-    print(run_build(args, context=context))
+    print(run_build(args, context=context, chapter=True))
     print(f"paper: {build_pdf(args.out)}")
     return 0

@@ -19,7 +19,11 @@ from theory.errors import PvqError
 load_catalog()
 EXPERIMENTS = {"model-free": "theory_kurtosis_bits", "toy-model": "model_summary"}
 PAPER_FILES = {"figures/toy.pdf": b"%PDF-1.4 toy", "figures/toy.png": b"\x89PNG toy", "figures/toy.json": b"{}",
-               "tables/toy.tex": b"\\begin{tabular}{l}\\end{tabular}"}  # fmt: skip
+               "tables/toy.tex": b"\\begin{tabular}{l}\\end{tabular}",
+               "toy-model/tables/model_summary.tex": b"\\begin{tabular}{l}\\end{tabular}",
+               "toy-model/tables/model_summary.json": b"{}", "cross-model/figures/across.png": b"\x89PNG toy",
+               "cross-model/figures/across.json": b"{}", "index.html": b"<!DOCTYPE html>"}  # fmt: skip
+"""Shared model-free artifacts, one model's home, the cross-model folder and the report (figures.layout)."""
 
 
 @pytest.fixture
@@ -33,6 +37,8 @@ def built(tmp_path: Path) -> tuple[Path, Path]:
         (paper / name).parent.mkdir(parents=True, exist_ok=True)
         (paper / name).write_bytes(content)
     (paper / "figures" / ".toy.pdf.x1.tmp").write_bytes(b"half written")
+    (paper / "sections").mkdir()
+    (paper / "sections" / "results.tex").write_text("not an artifact")
     return results, paper
 
 

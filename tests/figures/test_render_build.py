@@ -9,9 +9,10 @@ import pandas as pd
 import pytest
 from figure_toys import REQUIRED_PROVENANCE_KEYS, ToyModels, make_counting_experiment, synthetic_facts, toy_context
 
+from figures.build import build, summary
 from figures.experiments import EXPERIMENTS
 from figures.registry import Artifact, load_catalog, synthetic_tables
-from figures.render import build, render_artifact, summary
+from figures.render import render_artifact
 from figures.style import new_figure, thesis_table
 from theory.errors import PvqError
 
@@ -69,20 +70,23 @@ def test_build_renders_everything_with_provenance_then_reuses_the_cache(tmp_path
     out = tmp_path / "paper"
     report = build(ARTIFACTS, ARTIFACTS, toy_context(tmp_path / "results", models), out)
     assert registered_toy == ["toy_exp"]
+    home = out / "toy"  # the toy experiment needs a model: its artifacts live in the model's home
     for stem in ("figures/toy_figure.pdf", "figures/toy_figure.png", "tables/toy_table.tex"):
-        assert (out / stem).stat().st_size > 0
-    provenance = json.loads((out / "figures" / "toy_figure.json").read_text())
+        assert (home / stem).stat().st_size > 0
+    assert not (out / "figures").exists() and not (out / "tables").exists()
+    provenance = json.loads((home / "figures" / "toy_figure.json").read_text())
     assert provenance.keys() >= REQUIRED_PROVENANCE_KEYS
     assert provenance["model_hash"] == "hash-a" and provenance["grid_detection"] == {"verdict": "toy: no grid"}
     assert provenance["protocol"] == {"toy_exp": {"scale": 2.0}}
     assert provenance["experiments"]["toy_exp"]["status"] == "computed"
     assert provenance["caption"] == "Toy result of toy with scale 2.0."
-    table_tex = (out / "tables" / "toy_table.tex").read_text()
+    table_tex = (home / "tables" / "toy_table.tex").read_text()
     assert "\\toprule" in table_tex and "\\bottomrule" in table_tex and "a\\_b" in table_tex
     section = report.results_section.read_text()
     assert section.count("\\section{Toy section}") == 1
-    assert "\\includegraphics[width=\\textwidth]{figures/toy_figure.pdf}" in section
-    assert "\\input{tables/toy_table.tex}" in section
+    assert "\\includegraphics[width=\\textwidth]{toy/figures/toy_figure.pdf}" in section
+    table_float = "\\pvqtable{tab:toy_table}{Toy result of toy with scale 2.0.}{\\input{toy/tables/toy_table.tex}}"
+    assert table_float in section
     assert "\\caption{Toy result of toy with scale 2.0.}" in section
     text = summary(report)
     assert "1 computed, 0 from cache" in text and "wall time" in text
@@ -90,7 +94,7 @@ def test_build_renders_everything_with_provenance_then_reuses_the_cache(tmp_path
     again = build(ARTIFACTS, ARTIFACTS, toy_context(tmp_path / "results", models), out)
     assert registered_toy == ["toy_exp"]
     assert "0 computed, 1 from cache" in summary(again)
-    assert json.loads((out / "figures" / "toy_figure.json").read_text())["experiments"]["toy_exp"]["status"] == (
+    assert json.loads((home / "figures" / "toy_figure.json").read_text())["experiments"]["toy_exp"]["status"] == (
         "cached"
     )
 
@@ -101,11 +105,11 @@ def test_only_one_artifact_keeps_the_others_in_the_results_section(tmp_path, reg
     build(ARTIFACTS, ARTIFACTS, context, out)
     report = build(ARTIFACTS[:1], ARTIFACTS, context, out)
     assert [item.name for item in report.rendered] == ["toy_figure"]
-    assert "tables/toy_table.tex" in report.results_section.read_text()
+    assert "toy/tables/toy_table.tex" in report.results_section.read_text()
 
 
 def test_a_draw_function_returning_the_wrong_type_is_a_clear_error(tmp_path, registered_toy):
     wrong = Artifact("wrong", "figure", lambda tables: pd.DataFrame(), ("toy_exp",), caption, "Toy")
     with pytest.raises(PvqError, match="must return a Figure"):
         build([wrong], [wrong], toy_context(tmp_path / "results", ToyModels()), tmp_path / "paper")
-    assert not (tmp_path / "paper" / "figures" / "wrong.json").exists()
+    assert not list((tmp_path / "paper").rglob("wrong.json"))
