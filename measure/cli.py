@@ -19,6 +19,7 @@ COMMANDS: dict[str, str] = {
     "bounds": "measure.commands.bounds",
     "ledger": "measure.commands.ledger",
     "remove": "measure.commands.removal",
+    "shrink": "measure.commands.shrink",
     "eval": "measure.commands.evaluate",
     "figures": "figures.cli",
     "paper": "figures.paper_cli",

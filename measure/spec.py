@@ -61,7 +61,7 @@ SCOPES: dict[str, frozenset[str]] = {
 }
 """Scope name -> the ``LinearRef.sublayer_kind`` values it covers (``mlp`` includes shared and routed experts)."""
 DEFAULT_SCOPE = "all"
-TERM_KINDS: dict[str, str] = {"remove": "measure.removal:REMOVE_TERM"}
+TERM_KINDS: dict[str, str] = {"remove": "measure.removal:REMOVE_TERM", "shrink": "measure.shrink.term:SHRINK_TERM"}
 """Model-level term kinds: head -> ``"module:attribute"`` of a :class:`TermKind`, imported when first used."""
 _PREFIXED = re.compile(r"^([a-z]+)(\d+(?:\.\d+)?)$")
 _INTEGER = re.compile(r"^\d+$")
