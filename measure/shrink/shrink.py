@@ -50,6 +50,7 @@ from theory.errors import PvqError
 
 HEAD_UNITS = ("kv", "query")
 RECORD_FILE = "pvq_shrink.json"
+UNIT_COLUMNS = ["unit", "kind", "block", "expert", "width", "removed", "refit_error", "unrefit_error", "signal"]
 
 
 @dataclass(frozen=True)
@@ -136,8 +137,8 @@ def shrink_model(model: nn.Module, batches: Sequence[torch.Tensor], settings: Sh
     check_shapes(model, config, state, arch.family, "shrink the other unit only or choose uniform fractions")
     original = sum(p.numel() for p in model.parameters())
     removed = _accounted_parameters(mlps, mlp_counts, attentions, kept, settings.head_unit)
-    return ShrinkResult(rebuild(model, config, state), settings, pd.DataFrame(rows).astype({"expert": "Int64"}),
-                        kept, changes, original, removed)  # fmt: skip
+    table = pd.DataFrame(rows, columns=UNIT_COLUMNS).astype({"expert": "Int64"})
+    return ShrinkResult(rebuild(model, config, state), settings, table, kept, changes, original, removed)
 
 
 def _consumer_grams(
