@@ -139,12 +139,13 @@ def greedy_groups(
     """Backward elimination with block OBS updates (module docstring): ``count`` groups, least added error
     first; at most ``quota`` per class when ``classes`` are given."""
     _check(gram, weights, groups, count)
+    if all(len(g) == 1 for g in groups):
+        return _greedy_columns(gram, weights, [int(g[0]) for g in groups], count, classes, quota)
     free = np.arange(weights.shape[1])
     refit = weights.astype(np.float64).copy()
     covariance = np.linalg.inv(gram)
     position = {column: index for index, column in enumerate(free)}
     remaining = list(range(len(groups)))
-    singletons = all(len(g) == 1 for g in groups)
     removed: list[int] = []
     steps: list[float] = []
     taken: dict[int, int] = {}
@@ -154,11 +155,7 @@ def greedy_groups(
         if not candidates:
             _check_count(len(removed), count)
         places = [np.array([position[c] for c in groups[g]]) for g in candidates]
-        if singletons:
-            index = np.array([p[0] for p in places])
-            added = (refit[:, index] ** 2).sum(axis=0) / np.diag(covariance)[index]
-        else:
-            added = np.array([_block_saliency(refit, covariance, p) for p in places])
+        added = np.array([_block_saliency(refit, covariance, p) for p in places])
         best = int(np.argmin(added))
         group, place = candidates[best], places[best]
         refit, covariance = _obs_remove(refit, covariance, place)
@@ -172,6 +169,51 @@ def greedy_groups(
         steps.append(total)
         if classes is not None:
             taken[classes[group]] = taken.get(classes[group], 0) + 1
+    return GroupSelection(tuple(removed), total, tuple(steps), "greedy")
+
+
+def _greedy_columns(
+    gram: np.ndarray, weights: np.ndarray, columns: list[int], count: int, classes: Sequence[int] | None,
+    quota: int | None,
+) -> GroupSelection:  # fmt: skip
+    """:func:`greedy_groups` for single-column groups in low-rank form: after t removals Σ = Σ₀ − F Fᵀ (F's column
+    for a removal of j: Σ_·j / √Σ_jj) and Ŵ = W − A Cᵀ (A's column Ŵ_·j / Σ_jj, C's column Σ_·j), and the column
+    energies e_k = ‖Ŵ_·k‖² follow e ← e − 2 c ⊙ (aᵀŴ) + ‖a‖² c², so a step costs matrix-vector products only."""
+    size = weights.shape[1]
+    initial = np.linalg.inv(gram)
+    weights = weights.astype(np.float64)
+    sigma_factors, row_factors, column_factors = (np.zeros((count, n)) for n in (size, weights.shape[0], size))
+    variances = np.diag(initial).copy()
+    energies = (weights**2).sum(axis=0)
+    group_of = {column: group for group, column in enumerate(columns)}
+    eligible = np.zeros(size, dtype=bool)
+    eligible[columns] = True
+    taken: dict[int, int] = {}
+    removed: list[int] = []
+    steps: list[float] = []
+    total = 0.0
+    for t in range(count):
+        allowed = eligible.copy()
+        if classes is not None and quota is not None:
+            allowed[[c for c in columns if taken.get(classes[group_of[c]], 0) >= quota]] = False
+        if not allowed.any():
+            _check_count(len(removed), count)
+        added = np.full(size, np.inf)
+        added[allowed] = energies[allowed] / variances[allowed]
+        j = int(np.argmin(added))
+        sigma = initial[:, j] - sigma_factors[:t, j] @ sigma_factors[:t]
+        scale = (weights[:, j] - column_factors[:t, j] @ row_factors[:t]) / sigma[j]
+        projected = scale @ weights - (row_factors[:t] @ scale) @ column_factors[:t]
+        energies += (scale @ scale) * sigma**2 - 2 * sigma * projected
+        row_factors[t], column_factors[t] = scale, sigma
+        sigma_factors[t] = sigma / np.sqrt(sigma[j])
+        variances -= sigma_factors[t] ** 2
+        eligible[j] = False
+        total += float(added[j])
+        removed.append(group_of[j])
+        steps.append(total)
+        if classes is not None:
+            taken[classes[group_of[j]]] = taken.get(classes[group_of[j]], 0) + 1
     return GroupSelection(tuple(removed), total, tuple(steps), "greedy")
 
 

@@ -105,8 +105,14 @@ def removal_count(fraction: float, total: int, what: str) -> int:
     return count
 
 
-def shrink_model(model: nn.Module, batches: Sequence[torch.Tensor], settings: ShrinkSettings) -> ShrinkResult:
-    """Shrink ``model`` as ``settings`` say (module docstring); ``batches`` of token ids calibrate the scores."""
+def shrink_model(
+    model: nn.Module, batches: Sequence[torch.Tensor], settings: ShrinkSettings,
+    grams: dict[str, np.ndarray] | None = None,
+) -> ShrinkResult:  # fmt: skip
+    """Shrink ``model`` as ``settings`` say (module docstring); ``batches`` of token ids calibrate the scores.
+
+    ``grams``: consumer input Grams already captured on this model (:func:`consumer_grams` of an identical copy),
+    read instead of capturing ``batches`` again."""
     check_settings(settings)
     arch = describe(model)
     mlps = channel_units(arch) if settings.mlp > 0 else []
@@ -116,7 +122,8 @@ def shrink_model(model: nn.Module, batches: Sequence[torch.Tensor], settings: Sh
     head_count = removal_count(settings.heads, per_unit, "KV groups" if settings.head_unit == "kv" else
                                "query heads per KV group") if attentions else 0  # fmt: skip
     mlp_counts = {unit: removal_count(settings.mlp, unit.width, f"channels of {unit.name}") for unit in mlps}
-    grams = _consumer_grams(model, batches, arch, mlps, attentions, settings)
+    if grams is None and not (settings.score == "magnitude" and not settings.refit):
+        grams = consumer_grams(model, batches, arch, mlps, attentions)
     rows, kept, cuts = [], {}, []
     for unit in mlps:
         groups = [[c] for c in range(unit.width)]
@@ -141,15 +148,16 @@ def shrink_model(model: nn.Module, batches: Sequence[torch.Tensor], settings: Sh
     return ShrinkResult(rebuild(model, config, state), settings, table, kept, changes, original, removed)
 
 
-def _consumer_grams(
+def consumer_grams(
     model: nn.Module, batches: Sequence[torch.Tensor], arch: Any, mlps: list[ChannelUnit],
-    attentions: list[HeadUnit], settings: ShrinkSettings,
+    attentions: list[HeadUnit],
 ) -> dict[str, np.ndarray] | None:  # fmt: skip
-    """Input Grams of every consumer (float64 numpy), or None when neither the score nor the refit reads them."""
-    if (settings.score == "magnitude" and not settings.refit) or not (mlps or attentions):
+    """Input Grams (float64 numpy) of the consumers of ``mlps`` and ``attentions`` over ``batches``; routed experts
+    get their router-weighted Gram."""
+    if not (mlps or attentions):
         return None
     if not batches:
-        raise PvqError(f"the {settings.score} score and the refit read input Grams; pass calibration batches")
+        raise PvqError("the output and wanda scores and the refit read input Grams; pass calibration batches")
     experts = ExpertCapture(route="routed")
     captured = capture(model, batches, arch=arch, block_hooks=experts.hooks)
     grams = {}
