@@ -137,3 +137,28 @@ def test_bad_settings_are_one_clear_error(settings: ShrinkSettings, message: str
 def test_heads_of_a_family_whose_config_cannot_hold_them_are_refused(family: str) -> None:
     with pytest.raises(PvqError, match=family):
         shrink_model(tiny_model(family), _batches(), ShrinkSettings(heads=0.5))
+
+
+@pytest.mark.parametrize(
+    ("family", "head_unit"),
+    [("llama", "kv"), ("llama", "query"), ("gemma3", "kv"), ("phi", "query"), ("gpt_oss", "kv"), ("gpt2", "kv")],
+)
+def test_shrinking_without_refit_equals_zeroing_the_removed_consumer_columns(family: str, head_unit: str) -> None:
+    heads = 0.0 if family in HEADS_INEXPRESSIBLE else 0.5
+    settings = ShrinkSettings(mlp=0.25, heads=heads, refit=False, head_unit=head_unit)
+    result = shrink_model(tiny_model(family), _batches(), settings)
+    masked = tiny_model(family)
+    arch = describe(masked)
+    for unit in channel_units(arch):
+        _zero_columns(unit.consumer, [c for c in range(unit.width) if c not in result.kept[unit.name]])
+    for unit in head_units(arch) if heads else []:
+        gone = [h for h in range(unit.heads) if h not in result.kept[unit.name]]
+        _zero_columns(unit.o, [h * unit.head_dim + i for h in gone for i in range(unit.head_dim)])
+    ids = _batches()[0]
+    torch.testing.assert_close(_logits(result.model, ids), _logits(masked, ids), rtol=1e-5, atol=1e-5)
+
+
+def _zero_columns(ref, columns: list[int]) -> None:
+    weight = ref.weight().clone()
+    weight[:, columns] = 0
+    ref.set_weight(weight)
