@@ -122,26 +122,28 @@ def shrink_model(
     head_count = removal_count(settings.heads, per_unit, "KV groups" if settings.head_unit == "kv" else
                                "query heads per KV group") if attentions else 0  # fmt: skip
     mlp_counts = {unit: removal_count(settings.mlp, unit.width, f"channels of {unit.name}") for unit in mlps}
+    changes = _config_changes(arch, mlps, mlp_counts, attentions, head_count, settings)
+    config = updated_config(model, changes)
+    placeholder = _cuts({u: torch.arange(u.width - mlp_counts[u]) for u in mlps},
+                        {u: _first_heads(u, head_count, settings.head_unit) for u in attentions})  # fmt: skip
+    hint = "shrink the other unit only or choose uniform fractions"
+    check_shapes(model, config, apply_cuts(model.state_dict(), placeholder), arch.family, hint)
     if grams is None and not (settings.score == "magnitude" and not settings.refit):
         grams = consumer_grams(model, batches, arch, mlps, attentions)
-    rows, kept, cuts = [], {}, []
+    rows, kept, mlp_keep, head_keep = [], {}, {}, {}
     for unit in mlps:
         groups = [[c] for c in range(unit.width)]
         choice = _choose(unit.consumer, grams, groups, mlp_counts[unit], settings)
-        keep = _kept(unit.width, choice.removed_groups)
-        cuts += [c for ref in unit.producers for c in row_cuts(ref, keep, unit.width)]
-        cuts += column_cuts(unit.consumer, keep)
-        kept[unit.name] = keep.tolist()
+        mlp_keep[unit] = _kept(unit.width, choice.removed_groups)
+        kept[unit.name] = mlp_keep[unit].tolist()
         rows.append(_row(unit.name, unit.kind, unit.block_index, unit.expert, unit.width, choice))
     for unit in attentions:
         choice, keep_heads, keep_kv = _choose_heads(unit, grams, head_count, settings)
-        cuts += _head_cuts(unit, keep_heads, keep_kv)
+        head_keep[unit] = (keep_heads, keep_kv)
         kept[unit.name] = keep_heads.tolist()
         rows.append(_row(unit.name, "attention", unit.block_index, None, unit.heads, choice))
-    changes = _config_changes(arch, mlps, mlp_counts, attentions, head_count, settings)
-    state = apply_cuts(model.state_dict(), cuts)
-    config = updated_config(model, changes)
-    check_shapes(model, config, state, arch.family, "shrink the other unit only or choose uniform fractions")
+    state = apply_cuts(model.state_dict(), _cuts(mlp_keep, head_keep))
+    check_shapes(model, config, state, arch.family, hint)
     original = sum(p.numel() for p in model.parameters())
     removed = _accounted_parameters(mlps, mlp_counts, attentions, kept, settings.head_unit)
     table = pd.DataFrame(rows, columns=UNIT_COLUMNS).astype({"expert": "Int64"})
@@ -200,6 +202,28 @@ def _choose_heads(unit: HeadUnit, grams: dict[str, np.ndarray] | None, count: in
     classes = [h // g for h in range(unit.heads)]
     choice = _choose(unit.o, grams, groups, count * unit.kv_heads, settings, classes, count)
     return choice, _kept(unit.heads, choice.removed_groups), torch.arange(unit.kv_heads)
+
+
+def _first_heads(unit: HeadUnit, count: int, head_unit: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Kept (query heads, KV heads) when the first ``count`` KV groups, or query heads of every group, go."""
+    g = unit.group_size
+    if head_unit == "kv":
+        return torch.arange(count * g, unit.heads), torch.arange(count, unit.kv_heads)
+    kept = torch.tensor([h for h in range(unit.heads) if h % g >= count], dtype=torch.long)
+    return kept, torch.arange(unit.kv_heads)
+
+
+def _cuts(
+    mlp_keep: dict[ChannelUnit, torch.Tensor], head_keep: dict[HeadUnit, Sequence[torch.Tensor]]
+) -> list[Cut]:
+    """Every cut of the kept channels of ``mlp_keep`` and kept (query heads, KV heads) of ``head_keep``."""
+    cuts = []
+    for unit, keep in mlp_keep.items():
+        cuts += [c for ref in unit.producers for c in row_cuts(ref, keep, unit.width)]
+        cuts += column_cuts(unit.consumer, keep)
+    for unit, (keep_heads, keep_kv) in head_keep.items():
+        cuts += _head_cuts(unit, keep_heads, keep_kv)
+    return cuts
 
 
 def _dims(heads: torch.Tensor, d: int) -> torch.Tensor:
