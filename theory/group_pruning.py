@@ -58,6 +58,11 @@ def _split(size: int, removed: np.ndarray) -> np.ndarray:
     return np.flatnonzero(kept)
 
 
+def quadratic_trace(weights: np.ndarray, gram: np.ndarray) -> float:
+    """tr(W H Wᵀ) = Σ_rows wᵀ H w, by one matrix product."""
+    return float(((weights @ gram) * weights).sum())
+
+
 def refit_weights(gram: np.ndarray, weights: np.ndarray, removed: np.ndarray) -> np.ndarray:
     """Ŵ_K = W_K + W_C H_CK H_KK⁻¹: the least-squares weights (rows × |K|) of the kept columns, in column order."""
     kept = _split(weights.shape[1], removed)
@@ -78,13 +83,13 @@ def schur_cost(gram: np.ndarray, weights: np.ndarray, removed: np.ndarray) -> fl
             gram[np.ix_(kept, kept)], gram[np.ix_(kept, removed)]
         )
     part = weights[:, removed]
-    return float(np.einsum("rc,cd,rd->", part, schur, part))
+    return quadratic_trace(part, schur)
 
 
 def unrefit_cost(gram: np.ndarray, weights: np.ndarray, removed: np.ndarray) -> float:
     """tr(W_C H_CC W_Cᵀ): the output error of removing C with the kept columns unchanged."""
     part = weights[:, removed]
-    return float(np.einsum("rc,cd,rd->", part, gram[np.ix_(removed, removed)], part))
+    return quadratic_trace(part, gram[np.ix_(removed, removed)])
 
 
 def magnitude_scores(weights: np.ndarray, groups: Sequence[Sequence[int]]) -> np.ndarray:

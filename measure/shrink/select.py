@@ -23,6 +23,7 @@ from theory.group_pruning import (
     greedy_groups,
     lowest_scores,
     magnitude_scores,
+    quadratic_trace,
     refit_weights,
     unrefit_cost,
     wanda_scores,
@@ -79,9 +80,9 @@ def choose_groups(
     return GroupChoice(
         removed_groups=tuple(sorted(removed)),
         removed_columns=columns,
-        refit_error=float(np.einsum("rc,cd,rd->", difference, gram, difference)),
+        refit_error=quadratic_trace(difference, gram),
         unrefit_error=unrefit_cost(gram, weights, columns),
-        signal=float(np.einsum("rc,cd,rd->", weights, gram, weights)),
+        signal=quadratic_trace(weights, gram),
     )
 
 
