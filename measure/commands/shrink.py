@@ -60,13 +60,13 @@ def run(args: argparse.Namespace) -> int:
     protocol = CalibrationProtocol(args.sequences, args.seq_len, args.batch_size, bos=loaded.bos_per_window)
     batches = calibration_batches(loaded.tokenizer, calibration_text(), protocol)
     result = shrink_model(loaded.model, batches, settings)
-    fraction = result.removed_parameters / result.original_parameters
+    fraction = result.removed_fraction
     units = result.units.assign(relative_refit_error=lambda t: t.refit_error / t.signal,
                                 relative_unrefit_error=lambda t: t.unrefit_error / t.signal)  # fmt: skip
     with pd.option_context("display.width", 160, "display.max_rows", 80):
         print(units.drop(columns=["refit_error", "unrefit_error", "signal"]).to_string(index=False))
     bits = removal_bits_per_weight(fraction)
-    print(f"config: {result.config_changes}; removed {result.removed_parameters} of {result.original_parameters} "
-          f"parameters ({fraction:.2%}), equal compression {bits:.3f} bits per weight")  # fmt: skip
+    print(f"config: {result.config_changes}; removed {result.removed_parameters} parameters, {fraction:.2%} of "
+          f"the {result.decoder_parameters} decoder parameters: {bits:.3f} bits per decoder parameter")
     print(f"saved -> {save_shrunk(result, args.out, loaded.tokenizer)}")
     return 0

@@ -30,7 +30,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from measure.architecture import describe
+from measure.architecture import describe, parameter_counts
 from measure.atomic import atomic_dir
 from measure.capture import capture
 from measure.moe_capture import ExpertCapture
@@ -68,7 +68,8 @@ class ShrinkSettings:
 class ShrinkResult:
     """The shrunk model; ``units``: one row per unit (unit, kind, block, expert, width, removed, refit_error,
     unrefit_error, signal: squared output sums of the consumer on the calibration tokens, undamped Gram);
-    ``kept``: unit name -> kept channel / query-head indices; parameter counts before and removed."""
+    ``kept``: unit name -> kept channel / query-head indices; parameter counts before (all, and of the decoder
+    blocks) and removed (every removed parameter lies in the blocks)."""
 
     model: nn.Module
     settings: ShrinkSettings
@@ -76,12 +77,19 @@ class ShrinkResult:
     kept: dict[str, list[int]]
     config_changes: dict[str, int]
     original_parameters: int
+    decoder_parameters: int
     removed_parameters: int
+
+    @property
+    def removed_fraction(self) -> float:
+        """f = removed parameters / decoder parameters, the size axis of :mod:`measure.equal_size`."""
+        return self.removed_parameters / self.decoder_parameters
 
     def record(self) -> dict[str, Any]:
         """Plain dict for JSON and provenance."""
         return {"settings": asdict(self.settings), "config_changes": self.config_changes,
-                "original_parameters": self.original_parameters, "removed_parameters": self.removed_parameters,
+                "original_parameters": self.original_parameters, "decoder_parameters": self.decoder_parameters,
+                "removed_parameters": self.removed_parameters, "removed_fraction": self.removed_fraction,
                 "kept": self.kept}  # fmt: skip
 
 
@@ -147,7 +155,8 @@ def shrink_model(
     original = sum(p.numel() for p in model.parameters())
     removed = _accounted_parameters(mlps, mlp_counts, attentions, kept, settings.head_unit)
     table = pd.DataFrame(rows, columns=UNIT_COLUMNS).astype({"expert": "Int64"})
-    return ShrinkResult(rebuild(model, config, state), settings, table, kept, changes, original, removed)
+    decoder = parameter_counts(arch)["decoder"]
+    return ShrinkResult(rebuild(model, config, state), settings, table, kept, changes, original, decoder, removed)
 
 
 def consumer_grams(

@@ -48,13 +48,12 @@ def parse_shrink_term(tokens: tuple[str, ...]) -> dict[str, Any]:
 def apply_shrink_term(
     model: nn.Module, params: dict[str, Any], batches: Sequence[torch.Tensor], device: str = "cpu"
 ) -> dict[str, Any]:
-    """Shrink ``model`` (the object becomes the shrunk model); report the removed parameters and the
-    equal-compression bits per weight of removing that fraction of the model's parameters."""
+    """Shrink ``model`` (the object becomes the shrunk model); report the removed parameters, their fraction f of
+    the decoder parameters and the equal-compression bits per decoder parameter 16(1 − f)."""
     result = shrink_model(model, batches, ShrinkSettings(**params))
     model.__dict__.update(result.model.__dict__)
-    fraction = result.removed_parameters / result.original_parameters
-    return {**result.record() | {"kept": None}, "removed_fraction": fraction,
-            "equal_compression_bits_per_weight": removal_bits_per_weight(fraction)}  # fmt: skip
+    return {**result.record() | {"kept": None},
+            "equal_compression_bits_per_weight": removal_bits_per_weight(result.removed_fraction)}  # fmt: skip
 
 
 SHRINK_TERM = TermKind(

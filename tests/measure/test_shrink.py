@@ -8,7 +8,7 @@ import pytest
 import torch
 from tiny_models import TINY_FAMILIES, linear_inputs, tiny_model
 
-from measure.architecture import describe
+from measure.architecture import describe, parameter_counts
 from measure.shrink.shrink import RECORD_FILE, ShrinkSettings, save_shrunk, shrink_model
 from measure.shrink.units import channel_units, head_units
 from theory.errors import PvqError
@@ -46,6 +46,8 @@ def test_shrunk_model_reloads_with_identical_logits_and_counts_its_parameters(fa
     ids = _batches()[0]
     torch.testing.assert_close(_logits(reloaded, ids), _logits(result.model, ids), rtol=0, atol=1e-6)
     assert _parameters(reloaded) == original - result.removed_parameters
+    decoder = parameter_counts(describe(reloaded))["decoder"]
+    assert decoder == result.decoder_parameters - result.removed_parameters
     assert result.removed_parameters > 0
     text = reloaded.config.get_text_config()
     for key, value in result.config_changes.items():
