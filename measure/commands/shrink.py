@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import argparse
 
-from measure.commands.common import add_device_arguments
+from pvq.commands.common import add_device_arguments
 from theory.errors import PvqError
 
 HELP = "Structured width pruning: remove MLP channels and attention heads, save the smaller model."
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from measure.defaults import DEFAULT_MODEL
+    from measure.models.defaults import DEFAULT_MODEL
 
     parser.add_argument("--model", default=DEFAULT_MODEL, help=f"name, folder or .gguf (default {DEFAULT_MODEL})")
     parser.add_argument("--mlp", type=float, default=0.0, help="fraction of each MLP's channels removed, [0, 1)")
@@ -44,10 +44,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from measure.calibration import CalibrationProtocol, calibration_batches
-    from measure.commands.common import load_placed, placement
-    from measure.shrink.shrink import ShrinkSettings, check_settings, save_shrunk, shrink_model
-    from measure.text import calibration_text
+    from measure.data.calibration import CalibrationProtocol, calibration_batches
+    from pvq.commands.common import load_placed, placement
+    from measure.compress.shrink.shrink import ShrinkSettings, check_settings, save_shrunk, shrink_model
+    from measure.data.text import calibration_text
     from theory.accounting import removal_bits_per_weight
 
     settings = ShrinkSettings(mlp=args.mlp, heads=args.heads, score=args.score, refit=not args.no_refit,

@@ -8,9 +8,9 @@ import pytest
 import torch
 from tiny_models import TINY_FAMILIES, linear_inputs, tiny_model
 
-from measure.architecture import describe, parameter_counts
-from measure.shrink.shrink import RECORD_FILE, ShrinkSettings, save_shrunk, shrink_model
-from measure.shrink.units import channel_units, head_units
+from measure.models.architecture import describe, parameter_counts
+from measure.compress.shrink.shrink import RECORD_FILE, ShrinkSettings, save_shrunk, shrink_model
+from measure.compress.shrink.units import channel_units, head_units
 from theory.errors import PvqError
 
 HEADS_INEXPRESSIBLE = {"gpt2", "gpt_neox", "falcon", "opt", "olmoe"}

@@ -9,8 +9,8 @@ import torch
 from tiny_models import save_tiny_model, tiny_model
 from transformers import AutoModelForCausalLM
 
-from measure import spec
-from measure.cli import main
+from measure.compress import spec
+from pvq.cli import main
 from theory.errors import PvqError
 
 CALIBRATION = ["--sequences", "2", "--seq-len", "16", "--device", "cpu"]
@@ -18,7 +18,7 @@ CALIBRATION = ["--sequences", "2", "--seq-len", "16", "--device", "cpu"]
 
 @pytest.fixture
 def tiny_folder(tmp_path, monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setattr("measure.text.calibration_text", lambda: "A short calibration text. " * 20)
+    monkeypatch.setattr("measure.data.text.calibration_text", lambda: "A short calibration text. " * 20)
     return save_tiny_model("llama", tmp_path / "tiny")
 
 
@@ -48,7 +48,7 @@ def test_bad_input_is_one_clear_error_and_writes_nothing(tiny_folder, tmp_path, 
 
 
 def test_heads_of_a_fused_qkv_family_are_refused_and_nothing_is_written(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr("measure.text.calibration_text", lambda: "A short calibration text. " * 20)
+    monkeypatch.setattr("measure.data.text.calibration_text", lambda: "A short calibration text. " * 20)
     folder = save_tiny_model("gpt2", tmp_path / "tiny")
     out = tmp_path / "shrunk"
     assert main(["shrink", "--model", str(folder), "--heads", "0.5", "--out", str(out), *CALIBRATION]) == 2

@@ -2,7 +2,7 @@
 
 ``shrink:mlp=0.25:heads=0.34[:score=output|wanda|magnitude][:norefit][:unit=kv|query]`` removes the fraction
 ``mlp`` of every MLP's channels and ``heads`` of the KV groups (or, with ``unit=query``, of the query heads inside
-every KV group), as :func:`measure.shrink.shrink.shrink_model` does. The shrunk model takes the place of the model
+every KV group), as :func:`measure.compress.shrink.shrink.shrink_model` does. The shrunk model takes the place of the model
 object (same class; its modules, parameters and config are those of the shrunk model), so the term composes with
 the others of a spec and its size is counted on the smaller model.
 """
@@ -15,8 +15,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from measure.shrink.shrink import ShrinkSettings, check_settings, shrink_model
-from measure.spec import TermKind
+from measure.compress.shrink.shrink import ShrinkSettings, check_settings, shrink_model
+from measure.compress.spec import TermKind
 from theory.accounting import removal_bits_per_weight
 from theory.errors import PvqError
 
@@ -62,4 +62,4 @@ SHRINK_TERM = TermKind(
     parse=parse_shrink_term,
     apply=apply_shrink_term,
 )
-"""The ``shrink`` model-level spec term; :data:`measure.spec.TERM_KINDS` maps "shrink" to it."""
+"""The ``shrink`` model-level spec term; :data:`measure.compress.spec.TERM_KINDS` maps "shrink" to it."""

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from measure.architecture import LinearRef
+from measure.models.architecture import LinearRef
 from theory.errors import PvqError
 
 WIDTH_KEYS = {

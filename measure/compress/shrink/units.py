@@ -1,6 +1,6 @@
 """The width units of a walked model: MLP hidden channels and attention heads, with the tensors each one couples.
 
-Everything comes from :func:`measure.architecture.describe` and the (language) config; nothing is per family.
+Everything comes from :func:`measure.models.architecture.describe` and the (language) config; nothing is per family.
 
 * **MLP channel** j of a dense MLP, a shared expert or one routed expert couples row j of every input layer
   (gate and up, fc1, the gate or up half of a fused gate_up) with column j of the output layer (down, fc2).
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from measure.architecture import Architecture, Block, LinearRef
+from measure.models.architecture import Architecture, Block, LinearRef
 from theory.errors import PvqError
 
 INPUT_ROLES = frozenset({"gate", "up", "fc1", "gate_up"})

@@ -6,13 +6,13 @@ every unit so the config's single width describes the result:
 
 * ``head_unit="kv"`` removes whole KV groups (a KV head with the query heads it serves); ``"query"`` removes the
   same number of query heads inside every KV group, so the GQA structure survives;
-* the channels / heads to remove are chosen per unit by a score of :mod:`measure.shrink.select` on the consuming
+* the channels / heads to remove are chosen per unit by a score of :mod:`measure.compress.shrink.select` on the consuming
   layer (down / fc2 / o) and its input Gram, captured once on the original model (each layer's problem on the
-  original stream, as in the parallel calibration of :mod:`measure.spec`); routed experts use the router-weighted
-  Gram of their routed tokens (:mod:`measure.moe_capture`: their share of the sublayer's output error);
+  original stream, as in the parallel calibration of :mod:`measure.compress.spec`); routed experts use the router-weighted
+  Gram of their routed tokens (:mod:`measure.capture.experts`: their share of the sublayer's output error);
 * with ``refit`` the consumer's kept columns are refit by least squares (Ŵ_K = W_K + W_C H_CK H_KK⁻¹);
 * the tensors are sliced, the config updated (width fields, num_attention_heads, num_key_value_heads and an
-  explicit head_dim) and the model class rebuilt from it (:mod:`measure.shrink.slicing`).
+  explicit head_dim) and the model class rebuilt from it (:mod:`measure.compress.shrink.slicing`).
 
 The input model is consumed (its consumers are refit in place); the result is a new model object.
 """
@@ -30,12 +30,12 @@ import pandas as pd
 import torch
 from torch import nn
 
-from measure.architecture import describe, parameter_counts
-from measure.atomic import atomic_dir
-from measure.capture import capture
-from measure.moe_capture import ExpertCapture
-from measure.shrink.select import GroupChoice, check_score, choose_groups, full_refit
-from measure.shrink.slicing import (
+from measure.models.architecture import describe, parameter_counts
+from measure.records.atomic import atomic_dir
+from measure.capture.statistics import capture
+from measure.capture.experts import ExpertCapture
+from measure.compress.shrink.select import GroupChoice, check_score, choose_groups, full_refit
+from measure.compress.shrink.slicing import (
     Cut,
     apply_cuts,
     check_shapes,
@@ -45,7 +45,7 @@ from measure.shrink.slicing import (
     updated_config,
     width_key,
 )
-from measure.shrink.units import ChannelUnit, HeadUnit, channel_units, head_counts, head_units
+from measure.compress.shrink.units import ChannelUnit, HeadUnit, channel_units, head_counts, head_units
 from theory.errors import PvqError
 
 HEAD_UNITS = ("kv", "query")
@@ -82,7 +82,7 @@ class ShrinkResult:
 
     @property
     def removed_fraction(self) -> float:
-        """f = removed parameters / decoder parameters, the size axis of :mod:`measure.equal_size`."""
+        """f = removed parameters / decoder parameters, the size axis of :mod:`measure.removal.equal_size`."""
         return self.removed_parameters / self.decoder_parameters
 
     def record(self) -> dict[str, Any]:
