@@ -33,6 +33,7 @@ from measure.capture.experts import ROUTER_WEIGHTED_METHODS
 from measure.compress.methods import REGISTRY, get_method
 from measure.compress.methods.method import Method
 from measure.compress.remove import REMOVE_TERM
+from measure.compress.shrink.term import SHRINK_TERM
 from measure.compress.term_kind import TermKind
 from measure.models.architecture import LinearRef
 from theory.errors import PvqError, choose
@@ -47,7 +48,7 @@ SCOPES: dict[str, frozenset[str]] = {
 }
 """Scope name -> the ``LinearRef.sublayer_kind`` values it covers (``mlp`` includes shared and routed experts)."""
 DEFAULT_SCOPE = "all"
-TERM_KINDS: dict[str, TermKind] = {REMOVE_TERM.name: REMOVE_TERM}
+TERM_KINDS: dict[str, TermKind] = {term.name: term for term in (REMOVE_TERM, SHRINK_TERM)}
 """Model-level term kinds by head (:class:`measure.compress.term_kind.TermKind`)."""
 _PREFIXED = re.compile(r"^([a-z]+)(\d+(?:\.\d+)?)$")
 _INTEGER = re.compile(r"^\d+$")

@@ -36,6 +36,7 @@ ARGV = {
     "bounds": ["--model", MISSING, "--layer", "model.layers.0.mlp.up_proj"],
     "ledger": ["--model", MISSING, "--out", "{tmp}/ledger"],
     "remove": ["--model", MISSING, "--blocks", "1"],
+    "shrink": ["--model", MISSING, "--mlp", "0.25", "--out", "{tmp}/shrunk"],
     "eval": ["--model", MISSING, "--ppl", "--out", "{tmp}/eval"],
     "figures": ["--results", "{tmp}/results", "--out", "{tmp}/paper"],
     "paper": ["--results", "{tmp}/results", "--out", "{tmp}/paper"],

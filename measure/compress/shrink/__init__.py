@@ -1,0 +1,1 @@
+"""Structured width pruning: MLP channels and attention heads removed physically, consumers refit."""

@@ -1,0 +1,313 @@
+"""Structured width pruning of any walkable causal LM: fewer MLP channels and attention heads, a smaller model.
+
+:func:`shrink_model` removes the fraction ``mlp`` of the hidden channels of every MLP (dense, shared expert and
+each routed expert alike) and the fraction ``heads`` of the attention heads of every block, the same count in
+every unit so the config's single width describes the result:
+
+* ``head_unit="kv"`` removes whole KV groups (a KV head with the query heads it serves); ``"query"`` removes the
+  same number of query heads inside every KV group, so the GQA structure survives;
+* the channels / heads to remove are chosen per unit by a score of :mod:`measure.compress.shrink.select` on the
+consuming
+  layer (down / fc2 / o) and its input Gram, captured once on the original model (each layer's problem on the
+  original stream, as in the parallel calibration of :mod:`measure.compress.spec`); routed experts use the
+  router-weighted
+  Gram of their routed tokens (:mod:`measure.capture.experts`: their share of the sublayer's output error);
+* with ``refit`` the consumer's kept columns are refit by least squares (Ŵ_K = W_K + W_C H_CK H_KK⁻¹);
+* the tensors are sliced, the config updated (width fields, num_attention_heads, num_key_value_heads and an
+  explicit head_dim) and the model class rebuilt from it (:mod:`measure.compress.shrink.slicing`).
+
+The input model is consumed (its consumers are refit in place); the result is a new model object.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from measure.capture.experts import ExpertCapture
+from measure.capture.statistics import capture
+from measure.compress.shrink.select import GroupChoice, check_score, choose_groups, full_refit
+from measure.compress.shrink.slicing import (
+    Cut,
+    apply_cuts,
+    check_shapes,
+    column_cuts,
+    rebuild,
+    row_cuts,
+    updated_config,
+    width_key,
+)
+from measure.compress.shrink.units import ChannelUnit, HeadUnit, channel_units, head_counts, head_units
+from measure.models.architecture import describe, parameter_counts
+from measure.records.atomic import atomic_dir
+from theory.errors import PvqError
+
+HEAD_UNITS = ("kv", "query")
+RECORD_FILE = "pvq_shrink.json"
+UNIT_COLUMNS = ["unit", "kind", "block", "expert", "width", "removed", "refit_error", "unrefit_error", "signal"]
+
+
+@dataclass(frozen=True)
+class ShrinkSettings:
+    """Fractions removed (each in [0, 1)), the score, whether consumers are refit, and the head unit."""
+
+    mlp: float = 0.0
+    heads: float = 0.0
+    score: str = "output"
+    refit: bool = True
+    head_unit: str = "kv"
+
+
+@dataclass
+class ShrinkResult:
+    """The shrunk model; ``units``: one row per unit (unit, kind, block, expert, width, removed, refit_error,
+    unrefit_error, signal: squared output sums of the consumer on the calibration tokens, undamped Gram);
+    ``kept``: unit name -> kept channel / query-head indices; parameter counts before (all, and of the decoder
+    blocks) and removed (every removed parameter lies in the blocks)."""
+
+    model: nn.Module
+    settings: ShrinkSettings
+    units: pd.DataFrame
+    kept: dict[str, list[int]]
+    config_changes: dict[str, int]
+    original_parameters: int
+    decoder_parameters: int
+    removed_parameters: int
+
+    @property
+    def removed_fraction(self) -> float:
+        """f = removed parameters / decoder parameters, the size axis of :mod:`measure.removal.equal_size`."""
+        return self.removed_parameters / self.decoder_parameters
+
+    def record(self) -> dict[str, Any]:
+        """Plain dict for JSON and provenance."""
+        return {"settings": asdict(self.settings), "config_changes": self.config_changes,
+                "original_parameters": self.original_parameters, "decoder_parameters": self.decoder_parameters,
+                "removed_parameters": self.removed_parameters, "removed_fraction": self.removed_fraction,
+                "kept": self.kept}  # fmt: skip
+
+
+def check_settings(settings: ShrinkSettings) -> None:
+    """PvqError for a fraction outside [0, 1), an unknown score or head unit."""
+    for name in ("mlp", "heads"):
+        value = getattr(settings, name)
+        if not isinstance(value, int | float) or not 0 <= value < 1:
+            raise PvqError(f"--{name} is the fraction removed, a number in [0, 1); got {value!r}")
+    check_score(settings.score)
+    if settings.head_unit not in HEAD_UNITS:
+        raise PvqError(f"unknown head unit {settings.head_unit!r}; choose one of {', '.join(HEAD_UNITS)}")
+
+
+def removal_count(fraction: float, total: int, what: str) -> int:
+    """round(fraction · total), refused when it would remove all ``total`` (at least one must stay)."""
+    count = round(fraction * total)
+    if count >= total:
+        raise PvqError(f"removing {fraction:g} of {total} {what} leaves none; at most {total - 1} can go "
+                       f"(a fraction below {(total - 0.5) / total:.3f})")  # fmt: skip
+    return count
+
+
+def shrink_model(
+    model: nn.Module, batches: Sequence[torch.Tensor], settings: ShrinkSettings,
+    grams: dict[str, np.ndarray] | None = None,
+) -> ShrinkResult:  # fmt: skip
+    """Shrink ``model`` as ``settings`` say (module docstring); ``batches`` of token ids calibrate the scores.
+
+    ``grams``: consumer input Grams already captured on this model (:func:`consumer_grams` of an identical copy),
+    read instead of capturing ``batches`` again."""
+    check_settings(settings)
+    arch = describe(model)
+    mlps = channel_units(arch) if settings.mlp > 0 else []
+    attentions = head_units(arch) if settings.heads > 0 else []
+    heads, kv_heads, _ = head_counts(arch) if attentions else (0, 1, 0)
+    per_unit = kv_heads if settings.head_unit == "kv" else heads // kv_heads
+    head_count = removal_count(settings.heads, per_unit, "KV groups" if settings.head_unit == "kv" else
+                               "query heads per KV group") if attentions else 0  # fmt: skip
+    mlp_counts = {unit: removal_count(settings.mlp, unit.width, f"channels of {unit.name}") for unit in mlps}
+    changes = _config_changes(arch, mlps, mlp_counts, attentions, head_count, settings)
+    config = updated_config(model, changes)
+    placeholder = _cuts({u: torch.arange(u.width - mlp_counts[u]) for u in mlps},
+                        {u: _first_heads(u, head_count, settings.head_unit) for u in attentions})  # fmt: skip
+    hint = "shrink the other unit only or choose uniform fractions"
+    check_shapes(model, config, apply_cuts(model.state_dict(), placeholder), arch.family, hint)
+    if grams is None and not (settings.score == "magnitude" and not settings.refit):
+        grams = consumer_grams(model, batches, arch, mlps, attentions)
+    rows, kept, mlp_keep, head_keep = [], {}, {}, {}
+    for unit in mlps:
+        groups = [[c] for c in range(unit.width)]
+        choice = _choose(unit.consumer, grams, groups, mlp_counts[unit], settings)
+        mlp_keep[unit] = _kept(unit.width, choice.removed_groups)
+        kept[unit.name] = mlp_keep[unit].tolist()
+        rows.append(_row(unit.name, unit.kind, unit.block_index, unit.expert, unit.width, choice))
+    for unit in attentions:
+        choice, keep_heads, keep_kv = _choose_heads(unit, grams, head_count, settings)
+        head_keep[unit] = (keep_heads, keep_kv)
+        kept[unit.name] = keep_heads.tolist()
+        rows.append(_row(unit.name, "attention", unit.block_index, None, unit.heads, choice))
+    state = apply_cuts(model.state_dict(), _cuts(mlp_keep, head_keep))
+    check_shapes(model, config, state, arch.family, hint)
+    original = sum(p.numel() for p in model.parameters())
+    removed = _accounted_parameters(mlps, mlp_counts, attentions, kept, settings.head_unit)
+    table = pd.DataFrame(rows, columns=UNIT_COLUMNS).astype({"expert": "Int64"})
+    decoder = parameter_counts(arch)["decoder"]
+    return ShrinkResult(rebuild(model, config, state), settings, table, kept, changes, original, decoder, removed)
+
+
+def consumer_grams(
+    model: nn.Module, batches: Sequence[torch.Tensor], arch: Any, mlps: list[ChannelUnit],
+    attentions: list[HeadUnit],
+) -> dict[str, np.ndarray] | None:  # fmt: skip
+    """Input Grams (float64 numpy) of the consumers of ``mlps`` and ``attentions`` over ``batches``; routed experts
+    get their router-weighted Gram."""
+    if not (mlps or attentions):
+        return None
+    if not batches:
+        raise PvqError("the output and wanda scores and the refit read input Grams; pass calibration batches")
+    experts = ExpertCapture(route="routed")
+    captured = capture(model, batches, arch=arch, block_hooks=experts.hooks)
+    grams = {}
+    for ref in [unit.consumer for unit in mlps] + [unit.o for unit in attentions]:
+        routed = ref.expert_index is not None
+        source = experts.gram_for(ref, weighted=True) if routed else captured.gram_for(ref.name)
+        grams[ref.name] = source.to_numpy()
+    return grams
+
+
+def _choose(
+    consumer: Any, grams: dict[str, np.ndarray] | None, groups: list[list[int]], count: int,
+    settings: ShrinkSettings, classes: list[int] | None = None, quota: int | None = None,
+) -> GroupChoice:  # fmt: skip
+    """Choose the removed groups of one consumer and, with refit, write its refit kept columns into the model."""
+    weights = consumer.weight().double().cpu().numpy()
+    gram = None if grams is None else grams[consumer.name]
+    choice = choose_groups(gram, weights, groups, count, settings.score, classes, quota)
+    if settings.refit and count:
+        refit = torch.from_numpy(full_refit(gram, weights, choice.removed_columns))
+        consumer.set_weight(refit.to(dtype=consumer.weight().dtype, device=consumer.weight().device))
+    return choice
+
+
+def _kept(total: int, removed: Sequence[int]) -> torch.Tensor:
+    return torch.tensor([i for i in range(total) if i not in set(removed)], dtype=torch.long)
+
+
+def _choose_heads(unit: HeadUnit, grams: dict[str, np.ndarray] | None, count: int, settings: ShrinkSettings
+                  ) -> tuple[GroupChoice, torch.Tensor, torch.Tensor]:  # fmt: skip
+    """Removed KV groups (kv mode) or query heads, `count` per KV group (query mode); kept heads and KV heads."""
+    d, g = unit.head_dim, unit.group_size
+    if settings.head_unit == "kv":
+        groups = [list(range(k * g * d, (k + 1) * g * d)) for k in range(unit.kv_heads)]
+        choice = _choose(unit.o, grams, groups, count, settings)
+        keep_kv = _kept(unit.kv_heads, choice.removed_groups)
+        keep_heads = torch.tensor([k * g + i for k in keep_kv.tolist() for i in range(g)], dtype=torch.long)
+        return choice, keep_heads, keep_kv
+    groups = [list(range(h * d, (h + 1) * d)) for h in range(unit.heads)]
+    classes = [h // g for h in range(unit.heads)]
+    choice = _choose(unit.o, grams, groups, count * unit.kv_heads, settings, classes, count)
+    return choice, _kept(unit.heads, choice.removed_groups), torch.arange(unit.kv_heads)
+
+
+def _first_heads(unit: HeadUnit, count: int, head_unit: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Kept (query heads, KV heads) when the first ``count`` KV groups, or query heads of every group, go."""
+    g = unit.group_size
+    if head_unit == "kv":
+        return torch.arange(count * g, unit.heads), torch.arange(count, unit.kv_heads)
+    kept = torch.tensor([h for h in range(unit.heads) if h % g >= count], dtype=torch.long)
+    return kept, torch.arange(unit.kv_heads)
+
+
+def _cuts(
+    mlp_keep: dict[ChannelUnit, torch.Tensor], head_keep: dict[HeadUnit, Sequence[torch.Tensor]]
+) -> list[Cut]:
+    """Every cut of the kept channels of ``mlp_keep`` and kept (query heads, KV heads) of ``head_keep``."""
+    cuts = []
+    for unit, keep in mlp_keep.items():
+        cuts += [c for ref in unit.producers for c in row_cuts(ref, keep, unit.width)]
+        cuts += column_cuts(unit.consumer, keep)
+    for unit, (keep_heads, keep_kv) in head_keep.items():
+        cuts += _head_cuts(unit, keep_heads, keep_kv)
+    return cuts
+
+
+def _dims(heads: torch.Tensor, d: int) -> torch.Tensor:
+    """The feature indices h·d .. (h + 1)·d − 1 of heads ``heads``."""
+    return (heads[:, None] * d + torch.arange(d)[None, :]).flatten()
+
+
+def _head_cuts(unit: HeadUnit, keep_heads: torch.Tensor, keep_kv: torch.Tensor) -> list[Cut]:
+    q_rows, kv_rows = _dims(keep_heads, unit.head_dim), _dims(keep_kv, unit.head_dim)
+    cuts = row_cuts(unit.q, q_rows, unit.heads * unit.head_dim) + column_cuts(unit.o, q_rows)
+    cuts += [c for ref in (unit.k, unit.v) for c in row_cuts(ref, kv_rows, unit.kv_heads * unit.head_dim)]
+    keep_of = {"head": keep_heads, "q": q_rows, "k": kv_rows}
+    return cuts + [Cut(name, 0, keep_of[kind]) for name, kind in unit.extras.items()]
+
+
+def _row(name: str, kind: str, block: int, expert: int | None, width: int, choice: GroupChoice) -> dict[str, Any]:
+    return {"unit": name, "kind": kind, "block": block, "expert": expert, "width": width,
+            "removed": len(choice.removed_groups), "refit_error": choice.refit_error,
+            "unrefit_error": choice.unrefit_error, "signal": choice.signal}  # fmt: skip
+
+
+def _config_changes(
+    arch: Any, mlps: list[ChannelUnit], mlp_counts: dict[ChannelUnit, int], attentions: list[HeadUnit],
+    head_count: int, settings: ShrinkSettings,
+) -> dict[str, int]:  # fmt: skip
+    """New config values: one width per kind of MLP unit (PvqError when units of a kind differ), head counts."""
+    changes: dict[str, int] = {}
+    for kind in sorted({unit.kind for unit in mlps}):
+        of_kind = [unit for unit in mlps if unit.kind == kind]
+        widths = {(unit.width, unit.width - mlp_counts[unit]) for unit in of_kind}
+        if len(widths) > 1:
+            raise PvqError(f"the {arch.family} {kind} widths differ across layers ({sorted(widths)}) and its "
+                           "config holds one width; use uniform mode (the same width in every layer)")  # fmt: skip
+        old, new = widths.pop()
+        changes[width_key(arch.config, kind, old, arch.family)] = new
+    if attentions and head_count:
+        heads, kv_heads, head_dim = attentions[0].heads, attentions[0].kv_heads, attentions[0].head_dim
+        kv_after = kv_heads - head_count if settings.head_unit == "kv" else kv_heads
+        per_group = heads // kv_heads - (head_count if settings.head_unit == "query" else 0)
+        changes |= {"num_attention_heads": kv_after * per_group, "head_dim": head_dim}
+        if getattr(arch.config, "num_key_value_heads", None) is not None:
+            changes["num_key_value_heads"] = kv_after
+    return changes
+
+
+def _accounted_parameters(
+    mlps: list[ChannelUnit], mlp_counts: dict[ChannelUnit, int], attentions: list[HeadUnit],
+    kept: dict[str, list[int]], head_unit: str,
+) -> int:  # fmt: skip
+    """Removed parameters from the unit shapes: per channel, its producer rows (weights and biases) and consumer
+    column; per query head, d rows of q and d columns of o; per KV head, d rows of k and v; per-head extras."""
+    removed = 0
+    for unit in mlps:
+        rows = sum((2 if ref.role.endswith("gate_up") and not ref.stacked else 1)
+                   * (ref.in_features + (ref.bias() is not None)) for ref in unit.producers)  # fmt: skip
+        removed += mlp_counts[unit] * (rows + unit.consumer.out_features)
+    for unit in attentions:
+        gone_heads = unit.heads - len(kept[unit.name])
+        gone_kv = gone_heads // unit.group_size if head_unit == "kv" else 0
+        d = unit.head_dim
+        removed += gone_heads * d * (unit.q.in_features + (unit.q.bias() is not None) + unit.o.out_features)
+        removed += gone_kv * d * sum(ref.in_features + (ref.bias() is not None) for ref in (unit.k, unit.v))
+        sizes = {"head": gone_heads, "q": gone_heads * d, "k": gone_kv * d}
+        removed += sum(sizes[kind] for kind in unit.extras.values())
+    return removed
+
+
+def save_shrunk(result: ShrinkResult, directory: str | Path, tokenizer: object | None = None) -> Path:
+    """``save_pretrained`` of the shrunk model into ``directory`` atomically, with ``pvq_shrink.json``."""
+    target = Path(directory)
+    with atomic_dir(target) as tmp:
+        result.model.save_pretrained(tmp)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        (tmp / RECORD_FILE).write_text(json.dumps(result.record(), indent=2))
+    return target

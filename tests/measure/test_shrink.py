@@ -1,0 +1,166 @@
+"""Width pruning on every tiny family: reloads with identical logits, counts its parameters, refits never hurt."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from tiny_models import TINY_FAMILIES, linear_inputs, tiny_model
+
+from measure.compress.shrink.shrink import RECORD_FILE, ShrinkSettings, save_shrunk, shrink_model
+from measure.compress.shrink.units import channel_units, head_units
+from measure.models.architecture import describe, parameter_counts
+from theory.errors import PvqError
+
+HEADS_INEXPRESSIBLE = {"gpt2", "gpt_neox", "falcon", "opt", "olmoe"}
+"""Families whose config cannot describe fewer heads (head_dim or a q/k norm derived from hidden_size / heads)."""
+
+
+def _batches() -> list[torch.Tensor]:
+    generator = torch.Generator().manual_seed(1)
+    return [torch.randint(3, 300, (2, 16), generator=generator) for _ in range(2)]
+
+
+def _logits(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model(ids, use_cache=False).logits
+
+
+def _settings(family: str, **overrides: object) -> ShrinkSettings:
+    heads = 0.0 if family in HEADS_INEXPRESSIBLE else 0.5
+    return ShrinkSettings(**{"mlp": 0.25, "heads": heads, **overrides})
+
+
+def _parameters(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize("family", TINY_FAMILIES)
+def test_shrunk_model_reloads_with_identical_logits_and_counts_its_parameters(family: str, tmp_path) -> None:
+    model = tiny_model(family)
+    original = _parameters(model)
+    result = shrink_model(model, _batches(), _settings(family))
+    save_shrunk(result, tmp_path / "shrunk")
+    reloaded = type(result.model).from_pretrained(tmp_path / "shrunk").eval()
+    ids = _batches()[0]
+    torch.testing.assert_close(_logits(reloaded, ids), _logits(result.model, ids), rtol=0, atol=1e-6)
+    assert _parameters(reloaded) == original - result.removed_parameters
+    decoder = parameter_counts(describe(reloaded))["decoder"]
+    assert decoder == result.decoder_parameters - result.removed_parameters
+    assert result.removed_parameters > 0
+    text = reloaded.config.get_text_config()
+    for key, value in result.config_changes.items():
+        assert getattr(text, key) == value
+    widths = {unit.width for unit in channel_units(describe(reloaded))}
+    assert widths == {round(unit.width * 0.75) for unit in channel_units(describe(tiny_model(family)))}
+    assert json.loads((tmp_path / "shrunk" / RECORD_FILE).read_text())["removed_parameters"] > 0
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2", "mixtral"])
+def test_removing_nothing_gives_back_the_original_model(family: str) -> None:
+    ids = _batches()[0]
+    expected = _logits(tiny_model(family), ids)
+    result = shrink_model(tiny_model(family), _batches(), ShrinkSettings())
+    torch.testing.assert_close(_logits(result.model, ids), expected, rtol=0, atol=0)
+    assert result.removed_parameters == 0 and result.config_changes == {}
+
+
+def _consumer_errors(family: str, refit: bool, score: str = "output") -> dict[str, float]:
+    """‖X_K Ŵ_Kᵀ − X Wᵀ‖²_F of every dense consumer, X its inputs captured on the original model."""
+    original = tiny_model(family)
+    arch = describe(original)
+    consumers = [u.consumer for u in channel_units(arch) if u.expert is None]
+    if family not in HEADS_INEXPRESSIBLE:
+        consumers += [u.o for u in head_units(arch)]
+    inputs = linear_inputs(original, _batches(), consumers)
+    weights = {ref.name: ref.weight().double().clone() for ref in consumers}
+    result = shrink_model(tiny_model(family), _batches(), _settings(family, refit=refit, score=score))
+    shrunk = {ref.name: ref for ref in describe(result.model).linears}
+    errors = {}
+    for name, x in inputs.items():
+        kept = _kept_columns(result, name, shrunk[name].in_features, x.shape[1])
+        output = x[:, kept] @ shrunk[name].weight().double().T
+        errors[name] = float(((output - x @ weights[name].T) ** 2).sum())
+    return errors
+
+
+def _kept_columns(result, consumer: str, kept_width: int, width: int) -> torch.Tensor:
+    unit = consumer.rpartition(".")[0]
+    kept = torch.tensor(result.kept[unit])
+    if kept.numel() == kept_width:
+        return kept
+    head_dim = width // (result.units.set_index("unit").loc[unit, "width"])
+    return (kept[:, None] * head_dim + torch.arange(head_dim)[None, :]).flatten()
+
+
+@pytest.mark.parametrize("family", [f for f in TINY_FAMILIES if f != "olmoe"])
+def test_refit_never_increases_the_consumers_output_error(family: str) -> None:
+    """Dense MLP and attention consumers (OLMoE has neither: routed experts only, heads not expressible)."""
+    refit, unchanged = _consumer_errors(family, True), _consumer_errors(family, False)
+    assert refit.keys() == unchanged.keys() and refit
+    for name in refit:
+        assert refit[name] <= unchanged[name] * (1 + 1e-9) + 1e-9, name
+    assert sum(refit.values()) < sum(unchanged.values())
+
+
+@pytest.mark.parametrize("family", ["mixtral", "qwen2_moe", "olmoe", "gpt_oss"])
+def test_refit_never_increases_a_routed_experts_output_error_on_its_router_weighted_gram(family: str) -> None:
+    units = shrink_model(tiny_model(family), _batches(), ShrinkSettings(mlp=0.25)).units
+    experts = units[units["kind"] == "expert"]
+    assert len(experts) == 2 * 4
+    assert (experts["refit_error"] <= experts["unrefit_error"] * (1 + 1e-9)).all()
+
+
+def test_query_head_removal_keeps_every_kv_group() -> None:
+    model = tiny_model("llama", num_attention_heads=4, num_key_value_heads=1)
+    ids = _batches()[0]
+    result = shrink_model(model, _batches(), ShrinkSettings(heads=0.5, head_unit="query"))
+    config = result.model.config
+    assert (config.num_attention_heads, config.num_key_value_heads, config.head_dim) == (2, 1, 8)
+    assert _logits(result.model, ids).shape == (2, 16, 320)
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        (ShrinkSettings(mlp=1.0), r"fraction removed, a number in \[0, 1\)"),
+        (ShrinkSettings(mlp=-0.1), r"fraction removed, a number in \[0, 1\)"),
+        (ShrinkSettings(heads=0.9), "leaves none"),
+        (ShrinkSettings(mlp=0.5, score="nope"), "unknown score 'nope'"),
+    ],
+)
+def test_bad_settings_are_one_clear_error(settings: ShrinkSettings, message: str) -> None:
+    with pytest.raises(PvqError, match=message):
+        shrink_model(tiny_model("llama"), _batches(), settings)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "olmoe"])
+def test_heads_of_a_family_whose_config_cannot_hold_them_are_refused(family: str) -> None:
+    with pytest.raises(PvqError, match=family):
+        shrink_model(tiny_model(family), _batches(), ShrinkSettings(heads=0.5))
+
+
+@pytest.mark.parametrize(
+    ("family", "head_unit"),
+    [("llama", "kv"), ("llama", "query"), ("gemma3", "kv"), ("phi", "query"), ("gpt_oss", "kv"), ("gpt2", "kv")],
+)
+def test_shrinking_without_refit_equals_zeroing_the_removed_consumer_columns(family: str, head_unit: str) -> None:
+    heads = 0.0 if family in HEADS_INEXPRESSIBLE else 0.5
+    settings = ShrinkSettings(mlp=0.25, heads=heads, refit=False, head_unit=head_unit)
+    result = shrink_model(tiny_model(family), _batches(), settings)
+    masked = tiny_model(family)
+    arch = describe(masked)
+    for unit in channel_units(arch):
+        _zero_columns(unit.consumer, [c for c in range(unit.width) if c not in result.kept[unit.name]])
+    for unit in head_units(arch) if heads else []:
+        gone = [h for h in range(unit.heads) if h not in result.kept[unit.name]]
+        _zero_columns(unit.o, [h * unit.head_dim + i for h in gone for i in range(unit.head_dim)])
+    ids = _batches()[0]
+    torch.testing.assert_close(_logits(result.model, ids), _logits(masked, ids), rtol=1e-5, atol=1e-5)
+
+
+def _zero_columns(ref, columns: list[int]) -> None:
+    weight = ref.weight().clone()
+    weight[:, columns] = 0
+    ref.set_weight(weight)
