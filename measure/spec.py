@@ -46,9 +46,9 @@ from measure.capture import Capture, register_gram_hooks
 from measure.gram import GramAccumulator
 from measure.methods import REGISTRY, get_method
 from measure.methods.errors import output_error
-from measure.methods.method import Method
+from measure.methods.method import DEFAULT_CONVENTION, Method
 from measure.moe_capture import ROUTER_WEIGHTED_METHODS, ExpertCapture
-from theory.accounting import BASE_BITS
+from theory.accounting import BASE_BITS, Convention
 from theory.errors import PvqError
 
 CALIBRATIONS = ("sequential", "parallel")
@@ -94,9 +94,10 @@ class LayerStep:
         """True when ``ref`` lies in this step's scope."""
         return ref.sublayer_kind in SCOPES[self.scope]
 
-    def bits_per_weight(self, ref: LinearRef) -> float:
-        """Storage cost of ``ref``'s weight under this method, bits per weight (overheads included)."""
-        return self.method.bits_per_weight(self.params, (ref.out_features, ref.in_features))
+    def bits_per_weight(self, ref: LinearRef, convention: Convention = DEFAULT_CONVENTION) -> float:
+        """Storage cost of ``ref``'s weight under this method, bits per weight (overheads included; pruning masks
+        charged by ``convention``, free by default)."""
+        return self.method.bits_per_weight(self.params, (ref.out_features, ref.in_features), convention)
 
     def wants_router_weighted_gram(self) -> bool:
         """True when the method scores experts with the router-weighted Gram (MoE-Pruner)."""
@@ -480,8 +481,11 @@ def check_finite_weight(ref: LinearRef) -> None:
         raise PvqError(f"layer {ref.name} has NaN or Inf weights; load an intact checkpoint before compressing it")
 
 
-def model_size(model: nn.Module, spec: Spec | str) -> dict[str, float]:
-    """Storage of ``model`` compressed by ``spec``: every parameter at 16 bits except compressed layer weights.
+def model_size(
+    model: nn.Module, spec: Spec | str, convention: Convention = DEFAULT_CONVENTION
+) -> dict[str, float]:
+    """Storage of ``model`` compressed by ``spec``: every parameter at 16 bits except compressed layer weights
+    (pruning masks charged by ``convention``, free by default).
 
     bits = 16·(P − Σ_c out_c·in_c) + Σ_c bpw_c·out_c·in_c over compressed layers c (P = distinct parameters, a
     tied lm_head counted once; embeddings, lm_head, norms and biases stay at 16 bits); bytes = bits / 8.
@@ -497,7 +501,7 @@ def model_size(model: nn.Module, spec: Spec | str) -> dict[str, float]:
         step = spec.step_for(ref)
         if step is not None:
             compressed_weights += ref.out_features * ref.in_features
-            compressed_bits += step.bits_per_weight(ref) * ref.out_features * ref.in_features
+            compressed_bits += step.bits_per_weight(ref, convention) * ref.out_features * ref.in_features
     linear_weights = sum(ref.out_features * ref.in_features for ref in arch.linears)
     bits = BASE_BITS * (parameters - compressed_weights) + compressed_bits
     return {

@@ -1,0 +1,206 @@
+"""The joint frontier: pruning × quantization × block removal as uniform specs, sized per decoder parameter.
+
+Every point is one compression spec applied to a copy of the model (:func:`measure.spec.apply_spec`) and scored
+on the evaluation windows with the original as KL reference (:func:`measure.evaluation.perplexity.
+evaluate_perplexity`, which the residual-stream evaluator of the other model experiments reproduces):
+
+* ``sparsegpt:<s>+gptq:<b>:g<g>`` — SparseGPT at sparsity s (or the 2:4 pattern), then GPTQ of the kept weights
+  with the pruned ones held at exactly zero (Kuzmin et al. 2023, arXiv 2307.02973, Sec. 5; GPTQ's keep-mask);
+  s = 0 is plain ``gptq:<b>:g<g>``;
+* ``remove:bi:<n>+gptq:<b>:g<g>`` — the n blocks of lowest Block Influence removed (ShortGPT, arXiv 2403.03853),
+  then GPTQ calibrated on the shortened model; n = 0 is plain GPTQ again (listed once).
+
+**Size** is bits per decoder parameter of the original model (:class:`measure.equal_size.DecoderSizes`): removed
+blocks cost 0, the kept blocks' linear weights their method's bits per weight (scales included; pruned weights
+charged by a mask convention), everything else in the kept blocks (norms, biases) 16 bits:
+``size = (1 − f)·B'(c̄)`` with f the removed fraction of the decoder, B' the kept decoder's
+:meth:`DecoderSizes.decoder_bits` and c̄ the kept linear weights' mean bits per weight. Two mask conventions:
+``free`` (the mask costs nothing, Kuzmin et al. Sec. 3) and ``entropy`` (H(s) bits per weight, the Shannon
+limit of a Bernoulli(s) mask; a 2:4 mask is charged H(1/2) = 1 bit, an upper bound of its log2(6)/4 bits).
+
+**Pareto flags**: a point is on the frontier of a convention when no other point is at most as large and at
+most as far from the original in KL, and better in one of the two (:func:`pareto_flags`).
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from measure.architecture import describe
+from measure.equal_size import DecoderSizes, mask_convention
+from measure.evaluation.perplexity import evaluate_perplexity
+from measure.removal_study import decoder_sizes
+from measure.spec import apply_spec, model_size, parse_spec
+from theory.errors import PvqError
+
+SPARSITIES: tuple[float | str, ...] = (0.0, 0.25, 0.5, 0.625, 0.75, "2:4")
+"""SparseGPT settings of the grid (unstructured sparsities and the 2:4 pattern)."""
+JOINT_BITS = (2, 3, 4, 8)
+"""GPTQ bit widths after pruning."""
+REMOVED_BLOCKS = (0, 2, 4, 6)
+"""Blocks removed by Block Influence."""
+REMOVAL_BITS = (3, 4, 8)
+"""GPTQ bit widths after removal."""
+GROUP = 128
+CONVENTIONS = ("free", "entropy")
+"""Mask conventions of the size columns (:data:`measure.equal_size.MASK_CONVENTIONS`)."""
+COLUMNS = [
+    "spec", "removed_blocks", "removed_fraction", "sparsity", "pattern", "bits", "size_bits_per_param_free",
+    "size_bits_per_param_entropy", "ppl", "kl", "base_ppl", "pareto_free", "pareto_entropy",
+]  # fmt: skip
+"""``ppl``: perplexity of the compressed model on the evaluation windows; ``kl``: mean KL(original ‖ compressed)
+in nats per scored token; ``base_ppl``: the original's perplexity; ``pattern``: ``unstructured``, ``2:4`` or
+``none`` (no pruning); sizes in bits per original decoder parameter."""
+
+
+def quantizer_term(bits: int, group: int = GROUP, quantizer: str = "gptq") -> str:
+    """The quantization term ``<quantizer>:<b>:g<g>``."""
+    return f"{quantizer}:{bits}:g{group}"
+
+
+def frontier_specs(
+    sparsities: Sequence[float | str] = SPARSITIES,
+    joint_bits: Sequence[int] = JOINT_BITS,
+    removed_blocks: Sequence[int] = REMOVED_BLOCKS,
+    removal_bits: Sequence[int] = REMOVAL_BITS,
+    group: int = GROUP,
+    quantizer: str = "gptq",
+) -> list[str]:
+    """The grid's specs in order, each once: pruning × bits, then removal × bits (module docstring).
+
+    A sparsity is a fraction in [0, 1) or an N:M pattern string such as ``"2:4"``; 0 pruning and 0 removal
+    give the plain quantizer spec.
+    """
+    specs: list[str] = []
+    for sparsity in sparsities:
+        for bits in joint_bits:
+            specs.append(_prefixed(_pruning_term(sparsity), quantizer_term(bits, group, quantizer)))
+    for count in removed_blocks:
+        if not isinstance(count, int) or count < 0:
+            raise PvqError(f"removed block counts must be integers >= 0, got {count!r}")
+        for bits in removal_bits:
+            specs.append(_prefixed(f"remove:bi:{count}" if count else "", quantizer_term(bits, group, quantizer)))
+    unique = list(dict.fromkeys(specs))
+    for spec in unique:
+        parse_spec(spec)
+    return unique
+
+
+def _pruning_term(sparsity: float | str) -> str:
+    if isinstance(sparsity, str):
+        return f"sparsegpt:{sparsity}"
+    if not 0 <= sparsity < 1:
+        raise PvqError(f"sparsities must lie in [0, 1) or be an N:M pattern such as '2:4', got {sparsity!r}")
+    return f"sparsegpt:{sparsity:g}" if sparsity else ""
+
+
+def _prefixed(prefix: str, term: str) -> str:
+    return f"{prefix}+{term}" if prefix else term
+
+
+def decoder_bits_per_parameter(original: DecoderSizes, kept: DecoderSizes, linear_bits: float) -> float:
+    """``(1 − f)·B'(c̄)``: bits per original decoder parameter when the decoder keeps ``kept`` of ``original``'s
+    parameters (removed ones cost 0) and its linear weights cost ``linear_bits`` each on average."""
+    if kept.decoder > original.decoder:
+        raise PvqError(f"the kept decoder ({kept.decoder} parameters) is larger than the original's")
+    return kept.decoder_bits(linear_bits) * kept.decoder / original.decoder
+
+
+def compressed_size(original: DecoderSizes, model: nn.Module, spec: str, convention: str) -> float:
+    """Bits per original decoder parameter of ``model`` (already compressed by ``spec``) under a named mask
+    convention: :func:`decoder_bits_per_parameter` with the mean bits of the kept linear weights from
+    :func:`measure.spec.model_size` (uncompressed linears at 16 bits)."""
+    linear_bits = model_size(model, spec, mask_convention(convention))["linear_bits_per_weight"]
+    return decoder_bits_per_parameter(original, decoder_sizes(describe(model)), linear_bits)
+
+
+def pareto_flags(sizes: Sequence[float], losses: Sequence[float]) -> np.ndarray:
+    """True for the points no other point dominates (size ≤ and loss ≤, one of them <); identical points do not
+    dominate each other. One sweep over the points sorted by (size, loss): a point is dominated exactly when an
+    earlier, different point has a loss at most its own."""
+    size, loss = np.asarray(sizes, dtype=float), np.asarray(losses, dtype=float)
+    if size.shape != loss.shape or np.isnan(size).any() or np.isnan(loss).any():
+        raise PvqError("pareto_flags needs sizes and losses of the same length, without NaN")
+    flags = np.zeros(size.shape, dtype=bool)
+    best = np.inf
+    for point, members in itertools.groupby(np.lexsort((loss, size)), key=lambda i: (size[i], loss[i])):
+        flags[list(members)] = point[1] < best
+        best = min(best, point[1])
+    return flags
+
+
+def layer_coordinates(spec: str) -> dict[str, Any]:
+    """Sparsity, pattern and bits of the spec's one layer step (a quantizer, or a pruner then a quantizer)."""
+    layers = parse_spec(spec).layer_steps
+    if len(layers) != 1:
+        raise PvqError(f"a frontier spec has one layer term (optionally pruning+quantization), got {spec!r}")
+    prune = layers[0].params.get("prune")
+    quantize = layers[0].params.get("quantize", layers[0].params)
+    if prune is None:
+        sparsity, pattern = 0.0, "none"
+    elif prune["nm"] is not None:
+        sparsity, pattern = 1 - prune["nm"][0] / prune["nm"][1], f"{prune['nm'][0]}:{prune['nm'][1]}"
+    else:
+        sparsity, pattern = prune["sparsity"], "unstructured"
+    return {"sparsity": sparsity, "pattern": pattern, "bits": quantize["bits"]}
+
+
+def measure_point(
+    model: nn.Module,
+    spec: str,
+    batches: Sequence[torch.Tensor],
+    windows: Any,
+    original: DecoderSizes,
+    calibration: str = "parallel",
+    captured: Any = None,
+    batch_size: int = 4,
+) -> dict[str, Any]:
+    """One row of the table (without base_ppl and the Pareto flags): ``spec`` applied to a copy of ``model``."""
+    variant = copy.deepcopy(model)
+    report = apply_spec(variant, spec, batches, calibration=calibration, captured=captured)
+    result = evaluate_perplexity(variant, windows, reference=model, batch_size=batch_size)
+    removed = sum(len(step["removal"]["blocks"]) for step in report.model_steps if "removal" in step)
+    fraction = sum(step.get("removed_fraction", 0.0) for step in report.model_steps)
+    sizes = {f"size_bits_per_param_{name}": compressed_size(original, variant, spec, name) for name in CONVENTIONS}
+    return {"spec": spec, "removed_blocks": removed, "removed_fraction": fraction, **layer_coordinates(spec),
+            **sizes, "ppl": result.perplexity, "kl": result.kl_to_reference_nats}  # fmt: skip
+
+
+def joint_frontier_table(
+    model: nn.Module,
+    batches: Sequence[torch.Tensor],
+    windows: Any,
+    specs: Sequence[str] | None = None,
+    calibration: str = "parallel",
+    captured: Any = None,
+    batch_size: int = 4,
+    on_spec: Callable[[str], None] | None = None,
+) -> pd.DataFrame:
+    """The joint-frontier table (:data:`COLUMNS`), one row per spec of ``specs`` (default: :func:`frontier_specs`).
+
+    ``batches``: calibration token ids; ``windows``: :class:`measure.evaluation.perplexity.TokenWindows`;
+    ``captured``: Grams of the unmodified model on ``batches`` for ``calibration="parallel"`` (read by specs
+    without removal); ``on_spec(spec)`` is called before each spec (progress). The model is not modified.
+    """
+    specs = frontier_specs() if specs is None else list(specs)
+    if not specs:
+        raise PvqError("the joint frontier needs at least one spec")
+    original = decoder_sizes(describe(model))
+    base = evaluate_perplexity(model, windows, batch_size=batch_size).perplexity
+    rows = []
+    for spec in specs:
+        if on_spec is not None:
+            on_spec(spec)
+        rows.append(measure_point(model, spec, batches, windows, original, calibration, captured, batch_size))
+    table = pd.DataFrame(rows).assign(base_ppl=base)
+    for name in CONVENTIONS:
+        table[f"pareto_{name}"] = pareto_flags(table[f"size_bits_per_param_{name}"], table["kl"])
+    return table[COLUMNS]
