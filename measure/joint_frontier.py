@@ -10,6 +10,8 @@ evaluate_perplexity`, which the residual-stream evaluator of the other model exp
 * ``remove:bi:<n>+gptq:<b>:g<g>`` — the n blocks of lowest Block Influence removed (ShortGPT, arXiv 2403.03853),
   then GPTQ calibrated on the shortened model; n = 0 is plain GPTQ again (listed once).
 
+The grid itself (spec strings, no model) is :func:`measure.joint_grid.frontier_specs`.
+
 **Size** is bits per decoder parameter of the original model (:class:`measure.equal_size.DecoderSizes`): removed
 blocks cost 0, the kept blocks' linear weights their method's bits per weight (scales included; pruned weights
 charged by a mask convention), everything else in the kept blocks (norms, biases) 16 bits:
@@ -37,19 +39,11 @@ from torch import nn
 from measure.architecture import describe
 from measure.equal_size import DecoderSizes, mask_convention
 from measure.evaluation.perplexity import evaluate_perplexity
+from measure.joint_grid import frontier_specs
 from measure.removal_study import decoder_sizes
 from measure.spec import apply_spec, model_size, parse_spec
 from theory.errors import PvqError
 
-SPARSITIES: tuple[float | str, ...] = (0.0, 0.25, 0.5, 0.625, 0.75, "2:4")
-"""SparseGPT settings of the grid (unstructured sparsities and the 2:4 pattern)."""
-JOINT_BITS = (2, 3, 4, 8)
-"""GPTQ bit widths after pruning."""
-REMOVED_BLOCKS = (0, 2, 4, 6)
-"""Blocks removed by Block Influence."""
-REMOVAL_BITS = (3, 4, 8)
-"""GPTQ bit widths after removal."""
-GROUP = 128
 CONVENTIONS = ("free", "entropy")
 """Mask conventions of the size columns (:data:`measure.equal_size.MASK_CONVENTIONS`)."""
 COLUMNS = [
@@ -59,51 +53,6 @@ COLUMNS = [
 """``ppl``: perplexity of the compressed model on the evaluation windows; ``kl``: mean KL(original ‖ compressed)
 in nats per scored token; ``base_ppl``: the original's perplexity; ``pattern``: ``unstructured``, ``2:4`` or
 ``none`` (no pruning); sizes in bits per original decoder parameter."""
-
-
-def quantizer_term(bits: int, group: int = GROUP, quantizer: str = "gptq") -> str:
-    """The quantization term ``<quantizer>:<b>:g<g>``."""
-    return f"{quantizer}:{bits}:g{group}"
-
-
-def frontier_specs(
-    sparsities: Sequence[float | str] = SPARSITIES,
-    joint_bits: Sequence[int] = JOINT_BITS,
-    removed_blocks: Sequence[int] = REMOVED_BLOCKS,
-    removal_bits: Sequence[int] = REMOVAL_BITS,
-    group: int = GROUP,
-    quantizer: str = "gptq",
-) -> list[str]:
-    """The grid's specs in order, each once: pruning × bits, then removal × bits (module docstring).
-
-    A sparsity is a fraction in [0, 1) or an N:M pattern string such as ``"2:4"``; 0 pruning and 0 removal
-    give the plain quantizer spec.
-    """
-    specs: list[str] = []
-    for sparsity in sparsities:
-        for bits in joint_bits:
-            specs.append(_prefixed(_pruning_term(sparsity), quantizer_term(bits, group, quantizer)))
-    for count in removed_blocks:
-        if not isinstance(count, int) or count < 0:
-            raise PvqError(f"removed block counts must be integers >= 0, got {count!r}")
-        for bits in removal_bits:
-            specs.append(_prefixed(f"remove:bi:{count}" if count else "", quantizer_term(bits, group, quantizer)))
-    unique = list(dict.fromkeys(specs))
-    for spec in unique:
-        parse_spec(spec)
-    return unique
-
-
-def _pruning_term(sparsity: float | str) -> str:
-    if isinstance(sparsity, str):
-        return f"sparsegpt:{sparsity}"
-    if not 0 <= sparsity < 1:
-        raise PvqError(f"sparsities must lie in [0, 1) or be an N:M pattern such as '2:4', got {sparsity!r}")
-    return f"sparsegpt:{sparsity:g}" if sparsity else ""
-
-
-def _prefixed(prefix: str, term: str) -> str:
-    return f"{prefix}+{term}" if prefix else term
 
 
 def decoder_bits_per_parameter(original: DecoderSizes, kept: DecoderSizes, linear_bits: float) -> float:
@@ -184,7 +133,8 @@ def joint_frontier_table(
     batch_size: int = 4,
     on_spec: Callable[[str], None] | None = None,
 ) -> pd.DataFrame:
-    """The joint-frontier table (:data:`COLUMNS`), one row per spec of ``specs`` (default: :func:`frontier_specs`).
+    """The joint-frontier table (:data:`COLUMNS`), one row per spec of ``specs`` (default: the full grid of
+    :func:`measure.joint_grid.frontier_specs`).
 
     ``batches``: calibration token ids; ``windows``: :class:`measure.evaluation.perplexity.TokenWindows`;
     ``captured``: Grams of the unmodified model on ``batches`` for ``calibration="parallel"`` (read by specs
@@ -193,6 +143,8 @@ def joint_frontier_table(
     specs = frontier_specs() if specs is None else list(specs)
     if not specs:
         raise PvqError("the joint frontier needs at least one spec")
+    for spec in specs:
+        layer_coordinates(spec)
     original = decoder_sizes(describe(model))
     base = evaluate_perplexity(model, windows, batch_size=batch_size).perplexity
     rows = []

@@ -18,11 +18,11 @@ from measure.evaluation.perplexity import evaluate_perplexity, make_windows
 from measure.joint_frontier import (
     COLUMNS,
     compressed_size,
-    frontier_specs,
     joint_frontier_table,
     layer_coordinates,
     pareto_flags,
 )
+from measure.joint_grid import frontier_specs
 from measure.removal_study import decoder_sizes
 from measure.spec import apply_spec
 from theory.accounting import binary_entropy_bits
