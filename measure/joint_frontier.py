@@ -37,11 +37,13 @@ import torch
 from torch import nn
 
 from measure.architecture import describe
+from measure.capture import Capture
 from measure.equal_size import DecoderSizes, mask_convention
-from measure.evaluation.perplexity import evaluate_perplexity
+from measure.evaluation.perplexity import TokenWindows, evaluate_perplexity
 from measure.joint_grid import frontier_specs
 from measure.removal_study import decoder_sizes
 from measure.spec import apply_spec, model_size, parse_spec
+from theory.accounting import BASE_BITS
 from theory.errors import PvqError
 
 CONVENTIONS = ("free", "entropy")
@@ -52,7 +54,8 @@ COLUMNS = [
 ]  # fmt: skip
 """``ppl``: perplexity of the compressed model on the evaluation windows; ``kl``: mean KL(original ‖ compressed)
 in nats per scored token; ``base_ppl``: the original's perplexity; ``pattern``: ``unstructured``, ``2:4`` or
-``none`` (no pruning); sizes in bits per original decoder parameter."""
+``none`` (no pruning); ``bits``: the quantizer's integer bits (16 without quantization); sizes in bits per
+original decoder parameter."""
 
 
 def decoder_bits_per_parameter(original: DecoderSizes, kept: DecoderSizes, linear_bits: float) -> float:
@@ -87,29 +90,35 @@ def pareto_flags(sizes: Sequence[float], losses: Sequence[float]) -> np.ndarray:
 
 
 def layer_coordinates(spec: str) -> dict[str, Any]:
-    """Sparsity, pattern and bits of the spec's one layer step (a quantizer, or a pruner then a quantizer)."""
+    """Sparsity, pattern and bits of the spec's one layer step: an integer-grid quantizer (rtn, gptq, awq), a
+    pruner (its kept weights at 16 bits), or a pruner then such a quantizer."""
     layers = parse_spec(spec).layer_steps
     if len(layers) != 1:
         raise PvqError(f"a frontier spec has one layer term (optionally pruning+quantization), got {spec!r}")
-    prune = layers[0].params.get("prune")
-    quantize = layers[0].params.get("quantize", layers[0].params)
+    step = layers[0]
+    prune = {"joint": step.params.get("prune"), "pruning": step.params}.get(step.method.kind)
+    quantize = step.params["quantize"] if step.method.kind == "joint" else step.params
+    bits = BASE_BITS if step.method.kind == "pruning" else quantize.get("bits")
+    if bits is None or (prune is not None and "sparsity" not in prune):
+        raise PvqError(f"frontier specs quantize on an integer grid (rtn, gptq, awq) after a sparsity pruner; "
+                       f"{spec!r} has no bit width or sparsity")  # fmt: skip
     if prune is None:
         sparsity, pattern = 0.0, "none"
-    elif prune["nm"] is not None:
+    elif prune.get("nm") is not None:
         sparsity, pattern = 1 - prune["nm"][0] / prune["nm"][1], f"{prune['nm'][0]}:{prune['nm'][1]}"
     else:
         sparsity, pattern = prune["sparsity"], "unstructured"
-    return {"sparsity": sparsity, "pattern": pattern, "bits": quantize["bits"]}
+    return {"sparsity": sparsity, "pattern": pattern, "bits": bits}
 
 
 def measure_point(
     model: nn.Module,
     spec: str,
     batches: Sequence[torch.Tensor],
-    windows: Any,
+    windows: TokenWindows,
     original: DecoderSizes,
     calibration: str = "parallel",
-    captured: Any = None,
+    captured: Capture | None = None,
     batch_size: int = 4,
 ) -> dict[str, Any]:
     """One row of the table (without base_ppl and the Pareto flags): ``spec`` applied to a copy of ``model``."""
@@ -126,10 +135,10 @@ def measure_point(
 def joint_frontier_table(
     model: nn.Module,
     batches: Sequence[torch.Tensor],
-    windows: Any,
+    windows: TokenWindows,
     specs: Sequence[str] | None = None,
     calibration: str = "parallel",
-    captured: Any = None,
+    captured: Capture | None = None,
     batch_size: int = 4,
     on_spec: Callable[[str], None] | None = None,
 ) -> pd.DataFrame:

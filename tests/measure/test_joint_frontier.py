@@ -73,6 +73,10 @@ def test_the_full_grid_lists_every_joint_and_removal_point_once() -> None:
     assert specs[-1] == "remove:bi:6+gptq:8:g128"
     assert layer_coordinates("sparsegpt:2:4+gptq:3:g128") == {"sparsity": 0.5, "pattern": "2:4", "bits": 3}
     assert layer_coordinates("remove:bi:2+gptq:8:g128") == {"sparsity": 0.0, "pattern": "none", "bits": 8}
+    assert layer_coordinates("sparsegpt:0.25") == {"sparsity": 0.25, "pattern": "unstructured", "bits": 16}
+    for bad in ("nf4", "row_prune:0.5+gptq:4", "remove:bi:2"):
+        with pytest.raises(PvqError, match="frontier spec"):
+            layer_coordinates(bad)
     with pytest.raises(PvqError, match="sparsities"):
         frontier_specs(sparsities=[1.0])
     with pytest.raises(PvqError, match="removed block counts"):
