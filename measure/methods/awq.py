@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import torch
 
-from measure.methods.errors import output_error
+from measure.methods.errors import output_error, output_signal
 from measure.methods.quantization import rtn_quantize
 from theory.errors import PvqError
 
@@ -72,12 +72,13 @@ def search_alpha(weight: torch.Tensor, gram: torch.Tensor, **grid: object) -> tu
     rms = channel_rms(gram)
     best_alpha, best = 0.0, awq_quantize_at(weight, awq_scales(rms, 0.0), **grid)
     try:
-        best_error, _ = output_error(weight, best, gram)
+        signal = output_signal(weight, gram)
     except PvqError:
         return best_alpha, best
+    best_error, _ = output_error(weight, best, gram, signal)
     for alpha in ALPHAS[1:].tolist():
         candidate = awq_quantize_at(weight, awq_scales(rms, alpha), **grid)
-        error, _ = output_error(weight, candidate, gram)
+        error, _ = output_error(weight, candidate, gram, signal)
         if error < best_error:
             best_alpha, best, best_error = alpha, candidate, error
     return best_alpha, best

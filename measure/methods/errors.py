@@ -15,22 +15,28 @@ import torch
 from theory.errors import PvqError
 
 
-def output_error(weight: torch.Tensor, weight_hat: torch.Tensor, gram: torch.Tensor) -> tuple[float, float]:
+def output_error(
+    weight: torch.Tensor, weight_hat: torch.Tensor, gram: torch.Tensor, signal: float | None = None
+) -> tuple[float, float]:
     """``(relative_error, sqnr_db)``: ``e = tr(ΔW H ΔWᵀ) / tr(W H Wᵀ)``, ``SQNR = −10·log10 e`` dB, float64.
 
-    An exact reconstruction gives ``(0.0, inf)``.
+    An exact reconstruction gives ``(0.0, inf)``. ``signal``: ``tr(W H Wᵀ)`` from :func:`output_signal`, for a
+    caller comparing many Ŵ of one W (computed here otherwise).
     """
     _check_pair(weight, weight_hat)
+    signal = output_signal(weight, gram) if signal is None else signal
+    relative = max(_quadratic_trace(weight_hat.double() - weight.double(), gram), 0.0) / signal
+    return relative, _to_db(relative)
+
+
+def output_signal(weight: torch.Tensor, gram: torch.Tensor) -> float:
+    """``tr(W H Wᵀ) = ‖X Wᵀ‖²_F``, the output energy on the calibration data, float64 (PvqError when it is 0)."""
     if gram.shape != (weight.shape[1], weight.shape[1]):
         raise PvqError(f"the Gram matrix must be {weight.shape[1]}×{weight.shape[1]}, got {tuple(gram.shape)}")
-    w = weight.double()
-    delta = weight_hat.double() - w
-    h = gram.double()
-    signal = float(((w @ h) * w).sum())
+    signal = _quadratic_trace(weight.double(), gram)
     if not signal > 0:
         raise PvqError("the layer output W·X is zero on the calibration data; the relative error is undefined")
-    relative = max(float(((delta @ h) * delta).sum()), 0.0) / signal
-    return relative, _to_db(relative)
+    return signal
 
 
 def weight_sqnr_db(weight: torch.Tensor, weight_hat: torch.Tensor) -> float:
@@ -41,6 +47,11 @@ def weight_sqnr_db(weight: torch.Tensor, weight_hat: torch.Tensor) -> float:
     if not signal > 0:
         raise PvqError("the weight is all zeros; its SQNR is undefined")
     return _to_db(float(((weight_hat.double() - w) ** 2).sum()) / signal)
+
+
+def _quadratic_trace(matrix: torch.Tensor, gram: torch.Tensor) -> float:
+    """``tr(M H Mᵀ) = Σ_ij (M H)_ij M_ij`` in float64."""
+    return float(((matrix @ gram.double()) * matrix).sum())
 
 
 def _to_db(relative_error: float) -> float:
