@@ -1,8 +1,8 @@
 """The full joint-frontier grid as an experiment: SparseGPT × GPTQ and BI block removal × GPTQ (33 specs).
 
 No figure reads it, so ``make figures`` does not run it (the grid takes far longer than the figures' budget);
-run it with ``pvq run measure/experiment_files/joint_frontier.toml`` or ``ensure(lookup(["joint_frontier"]),
-context)``. The table is :func:`measure.joint_frontier.joint_frontier_table` on the catalog's calibration and
+run it with ``pvq run pvq/scale/experiment_files/joint_frontier.toml`` or ``ensure(lookup(["joint_frontier"]),
+context)``. The table is :func:`measure.mixture.joint_frontier.joint_frontier_table` on the catalog's calibration and
 evaluation protocol (:data:`figures.catalog.models.CALIBRATION`, :data:`figures.catalog.models.EVALUATION`).
 """
 
@@ -16,7 +16,7 @@ import pandas as pd
 
 from figures.catalog.models import CALIBRATION, EVALUATION, calibration, evaluation_windows, original_capture
 from figures.experiments import ExperimentContext, experiment
-from measure.joint_grid import frontier_specs
+from measure.mixture.joint_grid import frontier_specs
 
 JOINT_FRONTIER = "joint_frontier"
 
@@ -38,9 +38,9 @@ def synthetic_joint_frontier(rng: np.random.Generator) -> pd.DataFrame:
 @experiment(JOINT_FRONTIER, needs_model=True, synthetic=synthetic_joint_frontier, code=("measure",),
             config={"specs": frontier_specs(), "calibration": CALIBRATION, "evaluation": EVALUATION})  # fmt: skip
 def joint_frontier(config: Mapping[str, Any], context: ExperimentContext) -> pd.DataFrame:
-    """One row per spec of the grid (:data:`measure.joint_frontier.COLUMNS`): sizes per mask convention, PPL and
+    """One row per spec of the grid (:data:`measure.mixture.joint_frontier.COLUMNS`): sizes per mask convention, PPL and
     KL to the original on the evaluation windows, Pareto flags."""
-    from measure.joint_frontier import joint_frontier_table
+    from measure.mixture.joint_frontier import joint_frontier_table
 
     loaded = context.model
     batches = calibration(loaded, config["calibration"])

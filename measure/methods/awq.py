@@ -9,9 +9,9 @@ finer effective grid. Here
   are normalized as in the reference implementation, ``s ← s / √(max s · min s)``, so T cancels and the
   scales are computed from ``√H_jj``; channels with ``H_jj = 0`` (no activation) take the smallest positive a.
 * α is searched on :data:`ALPHAS` (21 points in [0, 1]) for the smallest relative output error
-  ``tr(ΔW H ΔWᵀ) / tr(W H Wᵀ)`` (:func:`measure.methods.errors.output_error`: the exact squared output error
+  ``tr(ΔW H ΔWᵀ) / tr(W H Wᵀ)`` (:func:`measure.compress.methods.metrics.output_error`: the exact squared output error
   on the calibration inputs, which AWQ's search estimates on a sample); ties keep the smallest α.
-* ``Q`` is the round-to-nearest group quantizer of ``rtn`` (:func:`measure.methods.quantization.rtn_quantize`)
+* ``Q`` is the round-to-nearest group quantizer of ``rtn`` (:func:`measure.compress.methods.quantization.rtn_quantize`)
   with the same bits, groups, symmetry and clipping.
 
 α = 0 gives s = 1, so Ŵ is RTN's result bit for bit, and AWQ's error is never above RTN's on the Gram searched.
@@ -26,8 +26,8 @@ from __future__ import annotations
 
 import torch
 
-from measure.methods.errors import output_error, output_signal
-from measure.methods.quantization import rtn_quantize
+from measure.compress.methods.metrics import output_error, output_signal
+from measure.compress.methods.quantization import rtn_quantize
 from theory.errors import PvqError
 
 ALPHAS = torch.linspace(0.0, 1.0, 21, dtype=torch.float64)

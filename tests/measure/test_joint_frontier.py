@@ -12,19 +12,19 @@ import torch
 from tiny_models import tiny_model, tiny_tokenizer
 from transformers import AutoModelForCausalLM
 
-from measure.architecture import describe
-from measure.capture import capture
+from measure.models.architecture import describe
+from measure.capture.statistics import capture
 from measure.evaluation.perplexity import evaluate_perplexity, make_windows
-from measure.joint_frontier import (
+from measure.mixture.joint_frontier import (
     COLUMNS,
     compressed_size,
     joint_frontier_table,
     layer_coordinates,
     pareto_flags,
 )
-from measure.joint_grid import frontier_specs
-from measure.removal_study import decoder_sizes
-from measure.spec import apply_spec
+from measure.mixture.joint_grid import frontier_specs
+from measure.removal.study import decoder_sizes
+from measure.compress.spec import apply_spec
 from theory.accounting import binary_entropy_bits
 from theory.errors import PvqError
 

@@ -7,14 +7,14 @@ import torch
 from test_methods_layer import direct_output_error, random_layer
 from tiny_models import tiny_model
 
-from measure.architecture import describe
+from measure.models.architecture import describe
 from measure.ledger import build_ledger
-from measure.methods import get_method
-from measure.methods.awq import ALPHAS, awq_quantize_at, awq_scales, channel_rms, search_alpha
-from measure.methods.errors import output_error
-from measure.methods.quantization import rtn_quantize
-from measure.methods.uniform import grouped
-from measure.spec import apply_spec, parse_spec
+from measure.compress.methods import get_method
+from measure.compress.methods.awq import ALPHAS, awq_quantize_at, awq_scales, channel_rms, search_alpha
+from measure.compress.methods.metrics import output_error
+from measure.compress.methods.quantization import rtn_quantize
+from measure.compress.methods.uniform import grouped
+from measure.compress.spec import apply_spec, parse_spec
 from theory.errors import PvqError
 
 GRID = {"bits": 3, "group": 16, "symmetric": True, "clip": "minmax"}

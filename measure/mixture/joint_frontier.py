@@ -1,6 +1,6 @@
 """The joint frontier: pruning × quantization × block removal as uniform specs, sized per decoder parameter.
 
-Every point is one compression spec applied to a copy of the model (:func:`measure.spec.apply_spec`) and scored
+Every point is one compression spec applied to a copy of the model (:func:`measure.compress.spec.apply_spec`) and scored
 on the evaluation windows with the original as KL reference (:func:`measure.evaluation.perplexity.
 evaluate_perplexity`, which the residual-stream evaluator of the other model experiments reproduces):
 
@@ -10,9 +10,9 @@ evaluate_perplexity`, which the residual-stream evaluator of the other model exp
 * ``remove:bi:<n>+gptq:<b>:g<g>`` — the n blocks of lowest Block Influence removed (ShortGPT, arXiv 2403.03853),
   then GPTQ calibrated on the shortened model; n = 0 is plain GPTQ again (listed once).
 
-The grid itself (spec strings, no model) is :func:`measure.joint_grid.frontier_specs`.
+The grid itself (spec strings, no model) is :func:`measure.mixture.joint_grid.frontier_specs`.
 
-**Size** is bits per decoder parameter of the original model (:class:`measure.equal_size.DecoderSizes`): removed
+**Size** is bits per decoder parameter of the original model (:class:`measure.removal.equal_size.DecoderSizes`): removed
 blocks cost 0, the kept blocks' linear weights their method's bits per weight (scales included; pruned weights
 charged by a mask convention), everything else in the kept blocks (norms, biases) 16 bits:
 ``size = (1 − f)·B'(c̄)`` with f the removed fraction of the decoder, B' the kept decoder's
@@ -36,18 +36,18 @@ import pandas as pd
 import torch
 from torch import nn
 
-from measure.architecture import describe
-from measure.capture import Capture
-from measure.equal_size import DecoderSizes, mask_convention
+from measure.models.architecture import describe
+from measure.capture.statistics import Capture
+from measure.removal.equal_size import DecoderSizes, mask_convention
 from measure.evaluation.perplexity import TokenWindows, evaluate_perplexity
-from measure.joint_grid import frontier_specs
-from measure.removal_study import decoder_sizes
-from measure.spec import apply_spec, model_size, parse_spec
+from measure.mixture.joint_grid import frontier_specs
+from measure.removal.study import decoder_sizes
+from measure.compress.spec import apply_spec, model_size, parse_spec
 from theory.accounting import BASE_BITS
 from theory.errors import PvqError
 
 CONVENTIONS = ("free", "entropy")
-"""Mask conventions of the size columns (:data:`measure.equal_size.MASK_CONVENTIONS`)."""
+"""Mask conventions of the size columns (:data:`measure.removal.equal_size.MASK_CONVENTIONS`)."""
 COLUMNS = [
     "spec", "removed_blocks", "removed_fraction", "sparsity", "pattern", "bits", "size_bits_per_param_free",
     "size_bits_per_param_entropy", "ppl", "kl", "base_ppl", "pareto_free", "pareto_entropy",
@@ -69,7 +69,7 @@ def decoder_bits_per_parameter(original: DecoderSizes, kept: DecoderSizes, linea
 def compressed_size(original: DecoderSizes, model: nn.Module, spec: str, convention: str) -> float:
     """Bits per original decoder parameter of ``model`` (already compressed by ``spec``) under a named mask
     convention: :func:`decoder_bits_per_parameter` with the mean bits of the kept linear weights from
-    :func:`measure.spec.model_size` (uncompressed linears at 16 bits)."""
+    :func:`measure.compress.spec.model_size` (uncompressed linears at 16 bits)."""
     linear_bits = model_size(model, spec, mask_convention(convention))["linear_bits_per_weight"]
     return decoder_bits_per_parameter(original, decoder_sizes(describe(model)), linear_bits)
 
@@ -143,7 +143,7 @@ def joint_frontier_table(
     on_spec: Callable[[str], None] | None = None,
 ) -> pd.DataFrame:
     """The joint-frontier table (:data:`COLUMNS`), one row per spec of ``specs`` (default: the full grid of
-    :func:`measure.joint_grid.frontier_specs`).
+    :func:`measure.mixture.joint_grid.frontier_specs`).
 
     ``batches``: calibration token ids; ``windows``: :class:`measure.evaluation.perplexity.TokenWindows`;
     ``captured``: Grams of the unmodified model on ``batches`` for ``calibration="parallel"`` (read by specs

@@ -3,7 +3,7 @@ removal × quantization, each point once.
 
 ``sparsegpt:<s>+gptq:<b>:g<g>`` prunes with SparseGPT at sparsity s (or an N:M pattern such as 2:4) and quantizes
 the kept weights; ``remove:bi:<n>+gptq:<b>:g<g>`` removes the n blocks of lowest Block Influence and quantizes
-the shortened model. s = 0 and n = 0 give the plain quantizer spec. :mod:`measure.joint_frontier` measures them.
+the shortened model. s = 0 and n = 0 give the plain quantizer spec. :mod:`measure.mixture.joint_frontier` measures them.
 """
 
 from __future__ import annotations
