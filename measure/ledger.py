@@ -51,10 +51,11 @@ from theory.study import DEFAULT_BITS, tensor_sqnr_table
 DEFAULT_METHODS = (
     "magnitude:0.5,wanda:0.5,sparsegpt:0.5,magnitude:2:4,wanda:2:4,sparsegpt:2:4,"
     "rtn:3:channel,rtn:4:channel,rtn:8:channel,rtn:3:g128,rtn:4:g128,rtn:8:g128,"
-    "gptq:3:channel,gptq:4:channel,gptq:8:channel,gptq:3:g128,gptq:4:g128,gptq:8:g128,mxfp4,nf4"
+    "gptq:3:channel,gptq:4:channel,gptq:8:channel,gptq:3:g128,gptq:4:g128,gptq:8:g128,"
+    "awq:3:g128,awq:4:g128,awq:8:g128,mxfp4,nf4"
 )
-"""The default ledger methods: magnitude, Wanda, SparseGPT at 50 % and 2:4; RTN and GPTQ at 3/4/8 bits per
-channel and in groups of 128; MXFP4; NF4."""
+"""The default ledger methods: magnitude, Wanda, SparseGPT at 50 % and 2:4; RTN, GPTQ and AWQ at 3/4/8 bits
+in groups of 128, RTN and GPTQ also per channel; MXFP4; NF4."""
 ERROR_DEFINITION = (
     "relative_error = tr(dW H dW^T) / tr(W H W^T), H = X^T X of the layer's inputs in the original (uncompressed) "
     "model, float64; each method applied to each layer alone (local error with original inputs)"

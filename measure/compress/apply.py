@@ -28,7 +28,7 @@ from measure.capture.statistics import Capture, register_gram_hooks
 from measure.compress.methods.metrics import output_error
 from measure.compress.spec import CALIBRATIONS, LayerStep, ModelStep, Spec, parse_spec
 from measure.models.architecture import Architecture, Block, LinearRef, describe
-from theory.accounting import BASE_BITS
+from theory.accounting import BASE_BITS, PAPER_CONVENTION, Convention
 from theory.errors import PvqError, choose
 
 
@@ -217,8 +217,11 @@ def check_finite_weight(ref: LinearRef) -> None:
         raise PvqError(f"layer {ref.name} has NaN or Inf weights; load an intact checkpoint before compressing it")
 
 
-def model_size(model: nn.Module, spec: Spec | str) -> dict[str, float]:
-    """Storage of ``model`` compressed by ``spec``: every parameter at 16 bits except compressed layer weights.
+def model_size(
+    model: nn.Module, spec: Spec | str, convention: Convention = PAPER_CONVENTION
+) -> dict[str, float]:
+    """Storage of ``model`` compressed by ``spec``: every parameter at 16 bits except compressed layer weights
+    (pruning masks charged by ``convention``, free by default).
 
     bits = 16·(P − Σ_c out_c·in_c) + Σ_c bpw_c·out_c·in_c over compressed layers c (P = distinct parameters, a
     tied lm_head counted once; embeddings, lm_head, norms and biases stay at 16 bits); bytes = bits / 8.
@@ -234,7 +237,7 @@ def model_size(model: nn.Module, spec: Spec | str) -> dict[str, float]:
         step = spec.step_for(ref)
         if step is not None:
             compressed_weights += ref.out_features * ref.in_features
-            compressed_bits += step.bits_per_weight(ref) * ref.out_features * ref.in_features
+            compressed_bits += step.bits_per_weight(ref, convention) * ref.out_features * ref.in_features
     linear_weights = sum(ref.out_features * ref.in_features for ref in arch.linears)
     bits = BASE_BITS * (parameters - compressed_weights) + compressed_bits
     return {

@@ -36,6 +36,7 @@ from measure.compress.remove import REMOVE_TERM
 from measure.compress.shrink.term import SHRINK_TERM
 from measure.compress.term_kind import TermKind
 from measure.models.architecture import LinearRef
+from theory.accounting import PAPER_CONVENTION, Convention
 from theory.errors import PvqError, choose
 
 CALIBRATIONS = ("sequential", "parallel")
@@ -67,9 +68,10 @@ class LayerStep:
         """True when ``ref`` lies in this step's scope."""
         return ref.sublayer_kind in SCOPES[self.scope]
 
-    def bits_per_weight(self, ref: LinearRef) -> float:
-        """Storage cost of ``ref``'s weight under this method, bits per weight (overheads included)."""
-        return self.method.bits_per_weight(self.params, (ref.out_features, ref.in_features))
+    def bits_per_weight(self, ref: LinearRef, convention: Convention = PAPER_CONVENTION) -> float:
+        """Storage cost of ``ref``'s weight under this method, bits per weight (overheads included; pruning masks
+        charged by ``convention``, free by default)."""
+        return self.method.bits_per_weight(self.params, (ref.out_features, ref.in_features), convention)
 
     def wants_router_weighted_gram(self) -> bool:
         """True when the method scores experts with the router-weighted Gram (MoE-Pruner)."""

@@ -29,7 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--methods",
         default=None,
         help="comma-separated spec terms, e.g. magnitude:0.5,sparsegpt:2:4,gptq:4:g128,nf4 "
-        "(default: the 20 settings of measure.ledger.DEFAULT_METHODS)",
+        "(default: the 23 settings of measure.ledger.DEFAULT_METHODS)",
     )
     parser.add_argument("--sequences", type=int, default=128, help="calibration windows (default 128)")
     parser.add_argument("--seq-len", type=int, default=512, help="tokens per window (default 512)")

@@ -174,7 +174,7 @@ def test_cli_writes_table_and_provenance(tmp_path, monkeypatch: pytest.MonkeyPat
     error = capsys.readouterr().err.strip()
     assert error.startswith("pvq ledger: error: spec term 'bogus': unknown method 'bogus'; methods: magnitude,")
     assert len(error.splitlines()) == 1
-    assert ledger.DEFAULT_METHODS.count(",") == 19
+    assert ledger.DEFAULT_METHODS.count(",") == 22
 
 
 @pytest.mark.parametrize("family", ["llama", "mixtral"])

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from functools import partial
 
-from measure.compress.methods import formats, gptq, kquant, pruning, quantization, sparsegpt
+from measure.compress.methods import awq, formats, gptq, kquant, pruning, quantization, sparsegpt
 from measure.compress.methods.joint import compose
 from measure.compress.methods.method import Compress, Method
 from measure.compress.methods.params import (
@@ -156,6 +156,17 @@ METHODS: tuple[Method, ...] = (
         "round-to-nearest integer quantization",
         False,
         quantization.rtn_quantize,
+        grid_bits_per_weight,
+        params=GRID,
+        positional=("bits",),
+        element_bits=_grid_element_bits,
+    ),
+    Method(
+        "awq",
+        "quantization",
+        "AWQ activation-aware channel scaling, then round-to-nearest (scales folded into the input: no bits)",
+        True,
+        awq.awq_quantize,
         grid_bits_per_weight,
         params=GRID,
         positional=("bits",),
