@@ -1,9 +1,9 @@
 """The package's layer order, checked on every module's imports (module level and inside functions).
 
 Data flows capture → ledger → bounds → study tables → figures, and imports run only downward:
-theory ← measure (records ← models ← data ← capture ← compress ← evaluation ← ledger, bounds ← removal study, mixture)
-← figures (everything else ← catalog ← build) ← pvq (scale-out ← commands ← cli). Only the CLI imports a module by
-name (the chosen subcommand), and the figure registry discovers the catalog above it by name.
+theory ← measure (records ← models ← data ← capture ← compress ← evaluation ← ledger, bounds ← removal study,
+mixture) ← figures (everything else ← catalog ← build) ← pvq (scale-out ← commands ← cli). Only the CLI imports a
+module by name (the chosen subcommand), and the figure registry discovers the catalog above it by name.
 """
 
 from __future__ import annotations
