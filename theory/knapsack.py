@@ -27,6 +27,7 @@ Pure math, no I/O. :class:`theory.errors.PvqError` for an infeasible budget or m
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -62,7 +63,9 @@ def _check(costs: Sequence[Sequence[int]], damages: Sequence[Sequence[float]], c
         raise PvqError(f"give costs and damages for the same items, at least one ({len(costs)} vs {len(damages)})")
     for item, (cost, damage) in enumerate(zip(costs, damages, strict=True)):
         if len(cost) != len(damage) or not cost:
-            raise PvqError(f"item {item} needs as many costs as damages, at least one ({len(cost)} vs {len(damage)})")
+            raise PvqError(
+                f"item {item} needs as many costs as damages, at least one ({len(cost)} vs {len(damage)})"
+            )
         if any(int(w) != w or w < 0 for w in cost):
             raise PvqError(f"item {item} has a cost that is not a non-negative integer: {list(cost)}")
         if not all(math.isfinite(d) for d in damage):
@@ -116,7 +119,7 @@ def lagrangian_sweep(costs: Sequence[Sequence[int]], damages: Sequence[Sequence[
     segments = []
     for item, hull in enumerate(hulls):
         cost, damage = costs[item], damages[item]
-        for step, (a, b) in enumerate(zip(hull, hull[1:], strict=False)):
+        for step, (a, b) in enumerate(itertools.pairwise(hull)):
             saved = (damage[a] - damage[b]) / (cost[b] - cost[a])
             segments.append((-saved, item, step))
     segments.sort()
@@ -155,8 +158,8 @@ def solve_knapsack(costs: Sequence[Sequence[int]], damages: Sequence[Sequence[fl
     cells = len(costs) * (budget + 1)
     if cells > MAX_DP_CELLS:
         raise PvqError(
-            f"the exact allocation needs a table of {cells:.3g} cells (over {MAX_DP_CELLS:.3g}); use options whose "
-            "costs share a larger common unit, or fewer items"
+            f"the exact allocation needs a table of {cells:.3g} cells (over {MAX_DP_CELLS:.3g}); use options "
+            "whose costs share a larger common unit, or fewer items"
         )
     table = np.zeros(budget + 1)  # least damage of the items so far within each remaining budget
     picks = np.zeros((len(costs), budget + 1), dtype=np.int16)

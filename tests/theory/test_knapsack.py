@@ -45,7 +45,8 @@ def test_the_dp_reaches_the_brute_force_optimum_on_random_menus(seed):
         assert solution.exact
         assert math.isclose(solution.damage, brute_force(costs, damages, capacity), rel_tol=1e-12)
         assert solution.cost == sum(cost[o] for cost, o in zip(costs, solution.choice, strict=True)) <= capacity
-        assert math.isclose(solution.damage, math.fsum(d[o] for d, o in zip(damages, solution.choice, strict=True)))
+        chosen = [damage[o] for damage, o in zip(damages, solution.choice, strict=True)]
+        assert math.isclose(solution.damage, math.fsum(chosen))
 
 
 @pytest.mark.parametrize("seed", range(12))
