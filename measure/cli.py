@@ -20,6 +20,7 @@ COMMANDS: dict[str, str] = {
     "ledger": "measure.commands.ledger",
     "remove": "measure.commands.removal",
     "eval": "measure.commands.evaluate",
+    "allocate": "measure.commands.allocate",
     "figures": "figures.cli",
     "paper": "figures.paper_cli",
     "run": "measure.commands.run",

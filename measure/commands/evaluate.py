@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from pathlib import Path
 from typing import Any
 
 from measure.commands.common import Placement, add_device_arguments
@@ -28,7 +29,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from measure.defaults import DEFAULT_MODEL
 
     parser.add_argument("--model", default=DEFAULT_MODEL, help=f"name, folder or .gguf (default {DEFAULT_MODEL})")
-    parser.add_argument("--compress", metavar="SPEC", help="compression spec applied in memory before evaluation")
+    parser.add_argument(
+        "--compress", metavar="SPEC",
+        help="compression spec, or an allocation file (.parquet/.csv of `pvq allocate`), applied in memory",
+    )  # fmt: skip
     parser.add_argument("--tasks", default="", help="comma-separated, e.g. csqa,mmlu (or lm_eval:<stock task>)")
     parser.add_argument("--ppl", action="store_true", help="perplexity, cross-entropy, KL on the evaluation text")
     parser.add_argument("--window", type=int, help="perplexity window length L (default 512 on CPU, 2048 on GPU)")
@@ -41,9 +45,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def parse_compression(text: str | None) -> Any:
-    """The parsed compression spec, or None without ``--compress``."""
+    """The parsed compression spec (of an allocation file's per-layer terms when ``text`` names one, checked
+    before the model loads), or None without ``--compress``."""
     if text is None:
         return None
+    from measure.allocation.file import allocation_spec, is_allocation_file, read_allocation
+
+    if is_allocation_file(text):
+        return allocation_spec(read_allocation(text))
     try:
         from measure.spec import parse_spec
     except ImportError as error:
@@ -85,7 +94,8 @@ def _evaluate(args: argparse.Namespace, requests: list[Any], spec: Any, place: P
     loaded = load_model(args.model, device=place.device, dtype=place.dtype, device_map=device_map)
     variant = ModelVariant(loaded)
     if spec is not None:
-        variant = ModelVariant(loaded, args.compress, _compressor(loaded, spec, place.device))
+        variant = ModelVariant(loaded, _spec_name(args.compress, spec, loaded.model),
+                               _compressor(loaded, spec, place.device))  # fmt: skip
     cache = ResultCache(args.out)
     summary = []
     if args.ppl:
@@ -104,6 +114,19 @@ def _evaluate(args: argparse.Namespace, requests: list[Any], spec: Any, place: P
     print(frame.to_string(index=False))
     print(f"table: {table}")
     return 0
+
+
+def _spec_name(text: str, spec: Any, model: Any) -> str:
+    """The spec's name in results: the spec itself, or ``allocation:<file name>:<sha256 of its spec>`` for an
+    allocation file (checked against ``model`` first: its layers, sizes and bits)."""
+    import hashlib
+
+    from measure.allocation.file import check_allocation, is_allocation_file, read_allocation
+
+    if not is_allocation_file(text):
+        return text
+    check_allocation(read_allocation(text), spec, model)
+    return f"allocation:{Path(text).name}:{hashlib.sha256(spec.text.encode()).hexdigest()[:12]}"
 
 
 def _compressor(loaded: Any, spec: Any, device: str) -> Any:
