@@ -6,4 +6,4 @@ To add a figure: write (or extend) a module here with ``@experiment`` declaratio
 that order is the order of the results chapter.
 """
 
-ORDER: tuple[str, ...] = ("theory", "models", "weights", "bounds", "removal", "frontier")
+ORDER: tuple[str, ...] = ("theory", "models", "weights", "bounds", "removal", "frontier", "mixture")
