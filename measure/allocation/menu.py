@@ -20,8 +20,8 @@ KEEP = "keep"
 DEFAULT_MENU = (
     "keep,rtn:3:g128,gptq:2:g128,gptq:3:g128,gptq:4:g128,gptq:8:g128,sparsegpt:0.5,sparsegpt:0.5+gptq:4:g128"
 )
-"""The figures' menu (sized for the time budget of ``make figures``): 16-bit; GPTQ in groups of 128 at 2, 3, 4
-and 8 bits; RTN at 3 bits (the sensitivity probe); SparseGPT at 50 % (free mask); SparseGPT 50 % + GPTQ 4-bit."""
+"""``pvq allocate``'s default menu: 16-bit; GPTQ in groups of 128 at 2, 3, 4 and 8 bits; RTN 3-bit in groups of
+128 (the sensitivity probe); SparseGPT at 50 % (free mask); SparseGPT 50 % then GPTQ 4-bit."""
 FULL_MENU = (
     "keep,rtn:2:g128,rtn:3:g128,rtn:4:g128,rtn:8:g128,awq:2:g128,awq:3:g128,awq:4:g128,awq:8:g128,"
     "gptq:2:g128,gptq:3:g128,gptq:4:g128,gptq:8:g128,sparsegpt:0.25,sparsegpt:0.5,sparsegpt:0.625,sparsegpt:0.75,"
