@@ -54,7 +54,8 @@ def synthetic_mixture(rng: np.random.Generator) -> pd.DataFrame:
     """A small stand-in for :func:`mixture_frontier` (same columns, made-up values)."""
     rows = []
     uniform = {"rtn:2:g128": 2.125, "rtn:3:g128": 3.125, "rtn:4:g128": 4.125, "magnitude:0.5": 8.0}
-    plan = [("kl", "", b) for b in (*BUDGETS, *uniform.values())] + [("energy", "", b) for b in ENERGY_BUDGETS]
+    plan = [("kl", "", b) for b in dict.fromkeys((*BUDGETS, *uniform.values()))]
+    plan += [("energy", "", b) for b in ENERGY_BUDGETS]
     plan += [("uniform", spec, b) for spec, b in uniform.items()]
     for kind, spec, budget in plan:
         share = float(rng.uniform(0.3, 0.9))
@@ -261,7 +262,7 @@ def optimal_mixture(tables: Tables) -> Figure:
     bars.set_xlabel("budget (bits per weight)")
     bars.set_ylabel("fraction of linear weights")
     bars.set_title("(b)", loc="left", fontsize="small")
-    bars.legend(fontsize=6, frameon=False, loc="upper left")
+    bars.legend(fontsize=6, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     return fig
 
 
