@@ -42,8 +42,8 @@ magnitude 50 % then RTN 4-bit. Data-free, so applying an allocation costs no cal
 BUDGETS = (2.5, 3.0, 3.5, 4.0, 5.0, 6.0, 8.0)
 ENERGY_BUDGETS = (3.0, 4.0, 6.0)
 PROBE_WINDOWS = {"window": 128, "max_windows": 1}
-"""The KL sensitivity's single-layer probes are scored on the first 128 tokens of the evaluation text (one probe
-per linear layer; a calibration of c_ℓ, not a reported result)."""
+"""The KL sensitivity's single-layer probes are scored on the first 128 tokens of the calibration text (one probe
+per linear layer; c_ℓ is calibrated on calibration data, never on the evaluation windows it is judged on)."""
 TOLERANCE = 1e-9
 KINDS = ("kl", "energy", "uniform")
 """Row kinds: allocation with the KL sensitivity, with the energy sensitivity, and a menu option applied to every
@@ -89,7 +89,7 @@ def mixture_frontier(config: Mapping[str, Any], context: ExperimentContext) -> p
     batches = calibration(loaded, config["calibration"])
     batch_size = config["calibration"]["batch_size"]
     evaluator = ResidualStreamEvaluator(loaded.model, evaluation_windows(loaded, config["evaluation"]), batch_size)
-    probes = ResidualStreamEvaluator(loaded.model, evaluation_windows(loaded, config["probe"]), batch_size)
+    probes = ResidualStreamEvaluator(loaded.model, probe_windows(loaded, config["probe"]), batch_size)
     base = evaluator.evaluate().perplexity
     captured = capture(loaded.model, batches)
     options = parse_menu(config["menu"])
@@ -130,6 +130,16 @@ def mixture_frontier(config: Mapping[str, Any], context: ExperimentContext) -> p
                      "menu": config["menu"]})  # fmt: skip
         context.step(f"{kind} {target}: KL {result.kl_to_reference_nats:.4g}")
     return pd.DataFrame(rows)[list(synthetic_mixture(np.random.default_rng(0)).columns)]
+
+
+def probe_windows(loaded: Any, config: Mapping[str, Any]) -> Any:
+    """The first ``max_windows`` windows of ``window`` tokens of the calibration text (:data:`PROBE_WINDOWS`)."""
+    from measure.evaluation.perplexity import bos_token_id_for, make_windows
+    from measure.text import calibration_text
+
+    bos = bos_token_id_for(loaded.tokenizer, loaded.bos_per_window)
+    return make_windows(calibration_text(), loaded.tokenizer, config["window"], bos_token_id=bos,
+                        max_windows=config["max_windows"])  # fmt: skip
 
 
 def comparison(tables: Tables) -> pd.DataFrame:
@@ -218,12 +228,15 @@ def _prediction_text(tables: Tables) -> str:
 
 def _mixture_caption(tables: Tables, facts: Mapping[str, Any]) -> str:
     menu = escape_tex(tables[MIXTURE]["menu"].iloc[0].replace(",", ", "))
+    probe = facts["protocol"][MIXTURE]["probe"]
     return (
         "(a) KL to the original of the per-layer allocation that minimises the predicted damage "
         "$\\sum_\\ell c_\\ell e_\\ell$ under a budget in bits per linear weight ($e_\\ell$: the option's local "
         "relative output error on layer $\\ell$ with original inputs; $c_\\ell$: KL per unit error of a "
-        "single-layer RTN 3-bit probe, or the layer's output energy share), and every menu option applied "
-        f"uniformly. (b) How each budget's weights are spent. {_verdict(tables)} {_prediction_text(tables)} "
+        f"single-layer RTN 3-bit probe on {probe['max_windows']}$\\times${probe['window']} calibration tokens, or "
+        "the layer's output energy share), and every "
+        "menu option applied uniformly. (b) How each budget's weights are spent. "
+        f"{_verdict(tables)} {_prediction_text(tables)} "
         f"Menu: {menu}. {escape_tex(facts['model_id'])}; {describe_protocol(facts['protocol'][MIXTURE])}."
     )
 

@@ -28,7 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "energy share) (default kl)",
     )  # fmt: skip
     parser.add_argument("--sequences", type=int, default=8, help="calibration windows of 512 tokens (default 8)")
-    parser.add_argument("--windows", type=int, default=1, help="evaluation windows of the kl probes (default 1)")
+    parser.add_argument("--windows", type=int, default=1, help="calibration windows kl probes score (default 1)")
     parser.add_argument("--workers", type=int, default=1, help="processes sharing the ledger (default 1)")
     parser.add_argument("--out", required=True, help="allocation file to write (.parquet)")
     add_device_arguments(parser)
@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     from measure.evaluation.perplexity import bos_token_id_for, make_windows
     from measure.evaluation.residual import ResidualStreamEvaluator
     from measure.provenance import collect
-    from measure.text import calibration_text, evaluation_text
+    from measure.text import calibration_text
     from theory.errors import PvqError
 
     options = parse_menu(args.menu)
@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     evaluator = None
     if kind == "kl":
         bos = bos_token_id_for(loaded.tokenizer, loaded.bos_per_window)
-        text = evaluation_text()
+        text = calibration_text()
         windows = make_windows(text, loaded.tokenizer, 512, bos_token_id=bos, max_windows=args.windows)
         evaluator = ResidualStreamEvaluator(loaded.model, windows)
     captured = capture(loaded.model, batches)
