@@ -5,14 +5,14 @@ Usage: ``python benchmarks/bench_capture.py [--model smollm2-135m] [--sequences 
 
 * a plain forward pass of the whole model (logits included): the baseline;
 * per-linear ``X.T @ X`` hooks in float32, one per linear layer (what the reference GPTQ / SparseGPT code does);
-* :func:`measure.capture.capture` in ``"full"`` mode (one Gram per shared input by the panel kernel,
+* :func:`measure.capture.statistics.capture` in ``"full"`` mode (one Gram per shared input by the panel kernel,
   float64 accumulation, block statistics),
 
 and prints each ratio to the baseline beside its arithmetic floor: (forward MACs + Gram MACs) / forward MACs,
 with forward MACs per token = Σ out·in over every linear and the lm_head + 2·d·(L+1)/2 per attention layer
 (causal QKᵀ and AV), per-linear Gram MACs = Σ in² over linear layers, and syrk Gram MACs = Σ in²/2 over
 shared inputs (q/k/v read one Gram, gate/up one). Last, the three Gram kernels (x.T @ x, BLAS ``ssyrk``, the
-panel kernel of :func:`measure.gram.batch_gram_upper`), first swapped into the capture, then alone on one batch
+panel kernel of :func:`measure.capture.gram.batch_gram_upper`), first swapped into the capture, then alone on one batch
 of every input width: scipy's ``ssyrk`` wins alone, but inside the forward pass its OpenBLAS threads contend with
 torch's own, so the capture uses the panel kernel on torch's GEMM.
 """
@@ -25,13 +25,13 @@ from collections.abc import Callable
 
 import torch
 
-from measure import gram
-from measure.architecture import Architecture, describe
-from measure.calibration import CalibrationProtocol, calibration_batches
-from measure.capture import capture
-from measure.gram import batch_gram_syrk, batch_gram_upper
-from measure.models import load_model
-from measure.text import calibration_text
+from measure.capture import gram
+from measure.models.architecture import Architecture, describe
+from measure.data.calibration import CalibrationProtocol, calibration_batches
+from measure.capture.statistics import capture
+from measure.capture.gram import batch_gram_syrk, batch_gram_upper
+from measure.models.load import load_model
+from measure.data.text import calibration_text
 
 
 def best_seconds(run: Callable[[], object], repeats: int) -> float:
@@ -85,7 +85,7 @@ def gram_kernels(arch: Architecture, tokens: int, repeats: int) -> list[tuple[in
 
 
 def capture_with_kernel(kernel: Callable[[torch.Tensor], torch.Tensor], run: Callable[[], object]) -> None:
-    """``run()`` with the capture's Gram kernel (:func:`measure.gram.gram_panels`) replaced by ``kernel``, which
+    """``run()`` with the capture's Gram kernel (:func:`measure.capture.gram.gram_panels`) replaced by ``kernel``, which
     returns the whole upper triangle of xᵀx as one panel (restored after)."""
     original = gram.gram_panels
     gram.gram_panels = lambda x: [(0, x.shape[-1], kernel(x))]

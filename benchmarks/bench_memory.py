@@ -3,8 +3,8 @@
 Usage: ``python benchmarks/bench_memory.py [--model smollm2-135m] [--sequences 16] [--length 512]``.
 Each capture mode runs in a fresh subprocess, which reports its peak RSS (``ru_maxrss``), its RSS after
 loading the model, and the peak above that during capture (``VmHWM`` reset after the load,
-:mod:`measure.memory`). The sequential run also records each block's peak above the block's start
-(:class:`measure.memory.BlockMemoryLog`).
+:mod:`measure.capture.memory`). The sequential run also records each block's peak above the block's start
+(:class:`measure.capture.memory.BlockMemoryLog`).
 
 Per-block model (bytes; B·L tokens per batch, N·L cached tokens, h hidden, i intermediate, a bytes per
 activation, w per weight), for a Llama-style block whose largest Gram is the i×i one of ``down``:
@@ -71,12 +71,12 @@ LLAMA2_7B = Dimensions("Llama-2-7B", blocks=32, hidden=4096, intermediate=11008,
 
 def child(mode: str, model_name: str, sequences: int, length: int, batch_size: int) -> dict:
     """Load the model, capture in ``mode``, and return the memory figures (runs in its own process)."""
-    from measure.architecture import describe
-    from measure.calibration import CalibrationProtocol, calibration_batches
-    from measure.capture import capture
-    from measure.memory import BlockMemoryLog, peak_rss_bytes, reset_peak_rss, rss_bytes
-    from measure.models import load_model
-    from measure.text import calibration_text
+    from measure.models.architecture import describe
+    from measure.data.calibration import CalibrationProtocol, calibration_batches
+    from measure.capture.statistics import capture
+    from measure.capture.memory import BlockMemoryLog, peak_rss_bytes, reset_peak_rss, rss_bytes
+    from measure.models.load import load_model
+    from measure.data.text import calibration_text
 
     loaded = load_model(model_name)
     protocol = CalibrationProtocol(sequences=sequences, sequence_length=length, batch_size=batch_size)
@@ -180,7 +180,7 @@ def main() -> None:
     for place, projected in llama_projection(128, 2048, 8, scale).items():
         print(f"  {place}: {gib(sum(projected.values()))} = "
               + " + ".join(f"{name} {gib(value)}" for name, value in projected.items()))
-    print(f"  (a pass that keeps every block's Grams, as measure.capture.capture does, holds "
+    print(f"  (a pass that keeps every block's Grams, as measure.capture.statistics.capture does, holds "
           f"{gib(LLAMA2_7B.blocks * LLAMA2_7B.gram_bytes())} of Grams on the host instead of one block's)")
 
 

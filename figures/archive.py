@@ -16,10 +16,10 @@ import time
 from pathlib import Path
 
 from figures.registry import OUTPUT_FOLDERS
-from measure.atomic import atomic_path
-from measure.fetch import sha256_file
-from measure.provenance import collect
-from measure.store import RESULTS_DIR, find_tables, sidecar_path
+from measure.records.atomic import atomic_path
+from measure.models.fetch import sha256_file
+from measure.records.provenance import collect
+from measure.records.store import RESULTS_DIR, find_tables, sidecar_path
 from theory.errors import PvqError
 
 MANIFEST = "manifest.json"

@@ -12,8 +12,8 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from measure.commands.common import add_device_arguments
-from measure.store import ARCHIVE_SUFFIXES, RESULTS_DIR
+from pvq.commands.common import add_device_arguments
+from measure.records.store import ARCHIVE_SUFFIXES, RESULTS_DIR
 from theory.errors import PvqError
 
 if TYPE_CHECKING:
@@ -67,9 +67,9 @@ def experiment_context(args: argparse.Namespace) -> ExperimentContext:
     """What the experiments use: model, results folder, seed, and ``--device`` / ``--dtype`` resolved (a missing
     CUDA device is a PvqError here, before any work); the model loads in that dtype on first use."""
     from figures.experiments import ExperimentContext
-    from measure.commands.common import placement
-    from measure.defaults import DEFAULT_MODEL
-    from measure.jobs import model_loader
+    from pvq.commands.common import placement
+    from measure.models.defaults import DEFAULT_MODEL
+    from pvq.scale.jobs import model_loader
 
     place = placement(args, mode="full")
     return ExperimentContext(

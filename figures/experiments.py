@@ -2,7 +2,7 @@
 
 An experiment is declared once with :func:`experiment`; its table lives at
 ``<results>/<model>/<name>.parquet`` (``<results>/model-free/`` when it needs no model) with a JSON
-sidecar (:func:`measure.store.write_table`) that holds its cache key. The table is *fresh* when the
+sidecar (:func:`measure.records.store.write_table`) that holds its cache key. The table is *fresh* when the
 stored key equals the current one, otherwise it is recomputed. Experiments run one at a time and each
 is written atomically, so an interrupted run keeps every finished table and resumes after the last one.
 
@@ -40,8 +40,8 @@ from tqdm import tqdm
 
 from figures.progress import ExperimentProgress, last_runtime
 from figures.quiet import quiet_unless
-from measure.provenance import collect
-from measure.store import read_provenance, read_table, write_table
+from measure.records.provenance import collect
+from measure.records.store import read_provenance, read_table, write_table
 from theory.errors import PvqError
 
 MODEL_FREE_DIR = "model-free"
@@ -141,13 +141,13 @@ def model_slug(model_name: str) -> str:
 
 
 def _load_model(model_name: str, device: str) -> Any:
-    from measure.models import load_model
+    from measure.models.load import load_model
 
     return load_model(model_name, device=device)
 
 
 def _detect_grid(loaded: Any) -> dict[str, Any]:
-    from measure.grid import detect_linear_grid
+    from measure.models.weight_grid import detect_linear_grid
 
     return detect_linear_grid(loaded.model).as_dict()
 
@@ -160,8 +160,8 @@ def _write_step(text: str) -> None:
 class ExperimentContext:
     """What an experiment may use: model name, device, seed, results folder and a lazily loaded model.
 
-    ``load_model(name, device)`` defaults to :func:`measure.models.load_model` and ``detect_grid(loaded)``
-    to :func:`measure.grid.detect_linear_grid` over the model's block linears; tests pass toy versions.
+    ``load_model(name, device)`` defaults to :func:`measure.models.load.load_model` and ``detect_grid(loaded)``
+    to :func:`measure.models.weight_grid.detect_linear_grid` over the model's block linears; tests pass toy versions.
     The model is loaded only when an experiment that needs it is keyed or run. An experiment reports its
     steps with :meth:`step`; :func:`ensure` shows them on its progress bar (``on_step``).
     """

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from measure.atomic import write_text_atomic
+from measure.records.atomic import write_text_atomic
 from theory.errors import PvqError
 
 if TYPE_CHECKING:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from figures.cli import add_build_arguments
+from pvq.commands.figures import add_build_arguments
 
 HELP = "Render every figure and table, then build the results chapter PDF (paper/build/main.pdf) with latexmk."
 
@@ -20,7 +20,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Check for latexmk, run `pvq figures`, build the PDF and print where it is."""
-    from figures.cli import experiment_context, run_build
+    from pvq.commands.figures import experiment_context, run_build
     from figures.paper import build_pdf, require_latexmk
 
     context = experiment_context(args)

@@ -18,7 +18,7 @@ from typing import TextIO
 
 from tqdm import tqdm
 
-from measure.store import read_provenance
+from measure.records.store import read_provenance
 
 NO_ESTIMATE = "no earlier run to estimate from"
 

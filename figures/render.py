@@ -25,9 +25,9 @@ from figures.experiments import NO_MODEL, ExperimentContext, ExperimentRun, ensu
 from figures.paper import write_results_section
 from figures.registry import Artifact, Tables, needed_experiments
 from figures.style import THESIS_RC
-from measure.atomic import atomic_path, write_text_atomic
-from measure.fetch import sha256_file
-from measure.provenance import collect
+from measure.records.atomic import atomic_path, write_text_atomic
+from measure.models.fetch import sha256_file
+from measure.records.provenance import collect
 from theory.errors import PvqError
 
 PDF_METADATA = {"CreationDate": None, "ModDate": None}

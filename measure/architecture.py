@@ -12,7 +12,7 @@ of declaring it per family:
   named or classed like an MLP / mixture of experts (OPT keeps fc1/fc2 directly in the block: a virtual MLP);
 * every nn.Linear and GPT-2 `Conv1D` inside is a `LinearRef` with a uniform (out, in) weight view; fused 3-D
   expert tensors (transformers >= 5, `experts.gate_up_proj` / `experts.down_proj`) give one view per expert;
-* what a *name* means (roles, norm placement) comes from the table in `measure.families`.
+* what a *name* means (roles, norm placement) comes from the table in `measure.models.families`.
 
 A block computes, with x its input, A the attention and M the MLP sublayer (norm = identity when absent):
   sequential: h = x + A_out(A(A_in(x))),  y = h + M_out(M(M_in(h)))      (pre-norm, sandwich norms A_out/M_out)
@@ -30,7 +30,7 @@ import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from measure import families
+from measure.models import families
 from theory.errors import PvqError
 
 
@@ -434,7 +434,7 @@ def _norm_roles(norms: list[tuple[str, nn.Module]], config: object, where: str) 
         else:
             raise PvqError(
                 f"cannot walk {where}: its norm `{name}` ({type(module).__name__}) is not in the naming table; "
-                "add it to measure/families.py"
+                "add it to measure/models/families.py"
             )
         roles[role] = module
     return roles

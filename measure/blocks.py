@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from measure.architecture import Architecture
+from measure.models.architecture import Architecture
 
 DROPPED_KWARGS = ("past_key_values", "past_key_value", "layer_past", "use_cache", "cache_position")
 

@@ -64,7 +64,7 @@ from theory.sdp_bound import park_boyd_bound, perspective_bound
 from theory.sparse_least_squares import exact_prune, heuristic_prune, paper_box
 
 if TYPE_CHECKING:
-    from measure.capture import BlockHooks
+    from measure.capture.statistics import BlockHooks
 
 QUANT_BOUND = "park_boyd"
 PRUNE_BOUND = "perspective"
@@ -269,15 +269,15 @@ def bounds_for_model(
 ) -> pd.DataFrame:
     """:func:`layer_bounds` for each named linear layer of ``loaded`` (a ``LoadedModel``) and each b.
 
-    Grams are captured once from ``sequences × sequence_length`` calibration tokens (:mod:`measure.calibration`;
-    ``mode``, ``device`` and ``block_hooks`` as in :func:`measure.capture.capture`); the SDP bounds run only at
+    Grams are captured once from ``sequences × sequence_length`` calibration tokens (:mod:`measure.data.calibration`;
+    ``mode``, ``device`` and ``block_hooks`` as in :func:`measure.capture.statistics.capture`); the SDP bounds run only at
     ``sdp_bits`` and on ``sdp_layers`` (each: all when None). One row per (layer, b, method) with ``layer``,
     ``block``, ``role``, ``bits`` and the columns of :func:`layer_bounds`.
     """
-    from measure.architecture import describe
-    from measure.calibration import CalibrationProtocol, calibration_batches
-    from measure.capture import capture
-    from measure.text import calibration_text
+    from measure.models.architecture import describe
+    from measure.data.calibration import CalibrationProtocol, calibration_batches
+    from measure.capture.statistics import capture
+    from measure.data.text import calibration_text
 
     for bits in bits_list:
         check_bits(bits)

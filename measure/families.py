@@ -1,6 +1,6 @@
 """The naming conventions of Hugging Face decoder families that the module graph cannot tell by itself.
 
-`measure.architecture` discovers blocks, sublayers, linear layers, experts and routers from the module graph
+`measure.models.architecture` discovers blocks, sublayers, linear layers, experts and routers from the module graph
 and the config. What it cannot discover is what a *name* means: that `c_attn` is a fused q/k/v projection,
 that `ln_2` normalises the MLP input, that Gemma's `post_attention_layernorm` normalises the attention
 output while Llama's normalises the MLP input. Those facts live here, as data, and nowhere else.

@@ -18,7 +18,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from measure.atomic import atomic_path
+from measure.records.atomic import atomic_path
 from theory.errors import PvqError
 
 CHUNK_BYTES = 1 << 22

@@ -88,6 +88,6 @@ def detect_model_grid(named_weights: Iterable[tuple[str, torch.Tensor]]) -> Grid
 
 def detect_linear_grid(model: torch.nn.Module) -> GridReport:
     """Grid detection over every linear layer of a model's decoder blocks (found by the walker)."""
-    from measure.architecture import describe
+    from measure.models.architecture import describe
 
     return detect_model_grid((ref.name, ref.weight()) for ref in describe(model).linears)

@@ -1,5 +1,5 @@
 """Experiment grids as data: a TOML file of models × compression specs × evaluations × seeds, checked and
-expanded into independent :class:`measure.jobs.Job` s before any of them runs.
+expanded into independent :class:`pvq.scale.jobs.Job` s before any of them runs.
 
 File format (every key but ``models`` and ``evaluations`` is optional)::
 
@@ -42,8 +42,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from measure.commands.common import DTYPES, check_device_name
-from measure.jobs import EVAL_KIND, EXPERIMENT_KIND, NO_SPEC, PERPLEXITY, Job, Resources
+from pvq.commands.common import DTYPES, check_device_name
+from pvq.scale.jobs import EVAL_KIND, EXPERIMENT_KIND, NO_SPEC, PERPLEXITY, Job, Resources
 from theory.errors import PvqError
 
 try:
@@ -240,7 +240,7 @@ def _settings(checker: _Checker, table: Mapping[str, Any], path: KeyPath, base: 
 
 def model_problem(name: str) -> str | None:
     """Why ``name`` cannot name a model (None when it can): a default, a folder, a .gguf file or a hub id."""
-    from measure.defaults import DEFAULT_MODELS
+    from measure.models.defaults import DEFAULT_MODELS
 
     path = Path(name).expanduser()
     if name in DEFAULT_MODELS or path.is_dir() or (path.suffix == ".gguf" and path.is_file()):
@@ -257,7 +257,7 @@ def spec_problem(spec: str) -> str | None:
     """Why ``spec`` is not a compression spec (None when it is; ``none`` means uncompressed)."""
     if spec == NO_SPEC:
         return None
-    from measure.spec import parse_spec
+    from measure.compress.spec import parse_spec
 
     try:
         parse_spec(spec)
@@ -377,7 +377,7 @@ def load_grid(path: str | Path) -> list[Job]:
     """Read, check and expand the experiment file at ``path`` (see :func:`parse_grid`)."""
     file = Path(path)
     if not file.is_file():
-        raise PvqError(f"experiment file {file} does not exist; see measure/experiment_files/ for examples")
+        raise PvqError(f"experiment file {file} does not exist; see pvq/scale/experiment_files/ for examples")
     if file.suffix != ".toml":
-        raise PvqError(f"experiment file {file} must be TOML (*.toml); see measure/experiment_files/ for examples")
+        raise PvqError(f"experiment file {file} must be TOML (*.toml); see pvq/scale/experiment_files/ for examples")
     return parse_grid(file.read_text(), str(file))

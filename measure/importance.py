@@ -1,7 +1,7 @@
 """Importance of decoder blocks, of their attention and MLP sublayers, and of routed experts.
 
 Every metric is a pure function of statistics gathered in one calibration pass (:func:`measure_importance`):
-the block statistics of :func:`measure.capture.capture` plus the sublayer and router statistics recorded by
+the block statistics of :func:`measure.capture.statistics.capture` plus the sublayer and router statistics recorded by
 the hooks of this module. With x the residual stream entering a unit (block or sublayer) and y = x + branch
 the residual stream leaving it, over all calibration tokens t:
 
@@ -41,8 +41,8 @@ import pandas as pd
 import torch
 from torch import nn
 
-from measure.architecture import Architecture, Block, Sublayer, describe, sublayer_input, sublayer_output
-from measure.capture import BlockHooks, BlockStatistics, Capture, capture
+from measure.models.architecture import Architecture, Block, Sublayer, describe, sublayer_input, sublayer_output
+from measure.capture.statistics import BlockHooks, BlockStatistics, Capture, capture
 from theory.errors import PvqError
 
 SUBLAYER_KINDS = ("attention", "mlp")
@@ -255,7 +255,7 @@ def measure_importance(
 ) -> Importance:
     """One capture with the sublayer and router hooks attached: Grams, block, sublayer, router stats.
 
-    ``mode``, ``device`` and ``block_hooks`` as in :func:`measure.capture.capture` (the hooks fire in either mode).
+    ``mode``, ``device`` and ``block_hooks`` as in :func:`measure.capture.statistics.capture` (the hooks fire in either mode).
     """
     arch = arch or describe(model)
     with record_sublayer_statistics(arch) as sublayers, record_router_scores(arch) as experts:

@@ -1,7 +1,7 @@
 """One job of an experiment grid: what it is, how it runs, and how a finished one is recognised.
 
 A :class:`Job` is one model × compression spec × evaluation × seed of a grid file
-(:mod:`measure.grid_file`). Its kind says where its result goes:
+(:mod:`pvq.scale.grid_file`). Its kind says where its result goes:
 
 * ``eval`` (perplexity, an lm-eval task): exactly what ``pvq eval`` computes, through that command, so
   the result lands in the evaluation cache ``<results>/eval/cache/`` keyed by (model hash, spec, task,
@@ -31,8 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from measure.atomic import write_text_atomic
-from measure.memory import format_bytes, is_cuda, start_reading, update_reading
+from measure.records.atomic import write_text_atomic
+from measure.capture.memory import format_bytes, is_cuda, start_reading, update_reading
 from theory.errors import PvqError
 
 RUNS_DIR = "runs"
@@ -43,12 +43,12 @@ EXPERIMENT_KIND = "experiment"
 PERPLEXITY = "ppl"
 DEFAULT_DTYPE = "float32"
 
-log = logging.getLogger("measure.jobs")
+log = logging.getLogger("pvq.scale.jobs")
 
 
 @dataclass(frozen=True)
 class Resources:
-    """What one job asks of a cluster node (SLURM ``sbatch`` options; see :mod:`measure.executors`)."""
+    """What one job asks of a cluster node (SLURM ``sbatch`` options; see :mod:`pvq.scale.executors`)."""
 
     gpus: int = 0
     cpus: int = 1
@@ -182,9 +182,9 @@ def _experiment(name: str) -> Any:
 
 def model_loader(dtype: str) -> Callable[[str, str], Any]:
     """``load(name, device)`` loading in ``dtype``; a non-float32 load gets ``+<dtype>`` on its model hash
-    (:func:`measure.models.load_model`), so its results do not share cache entries with float32 ones."""
-    from measure.commands.common import resolve_dtype
-    from measure.models import load_model
+    (:func:`measure.models.load.load_model`), so its results do not share cache entries with float32 ones."""
+    from pvq.commands.common import resolve_dtype
+    from measure.models.load import load_model
 
     def load(name: str, device: str) -> Any:
         return load_model(name, device=device, dtype=resolve_dtype(dtype))
@@ -195,7 +195,7 @@ def model_loader(dtype: str) -> Callable[[str, str], Any]:
 def run_experiment_job(job: Job, device: str) -> list[str]:
     """Run (or find fresh) the figure experiment through :func:`figures.experiments.run_one`."""
     from figures.experiments import ExperimentContext, run_one
-    from measure.defaults import DEFAULT_MODEL
+    from measure.models.defaults import DEFAULT_MODEL
 
     context = ExperimentContext(
         model_name=job.model or DEFAULT_MODEL, results_root=Path(job.results), device=device,
@@ -221,7 +221,7 @@ def eval_arguments(job: Job, device: str) -> list[str]:
 
 def run_eval_job(job: Job, device: str) -> list[str]:
     """Run ``pvq eval`` for one (model, spec, evaluation); its result cache makes a rerun free."""
-    from measure.cli import main
+    from pvq.cli import main
 
     argv = eval_arguments(job, device)
     log.info("pvq %s", " ".join(argv))
@@ -251,8 +251,8 @@ def run_job(job: Job) -> dict[str, Any]:
     The marker records the outputs, wall time and peak memory in bytes (``memory``: process RSS, and the
     CUDA allocator's peak under the device name on a GPU).
     """
-    from measure.commands.common import resolve_device
-    from measure.provenance import collect
+    from pvq.commands.common import resolve_device
+    from measure.records.provenance import collect
 
     _configure_logging()
     log.info("job %s: %s", job.job_id, job.label())
@@ -282,10 +282,10 @@ def run_job(job: Job) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m measure.jobs JOB.json``: run the job in a JSON file (how the local executor runs jobs)."""
+    """``python -m pvq.scale.jobs JOB.json``: run the job in a JSON file (how the local executor runs jobs)."""
     arguments = sys.argv[1:] if argv is None else argv
     if len(arguments) != 1:
-        print("usage: python -m measure.jobs JOB.json", file=sys.stderr)
+        print("usage: python -m pvq.scale.jobs JOB.json", file=sys.stderr)
         return 2
     run_job(job_from_json(Path(arguments[0]).read_text()))
     return 0

@@ -11,9 +11,9 @@ For a linear layer y = x Wᵀ with calibration inputs X (tokens × in), H = Xᵀ
 **Local error with original inputs.** The model is captured once, uncompressed; each method is then applied to
 each layer alone, on that layer's original Gram, and the model is never modified. A row is therefore the error
 a method makes on one layer given exact inputs, not the error after earlier layers were compressed (for that,
-compress with :func:`measure.spec.apply_spec`, ``calibration="sequential"``). Each method runs once per layer.
+compress with :func:`measure.compress.spec.apply_spec`, ``calibration="sequential"``). Each method runs once per layer.
 Experts' rows use the Gram of the tokens routed to them (or all tokens, ``expert_route="all"``); MoE-Pruner
-reads the router-weighted Gram (:mod:`measure.moe_capture`), and its error is still reported on the plain one.
+reads the router-weighted Gram (:mod:`measure.capture.experts`), and its error is still reported on the plain one.
 
 :func:`weight_tensor_study` is the paper's Fig. 3 on a model: for every linear weight, INT-b weight SQNR vs
 magnitude pruning at equal compression with the tensor's kurtosis, b = 2…8
@@ -36,13 +36,13 @@ from scipy import stats
 from torch import nn
 from tqdm import tqdm
 
-from measure.architecture import Architecture, Block, LinearRef, describe
-from measure.capture import BlockHooks, Capture, capture
-from measure.methods.errors import weight_sqnr_db
-from measure.methods.method import DEFAULT_CONVENTION
-from measure.moe_capture import ExpertCapture
-from measure.parallel import fork_map
-from measure.spec import LayerStep, check_finite_weight, layer_gram, method_weight, parse_term_list
+from measure.models.architecture import Architecture, Block, LinearRef, describe
+from measure.capture.statistics import BlockHooks, Capture, capture
+from measure.compress.methods.metrics import weight_sqnr_db
+from measure.compress.methods.method import DEFAULT_CONVENTION
+from measure.capture.experts import ExpertCapture
+from measure.compress.parallel import fork_map
+from measure.compress.spec import LayerStep, check_finite_weight, layer_gram, method_weight, parse_term_list
 from theory.accounting import Convention
 from theory.errors import PvqError
 from theory.study import DEFAULT_BITS, tensor_sqnr_table
@@ -162,7 +162,7 @@ def build_ledger(
     ``keep_rows`` keeps that many input rows per Gram (for checks); the model is not modified. ``workers``
     processes share the methods phase (None: one per CPU core; see :func:`measure_layers`). In the sequential
     ``mode`` each block visits ``device`` for its turn; ``block_hooks(block)`` registers further hooks for the
-    capture pass (e.g. :class:`measure.memory.BlockMemoryLog`). The methods run on CPU copies of the weights
+    capture pass (e.g. :class:`measure.capture.memory.BlockMemoryLog`). The methods run on CPU copies of the weights
     (float32 for half-precision models). ``captured``: Grams of this model on the same ``batches`` (e.g. an
     importance pass's), read instead of capturing again when no selected layer is a routed expert (experts need
     their own routed Grams).

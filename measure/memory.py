@@ -132,7 +132,7 @@ def format_bytes(count: float) -> str:
 class BlockMemoryLog:
     """Peak memory of each decoder block during a layer-sequential pass, logged as each block finishes.
 
-    Pass :meth:`hooks` as ``block_hooks`` to :func:`measure.capture.capture` (mode ``"sequential"``): the
+    Pass :meth:`hooks` as ``block_hooks`` to :func:`measure.capture.statistics.capture` (mode ``"sequential"``): the
     first forward call of block i starts its reading, every call raises its peak, and the next block's start
     logs it. ``peaks`` maps block index -> :class:`MemoryReading`; :meth:`finish` logs the last block.
     In the whole-model mode blocks interleave per batch, so per-block peaks are not meaningful there.
@@ -145,7 +145,7 @@ class BlockMemoryLog:
         self._current: int | None = None
 
     def hooks(self, block: Any) -> list[Any]:
-        """Forward pre- and post-hooks on ``block.module`` (a :class:`measure.architecture.Block`)."""
+        """Forward pre- and post-hooks on ``block.module`` (a :class:`measure.models.architecture.Block`)."""
         index = block.index
 
         def before(module: Any, args: Any) -> None:

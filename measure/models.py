@@ -18,9 +18,9 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from measure.atomic import atomic_dir, write_text_atomic
-from measure.defaults import DEFAULT_MODELS, get_default
-from measure.fetch import cache_root, ensure_asset, sha256_file
+from measure.records.atomic import atomic_dir, write_text_atomic
+from measure.models.defaults import DEFAULT_MODELS, get_default
+from measure.models.fetch import cache_root, ensure_asset, sha256_file
 from theory.errors import PvqError
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf")

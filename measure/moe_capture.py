@@ -29,8 +29,8 @@ import pandas as pd
 import torch
 from torch import nn
 
-from measure.architecture import Block, Experts, LinearRef
-from measure.gram import GramAccumulator
+from measure.models.architecture import Block, Experts, LinearRef
+from measure.capture.gram import GramAccumulator
 from theory.errors import PvqError
 
 EXPERT_ROUTES = ("routed", "all")

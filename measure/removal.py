@@ -1,6 +1,6 @@
 """Remove decoder blocks, attention or MLP sublayers, or routed experts from any walkable causal LM.
 
-Everything goes through the architecture walker (:func:`measure.architecture.describe`), so one code path
+Everything goes through the architecture walker (:func:`measure.models.architecture.describe`), so one code path
 serves sequential, parallel, sandwich-norm and mixture-of-experts families. The result runs, its config
 agrees with its modules, and ``save_pretrained`` + plain ``from_pretrained`` gives identical logits:
 
@@ -17,7 +17,7 @@ agrees with its modules, and ``save_pretrained`` + plain ``from_pretrained`` giv
   sublayer needs none of them, so the accounting (:func:`removed_parameters`) counts them as removed. In a
   post-norm block (OPT-350m) the residual norm still applies.
 * **Experts** of every mixture-of-experts block: the ``count`` experts with the smallest router-weighted score
-  (:func:`measure.importance.record_router_scores`) leave the expert list or the fused 3-D tensors, the router
+  (:func:`measure.compress.importance.record_router_scores`) leave the expert list or the fused 3-D tensors, the router
   loses their rows, and the config's expert count drops by ``count`` in every MoE block (configs hold one
   expert count, so each MoE block drops the same number).
 
@@ -39,10 +39,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from measure.architecture import Architecture, Block, Sublayer, describe, parameter_counts
-from measure.atomic import atomic_dir
-from measure.importance import SUBLAYER_KINDS, choose_units, get_ordering, measure_importance
-from measure.spec import TermKind
+from measure.models.architecture import Architecture, Block, Sublayer, describe, parameter_counts
+from measure.records.atomic import atomic_dir
+from measure.compress.importance import SUBLAYER_KINDS, choose_units, get_ordering, measure_importance
+from measure.compress.spec import TermKind
 from theory.accounting import removal_bits_per_weight
 from theory.errors import PvqError
 
@@ -226,7 +226,7 @@ def check_rebuildable(model: nn.Module) -> None:
         differing = sorted(set(expected.items()) ^ set(actual.items()))[:4]
         raise PvqError(
             f"after removal the config of {type(model).__name__} no longer describes its modules (first "
-            f"differences: {differing}); this family needs a config fix-up in measure/removal.py"
+            f"differences: {differing}); this family needs a config fix-up in measure/compress/remove.py"
         )
 
 
@@ -284,7 +284,7 @@ def parse_removal_term(tokens: tuple[str, ...]) -> dict[str, Any]:
     """Parameters of a ``remove`` spec term (PvqError names the bad token).
 
     ``remove:blocks=3,7,12`` / ``remove:attn=2,5`` / ``remove:mlp=1``: those blocks or sublayers;
-    ``remove:<metric>:<n>[:seed=S]``: the n units rule <metric> of :data:`measure.importance.ORDERINGS` picks on
+    ``remove:<metric>:<n>[:seed=S]``: the n units rule <metric> of :data:`measure.compress.importance.ORDERINGS` picks on
     the calibration data (``remove:bi:4`` is ShortGPT); ``remove:experts:<n>``: the n experts of lowest router
     score in every MoE block.
     """
@@ -347,4 +347,4 @@ REMOVE_TERM = TermKind(
     parse=parse_removal_term,
     apply=apply_removal_term,
 )
-"""The ``remove`` model-level spec term; :data:`measure.spec.TERM_KINDS` maps "remove" to it."""
+"""The ``remove`` model-level spec term; :data:`measure.compress.spec.TERM_KINDS` maps "remove" to it."""

@@ -3,9 +3,9 @@
 Per view, removal level and mask convention (:func:`answer_table`): the removal's error and its dB
 (−10·log10 error); the best and the worst method at b(f) — end to end the spliced model of that size, in the
 local views the method's point at b(f) or the interpolation in dB between the two widths that bracket it
-(:func:`measure.equal_size.value_at`); the Gaussian rate–distortion reference at b(f) in the layer views; the
+(:func:`measure.removal.equal_size.value_at`); the Gaussian rate–distortion reference at b(f) in the layer views; the
 margins, removal dB − method dB (negative: the removal is worse); and each method's equivalent bits, the size at
-which it makes the removal's error (:func:`measure.equal_size.equivalent_bits`, censored outside its curve).
+which it makes the removal's error (:func:`measure.removal.equal_size.equivalent_bits`, censored outside its curve).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from measure.equal_size import equivalent_bits, value_at
+from measure.removal.equal_size import equivalent_bits, value_at
 from measure.ledger import sqnr_db
 
 RD_SERIES = "gaussian_rd"

@@ -2,9 +2,9 @@
 
 **Levels.** For each ordering (Block Influence, angular rule, reverse, random) n = 1..``max_removed`` blocks are
 removed; level n removes a fraction f of the decoder parameters and keeps b(f) = 16(1 − f) bits per decoder
-parameter (:mod:`measure.equal_size`).
+parameter (:mod:`measure.removal.equal_size`).
 
-**Views** (:mod:`measure.removal_views`). Every level and every compression term is measured on one signal per
+**Views** (:mod:`measure.removal.views`). Every level and every compression term is measured on one signal per
 view, with one denominator for both: the layer view (energy- and parameter-weighted over the decoder's linear
 layers), the block view (residual stream, over the blocks' update energy) and end to end (KL to the original on
 the evaluation windows).
@@ -12,7 +12,7 @@ the evaluation windows).
 **Exactly equal size.** Quantizers (RTN and GPTQ in each group setting) are measured at integer bit widths
 (2..16). In the local views a quantizer's value at b(f) is interpolated in dB between the two widths one bit
 apart that bracket it, and marked interpolated; end to end it is a real model at b(f): the two bracketing widths
-spliced row by row in every layer (:func:`measure.equal_size.row_mix`), within half a row of the size (the gap is
+spliced row by row in every layer (:func:`measure.removal.equal_size.row_mix`), within half a row of the size (the gap is
 reported in ``size_gap_bits``). Pruners run at the equal-size sparsity s(f) of each mask convention (free as in
 Kuzmin et al. 2023, entropy-coded, bitmap), which sits at b(f) exactly.
 
@@ -23,7 +23,7 @@ layer's second-order statistics, not a bound on the actual weights.
 **Answer** (:func:`answer_table`). Per view, level and mask convention: the removal's error; the best and the worst
 method at b(f); the RD reference (layer views); the margins (removal dB − method dB; negative: removal worse);
 and the equivalent bits of every method — the size at which the method makes the removal's error, read off its
-curve (:func:`measure.equal_size.equivalent_bits`; below the curve's smallest size it is censored, never
+curve (:func:`measure.removal.equal_size.equivalent_bits`; below the curve's smallest size it is censored, never
 extrapolated).
 
 **End to end.** :class:`ResidualStreamEvaluator` caches the original model's residual stream at every block
@@ -50,11 +50,11 @@ import torch
 from scipy import stats
 from torch import nn
 
-from measure.architecture import Architecture, describe, parameter_counts
-from measure.equal_size import DecoderSizes, mask_convention
+from measure.models.architecture import Architecture, describe, parameter_counts
+from measure.removal.equal_size import DecoderSizes, mask_convention
 from measure.evaluation.perplexity import PerplexityResult, TokenWindows
 from measure.evaluation.residual import ResidualStreamEvaluator, first_windows
-from measure.importance import (
+from measure.compress.importance import (
     Importance,
     angular_table,
     choose_units,
@@ -63,23 +63,23 @@ from measure.importance import (
     measure_importance,
     normalized_relative_importance,
 )
-from measure.removal import (
+from measure.compress.remove import (
     Removal,
     removed_fraction,
     sublayer_parameter_count,
     sublayer_removed,
 )
-from measure.removal_answer import answer_table, end_to_end_table
-from measure.removal_terms import StudyPoints, measure_pruner, measure_quantizer, measure_reference
-from measure.removal_views import (
+from measure.removal.answer import answer_table, end_to_end_table
+from measure.removal.terms import StudyPoints, measure_pruner, measure_quantizer, measure_reference
+from measure.removal.views import (
     LOCAL_VIEWS,
     VIEWS,
     ResidualStream,
     ViewMeter,
     check_views,
 )
-from measure.removal_views import removal_errors as local_removal_errors
-from measure.spec import parse_term_list
+from measure.removal.views import removal_errors as local_removal_errors
+from measure.compress.spec import parse_term_list
 from theory.accounting import (
     check_bits,
     removal_bits_per_weight,
@@ -214,7 +214,7 @@ class RemovalStudy:
 
 
 def unit_table(importance: Importance, arch: Architecture) -> pd.DataFrame:
-    """:func:`measure.importance.importance_table` with each unit's parameters, the decoder fraction they hold and
+    """:func:`measure.compress.importance.importance_table` with each unit's parameters, the decoder fraction they hold and
     the bits per weight of equal compression, plus the BI rank (0 = ShortGPT removes it first)."""
     table = importance_table(importance)
     decoder = parameter_counts(arch)["decoder"]

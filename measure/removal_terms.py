@@ -4,7 +4,7 @@
 consecutive widths at each removal level's size, :func:`mixed_weights`); :func:`measure_pruner` one pruner at its
 sparsities, with the bits of every mask convention; :func:`measure_reference` the Gaussian rate–distortion
 reference of every layer (:mod:`theory.rate_distortion`). Each adds rows to :class:`StudyPoints`
-(:data:`POINT_COLUMNS`), the curves :mod:`measure.removal_answer` reads at the removal sizes.
+(:data:`POINT_COLUMNS`), the curves :mod:`measure.removal.answer` reads at the removal sizes.
 """
 
 from __future__ import annotations
@@ -18,13 +18,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from measure.equal_size import DecoderSizes, bracketing_widths, mask_convention, row_mix
+from measure.removal.equal_size import DecoderSizes, bracketing_widths, mask_convention, row_mix
 from measure.evaluation.perplexity import PerplexityResult
 from measure.evaluation.residual import ResidualStreamEvaluator
 from measure.ledger import sqnr_db
-from measure.removal_answer import RD_SERIES
-from measure.removal_views import TermWeights, ViewMeter, layer_view_errors, splice_rows
-from measure.spec import LayerStep, parse_term_list
+from measure.removal.answer import RD_SERIES
+from measure.removal.views import TermWeights, ViewMeter, layer_view_errors, splice_rows
+from measure.compress.spec import LayerStep, parse_term_list
 from theory.accounting import sparse_bits_per_weight
 from theory.rate_distortion import layer_spectrum, rd_relative_error
 
@@ -101,7 +101,7 @@ def _evaluate(meter: ViewMeter, weights: Sequence[torch.Tensor], evaluator: Resi
 def mixed_weights(meter: ViewMeter, low: tuple[LayerStep, TermWeights], high: tuple[LayerStep, TermWeights],
                   target_linear_bits: float) -> tuple[list[torch.Tensor], float]:  # fmt: skip
     """Weights of a model whose linears cost ``target_linear_bits`` per weight: in every layer the same fraction of
-    leading rows from ``high``, the rest from ``low`` (:func:`measure.equal_size.row_mix`); and the bits per linear
+    leading rows from ``high``, the rest from ``low`` (:func:`measure.removal.equal_size.row_mix`); and the bits per linear
     weight it reaches."""
     (low_step, low_weights), (high_step, high_weights) = low, high
     refs = meter.refs

@@ -39,14 +39,14 @@ import pandas as pd
 import torch
 from torch import nn
 
-from measure.architecture import Architecture, LinearRef
-from measure.blocks import BlockInputs, record_block_inputs, run_block
-from measure.capture import Capture
+from measure.models.architecture import Architecture, LinearRef
+from measure.capture.blocks import BlockInputs, record_block_inputs, run_block
+from measure.capture.statistics import Capture
 from measure.evaluation.perplexity import PerplexityResult
 from measure.evaluation.residual import ResidualStreamEvaluator
 from measure.ledger import quadratic_trace
-from measure.parallel import fork_map
-from measure.spec import LayerStep, check_finite_weight, method_weight
+from measure.compress.parallel import fork_map
+from measure.compress.spec import LayerStep, check_finite_weight, method_weight
 from theory.errors import PvqError
 
 VIEWS: dict[str, str] = {

@@ -5,15 +5,15 @@ Grammar::
     spec := term ("+" term)*
     term := head (":" token)* ("@" scope)?
 
-* ``head`` is a compression method of :mod:`measure.methods` (``magnitude``, ``wanda``, ``sparsegpt``, ``rtn``,
+* ``head`` is a compression method of :mod:`measure.compress.methods` (``magnitude``, ``wanda``, ``sparsegpt``, ``rtn``,
   ``gptq``, ``nf4``, ``mxfp4``, ...) or a model-level term kind of :data:`TERM_KINDS` (layer removal adds
   ``remove``).
-* Tokens set the method's parameters (:mod:`measure.methods.params`): by position (``gptq:4`` → bits 4), by
+* Tokens set the method's parameters (:mod:`measure.compress.methods.params`): by position (``gptq:4`` → bits 4), by
   prefix (``g128`` → group 128), by flag word (``channel``, ``asym``, ``mse``), as ``name=value``, and for
   pruners as an N:M pair (``sparsegpt:2:4`` → nm 2:4).
 * ``scope`` picks the linear layers of every block by sublayer kind (:data:`SCOPES`); without one a term
   covers attention, MLP and expert layers, and routers stay at 16 bits. ``@layer=NAME`` picks the one linear
-  layer called NAME (a per-layer allocation, :mod:`measure.allocation`, is a spec of such terms); per-layer terms
+  layer called NAME (a per-layer allocation, :mod:`measure.mixture`, is a spec of such terms); per-layer terms
   are not mixed with sublayer scopes, and a layer the model lacks is an error before anything is compressed.
 * A pruning term directly followed by a quantization term is one joint method when the pruning term carries no
   other scope (it takes the quantization term's): prune, then quantize the kept weights (Kuzmin et al. 2023,
@@ -42,14 +42,14 @@ import pandas as pd
 import torch
 from torch import nn
 
-from measure.architecture import Architecture, Block, LinearRef, describe
-from measure.blocks import BlockInputs, record_block_inputs, run_block
-from measure.capture import Capture, register_gram_hooks
-from measure.gram import GramAccumulator
-from measure.methods import REGISTRY, get_method
-from measure.methods.errors import output_error
-from measure.methods.method import Method
-from measure.moe_capture import ROUTER_WEIGHTED_METHODS, ExpertCapture
+from measure.models.architecture import Architecture, Block, LinearRef, describe
+from measure.capture.blocks import BlockInputs, record_block_inputs, run_block
+from measure.capture.statistics import Capture, register_gram_hooks
+from measure.capture.gram import GramAccumulator
+from measure.compress.methods import REGISTRY, get_method
+from measure.compress.methods.metrics import output_error
+from measure.compress.methods.method import Method
+from measure.capture.experts import ROUTER_WEIGHTED_METHODS, ExpertCapture
 from theory.accounting import BASE_BITS
 from theory.errors import PvqError
 
@@ -63,7 +63,7 @@ SCOPES: dict[str, frozenset[str]] = {
 }
 """Scope name -> the ``LinearRef.sublayer_kind`` values it covers (``mlp`` includes shared and routed experts)."""
 DEFAULT_SCOPE = "all"
-TERM_KINDS: dict[str, str] = {"remove": "measure.removal:REMOVE_TERM"}
+TERM_KINDS: dict[str, str] = {"remove": "measure.compress.remove:REMOVE_TERM"}
 """Model-level term kinds: head -> ``"module:attribute"`` of a :class:`TermKind`, imported when first used."""
 LAYER_SCOPE = "layer="
 """Prefix of a per-layer scope: ``@layer=model.layers.3.mlp.down_proj``."""
@@ -382,7 +382,7 @@ def apply_spec(
     """Compress ``model`` in place as ``spec`` says (see the module docstring for the order of work).
 
     ``batches`` (token ids, one tensor per batch) are needed when a method reads Grams; ``expert_route`` picks
-    which tokens experts' Grams see (:mod:`measure.moe_capture`). Weights are checked for NaN/Inf before a pass
+    which tokens experts' Grams see (:mod:`measure.capture.experts`). Weights are checked for NaN/Inf before a pass
     starts; an error raised during a pass (an expert without tokens) leaves the earlier blocks compressed.
 
     ``captured``: Grams of the *unmodified* model on the same ``batches`` (e.g. a ledger's capture). With

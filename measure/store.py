@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from measure.atomic import atomic_path, write_text_atomic
+from measure.records.atomic import atomic_path, write_text_atomic
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from measure.store import find_tables, read_table
+from measure.records.store import find_tables, read_table
 
 COLUMN_RTOL: dict[str, float | None] = {
     # Wall-clock seconds of each evaluation result (results/eval/eval.parquet): they change from run to run and
@@ -125,7 +125,7 @@ class TableVerdict:
 
 
 def compare_folders(here: Path, reference: Path, rtol: float) -> list[TableVerdict]:
-    """A verdict for every table name of either results folder (:func:`measure.store.find_tables`), by name."""
+    """A verdict for every table name of either results folder (:func:`measure.records.store.find_tables`), by name."""
     here_tables, reference_tables = find_tables(here), find_tables(reference)
     return [
         _verdict(name, here_tables, reference_tables, rtol) for name in sorted({*here_tables, *reference_tables})

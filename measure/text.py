@@ -1,6 +1,6 @@
 """Real English text for calibration and evaluation: Wikipedia articles, cleaned and split by article.
 
-Source: the gensim wheel's shortened English Wikipedia dump (:data:`measure.data.WIKI_DUMP`). Cleaning
+Source: the gensim wheel's shortened English Wikipedia dump (:data:`measure.data.benchmarks.WIKI_DUMP`). Cleaning
 keeps article prose (namespace 0, no redirects) and removes wiki markup: comments, ``<ref>`` notes,
 templates ``{{…}}``, tables ``{|…|}``, file/category links, HTML tags; ``[[target|label]]`` becomes
 ``label``, headings become their title lines. Articles shorter than :data:`MIN_ARTICLE_CHARS` are
@@ -22,9 +22,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 
-from measure.atomic import write_text_atomic
-from measure.data import wiki_dump_path
-from measure.fetch import cache_root
+from measure.records.atomic import write_text_atomic
+from measure.data.benchmarks import wiki_dump_path
+from measure.models.fetch import cache_root
 
 EVAL_EVERY = 4
 MIN_ARTICLE_CHARS = 500

@@ -186,7 +186,7 @@ def save_tiny_model(family: str, folder: Path, **config_overrides: object) -> Pa
 
 
 def linear_inputs(model: torch.nn.Module, batches: list[torch.Tensor], refs: list) -> dict[str, torch.Tensor]:
-    """Input rows (tokens × in, float64) of each linear of ``refs`` (``measure.architecture.LinearRef``) while
+    """Input rows (tokens × in, float64) of each linear of ``refs`` (``measure.models.architecture.LinearRef``) while
     ``model`` runs ``batches``, captured by forward pre-hooks: an independent view of what its Gram sums."""
     rows: dict[str, list[torch.Tensor]] = {}
 

@@ -97,8 +97,8 @@ def _print_table(result: dict[str, Any]) -> None:
 
 def write_tables(args: argparse.Namespace) -> list[Path]:
     """Write the format table and the kurtosis × bits table under ``args.tables``."""
-    from measure.provenance import collect
-    from measure.store import write_table
+    from measure.records.provenance import collect
+    from measure.records.store import write_table
     from theory.distributions import make_distribution
     from theory.study import DEFAULT_KURTOSES, format_sqnr_table, kurtosis_bits_table
 

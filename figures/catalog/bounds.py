@@ -118,13 +118,13 @@ def synthetic_sweep(rng: np.random.Generator) -> pd.DataFrame:
 
 
 @experiment(SWEEP, config=SWEEP_CONFIG, synthetic=synthetic_sweep, needs_model=True,
-            code=("measure.bounds", "measure.capture", "measure.calibration", "theory"))  # fmt: skip
+            code=("measure.bounds", "measure.capture.statistics", "measure.data.calibration", "theory"))  # fmt: skip
 def layer_bounds_sweep(config: Mapping[str, Any], context: ExperimentContext) -> pd.DataFrame:
     """:func:`measure.bounds.bounds_for_model` over the ``roles`` of the blocks at ``positions`` (SDPs at
     ``sdp_bits`` on the ``sdp_roles`` layers), without its ``seconds`` column: solver times vary from run to run,
     and experiment tables must be byte-identical across runs (the total runtime is in the provenance;
     ``pvq bounds`` reports per-method times)."""
-    from measure.architecture import describe
+    from measure.models.architecture import describe
     from measure.bounds import bounds_for_model
 
     loaded = context.model

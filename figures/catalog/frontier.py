@@ -1,6 +1,6 @@
 """Perplexity and KL against compressed size: block removal vs quantization vs pruning vs both.
 
-``compression_frontier`` compresses the model by each spec of :data:`SPECS` (:func:`measure.spec.apply_spec`,
+``compression_frontier`` compresses the model by each spec of :data:`SPECS` (:func:`measure.compress.spec.apply_spec`,
 calibrated on the original model's stream), scores it on the pinned evaluation windows with the original as
 KL reference (:class:`measure.evaluation.residual.ResidualStreamEvaluator`, the evaluator of the removal study, so
 the numbers share its windows), and restores the weights. The figure adds the removal study's end-to-end points
@@ -47,7 +47,7 @@ def spec_method(spec: str) -> str:
 
 def spec_family(spec: str) -> str:
     """``quantization`` / ``pruning`` for a single method, ``joint`` for a pruning + quantization pair."""
-    from measure.methods import get_method
+    from measure.compress.methods import get_method
 
     kinds = {get_method(term.split(":")[0]).kind for term in spec.split("+")}
     return kinds.pop() if len(kinds) == 1 else "joint"
@@ -74,7 +74,7 @@ def compression_frontier(config: Mapping[str, Any], context: ExperimentContext) 
     """One row per spec: method, family, compressed bits per weight, whole-model bits per weight and MB, PPL and
     KL to the original on the evaluation windows, and the original's PPL."""
     from measure.evaluation.residual import ResidualStreamEvaluator, restored
-    from measure.spec import apply_spec
+    from measure.compress.spec import apply_spec
 
     loaded = context.model
     batches = calibration(loaded, config["calibration"])

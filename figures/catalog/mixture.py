@@ -1,6 +1,6 @@
 """The optimal mixture: per-layer allocation of pruning and quantization under a size budget, measured end to end.
 
-``mixture_frontier`` measures the menu :data:`MENU` once on the default protocol (:mod:`measure.allocation`: the
+``mixture_frontier`` measures the menu :data:`MENU` once on the default protocol (:mod:`measure.mixture`: the
 local error of every option on every layer with the original inputs, each option's bits per weight, and the
 sensitivities), solves the exact allocation at every budget B (bits per weight over the decoder's linear weights)
 for the KL sensitivity (and at a few budgets for the output-energy sensitivity), applies it (``apply_spec`` with
@@ -77,13 +77,13 @@ def synthetic_mixture(rng: np.random.Generator) -> pd.DataFrame:
 def mixture_frontier(config: Mapping[str, Any], context: ExperimentContext) -> pd.DataFrame:
     """One row per evaluated model (:data:`KINDS`): bits spent, predicted damage (own units; and predicted KL),
     Lagrangian lower bound, the split of the weights over the options (JSON), PPL and KL to the original."""
-    from measure.allocation.file import allocation_spec
-    from measure.allocation.inputs import measure_menu
-    from measure.allocation.menu import parse_menu
-    from measure.allocation.solve import allocate, budget_split, uniform_damage
-    from measure.capture import capture
+    from measure.mixture.file import allocation_spec
+    from measure.mixture.inputs import measure_menu
+    from measure.mixture.menu import parse_menu
+    from measure.mixture.solve import allocate, budget_split, uniform_damage
+    from measure.capture.statistics import capture
     from measure.evaluation.residual import ResidualStreamEvaluator, restored
-    from measure.spec import apply_spec
+    from measure.compress.spec import apply_spec
 
     loaded = context.model
     batches = calibration(loaded, config["calibration"])
@@ -135,7 +135,7 @@ def mixture_frontier(config: Mapping[str, Any], context: ExperimentContext) -> p
 def probe_windows(loaded: Any, config: Mapping[str, Any]) -> Any:
     """The first ``max_windows`` windows of ``window`` tokens of the calibration text (:data:`PROBE_WINDOWS`)."""
     from measure.evaluation.perplexity import bos_token_id_for, make_windows
-    from measure.text import calibration_text
+    from measure.data.text import calibration_text
 
     bos = bos_token_id_for(loaded.tokenizer, loaded.bos_per_window)
     return make_windows(calibration_text(), loaded.tokenizer, config["window"], bos_token_id=bos,
@@ -174,7 +174,7 @@ def prediction_check(frame: pd.DataFrame) -> tuple[float, float, int]:
 
 def option_kind(option: str) -> str:
     """``keep``, or the menu option's method kind: ``quantization``, ``pruning`` or ``joint``."""
-    from measure.allocation.menu import KEEP, parse_menu
+    from measure.mixture.menu import KEEP, parse_menu
 
     return KEEP if option == KEEP else parse_menu(option)[0].step.method.kind
 
@@ -182,7 +182,7 @@ def option_kind(option: str) -> str:
 def split_categories(split: Mapping[str, float]) -> dict[str, float]:
     """Fractions of the weights by how they are spent: kept (16-bit), quantized per bit width, pruned, pruned and
     quantized per bit width."""
-    from measure.allocation.menu import parse_menu
+    from measure.mixture.menu import parse_menu
 
     categories: dict[str, float] = {}
     for option, share in split.items():

@@ -38,8 +38,8 @@ BITS_PER_MB = 8e6
 
 def calibration(loaded: Any, config: Mapping[str, Any]) -> list:
     """The calibration batches of ``config`` (:data:`CALIBRATION`) for a loaded model (with its BOS policy)."""
-    from measure.calibration import CalibrationProtocol, calibration_batches
-    from measure.text import calibration_text
+    from measure.data.calibration import CalibrationProtocol, calibration_batches
+    from measure.data.text import calibration_text
 
     protocol = CalibrationProtocol(config["sequences"], config["sequence_length"], config["batch_size"],
                                    bos=loaded.bos_per_window)  # fmt: skip
@@ -50,7 +50,7 @@ def evaluation_windows(loaded: Any, config: Mapping[str, Any]) -> Any:
     """The pinned evaluation windows of ``config`` (:data:`EVALUATION`): :func:`measure.evaluation.perplexity.
     make_windows` on the held-out evaluation text."""
     from measure.evaluation.perplexity import bos_token_id_for, make_windows
-    from measure.text import evaluation_text
+    from measure.data.text import evaluation_text
 
     bos = bos_token_id_for(loaded.tokenizer, loaded.bos_per_window)
     return make_windows(evaluation_text(), loaded.tokenizer, config["window"], bos_token_id=bos,
@@ -60,7 +60,7 @@ def evaluation_windows(loaded: Any, config: Mapping[str, Any]) -> Any:
 def original_capture(loaded: Any, batches: list, config: Mapping[str, Any]) -> Any:
     """Grams of the unmodified model on ``batches`` when ``config`` calibrates in parallel (every spec of an
     experiment then reads them, ``apply_spec(..., captured=...)``, instead of capturing them again), else None."""
-    from measure.capture import capture
+    from measure.capture.statistics import capture
 
     return capture(loaded.model, batches) if config["mode"] == "parallel" else None
 
@@ -85,11 +85,11 @@ def synthetic_summary(rng: np.random.Generator) -> pd.DataFrame:
     return frame.assign(blocks=blocks, linear_layers=7 * blocks, hidden_size=576)
 
 
-@experiment(SUMMARY, config={}, synthetic=synthetic_summary, needs_model=True, code=("measure.architecture",))
+@experiment(SUMMARY, config={}, synthetic=synthetic_summary, needs_model=True, code=("measure.models.architecture",))
 def model_summary(config: Mapping[str, Any], context: ExperimentContext) -> pd.DataFrame:
-    """Parameters by part (:func:`measure.architecture.parameter_counts`: embeddings, attention, MLP, norms,
+    """Parameters by part (:func:`measure.models.architecture.parameter_counts`: embeddings, attention, MLP, norms,
     final norm, untied LM head, total), with the number of blocks, block linear layers and the hidden size."""
-    from measure.architecture import describe, parameter_counts
+    from measure.models.architecture import describe, parameter_counts
 
     arch = describe(context.model.model)
     counts = parameter_counts(arch)
@@ -150,7 +150,7 @@ def _variant_metrics(loaded: Any, spec: str, batches: list, windows: Any, tasks:
     """Size (bits per original parameter, MB), PPL, KL to the original and task accuracies of one variant."""
     from measure.evaluation.lmeval import evaluate_task, resolve_tasks
     from measure.evaluation.perplexity import evaluate_perplexity
-    from measure.spec import apply_spec
+    from measure.compress.spec import apply_spec
 
     parameters = sum(p.numel() for p in loaded.model.parameters())
     model, reference, bits = loaded.model, None, 16.0 * parameters

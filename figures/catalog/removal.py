@@ -1,9 +1,9 @@
 """Layer removal against pruning, quantization and the rate–distortion reference at exactly equal size.
 
-One experiment, ``removal_study``, runs :func:`measure.removal_study.run_study` once and stores all its tables
+One experiment, ``removal_study``, runs :func:`measure.removal.study.run_study` once and stores all its tables
 stacked in one parquet (column ``table`` names the part: units, angular, single_units, layers, blocks, layer_rd,
 levels, points, answer, end_to_end, base); :func:`study_part` takes one part back out. Every error is named by its
-``view`` (:data:`measure.removal_views.VIEWS`): layer view energy- or parameter-weighted, block view, end to end.
+``view`` (:data:`measure.removal.views.VIEWS`): layer view energy- or parameter-weighted, block view, end to end.
 The figures and tables show
 
 * block importance across depth: Block Influence (ShortGPT, arXiv 2403.03853, Eq. 1), angular distance at
@@ -11,9 +11,9 @@ The figures and tables show
 * removal vs every method's curve over 2–16 bits in each view, with the Gaussian rate–distortion reference in
   the layer views, and the answer table: per view and removal level the removal's error, the best and worst
   method at exactly b(f) = 16(1 − f), the margins and each method's equivalent bits
-  (:mod:`measure.removal_answer`);
+  (:mod:`measure.removal.answer`);
 * error propagation: local removal error vs end-to-end KL to the original, with Pearson r of the logs and
-  Spearman ρ (:func:`measure.removal_study.propagation_correlation`).
+  Spearman ρ (:func:`measure.removal.study.propagation_correlation`).
 """
 
 from __future__ import annotations
@@ -80,7 +80,7 @@ def stack_parts(parts: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
 
 
 def _synthetic_levels(rng: np.random.Generator, blocks: int, influence: np.ndarray) -> pd.DataFrame:
-    """Made-up removal levels with the columns of :func:`measure.removal_study.measure_levels`."""
+    """Made-up removal levels with the columns of :func:`measure.removal.study.measure_levels`."""
     rows = []
     for ordering in ("bi", "angular"):
         for k in (1, 2):
@@ -97,9 +97,9 @@ def _synthetic_levels(rng: np.random.Generator, blocks: int, influence: np.ndarr
 
 
 def _synthetic_points(rng: np.random.Generator, levels: pd.DataFrame) -> pd.DataFrame:
-    """Made-up curve points with :data:`measure.removal_terms.POINT_COLUMNS` (6 dB per bit quantizers, a pruner
+    """Made-up curve points with :data:`measure.removal.terms.POINT_COLUMNS` (6 dB per bit quantizers, a pruner
     under both mask conventions, the RD reference in the layer views, one spliced model per level)."""
-    from measure.removal_terms import POINT_COLUMNS
+    from measure.removal.terms import POINT_COLUMNS
 
     rows = []
 
@@ -135,9 +135,9 @@ def _synthetic_points(rng: np.random.Generator, levels: pd.DataFrame) -> pd.Data
 
 
 def synthetic_study(rng: np.random.Generator) -> pd.DataFrame:
-    """A small stand-in for the stacked tables of :func:`measure.removal_study.run_study` (made-up values; the
+    """A small stand-in for the stacked tables of :func:`measure.removal.study.run_study` (made-up values; the
     answer and end-to-end parts are computed from made-up levels and points by the study's own table functions)."""
-    from measure.removal_answer import answer_table, end_to_end_table
+    from measure.removal.answer import answer_table, end_to_end_table
 
     blocks = 6
     influence = np.sort(rng.uniform(0.02, 0.3, blocks))[::-1]
@@ -177,8 +177,8 @@ def synthetic_study(rng: np.random.Generator) -> pd.DataFrame:
 
 
 def study_settings(settings: Mapping[str, Any]) -> Any:
-    """:class:`measure.removal_study.StudySettings` from the JSON form of :data:`SETTINGS` (lists → tuples)."""
-    from measure.removal_study import StudySettings
+    """:class:`measure.removal.study.StudySettings` from the JSON form of :data:`SETTINGS` (lists → tuples)."""
+    from measure.removal.study import StudySettings
 
     tuples = {key: tuple(value) for key, value in settings.items() if isinstance(value, list)}
     bits = {name: tuple(widths) for name, widths in settings["quantizer_bits"].items()}
@@ -188,9 +188,9 @@ def study_settings(settings: Mapping[str, Any]) -> Any:
 @experiment(STUDY, needs_model=True, synthetic=synthetic_study, code=("measure", "theory"),
             config={"calibration": CALIBRATION, "evaluation": EVALUATION, "settings": SETTINGS})  # fmt: skip
 def removal_study(config: Mapping[str, Any], context: ExperimentContext) -> pd.DataFrame:
-    """:func:`measure.removal_study.run_study` on the loaded model with ``config["settings"]``, its tables
+    """:func:`measure.removal.study.run_study` on the loaded model with ``config["settings"]``, its tables
     stacked (:func:`stack_parts`) plus a ``base`` part holding the original model's perplexity."""
-    from measure.removal_study import run_study
+    from measure.removal.study import run_study
 
     loaded = context.model
     study = run_study(loaded.model, calibration(loaded, config["calibration"]),
@@ -443,7 +443,7 @@ def removal_verdicts(tables: Tables) -> Styler:
 
 
 def _propagation_caption(tables: Tables, facts: Mapping[str, Any]) -> str:
-    from measure.removal_study import propagation_correlation
+    from measure.removal.study import propagation_correlation
 
     single = study_part(tables[STUDY], "single_units")
     blocks = single[single["unit"] == "block"]

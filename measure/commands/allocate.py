@@ -1,5 +1,5 @@
 """`pvq allocate`: the per-layer allocation of a menu of compression options that minimises the predicted damage
-under a size budget in bits per weight (:mod:`measure.allocation`).
+under a size budget in bits per weight (:mod:`measure.mixture`).
 
 Example: ``pvq allocate --model smollm2-135m --budget 4 --menu keep,gptq:3:g128,gptq:4:g128,sparsegpt:0.5
 --out alloc.parquet``, then ``pvq eval --compress alloc.parquet --ppl``. Writes the allocation table (one row per
@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import argparse
 
-from measure.commands.common import add_device_arguments
+from pvq.commands.common import add_device_arguments
 
 HELP = "Per-layer allocation of compression options under a size budget (bits per weight), solved exactly."
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from measure.allocation.menu import DEFAULT_MENU
-    from measure.defaults import DEFAULT_MODEL
+    from measure.mixture.menu import DEFAULT_MENU
+    from measure.models.defaults import DEFAULT_MODEL
 
     parser.add_argument("--model", default=DEFAULT_MODEL, help=f"name, folder or .gguf (default {DEFAULT_MODEL})")
     parser.add_argument("--budget", type=float, required=True, help="bits per weight over the block linear layers")
@@ -37,17 +37,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from measure.allocation.file import write_allocation
-    from measure.allocation.inputs import check_sensitivity, measure_menu
-    from measure.allocation.menu import parse_menu
-    from measure.allocation.solve import allocate, cheapest_bits, check_budget
-    from measure.calibration import CalibrationProtocol, calibration_batches
-    from measure.capture import capture
-    from measure.commands.common import load_placed, placement
+    from measure.mixture.file import write_allocation
+    from measure.mixture.inputs import check_sensitivity, measure_menu
+    from measure.mixture.menu import parse_menu
+    from measure.mixture.solve import allocate, cheapest_bits, check_budget
+    from measure.data.calibration import CalibrationProtocol, calibration_batches
+    from measure.capture.statistics import capture
+    from pvq.commands.common import load_placed, placement
     from measure.evaluation.perplexity import bos_token_id_for, make_windows
     from measure.evaluation.residual import ResidualStreamEvaluator
-    from measure.provenance import collect
-    from measure.text import calibration_text
+    from measure.records.provenance import collect
+    from measure.data.text import calibration_text
     from theory.errors import PvqError
 
     options = parse_menu(args.menu)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from measure.commands.common import add_device_arguments, add_mode_argument
+from pvq.commands.common import add_device_arguments, add_mode_argument
 
 HELP = "Exact optima and bounds of the per-layer quantization and pruning problems."
 COLUMNS = ("family", "method", "kind", "sqnr_db", "sqnr_upper_db", "status", "optimal_chunks", "chunks", "gap",
@@ -31,7 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from measure.bounds import bounds_for_model
-    from measure.commands.common import block_memory, load_placed, placement
+    from pvq.commands.common import block_memory, load_placed, placement
 
     place = placement(args, args.mode)
     loaded = load_placed(args.model, place)

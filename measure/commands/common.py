@@ -2,7 +2,7 @@
 command's model lives and its calibration pass runs (:class:`Placement`).
 
 On an accelerator a calibration pass is layer-sequential by default: the model stays in CPU memory and one
-decoder block at a time visits the device (:func:`measure.capture.capture`, ``mode="sequential"``), so a
+decoder block at a time visits the device (:func:`measure.capture.statistics.capture`, ``mode="sequential"``), so a
 model larger than the device's memory still runs; the pass reports its peak memory per block.
 
 Cheap to import (torch is imported inside the resolvers), so subcommand modules can use it at import time.
@@ -23,8 +23,8 @@ from theory.errors import PvqError
 if TYPE_CHECKING:
     import torch
 
-    from measure.capture import BlockHooks
-    from measure.models import LoadedModel
+    from measure.capture.statistics import BlockHooks
+    from measure.models.load import LoadedModel
 
 DEVICES = ("auto", "cpu", "cuda")
 DEFAULT_DEVICE = "auto"
@@ -139,8 +139,8 @@ def placement(args: argparse.Namespace, mode: str | None = None) -> Placement:
 
 
 def load_placed(name: str, place: Placement) -> LoadedModel:
-    """:func:`measure.models.load_model` of ``name`` at ``place.home`` in ``place.dtype``."""
-    from measure.models import load_model
+    """:func:`measure.models.load.load_model` of ``name`` at ``place.home`` in ``place.dtype``."""
+    from measure.models.load import load_model
 
     return load_model(name, device=place.home, dtype=place.dtype)
 
@@ -150,11 +150,11 @@ def block_memory(place: Placement, report: TextIO | None = None) -> Iterator[Blo
     """The ``block_hooks`` that log the peak memory of each block of a layer-sequential pass run inside the
     context (None for a full pass); when the pass ends, one line ``peak memory per block ...`` goes to
     ``report`` (default stderr): peak RSS on the CPU, ``torch.cuda.max_memory_allocated`` on CUDA
-    (:class:`measure.memory.BlockMemoryLog`)."""
+    (:class:`measure.capture.memory.BlockMemoryLog`)."""
     if place.mode != "sequential":
         yield None
         return
-    from measure.memory import BlockMemoryLog
+    from measure.capture.memory import BlockMemoryLog
 
     memory = BlockMemoryLog(place.device)
     yield memory.hooks

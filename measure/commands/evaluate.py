@@ -18,7 +18,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from measure.commands.common import Placement, add_device_arguments
+from pvq.commands.common import Placement, add_device_arguments
 from theory.errors import PvqError
 
 HELP = "Perplexity and lm-eval benchmarks of a (compressed) model, in memory."
@@ -26,7 +26,7 @@ SUMMARY_COLUMNS = ["task", "metric", "value", "stderr", "n", "limit", "runtime_s
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from measure.defaults import DEFAULT_MODEL
+    from measure.models.defaults import DEFAULT_MODEL
 
     parser.add_argument("--model", default=DEFAULT_MODEL, help=f"name, folder or .gguf (default {DEFAULT_MODEL})")
     parser.add_argument(
@@ -49,19 +49,19 @@ def parse_compression(text: str | None) -> Any:
     before the model loads), or None without ``--compress``."""
     if text is None:
         return None
-    from measure.allocation.file import allocation_spec, is_allocation_file, read_allocation
+    from measure.mixture.file import allocation_spec, is_allocation_file, read_allocation
 
     if is_allocation_file(text):
         return allocation_spec(read_allocation(text))
     try:
-        from measure.spec import parse_spec
+        from measure.compress.spec import parse_spec
     except ImportError as error:
-        raise PvqError("compression specs are not available yet (no measure.spec); drop --compress") from error
+        raise PvqError("compression specs are not available yet (no measure.compress.spec); drop --compress") from error
     return parse_spec(text)
 
 
 def run(args: argparse.Namespace) -> int:
-    from measure.commands.common import placement
+    from pvq.commands.common import placement
     from measure.evaluation.lmeval import TASKS, check_limit, resolve_tasks
 
     place = placement(args, mode="full")
@@ -81,13 +81,13 @@ def _evaluate(args: argparse.Namespace, requests: list[Any], spec: Any, place: P
     """Load (spread over every GPU when more than one is visible and nothing is compressed), evaluate, print."""
     import pandas as pd
 
-    from measure.commands.common import device_map_for
+    from pvq.commands.common import device_map_for
     from measure.evaluation.lmeval import check_stock_tasks
     from measure.evaluation.perplexity import bos_token_id_for, check_window_fits, default_window, make_windows
     from measure.evaluation.results import ResultCache
     from measure.evaluation.runs import ModelVariant, cached_perplexity, cached_task
-    from measure.models import load_model
-    from measure.text import evaluation_text
+    from measure.models.load import load_model
+    from measure.data.text import evaluation_text
 
     check_stock_tasks(requests)
     device_map = device_map_for(place.device) if spec is None else None
@@ -121,7 +121,7 @@ def _spec_name(text: str, spec: Any, model: Any) -> str:
     allocation file (checked against ``model`` first: its layers, sizes and bits)."""
     import hashlib
 
-    from measure.allocation.file import check_allocation, is_allocation_file, read_allocation
+    from measure.mixture.file import check_allocation, is_allocation_file, read_allocation
 
     if not is_allocation_file(text):
         return text
@@ -131,11 +131,11 @@ def _spec_name(text: str, spec: Any, model: Any) -> str:
 
 def _compressor(loaded: Any, spec: Any, device: str) -> Any:
     """``model -> compressed model`` for ``spec``: compressed in place, one block at a time on ``device``,
-    calibrated on the calibration text with the default :class:`measure.calibration.CalibrationProtocol`
+    calibrated on the calibration text with the default :class:`measure.data.calibration.CalibrationProtocol`
     (128 windows of 512 tokens)."""
-    from measure.calibration import CalibrationProtocol, calibration_batches
-    from measure.spec import apply_spec
-    from measure.text import calibration_text
+    from measure.data.calibration import CalibrationProtocol, calibration_batches
+    from measure.compress.spec import apply_spec
+    from measure.data.text import calibration_text
 
     def compress(model: Any) -> Any:
         protocol = CalibrationProtocol(bos=loaded.bos_per_window)

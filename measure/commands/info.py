@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from measure.commands.common import add_device_arguments
+from pvq.commands.common import add_device_arguments
 
 HELP = "Describe a model: blocks, sublayers, linear layers, parameter counts, grid detection."
 
@@ -18,9 +18,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from measure.architecture import describe, parameter_counts, summary_table
-    from measure.commands.common import load_placed, placement
-    from measure.grid import detect_linear_grid
+    from measure.models.architecture import describe, parameter_counts, summary_table
+    from pvq.commands.common import load_placed, placement
+    from measure.models.weight_grid import detect_linear_grid
 
     place = placement(args, mode="full")
     loaded = load_placed(args.model, place)

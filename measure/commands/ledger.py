@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from measure.commands.common import add_device_arguments, add_mode_argument
+from pvq.commands.common import add_device_arguments, add_mode_argument
 
 HELP = "Per-layer error ledger of pruning and quantization methods on real activations."
 DEFAULT_MODEL = "smollm2-135m"
@@ -47,15 +47,15 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from measure import ledger as ledgers
-    from measure.architecture import describe
-    from measure.calibration import CalibrationProtocol, calibration_batches
-    from measure.commands.common import block_memory, load_placed, placement
-    from measure.grid import detect_model_grid
-    from measure.parallel import method_workers
-    from measure.provenance import collect
-    from measure.spec import describe_steps, parse_term_list
-    from measure.store import write_table
-    from measure.text import calibration_text
+    from measure.models.architecture import describe
+    from measure.data.calibration import CalibrationProtocol, calibration_batches
+    from pvq.commands.common import block_memory, load_placed, placement
+    from measure.models.weight_grid import detect_model_grid
+    from measure.compress.parallel import method_workers
+    from measure.records.provenance import collect
+    from measure.compress.spec import describe_steps, parse_term_list
+    from measure.records.store import write_table
+    from measure.data.text import calibration_text
 
     place = placement(args, args.mode)
     steps = parse_term_list(args.methods or ledgers.DEFAULT_METHODS)

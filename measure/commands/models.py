@@ -12,11 +12,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from measure.defaults import DEFAULT_MODEL, DEFAULT_MODELS
-    from measure.fetch import cache_root
+    from measure.models.defaults import DEFAULT_MODEL, DEFAULT_MODELS
+    from measure.models.fetch import cache_root
 
     if args.fetch:
-        from measure.models import ensure_default_checkpoint
+        from measure.models.load import ensure_default_checkpoint
 
         print(f"{args.fetch}: {ensure_default_checkpoint(args.fetch)}")
         return 0

@@ -8,7 +8,7 @@ Examples::
     pvq remove --model smollm2-135m --study --out results/removal             # the whole study
 
 A removal prints the metric's ranking and writes, with ``--out``, a checkpoint that plain ``from_pretrained``
-loads (plus ``pvq_removal.json``). ``--study`` writes the tables of :func:`measure.removal_study.run_study` as
+loads (plus ``pvq_removal.json``). ``--study`` writes the tables of :func:`measure.removal.study.run_study` as
 ``OUT/<table>.parquet`` with provenance sidecars (each as soon as it is final), ``OUT/summary.json``, and prints
 the summaries.
 """
@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from measure.commands.common import Placement, add_device_arguments, add_mode_argument
+from pvq.commands.common import Placement, add_device_arguments, add_mode_argument
 from theory.errors import PvqError
 
 HELP = "Block/sublayer importance and layer removal measured against the bounds."
@@ -26,7 +26,7 @@ DEFAULT_STUDY_OUT = "results/removal"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from measure.defaults import DEFAULT_MODEL
+    from measure.models.defaults import DEFAULT_MODEL
 
     parser.add_argument("--model", default=DEFAULT_MODEL, help=f"name, folder or .gguf (default {DEFAULT_MODEL})")
     parser.add_argument(
@@ -66,9 +66,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def study_settings(args: argparse.Namespace) -> Any:
-    """:class:`measure.removal_study.StudySettings` from the study's options, checked (except against the
+    """:class:`measure.removal.study.StudySettings` from the study's options, checked (except against the
     model's block count) before anything is loaded or written."""
-    from measure.removal_study import StudySettings, check_settings
+    from measure.removal.study import StudySettings, check_settings
 
     def names(text: str) -> tuple[str, ...]:
         return tuple(part.strip() for part in text.split(",") if part.strip())
@@ -95,7 +95,7 @@ def _bit_widths(text: str) -> tuple[int, ...]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from measure.commands.common import load_placed, placement
+    from pvq.commands.common import load_placed, placement
 
     if args.study and args.mode == "sequential":
         raise PvqError("--study runs the whole model on --device (perplexity of every removal); drop --mode")
@@ -110,8 +110,8 @@ def run(args: argparse.Namespace) -> int:
 
 def _calibration(args: argparse.Namespace, loaded: Any) -> tuple[list, Any]:
     """The calibration batches and their protocol."""
-    from measure.calibration import CalibrationProtocol, calibration_batches
-    from measure.text import calibration_text
+    from measure.data.calibration import CalibrationProtocol, calibration_batches
+    from measure.data.text import calibration_text
 
     protocol = CalibrationProtocol(args.sequences, args.seq_len, args.batch_size, bos=loaded.bos_per_window)
     return calibration_batches(loaded.tokenizer, calibration_text(), protocol), protocol
@@ -120,11 +120,11 @@ def _calibration(args: argparse.Namespace, loaded: Any) -> tuple[list, Any]:
 def _remove(args: argparse.Namespace, loaded: Any, place: Placement) -> int:
     import pandas as pd
 
-    from measure.architecture import describe
-    from measure.commands.common import block_memory
-    from measure.importance import choose_units, get_ordering, measure_importance
-    from measure.removal import drop_experts, remove_units, removed_fraction, save_removed
-    from measure.removal_study import unit_table
+    from measure.models.architecture import describe
+    from pvq.commands.common import block_memory
+    from measure.compress.importance import choose_units, get_ordering, measure_importance
+    from measure.compress.remove import drop_experts, remove_units, removed_fraction, save_removed
+    from measure.removal.study import unit_table
     from theory.accounting import removal_bits_per_weight
 
     ordering = get_ordering(args.metric)
@@ -169,13 +169,13 @@ def _study(args: argparse.Namespace, loaded: Any) -> int:
     import pandas as pd
     import torch
 
-    from measure.architecture import describe
-    from measure.atomic import write_text_atomic
+    from measure.models.architecture import describe
+    from measure.records.atomic import write_text_atomic
     from measure.evaluation.perplexity import bos_token_id_for, make_windows
-    from measure.provenance import collect
-    from measure.removal_study import check_settings, run_study
-    from measure.store import write_table
-    from measure.text import evaluation_text
+    from measure.records.provenance import collect
+    from measure.removal.study import check_settings, run_study
+    from measure.records.store import write_table
+    from measure.data.text import evaluation_text
 
     batches, protocol = _calibration(args, loaded)
     windows = make_windows(

@@ -1,10 +1,10 @@
 """`pvq run`: Run a declared experiment grid locally or on SLURM.
 
 ``pvq run FILE [--executor local|slurm|submitit-local|debug] [--dry-run] [--workers N] [--retries N]
-[--device D] [--dtype T]``. The experiment file (TOML, :mod:`measure.grid_file`) is checked completely before
+[--device D] [--dtype T]``. The experiment file (TOML, :mod:`pvq.scale.grid_file`) is checked completely before
 any job starts; ``--device`` / ``--dtype`` override its settings for every job (a dtype is part of a job's
 identity, so another dtype means other jobs and results; a device is not). Finished jobs are skipped, the
-others run on the executor (:mod:`measure.executors`), failed ones are retried and then reported. Results land
+others run on the executor (:mod:`pvq.scale.executors`), failed ones are retried and then reported. Results land
 in the tables ``pvq figures`` and ``pvq eval`` read.
 """
 
@@ -15,8 +15,8 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from measure.commands.common import add_device_arguments, check_device_name, resolve_device
-from measure.executors import EXECUTORS
+from pvq.commands.common import add_device_arguments, check_device_name, resolve_device
+from pvq.scale.executors import EXECUTORS
 from theory.errors import PvqError
 
 HELP = "Run a declared experiment grid locally or on SLURM."
@@ -24,7 +24,7 @@ HELP = "Run a declared experiment grid locally or on SLURM."
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """`pvq run FILE [--executor ...] [--dry-run] [--workers N] [--retries N] [--device D] [--dtype T]`."""
-    parser.add_argument("file", type=Path, help="experiment file (TOML); examples in measure/experiment_files/")
+    parser.add_argument("file", type=Path, help="experiment file (TOML); examples in pvq/scale/experiment_files/")
     parser.add_argument(
         "--executor", default="local", choices=EXECUTORS,
         help="local = process pool on this machine (default); slurm = submitit job arrays; submitit-local = "
@@ -46,7 +46,7 @@ def job_table(jobs: list[Any], status: dict[str, str]) -> str:
 def refresh_eval_tables(jobs: list[Any]) -> list[Path]:
     """Rewrite ``<results>/eval/eval.parquet`` from the evaluation cache (once, after all jobs)."""
     from measure.evaluation.results import ResultCache
-    from measure.jobs import EVAL_DIR, EVAL_KIND
+    from pvq.scale.jobs import EVAL_DIR, EVAL_KIND
 
     roots = sorted({Path(job.results) / EVAL_DIR for job in jobs if job.kind == EVAL_KIND})
     return [ResultCache(root).write_table() for root in roots if (root / "cache").is_dir()]
@@ -71,9 +71,9 @@ def with_overrides(jobs: list[Any], device: str | None, dtype: str | None) -> li
 
 
 def run(args: argparse.Namespace) -> int:
-    from measure.executors import check_slurm_available, execute, sbatch_scripts
-    from measure.grid_file import load_grid
-    from measure.jobs import is_finished, last_failure
+    from pvq.scale.executors import check_slurm_available, execute, sbatch_scripts
+    from pvq.scale.grid_file import load_grid
+    from pvq.scale.jobs import is_finished, last_failure
 
     check_device_here(args.device, args.executor)
     if args.executor == "slurm" and not args.dry_run:

@@ -2,7 +2,7 @@
 
 REFERENCE is a results folder (``<folder>/<model or model-free>/<name>.parquet``), a folder holding one (an
 unpacked archive of `pvq figures --archive`), or such a ``.tar.gz`` archive itself. Tables are compared by
-:mod:`measure.table_compare`; one line per table, exit status 0 when every table matches, 1 otherwise.
+:mod:`measure.records.compare`; one line per table, exit status 0 when every table matches, 1 otherwise.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import tarfile
 import tempfile
 from pathlib import Path, PurePosixPath
 
-from measure.store import ARCHIVE_SUFFIXES, RESULTS_DIR, TABLE_SUFFIX, find_tables
+from measure.records.store import ARCHIVE_SUFFIXES, RESULTS_DIR, TABLE_SUFFIX, find_tables
 from theory.errors import PvqError
 
 HELP = "Compare this checkout's result tables with a reference results folder or archive, table by table."
@@ -61,7 +61,7 @@ def results_folder(reference: Path) -> Path:
 
 def verify(here: Path, reference: Path, rtol: float) -> int:
     """Print one line per table and a summary; 0 when every table matches, else 1."""
-    from measure.table_compare import compare_folders, tally
+    from measure.records.compare import compare_folders, tally
 
     if not find_tables(reference):
         raise PvqError(f"no result tables in {reference} (expected <folder>/<model or model-free>/<name>.parquet)")

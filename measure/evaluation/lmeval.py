@@ -1,7 +1,7 @@
 """lm-eval benchmarks of an in-memory model on the local benchmark datasets.
 
 Our tasks are YAMLs in ``tasks/`` (one registry, :data:`TASKS`) that read the ``save_to_disk`` folders of
-:func:`measure.data.benchmark_datasets_dir`, so they run offline. A user with internet can name any stock
+:func:`measure.data.benchmarks.benchmark_datasets_dir`, so they run offline. A user with internet can name any stock
 lm-eval task as ``lm_eval:<task>``. Every run goes through lm-eval's own API: ``HFLM(pretrained=<model
 object>, tokenizer=...)`` and ``simple_evaluate`` with a ``TaskManager`` whose ``include_path`` is our folder
 (Gao et al., "A framework for few-shot language model evaluation", lm-evaluation-harness).
@@ -159,7 +159,7 @@ def run_lm_eval(
 
     check_limit(limit)
     if datasets_dir is None:
-        from measure.data import benchmark_datasets_dir
+        from measure.data.benchmarks import benchmark_datasets_dir
 
         datasets_dir = benchmark_datasets_dir()
     task_logger = logging.getLogger("lm_eval.api.task")

@@ -17,8 +17,8 @@ from dataclasses import replace
 import torch
 from torch import nn
 
-from measure.architecture import Architecture, describe
-from measure.blocks import BlockInputs, record_block_inputs, run_block
+from measure.models.architecture import Architecture, describe
+from measure.capture.blocks import BlockInputs, record_block_inputs, run_block
 from measure.evaluation.perplexity import (
     LOGITS_BUDGET_BYTES,
     PerplexityResult,
@@ -27,7 +27,7 @@ from measure.evaluation.perplexity import (
     final_hidden_states,
     output_head,
 )
-from measure.removal import check_block_indices
+from measure.compress.remove import check_block_indices
 from theory.errors import PvqError
 
 REFERENCE_CACHE_BYTES = 1 << 29

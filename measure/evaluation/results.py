@@ -20,9 +20,9 @@ from typing import Any
 
 import pandas as pd
 
-from measure.atomic import write_text_atomic
-from measure.provenance import collect
-from measure.store import write_table
+from measure.records.atomic import write_text_atomic
+from measure.records.provenance import collect
+from measure.records.store import write_table
 
 COLUMNS = (
     "model_id", "model_hash", "spec", "task", "subtask", "metric", "value", "stderr", "n", "limit",

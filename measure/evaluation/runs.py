@@ -23,7 +23,7 @@ Compressor = Callable[[torch.nn.Module], torch.nn.Module]
 
 
 class ModelVariant:
-    """``loaded`` (a :class:`measure.models.LoadedModel`) compressed by ``compress`` under the name ``spec``.
+    """``loaded`` (a :class:`measure.models.load.LoadedModel`) compressed by ``compress`` under the name ``spec``.
 
     ``compress`` receives a deep copy of the uncompressed model, which stays intact as the KL reference.
     """

@@ -11,10 +11,10 @@ from __future__ import annotations
 import math
 from functools import partial
 
-from measure.methods import formats, gptq, kquant, pruning, quantization, sparsegpt
-from measure.methods.joint import compose
-from measure.methods.method import Compress, Method
-from measure.methods.params import (
+from measure.compress.methods import formats, gptq, kquant, pruning, quantization, sparsegpt
+from measure.compress.methods.joint import compose
+from measure.compress.methods.method import Compress, Method
+from measure.compress.methods.params import (
     CLIP_CHOICES,
     Param,
     as_bits,
@@ -25,7 +25,7 @@ from measure.methods.params import (
     as_nm,
     as_positive_int,
 )
-from measure.methods.uniform import grid_bits_per_weight
+from measure.compress.methods.uniform import grid_bits_per_weight
 from theory.errors import PvqError
 
 SPARSITY = Param("sparsity", None, as_fraction, "fraction of the weights set to zero, in [0, 1)")
@@ -249,7 +249,7 @@ def method_names(kind: str | None = None) -> list[str]:
 
 
 def get_method(name: str) -> Method:
-    """The method called ``name``; ``"<pruning>+<quantization>"`` composes two (:mod:`measure.methods.joint`)."""
+    """The method called ``name``; ``"<pruning>+<quantization>"`` composes two (:mod:`measure.compress.methods.joint`)."""
     if name in REGISTRY:
         return REGISTRY[name]
     if "+" in name:

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import torch
 
-from measure.methods.params import BitsFunction
-from measure.methods.uniform import IntegerGrid, grouped
+from measure.compress.methods.params import BitsFunction
+from measure.compress.methods.uniform import IntegerGrid, grouped
 from theory import formats
 from theory.accounting import Convention, mx_bits_per_weight, nf4_bits_per_weight, ternary_bits_per_weight
 

@@ -1,8 +1,8 @@
 """GPTQ (Frantar et al. 2022, arXiv 2210.17323): integer-grid quantization with OBS error feedback.
 
-Columns are rounded one at a time by the sweep of :mod:`measure.methods.obs` (blocks of 128 columns,
+Columns are rounded one at a time by the sweep of :mod:`measure.compress.methods.obs` (blocks of 128 columns,
 lazy batch updates, Cholesky of the damped inverse Gram). Grid parameters are fitted per group with
-:class:`~measure.methods.uniform.IntegerGrid` when the sweep reaches the group's first column, on the
+:class:`~measure.compress.methods.uniform.IntegerGrid` when the sweep reaches the group's first column, on the
 group's then-current weights, all updates included (the reference code fits on the lazily updated W,
 which misses the in-block updates of groups that start inside a block).
 
@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import torch
 
-from measure.methods.obs import ObsSweep, inverse_gram_factor
-from measure.methods.uniform import IntegerGrid
+from measure.compress.methods.obs import ObsSweep, inverse_gram_factor
+from measure.compress.methods.uniform import IntegerGrid
 
 
 class GptqRule:
@@ -87,7 +87,7 @@ def gptq_quantize(
 ) -> torch.Tensor:
     """GPTQ Algorithm 1 (arXiv 2210.17323): minimize ``tr(ΔW H ΔWᵀ)`` column by column on a b-bit grid.
 
-    Same grid, granularity and clipping options as :func:`measure.methods.quantization.rtn_quantize`.
+    Same grid, granularity and clipping options as :func:`measure.compress.methods.quantization.rtn_quantize`.
     """
     columns = weight.shape[1]
     order = (

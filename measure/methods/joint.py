@@ -11,8 +11,8 @@ from dataclasses import replace
 
 import torch
 
-from measure.methods.method import Method
-from measure.methods.params import Param
+from measure.compress.methods.method import Method
+from measure.compress.methods.params import Param
 from theory.accounting import Convention
 from theory.errors import PvqError
 

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 
 import torch
 
-from measure.methods.params import BitsFunction
-from measure.methods.uniform import grouped
+from measure.compress.methods.params import BitsFunction
+from measure.compress.methods.uniform import grouped
 from theory.accounting import Convention, kquant_bits_per_weight
 
 SUPER_BLOCK = 256

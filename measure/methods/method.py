@@ -8,8 +8,8 @@ from typing import Any
 
 import torch
 
-from measure.methods.checks import check_gram, check_weight
-from measure.methods.params import BitsFunction, Param, resolve_params
+from measure.compress.methods.checks import check_gram, check_weight
+from measure.compress.methods.params import BitsFunction, Param, resolve_params
 from theory.accounting import Convention
 from theory.errors import PvqError
 

@@ -1,7 +1,7 @@
 """Score-based pruning: magnitude, Wanda, MoE-Pruner, N:M patterns and structured row / head removal.
 
 Every function zeroes the weights with the lowest scores and leaves the others untouched (no
-reconstruction; SparseGPT, which updates the kept weights, lives in :mod:`measure.methods.sparsegpt`).
+reconstruction; SparseGPT, which updates the kept weights, lives in :mod:`measure.compress.methods.sparsegpt`).
 The number of pruned weights is exact: ``round(p · n)`` of every comparison group of n weights
 (the whole layer, or each output row), ties broken by position.
 """
@@ -13,7 +13,7 @@ from dataclasses import replace
 
 import torch
 
-from measure.methods.params import BitsFunction
+from measure.compress.methods.params import BitsFunction
 from theory.accounting import Convention, removal_bits_per_weight, sparse_bits_per_weight
 from theory.errors import PvqError
 

@@ -7,8 +7,8 @@ from typing import Any
 
 import torch
 
-from measure.methods.pruning import lowest_scores_mask
-from measure.methods.uniform import SCALE_BITS, IntegerGrid, grid_bits_per_weight, grid_quantize
+from measure.compress.methods.pruning import lowest_scores_mask
+from measure.compress.methods.uniform import SCALE_BITS, IntegerGrid, grid_bits_per_weight, grid_quantize
 from theory.accounting import Convention
 
 OUTLIER_BITS = 8
@@ -28,7 +28,7 @@ def rtn_quantize(
     """Round-to-nearest onto a b-bit integer grid, one scale per tensor / output channel / group of g inputs.
 
     ``ŵ = s·(clamp(round(w/s) + z) − z)`` (Jacob et al. 2018, arXiv 1712.05877, Eq. 1), scales from
-    min-max or from the MSE clipping search of :mod:`measure.methods.uniform`.
+    min-max or from the MSE clipping search of :mod:`measure.compress.methods.uniform`.
     """
     return grid_quantize(weight, IntegerGrid(bits, symmetric), group, clip)
 

@@ -1,6 +1,6 @@
 """SparseGPT (Frantar & Alistarh 2023, arXiv 2301.00774): pruning with OBS reconstruction of the kept weights.
 
-The sweep of :mod:`measure.methods.obs` zeroes the pruned weights column by column and lets the later
+The sweep of :mod:`measure.compress.methods.obs` zeroes the pruned weights column by column and lets the later
 columns absorb the error. The mask is chosen adaptively (their "Adaptive Mask Selection"):
 when the sweep enters a block of ``block_size`` columns, the ``k`` weights of lowest OBS saliency
 ``w_ij² / U_jj²`` in the block (U: Cholesky factor of the damped inverse Gram) are pruned, on the
@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import torch
 
-from measure.methods.obs import ObsSweep, inverse_gram_factor
-from measure.methods.pruning import lowest_scores_mask, nm_keep_mask, pruned_count, resolve_pattern
+from measure.compress.methods.obs import ObsSweep, inverse_gram_factor
+from measure.compress.methods.pruning import lowest_scores_mask, nm_keep_mask, pruned_count, resolve_pattern
 from theory.errors import PvqError
 
 

@@ -20,7 +20,7 @@ REQUIRED_PROVENANCE_KEYS = {
 
 @dataclass
 class ToyLoaded:
-    """Stands in for ``measure.models.LoadedModel``."""
+    """Stands in for ``measure.models.load.LoadedModel``."""
 
     model_id: str
     model_hash: str

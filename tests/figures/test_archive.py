@@ -12,8 +12,8 @@ import pytest
 
 from figures.archive import MANIFEST, write_archive
 from figures.registry import load_catalog, synthetic_tables
-from measure.cli import main
-from measure.store import write_table
+from pvq.cli import main
+from measure.records.store import write_table
 from theory.errors import PvqError
 
 load_catalog()

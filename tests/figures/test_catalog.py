@@ -17,7 +17,7 @@ from figures.experiments import EXPERIMENTS
 from figures.registry import load_catalog, synthetic_tables
 from figures.render import draw, render_artifact
 from figures.style import THESIS_RC, method_style
-from measure.store import read_table, write_table
+from measure.records.store import read_table, write_table
 from theory.formats import FORMATS
 
 ARTIFACTS = load_catalog()

@@ -12,7 +12,7 @@ import pytest
 from figure_toys import ToyModels, make_counting_experiment, toy_context
 
 from figures.experiments import cache_key, code_version, ensure, experiment, stored_key
-from measure.store import read_provenance, read_table
+from measure.records.store import read_provenance, read_table
 from theory.errors import PvqError
 
 

@@ -20,7 +20,7 @@ from tiny_models import save_tiny_model
 
 from figures.experiments import EXPERIMENTS, ExperimentContext, run_one
 from figures.registry import load_catalog
-from measure import text
+from measure.data import text
 
 load_catalog()
 TEXT = "The history of the calibration text is long, and it is real English prose. " * 60

@@ -15,11 +15,13 @@ import pandas as pd
 import pytest
 from tiny_models import save_tiny_model
 
-from figures import paper, paper_cli
+from figures import paper
+
+from pvq.commands import paper as paper_cli
 from figures.experiments import EXPERIMENTS, model_slug
 from figures.registry import load_catalog
-from measure.cli import main
-from measure.store import read_table
+from pvq.cli import main
+from measure.records.store import read_table
 from theory.errors import PvqError
 
 ARTIFACTS = load_catalog()

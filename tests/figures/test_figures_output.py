@@ -12,7 +12,7 @@ from pathlib import Path
 
 from figures.progress import NO_ESTIMATE
 from figures.registry import load_catalog
-from measure.cli import main
+from pvq.cli import main
 
 ARTIFACT = "kurtosis_bits_sqnr_difference"  # model-free, two cheap theory experiments
 EXPERIMENTS = load_catalog()[ARTIFACT].needs
@@ -57,7 +57,7 @@ import numpy as np
 from figures.experiments import EXPERIMENTS
 from figures.progress import NO_ESTIMATE
 from figures.registry import load_catalog
-from measure.cli import main
+from pvq.cli import main
 
 THIRD_PARTY = """
 import logging

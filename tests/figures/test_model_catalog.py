@@ -12,7 +12,7 @@ from scipy import stats
 from figures.catalog import frontier, removal, weights
 from figures.registry import load_catalog, synthetic_tables
 from figures.render import draw, render_artifact
-from measure.store import read_table, write_table
+from measure.records.store import read_table, write_table
 
 ARTIFACTS = load_catalog()
 

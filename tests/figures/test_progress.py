@@ -12,7 +12,7 @@ from figure_toys import ToyModels, toy_context, toy_synthetic
 
 from figures.experiments import Experiment, ensure
 from figures.progress import NO_ESTIMATE, ExperimentProgress, duration_text, last_runtime, start_line
-from measure.store import write_table
+from measure.records.store import write_table
 
 
 class FakeTerminal(io.StringIO):

@@ -13,18 +13,18 @@ import torch
 from test_perplexity import text_ids, windows_of
 from tiny_models import save_tiny_model, tiny_model
 
-from measure.allocation.file import allocation_spec, check_allocation, read_allocation, write_allocation
-from measure.allocation.inputs import measure_menu
-from measure.allocation.menu import parse_menu
-from measure.allocation.sensitivity import PROBE, kl_sensitivity
-from measure.allocation.solve import allocate, cheapest_bits, check_budget
-from measure.architecture import describe
-from measure.capture import capture
-from measure.cli import main
+from measure.mixture.file import allocation_spec, check_allocation, read_allocation, write_allocation
+from measure.mixture.inputs import measure_menu
+from measure.mixture.menu import parse_menu
+from measure.mixture.sensitivity import PROBE, kl_sensitivity
+from measure.mixture.solve import allocate, cheapest_bits, check_budget
+from measure.models.architecture import describe
+from measure.capture.statistics import capture
+from pvq.cli import main
 from measure.evaluation.perplexity import evaluate_perplexity
 from measure.evaluation.residual import ResidualStreamEvaluator
-from measure.grid import distinct_per_block
-from measure.spec import apply_spec, parse_spec
+from measure.models.weight_grid import distinct_per_block
+from measure.compress.spec import apply_spec, parse_spec
 from theory.errors import PvqError
 
 MENU = "keep,rtn:3:g16,gptq:4:g16,sparsegpt:0.5"

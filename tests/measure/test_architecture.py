@@ -8,7 +8,7 @@ import transformers
 from tiny_models import TINY_FAMILIES, TINY_VOCAB_SIZE, tiny_model, tiny_tokenizer
 from torch import nn
 
-from measure.architecture import (
+from measure.models.architecture import (
     Architecture,
     LinearRef,
     describe,

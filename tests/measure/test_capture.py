@@ -6,9 +6,9 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from measure.architecture import describe
-from measure.calibration import token_windows
-from measure.capture import capture
+from measure.models.architecture import describe
+from measure.data.calibration import token_windows
+from measure.capture.statistics import capture
 from theory.errors import PvqError
 
 

@@ -18,14 +18,14 @@ import pytest
 import torch
 from tiny_models import save_tiny_model
 
-from measure import text
-from measure.cli import COMMANDS, build_parser, main
-from measure.commands import common
-from measure.commands.common import device_map_for, load_placed, placement
-from measure.commands.run import check_device_here, with_overrides
-from measure.grid_file import parse_grid
-from measure.models import load_model
-from measure.store import read_provenance
+from measure.data import text
+from pvq.cli import COMMANDS, build_parser, main
+from pvq.commands import common
+from pvq.commands.common import device_map_for, load_placed, placement
+from pvq.commands.run import check_device_here, with_overrides
+from pvq.scale.grid_file import parse_grid
+from measure.models.load import load_model
+from measure.records.store import read_provenance
 from theory.errors import PvqError
 
 MISSING = "/nonexistent/pvq-model"
@@ -153,7 +153,7 @@ def test_eval_spreads_over_several_gpus_with_accelerate(monkeypatch: pytest.Monk
         requested.update(options)
         raise PvqError("stop before loading")
 
-    monkeypatch.setattr("measure.models.load_model", fake_load)
+    monkeypatch.setattr("measure.models.load.load_model", fake_load)
     assert main(["eval", "--model", MISSING, "--ppl", "--device", "cuda", "--dtype", "float16"]) == 2
     assert requested == {"device": "cuda", "dtype": torch.float16, "device_map": "auto"}
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)

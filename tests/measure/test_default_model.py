@@ -8,11 +8,11 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from measure.defaults import DEFAULT_MODEL, get_default
-from measure.fetch import ensure_asset
-from measure.grid import detect_model_grid
-from measure.models import load_model
-from measure.text import evaluation_text
+from measure.models.defaults import DEFAULT_MODEL, get_default
+from measure.models.fetch import ensure_asset
+from measure.models.weight_grid import detect_model_grid
+from measure.models.load import load_model
+from measure.data.text import evaluation_text
 from theory.errors import PvqError
 
 pytestmark = pytest.mark.slow

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from measure.equal_size import (
+from measure.removal.equal_size import (
     MASK_CONVENTIONS,
     DecoderSizes,
     bracketing_widths,

@@ -18,13 +18,13 @@ import torch
 from tiny_models import tiny_model, tiny_tokenizer
 
 from figures.experiments import EXPERIMENTS, Experiment, ExperimentContext, run_one
-from measure.cli import main
+from pvq.cli import main
 from measure.evaluation.perplexity import bos_token_id_for, evaluate_perplexity, make_windows
-from measure.executors import check_slurm_available, execute, gpu_slots
-from measure.grid_file import load_grid
-from measure.jobs import JOB_KINDS, Job, Resources, is_finished, last_failure, model_loader
-from measure.models import load_model
-from measure.text import evaluation_text
+from pvq.scale.executors import check_slurm_available, execute, gpu_slots
+from pvq.scale.grid_file import load_grid
+from pvq.scale.jobs import JOB_KINDS, Job, Resources, is_finished, last_failure, model_loader
+from measure.models.load import load_model
+from measure.data.text import evaluation_text
 from theory.errors import PvqError
 
 WINDOW = 32
@@ -81,7 +81,7 @@ def test_submitit_runs_four_jobs_and_a_rerun_skips_them(
 
 KILL_AT_COMMIT = textwrap.dedent("""
     import os, sys
-    from measure.jobs import main
+    from pvq.scale.jobs import main
     results, job_file = sys.argv[1], sys.argv[2]
     replace = os.replace
     def killed_while_committing(source, target):

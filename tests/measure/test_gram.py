@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from measure.gram import GramAccumulator, batch_gram_syrk, batch_gram_upper
+from measure.capture.gram import GramAccumulator, batch_gram_syrk, batch_gram_upper
 from theory.errors import PvqError
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from measure.grid import detect_model_grid, detect_tensor_grid
+from measure.models.weight_grid import detect_model_grid, detect_tensor_grid
 
 
 def _block_quantize(weight: torch.Tensor, bits: int, block: int) -> torch.Tensor:

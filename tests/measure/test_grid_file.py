@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from measure.grid_file import TomlLines, load_grid, memory_gb, minutes, parse_grid
-from measure.jobs import EVAL_KIND, EXPERIMENT_KIND, Job, Resources
+from pvq.scale.grid_file import TomlLines, load_grid, memory_gb, minutes, parse_grid
+from pvq.scale.jobs import EVAL_KIND, EXPERIMENT_KIND, Job, Resources
 from theory.errors import PvqError
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "measure" / "experiment_files"

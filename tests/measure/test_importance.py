@@ -10,8 +10,8 @@ import pytest
 import torch
 from tiny_models import tiny_model
 
-from measure.architecture import describe
-from measure.importance import (
+from measure.models.architecture import describe
+from measure.compress.importance import (
     ORDERINGS,
     angular_distances,
     angular_start,
@@ -24,7 +24,7 @@ from measure.importance import (
     record_router_scores,
     removal_sqnr_db,
 )
-from measure.removal import remove_sublayers
+from measure.compress.remove import remove_sublayers
 from theory.errors import PvqError
 
 BLOCKS = 4

@@ -10,14 +10,20 @@ import pytest
 import torch
 from tiny_models import tiny_model, tiny_tokenizer
 
-from measure import cli, ledger, models, text
-from measure.architecture import describe
-from measure.calibration import CalibrationProtocol, calibration_batches
-from measure.capture import capture
+from pvq import cli
+
+from measure import ledger
+
+from measure.models import load as models
+
+from measure.data import text
+from measure.models.architecture import describe
+from measure.data.calibration import CalibrationProtocol, calibration_batches
+from measure.capture.statistics import capture
 from measure.ledger import LEDGER_COLUMNS, LayerErrorMeter, build_ledger, weight_tensor_study
-from measure.methods.errors import output_error
-from measure.spec import layer_gram, parse_spec
-from measure.store import read_provenance, read_table
+from measure.compress.methods.metrics import output_error
+from measure.compress.spec import layer_gram, parse_spec
+from measure.records.store import read_provenance, read_table
 from theory.errors import PvqError
 
 METHODS = "magnitude:0.5,wanda:2:4,sparsegpt:0.5,rtn:3:channel,gptq:4:g16,nf4,mxfp4,moe_pruner:0.5"

@@ -9,8 +9,8 @@ import pytest
 import torch
 from tiny_models import tiny_model, tiny_tokenizer
 
-from measure.cli import main
-from measure.data import benchmark_datasets_dir
+from pvq.cli import main
+from measure.data.benchmarks import benchmark_datasets_dir
 from measure.evaluation.lmeval import (
     TASKS,
     group_averages,

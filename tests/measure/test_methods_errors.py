@@ -8,8 +8,8 @@ import pytest
 import torch
 from test_methods_layer import direct_output_error, random_layer
 
-from measure.methods import get_method
-from measure.methods.errors import output_error, weight_sqnr_db
+from measure.compress.methods import get_method
+from measure.compress.methods.metrics import output_error, weight_sqnr_db
 from theory.errors import PvqError
 
 

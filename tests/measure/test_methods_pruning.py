@@ -6,8 +6,8 @@ import pytest
 import torch
 from test_methods_layer import naive_obs, random_layer
 
-from measure.methods import get_method
-from measure.methods.errors import output_error
+from measure.compress.methods import get_method
+from measure.compress.methods.metrics import output_error
 
 SCORE_PRUNERS = ("magnitude", "magnitude_row", "wanda", "moe_pruner", "sparsegpt")
 

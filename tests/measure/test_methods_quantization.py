@@ -12,8 +12,8 @@ from gguf.quants import dequantize as gguf_dequantize
 from scipy.cluster.vq import kmeans2
 from test_methods_layer import OUTLIER_COLUMNS, naive_obs, random_layer
 
-from measure.methods import get_method
-from measure.methods.errors import output_error
+from measure.compress.methods import get_method
+from measure.compress.methods.metrics import output_error
 from theory import formats
 from theory.accounting import Convention
 
@@ -234,7 +234,7 @@ def _signed_extreme(values: np.ndarray) -> np.ndarray:
 
 def q4_k_block(block: np.ndarray) -> bytes:
     """One ggml ``block_q4_K`` (``ggml-common.h``: fp16 d, fp16 dmin, 12 bytes of 6-bit scales and mins, 128
-    bytes of nibbles) of 256 weights, with the min-max sub-block ranges :mod:`measure.methods.kquant` documents
+    bytes of nibbles) of 256 weights, with the min-max sub-block ranges :mod:`measure.compress.methods.kquant` documents
     (codes computed in float64, as pvq computes)."""
     subs = block.reshape(8, 32)
     mins = -np.minimum(subs.min(axis=1), 0)
@@ -327,7 +327,7 @@ def test_splitquant_is_the_sum_of_three_separately_quantized_clusters(layer) -> 
 
 
 def test_kmeans_labels_are_three_contiguous_value_ranges() -> None:
-    from measure.methods.quantization import kmeans_1d_labels
+    from measure.compress.methods.quantization import kmeans_1d_labels
 
     values = torch.cat([torch.randn(300) - 10, torch.randn(300), torch.randn(300) + 10]).double()
     labels = kmeans_1d_labels(values[torch.randperm(900)], 3)

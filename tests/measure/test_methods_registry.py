@@ -9,7 +9,7 @@ import pytest
 import torch
 from test_methods_layer import random_layer
 
-from measure.methods import METHODS, get_method, method_names
+from measure.compress.methods import METHODS, get_method, method_names
 from theory.accounting import Convention
 from theory.errors import PvqError
 

@@ -10,12 +10,12 @@ import pandas as pd
 import pytest
 from tiny_models import save_tiny_model
 
-from measure import text
+from measure.data import text
 from measure.bounds import bounds_for_model
-from measure.cli import main
-from measure.commands.bounds import COLUMNS
-from measure.defaults import DEFAULT_MODEL, DEFAULT_MODELS
-from measure.models import load_model
+from pvq.cli import main
+from pvq.commands.bounds import COLUMNS
+from measure.models.defaults import DEFAULT_MODEL, DEFAULT_MODELS
+from measure.models.load import load_model
 
 TEXT = "The history of the calibration text is long, and it is real English prose. " * 60
 LAYER = "model.layers.0.self_attn.q_proj"

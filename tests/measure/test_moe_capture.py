@@ -7,11 +7,11 @@ import torch
 from test_methods_layer import direct_output_error
 from tiny_models import tiny_model
 
-from measure.architecture import describe
-from measure.capture import capture
+from measure.models.architecture import describe
+from measure.capture.statistics import capture
 from measure.ledger import build_ledger
-from measure.moe_capture import ExpertCapture
-from measure.spec import apply_spec
+from measure.capture.experts import ExpertCapture
+from measure.compress.spec import apply_spec
 from theory.errors import PvqError
 
 MOE_FAMILIES = ("mixtral", "qwen2_moe", "olmoe", "gpt_oss")

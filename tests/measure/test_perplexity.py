@@ -191,7 +191,7 @@ def test_windows_are_pinned_by_text_and_tokenizer() -> None:
 
 
 class LoadedTiny:
-    """Stands in for measure.models.LoadedModel."""
+    """Stands in for measure.models.load.LoadedModel."""
 
     def __init__(self, model: torch.nn.Module) -> None:
         self.model, self.tokenizer, self.model_id, self.model_hash = model, tiny_tokenizer(), "tiny", "0123"

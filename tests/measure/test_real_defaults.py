@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from measure.architecture import describe, parameter_counts
-from measure.defaults import DEFAULT_MODELS
-from measure.grid import detect_linear_grid
-from measure.models import load_model
+from measure.models.architecture import describe, parameter_counts
+from measure.models.defaults import DEFAULT_MODELS
+from measure.models.weight_grid import detect_linear_grid
+from measure.models.load import load_model
 
 pytestmark = pytest.mark.slow
 

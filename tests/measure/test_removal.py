@@ -11,10 +11,10 @@ import torch
 from tiny_models import tiny_model
 from transformers import AutoModelForCausalLM
 
-from measure import spec
-from measure.architecture import describe, parameter_counts
-from measure.importance import influence, measure_importance, record_router_scores
-from measure.removal import (
+from measure.compress import spec
+from measure.models.architecture import describe, parameter_counts
+from measure.compress.importance import influence, measure_importance, record_router_scores
+from measure.compress.remove import (
     RECORD_FILE,
     Removal,
     drop_experts,
@@ -226,7 +226,7 @@ def test_bad_removal_requests_are_one_clear_error() -> None:
 
 
 def test_remove_spec_terms(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(spec.TERM_KINDS, "remove", "measure.removal:REMOVE_TERM")
+    monkeypatch.setitem(spec.TERM_KINDS, "remove", "measure.compress.remove:REMOVE_TERM")
     batches = list(torch.randint(3, 300, (4, 16), generator=torch.Generator().manual_seed(1)).split(2))
     model = _model("llama")
     expected = _skipped_logits(model, [1, 3])
@@ -249,9 +249,9 @@ def test_pvq_remove_writes_a_checkpoint_that_reloads(
 ) -> None:
     from tiny_models import tiny_tokenizer
 
-    from measure.cli import main
+    from pvq.cli import main
 
-    monkeypatch.setattr("measure.text.calibration_text", lambda: "A short calibration text. " * 20)
+    monkeypatch.setattr("measure.data.text.calibration_text", lambda: "A short calibration text. " * 20)
     source = tmp_path / "tiny"
     model = _model("llama")
     model.save_pretrained(source)

@@ -11,13 +11,13 @@ import pytest
 import torch
 from tiny_models import tiny_model, tiny_tokenizer
 
-from measure.architecture import describe
-from measure.equal_size import MAX_BRACKET_BITS, SIZE_TOLERANCE
+from measure.models.architecture import describe
+from measure.removal.equal_size import MAX_BRACKET_BITS, SIZE_TOLERANCE
 from measure.evaluation.perplexity import evaluate_perplexity, make_windows
 from measure.evaluation.residual import ResidualStreamEvaluator, first_windows
-from measure.removal import remove_blocks, sublayer_removed
-from measure.removal_answer import answer_table
-from measure.removal_study import StudySettings, check_settings, propagation_correlation, run_study
+from measure.compress.remove import remove_blocks, sublayer_removed
+from measure.removal.answer import answer_table
+from measure.removal.study import StudySettings, check_settings, propagation_correlation, run_study
 from theory.errors import PvqError
 
 TEXT = " ".join(f"The {i % 17}th river runs past {i % 5} old mills." for i in range(400))
@@ -199,14 +199,14 @@ def tiny_source(tmp_path, monkeypatch: pytest.MonkeyPatch):
     source = tmp_path / "tiny"
     tiny_model("llama", num_hidden_layers=3).save_pretrained(source)
     tiny_tokenizer().save_pretrained(source)
-    monkeypatch.setattr("measure.text.calibration_text", lambda: TEXT)
-    monkeypatch.setattr("measure.text.evaluation_text", lambda: TEXT[::-1])
+    monkeypatch.setattr("measure.data.text.calibration_text", lambda: TEXT)
+    monkeypatch.setattr("measure.data.text.evaluation_text", lambda: TEXT[::-1])
     return source
 
 
 def test_pvq_remove_study_writes_every_table(tmp_path, tiny_source, capsys) -> None:
-    from measure.cli import main
-    from measure.store import read_provenance, read_table
+    from pvq.cli import main
+    from measure.records.store import read_provenance, read_table
 
     source = tiny_source
     out = tmp_path / "study"
@@ -231,7 +231,7 @@ def test_pvq_remove_study_writes_every_table(tmp_path, tiny_source, capsys) -> N
 def test_pvq_remove_study_refuses_bad_input_and_writes_nothing(
     tmp_path, tiny_source, capsys, flags: list[str], message: str
 ) -> None:
-    from measure.cli import main
+    from pvq.cli import main
 
     out = tmp_path / "study"
     code = main(["remove", "--model", str(tiny_source), "--study", "--out", str(out), "--sequences", "2",
@@ -242,8 +242,8 @@ def test_pvq_remove_study_refuses_bad_input_and_writes_nothing(
 
 
 def test_unit_table_counts_each_units_parameters_and_ranks_by_influence() -> None:
-    from measure.importance import measure_importance
-    from measure.removal_study import unit_table
+    from measure.compress.importance import measure_importance
+    from measure.removal.study import unit_table
 
     model = tiny_model("llama", num_hidden_layers=4)
     arch = describe(model)

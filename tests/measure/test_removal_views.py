@@ -16,14 +16,14 @@ import pytest
 import torch
 from tiny_models import linear_inputs, tiny_model, tiny_tokenizer
 
-from measure.architecture import describe
-from measure.capture import capture
+from measure.models.architecture import describe
+from measure.capture.statistics import capture
 from measure.evaluation.perplexity import evaluate_perplexity, make_windows
 from measure.evaluation.residual import ResidualStreamEvaluator
-from measure.methods import get_method
-from measure.removal import remove_blocks
-from measure.removal_views import ResidualStream, ViewMeter, check_views, removal_errors
-from measure.spec import parse_term_list
+from measure.compress.methods import get_method
+from measure.compress.remove import remove_blocks
+from measure.removal.views import ResidualStream, ViewMeter, check_views, removal_errors
+from measure.compress.spec import parse_term_list
 from theory.errors import PvqError
 
 TEXT = " ".join(f"The {i % 17}th river runs past {i % 5} old mills." for i in range(400))

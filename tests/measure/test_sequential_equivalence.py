@@ -2,7 +2,7 @@
 and perplexity.
 
 The whole-model path hooks every layer and runs the model forward; the layer-sequential path
-(:mod:`measure.blocks`) pushes cached block inputs through one block at a time. Checked on a sequential
+(:mod:`measure.capture.blocks`) pushes cached block inputs through one block at a time. Checked on a sequential
 (Llama) and a parallel (GPT-NeoX) family, against direct products XᵀX of the kept input rows.
 """
 
@@ -15,10 +15,10 @@ import pytest
 import torch
 from tiny_models import TINY_VOCAB_SIZE, tiny_model, tiny_tokenizer
 
-from measure.architecture import describe
-from measure.blocks import record_block_inputs, run_block
-from measure.calibration import token_windows
-from measure.capture import capture
+from measure.models.architecture import describe
+from measure.capture.blocks import record_block_inputs, run_block
+from measure.data.calibration import token_windows
+from measure.capture.statistics import capture
 from measure.evaluation.perplexity import (
     chunk_statistics,
     cut_windows,
@@ -26,10 +26,10 @@ from measure.evaluation.perplexity import (
     make_windows,
     output_head,
 )
-from measure.importance import importance_table, measure_importance
+from measure.compress.importance import importance_table, measure_importance
 from measure.ledger import build_ledger
-from measure.memory import BlockMemoryLog
-from measure.spec import apply_spec, parse_spec
+from measure.capture.memory import BlockMemoryLog
+from measure.compress.spec import apply_spec, parse_spec
 
 FAMILIES = ("llama", "gpt_neox")
 LEDGER_METHODS = "magnitude:0.5,wanda:0.5,sparsegpt:0.5,rtn:4:channel,gptq:4:channel"

@@ -11,11 +11,11 @@ from test_methods_layer import direct_output_error
 from tiny_models import linear_inputs, tiny_model
 
 from measure import spec as spec_module
-from measure.architecture import describe
-from measure.capture import capture
-from measure.grid import detect_tensor_grid, distinct_per_block
-from measure.methods import get_method
-from measure.spec import TermKind, apply_spec, model_size, parse_spec, parse_term_list
+from measure.models.architecture import describe
+from measure.capture.statistics import capture
+from measure.models.weight_grid import detect_tensor_grid, distinct_per_block
+from measure.compress.methods import get_method
+from measure.compress.spec import TermKind, apply_spec, model_size, parse_spec, parse_term_list
 from theory.errors import PvqError
 
 

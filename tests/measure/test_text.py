@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from measure import text
+from measure.data import text
 
 
 def test_clean_wikitext_rules() -> None:

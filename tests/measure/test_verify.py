@@ -12,9 +12,9 @@ import pandas as pd
 import pytest
 
 from figures.registry import load_catalog, synthetic_tables
-from measure.cli import main
-from measure.store import read_table, write_table
-from measure.table_compare import compare_tables, relative_difference
+from pvq.cli import main
+from measure.records.store import read_table, write_table
+from measure.records.compare import compare_tables, relative_difference
 
 load_catalog()
 TABLES = {  # "<folder>/<name>" -> experiment whose synthetic table it holds

@@ -7,7 +7,7 @@ import json
 import pandas as pd
 import pytest
 
-from measure.cli import main
+from pvq.cli import main
 from theory.distributions import Gaussian, Laplace, StudentT, TruncatedStudentT
 from theory.sqnr import optimal_clip, pruning_sqnr_db, quantization_sqnr_db
 

@@ -23,7 +23,7 @@ def load_local_dataset(path: str, pvq_datasets_dir: str | None = None, **metadat
     without it (the YAMLs used directly with ``lm_eval --include_path``) the pvq benchmark folder is used.
     """
     if pvq_datasets_dir is None:
-        from measure.data import benchmark_datasets_dir
+        from measure.data.benchmarks import benchmark_datasets_dir
 
         pvq_datasets_dir = str(benchmark_datasets_dir())
     root = Path(pvq_datasets_dir) / path

@@ -18,11 +18,11 @@ from collections.abc import Callable, Sequence
 import pandas as pd
 from torch import nn
 
-from measure.architecture import describe
-from measure.capture import Capture
+from measure.models.architecture import describe
+from measure.capture.statistics import Capture
 from measure.evaluation.residual import ResidualStreamEvaluator
-from measure.methods.errors import output_error
-from measure.spec import method_weight, parse_spec
+from measure.compress.methods.metrics import output_error
+from measure.compress.spec import method_weight, parse_spec
 from theory.errors import PvqError
 
 SENSITIVITIES = ("kl", "energy")

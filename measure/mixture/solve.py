@@ -21,8 +21,8 @@ from typing import Any
 import pandas as pd
 from torch import nn
 
-from measure.allocation.menu import MenuOption
-from measure.architecture import describe
+from measure.mixture.menu import MenuOption
+from measure.models.architecture import describe
 from theory.accounting import BASE_BITS
 from theory.errors import PvqError
 from theory.knapsack import solve_knapsack

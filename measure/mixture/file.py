@@ -1,7 +1,7 @@
 """The allocation file: one row per linear layer, applied as a spec of per-layer terms.
 
-Format: a parquet table with a JSON provenance sidecar (:func:`measure.store.write_table`, written atomically),
-columns :data:`measure.allocation.solve.ALLOCATION_COLUMNS`; :func:`read_allocation` also reads the same columns
+Format: a parquet table with a JSON provenance sidecar (:func:`measure.records.store.write_table`, written atomically),
+columns :data:`measure.mixture.solve.ALLOCATION_COLUMNS`; :func:`read_allocation` also reads the same columns
 from a CSV file (hand-written allocations). Only ``layer`` and ``option`` say what is applied; ``bits_per_weight``
 and ``parameters`` are checked against the model when applied (:func:`check_allocation`), ``predicted_damage``
 is informative. A ``keep`` row leaves its layer at 16 bits. The spec is ``OPTION@layer=NAME`` per compressed
@@ -16,10 +16,10 @@ from typing import Any
 
 import pandas as pd
 
-from measure.allocation.menu import KEEP, parse_menu
-from measure.allocation.solve import ALLOCATION_COLUMNS, Allocation
-from measure.spec import LAYER_SCOPE, Spec, parse_spec
-from measure.store import write_table
+from measure.mixture.menu import KEEP, parse_menu
+from measure.mixture.solve import ALLOCATION_COLUMNS, Allocation
+from measure.compress.spec import LAYER_SCOPE, Spec, parse_spec
+from measure.records.store import write_table
 from theory.errors import PvqError
 
 REQUIRED_COLUMNS = ("layer", "option", "bits_per_weight", "parameters")
@@ -81,7 +81,7 @@ def allocation_spec(table: pd.DataFrame) -> Spec:
 def check_allocation(table: pd.DataFrame, spec: Spec, model: Any) -> None:
     """PvqError unless every layer of the table exists in ``model`` with the recorded parameter count and the
     option's bits per weight on it equal the recorded ones (to 1e-9)."""
-    from measure.architecture import describe
+    from measure.models.architecture import describe
 
     refs = {ref.name: ref for ref in describe(model).linears}
     lacking = [layer for layer in table["layer"] if layer not in refs]

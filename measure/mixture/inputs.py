@@ -10,10 +10,10 @@ import pandas as pd
 import torch
 from torch import nn
 
-from measure.allocation.menu import MenuOption
-from measure.allocation.sensitivity import SENSITIVITIES, energy_sensitivity, kl_sensitivity
-from measure.allocation.solve import option_bits
-from measure.capture import Capture
+from measure.mixture.menu import MenuOption
+from measure.mixture.sensitivity import SENSITIVITIES, energy_sensitivity, kl_sensitivity
+from measure.mixture.solve import option_bits
+from measure.capture.statistics import Capture
 from measure.evaluation.residual import ResidualStreamEvaluator
 from measure.ledger import build_ledger
 from theory.errors import PvqError

@@ -1,8 +1,8 @@
-"""The allocation menu: what one linear layer may become, each option a spec term of :mod:`measure.spec`.
+"""The allocation menu: what one linear layer may become, each option a spec term of :mod:`measure.compress.spec`.
 
 ``keep`` leaves the layer at 16 bits (damage 0); every other option is one layer term (``rtn:3:g128``,
 ``gptq:4:g128``, ``awq:4:g128``, ``sparsegpt:0.5``) or a pruning + quantization pair
-(``sparsegpt:0.5+gptq:4:g128``), so any method of :data:`measure.methods.REGISTRY` can be offered by name.
+(``sparsegpt:0.5+gptq:4:g128``), so any method of :data:`measure.compress.methods.REGISTRY` can be offered by name.
 An option's cost on a layer is its method's bits per weight on that layer's shape (:mod:`theory.accounting`,
 the methods' default convention: free mask, per-group scales paid in full).
 """
@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from measure.architecture import LinearRef
-from measure.spec import LayerStep, parse_spec
+from measure.models.architecture import LinearRef
+from measure.compress.spec import LayerStep, parse_spec
 from theory.accounting import BASE_BITS
 from theory.errors import PvqError
 
