@@ -33,7 +33,7 @@ from theory.errors import PvqError
 OUTPUT_FOLDERS = {"figure": "figures", "table": "tables"}
 CATALOG = "figures.catalog"
 CATALOG_FOLDER = Path(__file__).resolve().parent / "catalog"
-CATALOG_ORDER: tuple[str, ...] = ("theory", "models", "weights", "bounds", "removal", "frontier")
+CATALOG_ORDER: tuple[str, ...] = ("theory", "models", "weights", "bounds", "removal", "frontier", "mixture")
 """Catalog modules in the order of the results chapter; modules not listed follow alphabetically."""
 Tables = Mapping[str, pd.DataFrame]
 Caption = Callable[[Tables, Mapping[str, Any]], str]

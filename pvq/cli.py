@@ -27,6 +27,7 @@ COMMANDS: dict[str, str] = {
     "ledger": "pvq.commands.ledger",
     "remove": "pvq.commands.remove",
     "eval": "pvq.commands.evaluate",
+    "allocate": "pvq.commands.allocate",
     "shrink": "pvq.commands.shrink",
     "figures": "pvq.commands.figures",
     "paper": "pvq.commands.paper",

@@ -85,6 +85,8 @@ def apply_spec(
     """
     spec = parse_spec(spec) if isinstance(spec, str) else spec
     choose("calibration", calibration, CALIBRATIONS)
+    if not any(isinstance(step, ModelStep) for step in spec.steps):
+        check_layers_exist(spec, model)
     start = time.perf_counter()
     rows: list[dict[str, Any]] = []
     model_steps: list[dict[str, Any]] = []
@@ -259,3 +261,17 @@ def method_weight(ref: LinearRef) -> torch.Tensor:
     weight = ref.weight().detach()
     dtype = torch.float64 if weight.dtype == torch.float64 else torch.float32
     return weight.to(device="cpu", dtype=dtype, copy=True)
+
+
+def check_layers_exist(spec: Spec, model: nn.Module) -> None:
+    """PvqError naming every ``@layer=`` term whose layer ``model`` lacks (before a model step runs, the names are
+    those of the model as given)."""
+    names = {ref.name for ref in describe(model).linears}
+    missing = [step.layer for step in spec.layer_steps if step.layer is not None and step.layer not in names]
+    if missing:
+        examples = ", ".join(sorted(names)[:2])
+        raise PvqError(
+            f"the spec names {len(missing)} layer(s) the model lacks: {', '.join(missing[:3])}"
+            f"{' ...' if len(missing) > 3 else ''}; layers of this model look like {examples} "
+            "(see `pvq info MODEL --linears`)"
+        )

@@ -14,7 +14,9 @@ by
   prefix (``g128`` → group 128), by flag word (``channel``, ``asym``, ``mse``), as ``name=value``, and for
   pruners as an N:M pair (``sparsegpt:2:4`` → nm 2:4).
 * ``scope`` picks the linear layers of every block by sublayer kind (:data:`SCOPES`); without one a term
-  covers attention, MLP and expert layers, and routers stay at 16 bits.
+  covers attention, MLP and expert layers, and routers stay at 16 bits. ``@layer=NAME`` picks the one linear
+  layer called NAME (a per-layer allocation, :mod:`measure.mixture`, is a spec of such terms); per-layer terms
+  are not mixed with sublayer scopes, and a layer the model lacks is an error before anything is compressed.
 * A pruning term directly followed by a quantization term is one joint method when the pruning term carries no
   other scope (it takes the quantization term's): prune, then quantize the kept weights (Kuzmin et al. 2023,
   arXiv 2307.02973, Sec. 5), e.g. ``sparsegpt:0.5+gptq:4:g128``. Otherwise every layer belongs to at most one term.
@@ -51,6 +53,8 @@ SCOPES: dict[str, frozenset[str]] = {
 DEFAULT_SCOPE = "all"
 TERM_KINDS: dict[str, TermKind] = {term.name: term for term in (REMOVE_TERM, SHRINK_TERM)}
 """Model-level term kinds by head (:class:`measure.compress.term_kind.TermKind`)."""
+LAYER_SCOPE = "layer="
+"""Prefix of a per-layer scope: ``@layer=model.layers.3.mlp.down_proj``."""
 _PREFIXED = re.compile(r"^([a-z]+)(\d+(?:\.\d+)?)$")
 _INTEGER = re.compile(r"^\d+$")
 
@@ -66,7 +70,14 @@ class LayerStep:
 
     def covers(self, ref: LinearRef) -> bool:
         """True when ``ref`` lies in this step's scope."""
+        if self.layer is not None:
+            return ref.name == self.layer
         return ref.sublayer_kind in SCOPES[self.scope]
+
+    @property
+    def layer(self) -> str | None:
+        """The one layer a per-layer term (``@layer=NAME``) covers, or None for a sublayer scope."""
+        return self.scope.removeprefix(LAYER_SCOPE) if self.scope.startswith(LAYER_SCOPE) else None
 
     def bits_per_weight(self, ref: LinearRef, convention: Convention = PAPER_CONVENTION) -> float:
         """Storage cost of ``ref``'s weight under this method, bits per weight (overheads included; pruning masks
@@ -163,8 +174,8 @@ def _split_term(part: str, spec: str) -> _Term:
     if not part:
         raise PvqError(f"spec {spec!r} has an empty term (two '+' in a row, or a '+' at an end)")
     body, at, scope = part.partition("@")
-    if at:
-        choose("scope", scope, SCOPES)
+    if at and not (scope.startswith(LAYER_SCOPE) and scope != LAYER_SCOPE):
+        choose("scope", scope, [*SCOPES, f"{LAYER_SCOPE}NAME"])
     head, *tokens = body.split(":")
     if any(not token for token in tokens):
         raise PvqError(f"spec term {part!r} has an empty parameter (two ':' in a row, or a ':' at its end)")
@@ -257,6 +268,10 @@ def _parameter_help(method: Method) -> str:
 
 
 def _check_disjoint(steps: list[LayerStep]) -> None:
+    per_layer = [step for step in steps if step.layer is not None]
+    if per_layer:
+        _check_per_layer(steps, per_layer)
+        return
     for i, first in enumerate(steps):
         for second in steps[i + 1 :]:
             shared = SCOPES[first.scope] & SCOPES[second.scope]
@@ -284,3 +299,18 @@ def parse_term_list(text: str) -> list[LayerStep]:
 def describe_steps(steps: Sequence[LayerStep]) -> list[Mapping[str, Any]]:
     """JSON-ready description of layer steps: term text, method, resolved parameters, scope."""
     return [{"term": s.text, "method": s.method.name, "params": s.params, "scope": s.scope} for s in steps]
+
+
+def _check_per_layer(steps: list[LayerStep], per_layer: list[LayerStep]) -> None:
+    """Per-layer terms stand alone (no sublayer scope beside them) and name each layer once."""
+    if len(per_layer) < len(steps):
+        other = next(step for step in steps if step.layer is None)
+        raise PvqError(
+            f"spec term {other.text!r} covers a sublayer scope beside per-layer terms (@layer=...); write every "
+            "compressed layer as its own @layer= term, or use sublayer scopes only"
+        )
+    seen: dict[str, str] = {}
+    for step in per_layer:
+        if step.scope in seen:
+            raise PvqError(f"spec terms {seen[step.scope]!r} and {step.text!r} both compress {step.scope}")
+        seen[step.scope] = step.text

@@ -9,11 +9,13 @@ is rewritten from the cache after every run.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from torch import nn
 
 from measure.capture.placement import DEFAULT_DTYPE, device_map_for, resolve_dtype
 from measure.compress.apply import apply_spec
@@ -47,6 +49,10 @@ class EvaluationRequest:
     batch_size: int = 4
     device: str = "cpu"
     dtype: str = DEFAULT_DTYPE
+    spec_name: str | None = None
+    model_check: Callable[[nn.Module], None] | None = None
+    """``spec_name``: the name results carry (default: the spec itself); ``model_check(model)`` runs on the loaded
+    model before anything is compressed (e.g. an allocation file checked against the model's layers)."""
 
 
 @dataclass(frozen=True)
@@ -95,7 +101,10 @@ def run_evaluation(request: EvaluationRequest) -> EvaluationReport:
     loaded = load_model(request.model, device=request.device, dtype=dtype, device_map=device_map)
     variant = ModelVariant(loaded)
     if spec is not None:
-        variant = ModelVariant(loaded, str(request.spec), compress_in_memory(loaded, spec, request.device))
+        if request.model_check is not None:
+            request.model_check(loaded.model)
+        name = request.spec_name or str(request.spec)
+        variant = ModelVariant(loaded, name, compress_in_memory(loaded, spec, request.device))
     cache = ResultCache(request.out)
     summary = []
     if request.ppl:

@@ -1,6 +1,6 @@
 """The joint frontier: pruning × quantization × block removal as uniform specs, sized per decoder parameter.
 
-Every point is one compression spec applied to a copy of the model (:func:`measure.compress.spec.apply_spec`) and
+Every point is one compression spec applied to a copy of the model (:func:`measure.compress.apply.apply_spec`) and
 scored
 on the evaluation windows with the original as KL reference (:func:`measure.evaluation.perplexity.
 evaluate_perplexity`, which the residual-stream evaluator of the other model experiments reproduces):
@@ -72,7 +72,7 @@ def decoder_bits_per_parameter(original: DecoderSizes, kept: DecoderSizes, linea
 def compressed_size(original: DecoderSizes, model: nn.Module, spec: str, convention: str) -> float:
     """Bits per original decoder parameter of ``model`` (already compressed by ``spec``) under a named mask
     convention: :func:`decoder_bits_per_parameter` with the mean bits of the kept linear weights from
-    :func:`measure.compress.spec.model_size` (uncompressed linears at 16 bits)."""
+    :func:`measure.compress.apply.model_size` (uncompressed linears at 16 bits)."""
     linear_bits = model_size(model, spec, mask_convention(convention))["linear_bits_per_weight"]
     return decoder_bits_per_parameter(original, decoder_sizes(describe(model)), linear_bits)
 

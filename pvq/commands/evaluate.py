@@ -14,9 +14,12 @@ block at a time to ``--device``). ``--dtype`` other than float32 gets results ke
 from __future__ import annotations
 
 import argparse
+import hashlib
 from pathlib import Path
+from typing import Any
 
 from measure.evaluation.request import EvaluationRequest, run_evaluation
+from measure.mixture.file import allocation_spec, check_allocation, is_allocation_file, read_allocation
 from measure.models.defaults import DEFAULT_MODEL
 from pvq.commands.common import add_device_arguments, placement
 
@@ -25,7 +28,10 @@ HELP = "Perplexity and lm-eval benchmarks of a (compressed) model, in memory."
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=DEFAULT_MODEL, help=f"name, folder or .gguf (default {DEFAULT_MODEL})")
-    parser.add_argument("--compress", metavar="SPEC", help="compression spec applied in memory before evaluation")
+    parser.add_argument(
+        "--compress", metavar="SPEC",
+        help="compression spec, or an allocation file (.parquet/.csv of `pvq allocate`), applied in memory",
+    )  # fmt: skip
     parser.add_argument("--tasks", default="", help="comma-separated, e.g. csqa,mmlu (or lm_eval:<stock task>)")
     parser.add_argument("--ppl", action="store_true", help="perplexity, cross-entropy, KL on the evaluation text")
     parser.add_argument("--window", type=int, help="perplexity window length L (default 512 on CPU, 2048 on GPU)")
@@ -37,10 +43,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="results/eval", help="results folder (default results/eval)")
 
 
+def compression(text: str | None) -> dict[str, Any]:
+    """The request fields of ``--compress``: a spec as given, or an allocation file's per-layer terms (parsed
+    before the model loads) named ``allocation:<file name>:<sha256 of its spec>`` and checked against the model."""
+    if text is None or not is_allocation_file(text):
+        return {"spec": text}
+    allocation = read_allocation(text)
+    spec = allocation_spec(allocation)
+    name = f"allocation:{Path(text).name}:{hashlib.sha256(spec.text.encode()).hexdigest()[:12]}"
+    check = lambda model: check_allocation(allocation, spec, model)  # noqa: E731
+    return {"spec": spec.text, "spec_name": name, "model_check": check}
+
+
 def run(args: argparse.Namespace) -> int:
     place = placement(args, mode="full")
     request = EvaluationRequest(
-        model=args.model, out=Path(args.out), spec=args.compress,
+        model=args.model, out=Path(args.out), **compression(args.compress),
         tasks=tuple(name.strip() for name in args.tasks.split(",") if name.strip()), ppl=args.ppl,
         window=args.window, stride=args.stride, max_windows=args.max_windows, limit=args.limit,
         batch_size=args.batch_size, device=place.device, dtype=place.dtype_name,

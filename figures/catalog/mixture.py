@@ -1,0 +1,303 @@
+"""The optimal mixture: per-layer allocation of pruning and quantization under a size budget, measured end to end.
+
+``mixture_frontier`` measures the menu :data:`MENU` once on the default protocol (:mod:`measure.mixture`: the
+local error of every option on every layer with the original inputs, each option's bits per weight, and the
+sensitivities), solves the exact allocation at every budget B (bits per weight over the decoder's linear weights)
+for the KL sensitivity (and at a few budgets for the output-energy sensitivity), applies it (``apply_spec`` with
+per-layer terms, calibrated on the original model's stream like every frontier spec) and scores it on the pinned
+evaluation windows with the original as KL reference
+(:class:`measure.evaluation.residual.ResidualStreamEvaluator`).
+Every compressing option of the menu is also applied uniformly, and allocated at exactly its size, so each uniform
+spec meets an allocation of the same size from the same options (like with like).
+
+The default menu is data-free (RTN in groups of 128, magnitude pruning, magnitude then RTN) so that the experiment
+fits the time budget of ``make figures``; the calibrated menu (GPTQ, AWQ, SparseGPT) runs with ``pvq allocate``.
+The allocation is optimal for the *predicted* damage Σ_ℓ c_ℓ·e_ℓ only; the prediction is checked against the
+measured KL (Spearman ρ, Pearson r of the logs) over every evaluated allocation and uniform spec.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from pandas.io.formats.style import Styler
+from scipy import stats
+
+from figures.catalog.models import CALIBRATION, EVALUATION, calibration, describe_protocol, evaluation_windows
+from figures.experiments import ExperimentContext, experiment
+from figures.registry import Tables, escape_tex, figure, table
+from figures.style import OKABE_ITO, new_figure, thesis_table
+from measure.capture.statistics import capture
+from measure.compress.apply import apply_spec
+from measure.data.text import calibration_text
+from measure.evaluation.perplexity import bos_token_id_for, make_windows
+from measure.evaluation.residual import ResidualStreamEvaluator, restored
+from measure.mixture.file import allocation_spec
+from measure.mixture.inputs import measure_menu
+from measure.mixture.menu import KEEP, parse_menu
+from measure.mixture.solve import allocate, budget_split, uniform_damage
+
+SECTION = "The optimal mixture"
+MIXTURE = "mixture_frontier"
+MENU = "keep,rtn:2:g128,rtn:3:g128,rtn:4:g128,rtn:6:g128,rtn:8:g128,magnitude:0.5,magnitude:0.5+rtn:4:g128"
+"""The figures' menu: 16-bit; RTN in groups of 128 at 2, 3, 4, 6 and 8 bits; magnitude pruning at 50 % (free mask);
+magnitude 50 % then RTN 4-bit. Data-free, so applying an allocation costs no calibration pass."""
+BUDGETS = (2.5, 3.0, 3.5, 4.0, 5.0, 6.0, 8.0)
+ENERGY_BUDGETS = (3.0, 4.0, 6.0)
+PROBE_WINDOWS = {"window": 128, "max_windows": 1}
+"""The KL sensitivity's single-layer probes are scored on the first 128 tokens of the calibration text (one probe
+per linear layer; c_ℓ is calibrated on calibration data, never on the evaluation windows it is judged on)."""
+TOLERANCE = 1e-9
+KINDS = ("kl", "energy", "uniform")
+"""Row kinds: allocation with the KL sensitivity, with the energy sensitivity, and a menu option applied to every
+layer (``spec`` names it)."""
+
+
+def synthetic_mixture(rng: np.random.Generator) -> pd.DataFrame:
+    """A small stand-in for :func:`mixture_frontier` (same columns, made-up values)."""
+    rows = []
+    uniform = {"rtn:2:g128": 2.125, "rtn:3:g128": 3.125, "rtn:4:g128": 4.125, "magnitude:0.5": 8.0}
+    plan = [("kl", "", b) for b in dict.fromkeys((*BUDGETS, *uniform.values()))]
+    plan += [("energy", "", b) for b in ENERGY_BUDGETS]
+    plan += [("uniform", spec, b) for spec, b in uniform.items()]
+    for kind, spec, budget in plan:
+        share = float(rng.uniform(0.3, 0.9))
+        split = {spec: 1.0} if spec else {"rtn:3:g128": share, "magnitude:0.5+rtn:4:g128": (1 - share) / 2,
+                                          "keep": (1 - share) / 2}  # fmt: skip
+        kl = float(np.exp(-budget) * rng.uniform(0.8, 1.2 if kind != "uniform" else 2.0))
+        spent = budget - 0.01 * (not spec)
+        rows.append({"sensitivity": kind, "spec": spec, "budget": budget, "bits_per_weight": spent,
+                     "predicted_damage": kl * (1.1 if kind != "energy" else 0.01), "predicted_kl_nats": kl * 1.1,
+                     "lagrangian_lower_bound": math.nan if spec else kl, "split": json.dumps(split),
+                     "perplexity": 20 + 40 * kl, "kl_to_reference_nats": kl, "base_perplexity": 20.0,
+                     "menu": MENU})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+@experiment(MIXTURE, needs_model=True, synthetic=synthetic_mixture,
+            config={"menu": MENU, "budgets": list(BUDGETS), "energy_budgets": list(ENERGY_BUDGETS),
+                    "probe": PROBE_WINDOWS, "calibration": CALIBRATION, "evaluation": EVALUATION})  # fmt: skip
+def mixture_frontier(config: Mapping[str, Any], context: ExperimentContext) -> pd.DataFrame:
+    """One row per evaluated model (:data:`KINDS`): bits spent, predicted damage (own units; and predicted KL),
+    Lagrangian lower bound, the split of the weights over the options (JSON), PPL and KL to the original."""
+
+    loaded = context.model
+    batches = calibration(loaded, config["calibration"])
+    batch_size = config["calibration"]["batch_size"]
+    evaluator = ResidualStreamEvaluator(loaded.model, evaluation_windows(loaded, config["evaluation"]), batch_size)
+    probes = ResidualStreamEvaluator(loaded.model, probe_windows(loaded, config["probe"]), batch_size)
+    base = evaluator.evaluate().perplexity
+    captured = capture(loaded.model, batches)
+    options = parse_menu(config["menu"])
+    measured = measure_menu(loaded.model, batches, captured, options, probes, log=context.step)
+    kl_per_error = measured.sensitivities["kl"]
+    mode = config["calibration"]["mode"]
+    parameters = measured.bits["parameters"]
+    uniform_bits = {o.text: float((measured.bits[o.text] * parameters).sum() / parameters.sum())
+                    for o in options if o.step is not None}  # fmt: skip
+    plan = [("kl", b) for b in dict.fromkeys([*config["budgets"], *uniform_bits.values()])]
+    plan += [("energy", b) for b in config["energy_budgets"]] + [("uniform", spec) for spec in uniform_bits]
+
+    def scored(spec: Any) -> Any:
+        with restored(loaded.model):
+            apply_spec(loaded.model, spec, batches, calibration=mode, captured=captured)
+            return evaluator.evaluate(start=0)
+
+    rows = []
+    for kind, target in plan:
+        if kind == "uniform":
+            option = next(o for o in options if o.text == target)
+            result = scored(option.text)
+            row = {"spec": target, "budget": uniform_bits[target], "bits_per_weight": uniform_bits[target],
+                   "predicted_damage": uniform_damage(measured.ledger, kl_per_error, option),
+                   "lagrangian_lower_bound": math.nan, "split": json.dumps({target: 1.0})}  # fmt: skip
+            row["predicted_kl_nats"] = row["predicted_damage"]
+        else:
+            allocation = allocate(measured.ledger, measured.bits, options, measured.sensitivities[kind], target)
+            chosen, summary = allocation.table, allocation.summary
+            result = scored(allocation_spec(chosen))
+            predicted_kl = (chosen["relative_error"] * kl_per_error[chosen["layer"]].to_numpy()).sum()
+            row = {"spec": "", "budget": float(target), "bits_per_weight": summary["bits_per_weight"],
+                   "predicted_damage": summary["predicted_damage"], "predicted_kl_nats": float(predicted_kl),
+                   "lagrangian_lower_bound": summary["lagrangian_lower_bound"],
+                   "split": json.dumps(budget_split(chosen))}  # fmt: skip
+        rows.append({"sensitivity": kind, **row, "perplexity": result.perplexity,
+                     "kl_to_reference_nats": result.kl_to_reference_nats, "base_perplexity": base,
+                     "menu": config["menu"]})  # fmt: skip
+        context.step(f"{kind} {target}: KL {result.kl_to_reference_nats:.4g}")
+    return pd.DataFrame(rows)[list(synthetic_mixture(np.random.default_rng(0)).columns)]
+
+
+def probe_windows(loaded: Any, config: Mapping[str, Any]) -> Any:
+    """The first ``max_windows`` windows of ``window`` tokens of the calibration text (:data:`PROBE_WINDOWS`)."""
+
+    bos = bos_token_id_for(loaded.tokenizer, loaded.bos_per_window)
+    return make_windows(calibration_text(), loaded.tokenizer, config["window"], bos_token_id=bos,
+                        max_windows=config["max_windows"])  # fmt: skip
+
+
+def comparison(tables: Tables) -> pd.DataFrame:
+    """The KL-sensitivity allocations by budget, each with the best uniform spec of the menu whose size is at most
+    the budget (``uniform_*`` columns) and whether that size equals the budget (``equal_size``)."""
+    frame = tables[MIXTURE]
+    rows = frame[frame["sensitivity"] == "kl"].sort_values("budget").reset_index(drop=True)
+    uniform = frame[frame["sensitivity"] == "uniform"]
+    extra = []
+    for budget in rows["budget"]:
+        fits = uniform[uniform["bits_per_weight"] <= budget + TOLERANCE]
+        best = None if fits.empty else fits.loc[fits["kl_to_reference_nats"].idxmin()]
+        extra.append({
+            "uniform_spec": "" if best is None else str(best["spec"]),
+            "uniform_bits_per_weight": math.nan if best is None else float(best["bits_per_weight"]),
+            "uniform_perplexity": math.nan if best is None else float(best["perplexity"]),
+            "uniform_kl_nats": math.nan if best is None else float(best["kl_to_reference_nats"]),
+            "equal_size": best is not None and abs(float(best["bits_per_weight"]) - budget) <= TOLERANCE,
+        })  # fmt: skip
+    return pd.concat([rows, pd.DataFrame(extra, index=rows.index)], axis=1)
+
+
+def prediction_check(frame: pd.DataFrame) -> tuple[float, float, int]:
+    """Spearman ρ and Pearson r of log predicted KL vs log measured KL over every evaluated model, and n."""
+    usable = frame[(frame["predicted_kl_nats"] > 0) & (frame["kl_to_reference_nats"] > 0)]
+    if len(usable) < 3:
+        return math.nan, math.nan, len(usable)
+    predicted, measured = np.log(usable["predicted_kl_nats"]), np.log(usable["kl_to_reference_nats"])
+    rho = float(stats.spearmanr(predicted, measured).statistic)
+    return rho, float(stats.pearsonr(predicted, measured).statistic), len(usable)
+
+
+def option_kind(option: str) -> str:
+    """``keep``, or the menu option's method kind: ``quantization``, ``pruning`` or ``joint``."""
+
+    return KEEP if option == KEEP else parse_menu(option)[0].step.method.kind
+
+
+def split_categories(split: Mapping[str, float]) -> dict[str, float]:
+    """Fractions of the weights by how they are spent: kept (16-bit), quantized per bit width, pruned, pruned and
+    quantized per bit width."""
+
+    categories: dict[str, float] = {}
+    for option, share in split.items():
+        kind = option_kind(option)
+        if kind == "keep":
+            name = "kept (16-bit)"
+        else:
+            params = parse_menu(option)[0].step.params
+            bits = params.get("bits") or params.get("quantize", {}).get("bits")
+            name = {"quantization": f"quantized {bits}-bit", "pruning": "pruned",
+                    "joint": f"pruned + quantized {bits}-bit"}[kind]  # fmt: skip
+        categories[name] = categories.get(name, 0.0) + share
+    return categories
+
+
+def equal_size_quantization(tables: Tables) -> pd.DataFrame:
+    """The allocations at exactly the size of a uniform quantization option, with that option's KL."""
+    frame = comparison(tables)
+    frame = frame[frame["equal_size"]]
+    return frame[frame["uniform_spec"].map(option_kind) == "quantization"]
+
+
+def _verdict(tables: Tables) -> str:
+    same = equal_size_quantization(tables)
+    if same.empty:
+        return "No uniform quantization of the menu was measured at an allocated size, so no verdict is drawn."
+    wins = same[same["kl_to_reference_nats"] < same["uniform_kl_nats"]]
+    listed = ", ".join(f"{b:g}" for b in wins["budget"]) or "none"
+    return (
+        "At exactly the size of each uniform quantization of the menu, the optimal mixture has lower KL than "
+        f"pure quantization at {len(wins)} of {len(same)} sizes ({listed} bits per weight)."
+    )
+
+
+def _prediction_text(tables: Tables) -> str:
+    rho, r, n = prediction_check(tables[MIXTURE])
+    return (
+        "The allocation is optimal for the predicted damage only; predicted ($\\sum_\\ell c_\\ell e_\\ell$ "
+        f"with the KL sensitivity) vs measured KL over all {n} evaluated models: Spearman $\\rho$ = {rho:.2f}, "
+        f"Pearson $r$ of the logs = {r:.2f}."
+    )
+
+
+def _mixture_caption(tables: Tables, facts: Mapping[str, Any]) -> str:
+    menu = escape_tex(tables[MIXTURE]["menu"].iloc[0].replace(",", ", "))
+    probe = facts["protocol"][MIXTURE]["probe"]
+    return (
+        "(a) KL to the original of the per-layer allocation that minimises the predicted damage "
+        "$\\sum_\\ell c_\\ell e_\\ell$ under a budget in bits per linear weight ($e_\\ell$: the option's local "
+        "relative output error on layer $\\ell$ with original inputs; $c_\\ell$: KL per unit error of a "
+        f"single-layer RTN 3-bit probe on {probe['max_windows']}$\\times${probe['window']} calibration tokens, or "
+        "the layer's output energy share), and every "
+        "menu option applied uniformly. (b) How each budget's weights are spent. "
+        f"{_verdict(tables)} {_prediction_text(tables)} "
+        f"Menu: {menu}. {escape_tex(facts['model_id'])}; {describe_protocol(facts['protocol'][MIXTURE])}."
+    )
+
+
+@figure("optimal_mixture", needs=(MIXTURE,), caption=_mixture_caption, section=SECTION)
+def optimal_mixture(tables: Tables) -> Figure:
+    """(a) KL vs bits per weight: optimal allocations (KL and energy sensitivities) and the uniform menu options;
+    (b) stacked bars of how each KL-sensitivity budget's weights are spent."""
+    frame = comparison(tables)
+    mixture = tables[MIXTURE]
+    energy = mixture[mixture["sensitivity"] == "energy"].sort_values("budget")
+    uniform = mixture[mixture["sensitivity"] == "uniform"]
+    fig, (curve, bars) = new_figure(ncols=2, height_ratio=0.45)
+    curve.plot(frame["bits_per_weight"], frame["kl_to_reference_nats"], color=OKABE_ITO["blue"], marker="o",
+               markersize=3, label="optimal allocation (KL sensitivity)")  # fmt: skip
+    curve.plot(energy["bits_per_weight"], energy["kl_to_reference_nats"], color=OKABE_ITO["sky_blue"], marker="s",
+               linestyle="none", label="optimal allocation (energy sensitivity)")  # fmt: skip
+    for kind, color, marker in (("quantization", "orange", "v"), ("pruning", "vermillion", "^"),
+                                ("joint", "reddish_purple", "D")):  # fmt: skip
+        rows = uniform[uniform["spec"].map(option_kind) == kind].sort_values("bits_per_weight")
+        curve.plot(rows["bits_per_weight"], rows["kl_to_reference_nats"], color=OKABE_ITO[color], marker=marker,
+                   linestyle=":" if kind == "quantization" else "none", label=f"uniform {kind}")  # fmt: skip
+    curve.set_yscale("log")
+    curve.set_xlabel("bits per weight")
+    curve.set_ylabel("KL (nats/token)")
+    curve.set_title("(a)", loc="left", fontsize="small")
+    curve.legend(fontsize=6, frameon=False)
+    shares = pd.DataFrame([split_categories(json.loads(s)) for s in frame["split"]]).fillna(0.0)
+    bottom = np.zeros(len(frame))
+    palette = [color for name, color in OKABE_ITO.items() if name != "black"]
+    positions = np.arange(len(frame))
+    for index, column in enumerate(sorted(shares.columns)):
+        bars.bar(positions, shares[column], bottom=bottom, color=palette[index % len(palette)], label=column)
+        bottom += shares[column].to_numpy()
+    bars.set_xticks(positions, [f"{b:g}" for b in frame["budget"]], rotation=60, fontsize=6)
+    bars.set_xlabel("budget (bits per weight)")
+    bars.set_ylabel("fraction of linear weights")
+    bars.set_title("(b)", loc="left", fontsize="small")
+    bars.legend(fontsize=6, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    return fig
+
+
+def _table_caption(tables: Tables, facts: Mapping[str, Any]) -> str:
+    return (
+        "Optimal per-layer allocations (KL sensitivity) by budget: bits per linear weight spent, the largest "
+        "shares of the weights by option, predicted KL (nats/token), measured perplexity and KL to the original, "
+        "and the best uniform menu option whose size does not exceed the budget, with its size, perplexity and KL "
+        "(equal size: the budget is that option's size). "
+        f"{_verdict(tables)} {_prediction_text(tables)} "
+        f"{escape_tex(facts['model_id'])}; {describe_protocol(facts['protocol'][MIXTURE])}."
+    )
+
+
+@table(MIXTURE, needs=(MIXTURE,), caption=_table_caption, section=SECTION)
+def mixture_frontier_table(tables: Tables) -> Styler:
+    """One row per budget: allocation summary, predicted damage, PPL, KL, and the best uniform option's."""
+    frame = comparison(tables)
+    frame["summary"] = [", ".join(f"{option} {100 * share:.0f}%" for option, share in
+                                  sorted(json.loads(s).items(), key=lambda item: -item[1])[:3])
+                        for s in frame["split"]]  # fmt: skip
+    frame["equal"] = frame["equal_size"].map({True: "yes", False: "no"})
+    columns = {"budget": "Budget", "bits_per_weight": "Spent", "summary": "Allocation (largest shares)",
+               "predicted_damage": "Predicted KL", "perplexity": "PPL", "kl_to_reference_nats": "KL",
+               "uniform_spec": "Best uniform", "uniform_bits_per_weight": "Its bits",
+               "uniform_perplexity": "Its PPL", "uniform_kl_nats": "Its KL", "equal": "Equal size"}  # fmt: skip
+    return thesis_table(frame, columns, precision=3)

@@ -1,0 +1,164 @@
+"""The optimal allocation: local errors e_ℓ(option) from the ledger, sensitivities c_ℓ, integer costs, and the
+exact multiple-choice knapsack of :mod:`theory.knapsack`.
+
+minimise Σ_ℓ c_ℓ·e_ℓ(o_ℓ)  subject to  Σ_ℓ params_ℓ·bits_ℓ(o_ℓ) ≤ B·Σ_ℓ params_ℓ.
+
+e_ℓ is the ledger's relative output error tr(ΔW H ΔWᵀ)/tr(W H Wᵀ) of the option applied to layer ℓ alone on its
+original inputs (:mod:`measure.ledger`); ``keep`` has e = 0 at 16 bits. Costs are made exact integers: every
+option's bits per weight is a rational p/q (e.g. 4 + 16/128), so params·bits·D is an integer for D the least
+common multiple of the denominators, and the budget is ⌊B·Σ params·D⌋. The allocation is optimal for the
+*predicted* damage only; whether predicted damage ranks allocations as the measured KL does is checked end to end.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import Any
+
+import pandas as pd
+from torch import nn
+
+from measure.mixture.menu import MenuOption
+from measure.models.architecture import describe
+from theory.accounting import BASE_BITS
+from theory.errors import PvqError
+from theory.knapsack import solve_knapsack
+
+ALLOCATION_COLUMNS = [
+    "layer", "block", "sublayer", "option", "bits_per_weight", "parameters", "relative_error", "sensitivity",
+    "predicted_damage",
+]  # fmt: skip
+"""One row per linear layer: the chosen option, its bits per weight on the layer, the layer's parameters (out·in),
+the option's ledger error e_ℓ, the sensitivity c_ℓ and the predicted damage c_ℓ·e_ℓ."""
+MAX_DENOMINATOR = 1 << 20
+
+
+@dataclass
+class Allocation:
+    """An allocation table (:data:`ALLOCATION_COLUMNS`) and its summary: budget, bits per weight spent,
+    predicted damage, Lagrangian lower bound and equal slope, sensitivity kind, menu."""
+
+    table: pd.DataFrame
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+def option_errors(ledger: pd.DataFrame, options: Sequence[MenuOption]) -> pd.DataFrame:
+    """Layers × options: e_ℓ(option) from the ledger's rows (``keep``: 0); PvqError when an option is missing."""
+    errors = ledger.pivot_table(index="layer", columns="term", values="relative_error", sort=False)
+    missing = [option.text for option in options if option.step is not None and option.step.text not in errors]
+    if missing:
+        raise PvqError(f"the ledger has no rows for menu option(s) {', '.join(missing)}; measure them first")
+    frame = pd.DataFrame(index=errors.index)
+    for option in options:
+        frame[option.text] = 0.0 if option.step is None else errors[option.step.text]
+    if frame.isna().to_numpy().any():
+        raise PvqError("the ledger lacks an option's error on some layer; measure every option on every layer")
+    return frame
+
+
+def option_bits(model: nn.Module, layers: Sequence[str], options: Sequence[MenuOption]) -> pd.DataFrame:
+    """Layers × options: bits per weight of each option on each layer's shape, with a ``parameters`` column."""
+    refs = {ref.name: ref for ref in describe(model).linears}
+    rows = {}
+    for name in layers:
+        ref = refs[name]
+        rows[name] = {**{o.text: o.bits_per_weight(ref) for o in options},
+                      "parameters": ref.out_features * ref.in_features, "block": ref.block_index,
+                      "sublayer": ref.sublayer_kind}  # fmt: skip
+    return pd.DataFrame.from_dict(rows, orient="index")
+
+
+def _rational(bits: float) -> Fraction:
+    exact = Fraction(bits).limit_denominator(MAX_DENOMINATOR)
+    if abs(float(exact) - bits) > 1e-12 * max(1.0, bits):
+        raise PvqError(f"bits per weight {bits!r} is no rational with a small denominator; costs cannot be exact")
+    return exact
+
+
+def check_budget(budget: float, cheapest: float) -> None:
+    """PvqError unless cheapest ≤ budget ≤ 16 bits per weight."""
+    if not (isinstance(budget, int | float) and math.isfinite(budget)):
+        raise PvqError(f"the budget must be a number of bits per weight, got {budget!r}")
+    if budget > BASE_BITS:
+        raise PvqError(f"the budget {budget:g} bits per weight is above {BASE_BITS:g}, all layers kept at 16 bits")
+    if budget < cheapest - 1e-12:
+        raise PvqError(
+            f"the budget {budget:g} bits per weight is below the cheapest allocation of this menu "
+            f"({cheapest:.6g}: every layer at its cheapest option); raise the budget or add cheaper options"
+        )
+
+
+def cheapest_bits(model: nn.Module, options: Sequence[MenuOption]) -> float:
+    """Bits per weight of the cheapest allocation: every layer the menu covers at its cheapest option."""
+    refs = [ref for ref in describe(model).linears if all(option.covers(ref) for option in options)]
+    if not refs:
+        raise PvqError("no linear layer of the model is covered by every menu option")
+    spent = sum(min(o.bits_per_weight(ref) for o in options) * ref.out_features * ref.in_features for ref in refs)
+    return spent / sum(ref.out_features * ref.in_features for ref in refs)
+
+
+def allocate(
+    ledger: pd.DataFrame,
+    bits: pd.DataFrame,
+    options: Sequence[MenuOption],
+    sensitivity: pd.Series,
+    budget: float,
+    sensitivity_kind: str = "",
+) -> Allocation:
+    """The exact optimal allocation at ``budget`` bits per weight (module docstring).
+
+    ``bits``: :func:`option_bits` of the ledger's layers; ``sensitivity``: c_ℓ indexed by layer."""
+    errors = option_errors(ledger, options)
+    layers = list(errors.index)
+    missing = [layer for layer in layers if layer not in sensitivity.index]
+    if missing:
+        raise PvqError(f"no sensitivity for layer(s) {', '.join(missing[:3])}")
+    texts = [option.text for option in options]
+    bits = bits.loc[layers]
+    parameters = bits["parameters"].astype(int)
+    total = int(parameters.sum())
+    cheapest = float((bits[texts].min(axis=1) * parameters).sum()) / total
+    check_budget(budget, cheapest)
+    rational = {(layer, text): _rational(float(bits.at[layer, text])) for layer in layers for text in texts}
+    scale = math.lcm(*(value.denominator for value in rational.values()), _rational(budget).denominator)
+    costs = [[int(rational[layer, text] * scale) * int(parameters[layer]) for text in texts] for layer in layers]
+    damages = [[float(sensitivity[layer] * errors.at[layer, text]) for text in texts] for layer in layers]
+    capacity = math.floor(_rational(budget) * scale * total)
+    solution = solve_knapsack(costs, damages, capacity)
+    chosen = [texts[o] for o in solution.choice]
+    pairs = list(zip(layers, chosen, strict=True))
+    table = pd.DataFrame({
+        "layer": layers, "block": bits["block"].astype(int).to_numpy(), "sublayer": bits["sublayer"].to_numpy(),
+        "option": chosen, "bits_per_weight": [float(bits.at[layer, text]) for layer, text in pairs],
+        "parameters": parameters.to_numpy(),
+        "relative_error": [float(errors.at[layer, text]) for layer, text in pairs],
+        "sensitivity": [float(sensitivity[layer]) for layer in layers],
+        "predicted_damage": [damages[i][o] for i, o in enumerate(solution.choice)],
+    })  # fmt: skip
+    summary = {
+        "budget_bits_per_weight": budget,
+        "bits_per_weight": solution.cost / (scale * total),
+        "predicted_damage": solution.damage,
+        "lagrangian_lower_bound": solution.lower_bound,
+        "equal_slope": solution.slope / scale,
+        "sensitivity": sensitivity_kind,
+        "menu": texts,
+        "layers": len(layers),
+        "parameters": total,
+    }
+    return Allocation(table[ALLOCATION_COLUMNS], summary)
+
+
+def uniform_damage(ledger: pd.DataFrame, sensitivity: pd.Series, option: MenuOption) -> float:
+    """Predicted damage Σ_ℓ c_ℓ·e_ℓ(option) of ``option`` on every layer of the ledger (``keep``: 0)."""
+    errors = option_errors(ledger, [option])[option.text]
+    return float(math.fsum(sensitivity[layer] * error for layer, error in errors.items()))
+
+
+def budget_split(table: pd.DataFrame) -> dict[str, float]:
+    """Fractions of the weights (by parameters) per option of an allocation table."""
+    shares = table.groupby("option", sort=False)["parameters"].sum() / table["parameters"].sum()
+    return {str(option): float(share) for option, share in shares.items()}

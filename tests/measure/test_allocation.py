@@ -1,0 +1,214 @@
+"""Per-layer allocation: the applied allocation's size recomputed from the compressed weights, per-layer spec
+terms, the single-layer KL sensitivity against a full evaluation, and one clear error for each bad input."""
+
+from __future__ import annotations
+
+import copy
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from test_perplexity import text_ids, windows_of
+from tiny_models import save_tiny_model, tiny_model
+
+from measure.capture.statistics import capture
+from measure.compress.apply import apply_spec
+from measure.compress.spec import parse_spec
+from measure.evaluation.perplexity import evaluate_perplexity
+from measure.evaluation.residual import ResidualStreamEvaluator
+from measure.mixture.file import allocation_spec, check_allocation, read_allocation, write_allocation
+from measure.mixture.inputs import measure_menu
+from measure.mixture.menu import parse_menu
+from measure.mixture.sensitivity import PROBE, kl_sensitivity
+from measure.mixture.solve import allocate, cheapest_bits, check_budget
+from measure.models.architecture import describe
+from measure.models.weight_grid import distinct_per_block
+from pvq.cli import main
+from theory.errors import PvqError
+
+MENU = "keep,rtn:3:g16,gptq:4:g16,sparsegpt:0.5"
+
+
+def _batches() -> list[torch.Tensor]:
+    ids = torch.randint(3, 300, (4, 16), generator=torch.Generator().manual_seed(3))
+    return list(ids.split(2))
+
+
+def _measured(model: torch.nn.Module, evaluator: ResidualStreamEvaluator | None = None):
+    batches = _batches()
+    return batches, measure_menu(model, batches, capture(model, batches), parse_menu(MENU), evaluator)
+
+
+def recomputed_bits(original: torch.Tensor, compressed: torch.Tensor, option: str) -> float:
+    """Bits of one layer read off its compressed weight: unchanged → 16 per weight; b-bit in groups of g → at most
+    2^b distinct values per group, b per weight plus one 16-bit scale per group; pruned → 16 per non-zero."""
+    if option == "keep":
+        assert torch.equal(original, compressed)
+        return 16.0 * original.numel()
+    head, *tokens = option.split(":")
+    if head == "sparsegpt":
+        return 16.0 * int((compressed != 0).sum())
+    bits, group = int(tokens[0]), int(tokens[1].removeprefix("g"))
+    assert int(distinct_per_block(compressed, group).max()) <= 2**bits
+    groups = compressed.shape[0] * math.ceil(compressed.shape[1] / group)
+    return bits * compressed.numel() + 16.0 * groups
+
+
+def test_the_applied_allocation_costs_what_its_accounting_says() -> None:
+    model = tiny_model("llama")
+    batches, measured = _measured(model)
+    options = parse_menu(MENU)
+    mixtures = 0
+    for budget in (4.25, 4.6, 6.0, 9.0, 12.0):
+        allocation = allocate(measured.ledger, measured.bits, options, measured.sensitivities["energy"], budget)
+        table = allocation.table
+        mixtures += table["option"].nunique() > 1
+        compressed = copy.deepcopy(model)
+        report = apply_spec(compressed, allocation_spec(table), batches, calibration="parallel")
+        originals = {ref.name: ref.weight() for ref in describe(model).linears}
+        chosen = table.set_index("layer")["option"]
+        spent = sum(recomputed_bits(originals[ref.name], ref.weight(), chosen[ref.name])
+                    for ref in describe(compressed).linears)  # fmt: skip
+        total = table["parameters"].sum()
+        assert abs(spent / total - allocation.summary["bits_per_weight"]) < 1e-6
+        assert abs(report.size["linear_bits_per_weight"] - allocation.summary["bits_per_weight"]) < 1e-6
+        assert allocation.summary["bits_per_weight"] <= budget + 1e-12
+        assert math.isclose(allocation.summary["predicted_damage"], table["predicted_damage"].sum(), rel_tol=1e-12)
+        assert allocation.summary["lagrangian_lower_bound"] <= allocation.summary["predicted_damage"] * (1 + 1e-12)
+    assert mixtures >= 2  # the budgets between the options' sizes mix options
+
+
+def test_no_uniform_option_that_fits_predicts_less_damage_than_the_allocation() -> None:
+    model = tiny_model("llama")
+    _, measured = _measured(model)
+    options = parse_menu(MENU)
+    sensitivity = measured.sensitivities["energy"]
+    for budget in (4.0, 5.0, 8.0, 16.0):
+        allocation = allocate(measured.ledger, measured.bits, options, sensitivity, budget)
+        for option in options:
+            bits = measured.bits[option.text]
+            if (bits * measured.bits["parameters"]).sum() / measured.bits["parameters"].sum() <= budget:
+                rows = measured.ledger[measured.ledger["term"] == option.text]
+                errors = rows.set_index("layer")["relative_error"]
+                uniform = 0.0 if option.step is None else float((errors * sensitivity[errors.index]).sum())
+                assert allocation.summary["predicted_damage"] <= uniform * (1 + 1e-9) + 1e-15
+
+
+def test_per_layer_terms_compress_exactly_the_named_layers() -> None:
+    model = tiny_model("llama")
+    before = {ref.name: ref.weight().clone() for ref in describe(model).linears}
+    names = ["model.layers.0.mlp.down_proj", "model.layers.1.self_attn.q_proj"]
+    apply_spec(model, f"rtn:3:g16@layer={names[0]}+sparsegpt:0.5+gptq:4:g16@layer={names[1]}", _batches())
+    for ref in describe(model).linears:
+        assert torch.equal(ref.weight(), before[ref.name]) == (ref.name not in names), ref.name
+    assert (describe(model).linears[7].weight() == 0).float().mean() >= 0.5
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [("rtn:3@layer=a+gptq:4@layer=a", "both compress"), ("rtn:3@layer=a+gptq:4@mlp", "beside per-layer terms"),
+     ("rtn:3@layer=", "unknown scope")],
+)  # fmt: skip
+def test_bad_per_layer_specs_are_one_clear_error(spec: str, message: str) -> None:
+    with pytest.raises(PvqError, match=message):
+        parse_spec(spec)
+
+
+def test_a_layer_the_model_lacks_is_an_error_before_anything_is_compressed() -> None:
+    model = tiny_model("llama")
+    before = {ref.name: ref.weight().clone() for ref in describe(model).linears}
+    spec = "rtn:3:g16@layer=model.layers.0.mlp.up_proj+rtn:3:g16@layer=model.layers.9.mlp.up_proj"
+    with pytest.raises(PvqError, match=r"lacks: model\.layers\.9\.mlp\.up_proj"):
+        apply_spec(model, spec)
+    assert all(torch.equal(ref.weight(), before[ref.name]) for ref in describe(model).linears)
+
+
+def test_the_kl_sensitivity_is_the_probed_models_kl_per_unit_local_error() -> None:
+    model = tiny_model("llama")
+    windows = windows_of(text_ids(), 32)
+    batches = _batches()
+    captured = capture(model, batches)
+    layer = "model.layers.0.self_attn.v_proj"
+    probes = kl_sensitivity(model, ResidualStreamEvaluator(model, windows), captured, [layer]).iloc[0]
+    probed = copy.deepcopy(model)
+    apply_spec(probed, f"{PROBE}@layer={layer}", batches, calibration="parallel")
+    kl = evaluate_perplexity(probed, windows, model).kl_to_reference_nats
+    assert math.isclose(probes["probe_kl_nats"], kl, rel_tol=1e-4)
+    assert math.isclose(probes["sensitivity"] * probes["probe_relative_error"], kl, rel_tol=1e-4)
+    fresh = describe(tiny_model("llama")).linears
+    assert all(torch.equal(a.weight(), b.weight()) for a, b in zip(describe(model).linears, fresh, strict=True))
+
+
+# --- bad input --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("menu", "message"),
+    [("keep,fancy:3", "unknown method 'fancy'"), ("keep,gptq:4@mlp", "carries a scope"),
+     ("keep,keep", "listed twice"), ("keep,remove:bi:2", "one layer term"), ("keep,gptq:99", "gptq:99")],
+)  # fmt: skip
+def test_bad_menus_are_one_clear_error(menu: str, message: str) -> None:
+    with pytest.raises(PvqError, match=message):
+        parse_menu(menu)
+
+
+def test_budgets_out_of_range_are_one_clear_error_each() -> None:
+    model = tiny_model("llama")
+    cheapest = cheapest_bits(model, parse_menu(MENU))
+    with pytest.raises(PvqError, match="above 16"):
+        check_budget(16.5, cheapest)
+    with pytest.raises(PvqError, match="below the cheapest allocation"):
+        check_budget(cheapest - 0.01, cheapest)
+    check_budget(cheapest, cheapest)
+
+
+def _allocation_file(folder: Path) -> tuple[torch.nn.Module, Path]:
+    model = tiny_model("llama")
+    _, measured = _measured(model)
+    allocation = allocate(measured.ledger, measured.bits, parse_menu(MENU), measured.sensitivities["energy"], 6.0)
+    return model, write_allocation(allocation, folder / "alloc.parquet", {"model": "tiny"})
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [(lambda t: t.drop(columns="option"), "lacks column"), (lambda t: pd.concat([t, t.head(1)]), "twice"),
+     (lambda t: t.assign(option="fancy:3"), "unknown method"), (lambda t: t.head(0), "no rows"),
+     (lambda t: t.assign(bits_per_weight=-1.0), "bits_per_weight"),
+     (lambda t: t.assign(parameters=0.5), "parameters")],
+)  # fmt: skip
+def test_malformed_allocation_files_are_one_clear_error_each(tmp_path: Path, edit, message: str) -> None:
+    _, path = _allocation_file(tmp_path)
+    edit(pd.read_parquet(path)).to_csv(tmp_path / "bad.csv", index=False)
+    with pytest.raises(PvqError, match=message):
+        read_allocation(tmp_path / "bad.csv")
+
+
+def test_an_allocation_that_disagrees_with_the_model_is_refused(tmp_path: Path) -> None:
+    model, path = _allocation_file(tmp_path)
+    table = read_allocation(path)
+    renamed = table.assign(layer=table["layer"].str.replace("layers.1.", "layers.7.", regex=False))
+    with pytest.raises(PvqError, match=r"lacks: model\.layers\.7"):
+        check_allocation(renamed, allocation_spec(table), model)
+    resized = table.assign(parameters=table["parameters"] + 1)
+    with pytest.raises(PvqError, match="parameters at"):
+        check_allocation(resized, allocation_spec(table), model)
+
+
+def test_the_command_writes_nothing_on_bad_input_and_an_allocation_eval_reads(tmp_path: Path) -> None:
+    folder = save_tiny_model("llama", tmp_path / "tiny")
+    out = tmp_path / "alloc.parquet"
+    common = ["allocate", "--model", str(folder), "--device", "cpu", "--sequences", "1", "--sensitivity", "energy",
+              "--menu", MENU, "--out", str(out)]  # fmt: skip
+    for bad in (["--budget", "2"], ["--budget", "17"], ["--budget", "5", "--menu", "keep,fancy"]):
+        assert main([*common, *bad]) == 2
+        assert not out.exists() and not out.with_suffix(".json").exists()
+    assert main([*common, "--budget", "5"]) == 0
+    table = read_allocation(out)
+    assert set(table["option"]) <= set(MENU.split(","))
+    evaluated = ["eval", "--model", str(folder), "--compress", str(out), "--ppl", "--window", "64",
+                 "--max-windows", "1", "--device", "cpu", "--out", str(tmp_path / "eval")]  # fmt: skip
+    assert main(evaluated) == 0
+    results = pd.read_parquet(tmp_path / "eval" / "eval.parquet")
+    assert results["spec"].str.startswith("allocation:alloc.parquet:").all()
