@@ -49,6 +49,9 @@ class Artifact:
     needs: tuple[str, ...]
     caption: Caption
     section: str
+    default: bool = True
+    """False for an artifact whose experiments are too long for the default run (``make figures``): it renders
+    only when named (``pvq figures --only NAME``)."""
 
     @property
     def folder(self) -> str:
@@ -67,27 +70,29 @@ class Artifact:
 ARTIFACTS: dict[str, Artifact] = {}
 
 
-def _register(kind: str, name: str, needs: Sequence[str], caption: Caption, section: str) -> Callable:
+def _register(
+    kind: str, name: str, needs: Sequence[str], caption: Caption, section: str, default: bool = True
+) -> Callable:
     if not needs:
         raise PvqError(f"{kind} {name!r} declares no experiments; list the result tables it draws in needs=")
 
     def register(draw: Callable[[Tables], Any]) -> Callable[[Tables], Any]:
         if name in ARTIFACTS:
             raise PvqError(f"{kind} {name!r} is registered twice; give each figure and table a unique name")
-        ARTIFACTS[name] = Artifact(name, kind, draw, tuple(needs), caption, section)
+        ARTIFACTS[name] = Artifact(name, kind, draw, tuple(needs), caption, section, default)
         return draw
 
     return register
 
 
-def figure(name: str, *, needs: Sequence[str], caption: Caption, section: str) -> Callable:
-    """Register ``draw(tables) -> matplotlib.figure.Figure`` as figure ``name``."""
-    return _register("figure", name, needs, caption, section)
+def figure(name: str, *, needs: Sequence[str], caption: Caption, section: str, default: bool = True) -> Callable:
+    """Register ``draw(tables) -> matplotlib.figure.Figure`` as figure ``name`` (``default``: :class:`Artifact`)."""
+    return _register("figure", name, needs, caption, section, default)
 
 
-def table(name: str, *, needs: Sequence[str], caption: Caption, section: str) -> Callable:
-    """Register ``draw(tables) -> pandas Styler`` as table ``name``."""
-    return _register("table", name, needs, caption, section)
+def table(name: str, *, needs: Sequence[str], caption: Caption, section: str, default: bool = True) -> Callable:
+    """Register ``draw(tables) -> pandas Styler`` as table ``name`` (``default``: see :class:`Artifact`)."""
+    return _register("table", name, needs, caption, section, default)
 
 
 def load_catalog() -> dict[str, Artifact]:
@@ -107,9 +112,9 @@ def load_catalog() -> dict[str, Artifact]:
 
 
 def select(names: Sequence[str] | None = None) -> list[Artifact]:
-    """The artifacts called ``names`` (all registered ones when None), in registration order."""
+    """The artifacts called ``names`` (every default one when None), in registration order."""
     if not names:
-        return list(ARTIFACTS.values())
+        return [artifact for artifact in ARTIFACTS.values() if artifact.default]
     unknown = [name for name in names if name not in ARTIFACTS]
     if unknown:
         raise PvqError(

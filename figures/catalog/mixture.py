@@ -10,6 +10,10 @@ evaluation windows with the original as KL reference
 Every compressing option of the menu is also applied uniformly, and allocated at exactly its size, so each uniform
 spec meets an allocation of the same size from the same options (like with like).
 
+The study takes several minutes on 2 CPU cores (a capture, the menu's ledger, one KL probe per linear layer and
+about twenty evaluations), more than the default ``make figures`` budget allows, so its figure and table render
+only when named: ``pvq figures --only optimal_mixture,mixture_frontier``.
+
 The default menu is data-free (RTN in groups of 128, magnitude pruning, magnitude then RTN) so that the experiment
 fits the time budget of ``make figures``; the calibrated menu (GPTQ, AWQ, SparseGPT) runs with ``pvq allocate``.
 The allocation is optimal for the *predicted* damage Σ_ℓ c_ℓ·e_ℓ only; the prediction is checked against the
@@ -239,7 +243,7 @@ def _mixture_caption(tables: Tables, facts: Mapping[str, Any]) -> str:
     )
 
 
-@figure("optimal_mixture", needs=(MIXTURE,), caption=_mixture_caption, section=SECTION)
+@figure("optimal_mixture", needs=(MIXTURE,), caption=_mixture_caption, section=SECTION, default=False)
 def optimal_mixture(tables: Tables) -> Figure:
     """(a) KL vs bits per weight: optimal allocations (KL and energy sensitivities) and the uniform menu options;
     (b) stacked bars of how each KL-sensitivity budget's weights are spent."""
@@ -288,7 +292,7 @@ def _table_caption(tables: Tables, facts: Mapping[str, Any]) -> str:
     )
 
 
-@table(MIXTURE, needs=(MIXTURE,), caption=_table_caption, section=SECTION)
+@table(MIXTURE, needs=(MIXTURE,), caption=_table_caption, section=SECTION, default=False)
 def mixture_frontier_table(tables: Tables) -> Styler:
     """One row per budget: allocation summary, predicted damage, PPL, KL, and the best uniform option's."""
     frame = comparison(tables)

@@ -66,7 +66,7 @@ def listing(out_dir: Path, model_name: str | None = None) -> str:
         home = artifact_home(out_dir, artifact, model_name or DEFAULT_MODEL)
         lines.append(
             f"{artifact.kind:<7} {artifact.name:<32} needs {', '.join(artifact.needs):<48} "
-            f"{artifact.stem(home).with_suffix(suffix)}"
+            f"{artifact.stem(home).with_suffix(suffix)}{'' if artifact.default else '  (only with --only)'}"
         )
     return "\n".join(lines)
 
