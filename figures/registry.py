@@ -86,7 +86,7 @@ def _register(
 
 
 def figure(name: str, *, needs: Sequence[str], caption: Caption, section: str, default: bool = True) -> Callable:
-    """Register ``draw(tables) -> matplotlib.figure.Figure`` as figure ``name`` (``default``: :class:`Artifact`)."""
+    """Register ``draw(tables) -> matplotlib.figure.Figure`` as figure ``name`` (``default``: see Artifact)."""
     return _register("figure", name, needs, caption, section, default)
 
 
