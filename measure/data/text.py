@@ -147,8 +147,8 @@ def text_hash(text: str) -> str:
 
 
 TEXTS: dict[str, Callable[[], str]] = {
-    "wikipedia-calibration": calibration_text,
-    "wikipedia-evaluation": evaluation_text,
+    "wikipedia-calibration": lambda: calibration_text(),
+    "wikipedia-evaluation": lambda: evaluation_text(),
 }
 """The texts a protocol may name, by the name recorded in its provenance."""
 

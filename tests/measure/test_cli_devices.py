@@ -23,7 +23,6 @@ from measure.data import text
 from measure.models.load import load_model
 from measure.records.store import read_provenance
 from pvq.cli import COMMANDS, build_parser, main
-from pvq.commands import common
 from pvq.commands.common import placement
 from pvq.commands.run import check_device_here, with_overrides
 from pvq.scale.grid_file import parse_grid
@@ -37,6 +36,7 @@ ARGV = {
     "ledger": ["--model", MISSING, "--out", "{tmp}/ledger"],
     "remove": ["--model", MISSING, "--blocks", "1"],
     "shrink": ["--model", MISSING, "--mlp", "0.25", "--out", "{tmp}/shrunk"],
+    "allocate": ["--model", MISSING, "--budget", "4", "--out", "{tmp}/allocation.parquet"],
     "eval": ["--model", MISSING, "--ppl", "--out", "{tmp}/eval"],
     "figures": ["--results", "{tmp}/results", "--out", "{tmp}/paper"],
     "paper": ["--results", "{tmp}/results", "--out", "{tmp}/paper"],
@@ -155,7 +155,7 @@ def test_eval_spreads_over_several_gpus_with_accelerate(monkeypatch: pytest.Monk
         requested.update(options)
         raise PvqError("stop before loading")
 
-    monkeypatch.setattr("measure.models.load.load_model", fake_load)
+    monkeypatch.setattr("measure.evaluation.request.load_model", fake_load)
     assert main(["eval", "--model", MISSING, "--ppl", "--device", "cuda", "--dtype", "float16"]) == 2
     assert requested == {"device": "cuda", "dtype": torch.float16, "device_map": "auto"}
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
@@ -188,7 +188,7 @@ def test_run_overrides_device_and_dtype_of_every_job(monkeypatch: pytest.MonkeyP
 
 
 def test_placement_keeps_the_model_in_cpu_memory_for_a_sequential_pass(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(common, "resolve_device", lambda name: name)
+    monkeypatch.setattr("measure.capture.placement.resolve_device", lambda name: name)
     on_gpu = placement(argparse.Namespace(device="cuda", dtype="float16"))
     assert (on_gpu.mode, on_gpu.home, on_gpu.dtype) == ("sequential", "cpu", torch.float16)
     whole = placement(argparse.Namespace(device="cuda", dtype="float16"), mode="full")

@@ -153,7 +153,7 @@ def test_cli_writes_table_and_provenance(tmp_path, monkeypatch: pytest.MonkeyPat
     def fake_load(name: str, **placement: object) -> models.LoadedModel:
         return models.LoadedModel(tiny_model("llama"), tiny_tokenizer(), name, "hash123", True, "test")
 
-    monkeypatch.setattr(models, "load_model", fake_load)
+    monkeypatch.setattr("measure.capture.placement.load_model", fake_load)
     monkeypatch.setattr(text, "calibration_text", lambda: TEXT)
     argv = ["ledger", "--model", "tiny-llama", "--methods", "magnitude:0.5,gptq:4:g16", "--sequences", "4",
             "--seq-len", "32", "--batch-size", "2", "--mode", "sequential", "--out", str(tmp_path)]  # fmt: skip

@@ -9,7 +9,7 @@ import torch
 from tiny_models import save_tiny_model, tiny_model
 from transformers import AutoModelForCausalLM
 
-from measure.compress import spec
+from measure.compress import apply, spec
 from pvq.cli import main
 from theory.errors import PvqError
 
@@ -59,7 +59,7 @@ def test_heads_of_a_fused_qkv_family_are_refused_and_nothing_is_written(tmp_path
 def test_shrink_spec_term_replaces_the_model_with_the_shrunk_one():
     model = tiny_model("llama")
     batches = [torch.randint(3, 300, (2, 16), generator=torch.Generator().manual_seed(0))]
-    report = spec.apply_spec(model, "shrink:mlp=0.5:heads=0.5:score=wanda:norefit", batches)
+    report = apply.apply_spec(model, "shrink:mlp=0.5:heads=0.5:score=wanda:norefit", batches)
     assert (model.config.intermediate_size, model.config.num_attention_heads) == (32, 2)
     assert model.model.layers[0].mlp.down_proj.weight.shape == (32, 32)
     assert report.size["parameters"] == sum(p.numel() for p in model.parameters())
