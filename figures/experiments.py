@@ -93,12 +93,10 @@ def model_slug(model_name: str) -> str:
 
 
 def _load_model(model_name: str, device: str) -> Any:
-
     return load_model(model_name, device=device)
 
 
 def _detect_grid(loaded: Any) -> dict[str, Any]:
-
     return detect_linear_grid(loaded.model).as_dict()
 
 

@@ -452,7 +452,6 @@ def removal_verdicts(tables: Tables) -> Styler:
 
 
 def _propagation_caption(tables: Tables, facts: Mapping[str, Any]) -> str:
-
     single = study_part(tables[STUDY], "single_units")
     blocks = single[single["unit"] == "block"]
     levels = study_part(tables[STUDY], "levels").drop_duplicates("blocks")

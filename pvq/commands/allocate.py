@@ -30,7 +30,6 @@ HELP = "Per-layer allocation of compression options under a size budget (bits pe
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-
     parser.add_argument("--model", default=DEFAULT_MODEL, help=f"name, folder or .gguf (default {DEFAULT_MODEL})")
     parser.add_argument("--budget", type=float, required=True, help="bits per weight over the block linear layers")
     parser.add_argument("--menu", default=DEFAULT_MENU, help=f"comma-separated options (default {DEFAULT_MENU})")

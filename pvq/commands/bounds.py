@@ -32,7 +32,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-
     place = placement(args, args.mode)
     loaded = load_placed(args.model, place)
     with block_memory(place) as block_hooks:

@@ -21,7 +21,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-
     place = placement(args, mode="full")
     loaded = load_placed(args.model, place)
     arch = describe(loaded.model)

@@ -16,7 +16,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-
     if args.fetch:
 
         print(f"{args.fetch}: {ensure_default_checkpoint(args.fetch)}")

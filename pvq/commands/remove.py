@@ -39,7 +39,6 @@ DEFAULT_STUDY_OUT = "results/removal"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-
     parser.add_argument("--model", default=DEFAULT_MODEL, help=f"name, folder or .gguf (default {DEFAULT_MODEL})")
     parser.add_argument(
         "--metric", default="bi",
@@ -106,7 +105,6 @@ def _bit_widths(text: str) -> tuple[int, ...]:
 
 
 def run(args: argparse.Namespace) -> int:
-
     if args.study and args.mode == "sequential":
         raise PvqError("--study runs the whole model on --device (perplexity of every removal); drop --mode")
     if args.study:

@@ -73,7 +73,6 @@ def with_overrides(jobs: list[Any], device: str | None, dtype: str | None) -> li
 
 
 def run(args: argparse.Namespace) -> int:
-
     check_device_here(args.device, args.executor)
     if args.executor == "slurm" and not args.dry_run:
         check_slurm_available()

@@ -27,7 +27,6 @@ HELP = "Structured width pruning: remove MLP channels and attention heads, save 
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-
     parser.add_argument("--model", default=DEFAULT_MODEL, help=f"name, folder or .gguf (default {DEFAULT_MODEL})")
     parser.add_argument("--mlp", type=float, default=0.0, help="fraction of each MLP's channels removed, [0, 1)")
     parser.add_argument(
