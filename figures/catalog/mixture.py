@@ -273,7 +273,7 @@ def optimal_mixture(tables: Tables) -> Figure:
     for index, column in enumerate(sorted(shares.columns)):
         bars.bar(positions, shares[column], bottom=bottom, color=palette[index % len(palette)], label=column)
         bottom += shares[column].to_numpy()
-    bars.set_xticks(positions, [f"{b:g}" for b in frame["budget"]], rotation=60, fontsize=6)
+    bars.set_xticks(positions, [f"{b:g}" for b in frame["budget"]], rotation=90, fontsize=6)
     bars.set_xlabel("budget (bits per weight)")
     bars.set_ylabel("fraction of linear weights")
     bars.set_title("(b)", loc="left", fontsize="small")

@@ -66,10 +66,14 @@ def test_figures_writes_every_artifact_then_reuses_every_experiment(synthetic_ex
                                                                      capsys):  # fmt: skip
     argv = ["figures", "--model", str(tiny_dir), "--results", str(tmp_path / "results"), "--out",
             str(tmp_path / "paper")]  # fmt: skip
-    experiments = {name for artifact in ARTIFACTS.values() for name in artifact.needs}
+    defaults = {name: artifact for name, artifact in ARTIFACTS.items() if artifact.default}
+    experiments = {name for artifact in defaults.values() for name in artifact.needs}
     assert main(argv) == 0
     assert f"{len(experiments)} computed, 0 from cache" in capsys.readouterr().out
-    for name, artifact in ARTIFACTS.items():
+    opt_in = [artifact for artifact in ARTIFACTS.values() if not artifact.default]
+    assert not any(artifact.sidecar(artifact_home(tmp_path / "paper", artifact, str(tiny_dir))).exists()
+                   for artifact in opt_in)  # fmt: skip
+    for name, artifact in defaults.items():
         home = artifact_home(tmp_path / "paper", artifact, str(tiny_dir))
         assert home == tmp_path / "paper" / (model_slug(str(tiny_dir)) if model_dependent(artifact) else "")
         stem = artifact.stem(home)

@@ -151,7 +151,7 @@ def test_installed_weights_are_restored_exactly(toy) -> None:
 
 
 def test_an_unknown_view_is_one_clear_error() -> None:
-    with pytest.raises(PvqError, match="unknown view 'residual'; choose from layer_energy, layer_parameters, "
+    with pytest.raises(PvqError, match="unknown view 'residual'; choose one of layer_energy, layer_parameters, "
                                        "block, end_to_end"):  # fmt: skip
         check_views(["block", "residual"])
     assert check_views(["block"]) == ("block",)
