@@ -147,7 +147,7 @@ def local_closure(function: Callable[..., Any]) -> tuple[list[str], set[str]]:
     following imports between figures modules name by name), and the theory/measure modules they import."""
     sources, modules = [function_source(function)], set()
     start = (function.__module__, function.__name__)
-    pending = [(function.__module__, name) for name in _referenced(_function_node(function))]
+    pending = [(function.__module__, name) for name in sorted(_referenced(_function_node(function)), reverse=True)]
     seen = {start}
     while pending:
         module, name = pending.pop()
@@ -161,7 +161,7 @@ def local_closure(function: Callable[..., Any]) -> tuple[list[str], set[str]]:
         imports, definitions = imported_names(tree), _top_level_definitions(tree)
         if name in definitions:
             sources.append(f"{module}.{name}:{_plain(definitions[name])}")
-            pending += [(module, inner) for inner in _referenced(definitions[name])]
+            pending += [(module, inner) for inner in sorted(_referenced(definitions[name]), reverse=True)]
         elif name in imports:
             target = imports[name]
             if not _followed_by_name(target) or target.endswith("." + name):
@@ -207,7 +207,7 @@ def code_modules(function: Callable[..., Any]) -> list[str]:
 def code_version_of(function: Callable[..., Any]) -> str:
     """sha256 (16 hex digits) over the local closure of ``function`` and the source of its module closure."""
     sources, modules = local_closure(function)
-    digest = hashlib.sha256("\0".join(sources).encode())
+    digest = hashlib.sha256("\0".join([sources[0], *sorted(sources[1:])]).encode())
     for module, path in sorted(module_closure(modules).items()):
         digest.update(b"\0" + module.encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()[:16]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 import shutil
 import subprocess
 import sys
@@ -97,14 +98,22 @@ sys.path.insert(0, sys.argv[1])
 from figures.experiments import EXPERIMENTS, code_version
 from figures.registry import load_catalog
 load_catalog()
-print(code_version(EXPERIMENTS["layer_bounds_sweep"]), code_version(EXPERIMENTS["theory_formats_gaussian"]))
+names = sys.argv[2:] or sorted(EXPERIMENTS)
+print(" ".join(code_version(EXPERIMENTS[name]) for name in names))
 """
 
 
-def probe(tree: Path) -> list[str]:
-    result = subprocess.run([sys.executable, "-c", PROBE, str(tree)], capture_output=True, text=True, check=True,
-                            cwd=tree)
+def probe(tree: Path, names: tuple[str, ...] = ("layer_bounds_sweep", "theory_formats_gaussian"),
+          hash_seed: str = "0") -> list[str]:
+    environment = {**os.environ, "PYTHONHASHSEED": hash_seed}
+    result = subprocess.run([sys.executable, "-c", PROBE, str(tree), *names], capture_output=True, text=True,
+                            check=True, cwd=tree, env=environment)  # fmt: skip
     return result.stdout.split()
+
+
+def test_every_experiment_has_the_same_code_version_in_every_process() -> None:
+    """Set and dict orders change with the string-hash seed; the version must not (else a warm run recomputes)."""
+    assert probe(ROOT, (), hash_seed="1") == probe(ROOT, (), hash_seed="2")
 
 
 def test_editing_a_module_the_bounds_sweep_reaches_only_transitively_invalidates_it(tmp_path: Path) -> None:
