@@ -14,6 +14,7 @@ block at a time to ``--device``). ``--dtype`` other than float32 gets results ke
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 from pathlib import Path
 from typing import Any
@@ -51,7 +52,7 @@ def compression(text: str | None) -> dict[str, Any]:
     allocation = read_allocation(text)
     spec = allocation_spec(allocation)
     name = f"allocation:{Path(text).name}:{hashlib.sha256(spec.text.encode()).hexdigest()[:12]}"
-    check = lambda model: check_allocation(allocation, spec, model)  # noqa: E731
+    check = functools.partial(check_allocation, allocation, spec)
     return {"spec": spec.text, "spec_name": name, "model_check": check}
 
 
