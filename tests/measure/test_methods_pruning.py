@@ -8,6 +8,7 @@ from test_methods_layer import naive_obs, random_layer
 
 from measure.compress.methods import get_method
 from measure.compress.methods.metrics import output_error
+from measure.compress.methods.pruning import lowest_scores_mask
 
 SCORE_PRUNERS = ("magnitude", "magnitude_row", "wanda", "moe_pruner", "sparsegpt")
 
@@ -143,3 +144,27 @@ def test_head_prune_zeroes_whole_heads_of_smallest_norm(layer, axis) -> None:
     assert norms[removed].max() <= norms[~removed].min()
     kept_rows = ~removed.repeat_interleave(head_dim)
     assert torch.equal(oriented[kept_rows], original[kept_rows])
+
+
+def _sorted_keep(scores: torch.Tensor, count: int) -> torch.Tensor:
+    """The reference: False at the first ``count`` positions of a stable argsort along the last dimension."""
+    keep = torch.ones_like(scores, dtype=torch.bool)
+    keep.scatter_(-1, torch.argsort(scores, dim=-1, stable=True)[..., :count], False)
+    return keep
+
+
+@pytest.mark.parametrize("shape", [(7,), (5, 9), (3, 4, 4), (1, 1), (6, 128)])
+@pytest.mark.parametrize("levels", [3, 1000])
+def test_lowest_scores_mask_is_the_stable_sort_mask(shape: tuple[int, ...], levels: int) -> None:
+    """Selection gives the stable sort's mask at every count, with many ties (3 levels), infinities and NaN."""
+    generator = torch.Generator().manual_seed(levels + len(shape))
+    for trial in range(4):
+        scores = torch.randint(0, levels, shape, generator=generator).to(
+            torch.float64 if trial % 2 else torch.float32
+        )
+        if trial == 2:
+            scores[..., 0] = float("inf")
+        if trial == 3:
+            scores[..., -1] = float("nan")
+        for count in range(shape[-1] + 1):
+            assert torch.equal(lowest_scores_mask(scores, count), _sorted_keep(scores, count)), (trial, count)
