@@ -22,6 +22,14 @@ Two solvers over the same data:
   budget by their greatest common divisor (both leave the feasible set unchanged), so its table has
   L × (C' + 1) cells for the reduced remaining budget C'.
 
+Removable groups (block removal): a group is a run of consecutive items that may instead be replaced whole by
+one alternative of cost w_g and damage d_g (a decoder block removed: its layers cost nothing, the damage is the
+block's). The DP stays exact: after the group's last item, D(c) = min(D_kept(c), D_before(c − w_g) + d_g), with
+D_before the table before the group's first item; items of removable groups keep their full costs (no cheapest
+cost is subtracted from them) so every cost stays non-negative. The Lagrangian bound becomes
+g(λ) = Σ_groups min(Σ_ℓ∈g min_o (d_ℓo + λ w_ℓo), d_g + λ w_g) + Σ_other items min_o (d_ℓo + λ w_ℓo) − λ·C, still
+a lower bound for every λ ≥ 0; it is reported at the equal slope λ* of the problem without the groups.
+
 Pure math, no I/O. :class:`theory.errors.PvqError` for an infeasible budget or malformed input.
 """
 
@@ -42,8 +50,20 @@ MAX_DP_CELLS = 400_000_000
 
 
 @dataclass(frozen=True)
+class RemovableGroup:
+    """Items ``first`` .. ``last`` (inclusive, consecutive) may be replaced whole by one alternative of integer
+    ``cost`` ≥ 0 and finite ``damage`` (module docstring)."""
+
+    first: int
+    last: int
+    cost: int
+    damage: float
+
+
+@dataclass(frozen=True)
 class KnapsackSolution:
-    """An allocation: ``choice[ℓ]`` = the option index of item ℓ, its total ``cost`` and ``damage``.
+    """An allocation: ``choice[ℓ]`` = the option index of item ℓ (−1 for an item of a removed group), its total
+    ``cost`` and ``damage``; ``removed`` = indices of the removable groups replaced whole.
 
     ``lower_bound`` is the Lagrangian bound g(λ*) ≤ the optimum and ``slope`` the equal-slope multiplier λ*
     (damage per unit cost) of :func:`lagrangian_sweep`; ``exact`` says whether ``damage`` is the optimum
@@ -56,9 +76,33 @@ class KnapsackSolution:
     lower_bound: float
     slope: float
     exact: bool
+    removed: tuple[int, ...] = ()
 
 
-def _check(costs: Sequence[Sequence[int]], damages: Sequence[Sequence[float]], capacity: int) -> None:
+def _check_groups(groups: Sequence[RemovableGroup], items: int) -> None:
+    previous = -1
+    for index, group in enumerate(groups):
+        if not previous < group.first <= group.last < items:
+            raise PvqError(
+                f"removable group {index} covers items {group.first}..{group.last}; groups must be ordered, "
+                f"disjoint runs of items within 0..{items - 1}"
+            )
+        if int(group.cost) != group.cost or group.cost < 0 or not math.isfinite(group.damage):
+            raise PvqError(f"removable group {index} needs a non-negative integer cost and a finite damage")
+        previous = group.last
+
+
+def _cheapest(costs: Sequence[Sequence[int]], groups: Sequence[RemovableGroup] = ()) -> int:
+    """The cost of the cheapest allocation: each item at its cheapest option, or a group replaced when cheaper."""
+    total = sum(min(cost) for cost in costs)
+    for group in groups:
+        kept = sum(min(costs[item]) for item in range(group.first, group.last + 1))
+        total -= max(kept - int(group.cost), 0)
+    return total
+
+
+def _check(costs: Sequence[Sequence[int]], damages: Sequence[Sequence[float]], capacity: int,
+           groups: Sequence[RemovableGroup] = ()) -> None:  # fmt: skip
     if len(costs) != len(damages) or not costs:
         raise PvqError(f"give costs and damages for the same items, at least one ({len(costs)} vs {len(damages)})")
     for item, (cost, damage) in enumerate(zip(costs, damages, strict=True)):
@@ -70,7 +114,8 @@ def _check(costs: Sequence[Sequence[int]], damages: Sequence[Sequence[float]], c
             raise PvqError(f"item {item} has a cost that is not a non-negative integer: {list(cost)}")
         if not all(math.isfinite(d) for d in damage):
             raise PvqError(f"item {item} has a damage that is not finite: {list(damage)}")
-    cheapest = sum(min(cost) for cost in costs)
+    _check_groups(groups, len(costs))
+    cheapest = _cheapest(costs, groups)
     if cheapest > capacity:
         raise PvqError(
             f"the budget {capacity} is below the cheapest allocation ({cheapest}: every item at its cheapest "
@@ -98,10 +143,15 @@ def lower_hull(cost: Sequence[int], damage: Sequence[float]) -> list[int]:
 
 
 def lagrangian_bound(costs: Sequence[Sequence[int]], damages: Sequence[Sequence[float]], capacity: int,
-                     slope: float) -> float:  # fmt: skip
-    """g(λ) = Σ_ℓ min_o (d_ℓo + λ·w_ℓo) − λ·C, a lower bound on the optimum for every λ ≥ 0."""
-    total = sum(min(d + slope * w for w, d in zip(cost, damage, strict=True))
-                for cost, damage in zip(costs, damages, strict=True))  # fmt: skip
+                     slope: float, groups: Sequence[RemovableGroup] = ()) -> float:  # fmt: skip
+    """g(λ) = Σ_ℓ min_o (d_ℓo + λ·w_ℓo) − λ·C, a lower bound on the optimum for every λ ≥ 0 (with removable
+    groups, each group contributes the lesser of its items' sum and its alternative's d_g + λ·w_g)."""
+    item = [min(d + slope * w for w, d in zip(cost, damage, strict=True))
+            for cost, damage in zip(costs, damages, strict=True)]  # fmt: skip
+    total = math.fsum(item)
+    for group in groups:
+        kept = math.fsum(item[group.first : group.last + 1])
+        total -= max(kept - (group.damage + slope * group.cost), 0.0)
     return total - slope * capacity
 
 
@@ -144,16 +194,20 @@ def _damage(damages: Sequence[Sequence[float]], choice: Sequence[int]) -> float:
     return float(math.fsum(damage[o] for damage, o in zip(damages, choice, strict=True)))
 
 
-def solve_knapsack(costs: Sequence[Sequence[int]], damages: Sequence[Sequence[float]],
-                   capacity: int) -> KnapsackSolution:  # fmt: skip
+def solve_knapsack(costs: Sequence[Sequence[int]], damages: Sequence[Sequence[float]], capacity: int,
+                   groups: Sequence[RemovableGroup] = ()) -> KnapsackSolution:  # fmt: skip
     """The exact optimum of the multiple-choice knapsack by the DP over the remaining budget (module docstring),
-    with the Lagrangian bound and equal slope of :func:`lagrangian_sweep`. Ties go to the option listed first in
-    the last item where they differ."""
-    sweep = lagrangian_sweep(costs, damages, capacity)
-    base = [min(cost) for cost in costs]
+    with the Lagrangian bound and equal slope of :func:`lagrangian_sweep`; ``groups``: runs of items that may be
+    replaced whole (block removal). Ties go to the option listed first in the last item where they differ, and to
+    keeping a group over replacing it."""
+    _check(costs, damages, capacity, groups)
+    grouped = {item for group in groups for item in range(group.first, group.last + 1)}
+    sweep = lagrangian_sweep(costs, damages, max(capacity, sum(min(cost) for cost in costs)))
+    base = [0 if item in grouped else min(cost) for item, cost in enumerate(costs)]
     extra = [[int(w) - floor for w in cost] for cost, floor in zip(costs, base, strict=True)]
-    unit = reduce(math.gcd, (w for cost in extra for w in cost), 0) or 1
+    unit = reduce(math.gcd, [w for cost in extra for w in cost] + [int(g.cost) for g in groups], 0) or 1
     extra = [[w // unit for w in cost] for cost in extra]
+    replaced = [int(group.cost) // unit for group in groups]
     budget = min((capacity - sum(base)) // unit, sum(max(cost) for cost in extra))
     cells = len(costs) * (budget + 1)
     if cells > MAX_DP_CELLS:
@@ -161,9 +215,15 @@ def solve_knapsack(costs: Sequence[Sequence[int]], damages: Sequence[Sequence[fl
             f"the exact allocation needs a table of {cells:.3g} cells (over {MAX_DP_CELLS:.3g}); use options "
             "whose costs share a larger common unit, or fewer items"
         )
+    starts = {group.first: index for index, group in enumerate(groups)}
+    ends = {group.last: index for index, group in enumerate(groups)}
     table = np.zeros(budget + 1)  # least damage of the items so far within each remaining budget
     picks = np.zeros((len(costs), budget + 1), dtype=np.int16)
+    replace = np.zeros((len(groups), budget + 1), dtype=bool)
+    before = table
     for item, (cost, damage) in enumerate(zip(extra, damages, strict=True)):
+        if item in starts:
+            before = table
         best = np.full(budget + 1, np.inf)
         for option, (w, d) in enumerate(zip(cost, damage, strict=True)):
             if w > budget:
@@ -173,16 +233,39 @@ def solve_knapsack(costs: Sequence[Sequence[int]], damages: Sequence[Sequence[fl
             better = candidate < best
             best[better] = candidate[better]
             picks[item, better] = option
+        if item in ends:
+            group = ends[item]
+            w = replaced[group]
+            if w <= budget:
+                alternative = np.full(budget + 1, np.inf)
+                alternative[w:] = before[: budget + 1 - w] + groups[group].damage
+                replace[group] = alternative < best
+                best = np.where(replace[group], alternative, best)
         table = best
-    choice = []
+    choice = [0] * len(costs)
+    removed = []
     remaining = budget
-    for item in range(len(costs) - 1, -1, -1):
+    item = len(costs) - 1
+    while item >= 0:
+        group = ends.get(item)
+        if group is not None and replace[group, remaining]:
+            removed.append(group)
+            remaining -= replaced[group]
+            for member in range(groups[group].first, item + 1):
+                choice[member] = -1
+            item = groups[group].first - 1
+            continue
         option = int(picks[item, remaining])
-        choice.append(option)
+        choice[item] = option
         remaining -= extra[item][option]
-    choice.reverse()
-    spent = sum(int(cost[o]) for cost, o in zip(costs, choice, strict=True))
+        item -= 1
+    removed.reverse()
+    spent = sum(int(cost[o]) for cost, o in zip(costs, choice, strict=True) if o >= 0)
+    spent += sum(int(groups[group].cost) for group in removed)
+    damage = math.fsum([damages[i][o] for i, o in enumerate(choice) if o >= 0]
+                       + [groups[group].damage for group in removed])  # fmt: skip
     return KnapsackSolution(
-        choice=tuple(choice), cost=spent, damage=_damage(damages, choice), lower_bound=sweep.lower_bound,
-        slope=sweep.slope, exact=True,
+        choice=tuple(choice), cost=spent, damage=damage,
+        lower_bound=lagrangian_bound(costs, damages, capacity, sweep.slope, groups),
+        slope=sweep.slope, exact=True, removed=tuple(removed),
     )  # fmt: skip

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from theory.errors import PvqError
-from theory.knapsack import lagrangian_bound, lagrangian_sweep, lower_hull, solve_knapsack
+from theory.knapsack import RemovableGroup, lagrangian_bound, lagrangian_sweep, lower_hull, solve_knapsack
 
 
 def random_menu(rng: np.random.Generator, items: int, options: int) -> tuple[list[list[int]], list[list[float]]]:
@@ -88,3 +88,71 @@ def test_a_budget_below_the_cheapest_allocation_is_one_clear_error():
 def test_malformed_menus_are_clear_errors(costs, damages, match):
     with pytest.raises(PvqError, match=match):
         solve_knapsack(costs, damages, 10)
+
+
+def brute_force_with_groups(costs: list[list[int]], damages: list[list[float]], capacity: int,
+                            groups: list[RemovableGroup]) -> float:  # fmt: skip
+    """The least total damage over every allocation and every subset of the groups replaced whole."""
+    best = math.inf
+    for replaced in itertools.product((False, True), repeat=len(groups)):
+        gone = {
+            i
+            for group, out in zip(groups, replaced, strict=True)
+            if out
+            for i in range(group.first, group.last + 1)
+        }
+        fixed_cost = sum(group.cost for group, out in zip(groups, replaced, strict=True) if out)
+        fixed_damage = [group.damage for group, out in zip(groups, replaced, strict=True) if out]
+        kept = [i for i in range(len(costs)) if i not in gone]
+        for choice in itertools.product(*(range(len(costs[i])) for i in kept)):
+            cost = fixed_cost + sum(costs[i][o] for i, o in zip(kept, choice, strict=True))
+            if cost <= capacity:
+                damage = math.fsum(fixed_damage + [damages[i][o] for i, o in zip(kept, choice, strict=True)])
+                best = min(best, damage)
+    return best
+
+
+@pytest.mark.parametrize("seed", range(16))
+def test_the_dp_with_removable_groups_reaches_the_brute_force_optimum(seed):
+    """Block removal: runs of items replaced whole (cost 0 or small, damage drawn like an option's)."""
+    rng = np.random.default_rng(500 + seed)
+    items = int(rng.integers(2, 7))
+    costs, damages = random_menu(rng, items, int(rng.integers(1, 4)))
+    cuts = sorted(rng.choice(np.arange(1, items), size=min(2, items - 1), replace=False).tolist())
+    runs = list(itertools.pairwise([0, *cuts, items]))
+    groups = [RemovableGroup(first, last - 1, int(rng.integers(0, 3)) * (seed % 2), float(rng.lognormal(1.0, 1.0)))
+              for first, last in runs if rng.random() < 0.8]  # fmt: skip
+    cheapest = sum(min(c) for c in costs)
+    for capacity in sorted({0, cheapest // 3, cheapest // 2, *budgets(costs)}):
+        optimum = brute_force_with_groups(costs, damages, capacity, groups)
+        if math.isinf(optimum):
+            with pytest.raises(PvqError, match="below the cheapest allocation"):
+                solve_knapsack(costs, damages, capacity, groups)
+            continue
+        solution = solve_knapsack(costs, damages, capacity, groups)
+        assert math.isclose(solution.damage, optimum, rel_tol=1e-12), (capacity, solution)
+        gone = {i for g in solution.removed for i in range(groups[g].first, groups[g].last + 1)}
+        assert {i for i, o in enumerate(solution.choice) if o < 0} == gone
+        spent = sum(costs[i][o] for i, o in enumerate(solution.choice) if o >= 0)
+        assert solution.cost == spent + sum(groups[g].cost for g in solution.removed) <= capacity
+        assert solution.lower_bound <= optimum * (1 + 1e-12)
+        for slope in np.geomspace(1e-6, 1e2, 9):
+            assert lagrangian_bound(costs, damages, capacity, slope, groups) <= optimum * (1 + 1e-12)
+
+
+def test_a_group_is_removed_only_when_it_pays():
+    """Two items of one group: removing it (damage 1) beats keeping both at their cheap options (damage 2 + 2)
+    under a tight budget, and loses to the dear options (damage 0) under a loose one."""
+    costs, damages = [[1, 5], [1, 5]], [[2.0, 0.0], [2.0, 0.0]]
+    group = [RemovableGroup(0, 1, 0, 1.0)]
+    assert solve_knapsack(costs, damages, 2, group).removed == (0,)
+    assert solve_knapsack(costs, damages, 0, group).choice == (-1, -1)
+    loose = solve_knapsack(costs, damages, 10, group)
+    assert loose.removed == () and loose.choice == (1, 1) and loose.damage == 0.0
+
+
+@pytest.mark.parametrize("group", [RemovableGroup(1, 0, 0, 1.0), RemovableGroup(0, 5, 0, 1.0),
+                                   RemovableGroup(0, 0, -1, 1.0), RemovableGroup(0, 0, 0, math.inf)])  # fmt: skip
+def test_malformed_groups_are_clear_errors(group):
+    with pytest.raises(PvqError, match="removable group"):
+        solve_knapsack([[1, 2], [1, 2]], [[1.0, 0.0], [1.0, 0.0]], 10, [group])
