@@ -93,6 +93,8 @@ class Ledger:
     experts: ExpertCapture
     skipped_layers: list[str] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
+    weights: dict[str, dict[str, torch.Tensor]] | None = None
+    """With ``keep_weights``: layer name -> term -> the compressed weight Ŵ the row was measured on."""
 
 
 def select_layers(
@@ -128,6 +130,7 @@ def build_ledger(
     device: str = "cpu",
     block_hooks: BlockHooks | None = None,
     captured: Capture | None = None,
+    keep_weights: bool = False,
 ) -> Ledger:
     """Capture ``model`` once on ``batches``, then measure every method on every selected layer (module docstring).
 
@@ -139,7 +142,8 @@ def build_ledger(
     weights
     (float32 for half-precision models). ``captured``: Grams of this model on the same ``batches`` (e.g. an
     importance pass's), read instead of capturing again when no selected layer is a routed expert (experts need
-    their own routed Grams).
+    their own routed Grams). ``keep_weights`` keeps every compressed weight the rows were measured on
+    (``Ledger.weights``; memory: one copy of the selected layers per method).
     """
     steps = parse_term_list(methods) if isinstance(methods, str) else list(methods)
     arch = describe(model)
@@ -157,12 +161,12 @@ def build_ledger(
     empty = set(experts.empty_experts())
     skipped = [ref.name for ref in refs if ref.expert_index is not None and _expert_of(ref) in empty]
     measured = [ref for ref in refs if ref.name not in skipped]
-    rows = measure_layers(measured, steps, captured, experts, model_id, workers, progress)
+    rows, weights = measure_layers(measured, steps, captured, experts, model_id, workers, progress, keep_weights)
     table = pd.DataFrame(rows, columns=LEDGER_COLUMNS).astype({"expert": "Int64"})
     energy = table.drop_duplicates("layer")["output_energy"].sum()
     table["output_energy_share"] = table["output_energy"] / energy if energy > 0 else float("nan")
     seconds = {"capture": captured_at - start, "methods": time.perf_counter() - captured_at}
-    return Ledger(table, captured, experts, skipped, seconds)
+    return Ledger(table, captured, experts, skipped, seconds, weights if keep_weights else None)
 
 
 def measure_layers(
@@ -173,8 +177,10 @@ def measure_layers(
     model_id: str = "",
     workers: int | None = 1,
     progress: bool = False,
-) -> list[dict]:
-    """Ledger rows of every layer of ``refs``, in order, computed by ``workers`` processes (None: one per core).
+    keep_weights: bool = False,
+) -> tuple[list[dict], dict[str, dict[str, torch.Tensor]]]:
+    """Ledger rows of every layer of ``refs``, in order, computed by ``workers`` processes (None: one per core),
+    and, with ``keep_weights``, each layer's compressed weights by term (else an empty dict).
 
     The column sweeps of GPTQ and SparseGPT are sequences of small products that one core runs no faster with
     more threads, so the layers are shared among forked single-threaded workers instead (the model, Grams and
@@ -184,10 +190,12 @@ def measure_layers(
     bar = tqdm(total=len(refs), desc="ledger", unit="layer", disable=not progress)
     try:
         per_layer = fork_map(partial(_layer_rows, steps=steps, captured=captured, experts=experts,
-                                     model_id=model_id), refs, workers, on_result=lambda rows: bar.update())
+                                     model_id=model_id, keep_weights=keep_weights), refs, workers,
+                             on_result=lambda rows: bar.update())  # fmt: skip
     finally:
         bar.close()
-    return [row for rows in per_layer for row in rows]
+    weights = {ref.name: kept for ref, (_, kept) in zip(refs, per_layer, strict=True) if kept}
+    return [row for rows, _ in per_layer for row in rows], weights
 
 
 def _capture_with_progress(
@@ -223,8 +231,13 @@ def _expert_of(ref: LinearRef) -> str:
 
 
 def _layer_rows(
-    ref: LinearRef, steps: Sequence[LayerStep], captured: Capture, experts: ExpertCapture, model_id: str
-) -> list[dict]:
+    ref: LinearRef,
+    steps: Sequence[LayerStep],
+    captured: Capture,
+    experts: ExpertCapture,
+    model_id: str,
+    keep_weights: bool = False,
+) -> tuple[list[dict], dict[str, torch.Tensor]]:
     weight = method_weight(ref)
     gram = layer_gram(ref, captured.grams, experts)
     meter = LayerErrorMeter(weight, gram.gram)
@@ -238,6 +251,7 @@ def _layer_rows(
         "kurtosis_pearson": pearson,
     }  # fmt: skip
     rows = []
+    kept: dict[str, torch.Tensor] = {}
     for step in (step for step in steps if step.covers(ref)):
         weighted = ref.expert_index is not None and step.wants_router_weighted_gram()
         method_gram = layer_gram(ref, captured.grams, experts, weighted).gram if weighted else meter.gram
@@ -253,7 +267,9 @@ def _layer_rows(
             "sqnr_db": relative_error_db(relative), "weight_sqnr_db": weight_sqnr_db(weight, weight_hat),
             "zero_fraction": float((weight_hat == 0).double().mean()), "seconds": seconds,
         })  # fmt: skip
-    return rows
+        if keep_weights:
+            kept[step.text] = weight_hat
+    return rows, kept
 
 
 def weight_tensor_study(

@@ -85,8 +85,7 @@ def apply_spec(
     """
     spec = parse_spec(spec) if isinstance(spec, str) else spec
     choose("calibration", calibration, CALIBRATIONS)
-    if not any(isinstance(step, ModelStep) for step in spec.steps):
-        check_layers_exist(spec, model)
+    check_layers_exist(spec, model)
     start = time.perf_counter()
     rows: list[dict[str, Any]] = []
     model_steps: list[dict[str, Any]] = []
@@ -219,9 +218,7 @@ def check_finite_weight(ref: LinearRef) -> None:
         raise PvqError(f"layer {ref.name} has NaN or Inf weights; load an intact checkpoint before compressing it")
 
 
-def model_size(
-    model: nn.Module, spec: Spec | str, convention: Convention = PAPER_CONVENTION
-) -> dict[str, float]:
+def model_size(model: nn.Module, spec: Spec | str, convention: Convention = PAPER_CONVENTION) -> dict[str, float]:
     """Storage of ``model`` compressed by ``spec``: every parameter at 16 bits except compressed layer weights
     (pruning masks charged by ``convention``, free by default).
 
@@ -264,10 +261,13 @@ def method_weight(ref: LinearRef) -> torch.Tensor:
 
 
 def check_layers_exist(spec: Spec, model: nn.Module) -> None:
-    """PvqError naming every ``@layer=`` term whose layer ``model`` lacks (before a model step runs, the names are
-    those of the model as given)."""
+    """PvqError naming every ``@layer=`` term before the spec's first model step (``remove``, ``shrink``) whose
+    layer ``model`` lacks: those terms name the layers of the model as given (later ones, the model the step
+    leaves)."""
     names = {ref.name for ref in describe(model).linears}
-    missing = [step.layer for step in spec.layer_steps if step.layer is not None and step.layer not in names]
+    first_model_step = next((i for i, s in enumerate(spec.steps) if isinstance(s, ModelStep)), len(spec.steps))
+    missing = [step.layer for step in spec.steps[:first_model_step]
+               if isinstance(step, LayerStep) and step.layer is not None and step.layer not in names]  # fmt: skip
     if missing:
         examples = ", ".join(sorted(names)[:2])
         raise PvqError(

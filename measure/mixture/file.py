@@ -6,7 +6,10 @@ columns :data:`measure.mixture.solve.ALLOCATION_COLUMNS`; :func:`read_allocation
 from a CSV file (hand-written allocations). Only ``layer`` and ``option`` say what is applied; ``bits_per_weight``
 and ``parameters`` are checked against the model when applied (:func:`check_allocation`), ``predicted_damage``
 is informative. A ``keep`` row leaves its layer at 16 bits. The spec is ``OPTION@layer=NAME`` per compressed
-layer, joined by ``+`` (:func:`allocation_spec`): one layer-sequential pass like any spec.
+layer, joined by ``+`` (:func:`allocation_spec`): one layer-sequential pass like any spec. ``remove`` rows remove
+their blocks: every linear of such a block must say ``remove``, and the spec ends with ``remove:blocks=i,j,...``
+(after the per-layer terms, which name the layers of the model as given), so the result reloads with plain
+``from_pretrained``.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from typing import Any
 import pandas as pd
 
 from measure.compress.spec import LAYER_SCOPE, Spec, parse_spec
-from measure.mixture.menu import KEEP, parse_menu
+from measure.mixture.menu import KEEP, REMOVE, parse_menu
 from measure.mixture.solve import ALLOCATION_COLUMNS, Allocation
 from measure.models.architecture import describe
 from measure.records.store import write_table
@@ -73,8 +76,15 @@ def read_allocation(path: str | Path) -> pd.DataFrame:
 
 
 def allocation_spec(table: pd.DataFrame) -> Spec:
-    """The spec of per-layer terms (``OPTION@layer=NAME`` joined by ``+``) that applies the allocation."""
-    terms = [f"{row.option}@{LAYER_SCOPE}{row.layer}" for row in table.itertuples() if row.option != KEEP]
+    """The spec of per-layer terms (``OPTION@layer=NAME`` joined by ``+``) that applies the allocation, then
+    ``remove:blocks=...`` for the blocks whose layers say ``remove`` (the table needs a ``block`` column then)."""
+    layered = table[~table["option"].isin((KEEP, REMOVE))]
+    terms = [f"{row.option}@{LAYER_SCOPE}{row.layer}" for row in layered.itertuples()]
+    removed = table[table["option"] == REMOVE]
+    if not removed.empty:
+        if "block" not in table.columns:
+            raise PvqError(f"an allocation with {REMOVE!r} rows needs a 'block' column naming each layer's block")
+        terms.append(f"remove:blocks={','.join(str(int(b)) for b in sorted(set(removed['block'])))}")
     if not terms:
         raise PvqError("the allocation keeps every layer at 16 bits; there is nothing to compress")
     return parse_spec("+".join(terms))
@@ -84,18 +94,29 @@ def check_allocation(table: pd.DataFrame, spec: Spec, model: Any) -> None:
     """PvqError unless every layer of the table exists in ``model`` with the recorded parameter count and the
     option's bits per weight on it equal the recorded ones (to 1e-9)."""
 
-    refs = {ref.name: ref for ref in describe(model).linears}
+    arch = describe(model)
+    refs = {ref.name: ref for ref in arch.linears}
     lacking = [layer for layer in table["layer"] if layer not in refs]
     if lacking:
         raise PvqError(
             f"the allocation names {len(lacking)} layer(s) the model lacks: {', '.join(lacking[:3])}; "
             f"layers of this model look like {', '.join(list(refs)[:2])} (see `pvq info MODEL --linears`)"
         )
+    removing = table[table["option"] == REMOVE]
+    for block in sorted(set(removing["block"].astype(int)) if not removing.empty else ()):
+        linears = {ref.name for ref in arch.linears if ref.block_index == block}
+        rows = table[table["layer"].isin(linears)]
+        wrong = rows[(rows["option"] != REMOVE) | (rows["block"].astype(int) != block)]["layer"].tolist()
+        if wrong or len(rows) != len(linears):
+            raise PvqError(
+                f"the allocation removes block {block} but does not say {REMOVE!r} for every one of its "
+                f"{len(linears)} linear layers ({', '.join(wrong[:2]) or 'some are missing'}); a block goes whole"
+            )
     for row in table.itertuples():
         ref = refs[row.layer]
         size = ref.out_features * ref.in_features
         step = spec.step_for(ref)
-        bits = 16.0 if step is None else step.bits_per_weight(ref)
+        bits = 0.0 if row.option == REMOVE else 16.0 if step is None else step.bits_per_weight(ref)
         if int(row.parameters) != size or not math.isclose(bits, float(row.bits_per_weight), abs_tol=1e-9):
             raise PvqError(
                 f"allocation row {row.layer}: the file says {int(row.parameters)} parameters at "

@@ -1,5 +1,6 @@
 """What an allocation is computed from, measured once per model: the menu's ledger (e_ℓ of every option on every
-layer, original inputs), each option's bits per weight on each layer, and the sensitivities c_ℓ."""
+layer, original inputs), each option's bits per weight on each layer, the sensitivities c_ℓ and, when the menu
+offers ``remove``, each block's removal damage."""
 
 from __future__ import annotations
 
@@ -14,20 +15,24 @@ from measure.capture.statistics import Capture
 from measure.evaluation.residual import ResidualStreamEvaluator
 from measure.ledger import build_ledger
 from measure.mixture.menu import MenuOption
-from measure.mixture.sensitivity import SENSITIVITIES, energy_sensitivity, kl_sensitivity
+from measure.mixture.sensitivity import SENSITIVITIES, energy_sensitivity, kl_sensitivity, removal_damage
 from measure.mixture.solve import option_bits
 from theory.errors import PvqError
 
 
 @dataclass
 class MenuMeasurement:
-    """The ledger rows of the menu's options, layers × options bits per weight (:func:`option_bits`), and the
-    sensitivities by kind (``energy``: a Series by layer; ``kl``: :func:`kl_sensitivity`'s table)."""
+    """The ledger rows of the menu's options, layers × options bits per weight (:func:`option_bits`), the
+    sensitivities by kind (c_ℓ, Series by layer), the single-layer probes (:func:`kl_sensitivity`'s table), the
+    blocks' removal damage by kind (empty unless the menu offers ``remove``) and, when kept, the compressed weights
+    (layer -> option term -> Ŵ)."""
 
     ledger: pd.DataFrame
     bits: pd.DataFrame
     sensitivities: dict[str, pd.Series]
     probes: pd.DataFrame | None
+    removal: dict[str, pd.Series]
+    weights: dict[str, dict[str, torch.Tensor]] | None = None
 
 
 def check_sensitivity(kind: str) -> str:
@@ -45,13 +50,17 @@ def measure_menu(
     evaluator: ResidualStreamEvaluator | None,
     workers: int | None = 1,
     log: Callable[[str], None] | None = None,
+    keep_weights: bool = False,
 ) -> MenuMeasurement:
     """Ledger of the menu on the original model's ``captured`` Grams, bits, the ``energy`` sensitivity and, when an
-    ``evaluator`` is given, the ``kl`` sensitivity (one probed layer at a time)."""
+    ``evaluator`` is given, the ``kl`` sensitivity (one probed layer at a time, one removed block at a time when
+    the menu offers ``remove``). ``keep_weights`` keeps the ledger's compressed weights (one copy of the model's
+    linear weights per option) so an allocation is installed without compressing again."""
     steps = [option.step for option in options if option.step is not None]
     if not steps:
         raise PvqError("the menu has no option that compresses; add quantization or pruning options to 'keep'")
-    ledger = build_ledger(model, batches, steps, captured=captured, workers=workers).table
+    built = build_ledger(model, batches, steps, captured=captured, workers=workers, keep_weights=keep_weights)
+    ledger = built.table
     if log is not None:
         log(f"ledger: {ledger['layer'].nunique()} layers x {len(steps)} options")
     layers = list(dict.fromkeys(ledger["layer"]))
@@ -60,4 +69,10 @@ def measure_menu(
     if evaluator is not None:
         probes = kl_sensitivity(model, evaluator, captured, layers, log=log)
         sensitivities["kl"] = probes.set_index("layer")["sensitivity"]
-    return MenuMeasurement(ledger, option_bits(model, layers, options), sensitivities, probes)
+    removal = {}
+    if any(option.removes_block for option in options):
+        removal = removal_damage(model, evaluator, sensitivities["energy"])
+        if log is not None:
+            log(f"removal damage: {len(removal['energy'])} blocks")
+    return MenuMeasurement(ledger, option_bits(model, layers, options), sensitivities, probes, removal,
+                           built.weights)  # fmt: skip

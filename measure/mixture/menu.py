@@ -1,6 +1,9 @@
 """The allocation menu: what one linear layer may become, each option a spec term of :mod:`measure.compress.spec`.
 
-``keep`` leaves the layer at 16 bits (damage 0); every other option is one layer term (``rtn:3:g128``,
+``keep`` leaves the layer at 16 bits (damage 0); ``remove`` lets the allocation remove whole decoder blocks (every
+linear of a removed block costs 0 bits; the damage is the block's, see :mod:`measure.mixture.sensitivity`; the
+allocation applies ``remove:blocks=...`` after its per-layer terms, so the result reloads with plain
+``from_pretrained``); every other option is one layer term (``rtn:3:g128``,
 ``gptq:4:g128``, ``awq:4:g128``, ``sparsegpt:0.5``) or a pruning + quantization pair
 (``sparsegpt:0.5+gptq:4:g128``), so any method of :data:`measure.compress.methods.REGISTRY` can be offered by name.
 An option's cost on a layer is its method's bits per weight on that layer's shape (:mod:`theory.accounting`,
@@ -17,6 +20,8 @@ from theory.accounting import BASE_BITS
 from theory.errors import PvqError
 
 KEEP = "keep"
+REMOVE = "remove"
+"""The menu option that removes whole decoder blocks (not a per-layer option: a block goes whole or not at all)."""
 DEFAULT_MENU = (
     "keep,rtn:3:g128,gptq:2:g128,gptq:3:g128,gptq:4:g128,gptq:8:g128,sparsegpt:0.5,sparsegpt:0.5+gptq:4:g128"
 )
@@ -26,21 +31,28 @@ FULL_MENU = (
     "keep,rtn:2:g128,rtn:3:g128,rtn:4:g128,rtn:8:g128,awq:2:g128,awq:3:g128,awq:4:g128,awq:8:g128,"
     "gptq:2:g128,gptq:3:g128,gptq:4:g128,gptq:8:g128,sparsegpt:0.25,sparsegpt:0.5,sparsegpt:0.625,sparsegpt:0.75,"
     "sparsegpt:2:4,sparsegpt:0.5+gptq:3:g128,sparsegpt:0.5+gptq:4:g128,sparsegpt:0.25+gptq:4:g128,"
-    "sparsegpt:2:4+gptq:4:g128"
+    "sparsegpt:2:4+gptq:4:g128,remove"
 )
 """The full menu (paper/README.md): RTN, AWQ and GPTQ in groups of 128 at 2/3/4/8 bits, SparseGPT at
-25/50/62.5/75 % and 2:4, and SparseGPT followed by GPTQ."""
+25/50/62.5/75 % and 2:4, SparseGPT followed by GPTQ, and whole-block removal."""
 
 
 @dataclass(frozen=True)
 class MenuOption:
-    """One menu entry: its text and its layer step (None for ``keep``)."""
+    """One menu entry: its text and its layer step (None for ``keep`` and ``remove``)."""
 
     text: str
     step: LayerStep | None
 
+    @property
+    def removes_block(self) -> bool:
+        """True for ``remove`` (the whole block goes)."""
+        return self.text == REMOVE
+
     def bits_per_weight(self, ref: LinearRef) -> float:
-        """Storage of ``ref``'s weight under this option, bits per weight."""
+        """Storage of ``ref``'s weight under this option, bits per weight (``remove``: 0)."""
+        if self.removes_block:
+            return 0.0
         return BASE_BITS if self.step is None else self.step.bits_per_weight(ref)
 
     def covers(self, ref: LinearRef) -> bool:
@@ -55,7 +67,7 @@ def parse_menu(text: str) -> list[MenuOption]:
     for item in (part.strip() for part in str(text).split(",")):
         if any(option.text == item for option in options):
             raise PvqError(f"menu option {item!r} is listed twice")
-        options.append(MenuOption(item, None if item == KEEP else _option_step(item)))
+        options.append(MenuOption(item, None if item in (KEEP, REMOVE) else _option_step(item)))
     return options
 
 
@@ -65,7 +77,9 @@ def _option_step(item: str) -> LayerStep:
     try:
         spec = parse_spec(item)
     except PvqError as error:
-        raise PvqError(f"menu option {item!r}: {error} (or '{KEEP}' for 16 bits)") from None
+        raise PvqError(
+            f"menu option {item!r}: {error} (or '{KEEP}' for 16 bits, '{REMOVE}' to allow removing whole blocks)"
+        ) from None
     if len(spec.steps) != 1 or not isinstance(spec.steps[0], LayerStep):
         raise PvqError(
             f"menu option {item!r} must be '{KEEP}', one layer term (gptq:4:g128) or a pruning+quantization pair "

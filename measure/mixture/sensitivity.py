@@ -8,6 +8,11 @@
   windows [nats/token] (:class:`measure.evaluation.residual.ResidualStreamEvaluator`, started at ℓ's block).
   Σ_ℓ c_ℓ·e_ℓ is then a predicted KL [nats/token] under two assumptions, both checked only end to end: KL grows
   linearly in each layer's local error, and the layers' contributions add.
+
+Removing block b (the menu's ``remove``) is no small perturbation, so its damage is measured, not extrapolated:
+``kl``: the KL [nats/token] of the model with block b alone removed, on the same probe windows
+(:func:`removal_damage`); ``energy``: Σ_ℓ∈b c_ℓ·1 (every linear of b has relative error 1: Ŵ = 0). Both are added
+to the layers' damages under the same additivity assumption.
 """
 
 from __future__ import annotations
@@ -34,6 +39,22 @@ PROBE = "rtn:3:g128"
 def energy_sensitivity(ledger: pd.DataFrame) -> pd.Series:
     """c_ℓ = output energy share, indexed by layer (module docstring)."""
     return ledger.drop_duplicates("layer").set_index("layer")["output_energy_share"].astype(float)
+
+
+def removal_damage(
+    model: nn.Module, evaluator: ResidualStreamEvaluator | None, energy: pd.Series
+) -> dict[str, pd.Series]:
+    """Damage of removing each decoder block alone, by sensitivity kind, indexed by block (module docstring):
+    ``energy``: the sum of the block's layers' energy shares (``energy``: c_ℓ by layer); ``kl`` (with an
+    ``evaluator``): the end-to-end KL [nats/token] with the block skipped."""
+    arch = describe(model)
+    block_of = {ref.name: ref.block_index for ref in arch.linears}
+    damage = {"energy": energy.groupby(energy.index.map(block_of)).sum().astype(float)}
+    if evaluator is not None:
+        damage["kl"] = pd.Series(
+            {block.index: evaluator.evaluate([block.index]).kl_to_reference_nats for block in arch.blocks}
+        )
+    return damage
 
 
 def kl_sensitivity(

@@ -8,6 +8,11 @@ original inputs (:mod:`measure.ledger`); ``keep`` has e = 0 at 16 bits. Costs ar
 option's bits per weight is a rational p/q (e.g. 4 + 16/128), so params·bits·D is an integer for D the least
 common multiple of the denominators, and the budget is ⌊B·Σ params·D⌋. The allocation is optimal for the
 *predicted* damage only; whether predicted damage ranks allocations as the measured KL does is checked end to end.
+
+With ``remove`` in the menu every decoder block is a removable group of the knapsack
+(:class:`theory.knapsack.RemovableGroup`): its linears then cost 0 bits and the damage is the block's removal
+damage (:func:`measure.mixture.sensitivity.removal_damage`); the allocation table marks each of its layers
+``remove`` with relative error 1 (Ŵ = 0) and a share of the block's damage proportional to the layer's parameters.
 """
 
 from __future__ import annotations
@@ -21,11 +26,11 @@ from typing import Any
 import pandas as pd
 from torch import nn
 
-from measure.mixture.menu import MenuOption
+from measure.mixture.menu import REMOVE, MenuOption
 from measure.models.architecture import describe
 from theory.accounting import BASE_BITS
 from theory.errors import PvqError
-from theory.knapsack import solve_knapsack
+from theory.knapsack import RemovableGroup, solve_knapsack
 
 ALLOCATION_COLUMNS = [
     "layer", "block", "sublayer", "option", "bits_per_weight", "parameters", "relative_error", "sensitivity",
@@ -96,6 +101,8 @@ def cheapest_bits(model: nn.Module, options: Sequence[MenuOption]) -> float:
     refs = [ref for ref in describe(model).linears if all(option.covers(ref) for option in options)]
     if not refs:
         raise PvqError("no linear layer of the model is covered by every menu option")
+    if any(option.removes_block for option in options):
+        return 0.0
     spent = sum(min(o.bits_per_weight(ref) for o in options) * ref.out_features * ref.in_features for ref in refs)
     return spent / sum(ref.out_features * ref.in_features for ref in refs)
 
@@ -107,36 +114,52 @@ def allocate(
     sensitivity: pd.Series,
     budget: float,
     sensitivity_kind: str = "",
+    removal: pd.Series | None = None,
 ) -> Allocation:
     """The exact optimal allocation at ``budget`` bits per weight (module docstring).
 
-    ``bits``: :func:`option_bits` of the ledger's layers; ``sensitivity``: c_ℓ indexed by layer."""
-    errors = option_errors(ledger, options)
-    layers = list(errors.index)
+    ``bits``: :func:`option_bits` of the ledger's layers; ``sensitivity``: c_ℓ indexed by layer; ``removal``: the
+    blocks' removal damage indexed by block, needed when the menu offers ``remove``."""
+    layer_options = [option for option in options if not option.removes_block]
+    removable = len(layer_options) < len(options)
+    if removable and removal is None:
+        raise PvqError(f"the menu offers {REMOVE!r} but no block removal damage was measured")
+    errors = option_errors(ledger, layer_options)
+    blocks = bits.loc[list(errors.index), "block"].astype(int)
+    layers = sorted(errors.index, key=lambda layer: int(blocks[layer]))  # stable: layer order within a block
     missing = [layer for layer in layers if layer not in sensitivity.index]
     if missing:
         raise PvqError(f"no sensitivity for layer(s) {', '.join(missing[:3])}")
-    texts = [option.text for option in options]
+    texts = [option.text for option in layer_options]
     bits = bits.loc[layers]
     parameters = bits["parameters"].astype(int)
     total = int(parameters.sum())
-    cheapest = float((bits[texts].min(axis=1) * parameters).sum()) / total
+    cheapest = 0.0 if removable else float((bits[texts].min(axis=1) * parameters).sum()) / total
     check_budget(budget, cheapest)
     rational = {(layer, text): _rational(float(bits.at[layer, text])) for layer in layers for text in texts}
     scale = math.lcm(*(value.denominator for value in rational.values()), _rational(budget).denominator)
     costs = [[int(rational[layer, text] * scale) * int(parameters[layer]) for text in texts] for layer in layers]
     damages = [[float(sensitivity[layer] * errors.at[layer, text]) for text in texts] for layer in layers]
     capacity = math.floor(_rational(budget) * scale * total)
-    solution = solve_knapsack(costs, damages, capacity)
-    chosen = [texts[o] for o in solution.choice]
-    pairs = list(zip(layers, chosen, strict=True))
+    groups = _block_groups(bits["block"].astype(int).tolist(), removal) if removable else []
+    solution = solve_knapsack(costs, damages, capacity, groups)
+    removed_blocks = [int(bits["block"].iloc[groups[g].first]) for g in solution.removed]
+    block_parameters = parameters.groupby(bits["block"].astype(int).to_numpy()).sum()
+    rows = []
+    for index, (layer, option) in enumerate(zip(layers, solution.choice, strict=True)):
+        block = int(bits.at[layer, "block"])
+        if option < 0:
+            share = int(parameters[layer]) / int(block_parameters[block])
+            rows.append((REMOVE, 0.0, 1.0, float(removal[block]) * share))
+        else:
+            text = texts[option]
+            rows.append((text, float(bits.at[layer, text]), float(errors.at[layer, text]), damages[index][option]))
     table = pd.DataFrame({
         "layer": layers, "block": bits["block"].astype(int).to_numpy(), "sublayer": bits["sublayer"].to_numpy(),
-        "option": chosen, "bits_per_weight": [float(bits.at[layer, text]) for layer, text in pairs],
-        "parameters": parameters.to_numpy(),
-        "relative_error": [float(errors.at[layer, text]) for layer, text in pairs],
+        "option": [row[0] for row in rows], "bits_per_weight": [row[1] for row in rows],
+        "parameters": parameters.to_numpy(), "relative_error": [row[2] for row in rows],
         "sensitivity": [float(sensitivity[layer]) for layer in layers],
-        "predicted_damage": [damages[i][o] for i, o in enumerate(solution.choice)],
+        "predicted_damage": [row[3] for row in rows],
     })  # fmt: skip
     summary = {
         "budget_bits_per_weight": budget,
@@ -145,11 +168,23 @@ def allocate(
         "lagrangian_lower_bound": solution.lower_bound,
         "equal_slope": solution.slope / scale,
         "sensitivity": sensitivity_kind,
-        "menu": texts,
+        "menu": [option.text for option in options],
         "layers": len(layers),
         "parameters": total,
+        "removed_blocks": removed_blocks,
     }
     return Allocation(table[ALLOCATION_COLUMNS], summary)
+
+
+def _block_groups(blocks: Sequence[int], removal: pd.Series) -> list[RemovableGroup]:
+    """One removable group per block (its layers are consecutive in ``blocks``), cost 0, its removal damage."""
+    groups = []
+    for block in dict.fromkeys(blocks):
+        members = [index for index, b in enumerate(blocks) if b == block]
+        if block not in removal.index:
+            raise PvqError(f"no removal damage for block {block}")
+        groups.append(RemovableGroup(members[0], members[-1], 0, float(removal[block])))
+    return groups
 
 
 def uniform_damage(ledger: pd.DataFrame, sensitivity: pd.Series, option: MenuOption) -> float:

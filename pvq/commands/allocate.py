@@ -10,6 +10,7 @@ bound); nothing is written when any input is bad.
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from measure.capture.placement import load_placed
 from measure.capture.statistics import capture
@@ -45,9 +46,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-
     options = parse_menu(args.menu)
     kind = check_sensitivity(args.sensitivity)
     if Path(args.out).suffix != ".parquet":
@@ -66,7 +64,8 @@ def run(args: argparse.Namespace) -> int:
         evaluator = ResidualStreamEvaluator(loaded.model, windows)
     captured = capture(loaded.model, batches)
     measured = measure_menu(loaded.model, batches, captured, options, evaluator, args.workers, log=print)
-    allocation = allocate(measured.ledger, measured.bits, options, measured.sensitivities[kind], args.budget, kind)
+    allocation = allocate(measured.ledger, measured.bits, options, measured.sensitivities[kind], args.budget, kind,
+                          measured.removal.get(kind))  # fmt: skip
     provenance = collect(**loaded.describe(), calibration=protocol.as_dict(), evaluation_windows=args.windows,
                          calibration_mode="parallel", **place.as_dict())  # fmt: skip
     path = write_allocation(allocation, args.out, provenance)
@@ -74,5 +73,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"budget {args.budget:g} bpw -> {summary['bits_per_weight']:.6f} bpw spent; predicted damage "
           f"{summary['predicted_damage']:.6g} (lower bound {summary['lagrangian_lower_bound']:.6g})")  # fmt: skip
     print(allocation.table.groupby("option")["parameters"].sum().div(summary["parameters"]).to_string())
+    if summary["removed_blocks"]:
+        print(f"removed blocks: {', '.join(map(str, summary['removed_blocks']))}")
     print(f"allocation: {path}")
     return 0

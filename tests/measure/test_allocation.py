@@ -12,6 +12,7 @@ import pytest
 import torch
 from test_perplexity import text_ids, windows_of
 from tiny_models import save_tiny_model, tiny_model
+from transformers import AutoModelForCausalLM
 
 from measure.capture.statistics import capture
 from measure.compress.apply import apply_spec
@@ -212,3 +213,79 @@ def test_the_command_writes_nothing_on_bad_input_and_an_allocation_eval_reads(tm
     assert main(evaluated) == 0
     results = pd.read_parquet(tmp_path / "eval" / "eval.parquet")
     assert results["spec"].str.startswith("allocation:alloc.parquet:").all()
+
+
+# --- block removal in the menu ----------------------------------------------------------------------------------
+
+REMOVAL_MENU = "keep,rtn:3:g16,remove"
+
+
+def _removal_allocation(budget: float):
+    model = tiny_model("llama", num_hidden_layers=4)
+    batches = _batches()
+    evaluator = ResidualStreamEvaluator(model, windows_of(text_ids(), 32))
+    options = parse_menu(REMOVAL_MENU)
+    measured = measure_menu(model, batches, capture(model, batches), options, evaluator)
+    allocation = allocate(measured.ledger, measured.bits, options, measured.sensitivities["kl"], budget, "kl",
+                          measured.removal["kl"])  # fmt: skip
+    return model, batches, evaluator, measured, allocation
+
+
+def test_the_removal_damage_is_the_kl_of_the_model_without_the_block() -> None:
+    model, _, _, measured, _ = _removal_allocation(8.0)
+    for block in (0, 3):
+        skipped = copy.deepcopy(model)
+        skipped.model.layers = torch.nn.ModuleList(
+            [layer for index, layer in enumerate(skipped.model.layers) if index != block]
+        )
+        reference = evaluate_perplexity(skipped, windows_of(text_ids(), 32), model).kl_to_reference_nats
+        assert math.isclose(measured.removal["kl"][block], reference, rel_tol=1e-4)
+    energy = measured.sensitivities["energy"]
+    assert math.isclose(measured.removal["energy"].sum(), energy.sum(), rel_tol=1e-12)  # every layer in one block
+
+
+def test_removal_options_remove_whole_blocks_that_reload_and_cost_what_the_accounting_says(tmp_path: Path) -> None:
+    """A budget below the quantizer's size forces removal: the removed blocks' linears say ``remove`` (0 bits), the
+    spec removes them after the per-layer terms, the compressed model's weights cost exactly the allocation's bits
+    over the original linear weights, and ``save_pretrained`` + plain ``from_pretrained`` give the same logits."""
+    model, batches, _, _, allocation = _removal_allocation(2.0)
+    table = allocation.table
+    removed = allocation.summary["removed_blocks"]
+    assert removed and set(table.loc[table["option"] == "remove", "block"]) == set(removed)
+    assert (
+        table.groupby("block")["option"].agg(lambda o: (o == "remove").all() or not (o == "remove").any())
+    ).all()
+    spec = allocation_spec(table)
+    assert spec.text.endswith(f"remove:blocks={','.join(map(str, sorted(removed)))}")
+    compressed = copy.deepcopy(model)
+    apply_spec(compressed, spec, batches, calibration="parallel")
+    kept = [block for block in range(4) if block not in removed]
+    assert compressed.config.num_hidden_layers == len(kept) == len(compressed.model.layers)
+    originals = {ref.name: ref.weight() for ref in describe(model).linears}
+    chosen = table.set_index("layer")["option"]
+    spent = 0.0
+    for ref in describe(compressed).linears:  # block i of the compressed model is block kept[i] of the original
+        source = ref.name.replace(f"layers.{ref.block_index}.", f"layers.{kept[ref.block_index]}.", 1)
+        spent += recomputed_bits(originals[source], ref.weight(), chosen[source])
+    assert abs(spent / table["parameters"].sum() - allocation.summary["bits_per_weight"]) < 1e-6
+    assert allocation.summary["bits_per_weight"] <= 2.0 + 1e-12
+    compressed.save_pretrained(tmp_path / "removed")
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "removed").eval()
+    ids = text_ids()[:24].unsqueeze(0)
+    with torch.no_grad():
+        assert torch.allclose(reloaded(ids).logits, compressed(ids).logits, atol=1e-5)
+
+
+def test_a_block_removed_in_part_is_refused(tmp_path: Path) -> None:
+    model, _, _, _, allocation = _removal_allocation(2.0)
+    table = allocation.table
+    block = allocation.summary["removed_blocks"][0]
+    first = table.index[table["block"] == block][0]
+    partial = table.copy()
+    partial.loc[first, ["option", "bits_per_weight"]] = ["keep", 16.0]
+    with pytest.raises(PvqError, match=f"removes block {block} but does not say 'remove'"):
+        check_allocation(partial, allocation_spec(partial), model)
+    options = parse_menu(REMOVAL_MENU)
+    _, measured = _measured(model)
+    with pytest.raises(PvqError, match="no block removal damage"):
+        allocate(measured.ledger, measured.bits, options, measured.sensitivities["energy"], 4.0)
