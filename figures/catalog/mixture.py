@@ -1,21 +1,20 @@
 """The optimal mixture: per-layer allocation of pruning and quantization under a size budget, measured end to end.
 
 ``mixture_frontier`` measures the menu :data:`MENU` once on the default protocol (:mod:`measure.mixture`: the
-local error of every option on every layer with the original inputs, each option's bits per weight, and the
-sensitivities), solves the exact allocation at every budget B (bits per weight over the decoder's linear weights)
-for the KL sensitivity (and at a few budgets for the output-energy sensitivity), applies it (``apply_spec`` with
-per-layer terms, calibrated on the original model's stream like every frontier spec) and scores it on the pinned
-evaluation windows with the original as KL reference
+local error of every option on every layer with the original inputs, each option's bits per weight, the
+sensitivities and each block's removal damage), solves the exact allocation at every budget B (bits per weight over
+the decoder's linear weights) for the KL sensitivity (and at a few budgets for the output-energy sensitivity and
+for the menu without block removal), installs it (the ledger's compressed weights, which is what ``apply_spec``
+with the allocation's per-layer terms gives with calibration on the original model's stream, tested; removed
+blocks are skipped) and scores it on the pinned evaluation windows with the original as KL reference
 (:class:`measure.evaluation.residual.ResidualStreamEvaluator`).
 Every compressing option of the menu is also applied uniformly, and allocated at exactly its size, so each uniform
 spec meets an allocation of the same size from the same options (like with like).
 
-The study takes several minutes on 2 CPU cores (a capture, the menu's ledger, one KL probe per linear layer and
-about twenty evaluations), more than the default ``make figures`` budget allows, so its figure and table render
-only when named: ``pvq figures --only optimal_mixture,mixture_frontier``.
-
-The default menu is data-free (RTN in groups of 128, magnitude pruning, magnitude then RTN) so that the experiment
-fits the time budget of ``make figures``; the calibrated menu (GPTQ, AWQ, SparseGPT) runs with ``pvq allocate``.
+The default menu is data-free (RTN in groups of 128, magnitude pruning, magnitude then RTN, whole-block removal) so
+that the experiment fits the time budget of ``make figures`` (a capture, the menu's ledger, one KL probe per linear
+layer and per block, and about twenty-five evaluations); the calibrated menu (GPTQ, AWQ, SparseGPT;
+:data:`measure.mixture.menu.FULL_MENU`) runs with ``pvq allocate``.
 The allocation is optimal for the *predicted* damage Σ_ℓ c_ℓ·e_ℓ only; the prediction is checked against the
 measured KL (Spearman ρ, Pearson r of the logs) over every evaluated allocation and uniform spec.
 """
@@ -38,29 +37,30 @@ from figures.experiments import ExperimentContext, experiment
 from figures.registry import Tables, escape_tex, figure, table
 from figures.style import OKABE_ITO, new_figure, thesis_table
 from measure.capture.statistics import capture
-from measure.compress.apply import apply_spec
+from measure.compress.apply import weights_installed
 from measure.data.text import calibration_text
 from measure.evaluation.perplexity import bos_token_id_for, make_windows
-from measure.evaluation.residual import ResidualStreamEvaluator, restored
-from measure.mixture.file import allocation_spec
-from measure.mixture.inputs import measure_menu
-from measure.mixture.menu import KEEP, parse_menu
+from measure.evaluation.residual import ResidualStreamEvaluator
+from measure.mixture.inputs import allocation_weights, measure_menu, uniform_table
+from measure.mixture.menu import KEEP, REMOVE, parse_menu
 from measure.mixture.solve import allocate, budget_split, uniform_damage
 
 SECTION = "The optimal mixture"
 MIXTURE = "mixture_frontier"
-MENU = "keep,rtn:2:g128,rtn:3:g128,rtn:4:g128,rtn:6:g128,rtn:8:g128,magnitude:0.5,magnitude:0.5+rtn:4:g128"
+MENU = "keep,rtn:2:g128,rtn:3:g128,rtn:4:g128,rtn:6:g128,rtn:8:g128,magnitude:0.5,magnitude:0.5+rtn:4:g128,remove"
 """The figures' menu: 16-bit; RTN in groups of 128 at 2, 3, 4, 6 and 8 bits; magnitude pruning at 50 % (free mask);
-magnitude 50 % then RTN 4-bit. Data-free, so applying an allocation costs no calibration pass."""
+magnitude 50 % then RTN 4-bit; whole decoder blocks removed. Data-free, so applying an allocation costs no
+calibration pass."""
 BUDGETS = (2.5, 3.0, 3.5, 4.0, 5.0, 6.0, 8.0)
 ENERGY_BUDGETS = (3.0, 4.0, 6.0)
+"""Budgets also allocated with the energy sensitivity, and with the menu without ``remove``."""
 PROBE_WINDOWS = {"window": 128, "max_windows": 1}
 """The KL sensitivity's single-layer probes are scored on the first 128 tokens of the calibration text (one probe
 per linear layer; c_ℓ is calibrated on calibration data, never on the evaluation windows it is judged on)."""
 TOLERANCE = 1e-9
-KINDS = ("kl", "energy", "uniform")
-"""Row kinds: allocation with the KL sensitivity, with the energy sensitivity, and a menu option applied to every
-layer (``spec`` names it)."""
+KINDS = ("kl", "kl_without_removal", "energy", "uniform")
+"""Row kinds: allocation with the KL sensitivity, the same without ``remove`` in the menu, with the energy
+sensitivity, and a menu option applied to every layer (``spec`` names it)."""
 
 
 def synthetic_mixture(rng: np.random.Generator) -> pd.DataFrame:
@@ -68,19 +68,19 @@ def synthetic_mixture(rng: np.random.Generator) -> pd.DataFrame:
     rows = []
     uniform = {"rtn:2:g128": 2.125, "rtn:3:g128": 3.125, "rtn:4:g128": 4.125, "magnitude:0.5": 8.0}
     plan = [("kl", "", b) for b in dict.fromkeys((*BUDGETS, *uniform.values()))]
-    plan += [("energy", "", b) for b in ENERGY_BUDGETS]
+    plan += [(kind, "", b) for kind in ("energy", "kl_without_removal") for b in ENERGY_BUDGETS]
     plan += [("uniform", spec, b) for spec, b in uniform.items()]
     for kind, spec, budget in plan:
         share = float(rng.uniform(0.3, 0.9))
-        split = {spec: 1.0} if spec else {"rtn:3:g128": share, "magnitude:0.5+rtn:4:g128": (1 - share) / 2,
-                                          "keep": (1 - share) / 2}  # fmt: skip
+        split = {spec: 1.0} if spec else {"rtn:3:g128": share, "magnitude:0.5+rtn:4:g128": (1 - share) / 3,
+                                          "keep": (1 - share) / 3, "remove": (1 - share) / 3}  # fmt: skip
         kl = float(np.exp(-budget) * rng.uniform(0.8, 1.2 if kind != "uniform" else 2.0))
         spent = budget - 0.01 * (not spec)
         rows.append({"sensitivity": kind, "spec": spec, "budget": budget, "bits_per_weight": spent,
                      "predicted_damage": kl * (1.1 if kind != "energy" else 0.01), "predicted_kl_nats": kl * 1.1,
                      "lagrangian_lower_bound": math.nan if spec else kl, "split": json.dumps(split),
-                     "perplexity": 20 + 40 * kl, "kl_to_reference_nats": kl, "base_perplexity": 20.0,
-                     "menu": MENU})  # fmt: skip
+                     "removed_blocks": "" if spec else "3,7", "perplexity": 20 + 40 * kl,
+                     "kl_to_reference_nats": kl, "base_perplexity": 20.0, "menu": MENU})  # fmt: skip
     return pd.DataFrame(rows)
 
 
@@ -89,7 +89,8 @@ def synthetic_mixture(rng: np.random.Generator) -> pd.DataFrame:
                     "probe": PROBE_WINDOWS, "calibration": CALIBRATION, "evaluation": EVALUATION})  # fmt: skip
 def mixture_frontier(config: Mapping[str, Any], context: ExperimentContext) -> pd.DataFrame:
     """One row per evaluated model (:data:`KINDS`): bits spent, predicted damage (own units; and predicted KL),
-    Lagrangian lower bound, the split of the weights over the options (JSON), PPL and KL to the original."""
+    Lagrangian lower bound, the split of the weights over the options (JSON), the removed blocks, PPL and KL to the
+    original."""
 
     loaded = context.model
     batches = calibration(loaded, config["calibration"])
@@ -99,38 +100,47 @@ def mixture_frontier(config: Mapping[str, Any], context: ExperimentContext) -> p
     base = evaluator.evaluate().perplexity
     captured = capture(loaded.model, batches)
     options = parse_menu(config["menu"])
-    measured = measure_menu(loaded.model, batches, captured, options, probes, log=context.step)
+    measured = measure_menu(loaded.model, batches, captured, options, probes, workers=None, log=context.step,
+                            keep_weights=True)  # fmt: skip
     kl_per_error = measured.sensitivities["kl"]
-    mode = config["calibration"]["mode"]
     parameters = measured.bits["parameters"]
     uniform_bits = {o.text: float((measured.bits[o.text] * parameters).sum() / parameters.sum())
                     for o in options if o.step is not None}  # fmt: skip
     plan = [("kl", b) for b in dict.fromkeys([*config["budgets"], *uniform_bits.values()])]
-    plan += [("energy", b) for b in config["energy_budgets"]] + [("uniform", spec) for spec in uniform_bits]
+    plan += [(kind, b) for kind in ("energy", "kl_without_removal") for b in config["energy_budgets"]]
+    plan += [("uniform", spec) for spec in uniform_bits]
+    without_removal = [option for option in options if not option.removes_block]
 
-    def scored(spec: Any) -> Any:
-        with restored(loaded.model):
-            apply_spec(loaded.model, spec, batches, calibration=mode, captured=captured)
-            return evaluator.evaluate(start=0)
+    def scored(table: pd.DataFrame) -> Any:
+        pairs, removed = allocation_weights(loaded.model, measured, options, table)
+        with weights_installed(pairs):
+            return evaluator.evaluate(removed, start=0)
 
     rows = []
     for kind, target in plan:
         if kind == "uniform":
             option = next(o for o in options if o.text == target)
-            result = scored(option.text)
+            chosen = uniform_table(measured.bits, option.text)
             row = {"spec": target, "budget": uniform_bits[target], "bits_per_weight": uniform_bits[target],
                    "predicted_damage": uniform_damage(measured.ledger, kl_per_error, option),
-                   "lagrangian_lower_bound": math.nan, "split": json.dumps({target: 1.0})}  # fmt: skip
+                   "lagrangian_lower_bound": math.nan, "split": json.dumps({target: 1.0}),
+                   "removed_blocks": ""}  # fmt: skip
             row["predicted_kl_nats"] = row["predicted_damage"]
         else:
-            allocation = allocate(measured.ledger, measured.bits, options, measured.sensitivities[kind], target)
+            menu = without_removal if kind == "kl_without_removal" else options
+            sensitivity = "energy" if kind == "energy" else "kl"
+            allocation = allocate(measured.ledger, measured.bits, menu, measured.sensitivities[sensitivity],
+                                  target, sensitivity, measured.removal.get(sensitivity))  # fmt: skip
             chosen, summary = allocation.table, allocation.summary
-            result = scored(allocation_spec(chosen))
-            predicted_kl = (chosen["relative_error"] * kl_per_error[chosen["layer"]].to_numpy()).sum()
+            kept = chosen[chosen["option"] != REMOVE]
+            removal_kl = float(measured.removal["kl"].reindex(summary["removed_blocks"]).sum())
+            predicted_kl = (kept["relative_error"] * kl_per_error[kept["layer"]].to_numpy()).sum() + removal_kl
             row = {"spec": "", "budget": float(target), "bits_per_weight": summary["bits_per_weight"],
                    "predicted_damage": summary["predicted_damage"], "predicted_kl_nats": float(predicted_kl),
                    "lagrangian_lower_bound": summary["lagrangian_lower_bound"],
-                   "split": json.dumps(budget_split(chosen))}  # fmt: skip
+                   "split": json.dumps(budget_split(chosen)),
+                   "removed_blocks": ",".join(map(str, summary["removed_blocks"]))}  # fmt: skip
+        result = scored(chosen)
         rows.append({"sensitivity": kind, **row, "perplexity": result.perplexity,
                      "kl_to_reference_nats": result.kl_to_reference_nats, "base_perplexity": base,
                      "menu": config["menu"]})  # fmt: skip
@@ -179,7 +189,9 @@ def prediction_check(frame: pd.DataFrame) -> tuple[float, float, int]:
 def option_kind(option: str) -> str:
     """``keep``, or the menu option's method kind: ``quantization``, ``pruning`` or ``joint``."""
 
-    return KEEP if option == KEEP else parse_menu(option)[0].step.method.kind
+    if option in (KEEP, REMOVE):
+        return "keep" if option == KEEP else "removal"
+    return parse_menu(option)[0].step.method.kind
 
 
 def split_categories(split: Mapping[str, float]) -> dict[str, float]:
@@ -191,6 +203,8 @@ def split_categories(split: Mapping[str, float]) -> dict[str, float]:
         kind = option_kind(option)
         if kind == "keep":
             name = "kept (16-bit)"
+        elif kind == "removal":
+            name = "removed (whole blocks)"
         else:
             params = parse_menu(option)[0].step.params
             bits = params.get("bits") or params.get("quantize", {}).get("bits")
@@ -219,6 +233,26 @@ def _verdict(tables: Tables) -> str:
     )
 
 
+def _removal_text(tables: Tables) -> str:
+    """Where the KL allocations remove blocks, and KL with vs without ``remove`` in the menu at equal budgets."""
+    frame = tables[MIXTURE]
+    kl = frame[frame["sensitivity"] == "kl"].drop_duplicates("budget").set_index("budget")
+    without = frame[frame["sensitivity"] == "kl_without_removal"].drop_duplicates("budget").set_index("budget")
+    removing = kl[kl["removed_blocks"].fillna("").astype(str) != ""]
+    used = (
+        "The KL allocations remove blocks at "
+        + ", ".join(f"{b:g} (blocks {removing.at[b, 'removed_blocks']})" for b in removing.index)
+        + " bits per weight"
+        if len(removing)
+        else "The KL allocations remove no block at any budget"
+    )
+    pairs = [f"{b:g}: {kl.at[b, 'kl_to_reference_nats']:.3g} vs {without.at[b, 'kl_to_reference_nats']:.3g}"
+             for b in without.index if b in kl.index]  # fmt: skip
+    if not pairs:
+        return used + "."
+    return f"{used}; KL with vs without removal in the menu, by budget: {'; '.join(pairs)}."
+
+
 def _prediction_text(tables: Tables) -> str:
     rho, r, n = prediction_check(tables[MIXTURE])
     return (
@@ -237,13 +271,15 @@ def _mixture_caption(tables: Tables, facts: Mapping[str, Any]) -> str:
         "relative output error on layer $\\ell$ with original inputs; $c_\\ell$: KL per unit error of a "
         f"single-layer RTN 3-bit probe on {probe['max_windows']}$\\times${probe['window']} calibration tokens, or "
         "the layer's output energy share), and every "
-        "menu option applied uniformly. (b) How each budget's weights are spent. "
-        f"{_verdict(tables)} {_prediction_text(tables)} "
+        "menu option applied uniformly; the same allocation from the menu without block removal (crosses). "
+        "(b) How each budget's weights are spent (a removed block's linears cost 0 bits; its damage is the "
+        "measured KL of the model without it on the probe tokens). "
+        f"{_verdict(tables)} {_removal_text(tables)} {_prediction_text(tables)} "
         f"Menu: {menu}. {escape_tex(facts['model_id'])}; {describe_protocol(facts['protocol'][MIXTURE])}."
     )
 
 
-@figure("optimal_mixture", needs=(MIXTURE,), caption=_mixture_caption, section=SECTION, default=False)
+@figure("optimal_mixture", needs=(MIXTURE,), caption=_mixture_caption, section=SECTION)
 def optimal_mixture(tables: Tables) -> Figure:
     """(a) KL vs bits per weight: optimal allocations (KL and energy sensitivities) and the uniform menu options;
     (b) stacked bars of how each KL-sensitivity budget's weights are spent."""
@@ -256,6 +292,9 @@ def optimal_mixture(tables: Tables) -> Figure:
                markersize=3, label="optimal allocation (KL sensitivity)")  # fmt: skip
     curve.plot(energy["bits_per_weight"], energy["kl_to_reference_nats"], color=OKABE_ITO["sky_blue"], marker="s",
                linestyle="none", label="optimal allocation (energy sensitivity)")  # fmt: skip
+    without = mixture[mixture["sensitivity"] == "kl_without_removal"].sort_values("budget")
+    curve.plot(without["bits_per_weight"], without["kl_to_reference_nats"], color=OKABE_ITO["bluish_green"],
+               marker="x", linestyle="none", label="optimal allocation, no block removal")  # fmt: skip
     for kind, color, marker in (("quantization", "orange", "v"), ("pruning", "vermillion", "^"),
                                 ("joint", "reddish_purple", "D")):  # fmt: skip
         rows = uniform[uniform["spec"].map(option_kind) == kind].sort_values("bits_per_weight")
@@ -286,13 +325,13 @@ def _table_caption(tables: Tables, facts: Mapping[str, Any]) -> str:
         "Optimal per-layer allocations (KL sensitivity) by budget: bits per linear weight spent, the largest "
         "shares of the weights by option, predicted KL (nats/token), measured perplexity and KL to the original, "
         "and the best uniform menu option whose size does not exceed the budget, with its size, perplexity and KL "
-        "(equal size: the budget is that option's size). "
-        f"{_verdict(tables)} {_prediction_text(tables)} "
+        "(equal size: the budget is that option's size); removed: the decoder blocks the allocation removes. "
+        f"{_verdict(tables)} {_removal_text(tables)} {_prediction_text(tables)} "
         f"{escape_tex(facts['model_id'])}; {describe_protocol(facts['protocol'][MIXTURE])}."
     )
 
 
-@table(MIXTURE, needs=(MIXTURE,), caption=_table_caption, section=SECTION, default=False)
+@table(MIXTURE, needs=(MIXTURE,), caption=_table_caption, section=SECTION)
 def mixture_frontier_table(tables: Tables) -> Styler:
     """One row per budget: allocation summary, predicted damage, PPL, KL, and the best uniform option's."""
     frame = comparison(tables)
@@ -301,7 +340,8 @@ def mixture_frontier_table(tables: Tables) -> Styler:
                         for s in frame["split"]]  # fmt: skip
     frame["equal"] = frame["equal_size"].map({True: "yes", False: "no"})
     columns = {"budget": "Budget", "bits_per_weight": "Spent", "summary": "Allocation (largest shares)",
-               "predicted_damage": "Predicted KL", "perplexity": "PPL", "kl_to_reference_nats": "KL",
+               "removed_blocks": "Removed", "predicted_damage": "Predicted KL", "perplexity": "PPL",
+               "kl_to_reference_nats": "KL",
                "uniform_spec": "Best uniform", "uniform_bits_per_weight": "Its bits",
                "uniform_perplexity": "Its PPL", "uniform_kl_nats": "Its KL", "equal": "Equal size"}  # fmt: skip
     return thesis_table(frame, columns, precision=3)

@@ -11,9 +11,10 @@ method's bits per weight (:mod:`theory.accounting`).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -250,6 +251,20 @@ def model_size(model: nn.Module, spec: Spec | str, convention: Convention = PAPE
         "linear_bits_per_weight": (BASE_BITS * (linear_weights - compressed_weights) + compressed_bits)
         / linear_weights,
     }
+
+
+@contextlib.contextmanager
+def weights_installed(pairs: Sequence[tuple[LinearRef, torch.Tensor]]) -> Iterator[None]:
+    """Inside the context each layer of ``pairs`` holds its given weight (e.g. one a ledger kept); the original
+    weights are restored after, whatever happens."""
+    saved = [ref.weight().detach().clone() for ref, _ in pairs]
+    try:
+        for ref, weight in pairs:
+            ref.set_weight(weight)
+        yield
+    finally:
+        for (ref, _), weight in zip(pairs, saved, strict=True):
+            ref.set_weight(weight)
 
 
 def method_weight(ref: LinearRef) -> torch.Tensor:

@@ -14,9 +14,10 @@ from torch import nn
 from measure.capture.statistics import Capture
 from measure.evaluation.residual import ResidualStreamEvaluator
 from measure.ledger import build_ledger
-from measure.mixture.menu import MenuOption
+from measure.mixture.menu import REMOVE, MenuOption
 from measure.mixture.sensitivity import SENSITIVITIES, energy_sensitivity, kl_sensitivity, removal_damage
 from measure.mixture.solve import option_bits
+from measure.models.architecture import LinearRef, describe
 from theory.errors import PvqError
 
 
@@ -76,3 +77,24 @@ def measure_menu(
             log(f"removal damage: {len(removal['energy'])} blocks")
     return MenuMeasurement(ledger, option_bits(model, layers, options), sensitivities, probes, removal,
                            built.weights)  # fmt: skip
+
+
+def allocation_weights(
+    model: nn.Module, measured: MenuMeasurement, options: Sequence[MenuOption], table: pd.DataFrame
+) -> tuple[list[tuple[LinearRef, torch.Tensor]], list[int]]:
+    """What installs an allocation ``table`` (layer, option, block) from the kept weights: (layer, Ŵ) for every
+    layer it compresses and the blocks it removes. Equals ``apply_spec(model, allocation_spec(table), ...,
+    calibration="parallel")`` on the same Grams (tested), without compressing again."""
+    if measured.weights is None:
+        raise PvqError("the menu was measured without keep_weights; measure it again to install allocations")
+    terms = {option.text: option.step.text for option in options if option.step is not None}
+    refs = {ref.name: ref for ref in describe(model).linears}
+    pairs = [(refs[row.layer], measured.weights[row.layer][terms[row.option]])
+             for row in table.itertuples() if row.option in terms]  # fmt: skip
+    removed = sorted({int(row.block) for row in table.itertuples() if row.option == REMOVE})
+    return pairs, removed
+
+
+def uniform_table(bits: pd.DataFrame, option: str) -> pd.DataFrame:
+    """An allocation table with ``option`` on every layer of ``bits`` (:func:`option_bits`)."""
+    return pd.DataFrame({"layer": bits.index, "option": option, "block": bits["block"].astype(int).to_numpy()})

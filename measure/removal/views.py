@@ -41,7 +41,7 @@ from torch import nn
 
 from measure.capture.blocks import BlockInputs, record_block_inputs, run_block
 from measure.capture.statistics import Capture
-from measure.compress.apply import check_finite_weight, method_weight
+from measure.compress.apply import check_finite_weight, method_weight, weights_installed
 from measure.compress.methods.metrics import quadratic_trace
 from measure.compress.parallel import fork_map
 from measure.compress.spec import LayerStep
@@ -197,14 +197,8 @@ class ViewMeter:
         """Inside the context the covered layers (of ``blocks`` only, when given) hold ``weights``."""
         chosen = [(ref, w) for ref, w in zip(self.refs, weights, strict=True)
                   if blocks is None or ref.block_index in blocks]  # fmt: skip
-        saved = [ref.weight().detach().clone() for ref, _ in chosen]
-        try:
-            for ref, weight in chosen:
-                ref.set_weight(weight)
+        with weights_installed(chosen):
             yield
-        finally:
-            for (ref, _), weight in zip(chosen, saved, strict=True):
-                ref.set_weight(weight)
 
     def local_errors(self, term: TermWeights) -> dict[str, float]:
         """The term's layer- and block-view errors (blocks run one at a time on the original stream)."""

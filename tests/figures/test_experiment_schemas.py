@@ -36,7 +36,7 @@ TINY: dict[str, dict[str, Any]] = {
     "removal_study": {"settings": {"max_removed": 1, "orderings": ["bi"], "probe_windows": 1,
                                    "quantizer_bits": {"rtn": [4], "gptq": [4]}, "pruner_sparsities": [0.5],
                                    "block_sequences": 1, "workers": 1}},
-    "mixture_frontier": {"menu": "keep,rtn:3:g16,rtn:4:g16,magnitude:0.5+rtn:4:g16", "budgets": [5.0],
+    "mixture_frontier": {"menu": "keep,rtn:3:g16,rtn:4:g16,magnitude:0.5+rtn:4:g16,remove", "budgets": [2.0, 5.0],
                          "energy_budgets": [5.0], "probe": {"window": 32, "max_windows": 1}},
 }  # fmt: skip
 """Per model experiment, the config entries replaced (nested entries merged); every model experiment also gets

@@ -15,12 +15,12 @@ from tiny_models import save_tiny_model, tiny_model
 from transformers import AutoModelForCausalLM
 
 from measure.capture.statistics import capture
-from measure.compress.apply import apply_spec
+from measure.compress.apply import apply_spec, weights_installed
 from measure.compress.spec import parse_spec
 from measure.evaluation.perplexity import evaluate_perplexity
 from measure.evaluation.residual import ResidualStreamEvaluator
 from measure.mixture.file import allocation_spec, check_allocation, read_allocation, write_allocation
-from measure.mixture.inputs import measure_menu
+from measure.mixture.inputs import allocation_weights, measure_menu
 from measure.mixture.menu import parse_menu
 from measure.mixture.sensitivity import PROBE, kl_sensitivity
 from measure.mixture.solve import allocate, cheapest_bits, check_budget
@@ -289,3 +289,33 @@ def test_a_block_removed_in_part_is_refused(tmp_path: Path) -> None:
     _, measured = _measured(model)
     with pytest.raises(PvqError, match="no block removal damage"):
         allocate(measured.ledger, measured.bits, options, measured.sensitivities["energy"], 4.0)
+
+
+def test_installing_the_kept_weights_is_applying_the_allocation_spec() -> None:
+    """The figures install an allocation from the ledger's kept weights; that is the model ``apply_spec`` makes
+    from the allocation's spec with calibration on the original stream (same weights, same removed blocks)."""
+    model = tiny_model("llama", num_hidden_layers=4)
+    batches = _batches()
+    options = parse_menu("keep,rtn:3:g16,sparsegpt:0.5,remove")
+    measured = measure_menu(model, batches, capture(model, batches), options, None, keep_weights=True)
+    allocation = allocate(measured.ledger, measured.bits, options, measured.sensitivities["energy"], 3.0, "energy",
+                          measured.removal["energy"])  # fmt: skip
+    table = allocation.table
+    assert {"rtn:3:g16", "sparsegpt:0.5"} & set(table["option"])
+    pairs, removed = allocation_weights(model, measured, options, table)
+    assert removed and removed == allocation.summary["removed_blocks"]
+    applied = copy.deepcopy(model)
+    apply_spec(applied, allocation_spec(table).text.split("+remove:")[0], batches, calibration="parallel")
+    weights = {ref.name: ref.weight() for ref in describe(applied).linears}
+    installed_names = {ref.name for ref, _ in pairs}
+    assert installed_names == set(table.loc[~table["option"].isin(["keep", "remove"]), "layer"])
+    for ref, weight in pairs:
+        assert torch.equal(weights[ref.name], weight)
+    with weights_installed(pairs):
+        assert all(torch.equal(ref.weight(), weight) for ref, weight in pairs)
+    assert all(
+        torch.equal(a.weight(), b.weight())
+        for a, b in zip(
+            describe(model).linears, describe(tiny_model("llama", num_hidden_layers=4)).linears, strict=True
+        )
+    )
