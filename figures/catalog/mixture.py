@@ -111,10 +111,17 @@ def mixture_frontier(config: Mapping[str, Any], context: ExperimentContext) -> p
     plan += [("uniform", spec) for spec in uniform_bits]
     without_removal = [option for option in options if not option.removes_block]
 
+    seen: dict[tuple[tuple[str, str], ...], Any] = {}
+
     def scored(table: pd.DataFrame) -> Any:
-        pairs, removed = allocation_weights(loaded.model, measured, options, table)
-        with weights_installed(pairs):
-            return evaluator.evaluate(removed, start=0)
+        """PPL and KL of the allocation; an allocation already evaluated (same option on every layer, e.g. the
+        menu without ``remove`` when no block goes) is the same model and is not evaluated again."""
+        key = tuple(sorted(zip(table["layer"], table["option"], strict=True)))
+        if key not in seen:
+            pairs, removed = allocation_weights(loaded.model, measured, options, table)
+            with weights_installed(pairs):
+                seen[key] = evaluator.evaluate(removed, start=0)
+        return seen[key]
 
     rows = []
     for kind, target in plan:
