@@ -78,7 +78,9 @@ class ShrinkPlan:
     changes and the updated ``config``; parameter counts before (all, and of the decoder blocks) and removed (every
     removed parameter lies in the blocks); ``cuts`` slice the state dict; ``kept_features``: (layer, axis, kept
     indices) of every producer's rows (axis 0) and consumer's columns (axis 1) in the (out, in) weight view;
-    ``consumer_weights``: the refit consumers (removed columns zero), by layer name (empty without refit)."""
+    ``consumer_weights``: the refit consumers (removed columns zero), by layer name (empty without refit);
+    ``family``; ``projection_norms``: the parameters of norms over a whole q or k projection in the attention
+    sublayers that lose heads (Olmo-style q_norm / k_norm)."""
 
     settings: ShrinkSettings
     units: pd.DataFrame
@@ -91,6 +93,8 @@ class ShrinkPlan:
     cuts: list[Cut] = field(repr=False)
     kept_features: list[tuple[LinearRef, int, torch.Tensor]] = field(repr=False)
     consumer_weights: dict[str, torch.Tensor] = field(repr=False)
+    family: str = field(repr=False)
+    projection_norms: tuple[str, ...] = field(repr=False)
 
     @property
     def removed_fraction(self) -> float:
@@ -179,7 +183,8 @@ def plan_shrink(
         decoder_parameters=parameter_counts(arch)["decoder"],
         removed_parameters=_accounted_parameters(mlps, mlp_counts, attentions, kept, settings.head_unit),
         config=config, cuts=_cuts(mlp_keep, head_keep), kept_features=_kept_features(mlp_keep, head_keep),
-        consumer_weights=refits,
+        consumer_weights=refits, family=arch.family,
+        projection_norms=tuple(name for unit in head_keep for name, kind in unit.extras.items() if kind != "head"),
     )  # fmt: skip
 
 
@@ -206,7 +211,14 @@ def zeroed_weights(plan: ShrinkPlan) -> dict[str, torch.Tensor]:
     removed rows of every producer (gate / up / fc1 rows of removed channels, q rows of removed query heads, k and
     v rows of removed KV heads) and the removed columns of every consumer (down / fc2, o) set to 0, the consumers'
     kept columns refit when the plan refits. Removed channels and heads then contribute exactly 0 to the
-    consumers' outputs (their columns are 0), as in the sliced model; the layer's (out, in) view, by layer name."""
+    consumers' outputs (their columns are 0), as in the sliced model; the layer's (out, in) view, by layer name.
+    PvqError when heads go from an attention with a norm over its whole q or k projection: that norm's scale
+    depends on every row, so no same-shape weights equal the sliced model."""
+    if plan.projection_norms:
+        raise PvqError(f"the {plan.family} attention normalizes q or k over all heads "
+                       f"({plan.projection_norms[0]}, ...), so removed heads have no same-shape equivalent; "
+                       "measure its heads on the physically shrunk model (pvq shrink, pvq eval --compress "
+                       "shrink:...) or remove MLP channels only")
     weights = {}
     for ref, axis, keep in plan.kept_features:
         weight = plan.consumer_weights.get(ref.name, ref.weight()).detach().to(ref.weight().dtype).clone()
@@ -313,7 +325,8 @@ def _kept_features(
     """(layer, axis, kept indices) in the (out, in) weight view: producer rows (0) and consumer columns (1)."""
     features = []
     for unit, keep in mlp_keep.items():
-        features += [(ref, 0, kept_rows(ref, keep, unit.width)) for ref in unit.producers]
+        features += [(ref, 0, keep if ref.out_features == unit.width else kept_rows(ref, keep, unit.width))
+                     for ref in unit.producers]  # a stacked expert's gate and up are separate views
         features.append((unit.consumer, 1, keep))
     for unit, (keep_heads, keep_kv) in head_keep.items():
         q_rows, kv_rows = _dims(keep_heads, unit.head_dim), _dims(keep_kv, unit.head_dim)
