@@ -181,7 +181,8 @@ def width_term(meter: ViewMeter, option: str) -> tuple[TermWeights, float]:
     (:func:`measure.compress.shrink.shrink.zeroed_weights`: the removed rows of gate / up (q, k, v) and columns of
     down (o) zeroed, the kept columns refit; functionally the physically shrunk model), chosen on the meter's
     original Grams, with each layer's relative output error tr(ΔW H ΔWᵀ) / tr(W H Wᵀ) (a zeroed producer row
-    counts its whole output energy); and the removed fraction f of the decoder parameters, its size."""
+    counts its whole output energy; the product runs in float32 over the changed rows, as in
+    :func:`measure.removal.views.ViewMeter.compress`); and the removed fraction f of the decoder parameters."""
     grams = {ref.name: meter.captured.gram_for(ref.name).to_numpy() for ref in meter.refs}
     plan = plan_shrink(meter.arch.model, (), ShrinkSettings(**parse_shrink_term(tuple(option.split(":")))), grams)
     zeroed = zeroed_weights(plan)
@@ -189,9 +190,11 @@ def width_term(meter: ViewMeter, option: str) -> tuple[TermWeights, float]:
     for ref, energy in zip(meter.refs, meter.layers["output_energy"], strict=True):
         weight = ref.weight().detach()
         replaced = zeroed.get(ref.name, weight)
-        change = quadratic_trace((replaced - weight).to(torch.float64), meter.captured.gram_for(ref.name).gram)
+        change = (replaced - weight).float()
+        change = change[change.abs().sum(dim=1) > 0]
+        error = quadratic_trace(change, meter.captured.gram_for(ref.name).gram.float()) if len(change) else 0.0
         weights.append(replaced)
-        relative.append(max(change, 0.0) / energy)
+        relative.append(max(error, 0.0) / energy)
     return TermWeights(weights, np.array(relative)), plan.removed_fraction
 
 

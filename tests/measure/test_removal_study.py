@@ -233,9 +233,9 @@ def test_width_pruning_points_are_the_physically_shrunk_model_in_every_view(tiny
         expected = (down["refit_error"] if settings.refit else down["unrefit_error"]) / down["signal"]
         per_layer = _width_layer_errors(model, option)
         for block, value in enumerate(expected):
-            assert per_layer[f"model.layers.{block}.mlp.down_proj"] == pytest.approx(value, rel=1e-6)
+            assert per_layer[f"model.layers.{block}.mlp.down_proj"] == pytest.approx(value, rel=1e-4)
         assert rows.loc["layer_parameters", "error"] == pytest.approx(
-            (layers["layer"].map(per_layer) * layers["parameters"]).sum() / layers["parameters"].sum(), rel=1e-9)
+            (layers["layer"].map(per_layer) * layers["parameters"]).sum() / layers["parameters"].sum(), rel=1e-5)
     answer_columns = " ".join(study.tables["answer"].columns)
     assert "shrink" not in answer_columns
     end_to_end = study.tables["end_to_end"]

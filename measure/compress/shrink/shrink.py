@@ -2,21 +2,25 @@
 
 :func:`shrink_model` removes the fraction ``mlp`` of the hidden channels of every MLP (dense, shared expert and
 each routed expert alike) and the fraction ``heads`` of the attention heads of every block, the same count in
-every unit so the config's single width describes the result:
+every unit so the config's single width describes the result (the uniform mode; per-block MLP fractions are saved
+only where the family's config already holds per-block widths, else one PvqError names the family and the
+uniform mode):
 
 * ``head_unit="kv"`` removes whole KV groups (a KV head with the query heads it serves); ``"query"`` removes the
   same number of query heads inside every KV group, so the GQA structure survives;
 * the channels / heads to remove are chosen per unit by a score of :mod:`measure.compress.shrink.select` on the
-consuming
-  layer (down / fc2 / o) and its input Gram, captured once on the original model (each layer's problem on the
-  original stream, as in the parallel calibration of :mod:`measure.compress.spec`); routed experts use the
-  router-weighted
-  Gram of their routed tokens (:mod:`measure.capture.experts`: their share of the sublayer's output error);
+  consuming layer (down / fc2 / o) and its input Gram, captured once on the original model (each layer's problem
+  on the original stream, as in the parallel calibration of :mod:`measure.compress.spec`); routed experts use the
+  router-weighted Gram of their routed tokens (:mod:`measure.capture.experts`: their share of the sublayer's
+  output error);
 * with ``refit`` the consumer's kept columns are refit by least squares (Ŵ_K = W_K + W_C H_CK H_KK⁻¹);
 * the tensors are sliced, the config updated (width fields, num_attention_heads, num_key_value_heads and an
   explicit head_dim) and the model class rebuilt from it (:mod:`measure.compress.shrink.slicing`).
 
-The input model is consumed (its consumers are refit in place); the result is a new model object.
+:func:`plan_shrink` makes every choice and leaves the model unchanged; :func:`shrink_model` carries a plan out
+(the input model is consumed: its consumers are refit in place; the result is a new model object);
+:func:`zeroed_weights` gives the same plan as same-shape weights (removed rows and columns zeroed), functionally
+the shrunk model, so the per-layer and per-block error views of the removal study apply to it unchanged.
 """
 
 from __future__ import annotations
