@@ -4,7 +4,7 @@ Sizes fit an A4 single-column thesis whose text block is 15 cm wide (``TEXT_WIDT
 drawn at their printed size, so 9 pt labels stay 9 pt on paper. Colours come from the Okabe–Ito
 palette (Okabe & Ito, "Color Universal Design", 2008), distinguishable under the common colour-vision
 deficiencies; each method always has the same colour *and* marker, so figures also read in grey.
-Families differ by line style (quantization solid, pruning dashed, removal dotted).
+Families differ by line style (quantization solid, pruning dashed, removal dotted, width pruning dash-dotted).
 """
 
 from __future__ import annotations
@@ -101,8 +101,14 @@ METHOD_STYLE: dict[str, MethodStyle] = {
     "remove:angular": MethodStyle(OKABE_ITO["orange"], "<", "Removal (angular)", linestyle=":"),
     "remove:reverse": MethodStyle(OKABE_ITO["vermillion"], "^", "Removal (reverse)", filled=False, linestyle=":"),
     "remove:random": MethodStyle(OKABE_ITO["sky_blue"], "v", "Removal (random)", filled=False, linestyle=":"),
+    # structured width pruning (measure.compress.shrink), consumers refit unless "norefit"
+    "shrink_mlp": MethodStyle(OKABE_ITO["orange"], "D", "Width: MLP"),
+    "shrink_mlp_wanda": MethodStyle(OKABE_ITO["orange"], "d", "Width: MLP (Wanda)"),
+    "shrink_heads": MethodStyle(OKABE_ITO["reddish_purple"], "h", "Width: KV groups"),
+    "shrink_mlp_norefit": MethodStyle(OKABE_ITO["orange"], "8", "Width: MLP, no refit", filled=False),
+    "shrink_heads_norefit": MethodStyle(OKABE_ITO["reddish_purple"], "H", "Width: KV, no refit", filled=False),
 }
-FAMILY_LINESTYLE: dict[str, str] = {"quantization": "-", "pruning": "--", "removal": ":"}
+FAMILY_LINESTYLE: dict[str, str] = {"quantization": "-", "pruning": "--", "removal": ":", "width": "-."}
 
 
 def method_style(method: str) -> MethodStyle:

@@ -5,10 +5,10 @@
 calibrated on the original model's stream), scores it on the pinned evaluation windows with the original as
 KL reference (:class:`measure.evaluation.residual.ResidualStreamEvaluator`, the evaluator of the removal study, so
 the numbers share its windows), and restores the weights. The figure adds the removal study's end-to-end points
-(removal orderings, RTN and GPTQ over 2–16 bits, magnitude pruning, and the models spliced at each removal's
-size). Size is the bits per weight of the decoder's
-compressed linear weights for compression and b(f) = 16(1 − f) for removal (Kuzmin et al. 2023, Sec. 3, free
-mask: pruning at sparsity s costs 16(1 − s)); joint pruning + quantization is Sec. 5 of the same paper.
+(removal orderings, RTN and GPTQ over 2–16 bits, magnitude pruning, structured width pruning, and the models
+spliced at each removal's size). Size is the bits per weight of the decoder's compressed linear weights for
+compression and b(f) = 16(1 − f) for removal and width pruning (Kuzmin et al. 2023, Sec. 3, free mask: pruning at
+sparsity s costs 16(1 − s)); joint pruning + quantization is Sec. 5 of the same paper.
 """
 
 from __future__ import annotations
@@ -120,8 +120,10 @@ def _caption(tables: Tables, facts: Mapping[str, Any]) -> str:
         f"Perplexity (a) and KL to the original (b) against size in bits per weight of the decoder's linear "
         "weights (pruning: $16(1-s)$ with a free mask; removal of a fraction $f$ of the decoder: the bits per "
         "linear weight of the same size, $16(1-f)$ per decoder parameter with norms at 16 bits). Compression: "
-        f"{specs}, plus the removal study's orderings (dotted), RTN and GPTQ over 2--16 bits, magnitude pruning "
-        "and the models spliced from two widths at each removal's size. Original model: "
+        f"{specs}, plus the removal study's orderings (dotted), RTN and GPTQ over 2--16 bits, magnitude pruning, "
+        "structured width pruning (dash-dotted markers: KV groups or MLP channels removed, consumers refit; "
+        "counted like removal, no mask) and the models spliced from two widths at each removal's size. "
+        "Original model: "
         f"perplexity {base:.2f} (dashed line). {escape_tex(facts['model_id'])}; "
         f"{describe_protocol(facts['protocol'][FRONTIER])}."
     )

@@ -46,15 +46,18 @@ SETTINGS = {
     "probe_windows": 1, "sublayers": False, "quantizers": ["rtn", "gptq"], "groups": ["g128"],
     "quantizer_bits": {"rtn": [2, 3, 4, 6, 8, 11, 12, 13, 14, 15, 16], "gptq": [2, 3, 4]},
     "pruners": ["magnitude"], "pruner_sparsities": [0.5, 0.75], "mask_conventions": ["free", "entropy"],
+    "widths": ["heads=0.34", "mlp=0.25:score=wanda"],
     "views": ["layer_energy", "layer_parameters", "block", "end_to_end"], "block_sequences": 1, "workers": None,
 }  # fmt: skip
 """StudySettings of the default run, sized for the 20-minute budget: removal levels 1..8 blocks by the four
 orderings (BI, angular rule, reverse, random with seed 0), each block removed alone on 1 probe window; RTN in
 groups of 128 at 2, 3, 4, 6, 8 and 11–16 bits (every b(f) of 1..8 removed blocks lies between two consecutive
 widths), GPTQ in groups of 128 at 2, 3 and 4 bits (its curve where removal's errors lie; no widths bracket b(f));
-magnitude pruning at the equal-size sparsity of every level and mask convention and at 50 and 75 %; the block view
-on the first calibration sequence (512 tokens). The full study (``pvq remove --study``) measures RTN and GPTQ at
-every width 2–16, per channel and in groups of 128, and SparseGPT."""
+magnitude pruning at the equal-size sparsity of every level and mask convention and at 50 and 75 %; structured
+width pruning of 1 of the 3 KV groups (output score, exact) and of 25 % of the MLP channels (Wanda score, refit;
+the output score's greedy selection over 1536 channels per layer takes minutes), each at its own size; the block
+view on the first calibration sequence (512 tokens). The full study (``pvq remove --study``) measures RTN and GPTQ
+at every width 2–16, per channel and in groups of 128, and SparseGPT."""
 IMPORTANCE_SERIES = {
     "bi": ("Block Influence (block)", OKABE_ITO["blue"], "o"),
     "angular": ("angular distance, $n = 1$", OKABE_ITO["orange"], "s"),
@@ -101,6 +104,10 @@ def _synthetic_levels(rng: np.random.Generator, blocks: int, influence: np.ndarr
     return pd.DataFrame(rows)
 
 
+WIDTH_POINTS = (("heads=0.34", "shrink_heads", 0.08), ("mlp=0.25:score=wanda", "shrink_mlp_wanda", 0.19))
+"""Made-up width pruning points of the synthetic study: option, series, removed fraction."""
+
+
 def _synthetic_points(rng: np.random.Generator, levels: pd.DataFrame) -> pd.DataFrame:
     """Made-up curve points with :data:`measure.removal.terms.POINT_COLUMNS` (6 dB per bit quantizers, a pruner
     under both mask conventions, the RD reference in the layer views, one spliced model per level)."""
@@ -130,6 +137,10 @@ def _synthetic_points(rng: np.random.Generator, levels: pd.DataFrame) -> pd.Data
             for bits in [*range(2, 17), *levels["bits_per_weight"].unique()]:
                 error = 0.3 * 4.0 ** (1 - bits)
                 add(view, "gaussian_rd", "reference", f"gaussian_rd:{bits:.6f}", float(bits), error)
+        for option, series, fraction in WIDTH_POINTS:
+            error = scale * 0.3 * fraction * rng.uniform(0.8, 1.2)
+            add(view, series, "width", f"shrink:{option}", 16 * (1 - fraction), error, removed_fraction=fraction,
+                **extra(error))  # fmt: skip
         if view == "end_to_end":
             for fraction, bits in levels[["removed_fraction", "bits_per_weight"]].drop_duplicates().to_numpy():
                 error = 1e-9 * rng.uniform(0.5, 2)

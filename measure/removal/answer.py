@@ -23,6 +23,8 @@ from measure.removal.equal_size import equivalent_bits, value_at
 from theory.sqnr import relative_error_db
 
 RD_SERIES = "gaussian_rd"
+WIDTH_FAMILY = "width"
+"""Family of the structured width pruning points (:func:`measure.removal.terms.measure_width`)."""
 """Series name of the Gaussian rate–distortion reference in the points and answer tables."""
 LEVEL_KEYS = ("ordering", "removed", "blocks", "removed_fraction", "bits_per_weight", "linear_bits_per_weight")
 
@@ -72,13 +74,16 @@ def answer_table(levels: pd.DataFrame, points: pd.DataFrame, views: Sequence[str
                  ) -> pd.DataFrame:  # fmt: skip
     """One row per (view, ordering, n removed, mask convention): the removal's error and dB, the best and worst
     method at b(f) and the margins to them, the RD reference (layer views), and every method's equivalent bits
-    (module docstring). Margins are removal dB − method dB (negative: the removal is worse)."""
+    (module docstring). Width pruning points (family ``width``) are structured removals measured at their own
+    sizes, not methods with a curve over size: the answer leaves them out. Margins are removal dB − method dB
+    (negative: the removal is worse)."""
     rows = []
     for view in views:
         view_points = points[points["view"] == view]
         for name in mask_conventions:
             convention = view_points["mask_convention"]
-            chosen = view_points[~view_points["mixed"].astype(bool) & (convention.isna() | (convention == name))]
+            chosen = view_points[~view_points["mixed"].astype(bool) & (convention.isna() | (convention == name))
+                                 & (view_points["family"] != WIDTH_FAMILY)]  # fmt: skip
             curves = {series: curve for series, curve in chosen.groupby("series", sort=True)}
             for level in levels.itertuples():
                 keys = {key: getattr(level, key) for key in LEVEL_KEYS}

@@ -72,7 +72,14 @@ from measure.evaluation.residual import ResidualStreamEvaluator, first_windows
 from measure.models.architecture import Architecture, describe, parameter_counts
 from measure.removal.answer import answer_table, end_to_end_table
 from measure.removal.equal_size import DecoderSizes, mask_convention
-from measure.removal.terms import StudyPoints, measure_pruner, measure_quantizer, measure_reference
+from measure.removal.terms import (
+    StudyPoints,
+    measure_pruner,
+    measure_quantizer,
+    measure_reference,
+    measure_width,
+    width_series,
+)
 from measure.removal.views import (
     LOCAL_VIEWS,
     VIEWS,
@@ -102,6 +109,8 @@ class StudySettings:
 
     ``quantizer_bits[q]``: the integer widths quantizer q is measured at (each also in every group of ``groups``);
     ``pruner_sparsities``: sparsities measured besides the equal-size ones of every level and mask convention;
+    ``widths``: structured width pruning options, each the part after ``shrink:`` of a shrink term (``mlp=0.25``,
+    ``heads=0.34:norefit``), measured in every view at their own size (no removal level reads them);
     ``block_sequences``: how many calibration sequences (the first ones) the block view runs (all when None);
     ``workers``: processes computing compressed weights (one per core when None)."""
 
@@ -117,6 +126,7 @@ class StudySettings:
     pruners: tuple[str, ...] = ("sparsegpt",)
     pruner_sparsities: tuple[float, ...] = (0.5, 0.75, 0.875)
     mask_conventions: tuple[str, ...] = ("free", "entropy")
+    widths: tuple[str, ...] = ()
     views: tuple[str, ...] = tuple(VIEWS)
     block_sequences: int | None = None
     workers: int | None = None
@@ -143,6 +153,8 @@ def check_settings(settings: StudySettings, blocks: int | None = None) -> None:
         parse_term_list(",".join(f"{quantizer}:4:{group}" for group in settings.groups))
     for pruner in settings.pruners:
         parse_term_list(f"{pruner}:0.5")
+    for option in settings.widths:
+        width_series(option)
     for sparsity in settings.pruner_sparsities:
         if not 0 <= sparsity < 1:
             raise PvqError(f"pruner sparsities must lie in [0, 1), got {sparsity}")
@@ -286,7 +298,8 @@ def run_study(
     blocks (each block's energy, weight and update shares), layer_rd (each linear's Gaussian rate–distortion
     reference at 2..16 bits per weight), levels (one row per ordering and removal count:
     blocks, f, b(f), the removal's error in every view, PPL, KL), points (every method's error per view and
-    setting, the RD reference, the spliced equal-size models), answer (:func:`answer_table`) and end_to_end.
+    setting, the RD reference, the spliced equal-size models, the width pruning options), answer
+    (:func:`answer_table`) and end_to_end.
     """
     arch = describe(model)
     check_settings(settings, len(arch.blocks))
@@ -336,6 +349,8 @@ def run_study(
     sparsities = [*settings.pruner_sparsities, *equal]
     for pruner in settings.pruners:
         measure_pruner(meter, evaluator, points, pruner, sparsities, settings.mask_conventions, log)
+    for option in settings.widths:
+        measure_width(meter, evaluator, points, option, log)
     reference = pd.DataFrame()
     if set(settings.views) & {"layer_energy", "layer_parameters"}:
         reference = measure_reference(meter, points, [*map(float, ALL_BITS), *levels["linear_bits_per_weight"]])

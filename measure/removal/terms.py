@@ -2,9 +2,11 @@
 
 :func:`measure_quantizer` measures one quantizer at its integer widths (and end to end the models spliced from two
 consecutive widths at each removal level's size, :func:`mixed_weights`); :func:`measure_pruner` one pruner at its
-sparsities, with the bits of every mask convention; :func:`measure_reference` the Gaussian rate–distortion
-reference of every layer (:mod:`theory.rate_distortion`). Each adds rows to :class:`StudyPoints`
-(:data:`POINT_COLUMNS`), the curves :mod:`measure.removal.answer` reads at the removal sizes.
+sparsities, with the bits of every mask convention; :func:`measure_width` one structured width pruning (MLP
+channels and / or attention heads removed, consumers refit, :mod:`measure.compress.shrink`) at its size;
+:func:`measure_reference` the Gaussian rate–distortion reference of every layer (:mod:`theory.rate_distortion`).
+Each adds rows to :class:`StudyPoints` (:data:`POINT_COLUMNS`), the curves :mod:`measure.removal.answer` reads at
+the removal sizes.
 """
 
 from __future__ import annotations
@@ -18,13 +20,16 @@ import numpy as np
 import pandas as pd
 import torch
 
+from measure.compress.methods.metrics import quadratic_trace
+from measure.compress.shrink.shrink import ShrinkSettings, plan_shrink, zeroed_weights
+from measure.compress.shrink.term import parse_shrink_term
 from measure.compress.spec import LayerStep, parse_term_list
 from measure.evaluation.perplexity import PerplexityResult
 from measure.evaluation.residual import ResidualStreamEvaluator
-from measure.removal.answer import RD_SERIES
+from measure.removal.answer import RD_SERIES, WIDTH_FAMILY
 from measure.removal.equal_size import DecoderSizes, bracketing_widths, mask_convention, row_mix
 from measure.removal.views import TermWeights, ViewMeter, layer_view_errors, splice_rows
-from theory.accounting import sparse_bits_per_weight
+from theory.accounting import removal_bits_per_weight, sparse_bits_per_weight
 from theory.rate_distortion import layer_spectrum, rd_relative_error
 from theory.sqnr import relative_error_db
 
@@ -160,6 +165,51 @@ def measure_pruner(meter: ViewMeter, evaluator: ResidualStreamEvaluator | None, 
             bits = sparse_bits_per_weight(float(step.params["sparsity"]), mask_convention(name))
             points.add(pruner, "pruning", step.text, bits, errors, result, mask_convention=name)
         log(f"{step.text} measured ({clock})")
+
+
+def width_series(option: str) -> str:
+    """The curve a width pruning option belongs to: ``shrink_mlp``, ``shrink_heads`` or ``shrink_mlp+heads``, with
+    ``_norefit`` when the consumers keep their columns and ``_<score>`` for a score other than the output error."""
+    settings = ShrinkSettings(**parse_shrink_term(tuple(option.split(":"))))
+    parts = [name for name in ("mlp", "heads") if getattr(settings, name)]
+    suffix = ("" if settings.refit else "_norefit") + ("" if settings.score == "output" else f"_{settings.score}")
+    return f"shrink_{'+'.join(parts)}{suffix}"
+
+
+def width_term(meter: ViewMeter, option: str) -> tuple[TermWeights, float]:
+    """Structured width pruning ``shrink:<option>`` as same-shape weights of every covered layer
+    (:func:`measure.compress.shrink.shrink.zeroed_weights`: the removed rows of gate / up (q, k, v) and columns of
+    down (o) zeroed, the kept columns refit; functionally the physically shrunk model), chosen on the meter's
+    original Grams, with each layer's relative output error tr(ΔW H ΔWᵀ) / tr(W H Wᵀ) (a zeroed producer row
+    counts its whole output energy; the product runs in float32 over the changed rows, as in
+    :func:`measure.removal.views.ViewMeter.compress`); and the removed fraction f of the decoder parameters."""
+    grams = {ref.name: meter.captured.gram_for(ref.name).to_numpy() for ref in meter.refs}
+    plan = plan_shrink(meter.arch.model, (), ShrinkSettings(**parse_shrink_term(tuple(option.split(":")))), grams)
+    zeroed = zeroed_weights(plan)
+    weights, relative = [], []
+    for ref, energy in zip(meter.refs, meter.layers["output_energy"], strict=True):
+        weight = ref.weight().detach()
+        replaced = zeroed.get(ref.name, weight)
+        change = (replaced - weight).float()
+        change = change[change.abs().sum(dim=1) > 0]
+        error = quadratic_trace(change, meter.captured.gram_for(ref.name).gram.float()) if len(change) else 0.0
+        weights.append(replaced)
+        relative.append(max(error, 0.0) / energy)
+    return TermWeights(weights, np.array(relative)), plan.removed_fraction
+
+
+def measure_width(meter: ViewMeter, evaluator: ResidualStreamEvaluator | None, points: StudyPoints, option: str,
+                  log: Callable[[str], None]) -> None:  # fmt: skip
+    """Points of structured width pruning ``shrink:<option>`` (:func:`width_term`) in every view, at its size:
+    the removed fraction f of the decoder parameters gives b(f) = 16(1 − f) bits per decoder parameter, counted
+    like block removal (no mask: the model is smaller)."""
+    clock = StepClock()
+    term, fraction = clock(width_term, meter, option)
+    linear_bits = points.sizes.linear_bits(removal_bits_per_weight(fraction))
+    local = clock(meter.local_errors, term)
+    points.add(width_series(option), WIDTH_FAMILY, f"shrink:{option}", linear_bits, local,
+               clock(_evaluate, meter, term.weights, evaluator), removed_fraction=fraction)  # fmt: skip
+    log(f"shrink:{option} measured ({clock})")
 
 
 def measure_reference(meter: ViewMeter, points: StudyPoints, linear_bits: Sequence[float]) -> pd.DataFrame:

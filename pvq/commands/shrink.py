@@ -28,7 +28,11 @@ HELP = "Structured width pruning: remove MLP channels and attention heads, save 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=DEFAULT_MODEL, help=f"name, folder or .gguf (default {DEFAULT_MODEL})")
-    parser.add_argument("--mlp", type=float, default=0.0, help="fraction of each MLP's channels removed, [0, 1)")
+    parser.add_argument(
+        "--mlp", type=mlp_fractions, default=0.0,
+        help="fraction of each MLP's channels removed, in [0, 1); or one fraction per block, comma-separated "
+        "(per-block widths: saved only where the family's config holds per-block widths)",
+    )  # fmt: skip
     parser.add_argument(
         "--heads", type=float, default=0.0,
         help="fraction removed, in [0, 1): of the KV groups (with their query heads), or with --head-unit query "
@@ -44,14 +48,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_device_arguments(parser)
 
 
+def mlp_fractions(text: str) -> float | tuple[float, ...]:
+    """``--mlp``: one fraction, or a comma-separated fraction per block."""
+    try:
+        values = tuple(float(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a fraction or comma-separated fractions, got {text!r}") from None
+    return values[0] if len(values) == 1 else values
+
+
 def run(args: argparse.Namespace) -> int:
     import pandas as pd
-
 
     settings = ShrinkSettings(mlp=args.mlp, heads=args.heads, score=args.score, refit=not args.no_refit,
                               head_unit=args.head_unit)  # fmt: skip
     check_settings(settings)
-    if settings.mlp == 0 and settings.heads == 0:
+    if not any(settings.mlp if isinstance(settings.mlp, tuple) else (settings.mlp,)) and settings.heads == 0:
         raise PvqError("nothing to remove: give --mlp F and/or --heads F with F in (0, 1)")
     place = placement(args, "full")
     loaded = load_placed(args.model, place)

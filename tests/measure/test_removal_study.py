@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 
 import numpy as np
@@ -11,7 +12,11 @@ import pytest
 import torch
 from tiny_models import tiny_model, tiny_tokenizer
 
+from measure.capture.blocks import BlockInputs, record_block_inputs, run_block
+from measure.capture.statistics import capture
 from measure.compress.remove import remove_blocks, sublayer_removed
+from measure.compress.shrink.shrink import ShrinkSettings, plan_shrink, shrink_model, zeroed_weights
+from measure.compress.shrink.term import parse_shrink_term
 from measure.evaluation.perplexity import evaluate_perplexity, make_windows
 from measure.evaluation.residual import ResidualStreamEvaluator, first_windows
 from measure.models.architecture import describe
@@ -101,6 +106,7 @@ def test_first_windows_keeps_a_consistent_protocol() -> None:
 TINY_SETTINGS = StudySettings(
     max_removed=2, probe_windows=1, batch_size=2, groups=("g128", "channel"), pruners=("sparsegpt",),
     quantizer_bits={"rtn": (2, 3, 4, 8, 11, 12, 13, 14, 15, 16), "gptq": (2, 4, 7, 8)}, workers=1,
+    widths=("mlp=0.25", "mlp=0.5:heads=0.5:norefit"),
 )  # fmt: skip
 
 
@@ -186,11 +192,71 @@ def test_layer_view_of_removal_equals_its_parameter_share_whichever_blocks_go(ti
     ({"quantizer_bits": {"rtn": (1, 4), "gptq": (4,)}}, "bits must be an integer in 2..16"),
     ({"quantizer_bits": {"rtn": (4, 17), "gptq": (4,)}}, "bits must be an integer in 2..16"),
     ({"max_removed": 4}, "max_removed must lie in 1..3"),
+    ({"widths": ("mlp=1.5",)}, "fraction removed"),
+    ({"widths": ("depth=0.5",)}, "unknown shrink token 'depth=0.5'"),
 ])
 def test_bad_study_settings_are_one_clear_error_each(change: dict, message: str) -> None:
     settings = StudySettings(**{**TINY_SETTINGS.__dict__, **change})
     with pytest.raises(PvqError, match=message):
         check_settings(settings, blocks=4)
+
+
+def test_width_pruning_points_are_the_physically_shrunk_model_in_every_view(tiny_study) -> None:
+    study = tiny_study[0]
+    points, layers = study.tables["points"], study.tables["layers"]
+    model = tiny_model("llama", num_hidden_layers=4)
+    arch = describe(model)
+    batches = list(torch.cat(_batches()).split(TINY_SETTINGS.batch_size))
+    inputs = record_block_inputs(model, arch, batches)
+    states = [inputs.hidden]
+    for block in arch.blocks:
+        states.append(run_block(arch, block.index, BlockInputs(states[-1], inputs.kwargs)))
+    update = sum(float((y - x).pow(2).sum()) for xs, ys in itertools.pairwise(states)
+                 for x, y in zip(xs, ys, strict=True))  # fmt: skip
+    for option, series in (("mlp=0.25", "shrink_mlp"), ("mlp=0.5:heads=0.5:norefit", "shrink_mlp+heads_norefit")):
+        rows = points[points["term"] == f"shrink:{option}"].set_index("view")
+        assert set(rows.index) == set(TINY_SETTINGS.views) and set(rows["series"]) == {series}
+        assert set(rows["family"]) == {"width"}
+        settings = ShrinkSettings(**parse_shrink_term(tuple(option.split(":"))))
+        shrunk = shrink_model(tiny_model("llama", num_hidden_layers=4), _batches(), settings)
+        assert rows["bits_per_weight"].iloc[0] == pytest.approx(16 * (1 - shrunk.removed_fraction), rel=1e-12)
+        assert rows["removed_fraction"].iloc[0] == pytest.approx(shrunk.removed_fraction, rel=1e-12)
+        small = describe(shrunk.model)
+        error = sum(float((run_block(small, i, BlockInputs(states[i], inputs.kwargs))[k] - y).pow(2).sum())
+                    for i in range(4) for k, y in enumerate(states[i + 1]))  # fmt: skip
+        assert rows.loc["block", "error"] == pytest.approx(error / update, rel=1e-4)
+        direct = evaluate_perplexity(shrunk.model, _windows(2), reference=model)
+        assert rows.loc["end_to_end", "perplexity"] == pytest.approx(direct.perplexity, rel=1e-5)
+        assert rows.loc["end_to_end", "error"] == pytest.approx(direct.kl_to_reference_nats, rel=1e-3, abs=1e-7)
+        consumers = shrunk.units.set_index("unit")
+        down = consumers.loc[[f"model.layers.{b}.mlp" for b in range(4)]]
+        expected = (down["refit_error"] if settings.refit else down["unrefit_error"]) / down["signal"]
+        per_layer = _width_layer_errors(model, option)
+        for block, value in enumerate(expected):
+            assert per_layer[f"model.layers.{block}.mlp.down_proj"] == pytest.approx(value, rel=1e-4)
+        assert rows.loc["layer_parameters", "error"] == pytest.approx(
+            (layers["layer"].map(per_layer) * layers["parameters"]).sum() / layers["parameters"].sum(), rel=1e-5)
+    answer_columns = " ".join(study.tables["answer"].columns)
+    assert "shrink" not in answer_columns
+    end_to_end = study.tables["end_to_end"]
+    methods = set(end_to_end.loc[end_to_end["family"] == "width", "method"])
+    assert methods == {"shrink_mlp", "shrink_mlp+heads_norefit"}
+
+
+def _width_layer_errors(model: torch.nn.Module, option: str) -> dict[str, float]:
+    """Per layer tr(ΔW H ΔWᵀ) / tr(W H Wᵀ) of the study's width term, from a fresh capture of the study batches."""
+    arch = describe(model)
+    captured = capture(model, _batches(), arch=arch)
+    settings = ShrinkSettings(**parse_shrink_term(tuple(option.split(":"))))
+    grams = {ref.name: captured.gram_for(ref.name).to_numpy() for ref in arch.linears}
+    zeroed = zeroed_weights(plan_shrink(model, (), settings, grams))
+    errors = {}
+    for ref in arch.linears:
+        weight = ref.weight().double()
+        gram = captured.gram_for(ref.name).gram
+        change = zeroed.get(ref.name, ref.weight()).double() - weight
+        errors[ref.name] = float(torch.trace(change @ gram @ change.T) / torch.trace(weight @ gram @ weight.T))
+    return errors
 
 
 @pytest.fixture

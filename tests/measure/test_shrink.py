@@ -8,7 +8,14 @@ import pytest
 import torch
 from tiny_models import TINY_FAMILIES, linear_inputs, tiny_model
 
-from measure.compress.shrink.shrink import RECORD_FILE, ShrinkSettings, save_shrunk, shrink_model
+from measure.compress.shrink.shrink import (
+    RECORD_FILE,
+    ShrinkSettings,
+    plan_shrink,
+    save_shrunk,
+    shrink_model,
+    zeroed_weights,
+)
 from measure.compress.shrink.units import channel_units, head_units
 from measure.models.architecture import describe, parameter_counts
 from theory.errors import PvqError
@@ -164,3 +171,78 @@ def _zero_columns(ref, columns: list[int]) -> None:
     weight = ref.weight().clone()
     weight[:, columns] = 0
     ref.set_weight(weight)
+
+
+def _hidden_states(model: torch.nn.Module, ids: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    with torch.no_grad():
+        output = model(ids, use_cache=False, output_hidden_states=True)
+    return (*output.hidden_states, output.logits)
+
+
+@pytest.mark.parametrize(
+    ("family", "head_unit", "refit"),
+    [("llama", "kv", True), ("llama", "query", False), ("qwen2", "kv", True), ("gemma3", "kv", False),
+     ("olmo2", "kv", True), ("phi", "kv", True), ("gpt2", "kv", True), ("mixtral", "kv", True),
+     ("gpt_oss", "kv", False)],
+)  # fmt: skip
+def test_zeroed_same_shape_weights_give_every_block_output_of_the_physically_shrunk_model(
+    family: str, head_unit: str, refit: bool
+) -> None:
+    heads = 0.0 if family in HEADS_INEXPRESSIBLE | {"olmo2"} else 0.5
+    settings = ShrinkSettings(mlp=0.25, heads=heads, refit=refit, head_unit=head_unit)
+    model = tiny_model(family)
+    before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    plan = plan_shrink(model, _batches(), settings)
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, before[name]), f"plan_shrink changed {name}"
+    zeroed = zeroed_weights(plan)
+    assert {ref.name for ref, _, _ in plan.kept_features} == set(zeroed)
+    for ref, _, _ in plan.kept_features:
+        assert zeroed[ref.name].shape == ref.weight().shape
+        ref.set_weight(zeroed[ref.name])
+    shrunk = shrink_model(tiny_model(family), _batches(), settings)
+    assert shrunk.kept == plan.kept and shrunk.removed_parameters == plan.removed_parameters
+    ids = _batches()[0]
+    for same_shape, physical in zip(_hidden_states(model, ids), _hidden_states(shrunk.model, ids), strict=True):
+        torch.testing.assert_close(same_shape, physical, rtol=1e-5, atol=1e-5)
+
+
+def test_zeroed_weights_zero_exactly_the_removed_rows_and_columns_and_keep_the_refit() -> None:
+    model = tiny_model("llama")
+    plan = plan_shrink(model, _batches(), ShrinkSettings(mlp=0.25, heads=0.5))
+    zeroed = zeroed_weights(plan)
+    arch = describe(model)
+    for unit in channel_units(arch):
+        gone = [c for c in range(unit.width) if c not in plan.kept[unit.name]]
+        assert len(gone) == round(0.25 * unit.width)
+        for ref in unit.producers:
+            assert zeroed[ref.name][gone].abs().sum() == 0
+            kept = plan.kept[unit.name]
+            torch.testing.assert_close(zeroed[ref.name][kept], ref.weight()[kept], rtol=0, atol=0)
+        consumer = zeroed[unit.consumer.name]
+        assert consumer[:, gone].abs().sum() == 0
+        torch.testing.assert_close(consumer, plan.consumer_weights[unit.consumer.name].float(), rtol=0, atol=0)
+    for unit in head_units(arch):
+        gone_kv = [k for k in range(unit.kv_heads) if k * unit.group_size not in plan.kept[unit.name]]
+        assert len(gone_kv) == 1
+        rows = [k * unit.head_dim + i for k in gone_kv for i in range(unit.head_dim)]
+        assert zeroed[unit.k.name][rows].abs().sum() == 0 and zeroed[unit.v.name][rows].abs().sum() == 0
+
+
+def test_per_block_widths_a_config_cannot_hold_are_one_error_naming_the_family_and_the_uniform_mode() -> None:
+    model = tiny_model("llama")
+    with pytest.raises(PvqError, match=r"llama config holds one mlp width.*uniform mode"):
+        plan_shrink(model, _batches(), ShrinkSettings(mlp=(0.25, 0.5)))
+    with pytest.raises(PvqError, match="one fraction per block: the model has 2 blocks, got 3"):
+        plan_shrink(model, _batches(), ShrinkSettings(mlp=(0.25, 0.5, 0.5)))
+    with pytest.raises(PvqError, match="fraction removed"):
+        plan_shrink(model, _batches(), ShrinkSettings(mlp=(0.25, 1.5)))
+    uniform = shrink_model(model, _batches(), ShrinkSettings(mlp=(0.25, 0.25)))
+    assert uniform.config_changes == {"intermediate_size": 48}
+
+
+def test_heads_under_a_norm_over_the_whole_projection_have_no_same_shape_form() -> None:
+    plan = plan_shrink(tiny_model("olmo2"), _batches(), ShrinkSettings(heads=0.5))
+    with pytest.raises(PvqError, match=r"olmo2 attention normalizes q or k over all heads .*q_norm"):
+        zeroed_weights(plan)
+    assert set(zeroed_weights(plan_shrink(tiny_model("olmo2"), _batches(), ShrinkSettings(mlp=0.5))))

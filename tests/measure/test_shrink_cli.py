@@ -28,6 +28,10 @@ def test_pvq_shrink_writes_a_model_plain_transformers_loads_with_fewer_channels_
                  *CALIBRATION]) == 0  # fmt: skip
     config = AutoModelForCausalLM.from_pretrained(out).config
     assert (config.intermediate_size, config.num_attention_heads, config.num_key_value_heads) == (48, 2, 1)
+    per_block = tmp_path / "per_block"
+    assert main(["shrink", "--model", str(tiny_folder), "--mlp", "0.25,0.25", "--out", str(per_block),
+                 *CALIBRATION]) == 0  # fmt: skip
+    assert AutoModelForCausalLM.from_pretrained(per_block).config.intermediate_size == 48
 
 
 @pytest.mark.parametrize(
@@ -38,6 +42,8 @@ def test_pvq_shrink_writes_a_model_plain_transformers_loads_with_fewer_channels_
         (["--heads", "0.9"], "leaves none"),
         (["--mlp", "0"], "nothing to remove"),
         (["--mlp", "0.5", "--score", "nope"], "unknown score 'nope'"),
+        (["--mlp", "0.25,0.5"], r"llama config holds one mlp width \(intermediate_size\).*the uniform mode"),
+        (["--mlp", "0.25,0.25,0.5"], "one fraction per block: the model has 2 blocks, got 3"),
     ],
 )
 def test_bad_input_is_one_clear_error_and_writes_nothing(tiny_folder, tmp_path, capsys, arguments, message):
@@ -45,6 +51,15 @@ def test_bad_input_is_one_clear_error_and_writes_nothing(tiny_folder, tmp_path, 
     assert main(["shrink", "--model", str(tiny_folder), *arguments, "--out", str(out), *CALIBRATION]) == 2
     assert re.search(message, capsys.readouterr().err)
     assert not out.exists() and [p.name for p in tmp_path.iterdir()] == ["tiny"]
+
+
+def test_an_unreadable_mlp_list_is_an_argument_error_and_writes_nothing(tiny_folder, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_status:
+        main(["shrink", "--model", str(tiny_folder), "--mlp", "0.25,x", "--out", str(tmp_path / "s"),
+              *CALIBRATION])
+    assert exit_status.value.code == 2
+    assert "a fraction or comma-separated fractions, got '0.25,x'" in capsys.readouterr().err
+    assert [p.name for p in tmp_path.iterdir()] == ["tiny"]
 
 
 def test_heads_of_a_fused_qkv_family_are_refused_and_nothing_is_written(tmp_path, capsys, monkeypatch):

@@ -47,10 +47,16 @@ def _fused_rows(ref: LinearRef, keep: torch.Tensor, width: int) -> torch.Tensor:
     return torch.cat([keep, keep + width])
 
 
+def kept_rows(ref: LinearRef, keep: torch.Tensor, width: int) -> torch.Tensor:
+    """The output rows of a producing layer that carry channels ``keep`` of a ``width``-channel unit (both halves
+    of a fused gate_up)."""
+    fused = ref.parameter_name.endswith("gate_up_proj") or ref.role.endswith("gate_up")
+    return _fused_rows(ref, keep, width) if fused else keep
+
+
 def row_cuts(ref: LinearRef, keep: torch.Tensor, width: int) -> list[Cut]:
     """Cuts keeping output rows ``keep`` (channels of a ``width``-channel unit) of a producing layer."""
-    rows = _fused_rows(ref, keep, width) if ref.parameter_name.endswith("gate_up_proj") or ref.role.endswith(
-        "gate_up") else keep  # fmt: skip
+    rows = kept_rows(ref, keep, width)
     if ref.stacked:
         dim = 1 if getattr(ref.module, "is_transposed", False) else 0
         cuts = [Cut(ref.parameter_name, dim, rows, ref.expert_index)]
@@ -126,7 +132,7 @@ def check_shapes(model: nn.Module, config: object, state: dict[str, torch.Tensor
     try:
         with torch.device("meta"):
             fresh = type(model)(copy.deepcopy(config))
-    except (ValueError, AssertionError) as error:
+    except (ValueError, AssertionError, TypeError) as error:
         raise PvqError(f"the {family} config cannot describe the shrunk widths ({error}); {hint}") from None
     expected = {name: tuple(t.shape) for name, t in fresh.state_dict().items()}
     actual = {name: tuple(t.shape) for name, t in state.items()}

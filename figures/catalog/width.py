@@ -1,0 +1,100 @@
+"""Structured width pruning at equal size with BI block removal and SparseGPT: the ``width_pruning`` table.
+
+The experiment runs :func:`measure.removal.width.width_comparison_table` on the default model: 10, 25 and 50 % of
+every MLP's channels and 1 and 2 of its 3 KV groups (each with its 3 query heads: the GQA structure survives),
+each with and without the consumers' refit, beside BI removal of the nearest size and SparseGPT of exactly the
+same size (free mask). Its selections and SparseGPT runs take longer than the ``make figures`` budget on 2 CPU
+cores, so the table is opt-in: ``pvq figures --only width_pruning`` or
+``pvq run pvq/scale/experiment_files/width_pruning.toml --executor local``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from pandas.io.formats.style import Styler
+
+from figures.catalog.models import calibration, describe_protocol, evaluation_windows, original_capture
+from figures.experiments import ExperimentContext, experiment
+from figures.registry import Tables, escape_tex, table
+from figures.style import thesis_table
+from measure.removal.width import COLUMNS, width_comparison_table
+
+SECTION = "Structured width pruning"
+WIDTH = "width_pruning"
+OPTIONS = ("mlp=0.1", "mlp=0.25", "mlp=0.5", "heads=0.34", "heads=0.67")
+"""10, 25, 50 % of the MLP channels; 1 and 2 of 3 KV groups (round(0.34·3) = 1, round(0.67·3) = 2)."""
+WIDTH_CALIBRATION = {"sequences": 16, "sequence_length": 512, "batch_size": 4, "mode": "parallel"}
+WIDTH_EVALUATION = {"window": 512, "max_windows": 8}
+"""The protocol cut to fit about 20 minutes on 2 CPU cores: 16 calibration windows of 512 tokens (8192 tokens) and
+the first 8 evaluation windows of 512 tokens (4096 held-out tokens); ``pvq eval`` by default calibrates on 128
+windows and scores every window."""
+
+
+def synthetic_width(rng: np.random.Generator) -> pd.DataFrame:
+    """A small stand-in for :func:`width_pruning` (same columns, made-up values)."""
+    rows = []
+    for option, fraction in (("mlp=0.25", 0.19), ("heads=0.34", 0.08)):
+        series, bits = f"shrink_{option.split('=')[0]}", 16 * (1 - fraction)
+        kl = rng.uniform(0.1, 0.6, 4)
+        rows += [
+            (series, f"shrink:{option}", option, True, fraction, bits, 0.0, np.nan, kl[0]),
+            (f"{series}_norefit", f"shrink:{option}:norefit", option, False, fraction, bits, 0.0, np.nan, kl[1]),
+            ("remove:bi", "remove:blocks=3,4", option, None, fraction + 0.01, bits - 0.16, -0.16, np.nan, kl[2]),
+            ("sparsegpt", "sparsegpt:0.25", option, None, fraction, bits, 0.0, fraction * 1.1, kl[3]),
+        ]  # fmt: skip
+    frame = pd.DataFrame(rows, columns=[*COLUMNS[:8], "kl_to_reference_nats"])
+    return frame.assign(perplexity=20.0 * np.exp(frame["kl_to_reference_nats"]), base_perplexity=20.0)[COLUMNS]
+
+
+@experiment(WIDTH, needs_model=True, synthetic=synthetic_width,
+            config={"options": list(OPTIONS), "calibration": WIDTH_CALIBRATION, "evaluation": WIDTH_EVALUATION})
+def width_pruning(config: Mapping[str, Any], context: ExperimentContext) -> pd.DataFrame:
+    """:func:`measure.removal.width.width_comparison_table` on the loaded model with ``config``'s options."""
+    loaded = context.model
+    batches = calibration(loaded, config["calibration"])
+    windows = evaluation_windows(loaded, config["evaluation"])
+    captured = original_capture(loaded, batches, config["calibration"])
+    return width_comparison_table(loaded.model, batches, windows, config["options"], captured,
+                                  config["calibration"]["batch_size"], log=context.step)  # fmt: skip
+
+
+METHOD_NAMES = {"remove:bi": "BI removal", "sparsegpt": "SparseGPT (free mask)"}
+
+
+def width_display(frame: pd.DataFrame) -> pd.DataFrame:
+    """Rows of the ``width_pruning`` table: per option, the shrink with and without refit, then its equal-size
+    comparisons."""
+    def name(row: pd.Series) -> str:
+        if row["method"].startswith("shrink"):
+            return f"{row['spec'].removeprefix('shrink:').replace(':norefit', '')}, " + (
+                "refit" if row["refit"] else "no refit")
+        return METHOD_NAMES.get(row["method"], row["method"])
+
+    return frame.assign(variant=frame.apply(name, axis=1), gap=frame["size_gap_bits"].where(
+        frame["size_gap_bits"] != 0))  # fmt: skip
+
+
+def _caption(tables: Tables, facts: Mapping[str, Any]) -> str:
+    base = float(tables[WIDTH]["base_perplexity"].iloc[0])
+    return (
+        "Structured width pruning against BI block removal and SparseGPT at equal size, end to end: perplexity "
+        "and KL to the original (nats/token). mlp=$F$: the fraction $F$ of every MLP's channels removed; "
+        "heads=$F$: round$(3F)$ of the 3 KV groups of every attention, each with its query heads; refit: the "
+        "consumers' kept columns refit by least squares. Size $b$ in bits per decoder parameter, $16(1-f)$ for a "
+        "removed fraction $f$ of the decoder (no mask: the model is smaller); BI removal of the nearest size "
+        "(gap: its size minus the shrink's), SparseGPT at exactly the same size with a free mask. Original "
+        f"perplexity {base:.2f}. {escape_tex(facts['model_id'])}; {describe_protocol(facts['protocol'][WIDTH])}."
+    )
+
+
+@table(WIDTH, needs=(WIDTH,), caption=_caption, section=SECTION, default=False)
+def width_pruning_table(tables: Tables) -> Styler:
+    """One row per variant: size, size gap, sparsity, PPL and KL."""
+    shown = width_display(tables[WIDTH])
+    labels = {"variant": "Variant", "bits_per_weight": "$b$", "gap": "Gap", "sparsity": "$s$",
+              "perplexity": "PPL", "kl_to_reference_nats": "KL"}  # fmt: skip
+    return thesis_table(shown, labels, precision=3)
