@@ -68,7 +68,7 @@ def measure_menu(
     sensitivities = {"energy": energy_sensitivity(ledger)}
     probes = None
     if evaluator is not None:
-        probes = kl_sensitivity(model, evaluator, captured, layers, log=log)
+        probes = kl_sensitivity(model, evaluator, captured, layers, log=log, workers=workers)
         sensitivities["kl"] = probes.set_index("layer")["sensitivity"]
     removal = {}
     if any(option.removes_block for option in options):

@@ -7,6 +7,7 @@ import copy
 import math
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -319,3 +320,17 @@ def test_installing_the_kept_weights_is_applying_the_allocation_spec() -> None:
             describe(model).linears, describe(tiny_model("llama", num_hidden_layers=4)).linears, strict=True
         )
     )
+
+
+def test_forked_probes_agree_with_probes_in_one_process() -> None:
+    model = tiny_model("llama")
+    batches = _batches()
+    captured = capture(model, batches)
+    evaluator = ResidualStreamEvaluator(model, windows_of(text_ids(), 32))
+    alone = kl_sensitivity(model, evaluator, captured, workers=1)
+    forked = kl_sensitivity(model, evaluator, captured, workers=2)
+    assert list(alone["layer"]) == list(forked["layer"]) and len(alone) == len(describe(model).linears)
+    for column in ("probe_relative_error", "probe_kl_nats", "sensitivity"):
+        assert np.allclose(alone[column], forked[column], rtol=1e-5, atol=0.0)
+    fresh = describe(tiny_model("llama")).linears
+    assert all(torch.equal(a.weight(), b.weight()) for a, b in zip(describe(model).linears, fresh, strict=True))
