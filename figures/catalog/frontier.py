@@ -87,7 +87,7 @@ def compression_frontier(config: Mapping[str, Any], context: ExperimentContext) 
     for spec in config["specs"]:
         with restored(loaded.model):
             report = apply_spec(loaded.model, spec, batches, calibration=config["calibration"]["mode"],
-                                captured=captured)  # fmt: skip
+                                captured=captured, workers=None)  # fmt: skip
             result = evaluator.evaluate(start=0)
         rows.append({
             "spec": spec, "method": spec_method(spec), "family": spec_family(spec),

@@ -154,7 +154,8 @@ def _variant_metrics(loaded: Any, spec: str, batches: list, windows: Any, tasks:
     model, reference, bits = loaded.model, None, 16.0 * parameters
     if spec:
         model, reference = copy.deepcopy(loaded.model), loaded.model
-        bits = apply_spec(model, spec, batches, calibration=calibration_mode, captured=captured).size["bits"]
+        bits = apply_spec(model, spec, batches, calibration=calibration_mode, captured=captured,
+                          workers=None).size["bits"]  # fmt: skip
     result = evaluate_perplexity(model, windows, reference)
     common = {"spec": spec, "bits_per_weight": bits / parameters, "size_mb": bits / BITS_PER_MB,
               "perplexity": result.perplexity, "kl_to_reference_nats": result.kl_to_reference_nats}  # fmt: skip

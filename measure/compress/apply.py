@@ -16,6 +16,7 @@ import math
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import pandas as pd
@@ -27,6 +28,7 @@ from measure.capture.experts import ExpertCapture
 from measure.capture.gram import GramAccumulator
 from measure.capture.statistics import Capture, register_gram_hooks
 from measure.compress.methods.metrics import output_error
+from measure.compress.parallel import fork_map
 from measure.compress.spec import CALIBRATIONS, LayerStep, ModelStep, Spec, parse_spec
 from measure.models.architecture import Architecture, Block, LinearRef, describe
 from theory.accounting import BASE_BITS, PAPER_CONVENTION, Convention
@@ -72,6 +74,7 @@ def apply_spec(
     device: str = "cpu",
     expert_route: str = "routed",
     captured: Capture | None = None,
+    workers: int | None = 1,
 ) -> CompressionReport:
     """Compress ``model`` in place as ``spec`` says (see the module docstring for the order of work).
 
@@ -82,7 +85,9 @@ def apply_spec(
     ``captured``: Grams of the *unmodified* model on the same ``batches`` (e.g. a ledger's capture). With
     ``calibration="parallel"`` the first layer pass reads them instead of running the model again (the Grams
     it would capture are the same: original inputs); later passes, passes after a model step (``remove``) and
-    passes over routed experts capture as usual.
+    passes over routed experts capture as usual. ``workers``: forked single-threaded processes sharing the layers
+    of such a pass on ``captured`` Grams (None: one per core; the layers are independent there, and GPTQ's and
+    SparseGPT's column sweeps run no faster with more threads; :func:`measure.compress.parallel.fork_map`).
     """
     spec = parse_spec(spec) if isinstance(spec, str) else spec
     choose("calibration", calibration, CALIBRATIONS)
@@ -98,7 +103,7 @@ def apply_spec(
             model_steps.append({"term": stage.text, **fields})
             captured = None
             continue
-        layer_pass = _LayerPass(describe(model), stage, calibration, device, expert_route)
+        layer_pass = _LayerPass(describe(model), stage, calibration, device, expert_route, workers)
         rows += layer_pass.run(batches, captured if calibration == "parallel" else None)
         captured = None
         empty += layer_pass.experts_without_tokens
@@ -130,6 +135,7 @@ class _LayerPass:
     calibration: str
     device: str
     expert_route: str
+    workers: int | None = 1
     tokens: int = 0
     experts_without_tokens: list[str] = field(default_factory=list)
 
@@ -150,7 +156,10 @@ class _LayerPass:
         self.tokens = sum(batch.numel() for batch in batches)
         if captured is not None and all(ref.expert_index is None for ref, _ in flat):
             captured.check_reusable([ref for ref, _ in flat], self.tokens)
-            return [self.compress(ref, step, captured.grams, None) for ref, step in flat]
+            results = fork_map(partial(compressed_layer, grams=captured.grams, experts=None), flat, self.workers)
+            for (ref, _), (weight_hat, _) in zip(flat, results, strict=True):
+                ref.set_weight(weight_hat)
+            return [row for _, row in results]
         inputs = record_block_inputs(self.arch.model, self.arch, batches)
         rows = []
         for block, block_targets in zip(self.arch.blocks, targets, strict=True):
@@ -177,31 +186,42 @@ class _LayerPass:
         grams: dict[str, GramAccumulator] | None,
         experts: ExpertCapture | None,
     ) -> dict[str, Any]:
-        gram = None if grams is None else layer_gram(ref, grams, experts, step.wants_router_weighted_gram())
-        if gram is not None and step.method.needs_gram and gram.tokens == 0:
-            raise PvqError(
-                f"no calibration token was routed to {ref.name}, so {step.text!r} has no statistics for it; "
-                "use expert_route='all' (every expert sees every token) or more calibration data"
-            )
-        weight = method_weight(ref)
-        matrix = None if gram is None or gram.tokens == 0 else gram.gram
-        weight_hat = step.method.apply(weight, matrix if step.method.needs_gram else None, step.params)
+        weight_hat, row = compressed_layer((ref, step), grams, experts)
         ref.set_weight(weight_hat)
-        relative, sqnr = output_error(weight, weight_hat, matrix) if matrix is not None else (math.nan, math.nan)
-        return {
-            "layer": ref.name,
-            "block": ref.block_index,
-            "sublayer": ref.sublayer_kind,
-            "role": ref.role,
-            "expert": ref.expert_index,
-            "term": step.text,
-            "method": step.method.name,
-            "parameters": ref.out_features * ref.in_features,
-            "bits_per_weight": step.bits_per_weight(ref),
-            "tokens": 0 if gram is None else gram.tokens,
-            "relative_error": relative,
-            "sqnr_db": sqnr,
-        }
+        return row
+
+
+def compressed_layer(
+    target: tuple[LinearRef, LayerStep],
+    grams: Mapping[str, GramAccumulator] | None,
+    experts: ExpertCapture | None,
+) -> tuple[torch.Tensor, dict[str, Any]]:
+    """(Ŵ, report row) of one layer compressed by its step on its input Gram; the model is not changed."""
+    ref, step = target
+    gram = None if grams is None else layer_gram(ref, grams, experts, step.wants_router_weighted_gram())
+    if gram is not None and step.method.needs_gram and gram.tokens == 0:
+        raise PvqError(
+            f"no calibration token was routed to {ref.name}, so {step.text!r} has no statistics for it; "
+            "use expert_route='all' (every expert sees every token) or more calibration data"
+        )
+    weight = method_weight(ref)
+    matrix = None if gram is None or gram.tokens == 0 else gram.gram
+    weight_hat = step.method.apply(weight, matrix if step.method.needs_gram else None, step.params)
+    relative, sqnr = output_error(weight, weight_hat, matrix) if matrix is not None else (math.nan, math.nan)
+    return weight_hat, {
+        "layer": ref.name,
+        "block": ref.block_index,
+        "sublayer": ref.sublayer_kind,
+        "role": ref.role,
+        "expert": ref.expert_index,
+        "term": step.text,
+        "method": step.method.name,
+        "parameters": ref.out_features * ref.in_features,
+        "bits_per_weight": step.bits_per_weight(ref),
+        "tokens": 0 if gram is None else gram.tokens,
+        "relative_error": relative,
+        "sqnr_db": sqnr,
+    }
 
 
 def layer_gram(

@@ -250,11 +250,13 @@ def test_sequential_and_parallel_calibration_follow_their_streams() -> None:
     torch.testing.assert_close(sequential[second], method.apply(ref.weight(), compressed_gram, params))
 
 
+@pytest.mark.parametrize("workers", [1, 2])
 @pytest.mark.parametrize("spec", ["gptq:3:g16", "sparsegpt:0.5+gptq:4:g16", "remove:blocks=1+sparsegpt:0.5"])
-def test_a_given_capture_replaces_the_first_parallel_pass(spec: str) -> None:
+def test_a_given_capture_replaces_the_first_parallel_pass(spec: str, workers: int) -> None:
+    """Also with the layers shared among forked workers (same weights and rows as one process)."""
     reference, reused = tiny_model("llama", num_hidden_layers=3), tiny_model("llama", num_hidden_layers=3)
     captured = capture(reused, _batches())
-    report = apply_spec(reused, spec, _batches(), calibration="parallel", captured=captured)
+    report = apply_spec(reused, spec, _batches(), calibration="parallel", captured=captured, workers=workers)
     expected = apply_spec(reference, spec, _batches(), calibration="parallel")
     assert _weights(reused).keys() == _weights(reference).keys()
     for name, weight in _weights(reference).items():
