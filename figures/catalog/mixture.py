@@ -221,22 +221,44 @@ def split_categories(split: Mapping[str, float]) -> dict[str, float]:
     return categories
 
 
-def equal_size_quantization(tables: Tables) -> pd.DataFrame:
-    """The allocations at exactly the size of a uniform quantization option, with that option's KL."""
-    frame = comparison(tables)
-    frame = frame[frame["equal_size"]]
-    return frame[frame["uniform_spec"].map(option_kind) == "quantization"]
+PAIR_COLUMNS = ["bits_per_weight", "spec", "kind", "uniform_kl_nats", "kl_to_reference_nats"]
+
+
+def equal_size_pairs(tables: Tables) -> pd.DataFrame:
+    """One row per uniform menu option whose size some KL allocation's budget equals exactly: the size, the
+    option (``spec``, its ``kind``) and KL, and the allocation's KL (same size, same menu, same tokens)."""
+    frame = tables[MIXTURE]
+    allocations = frame[frame["sensitivity"] == "kl"]
+    rows = []
+    for uniform in frame[frame["sensitivity"] == "uniform"].itertuples():
+        same = allocations[(allocations["budget"] - uniform.bits_per_weight).abs() <= TOLERANCE]
+        if not same.empty:
+            rows.append({"bits_per_weight": float(uniform.bits_per_weight), "spec": uniform.spec,
+                         "kind": option_kind(uniform.spec), "uniform_kl_nats": float(uniform.kl_to_reference_nats),
+                         "kl_to_reference_nats": float(same["kl_to_reference_nats"].iloc[0])})  # fmt: skip
+    return pd.DataFrame(rows, columns=PAIR_COLUMNS)
+
+
+def _sizes(values: pd.Series) -> str:
+    return ", ".join(f"{b:.3f}" for b in sorted(values)) or "none"
 
 
 def _verdict(tables: Tables) -> str:
-    same = equal_size_quantization(tables)
-    if same.empty:
+    """Like with like: the allocation against each uniform quantization of exactly its size, and against every
+    uniform option of that size."""
+    pairs = equal_size_pairs(tables)
+    quantization = pairs[pairs["kind"] == "quantization"]
+    if quantization.empty:
         return "No uniform quantization of the menu was measured at an allocated size, so no verdict is drawn."
-    wins = same[same["kl_to_reference_nats"] < same["uniform_kl_nats"]]
-    listed = ", ".join(f"{b:g}" for b in wins["budget"]) or "none"
+    wins = quantization[quantization["kl_to_reference_nats"] < quantization["uniform_kl_nats"]]
+    sizes = pairs.groupby("bits_per_weight").agg(best=("uniform_kl_nats", "min"),
+                                                 kl=("kl_to_reference_nats", "first"))  # fmt: skip
+    beats_all = sizes[sizes["kl"] < sizes["best"]]
     return (
-        "At exactly the size of each uniform quantization of the menu, the optimal mixture has lower KL than "
-        f"pure quantization at {len(wins)} of {len(same)} sizes ({listed} bits per weight)."
+        "At exactly the size of each uniform quantization of the menu, the optimal mixture has lower KL than that "
+        f"quantization at {len(wins)} of {len(quantization)} sizes ({_sizes(wins['bits_per_weight'])} bits per "
+        f"weight), and lower KL than every uniform menu option of the same size at {len(beats_all)} of "
+        f"{len(sizes)} sizes ({_sizes(beats_all.index)})."
     )
 
 
