@@ -102,10 +102,10 @@ METHOD_STYLE: dict[str, MethodStyle] = {
     "remove:reverse": MethodStyle(OKABE_ITO["vermillion"], "^", "Removal (reverse)", filled=False, linestyle=":"),
     "remove:random": MethodStyle(OKABE_ITO["sky_blue"], "v", "Removal (random)", filled=False, linestyle=":"),
     # structured width pruning (measure.compress.shrink), consumers refit unless "norefit"
-    "shrink_mlp": MethodStyle(OKABE_ITO["orange"], "D", "Width: MLP"),
-    "shrink_mlp_wanda": MethodStyle(OKABE_ITO["orange"], "d", "Width: MLP (Wanda)"),
+    "shrink_mlp": MethodStyle(OKABE_ITO["black"], "D", "Width: MLP"),
+    "shrink_mlp_wanda": MethodStyle(OKABE_ITO["black"], "d", "Width: MLP (Wanda)"),
     "shrink_heads": MethodStyle(OKABE_ITO["reddish_purple"], "h", "Width: KV groups"),
-    "shrink_mlp_norefit": MethodStyle(OKABE_ITO["orange"], "8", "Width: MLP, no refit", filled=False),
+    "shrink_mlp_norefit": MethodStyle(OKABE_ITO["black"], "8", "Width: MLP, no refit", filled=False),
     "shrink_heads_norefit": MethodStyle(OKABE_ITO["reddish_purple"], "H", "Width: KV, no refit", filled=False),
 }
 FAMILY_LINESTYLE: dict[str, str] = {"quantization": "-", "pruning": "--", "removal": ":", "width": "-."}
