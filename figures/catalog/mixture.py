@@ -194,10 +194,11 @@ def prediction_check(frame: pd.DataFrame) -> tuple[float, float, int]:
 
 
 def option_kind(option: str) -> str:
-    """``keep``, or the menu option's method kind: ``quantization``, ``pruning`` or ``joint``."""
+    """``keep``, ``removal`` (whole blocks), or the menu option's method kind: ``quantization``, ``pruning`` or
+    ``joint``."""
 
     if option in (KEEP, REMOVE):
-        return "keep" if option == KEEP else "removal"
+        return KEEP if option == KEEP else "removal"
     return parse_menu(option)[0].step.method.kind
 
 
@@ -208,7 +209,7 @@ def split_categories(split: Mapping[str, float]) -> dict[str, float]:
     categories: dict[str, float] = {}
     for option, share in split.items():
         kind = option_kind(option)
-        if kind == "keep":
+        if kind == KEEP:
             name = "kept (16-bit)"
         elif kind == "removal":
             name = "removed (whole blocks)"
