@@ -26,8 +26,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
+from measure.evaluation.intervals import Interval, bootstrap_mean, token_blocks
 from theory.errors import PvqError
 
 DEFAULT_WINDOW = {"cpu": 512, "cuda": 2048}
@@ -76,14 +78,38 @@ class TokenWindows:
 
 
 @dataclass(frozen=True)
+class TokenScores:
+    """Per scored token, in scoring order (window by window): −log p(x_t), KL(p_ref ‖ p) and the reference's
+    −log p_ref(x_t) in nats, whether the two models' top tokens agree, and the window it sits in."""
+
+    nll: np.ndarray
+    window: np.ndarray
+    kl: np.ndarray | None = None
+    reference_nll: np.ndarray | None = None
+    same_top: np.ndarray | None = None
+
+    @property
+    def blocks(self) -> np.ndarray:
+        """Block-bootstrap block of every token (:func:`measure.evaluation.intervals.token_blocks`)."""
+        return token_blocks(self.window)
+
+
+KL_QUANTILES = {"kl_median": 0.5, "kl_p99": 0.99, "kl_p999": 0.999}
+"""Quantiles of the per-token KL reported beside its mean (what llama.cpp's ``perplexity --kl-divergence``
+prints)."""
+
+
+@dataclass(frozen=True)
 class PerplexityResult:
-    """Sums over the scored tokens; the reported quantities are properties derived from them."""
+    """Sums over the scored tokens; the reported quantities are properties derived from them. With ``tokens``
+    (per-token scores) every mean also gets a 95 % block-bootstrap interval (:meth:`intervals`)."""
 
     n_windows: int
     n_tokens: int
     vocab_size: int
     nll_sum_nats: float
     kl_sum_nats: float | None
+    tokens: TokenScores | None = None
 
     @property
     def cross_entropy_nats(self) -> float:
@@ -110,8 +136,40 @@ class PerplexityResult:
         """(1/t) Σ_i KL(p_ref(·|x_<i) ‖ p(·|x_<i)) in nats per token, or None without a reference."""
         return None if self.kl_sum_nats is None else self.kl_sum_nats / self.n_tokens
 
+    def intervals(self) -> dict[str, Interval]:
+        """95 % block-bootstrap intervals (:mod:`measure.evaluation.intervals`) of the per-token means: the
+        cross-entropy (nats per token), and with a reference the KL (nats per token), the same-top-token rate
+        (a fraction) and ln(PPL / PPL_ref) = mean(−log p + log p_ref) (nats per token). Empty without tokens."""
+        if self.tokens is None:
+            return {}
+        tokens, blocks = self.tokens, self.tokens.blocks
+        found = {"cross_entropy_nats": bootstrap_mean(tokens.nll, blocks)}
+        if tokens.kl is not None:
+            found["kl_to_reference_nats"] = bootstrap_mean(tokens.kl, blocks)
+        if tokens.same_top is not None:
+            found["same_top_rate"] = bootstrap_mean(tokens.same_top.astype(np.float64), blocks)
+        if tokens.reference_nll is not None:
+            found["ln_ppl_ratio"] = bootstrap_mean(tokens.nll - tokens.reference_nll, blocks)
+        return found
+
+    def interval_columns(self) -> dict[str, float]:
+        """Flat columns of :meth:`intervals`: ``<metric>`` (where not already a property), ``<metric>_ci_low``,
+        ``<metric>_ci_high``; ``perplexity_ci_low/high`` = exp of the cross-entropy's; the KL quantiles
+        (:data:`KL_QUANTILES`); and ``tokens``, the number of scored tokens."""
+        columns: dict[str, float] = {}
+        for name, interval in self.intervals().items():
+            if name in ("same_top_rate", "ln_ppl_ratio"):
+                columns[name] = interval.mean
+            columns |= {f"{name}_ci_low": interval.low, f"{name}_ci_high": interval.high}
+        if "cross_entropy_nats_ci_low" in columns:
+            columns |= {"perplexity_ci_low": math.exp(columns["cross_entropy_nats_ci_low"]),
+                        "perplexity_ci_high": math.exp(columns["cross_entropy_nats_ci_high"])}  # fmt: skip
+        if self.tokens is not None and self.tokens.kl is not None:
+            columns |= {name: float(np.quantile(self.tokens.kl, q)) for name, q in KL_QUANTILES.items()}
+        return {**columns, "tokens": self.n_tokens} if columns else {}
+
     def as_dict(self) -> dict[str, Any]:
-        """Every reported quantity by name."""
+        """Every reported quantity by name (intervals included when per-token scores are kept)."""
         return {
             "n_windows": self.n_windows,
             "n_tokens": self.n_tokens,
@@ -121,6 +179,7 @@ class PerplexityResult:
             "log_vocab_nats": self.log_vocab_nats,
             "normalized_cross_entropy": self.normalized_cross_entropy,
             "kl_to_reference_nats": self.kl_to_reference_nats,
+            **{name: value for name, value in self.interval_columns().items() if name != "tokens"},
         }
 
     def metric_rows(self) -> list[dict[str, Any]]:
@@ -261,20 +320,53 @@ def check_output_head(
         )
 
 
+def token_statistics(
+    logits: torch.Tensor, targets: torch.Tensor, reference_logits: torch.Tensor | None
+) -> dict[str, np.ndarray]:
+    """Per row of one chunk: ``nll`` = −log p(target), and with reference logits ``kl`` = KL(p_ref ‖ p) =
+    Σ_v p_ref(v) (log p_ref(v) − log p(v)) (Kullback & Leibler 1951), ``reference_nll`` = −log p_ref(target) and
+    ``same_top`` (argmax p = argmax p_ref); nats, float64."""
+    log_p = torch.log_softmax(logits, dim=-1)
+    rows = {"nll": -log_p.gather(1, targets[:, None])[:, 0].double().cpu().numpy()}
+    if reference_logits is None:
+        return rows
+    log_ref = torch.log_softmax(reference_logits, dim=-1)
+    rows["kl"] = (log_ref.exp() * (log_ref - log_p)).sum(dim=-1).double().cpu().numpy()
+    rows["reference_nll"] = -log_ref.gather(1, targets[:, None])[:, 0].double().cpu().numpy()
+    rows["same_top"] = (logits.argmax(dim=-1) == reference_logits.argmax(dim=-1)).cpu().numpy()
+    return rows
+
+
 def chunk_statistics(
     logits: torch.Tensor, targets: torch.Tensor, reference_logits: torch.Tensor | None
 ) -> tuple[float, float | None]:
-    """Σ −log p(target) and Σ KL(p_ref ‖ p) over the rows of one chunk, in nats (float64 sums).
+    """Σ −log p(target) and Σ KL(p_ref ‖ p) over the rows of one chunk, in nats (float64 sums of
+    :func:`token_statistics`)."""
+    rows = token_statistics(logits, targets, reference_logits)
+    return float(rows["nll"].sum()), None if reference_logits is None else float(rows["kl"].sum())
 
-    KL(p_ref ‖ p) = Σ_v p_ref(v) (log p_ref(v) − log p(v)) (Kullback & Leibler 1951).
-    """
-    log_p = torch.log_softmax(logits, dim=-1)
-    nll = -float(log_p.gather(1, targets[:, None]).double().sum())
-    if reference_logits is None:
-        return nll, None
-    log_ref = torch.log_softmax(reference_logits, dim=-1)
-    kl = float((log_ref.exp() * (log_ref - log_p)).double().sum())
-    return nll, kl
+
+class TokenCollector:
+    """Per-token rows of :func:`token_statistics`, chunk after chunk, into one :class:`PerplexityResult`."""
+
+    def __init__(self) -> None:
+        self.parts: dict[str, list[np.ndarray]] = {}
+
+    def add(self, rows: dict[str, np.ndarray], window: np.ndarray) -> None:
+        for name, values in {**rows, "window": window}.items():
+            self.parts.setdefault(name, []).append(values)
+
+    def result(self, n_windows: int, vocab_size: int) -> PerplexityResult:
+        joined = {name: np.concatenate(parts) for name, parts in self.parts.items()}
+        tokens = TokenScores(**joined)
+        kl = None if tokens.kl is None else float(tokens.kl.sum())
+        return PerplexityResult(n_windows=n_windows, n_tokens=int(tokens.nll.size), vocab_size=vocab_size,
+                                nll_sum_nats=float(tokens.nll.sum()), kl_sum_nats=kl, tokens=tokens)  # fmt: skip
+
+
+def scored_windows(predicts: torch.Tensor, first_window: int) -> np.ndarray:
+    """Window index of every scored row of a batch, in the row-major order of ``predicts`` (B, L − 1)."""
+    return (torch.nonzero(predicts.cpu())[:, 0] + first_window).numpy()
 
 
 def predicting_rows(model: torch.nn.Module, input_ids: torch.Tensor, predicts: torch.Tensor) -> torch.Tensor:
@@ -306,22 +398,16 @@ def evaluate_perplexity(
         check_window_fits(each, windows.input_ids.shape[1])
         check_output_head(each, head, windows.input_ids[:1, :HEAD_CHECK_TOKENS].to(each.device))
     rows_per_chunk = max(1, logits_budget_bytes // (4 * vocab_size * len(models)))
-    nll_sum, kl_sum = 0.0, 0.0
+    collector = TokenCollector()
     for start in range(0, windows.input_ids.shape[0], batch_size):
         input_ids = windows.input_ids[start:start + batch_size]
         predicts = windows.scored[start:start + batch_size, 1:]
         targets = input_ids[:, 1:][predicts].to(model.device)
+        window_of = scored_windows(predicts, start)
         rows = [predicting_rows(each, input_ids, predicts) for each in models]
         for first in range(0, targets.numel(), rows_per_chunk):
             chunk = slice(first, first + rows_per_chunk)
             logits = [head(row[chunk]).to(model.device) for head, row in zip(heads, rows, strict=True)]
-            nll, kl = chunk_statistics(logits[0], targets[chunk], logits[1] if reference is not None else None)
-            nll_sum += nll
-            kl_sum += kl or 0.0
-    return PerplexityResult(
-        n_windows=int(windows.input_ids.shape[0]),
-        n_tokens=windows.n_scored,
-        vocab_size=int(vocab_size),
-        nll_sum_nats=nll_sum,
-        kl_sum_nats=kl_sum if reference is not None else None,
-    )
+            reference_logits = logits[1] if reference is not None else None
+            collector.add(token_statistics(logits[0], targets[chunk], reference_logits), window_of[chunk])
+    return collector.result(int(windows.input_ids.shape[0]), int(vocab_size))

@@ -21,16 +21,19 @@ from measure.capture.blocks import BlockInputs, record_block_inputs, run_block
 from measure.evaluation.perplexity import (
     LOGITS_BUDGET_BYTES,
     PerplexityResult,
+    TokenCollector,
     TokenWindows,
-    chunk_statistics,
     final_hidden_states,
     output_head,
+    scored_windows,
+    token_statistics,
 )
 from measure.models.architecture import Architecture, check_block_indices, describe
 from theory.errors import PvqError
 
-REFERENCE_CACHE_BYTES = 1 << 29
-"""The reference logits are kept when they take at most this many bytes (512 MiB)."""
+REFERENCE_CACHE_BYTES = 1 << 30
+"""The reference logits are kept when they take at most this many bytes (1 GiB: 8 × 512 tokens of SmolLM2's
+|V| = 49152 take 0.8 GB; recomputing them doubles the output head's cost of every evaluation)."""
 
 
 def first_windows(windows: TokenWindows, count: int) -> TokenWindows:
@@ -47,7 +50,7 @@ class ResidualStreamEvaluator:
     """Perplexity and KL to the original model of variants equal to it before some block (module docstring).
 
     Construction runs the original once over ``windows`` and keeps the residual stream at every block boundary
-    (L + 1 tensors per window batch). The reference logits take windows·L·|V|·4 bytes (0.2 GB for 2 × 512 tokens
+    (L + 1 tensors per window batch). The reference logits take windows·L·|V|·4 bytes (0.8 GB for 8 × 512 tokens
     and |V| = 49152, 1.6 GB for 16 × 512): they are kept when that is at most :data:`REFERENCE_CACHE_BYTES`, else
     recomputed from the kept final hidden states chunk by chunk at every evaluation.
     """
@@ -58,6 +61,7 @@ class ResidualStreamEvaluator:
         self.windows = windows
         batches = list(windows.input_ids.split(batch_size))
         self.predicts = [mask[:, 1:] for mask in windows.scored.split(batch_size)]
+        self.window_of = [scored_windows(mask, k * batch_size) for k, mask in enumerate(self.predicts)]
         self.targets = [ids[:, 1:][mask] for ids, mask in zip(batches, self.predicts, strict=True)]
         self.head = output_head(model)
         with torch.no_grad():
@@ -101,27 +105,19 @@ class ResidualStreamEvaluator:
         if not 0 <= start <= first_skipped:
             raise PvqError(f"start block {start} must lie in 0..{first_skipped} (up to the first skipped block)")
         hidden = self.states[start]
-        nll, kl = 0.0, 0.0
+        collector = TokenCollector()
         with torch.no_grad():
             for index in range(start, blocks):
                 if index not in skipped:
                     hidden = run_block(self.arch, index, BlockInputs(hidden, self.kwargs))
-            batches = zip(self._rows(hidden), self.targets, self.reference, strict=True)
-            for batch, (rows, targets, reference) in enumerate(batches):
+            batches = zip(self._rows(hidden), self.targets, self.reference, self.window_of, strict=True)
+            for batch, (rows, targets, reference, window_of) in enumerate(batches):
                 for chunk, first in enumerate(range(0, len(targets), self.rows_per_chunk)):
                     part = slice(first, first + self.rows_per_chunk)
-                    logits = self.head(rows[part])
                     reference_logits = self.cached[batch][chunk] if self.cached else self.head(reference[part])
-                    part_nll, part_kl = chunk_statistics(logits, targets[part], reference_logits)
-                    nll += part_nll
-                    kl += part_kl
-        return PerplexityResult(
-            n_windows=int(self.windows.input_ids.shape[0]),
-            n_tokens=self.windows.n_scored,
-            vocab_size=self.vocab_size,
-            nll_sum_nats=nll,
-            kl_sum_nats=kl,
-        )
+                    collector.add(token_statistics(self.head(rows[part]), targets[part], reference_logits),
+                                  window_of[part])  # fmt: skip
+        return collector.result(int(self.windows.input_ids.shape[0]), self.vocab_size)
 
 
 @contextlib.contextmanager

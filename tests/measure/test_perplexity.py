@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -222,3 +223,44 @@ def test_compressed_variant_is_built_lazily_cached_and_compared_to_its_reference
     plain, _ = cached_perplexity(cache, ModelVariant(loaded), windows)
     assert "kl_to_reference_nats" not in {row["metric"] for row in plain}
     assert plain[0]["cache_key"] != rows[0]["cache_key"]
+
+
+def test_per_token_scores_match_full_logits_and_carry_llama_cpp_statistics() -> None:
+    model, other, ids = tiny_llama(0), tiny_llama(1), text_ids()
+    windows = windows_of(ids, 16, None)
+    result = evaluate_perplexity(model, windows, reference=other, logits_budget_bytes=4 * VOCAB * 7)
+    with torch.no_grad():
+        logits = model(windows.input_ids).logits[:, :-1][windows.scored[:, 1:]]
+        reference = other(windows.input_ids).logits[:, :-1][windows.scored[:, 1:]]
+    targets = windows.input_ids[:, 1:][windows.scored[:, 1:]]
+    nll = torch.nn.functional.cross_entropy(logits, targets, reduction="none")
+    reference_nll = torch.nn.functional.cross_entropy(reference, targets, reduction="none")
+    tokens = result.tokens
+    assert tokens is not None and len(tokens.nll) == windows.n_scored
+    assert tokens.nll == pytest.approx(nll.numpy(), rel=1e-4)
+    assert tokens.window.tolist() == torch.nonzero(windows.scored[:, 1:])[:, 0].tolist()
+    assert tokens.same_top.mean() == pytest.approx(float((logits.argmax(-1) == reference.argmax(-1)).float().mean()))
+    columns = result.interval_columns()
+    assert columns["ln_ppl_ratio"] == pytest.approx(float((nll - reference_nll).mean()), abs=1e-5)
+    assert columns["kl_to_reference_nats_ci_low"] <= result.kl_to_reference_nats <= columns[
+        "kl_to_reference_nats_ci_high"]
+    assert columns["perplexity_ci_low"] <= result.perplexity <= columns["perplexity_ci_high"]
+    assert columns["kl_median"] <= columns["kl_p99"] <= columns["kl_p999"]
+    assert columns["tokens"] == windows.n_scored
+
+
+def test_residual_evaluator_gives_the_same_per_token_scores() -> None:
+    from measure.evaluation.residual import ResidualStreamEvaluator
+
+    model, ids = tiny_llama(0), text_ids(200)
+    windows = windows_of(ids, 16, None)
+    evaluator = ResidualStreamEvaluator(model, windows, batch_size=3)
+    fast = evaluator.evaluate([1])
+    from measure.compress.remove import remove_blocks
+
+    removed = copy.deepcopy(model)
+    remove_blocks(removed, [1])
+    slow = evaluate_perplexity(removed, windows, reference=model)
+    assert fast.tokens.window.tolist() == slow.tokens.window.tolist()
+    assert fast.tokens.kl == pytest.approx(slow.tokens.kl, rel=1e-3, abs=1e-6)
+    assert fast.tokens.nll == pytest.approx(slow.tokens.nll, rel=1e-4)
