@@ -39,7 +39,7 @@ from figures.style import OKABE_ITO, new_figure, thesis_table
 from measure.capture.statistics import capture
 from measure.compress.apply import weights_installed
 from measure.data.text import calibration_text
-from measure.evaluation.perplexity import bos_token_id_for, make_windows
+from measure.evaluation.perplexity import bos_token_id_for, make_windows, paired_kl_difference
 from measure.evaluation.residual import ResidualStreamEvaluator
 from measure.mixture.inputs import allocation_weights, measure_menu, uniform_table
 from measure.mixture.menu import KEEP, REMOVE, parse_menu
@@ -80,8 +80,27 @@ def synthetic_mixture(rng: np.random.Generator) -> pd.DataFrame:
                      "predicted_damage": kl * (1.1 if kind != "energy" else 0.01), "predicted_kl_nats": kl * 1.1,
                      "lagrangian_lower_bound": math.nan if spec else kl, "split": json.dumps(split),
                      "removed_blocks": "" if spec else "3,7", "perplexity": 20 + 40 * kl,
-                     "kl_to_reference_nats": kl, "base_perplexity": 20.0, "menu": MENU})  # fmt: skip
-    return pd.DataFrame(rows)
+                     "kl_to_reference_nats": kl, "base_perplexity": 20.0, "menu": MENU,
+                     **synthetic_intervals(rng, kl)})  # fmt: skip
+    frame = pd.DataFrame(rows)
+    return frame.assign(**{column: math.nan for column in PAIRED_COLUMNS})
+
+
+INTERVAL_COLUMNS = ["kl_to_reference_nats_ci_low", "kl_to_reference_nats_ci_high", "perplexity_ci_low",
+                    "perplexity_ci_high", "same_top_rate", "kl_p99", "tokens"]  # fmt: skip
+"""Interval columns of every evaluated model (:meth:`measure.evaluation.perplexity.PerplexityResult.
+interval_columns`: 95 % block-bootstrap intervals over the evaluation tokens)."""
+PAIRED_COLUMNS = ["paired_kl_difference", "paired_kl_difference_ci_low", "paired_kl_difference_ci_high"]
+"""On a uniform row: KL of the KL allocation of exactly its size minus the uniform option's KL, nats per token,
+with its 95 % paired block-bootstrap interval (same tokens; NaN where no allocation has that size)."""
+
+
+def synthetic_intervals(rng: np.random.Generator, kl: float) -> dict[str, float]:
+    """Made-up interval columns around ``kl`` (:data:`INTERVAL_COLUMNS`)."""
+    spread = kl * float(rng.uniform(0.05, 0.2))
+    return {"kl_to_reference_nats_ci_low": kl - spread, "kl_to_reference_nats_ci_high": kl + spread,
+            "perplexity_ci_low": 20 + 40 * (kl - spread), "perplexity_ci_high": 20 + 40 * (kl + spread),
+            "same_top_rate": 0.9, "kl_p99": 10 * kl, "tokens": 4088}  # fmt: skip
 
 
 @experiment(MIXTURE, needs_model=True, synthetic=synthetic_mixture,
@@ -123,7 +142,7 @@ def mixture_frontier(config: Mapping[str, Any], context: ExperimentContext) -> p
                 seen[key] = evaluator.evaluate(removed, start=0)
         return seen[key]
 
-    rows = []
+    rows, results = [], []
     for kind, target in plan:
         if kind == "uniform":
             option = next(o for o in options if o.text == target)
@@ -148,11 +167,31 @@ def mixture_frontier(config: Mapping[str, Any], context: ExperimentContext) -> p
                    "split": json.dumps(budget_split(chosen)),
                    "removed_blocks": ",".join(map(str, summary["removed_blocks"]))}  # fmt: skip
         result = scored(chosen)
+        results.append(result)
+        intervals = result.interval_columns()
         rows.append({"sensitivity": kind, **row, "perplexity": result.perplexity,
                      "kl_to_reference_nats": result.kl_to_reference_nats, "base_perplexity": base,
-                     "menu": config["menu"]})  # fmt: skip
+                     "menu": config["menu"], **{column: intervals[column] for column in INTERVAL_COLUMNS}})
         context.step(f"{kind} {target}: KL {result.kl_to_reference_nats:.4g}")
-    return pd.DataFrame(rows)[list(synthetic_mixture(np.random.default_rng(0)).columns)]
+    frame = pd.DataFrame(rows).assign(**paired_columns(rows, results))
+    return frame[list(synthetic_mixture(np.random.default_rng(0)).columns)]
+
+
+def paired_columns(rows: list[dict[str, Any]], results: list[Any]) -> dict[str, list[float]]:
+    """:data:`PAIRED_COLUMNS` of every row: on a uniform row, the KL allocation of exactly its size against it."""
+    allocations = [(row["budget"], result) for row, result in zip(rows, results, strict=True)
+                   if row["sensitivity"] == "kl"]  # fmt: skip
+    columns: dict[str, list[float]] = {column: [] for column in PAIRED_COLUMNS}
+    for row, result in zip(rows, results, strict=True):
+        same = [alloc for budget, alloc in allocations if abs(budget - row["bits_per_weight"]) <= TOLERANCE]
+        if row["sensitivity"] != "uniform" or not same:
+            values = [math.nan] * 3
+        else:
+            found = paired_kl_difference(same[0], result)
+            values = [found.mean, found.low, found.high]
+        for column, value in zip(PAIRED_COLUMNS, values, strict=True):
+            columns[column].append(value)
+    return columns
 
 
 def probe_windows(loaded: Any, config: Mapping[str, Any]) -> Any:
@@ -222,21 +261,29 @@ def split_categories(split: Mapping[str, float]) -> dict[str, float]:
     return categories
 
 
-PAIR_COLUMNS = ["bits_per_weight", "spec", "kind", "uniform_kl_nats", "kl_to_reference_nats"]
+PAIR_COLUMNS = ["bits_per_weight", "spec", "kind", "uniform_kl_nats", "kl_to_reference_nats", *PAIRED_COLUMNS,
+                "outcome"]  # fmt: skip
 
 
 def equal_size_pairs(tables: Tables) -> pd.DataFrame:
     """One row per uniform menu option whose size some KL allocation's budget equals exactly: the size, the
-    option (``spec``, its ``kind``) and KL, and the allocation's KL (same size, same menu, same tokens)."""
+    option (``spec``, its ``kind``) and KL, the allocation's KL (same size, same menu, same tokens), the paired
+    difference allocation − option with its interval, and the ``outcome`` for the allocation: ``lower`` /
+    ``higher`` KL when the interval excludes 0, else ``indistinguishable``."""
     frame = tables[MIXTURE]
     allocations = frame[frame["sensitivity"] == "kl"]
     rows = []
     for uniform in frame[frame["sensitivity"] == "uniform"].itertuples():
         same = allocations[(allocations["budget"] - uniform.bits_per_weight).abs() <= TOLERANCE]
         if not same.empty:
+            low, high = (float(getattr(uniform, c, math.nan)) for c in PAIRED_COLUMNS[1:])
+            outcome = "lower" if high < 0 else "higher" if low > 0 else "indistinguishable"
             rows.append({"bits_per_weight": float(uniform.bits_per_weight), "spec": uniform.spec,
                          "kind": option_kind(uniform.spec), "uniform_kl_nats": float(uniform.kl_to_reference_nats),
-                         "kl_to_reference_nats": float(same["kl_to_reference_nats"].iloc[0])})  # fmt: skip
+                         "kl_to_reference_nats": float(same["kl_to_reference_nats"].iloc[0]),
+                         "paired_kl_difference": float(getattr(uniform, "paired_kl_difference", math.nan)),
+                         "paired_kl_difference_ci_low": low, "paired_kl_difference_ci_high": high,
+                         "outcome": outcome})  # fmt: skip
     return pd.DataFrame(rows, columns=PAIR_COLUMNS)
 
 
@@ -245,21 +292,27 @@ def _sizes(values: pd.Series) -> str:
 
 
 def _verdict(tables: Tables) -> str:
-    """Like with like: the allocation against each uniform quantization of exactly its size, and against every
-    uniform option of that size."""
+    """Like with like, and only what the intervals resolve: the allocation against each uniform quantization of
+    exactly its size (lower / higher KL when the 95 % paired interval of the difference excludes 0, else
+    indistinguishable), and against every uniform option of that size."""
     pairs = equal_size_pairs(tables)
     quantization = pairs[pairs["kind"] == "quantization"]
     if quantization.empty:
         return "No uniform quantization of the menu was measured at an allocated size, so no verdict is drawn."
-    wins = quantization[quantization["kl_to_reference_nats"] < quantization["uniform_kl_nats"]]
-    sizes = pairs.groupby("bits_per_weight").agg(best=("uniform_kl_nats", "min"),
-                                                 kl=("kl_to_reference_nats", "first"))  # fmt: skip
-    beats_all = sizes[sizes["kl"] < sizes["best"]]
+    counts = {outcome: quantization[quantization["outcome"] == outcome] for outcome in
+              ("lower", "higher", "indistinguishable")}  # fmt: skip
+    by_size = pairs.groupby("bits_per_weight")["outcome"].agg(lambda o: bool((o == "lower").all()))
+    tokens = tables[MIXTURE]["tokens"].dropna() if "tokens" in tables[MIXTURE] else pd.Series(dtype=float)
+    scale = f" over {int(tokens.iloc[0])} held-out tokens" if len(tokens) else ""
     return (
         "At exactly the size of each uniform quantization of the menu, the optimal mixture has lower KL than that "
-        f"quantization at {len(wins)} of {len(quantization)} sizes ({_sizes(wins['bits_per_weight'])} bits per "
-        f"weight), and lower KL than every uniform menu option of the same size at {len(beats_all)} of "
-        f"{len(sizes)} sizes ({_sizes(beats_all.index)})."
+        f"quantization at {len(counts['lower'])} of {len(quantization)} sizes "
+        f"({_sizes(counts['lower']['bits_per_weight'])} bits per weight), higher KL at {len(counts['higher'])} "
+        f"({_sizes(counts['higher']['bits_per_weight'])}) and is indistinguishable at "
+        f"{len(counts['indistinguishable'])} ({_sizes(counts['indistinguishable']['bits_per_weight'])}; 95 % "
+        f"paired block-bootstrap intervals{scale}); it has lower KL than every uniform menu option of the same "
+        f"size, resolved by the intervals, at {int(by_size.sum())} of {len(by_size)} sizes "
+        f"({_sizes(by_size[by_size].index)})."
     )
 
 

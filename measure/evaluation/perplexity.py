@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from measure.evaluation.intervals import Interval, bootstrap_mean, token_blocks
+from measure.evaluation.intervals import Interval, bootstrap_mean, paired_difference, token_blocks
 from theory.errors import PvqError
 
 DEFAULT_WINDOW = {"cpu": 512, "cuda": 2048}
@@ -411,3 +411,13 @@ def evaluate_perplexity(
             reference_logits = logits[1] if reference is not None else None
             collector.add(token_statistics(logits[0], targets[chunk], reference_logits), window_of[chunk])
     return collector.result(int(windows.input_ids.shape[0]), int(vocab_size))
+
+
+def paired_kl_difference(a: PerplexityResult, b: PerplexityResult) -> Interval:
+    """Mean over tokens of KL_a − KL_b (nats per token) with its 95 % paired block-bootstrap interval: both
+    variants scored against the same reference on the same tokens (PvqError otherwise)."""
+    if a.tokens is None or b.tokens is None or a.tokens.kl is None or b.tokens.kl is None:
+        raise PvqError("a paired KL difference needs per-token KL of both variants (evaluate with a reference)")
+    if not np.array_equal(a.tokens.window, b.tokens.window):
+        raise PvqError("the two variants were scored on different tokens; a paired difference needs the same ones")
+    return paired_difference(a.tokens.kl, b.tokens.kl, a.tokens.blocks)
