@@ -40,7 +40,7 @@ from measure.removal.terms import POINT_COLUMNS
 SECTION = "Layer removal against the bounds"
 STUDY = "removal_study"
 PARTS = ("units", "angular", "single_units", "layers", "blocks", "layer_rd", "levels", "points", "answer",
-         "end_to_end", "base")
+         "end_to_end", "base", "view_shares")
 SETTINGS = {
     "max_removed": 8, "orderings": ["bi", "angular", "reverse", "random"], "seed": 0, "batch_size": 4,
     "probe_windows": 1, "sublayers": False, "quantizers": ["rtn", "gptq"], "groups": ["g128"],

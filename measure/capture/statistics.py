@@ -102,15 +102,17 @@ returns them."""
 
 
 def register_gram_hooks(
-    block: Block, grams: dict[str, GramAccumulator], keep_rows: int
+    block: Block, grams: dict[str, GramAccumulator], keep_rows: int, positions: slice = slice(None)
 ) -> list[torch.utils.hooks.RemovableHandle]:
-    """Pre-hooks adding each shared input of ``block`` (routed experts excluded) to its Gram in ``grams``."""
+    """Pre-hooks adding each shared input of ``block`` (routed experts excluded) to its Gram in ``grams``; only the
+    sequence ``positions`` of every (batch, positions, features) input count (e.g. ``slice(1, None)``: not the
+    first position of any window)."""
     handles = []
     for group, ref in _group_leaders(block).items():
         accumulator = grams.setdefault(group, GramAccumulator(ref.in_features, keep_rows, group))
 
         def hook(module: nn.Module, args: tuple, accumulator: GramAccumulator = accumulator) -> None:
-            accumulator.add(args[0])
+            accumulator.add(args[0][:, positions] if args[0].dim() == 3 else args[0])
 
         handles.append(ref.module.register_forward_pre_hook(hook))
     return handles
@@ -129,10 +131,12 @@ def capture(
     device: str = "cpu",
     arch: Architecture | None = None,
     block_hooks: BlockHooks | None = None,
+    positions: slice = slice(None),
 ) -> Capture:
     """Collect input Grams of every linear layer and block statistics over ``batches`` of token ids.
 
-    ``block_hooks(block)``, when given, registers further hooks on every block for the same pass.
+    ``block_hooks(block)``, when given, registers further hooks on every block for the same pass; ``positions``
+    chooses the sequence positions the Grams count (block statistics count every position).
     """
     choose("capture mode", mode, CAPTURE_MODES)
     _check_batches(batches)
@@ -144,7 +148,8 @@ def capture(
     first = [h[:, -1, :].double() for h in inputs.hidden]
     if mode == "sequential":
         for block in arch.blocks:
-            handles = register_gram_hooks(block, grams, keep_rows) + (block_hooks(block) if block_hooks else [])
+            handles = register_gram_hooks(block, grams, keep_rows, positions) + (
+                block_hooks(block) if block_hooks else [])
             try:
                 outputs = run_block(arch, block.index, inputs, device=device)
             finally:
@@ -154,7 +159,7 @@ def capture(
                 stats[block.index].add(x, y)
             inputs = BlockInputs(hidden=outputs, kwargs=inputs.kwargs)
         return Capture(grams, group_of, stats, first, mode)
-    handles = [h for block in arch.blocks for h in register_gram_hooks(block, grams, keep_rows)]
+    handles = [h for block in arch.blocks for h in register_gram_hooks(block, grams, keep_rows, positions)]
     handles += [h for block in arch.blocks for h in (block_hooks(block) if block_hooks else [])]
     handles += _register_block_stat_hooks(arch, stats)
     try:

@@ -51,6 +51,7 @@ import torch
 from scipy import stats
 from torch import nn
 
+from measure.capture.statistics import capture
 from measure.compress.importance import (
     Importance,
     angular_table,
@@ -70,7 +71,13 @@ from measure.compress.spec import parse_term_list
 from measure.evaluation.perplexity import PerplexityResult, TokenWindows
 from measure.evaluation.residual import ResidualStreamEvaluator, first_windows
 from measure.models.architecture import Architecture, describe, parameter_counts
-from measure.removal.answer import answer_table, end_to_end_table
+from measure.removal.answer import (
+    EndToEndTokens,
+    answer_table,
+    end_to_end_intervals,
+    end_to_end_table,
+    removal_term,
+)
 from measure.removal.equal_size import DecoderSizes, mask_convention
 from measure.removal.terms import (
     StudyPoints,
@@ -81,13 +88,15 @@ from measure.removal.terms import (
     width_series,
 )
 from measure.removal.views import (
+    LOCAL_VARIANT_COLUMNS,
     LOCAL_VIEWS,
+    SINK_POSITIONS,
     VIEWS,
     ResidualStream,
+    ScoringData,
     ViewMeter,
     check_views,
 )
-from measure.removal.views import removal_errors as local_removal_errors
 from theory.accounting import (
     check_bits,
     removal_bits_per_weight,
@@ -189,20 +198,46 @@ def _scores(result: PerplexityResult) -> dict[str, float]:
     return {"perplexity": result.perplexity, "kl_to_reference_nats": result.kl_to_reference_nats}
 
 
-def measure_levels(levels: pd.DataFrame, meter: ViewMeter, evaluator: ResidualStreamEvaluator | None
-                   ) -> pd.DataFrame:  # fmt: skip
-    """``levels`` with the removal's error in every local view (``removal_error_<view>``) and, with an
-    evaluator, PPL and KL of each distinct removal set (evaluated once per set)."""
-    local = {text: local_removal_errors(meter.layers, meter.update_energy, _blocks_of(text))
-             for text in levels["blocks"].unique()}  # fmt: skip
+def measure_levels(levels: pd.DataFrame, meter: ViewMeter, evaluator: ResidualStreamEvaluator | None,
+                   tokens: EndToEndTokens | None = None) -> pd.DataFrame:  # fmt: skip
+    """``levels`` with the removal's error in every local view (``removal_error_<view>``, and its variants
+    ``removal_error_<view>_<variant>``) and, with an evaluator, PPL, KL and their intervals of each distinct
+    removal set (evaluated once per set; its per-token KL kept in ``tokens``)."""
+    local = {text: meter.removal_errors(_blocks_of(text)) for text in levels["blocks"].unique()}
     columns = {f"removal_error_{view}": [local[text][view] for text in levels["blocks"]] for view in LOCAL_VIEWS}
+    for view in LOCAL_VIEWS:
+        for column in LOCAL_VARIANT_COLUMNS:
+            variant = column.removeprefix("error_")
+            columns[f"removal_error_{view}_{variant}"] = [local[text]["variants"][view].get(variant, math.nan)
+                                                          for text in levels["blocks"]]  # fmt: skip
     levels = levels.assign(**columns)
     if evaluator is None:
         return levels
-    scored = {text: _scores(evaluator.evaluate(_blocks_of(text))) for text in levels["blocks"].unique()}
+    results = {text: evaluator.evaluate(_blocks_of(text)) for text in levels["blocks"].unique()}
+    if tokens is not None:
+        for text, result in results.items():
+            tokens.add(removal_term(text), result)
+    intervals = {text: end_to_end_intervals(result) for text, result in results.items()}
+    scored = {text: _scores(result) for text, result in results.items()}
     return levels.assign(perplexity=[scored[t]["perplexity"] for t in levels["blocks"]],
                          kl_to_reference_nats=[scored[t]["kl_to_reference_nats"] for t in levels["blocks"]],
-                         removal_error_end_to_end=[scored[t]["kl_to_reference_nats"] for t in levels["blocks"]])
+                         removal_error_end_to_end=[scored[t]["kl_to_reference_nats"] for t in levels["blocks"]],
+                         **{column: [intervals[t][column] for t in levels["blocks"]]
+                            for column in next(iter(intervals.values()))})  # fmt: skip
+
+
+def held_out_scoring(model: nn.Module, arch: Architecture, windows: TokenWindows, calibration: Any,
+                     calibration_stream: ResidualStream, settings: StudySettings) -> ScoringData:  # fmt: skip
+    """Where the local views are scored (:class:`measure.removal.views.ScoringData`): Grams of the evaluation
+    windows without and with their first :data:`measure.removal.views.SINK_POSITIONS` positions, the block view's
+    stream on the first ``block_sequences`` evaluation windows, and the calibration data as the in-sample
+    variant."""
+    batches = list(windows.input_ids.split(settings.batch_size))
+    held_out = capture(model, batches, arch=arch, positions=slice(SINK_POSITIONS, None))
+    sinks = capture(model, batches, arch=arch, positions=slice(0, SINK_POSITIONS))
+    stream = ResidualStream.record(model, arch, list(windows.input_ids[: settings.block_sequences]
+                                                     .split(settings.batch_size)))  # fmt: skip
+    return ScoringData(held_out, sinks, calibration, stream, calibration_stream, SINK_POSITIONS)
 
 
 def propagation_correlation(local_error: Sequence[float], kl: Sequence[float]) -> dict[str, float]:
@@ -270,6 +305,11 @@ def _single_units(
     return pd.DataFrame(rows)
 
 
+def _block_updates(meter: ViewMeter) -> np.ndarray:
+    """Each block's update energy Σ_t>s ‖y_t − x_t‖² over the headline positions (sinks out)."""
+    return meter.update_energy[:, :, meter.scoring.sink_positions:].sum(axis=(1, 2))
+
+
 def block_shares(meter: ViewMeter) -> pd.DataFrame:
     """Per block: its share of the linear layers' output energy, of their weights, and of the blocks' update
     energy Σ‖y − x‖² (what the layer and block views charge for removing it)."""
@@ -277,7 +317,7 @@ def block_shares(meter: ViewMeter) -> pd.DataFrame:
     return pd.DataFrame({
         "block": layers["block"], "layer_energy_share": layers["output_energy"] / layers["output_energy"].sum(),
         "parameter_share": layers["parameters"] / layers["parameters"].sum(),
-        "update_energy_share": meter.update_energy[layers["block"]] / meter.update_energy.sum(),
+        "update_energy_share": _block_updates(meter)[layers["block"]] / _block_updates(meter).sum(),
     })  # fmt: skip
 
 
@@ -288,6 +328,7 @@ def run_study(
     settings: StudySettings = StudySettings(),
     log: Callable[[str], None] = lambda message: None,
     on_table: Callable[[str, pd.DataFrame], None] = lambda name, table: None,
+    stored_bits: float | None = None,
 ) -> RemovalStudy:
     """The whole comparison on one model (module docstring); the model is left as it was. Settings are checked
     before any work (:func:`check_settings`).
@@ -298,8 +339,11 @@ def run_study(
     blocks (each block's energy, weight and update shares), layer_rd (each linear's Gaussian rate–distortion
     reference at 2..16 bits per weight), levels (one row per ordering and removal count:
     blocks, f, b(f), the removal's error in every view, PPL, KL), points (every method's error per view and
-    setting, the RD reference, the spliced equal-size models, the width pruning options), answer
-    (:func:`answer_table`) and end_to_end.
+    setting, the RD reference, the spliced equal-size models, the width pruning options), view_shares (the share
+    of each local view's denominator held by sink positions and the top 1 % of positions), answer
+    (:func:`answer_table`, verdicts at base 16 and at ``stored_bits``, the model's stored bits per parameter) and
+    end_to_end. The local views are scored on the evaluation windows, sink positions out
+    (:func:`held_out_scoring`); end-to-end numbers carry 95 % block-bootstrap intervals.
     """
     arch = describe(model)
     check_settings(settings, len(arch.blocks))
@@ -329,17 +373,20 @@ def run_study(
 
     sequences = torch.cat(list(batches))[: settings.block_sequences]
     stream = ResidualStream.record(model, arch, list(sequences.split(settings.batch_size)))
-    meter = ViewMeter(arch, importance.capture, stream, settings.workers)
+    scoring = held_out_scoring(model, arch, windows, importance.capture, stream, settings)
+    meter = ViewMeter(arch, importance.capture, stream, settings.workers, scoring)
     evaluator = None
     if "end_to_end" in settings.views:
         evaluator = ResidualStreamEvaluator(model, windows, settings.batch_size, arch)
-    if evaluator is not None:
-        study.summary["base"] = _scores(evaluator.evaluate())
-    levels = measure_levels(levels, meter, evaluator)
-    lap("levels", layers=meter.layers, blocks=block_shares(meter), levels=levels)
-
     sizes = decoder_sizes(arch)
     points = StudyPoints(sizes, settings.views)
+    if evaluator is not None:
+        base = evaluator.evaluate()
+        study.summary["base"] = {**_scores(base), **base.interval_columns()}
+    levels = measure_levels(levels, meter, evaluator, points.tokens)
+    lap("levels", layers=meter.layers, blocks=block_shares(meter), levels=levels,
+        view_shares=meter.denominator_shares())
+
     for quantizer in settings.quantizers:
         for group in settings.groups:
             measure_quantizer(meter, evaluator, points, f"{quantizer}:{{bits}}:{group}",
@@ -356,7 +403,7 @@ def run_study(
         reference = measure_reference(meter, points, [*map(float, ALL_BITS), *levels["linear_bits_per_weight"]])
     table = points.table()
     lap("methods", points=table, layer_rd=reference,
-        answer=answer_table(levels, table, settings.views, settings.mask_conventions))
+        answer=answer_table(levels, table, settings.views, settings.mask_conventions, points.tokens, stored_bits))
     if evaluator is not None:
         on_table("end_to_end", study.tables.setdefault("end_to_end", end_to_end_table(levels, table)))
         _correlations(study, single, levels)

@@ -20,15 +20,20 @@ import numpy as np
 import pandas as pd
 import torch
 
-from measure.compress.methods.metrics import quadratic_trace
 from measure.compress.shrink.shrink import ShrinkSettings, plan_shrink, zeroed_weights
 from measure.compress.shrink.term import parse_shrink_term
 from measure.compress.spec import LayerStep, parse_term_list
 from measure.evaluation.perplexity import PerplexityResult
 from measure.evaluation.residual import ResidualStreamEvaluator
-from measure.removal.answer import RD_SERIES, WIDTH_FAMILY
+from measure.removal.answer import (
+    INTERVAL_COLUMNS,
+    RD_SERIES,
+    WIDTH_FAMILY,
+    EndToEndTokens,
+    end_to_end_intervals,
+)
 from measure.removal.equal_size import DecoderSizes, bracketing_widths, mask_convention, row_mix
-from measure.removal.views import TermWeights, ViewMeter, layer_view_errors, splice_rows
+from measure.removal.views import LOCAL_VARIANT_COLUMNS, TermWeights, ViewMeter, layer_view_errors, splice_rows
 from theory.accounting import removal_bits_per_weight, sparse_bits_per_weight
 from theory.rate_distortion import layer_spectrum, rd_relative_error
 from theory.sqnr import relative_error_db
@@ -39,23 +44,31 @@ class StudyPoints:
 
     def __init__(self, sizes: DecoderSizes, views: Sequence[str]) -> None:
         self.sizes, self.views, self.rows = sizes, tuple(views), []
+        self.tokens = EndToEndTokens()
 
     def add(self, series: str, family: str, term: str, linear_bits: float, errors: Mapping[str, float],
             result: PerplexityResult | None = None, mask_convention: str | None = None,
             **extra: Any) -> None:  # fmt: skip
         """One row per requested view with an error in ``errors`` (and end to end when ``result`` is given)."""
         errors = dict(errors)
+        intervals: dict[str, float] = {}
         if result is not None:  # a KL estimate within rounding of 0 can come out negative: KL >= 0
             errors["end_to_end"] = max(result.kl_to_reference_nats, 0.0)
+            intervals = end_to_end_intervals(result)
+            self.tokens.add(term, result)
+        variants = errors.pop("variants", {})
         for view in self.views:
             if view not in errors:
                 continue
+            found = variants.get(view, {})
             self.rows.append({
                 "view": view, "series": series, "family": family, "term": term, "mask_convention": mask_convention,
                 "bits_per_weight": self.sizes.decoder_bits(linear_bits), "linear_bits_per_weight": linear_bits,
                 "error": errors[view], "quality_db": relative_error_db(errors[view]),
                 "perplexity": result.perplexity if view == "end_to_end" and result is not None else math.nan,
                 "mixed": False, "removed_fraction": math.nan, "size_gap_bits": math.nan, **extra,
+                **(intervals if view == "end_to_end" else {}),
+                **{column: found.get(column.removeprefix("error_"), math.nan) for column in LOCAL_VARIANT_COLUMNS},
             })  # fmt: skip
 
     def table(self) -> pd.DataFrame:
@@ -64,10 +77,12 @@ class StudyPoints:
 
 POINT_COLUMNS = ["view", "series", "family", "term", "mask_convention", "bits_per_weight",
                  "linear_bits_per_weight", "error", "quality_db", "perplexity", "mixed", "removed_fraction",
-                 "size_gap_bits"]  # fmt: skip
+                 "size_gap_bits", *INTERVAL_COLUMNS, *LOCAL_VARIANT_COLUMNS]  # fmt: skip
 """``bits_per_weight``: per decoder parameter; ``error``: the view's error (relative error, or KL in nats per token
-end to end); ``quality_db`` = −10·log10 error; ``mixed``: a model spliced from two widths at a removal level's
-size (``removed_fraction``), ``size_gap_bits`` its size minus b(f)."""
+end to end; local views: the headline variant, on held-out data without sink positions); ``quality_db`` =
+−10·log10 error; ``mixed``: a model spliced from two widths at a removal level's size (``removed_fraction``),
+``size_gap_bits`` its size minus b(f); end to end the 95 % block-bootstrap intervals (:data:`INTERVAL_COLUMNS`);
+local views the robustness variants (:data:`LOCAL_VARIANT_COLUMNS`)."""
 
 
 class StepClock:
@@ -180,22 +195,19 @@ def width_term(meter: ViewMeter, option: str) -> tuple[TermWeights, float]:
     """Structured width pruning ``shrink:<option>`` as same-shape weights of every covered layer
     (:func:`measure.compress.shrink.shrink.zeroed_weights`: the removed rows of gate / up (q, k, v) and columns of
     down (o) zeroed, the kept columns refit; functionally the physically shrunk model), chosen on the meter's
-    original Grams, with each layer's relative output error tr(ΔW H ΔWᵀ) / tr(W H Wᵀ) (a zeroed producer row
-    counts its whole output energy; the product runs in float32 over the changed rows, as in
-    :func:`measure.removal.views.ViewMeter.compress`); and the removed fraction f of the decoder parameters."""
+    calibration Grams, with each layer's relative output errors on the scoring Grams
+    (:meth:`measure.removal.views.ViewMeter.relative_errors`; a zeroed producer row counts its whole output
+    energy); and the removed fraction f of the decoder parameters."""
     grams = {ref.name: meter.captured.gram_for(ref.name).to_numpy() for ref in meter.refs}
     plan = plan_shrink(meter.arch.model, (), ShrinkSettings(**parse_shrink_term(tuple(option.split(":")))), grams)
     zeroed = zeroed_weights(plan)
     weights, relative = [], []
-    for ref, energy in zip(meter.refs, meter.layers["output_energy"], strict=True):
+    for index, ref in enumerate(meter.refs):
         weight = ref.weight().detach()
         replaced = zeroed.get(ref.name, weight)
-        change = (replaced - weight).float()
-        change = change[change.abs().sum(dim=1) > 0]
-        error = quadratic_trace(change, meter.captured.gram_for(ref.name).gram.float()) if len(change) else 0.0
         weights.append(replaced)
-        relative.append(max(error, 0.0) / energy)
-    return TermWeights(weights, np.array(relative)), plan.removed_fraction
+        relative.append(meter.relative_errors(index, replaced) if ref.name in zeroed else np.zeros(3))
+    return TermWeights(weights, np.stack(relative)), plan.removed_fraction
 
 
 def measure_width(meter: ViewMeter, evaluator: ResidualStreamEvaluator | None, points: StudyPoints, option: str,
@@ -216,7 +228,7 @@ def measure_reference(meter: ViewMeter, points: StudyPoints, linear_bits: Sequen
     """The Gaussian rate–distortion reference (:mod:`theory.rate_distortion`) of every layer at every size in
     ``linear_bits`` (bits per linear weight), aggregated like the layer view into ``points``; returns the per-layer
     values at the integer sizes (layer, block, bits_per_weight, rd_relative_error, rd_sqnr_db)."""
-    spectra = [layer_spectrum(meter.captured.gram_for(ref.name).to_numpy(),
+    spectra = [layer_spectrum(meter.scoring.grams_of(ref.name)[0].numpy(),
                               ref.weight().detach().to("cpu", torch.float64).numpy())
                for ref in meter.refs]  # fmt: skip
     rows = []

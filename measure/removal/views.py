@@ -19,6 +19,17 @@ of them the same way, on the same data, with the same denominator (:data:`VIEWS`
 
 All three views are errors (smaller is better); curves and verdicts use −10·log10 of them in dB.
 
+**Held-out data, sinks out** (:class:`ScoringData`). A method is fitted on the calibration Grams (GPTQ's Hessian,
+SparseGPT's, the output score of width pruning), so the local views are *scored* on held-out tokens: Grams and the
+block view's stream from the evaluation windows. The first :data:`SINK_POSITIONS` position of every window (the
+BOS token where the model's tokenizer puts one first, else the first text token) is an attention sink with massive
+activations (Sun et al., arXiv 2402.17762; Xiao et al., arXiv 2309.17453): on SmolLM2 it held 71 % of the blocks'
+update energy, so the headline views leave it out. Robustness variants (:data:`LOCAL_VARIANT_COLUMNS`): all
+positions, the in-sample value (scored on the calibration data the method was fitted on: its optimism shows), and
+for the block view the per-token normalised error (the mean over tokens of each token's relative error). The share
+of each view's denominator held by the sink positions and by the top 1 % of positions is in
+:meth:`ViewMeter.denominator_shares`.
+
 Every term's compressed weights are computed once per layer (on the Gram of the original model, in forked
 workers), then used for all views: layer errors from the Grams, block errors by running each block on the cached
 original stream, and, when asked, the whole compressed model on the evaluation windows. Two widths of one
@@ -30,9 +41,11 @@ is the model that quantizes those rows at one width and the others at the other.
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -61,6 +74,12 @@ VIEWS: dict[str, str] = {
 }  # fmt: skip
 """View name → the signal its errors measure (units, numerator over denominator)."""
 LOCAL_VIEWS = ("layer_energy", "layer_parameters", "block")
+SINK_POSITIONS = 1
+"""Leading positions of every window left out of the headline local views (module docstring)."""
+VARIANTS = ("all_positions", "in_sample", "per_token")
+"""Robustness variants of the local views (module docstring); ``per_token`` exists for the block view only."""
+LOCAL_VARIANT_COLUMNS = [f"error_{variant}" for variant in VARIANTS]
+"""Point / level columns of the variants (NaN where a view has no such variant, and end to end)."""
 
 
 def check_views(views: Sequence[str]) -> tuple[str, ...]:
@@ -82,16 +101,44 @@ def study_linears(arch: Architecture) -> list[LinearRef]:
     return list(arch.linears)
 
 
-def layer_table(refs: Sequence[LinearRef], captured: Capture) -> pd.DataFrame:
-    """One row per linear: layer, block, parameters (out·in), output_energy E_ℓ = tr(W H Wᵀ) (bias-free, float64)
-    and energy_share E_ℓ / Σ E."""
+def layer_table(refs: Sequence[LinearRef], scoring: ScoringData) -> pd.DataFrame:
+    """One row per linear: layer, block, parameters (out·in), output_energy E_ℓ = tr(W H Wᵀ) on the headline
+    held-out Gram (bias-free, float64), energy_share E_ℓ / Σ E, and the energies of the variants
+    (``output_energy_all_positions``, ``output_energy_in_sample``)."""
     rows = []
     for ref in refs:
-        energy = quadratic_trace(ref.weight().detach().to("cpu", torch.float64), captured.gram_for(ref.name).gram)
+        weight = ref.weight().detach().to("cpu", torch.float64)
+        energies = [quadratic_trace(weight, gram) for gram in scoring.grams_of(ref.name)]
         rows.append({"layer": ref.name, "block": ref.block_index, "parameters": ref.out_features * ref.in_features,
-                     "output_energy": energy})  # fmt: skip
+                     "output_energy": energies[0], "output_energy_all_positions": energies[1],
+                     "output_energy_in_sample": energies[2]})  # fmt: skip
     table = pd.DataFrame(rows)
     return table.assign(energy_share=table["output_energy"] / table["output_energy"].sum())
+
+
+@dataclass
+class ScoringData:
+    """Where the local views are scored (module docstring): per linear layer the headline held-out Gram (sink
+    positions left out), the all-positions held-out Gram and the calibration (in-sample) Gram; the held-out and the
+    calibration residual streams; and the number of sink positions per window."""
+
+    held_out: Capture
+    sinks: Capture | None
+    calibration: Capture
+    stream: ResidualStream
+    calibration_stream: ResidualStream
+    sink_positions: int
+
+    def grams_of(self, name: str) -> list[torch.Tensor]:
+        """[headline, all positions, in sample] Grams (float64) of the input of linear ``name``."""
+        headline = self.held_out.gram_for(name).gram
+        everything = headline if self.sinks is None else headline + self.sinks.gram_for(name).gram
+        return [headline, everything, self.calibration.gram_for(name).gram]
+
+    @classmethod
+    def in_sample(cls, captured: Capture, stream: ResidualStream) -> ScoringData:
+        """Scoring on the calibration data itself, all positions (every variant equals the headline)."""
+        return cls(captured, None, captured, stream, stream, 0)
 
 
 @dataclass
@@ -109,26 +156,55 @@ class ResidualStream:
             states.append(run_block(arch, block.index, BlockInputs(states[-1], inputs.kwargs)))
         return cls(states, inputs.kwargs)
 
-    def block_error(self, arch: Architecture, index: int) -> float:
-        """Σ ‖ŷ_i − y_i‖² of block ``index`` as the model now is, on its original inputs (float64 sums)."""
+    def block_error(self, arch: Architecture, index: int) -> np.ndarray:
+        """‖ŷ_i,t − y_i,t‖² of block ``index`` as the model now is, on its original inputs, per token: (sequences,
+        positions), float64."""
         outputs = run_block(arch, index, BlockInputs(self.states[index], self.kwargs))
-        return sum(float((out - ref).pow(2).sum(dtype=torch.float64))
-                   for out, ref in zip(outputs, self.states[index + 1], strict=True))  # fmt: skip
+        return np.concatenate([(out - ref).pow(2).sum(dim=-1, dtype=torch.float64).cpu().numpy()
+                               for out, ref in zip(outputs, self.states[index + 1], strict=True)])  # fmt: skip
 
     def update_energy(self) -> np.ndarray:
-        """U_i = ‖y_i − x_i‖² of every block (float64 sums)."""
-        return np.array([sum(float((y - x).pow(2).sum(dtype=torch.float64)) for x, y in zip(xs, ys, strict=True))
+        """U_i,t = ‖y_i,t − x_i,t‖² of every block and token: (blocks, sequences, positions), float64."""
+        return np.stack([np.concatenate([(y - x).pow(2).sum(dim=-1, dtype=torch.float64).cpu().numpy()
+                                         for x, y in zip(xs, ys, strict=True)])
                          for xs, ys in zip(self.states[:-1], self.states[1:], strict=False)])  # fmt: skip
 
 
-def removal_errors(layers: pd.DataFrame, update_energy: np.ndarray, removed: Sequence[int]) -> dict[str, float]:
-    """Local views of removing blocks ``removed`` (module docstring): layer_energy, layer_parameters, block."""
+def block_view(error: np.ndarray, update: np.ndarray, sinks: int) -> dict[str, float]:
+    """Block-view aggregates of per-token errors ``error`` and update energies ``update`` (both (sequences,
+    positions), summed over blocks): headline Σ_t>s e_t / Σ_t>s U_t without the first ``sinks`` positions,
+    ``all_positions`` Σ e / Σ U, ``per_token`` the mean over non-sink tokens of e_t / U_t."""
+    kept_error, kept_update = error[:, sinks:], update[:, sinks:]
+    return {"block": float(kept_error.sum() / kept_update.sum()),
+            "all_positions": float(error.sum() / update.sum()),
+            "per_token": float(np.mean(kept_error / np.maximum(kept_update, np.finfo(float).tiny)))}  # fmt: skip
+
+
+def removal_errors(layers: pd.DataFrame, update_energy: np.ndarray, removed: Sequence[int],
+                   calibration_update: np.ndarray | None = None, sinks: int = 0) -> dict[str, float]:  # fmt: skip
+    """Local views of removing blocks ``removed`` (module docstring): layer_energy, layer_parameters, block on the
+    scoring data (``update_energy``: per block and token, (blocks, sequences, positions), or per block), and with
+    ``error_<variant>`` keys the variants (:func:`removal_variants`)."""
+    update = update_energy if update_energy.ndim == 3 else update_energy[:, None, None]
     inside = layers["block"].isin(list(removed))
-    return {
+    chosen = np.zeros(len(update), dtype=bool)
+    chosen[list(removed)] = True
+    block = block_view(update[chosen].sum(axis=0), update.sum(axis=0), sinks)
+    errors = {
         "layer_energy": float(layers.loc[inside, "output_energy"].sum() / layers["output_energy"].sum()),
         "layer_parameters": float(layers.loc[inside, "parameters"].sum() / layers["parameters"].sum()),
-        "block": float(update_energy[list(removed)].sum() / update_energy.sum()),
+        "block": block["block"],
     }
+    variants = {view: {} for view in LOCAL_VIEWS}
+    for column in ("all_positions", "in_sample"):
+        energy = layers.get(f"output_energy_{column}", layers["output_energy"])
+        variants["layer_energy"][column] = float(energy[inside].sum() / energy.sum())
+        variants["layer_parameters"][column] = errors["layer_parameters"]
+    variants["block"] = {"all_positions": block["all_positions"], "per_token": block["per_token"]}
+    if calibration_update is not None:
+        calibration = calibration_update if calibration_update.ndim == 3 else calibration_update[:, None, None]
+        variants["block"]["in_sample"] = float(calibration[chosen].sum() / calibration.sum())
+    return {**errors, "variants": variants}  # type: ignore[dict-item]
 
 
 def layer_view_errors(layers: pd.DataFrame, relative: np.ndarray) -> dict[str, float]:
@@ -139,23 +215,50 @@ def layer_view_errors(layers: pd.DataFrame, relative: np.ndarray) -> dict[str, f
             "layer_parameters": float((relative * parameters).sum() / parameters.sum())}  # fmt: skip
 
 
-def method_errors(layers: pd.DataFrame, relative: np.ndarray, block_error: np.ndarray, update_energy: np.ndarray
-                  ) -> dict[str, float]:  # fmt: skip
-    """Local views of a compression with per-layer relative errors ``relative`` (aligned with ``layers``) and
-    per-block errors ‖ŷ_i − y_i‖² ``block_error``."""
-    return {**layer_view_errors(layers, relative), "block": float(block_error.sum() / update_energy.sum())}
+def method_errors(layers: pd.DataFrame, relative: np.ndarray, block_error: np.ndarray, update_energy: np.ndarray,
+                  sinks: int = 0, calibration: tuple[np.ndarray, np.ndarray] | None = None
+                  ) -> dict[str, Any]:  # fmt: skip
+    """Local views of a compression with per-layer relative errors ``relative`` ((layers,) on the headline data,
+    or (layers, 3): headline, all positions, in sample; aligned with ``layers``) and per-token block errors
+    ``block_error`` (sequences, positions; summed over blocks) against ``update_energy`` (blocks, sequences,
+    positions); ``calibration``: the same two on the calibration stream (the block view's in-sample variant).
+    Returns the views and, under ``variants``, each view's variants."""
+    relative = relative if relative.ndim == 2 else relative[:, None].repeat(3, axis=1)
+    update = update_energy if update_energy.ndim == 3 else update_energy[:, None, None]
+    block_error = block_error if block_error.ndim == 2 else np.asarray(block_error).reshape(1, -1)
+    errors = layer_view_errors(layers, relative[:, 0])
+    block = block_view(block_error, update.sum(axis=0), sinks)
+    variants: dict[str, dict[str, float]] = {"layer_energy": {}, "layer_parameters": {}, "block": {}}
+    for k, column in ((1, "all_positions"), (2, "in_sample")):
+        energy = layers.get(f"output_energy_{column}", layers["output_energy"])
+        variant = layer_view_errors(layers.assign(output_energy=energy), relative[:, k])
+        variants["layer_energy"][column] = variant["layer_energy"]
+        variants["layer_parameters"][column] = variant["layer_parameters"]
+    variants["block"] = {"all_positions": block["all_positions"], "per_token": block["per_token"]}
+    if calibration is not None:
+        variants["block"]["in_sample"] = float(calibration[0].sum() / calibration[1].sum())
+    return {**errors, "block": block["block"], "variants": variants}
 
 
-def _compress_layer(item: tuple[LinearRef, float], step: LayerStep, captured: Capture
-                    ) -> tuple[torch.Tensor, float]:  # fmt: skip
-    """(Ŵ, relative output error tr(ΔW H ΔWᵀ) / E) of one layer under ``step`` on the original Gram, ``item`` the
-    layer and its output energy E = tr(W H Wᵀ) (float64). The error's product runs in float32: its rounding is
-    relative to ΔW's own scale, about 1e-6 of the error, far below every difference the study reads."""
-    ref, energy = item
+def _relative_errors(weight: torch.Tensor, weight_hat: torch.Tensor, grams: Sequence[torch.Tensor],
+                     energies: Sequence[float]) -> np.ndarray:  # fmt: skip
+    """tr(ΔW H ΔWᵀ) / tr(W H Wᵀ) on each scoring Gram (headline, all positions, in sample). The product runs in
+    float32: its rounding is relative to ΔW's own scale, about 1e-6 of the error, far below every difference the
+    study reads."""
+    change = weight_hat.float() - weight.float()
+    return np.array([max(quadratic_trace(change, gram.float()), 0.0) / energy
+                     for gram, energy in zip(grams, energies, strict=True)])  # fmt: skip
+
+
+def _compress_layer(item: tuple[LinearRef, list[float]], step: LayerStep, captured: Capture, scoring: ScoringData
+                    ) -> tuple[torch.Tensor, np.ndarray]:  # fmt: skip
+    """(Ŵ, relative output errors) of one layer under ``step`` fitted on the calibration Gram ``captured``, scored
+    on each Gram of ``scoring`` (:func:`_relative_errors`); ``item``: the layer and its output energies."""
+    ref, energies = item
     weight = method_weight(ref)
     gram = captured.gram_for(ref.name).gram
     weight_hat = step.method.apply(weight, gram if step.method.needs_gram else None, step.params)
-    return weight_hat, max(quadratic_trace(weight_hat.float() - weight.float(), gram.float()), 0.0) / energy
+    return weight_hat, _relative_errors(weight, weight_hat, scoring.grams_of(ref.name), energies)
 
 
 def splice_rows(low: torch.Tensor, high: torch.Tensor, rows: int) -> torch.Tensor:
@@ -168,29 +271,48 @@ def splice_rows(low: torch.Tensor, high: torch.Tensor, rows: int) -> torch.Tenso
 @dataclass
 class TermWeights:
     """A compression term's weights for every covered linear (in the order of the meter's refs), with their
-    per-layer relative output errors."""
+    relative output errors (layers, 3): on the headline held-out data, all positions, in sample."""
 
     weights: list[torch.Tensor]
     relative: np.ndarray
 
 
-class ViewMeter:
-    """Measures removal and compression terms in every view on one model (module docstring)."""
+ENERGY_COLUMNS = ["output_energy", "output_energy_all_positions", "output_energy_in_sample"]
 
-    def __init__(self, arch: Architecture, captured: Capture, stream: ResidualStream, workers: int | None = None
-                 ) -> None:  # fmt: skip
-        self.arch, self.captured, self.stream, self.workers = arch, captured, stream, workers
+
+class ViewMeter:
+    """Measures removal and compression terms in every view on one model (module docstring): methods are fitted on
+    ``captured`` (the calibration Grams) and scored on ``scoring`` (default: the calibration data itself)."""
+
+    def __init__(self, arch: Architecture, captured: Capture, stream: ResidualStream, workers: int | None = None,
+                 scoring: ScoringData | None = None) -> None:  # fmt: skip
+        self.arch, self.captured, self.workers = arch, captured, workers
+        self.scoring = scoring or ScoringData.in_sample(captured, stream)
+        self.stream = self.scoring.stream
         self.refs = study_linears(arch)
         for ref in self.refs:
             check_finite_weight(ref)
-        self.layers = layer_table(self.refs, captured)
-        self.update_energy = stream.update_energy()
+        self.layers = layer_table(self.refs, self.scoring)
+        self.update_energy = self.stream.update_energy()
+        self.calibration_update = self.scoring.calibration_stream.update_energy()
+
+    def energies(self, index: int) -> list[float]:
+        """Output energies of layer ``index`` on the scoring Grams (headline, all positions, in sample)."""
+        return [float(self.layers[column].iloc[index]) for column in ENERGY_COLUMNS]
+
+    def relative_errors(self, index: int, weight_hat: torch.Tensor) -> np.ndarray:
+        """Relative output errors of replacing layer ``index``'s weight by ``weight_hat`` (headline, all positions,
+        in sample)."""
+        ref = self.refs[index]
+        return _relative_errors(ref.weight().detach(), weight_hat, self.scoring.grams_of(ref.name),
+                                self.energies(index))  # fmt: skip
 
     def compress(self, step: LayerStep) -> TermWeights:
-        """Every covered layer compressed by ``step`` (forked workers), with its relative output error."""
-        items = list(zip(self.refs, self.layers["output_energy"], strict=True))
-        results = fork_map(partial(_compress_layer, step=step, captured=self.captured), items, self.workers)
-        return TermWeights([w for w, _ in results], np.array([e for _, e in results]))
+        """Every covered layer compressed by ``step`` (forked workers), with its relative output errors."""
+        items = [(ref, self.energies(k)) for k, ref in enumerate(self.refs)]
+        results = fork_map(partial(_compress_layer, step=step, captured=self.captured, scoring=self.scoring),
+                           items, self.workers)  # fmt: skip
+        return TermWeights([w for w, _ in results], np.stack([e for _, e in results]))
 
     @contextlib.contextmanager
     def installed(self, weights: Sequence[torch.Tensor], blocks: Sequence[int] | None = None) -> Iterator[None]:
@@ -200,13 +322,40 @@ class ViewMeter:
         with weights_installed(chosen):
             yield
 
-    def local_errors(self, term: TermWeights) -> dict[str, float]:
-        """The term's layer- and block-view errors (blocks run one at a time on the original stream)."""
-        block_error = np.zeros(len(self.arch.blocks))
+    def local_errors(self, term: TermWeights) -> dict[str, Any]:
+        """The term's layer- and block-view errors (blocks run one at a time on the held-out and the calibration
+        streams), with their variants under ``variants``."""
+        error = np.zeros_like(self.update_energy[0])
+        calibration = self.scoring.calibration_stream is not self.stream
+        in_sample = 0.0
         for block in self.arch.blocks:
             with self.installed(term.weights, [block.index]):
-                block_error[block.index] = self.stream.block_error(self.arch, block.index)
-        return method_errors(self.layers, term.relative, block_error, self.update_energy)
+                error += self.stream.block_error(self.arch, block.index)
+                if calibration:
+                    in_sample += float(self.scoring.calibration_stream.block_error(self.arch, block.index).sum())
+        sample = (np.array(in_sample if calibration else error.sum()),
+                  self.calibration_update if calibration else self.update_energy)
+        return method_errors(self.layers, term.relative, error, self.update_energy, self.scoring.sink_positions,
+                             sample)  # fmt: skip
+
+    def removal_errors(self, removed: Sequence[int]) -> dict[str, Any]:
+        """Local views of removing blocks ``removed`` with their variants (:func:`removal_errors`)."""
+        return removal_errors(self.layers, self.update_energy, removed, self.calibration_update,
+                              self.scoring.sink_positions)  # fmt: skip
+
+    def denominator_shares(self) -> pd.DataFrame:
+        """Per local view: the share of its denominator held by the sink positions and by the top 1 % of positions
+        (block view; the layer views' per-position energies are not kept, only the sink share), on the held-out
+        data, all positions."""
+        update = self.update_energy.sum(axis=0).ravel()
+        top = max(1, int(np.ceil(0.01 * update.size)))
+        sinks = self.update_energy.sum(axis=0)[:, : self.scoring.sink_positions].sum()
+        layer_sink = 1 - self.layers["output_energy"].sum() / self.layers["output_energy_all_positions"].sum()
+        return pd.DataFrame([
+            {"view": "layer_energy", "sink_share": float(layer_sink), "top_1pct_share": math.nan},
+            {"view": "block", "sink_share": float(sinks / update.sum()),
+             "top_1pct_share": float(np.sort(update)[-top:].sum() / update.sum())},
+        ])  # fmt: skip
 
     def evaluate(self, weights: Sequence[torch.Tensor], evaluator: ResidualStreamEvaluator) -> PerplexityResult:
         """The whole model with ``weights`` installed, scored by ``evaluator.evaluate(start=0)``."""

@@ -239,7 +239,8 @@ def test_per_token_scores_match_full_logits_and_carry_llama_cpp_statistics() -> 
     assert tokens is not None and len(tokens.nll) == windows.n_scored
     assert tokens.nll == pytest.approx(nll.numpy(), rel=1e-4)
     assert tokens.window.tolist() == torch.nonzero(windows.scored[:, 1:])[:, 0].tolist()
-    assert tokens.same_top.mean() == pytest.approx(float((logits.argmax(-1) == reference.argmax(-1)).float().mean()))
+    same = (logits.argmax(-1) == reference.argmax(-1)).float().mean()
+    assert tokens.same_top.mean() == pytest.approx(float(same))
     columns = result.interval_columns()
     assert columns["ln_ppl_ratio"] == pytest.approx(float((nll - reference_nll).mean()), abs=1e-5)
     assert columns["kl_to_reference_nats_ci_low"] <= result.kl_to_reference_nats <= columns[

@@ -224,7 +224,7 @@ def test_width_pruning_points_are_the_physically_shrunk_model_in_every_view(tiny
         small = describe(shrunk.model)
         error = sum(float((run_block(small, i, BlockInputs(states[i], inputs.kwargs))[k] - y).pow(2).sum())
                     for i in range(4) for k, y in enumerate(states[i + 1]))  # fmt: skip
-        assert rows.loc["block", "error"] == pytest.approx(error / update, rel=1e-4)
+        assert rows.loc["block", "error_in_sample"] == pytest.approx(error / update, rel=1e-4)
         direct = evaluate_perplexity(shrunk.model, _windows(2), reference=model)
         assert rows.loc["end_to_end", "perplexity"] == pytest.approx(direct.perplexity, rel=1e-5)
         assert rows.loc["end_to_end", "error"] == pytest.approx(direct.kl_to_reference_nats, rel=1e-3, abs=1e-7)
@@ -234,7 +234,7 @@ def test_width_pruning_points_are_the_physically_shrunk_model_in_every_view(tiny
         per_layer = _width_layer_errors(model, option)
         for block, value in enumerate(expected):
             assert per_layer[f"model.layers.{block}.mlp.down_proj"] == pytest.approx(value, rel=1e-4)
-        assert rows.loc["layer_parameters", "error"] == pytest.approx(
+        assert rows.loc["layer_parameters", "error_in_sample"] == pytest.approx(
             (layers["layer"].map(per_layer) * layers["parameters"]).sum() / layers["parameters"].sum(), rel=1e-5)
     answer_columns = " ".join(study.tables["answer"].columns)
     assert "shrink" not in answer_columns
@@ -280,7 +280,7 @@ def test_pvq_remove_study_writes_every_table(tmp_path, tiny_source, capsys) -> N
                  "24", "--eval-windows", "2", "--window", "32", "--max-removed", "1", "--probe-windows", "1",
                  "--batch-size", "2", "--bits", "2,3,4", "--pruner", "magnitude"]) == 0  # fmt: skip
     names = {"units", "angular", "single_units", "layers", "blocks", "layer_rd", "levels", "points", "answer",
-             "end_to_end"}
+             "end_to_end", "view_shares"}
     assert {path.stem for path in out.glob("*.parquet")} == names
     assert len(read_table(out / "levels.parquet")) == 4
     assert read_provenance(out / "levels.parquet")["settings"]["max_removed"] == 1

@@ -23,7 +23,7 @@ from measure.compress.spec import parse_term_list
 from measure.evaluation.perplexity import evaluate_perplexity, make_windows
 from measure.evaluation.residual import ResidualStreamEvaluator
 from measure.models.architecture import describe
-from measure.removal.views import ResidualStream, ViewMeter, check_views, removal_errors
+from measure.removal.views import ResidualStream, ScoringData, ViewMeter, check_views, removal_errors
 from theory.errors import PvqError
 
 TEXT = " ".join(f"The {i % 17}th river runs past {i % 5} old mills." for i in range(400))
@@ -107,7 +107,7 @@ def test_layer_and_block_views_of_rtn_equal_errors_computed_directly(toy) -> Non
         x = inputs[ref.name]
         energy.append(float((x @ w.double().T).pow(2).sum()))
         relative.append(float((x @ (w_hat - w.double()).T).pow(2).sum()) / energy[-1])
-    np.testing.assert_allclose(rtn.relative, relative, rtol=1e-6)  # X from two float32 forwards
+    np.testing.assert_allclose(rtn.relative[:, 0], relative, rtol=1e-6)  # X from two float32 forwards
     for index in range(4):
         compressed = copy.deepcopy(model)
         for ref in describe(compressed).blocks[index].linears:
@@ -155,3 +155,45 @@ def test_an_unknown_view_is_one_clear_error() -> None:
                                        "block, end_to_end"):  # fmt: skip
         check_views(["block", "residual"])
     assert check_views(["block"]) == ("block",)
+
+
+def _held_out_batches() -> list[torch.Tensor]:
+    return list(torch.randint(3, 300, (4, 24), generator=torch.Generator().manual_seed(2)).split(2))
+
+
+def test_an_injected_sink_dominates_all_positions_but_not_the_headline_view() -> None:
+    """Block 0's MLP writes a massive update at position 0 of every window (an attention-sink stand-in): it holds
+    most of the block view's denominator over all positions, and the headline view leaves it out."""
+    model = _toy()
+
+    def sink(module: torch.nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+        output = output.clone()
+        output[:, 0] *= 200.0
+        return output
+
+    model.model.layers[0].mlp.register_forward_hook(sink)
+    arch, calibration, held = describe(model), _batches(), _held_out_batches()
+    scoring = ScoringData(capture(model, held, positions=slice(1, None)),
+                          capture(model, held, positions=slice(0, 1)), capture(model, calibration),
+                          ResidualStream.record(model, arch, held),
+                          ResidualStream.record(model, arch, calibration), 1)  # fmt: skip
+    meter = ViewMeter(arch, capture(model, calibration), scoring.calibration_stream, workers=1, scoring=scoring)
+    shares = meter.denominator_shares().set_index("view")
+    assert shares.loc["block", "sink_share"] > 0.9
+    states = [_block_io(model, held, i) for i in range(4)]
+    updates = np.array([(y - x).pow(2).sum(dim=-1).double().numpy() for x, y in states])  # (blocks, seq, pos)
+    removal = meter.removal_errors([0])
+    assert removal["block"] == pytest.approx(updates[0, :, 1:].sum() / updates[:, :, 1:].sum(), rel=1e-5)
+    everything = removal["variants"]["block"]["all_positions"]
+    assert everything == pytest.approx(updates[0].sum() / updates.sum(), rel=1e-5)
+    assert removal["variants"]["block"]["all_positions"] > 0.9 > removal["block"]
+    # the headline Gram leaves position 0 out: energies of one layer against a direct computation
+    ref = meter.refs[0]
+    inputs = _linear_inputs(model, held)[ref.name].reshape(4, 24, -1)[:, 1:].reshape(-1, ref.in_features)
+    direct = float((inputs @ ref.weight().detach().double().T).pow(2).sum())
+    assert meter.layers["output_energy"].iloc[0] == pytest.approx(direct, rel=1e-5)
+    # a method scored in sample (on its calibration data) and held out differ; both are reported
+    rtn = meter.compress(parse_term_list("rtn:3:g128")[0])
+    views = meter.local_errors(rtn)
+    assert views["variants"]["block"]["in_sample"] != pytest.approx(views["block"], rel=1e-3)
+    assert set(views["variants"]["block"]) == {"all_positions", "per_token", "in_sample"}
