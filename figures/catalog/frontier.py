@@ -34,6 +34,7 @@ from figures.registry import Tables, escape_tex, figure
 from figures.style import OKABE_ITO, line_kwargs, method_order, new_figure
 from measure.compress.apply import apply_spec
 from measure.compress.methods import get_method
+from measure.evaluation.perplexity import interval_columns
 from measure.evaluation.residual import ResidualStreamEvaluator, restored
 
 SECTION = "Perplexity at equal size"
@@ -66,16 +67,21 @@ def synthetic_frontier(rng: np.random.Generator) -> pd.DataFrame:
             ("sparsegpt:0.5", "sparsegpt", "pruning", 8.0, 35.0),
             ("sparsegpt:0.5+gptq:4:g128", "sparsegpt+gptq", "joint", 2.06, 45.0)]
     frame = pd.DataFrame(rows, columns=["spec", "method", "family", "bits_per_weight", "perplexity"])
-    return frame.assign(kl_to_reference_nats=np.log(frame["perplexity"] / 20.0) + rng.uniform(0, 0.05, len(frame)),
-                        model_bits_per_weight=frame["bits_per_weight"] + 3.0,
-                        size_mb=frame["bits_per_weight"] * 1e8 / 8e6, base_perplexity=20.0)  # fmt: skip
+    kl = np.log(frame["perplexity"] / 20.0) + rng.uniform(0, 0.05, len(frame))
+    return frame.assign(kl_to_reference_nats=kl, model_bits_per_weight=frame["bits_per_weight"] + 3.0,
+                        size_mb=frame["bits_per_weight"] * 1e8 / 8e6, base_perplexity=20.0,
+                        kl_to_reference_nats_ci_low=0.9 * kl, kl_to_reference_nats_ci_high=1.1 * kl,
+                        perplexity_ci_low=0.97 * frame["perplexity"],
+                        perplexity_ci_high=1.03 * frame["perplexity"],
+                        same_top_rate=0.8, kl_p99=5 * kl, tokens=4088)  # fmt: skip
 
 
 @experiment(FRONTIER, needs_model=True, synthetic=synthetic_frontier,
             config={"specs": list(SPECS), "calibration": CALIBRATION, "evaluation": EVALUATION})  # fmt: skip
 def compression_frontier(config: Mapping[str, Any], context: ExperimentContext) -> pd.DataFrame:
     """One row per spec: method, family, compressed bits per weight, whole-model bits per weight and MB, PPL and
-    KL to the original on the evaluation windows, and the original's PPL."""
+    KL to the original on the evaluation windows with their 95 % intervals
+    (:data:`measure.evaluation.perplexity.INTERVAL_COLUMNS`), and the original's PPL."""
 
     loaded = context.model
     batches = calibration(loaded, config["calibration"])
@@ -94,7 +100,7 @@ def compression_frontier(config: Mapping[str, Any], context: ExperimentContext) 
             "bits_per_weight": report.size["compressed_bits_per_weight"],
             "model_bits_per_weight": report.size["bits_per_weight"], "size_mb": report.size["bytes"] / 1e6,
             "perplexity": result.perplexity, "kl_to_reference_nats": result.kl_to_reference_nats,
-            "base_perplexity": base,
+            "base_perplexity": base, **interval_columns(result),
         })  # fmt: skip
     return pd.DataFrame(rows)
 

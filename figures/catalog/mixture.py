@@ -39,7 +39,12 @@ from figures.style import OKABE_ITO, new_figure, thesis_table
 from measure.capture.statistics import capture
 from measure.compress.apply import weights_installed
 from measure.data.text import calibration_text
-from measure.evaluation.perplexity import bos_token_id_for, make_windows, paired_kl_difference
+from measure.evaluation.perplexity import (
+    bos_token_id_for,
+    interval_columns,
+    make_windows,
+    paired_kl_difference,
+)
 from measure.evaluation.residual import ResidualStreamEvaluator
 from measure.mixture.inputs import allocation_weights, measure_menu, uniform_table
 from measure.mixture.menu import KEEP, REMOVE, parse_menu
@@ -86,17 +91,13 @@ def synthetic_mixture(rng: np.random.Generator) -> pd.DataFrame:
     return frame.assign(**{column: math.nan for column in PAIRED_COLUMNS})
 
 
-INTERVAL_COLUMNS = ["kl_to_reference_nats_ci_low", "kl_to_reference_nats_ci_high", "perplexity_ci_low",
-                    "perplexity_ci_high", "same_top_rate", "kl_p99", "tokens"]  # fmt: skip
-"""Interval columns of every evaluated model (:meth:`measure.evaluation.perplexity.PerplexityResult.
-interval_columns`: 95 % block-bootstrap intervals over the evaluation tokens)."""
 PAIRED_COLUMNS = ["paired_kl_difference", "paired_kl_difference_ci_low", "paired_kl_difference_ci_high"]
 """On a uniform row: KL of the KL allocation of exactly its size minus the uniform option's KL, nats per token,
 with its 95 % paired block-bootstrap interval (same tokens; NaN where no allocation has that size)."""
 
 
 def synthetic_intervals(rng: np.random.Generator, kl: float) -> dict[str, float]:
-    """Made-up interval columns around ``kl`` (:data:`INTERVAL_COLUMNS`)."""
+    """Made-up interval columns around ``kl`` (:data:`measure.evaluation.perplexity.INTERVAL_COLUMNS`)."""
     spread = kl * float(rng.uniform(0.05, 0.2))
     return {"kl_to_reference_nats_ci_low": kl - spread, "kl_to_reference_nats_ci_high": kl + spread,
             "perplexity_ci_low": 20 + 40 * (kl - spread), "perplexity_ci_high": 20 + 40 * (kl + spread),
@@ -168,10 +169,9 @@ def mixture_frontier(config: Mapping[str, Any], context: ExperimentContext) -> p
                    "removed_blocks": ",".join(map(str, summary["removed_blocks"]))}  # fmt: skip
         result = scored(chosen)
         results.append(result)
-        intervals = result.interval_columns()
         rows.append({"sensitivity": kind, **row, "perplexity": result.perplexity,
                      "kl_to_reference_nats": result.kl_to_reference_nats, "base_perplexity": base,
-                     "menu": config["menu"], **{column: intervals[column] for column in INTERVAL_COLUMNS}})
+                     "menu": config["menu"], **interval_columns(result)})
         context.step(f"{kind} {target}: KL {result.kl_to_reference_nats:.4g}")
     frame = pd.DataFrame(rows).assign(**paired_columns(rows, results))
     return frame[list(synthetic_mixture(np.random.default_rng(0)).columns)]

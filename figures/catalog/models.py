@@ -8,6 +8,7 @@ tokens: :data:`CALIBRATION`, :data:`EVALUATION`, :func:`calibration` and :func:`
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -23,7 +24,13 @@ from measure.compress.apply import apply_spec
 from measure.data.calibration import CalibrationProtocol, calibration_batches
 from measure.data.text import evaluation_text
 from measure.evaluation.lmeval import evaluate_task, resolve_tasks
-from measure.evaluation.perplexity import bos_token_id_for, evaluate_perplexity, make_windows
+from measure.evaluation.perplexity import (
+    INTERVAL_COLUMNS,
+    bos_token_id_for,
+    evaluate_perplexity,
+    interval_columns,
+    make_windows,
+)
 from measure.models.architecture import describe, parameter_counts
 
 SECTION = "The models"
@@ -143,7 +150,7 @@ def synthetic_benchmarks(rng: np.random.Generator) -> pd.DataFrame:
                 "kl_to_reference_nats": np.nan if not spec else rng.uniform(0.05, 0.5), "task": task,
                 "accuracy": rng.uniform(0.2, 0.4), "accuracy_stderr": 0.05,
                 "questions": 20 if task == "csqa" else 57,
-                "limit": limit,
+                "limit": limit, **dict.fromkeys(INTERVAL_COLUMNS, 0.1),
             })  # fmt: skip
     return pd.DataFrame(rows)
 
@@ -160,7 +167,8 @@ def _variant_metrics(loaded: Any, spec: str, batches: list, windows: Any, tasks:
                           workers=None).size["bits"]  # fmt: skip
     result = evaluate_perplexity(model, windows, reference)
     common = {"spec": spec, "bits_per_weight": bits / parameters, "size_mb": bits / BITS_PER_MB,
-              "perplexity": result.perplexity, "kl_to_reference_nats": result.kl_to_reference_nats}  # fmt: skip
+              "perplexity": result.perplexity, "kl_to_reference_nats": result.kl_to_reference_nats,
+              **interval_columns(result)}  # fmt: skip
     rows = []
     for request in resolve_tasks(tasks):
         metrics = evaluate_task(model, loaded.tokenizer, request, limit=tasks[request.name],
@@ -203,16 +211,38 @@ def _benchmarks_caption(tables: Tables, facts: Mapping[str, Any]) -> str:
         f"Compression configurations of {escape_tex(facts['model_id'])}: size in bits per original parameter "
         "(every parameter at 16 bits except compressed weights; removed blocks cost nothing) and MB, perplexity "
         f"and KL to the original ({describe_protocol(facts['protocol'][BENCHMARKS])}), and accuracy in \\% "
-        f"({tasks}{mmlu}). Small limits: differences of a few points are "
-        "within one standard error."
+        f"({tasks}{mmlu}) $\\pm$ its binomial standard error (lm-eval's \\texttt{{acc\\_stderr}}). "
+        f"{accuracy_differences(frame)}"
     )
+
+
+def accuracy_differences(frame: pd.DataFrame) -> str:
+    """Each compressed variant's accuracy minus the original's per task, called a difference only when it exceeds
+    two standard errors of the difference, √(se_a² + se_b²) (independent binomial errors; the same questions make
+    the true error smaller, so this is conservative)."""
+    original = frame[frame["spec"] == ""].set_index("task")
+    parts = []
+    for row in frame[frame["spec"] != ""].itertuples():
+        if row.task not in original.index:
+            continue
+        base = original.loc[row.task]
+        difference = 100 * (row.accuracy - base["accuracy"])
+        error = 100 * math.hypot(row.accuracy_stderr, base["accuracy_stderr"])
+        called = ("lower" if difference < 0 else "higher") if abs(difference) > 2 * error else "indistinguishable"
+        parts.append(f"{escape_tex(row.spec)} on {escape_tex(row.task)}: {difference:+.1f} points "
+                     f"($\\pm${2 * error:.1f} at two standard errors, {called})")  # fmt: skip
+    if not parts:
+        return ""
+    return "Against the original: " + "; ".join(parts) + "."
 
 
 @table(BENCHMARKS, needs=(BENCHMARKS,), caption=_benchmarks_caption, section=SECTION)
 def compression_benchmarks_table(tables: Tables) -> Styler:
     """One row per configuration: bits per weight, MB, PPL, KL and one accuracy column per task."""
     frame = tables[BENCHMARKS]
-    wide = frame.pivot_table(index="spec", columns="task", values="accuracy", sort=False) * 100
+    cells = frame.assign(cell=[f"{100 * a:.1f} ± {100 * e:.1f} (N={int(n)})" for a, e, n in
+                               zip(frame["accuracy"], frame["accuracy_stderr"], frame["questions"], strict=True)])
+    wide = cells.pivot_table(index="spec", columns="task", values="cell", sort=False, aggfunc="first")
     sizes = frame.drop_duplicates("spec").set_index("spec")
     merged = sizes[["bits_per_weight", "size_mb", "perplexity", "kl_to_reference_nats"]].join(wide).reset_index()
     merged["spec"] = merged["spec"].replace("", ORIGINAL)

@@ -304,30 +304,77 @@ ANSWER_SERIES = ("gptq_g128", "gptq_channel", "rtn_g128", "rtn_channel")
 removal's error in a view)."""
 
 
+def answer_series(rows: pd.DataFrame) -> str | None:
+    """The quantizer the answer speaks of in every view: the first of :data:`ANSWER_SERIES` in the answer table
+    (one method for all views, so the views compare like with like)."""
+    return next((s for s in ANSWER_SERIES if f"equivalent_bits_{s}" in rows and rows[f"equivalent_bits_{s}"]
+                 .notna().any()), None)  # fmt: skip
+
+
+def _interval(row: pd.Series, column: str, digits: int = 1) -> str:
+    """``" (95 % interval lo–hi)"`` of ``column`` when its ``_ci_low`` / ``_ci_high`` exist, else ``""``."""
+    low, high = row.get(f"{column}_ci_low", np.nan), row.get(f"{column}_ci_high", np.nan)
+    if pd.isna(low) or pd.isna(high):
+        return ""
+    high_text = "∞" if np.isinf(high) else f"{high:.{digits}f}"
+    return f" (95 \\% interval {low:.{digits}f}--{high_text})"
+
+
+def _break_even_prose(row: pd.Series, series: str, name: str) -> str:
+    """The break-even base and the verdicts at 16 bits and at the stored size, in words."""
+    value = row.get(f"break_even_base_{series}", np.nan)
+    if pd.isna(value):
+        return ""
+    verdicts = {"removal better": "better", "removal worse": "worse", "indistinguishable": "indistinguishable"}
+    at_16 = verdicts.get(str(row.get(f"verdict_base16_{series}", "")), "")
+    stored = row.get("stored_bits", np.nan)
+    at_stored = verdicts.get(str(row.get(f"verdict_stored_{series}", "")), "")
+    stored_text = (f", and at the model's stored {stored:.2f} bits {at_stored}" if pd.notna(stored) and at_stored
+                   else "")  # fmt: skip
+    return (f" Removal beats {name} at equal size only if the model is stored at fewer than $B^* = {value:.1f}$ "
+            f"bits per parameter end to end{_interval(row, f'break_even_base_{series}')}: at a 16-bit base it is "
+            f"{at_16}{stored_text}.")  # fmt: skip
+
+
+def _paired_prose(row: pd.Series) -> str:
+    """End to end: the removal against the best method at b(f), with the paired interval of the KL difference."""
+    if pd.isna(row.get("best_kl_difference", np.nan)):
+        return ""
+    name = SERIES_NAMES.get(str(row["best_series"]), str(row["best_series"]))
+    outcome = str(row.get("best_outcome", ""))
+    words = {"removal better": "removal better", "removal worse": "removal worse",
+             "indistinguishable": "indistinguishable"}.get(outcome, outcome)  # fmt: skip
+    interval = _interval(row, "best_kl_difference", 3)
+    return (f" End to end against the best method at $b(f)$ ({escape_tex(name)}), KL$_\\text{{removal}}$ $-$ "
+            f"KL$_\\text{{method}}$ = {row['best_kl_difference']:+.3f} nats/token{interval}: "
+            f"{words}.")  # fmt: skip
+
+
 def _answer_sentence(answer: pd.DataFrame) -> str:
-    """The study's answer in one sentence, read off the answer table (BI ordering, free mask): per view the
-    equivalent bits of the first quantizer of :data:`ANSWER_SERIES` whose curve reaches the removal's error, and
-    how far the worst method at b(f) is from the removal."""
+    """The study's answer read off the answer table (BI ordering, free mask, :data:`ANSWER_LEVEL` blocks): per view
+    the equivalent bits of one quantizer (:func:`answer_series`; end to end with its interval), the break-even
+    base with the verdicts at 16 bits and at the stored size, and end to end the paired difference to the best
+    method at b(f), called better or worse only when its interval excludes 0."""
     rows = answer[(answer["ordering"] == "bi") & (answer["mask_convention"] == "free")]
     if rows.empty:
         return ""
     level = min(ANSWER_LEVEL, int(rows["removed"].max()))
     rows = rows[rows["removed"] == level].set_index("view")
-    present = [s for s in ANSWER_SERIES if f"equivalent_bits_{s}" in rows]
+    series = answer_series(rows)
+    if series is None:
+        return ""
+    name = escape_tex(SERIES_NAMES.get(series, series))
     parts = []
     for view, row in rows.iterrows():
-        reached = [s for s in present if row.get(f"equivalent_bits_{s}_censored", "") == ""]
-        series = (reached or present or [None])[0]
-        if series is not None:
-            name = SERIES_NAMES.get(series, series)
-            parts.append(f"{_bits_prose(row, series)} {escape_tex(name)} {VIEW_PROSE[str(view)]}")
-    margins = [f"{row['margin_worst_db']:+.1f} dB {VIEW_PROSE[str(view)]}"
-               for view, row in rows.iterrows() if pd.notna(row.get("margin_worst_db"))]  # fmt: skip
-    gap = (f"; against the worst method measured at that size its margin is {', '.join(margins)} (negative: the "
-           "removal is worse)" if margins else "")  # fmt: skip
+        interval = _interval(row, f"equivalent_bits_{series}") if view == "end_to_end" else ""
+        parts.append(f"{_bits_prose(row, series)} {name} {VIEW_PROSE[str(view)]}{interval}")
     bits = rows["bits_per_weight"].iloc[0]
-    return (f"Answer: removing the {level} lowest-BI blocks ($b(f) = {bits:.2f}$ bits per parameter) makes the "
-            f"error of {', of '.join(parts)}{gap}.")  # fmt: skip
+    end = rows.loc["end_to_end"] if "end_to_end" in rows.index else None
+    count = np.nan if end is None else end.get("tokens", np.nan)
+    tokens = "" if pd.isna(count) else f" on {int(count)} held-out tokens"
+    tail = "" if end is None else _break_even_prose(end, series, name) + _paired_prose(end)
+    return (f"Answer{tokens}: removing the {level} lowest-BI blocks ($b(f) = {bits:.2f}$ bits per parameter at a "
+            f"16-bit base) makes the error of {', of '.join(parts)}.{tail}")  # fmt: skip
 
 
 SERIES_NAMES = {"gptq_g128": "GPTQ (g128)", "gptq_channel": "GPTQ (per channel)", "rtn_g128": "RTN (g128)",

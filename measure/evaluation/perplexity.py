@@ -192,6 +192,18 @@ class PerplexityResult:
         ]
 
 
+INTERVAL_COLUMNS = ("kl_to_reference_nats_ci_low", "kl_to_reference_nats_ci_high", "perplexity_ci_low",
+                    "perplexity_ci_high", "same_top_rate", "kl_p99", "tokens")  # fmt: skip
+"""What every model experiment stores beside PPL and KL for each evaluated model: their 95 % block-bootstrap
+intervals, the same-top-token rate, the 99th percentile of the per-token KL and the number of scored tokens."""
+
+
+def interval_columns(result: PerplexityResult) -> dict[str, float]:
+    """:data:`INTERVAL_COLUMNS` of one evaluated model (NaN where it has no such value)."""
+    found = result.interval_columns()
+    return {column: found.get(column, math.nan) for column in INTERVAL_COLUMNS}
+
+
 def default_window(device: str) -> int:
     """Window length L by device type: 512 on CPU, 2048 on GPU (the GPTQ / SparseGPT value)."""
     return DEFAULT_WINDOW["cpu" if torch.device(device).type == "cpu" else "cuda"]

@@ -213,6 +213,9 @@ def answer_table(levels: pd.DataFrame, points: pd.DataFrame, views: Sequence[str
             for level in levels.itertuples():
                 keys = {key: getattr(level, key) for key in LEVEL_KEYS}
                 rows.append({"view": view, **keys, "mask_convention": name,
+                             "stored_bits": math.nan if stored_bits is None else stored_bits,
+                             "tokens": float(getattr(level, "tokens", math.nan)) if view == "end_to_end"
+                             else math.nan,
                              **_answer_row(view_points, curves, level, view, tokens, stored_bits)})
     return pd.DataFrame(rows)
 

@@ -94,11 +94,10 @@ def test_answer_sentence_is_read_off_the_answer_table():
     caption = artifact.caption(tables, synthetic_facts(artifact))
     rows = answer[(answer["ordering"] == "bi") & (answer["mask_convention"] == "free") & (answer["removed"] == 2)]
     assert f"removing the 2 lowest-BI blocks ($b(f) = {rows['bits_per_weight'].iloc[0]:.2f}$" in caption
+    series = removal.answer_series(rows)
+    assert series == "gptq_g128"  # the first quantizer of ANSWER_SERIES measured, in every view
     for view, prose in removal.VIEW_PROSE.items():
         row = rows[rows["view"] == view].iloc[0]
-        present = [s for s in removal.ANSWER_SERIES if f"equivalent_bits_{s}" in row.index]
-        reached = [s for s in present if row[f"equivalent_bits_{s}_censored"] == ""]
-        series = (reached or present)[0]
         words = {"below": "fewer than ", "above": "more than "}.get(row[f"equivalent_bits_{series}_censored"], "")
         bits = row[f"equivalent_bits_{series}"]
         assert f"{words}{bits:.1f}-bit {removal.SERIES_NAMES[series]} {prose}" in caption
@@ -187,6 +186,21 @@ def test_benchmark_table_has_one_row_per_configuration_and_one_accuracy_column_p
     for cells, (_, rows_of_spec) in zip(rows, frame.groupby("spec", sort=False), strict=True):
         first = rows_of_spec.iloc[0]
         assert float(cells[1]) == pytest.approx(first["bits_per_weight"], abs=0.005)
-        accuracies = sorted(100 * rows_of_spec["accuracy"])
-        assert sorted(float(cell) for cell in cells[5:]) == pytest.approx(accuracies, abs=0.005)
-    assert "--limit 20" in artifact.caption(tables, synthetic_facts(artifact))
+        expected = sorted(f"{100 * a:.1f} ± {100 * e:.1f} (N={int(n)})" for a, e, n in
+                          rows_of_spec[["accuracy", "accuracy_stderr", "questions"]].to_numpy())
+        assert sorted(cells[5:]) == expected
+    caption = artifact.caption(tables, synthetic_facts(artifact))
+    assert "--limit 20" in caption and "two standard errors" in caption
+
+
+def test_an_accuracy_difference_inside_two_standard_errors_is_not_called_a_difference():
+    from figures.catalog.models import accuracy_differences
+
+    frame = pd.DataFrame([
+        {"spec": "", "task": "csqa", "accuracy": 0.40, "accuracy_stderr": 0.05},
+        {"spec": "gptq:4:g128", "task": "csqa", "accuracy": 0.35, "accuracy_stderr": 0.05},
+        {"spec": "remove:bi:4", "task": "csqa", "accuracy": 0.10, "accuracy_stderr": 0.02},
+    ])  # fmt: skip
+    text = accuracy_differences(frame)
+    assert "gptq:4:g128 on csqa: -5.0 points ($\\pm$14.1 at two standard errors, indistinguishable)" in text
+    assert "remove:bi:4 on csqa: -30.0 points" in text and "lower)" in text
