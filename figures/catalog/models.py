@@ -150,7 +150,7 @@ def synthetic_benchmarks(rng: np.random.Generator) -> pd.DataFrame:
                 "kl_to_reference_nats": np.nan if not spec else rng.uniform(0.05, 0.5), "task": task,
                 "accuracy": rng.uniform(0.2, 0.4), "accuracy_stderr": 0.05,
                 "questions": 20 if task == "csqa" else 57,
-                "limit": limit, **dict.fromkeys(INTERVAL_COLUMNS, 0.1),
+                "limit": limit, **dict.fromkeys(INTERVAL_COLUMNS, 0.1), "tokens": 4088,
             })  # fmt: skip
     return pd.DataFrame(rows)
 

@@ -33,9 +33,11 @@ from figures.experiments import ExperimentContext, experiment
 from figures.registry import Tables, escape_tex, figure, table
 from figures.style import OKABE_ITO, line_kwargs, method_legend, new_figure, thesis_table
 from figures.ticks import sparse_log_minor_labels
+from measure.evaluation.perplexity import INTERVAL_COLUMNS
 from measure.removal.answer import answer_table, end_to_end_table
 from measure.removal.study import StudySettings, propagation_correlation, run_study
 from measure.removal.terms import POINT_COLUMNS
+from measure.removal.views import LOCAL_VIEWS
 
 SECTION = "Layer removal against the bounds"
 STUDY = "removal_study"
@@ -100,6 +102,12 @@ def _synthetic_levels(rng: np.random.Generator, blocks: int, influence: np.ndarr
                 "linear_bits_per_weight": 16 * (1 - k / blocks) - 0.01, "removal_error_layer_energy": share,
                 "removal_error_layer_parameters": k / blocks, "removal_error_block": 0.8 * share,
                 "perplexity": 20 * np.exp(kl), "kl_to_reference_nats": kl, "removal_error_end_to_end": kl,
+                **{f"removal_error_{view}_{variant}": 0.5 * share for view in LOCAL_VIEWS
+                   for variant in ("all_positions", "in_sample")},
+                "removal_error_block_per_token": 0.7 * share,
+                "error_ci_low": 0.9 * kl, "error_ci_high": 1.1 * kl, "perplexity_ci_low": 20 * np.exp(0.9 * kl),
+                "perplexity_ci_high": 20 * np.exp(1.1 * kl), "same_top_rate": 0.8, "kl_p99": 5 * kl,
+                "tokens": 4088,
             })  # fmt: skip
     return pd.DataFrame(rows)
 
@@ -115,10 +123,15 @@ def _synthetic_points(rng: np.random.Generator, levels: pd.DataFrame) -> pd.Data
     rows = []
 
     def add(view: str, series: str, family: str, term: str, bits: float, error: float, **extra: Any) -> None:
+        end = view == "end_to_end"
+        intervals = ({"error_ci_low": 0.9 * error, "error_ci_high": 1.1 * error, "perplexity_ci_low": 20.0,
+                      "perplexity_ci_high": 21.0, "same_top_rate": 0.9, "kl_p99": 5 * error, "tokens": 4088}
+                     if end else {"error_all_positions": 2 * error, "error_in_sample": 0.8 * error,
+                                  "error_per_token": 1.5 * error if view == "block" else np.nan})  # fmt: skip
         rows.append({"view": view, "series": series, "family": family, "term": term, "mask_convention": None,
                      "bits_per_weight": bits, "linear_bits_per_weight": bits - 0.01, "error": error,
                      "quality_db": -10 * np.log10(error), "perplexity": np.nan, "mixed": False,
-                     "removed_fraction": np.nan, "size_gap_bits": np.nan, **extra})  # fmt: skip
+                     "removed_fraction": np.nan, "size_gap_bits": np.nan, **intervals, **extra})  # fmt: skip
 
     for view in ("layer_energy", "layer_parameters", "block", "end_to_end"):
         scale = 0.05 if view == "end_to_end" else 1.0
@@ -171,7 +184,9 @@ def synthetic_study(rng: np.random.Generator) -> pd.DataFrame:
     layers = pd.DataFrame([{"layer": f"model.layers.{b}.{name}", "block": b, "parameters": 1000,
                             "output_energy": float(rng.uniform(1, 100))}
                            for b in range(blocks) for name in ("self_attn.q_proj", "mlp.down_proj")])  # fmt: skip
-    layers = layers.assign(energy_share=layers["output_energy"] / layers["output_energy"].sum())
+    layers = layers.assign(energy_share=layers["output_energy"] / layers["output_energy"].sum(),
+                           output_energy_all_positions=3 * layers["output_energy"],
+                           output_energy_in_sample=1.1 * layers["output_energy"])
     share = influence / influence.sum()
     block_shares = pd.DataFrame({"block": range(blocks), "layer_energy_share": share,
                                  "parameter_share": 1 / blocks, "update_energy_share": share})
@@ -186,7 +201,10 @@ def synthetic_study(rng: np.random.Generator) -> pd.DataFrame:
              "layer_rd": layer_rd, "levels": levels, "points": points,
              "answer": answer_table(levels, points, views, conventions),
              "end_to_end": end_to_end_table(levels, points),
-             "base": pd.DataFrame([{"perplexity": 20.0, "kl_to_reference_nats": 0.0}])}  # fmt: skip
+             "base": pd.DataFrame([{"perplexity": 20.0, "kl_to_reference_nats": 0.0,
+                                    **dict.fromkeys(INTERVAL_COLUMNS, 0.0)}]),
+             "view_shares": pd.DataFrame({"view": ["layer_energy", "block"], "sink_share": [0.4, 0.7],
+                                          "top_1pct_share": [np.nan, 0.75]})}  # fmt: skip
     return stack_parts(parts)
 
 
@@ -462,7 +480,7 @@ def answer_display(answer: pd.DataFrame) -> pd.DataFrame:
                   & answer["removed"].isin(TABLE_LEVELS)]  # fmt: skip
     entropy = answer[answer["mask_convention"] == "entropy"].set_index(keys)
     measured = [c.removeprefix("equivalent_bits_") for c in answer.columns
-                if c.startswith("equivalent_bits_") and not c.endswith("_censored")]  # fmt: skip
+                if c.startswith("equivalent_bits_") and not c.endswith(("_censored", "_ci_low", "_ci_high"))]  # fmt: skip
     rows = []
     for _, row in free.iterrows():
         key = tuple(row[k] for k in keys)

@@ -47,7 +47,11 @@ def synthetic_width(rng: np.random.Generator) -> pd.DataFrame:
             ("sparsegpt", "sparsegpt:0.25", option, None, fraction, bits, 0.0, fraction * 1.1, kl[3]),
         ]  # fmt: skip
     frame = pd.DataFrame(rows, columns=[*COLUMNS[:8], "kl_to_reference_nats"])
-    return frame.assign(perplexity=20.0 * np.exp(frame["kl_to_reference_nats"]), base_perplexity=20.0)[COLUMNS]
+    kl = frame["kl_to_reference_nats"]
+    intervals = {"kl_to_reference_nats_ci_low": 0.9 * kl, "kl_to_reference_nats_ci_high": 1.1 * kl,
+                 "perplexity_ci_low": 20.0 * np.exp(0.9 * kl), "perplexity_ci_high": 20.0 * np.exp(1.1 * kl),
+                 "same_top_rate": 0.8, "kl_p99": 5 * kl, "tokens": 4088}  # fmt: skip
+    return frame.assign(perplexity=20.0 * np.exp(kl), base_perplexity=20.0, **intervals)[COLUMNS]
 
 
 @experiment(WIDTH, needs_model=True, synthetic=synthetic_width,
@@ -74,15 +78,18 @@ def width_display(frame: pd.DataFrame) -> pd.DataFrame:
                 "refit" if row["refit"] else "no refit")
         return METHOD_NAMES.get(row["method"], row["method"])
 
+    columns = ["kl_to_reference_nats", "kl_to_reference_nats_ci_low", "kl_to_reference_nats_ci_high"]
+    kl = [f"{k:.3f} [{lo:.3f}, {hi:.3f}]" for k, lo, hi in frame[columns].to_numpy()]
     return frame.assign(variant=frame.apply(name, axis=1), gap=frame["size_gap_bits"].where(
-        frame["size_gap_bits"] != 0))  # fmt: skip
+        frame["size_gap_bits"] != 0), kl_interval=kl)  # fmt: skip
 
 
 def _caption(tables: Tables, facts: Mapping[str, Any]) -> str:
     base = float(tables[WIDTH]["base_perplexity"].iloc[0])
     return (
         "Structured width pruning against BI block removal and SparseGPT at equal size, end to end: perplexity "
-        "and KL to the original (nats/token). mlp=$F$: the fraction $F$ of every MLP's channels removed; "
+        "and KL to the original (nats/token, with its 95 \\% block-bootstrap interval). mlp=$F$: the fraction $F$ "
+        "of every MLP's channels removed; "
         "heads=$F$: round$(3F)$ of the 3 KV groups of every attention, each with its query heads; refit: the "
         "consumers' kept columns refit by least squares. Size $b$ in bits per decoder parameter, $16(1-f)$ for a "
         "removed fraction $f$ of the decoder (no mask: the model is smaller); BI removal of the nearest size "
@@ -96,5 +103,5 @@ def width_pruning_table(tables: Tables) -> Styler:
     """One row per variant: size, size gap, sparsity, PPL and KL."""
     shown = width_display(tables[WIDTH])
     labels = {"variant": "Variant", "bits_per_weight": "$b$", "gap": "Gap", "sparsity": "$s$",
-              "perplexity": "PPL", "kl_to_reference_nats": "KL"}  # fmt: skip
+              "perplexity": "PPL", "kl_interval": "KL [95 \\% CI]"}  # fmt: skip
     return thesis_table(shown, labels, precision=3)

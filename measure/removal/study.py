@@ -68,7 +68,7 @@ from measure.compress.remove import (
     sublayer_removed,
 )
 from measure.compress.spec import parse_term_list
-from measure.evaluation.perplexity import PerplexityResult, TokenWindows
+from measure.evaluation.perplexity import PerplexityResult, TokenWindows, interval_columns
 from measure.evaluation.residual import ResidualStreamEvaluator, first_windows
 from measure.models.architecture import Architecture, describe, parameter_counts
 from measure.removal.answer import (
@@ -208,8 +208,9 @@ def measure_levels(levels: pd.DataFrame, meter: ViewMeter, evaluator: ResidualSt
     for view in LOCAL_VIEWS:
         for column in LOCAL_VARIANT_COLUMNS:
             variant = column.removeprefix("error_")
-            columns[f"removal_error_{view}_{variant}"] = [local[text]["variants"][view].get(variant, math.nan)
-                                                          for text in levels["blocks"]]  # fmt: skip
+            if variant in local[levels["blocks"].iloc[0]]["variants"][view]:
+                columns[f"removal_error_{view}_{variant}"] = [local[text]["variants"][view][variant]
+                                                              for text in levels["blocks"]]  # fmt: skip
     levels = levels.assign(**columns)
     if evaluator is None:
         return levels
@@ -382,7 +383,7 @@ def run_study(
     points = StudyPoints(sizes, settings.views)
     if evaluator is not None:
         base = evaluator.evaluate()
-        study.summary["base"] = {**_scores(base), **base.interval_columns()}
+        study.summary["base"] = {**_scores(base), **interval_columns(base)}
     levels = measure_levels(levels, meter, evaluator, points.tokens)
     lap("levels", layers=meter.layers, blocks=block_shares(meter), levels=levels,
         view_shares=meter.denominator_shares())

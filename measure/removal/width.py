@@ -31,7 +31,7 @@ from measure.compress.importance import Importance, choose_units, measure_import
 from measure.compress.remove import Removal, removed_fraction
 from measure.compress.shrink.shrink import ShrinkPlan, ShrinkSettings, plan_shrink, zeroed_weights
 from measure.compress.shrink.term import parse_shrink_term
-from measure.evaluation.perplexity import PerplexityResult, TokenWindows
+from measure.evaluation.perplexity import INTERVAL_COLUMNS, PerplexityResult, TokenWindows, interval_columns
 from measure.evaluation.residual import ResidualStreamEvaluator, restored
 from measure.models.architecture import Architecture, describe
 from measure.removal.study import decoder_sizes
@@ -40,11 +40,12 @@ from theory.accounting import removal_bits_per_weight
 from theory.errors import PvqError
 
 COLUMNS = ["method", "spec", "matched_to", "refit", "removed_fraction", "bits_per_weight", "size_gap_bits",
-           "sparsity", "perplexity", "kl_to_reference_nats", "base_perplexity"]  # fmt: skip
+           "sparsity", "perplexity", "kl_to_reference_nats", "base_perplexity", *INTERVAL_COLUMNS]  # fmt: skip
 """``method``: shrink_mlp / shrink_heads (:func:`measure.removal.terms.width_series`), remove:bi or sparsegpt;
 ``matched_to``: the width option whose size the row matches (its own for a shrink); ``bits_per_weight``: per
 decoder parameter; ``size_gap_bits``: the row's size minus the matched shrink's; ``kl_to_reference_nats``: KL to
-the original, nats per token."""
+the original, nats per token, with its 95 % block-bootstrap interval and the other columns of
+:data:`measure.evaluation.perplexity.INTERVAL_COLUMNS`."""
 
 
 def _plan(model: nn.Module, option: str, grams: Mapping[str, np.ndarray]) -> ShrinkPlan:
@@ -98,7 +99,8 @@ def width_comparison_table(
         rows.append({"method": method, "spec": spec, "matched_to": option, "refit": refit,
                      "removed_fraction": fraction, "bits_per_weight": removal_bits_per_weight(fraction),
                      "size_gap_bits": gap, "sparsity": sparsity, "perplexity": result.perplexity,
-                     "kl_to_reference_nats": max(result.kl_to_reference_nats, 0.0), "base_perplexity": base})
+                     "kl_to_reference_nats": max(result.kl_to_reference_nats, 0.0), "base_perplexity": base,
+                     **interval_columns(result)})
         log(f"{spec}: perplexity {result.perplexity:.3f}")
 
     for option in options:
