@@ -479,8 +479,9 @@ def answer_display(answer: pd.DataFrame) -> pd.DataFrame:
     free = answer[(answer["mask_convention"] == "free") & answer["ordering"].isin(TABLE_ORDERINGS)
                   & answer["removed"].isin(TABLE_LEVELS)]  # fmt: skip
     entropy = answer[answer["mask_convention"] == "entropy"].set_index(keys)
+    suffixes = ("_censored", "_ci_low", "_ci_high")
     measured = [c.removeprefix("equivalent_bits_") for c in answer.columns
-                if c.startswith("equivalent_bits_") and not c.endswith(("_censored", "_ci_low", "_ci_high"))]  # fmt: skip
+                if c.startswith("equivalent_bits_") and not c.endswith(suffixes)]  # fmt: skip
     rows = []
     for _, row in free.iterrows():
         key = tuple(row[k] for k in keys)
