@@ -39,11 +39,13 @@ BENCHMARKS = "compression_benchmarks"
 CALIBRATION = {"sequences": 8, "sequence_length": 512, "batch_size": 4, "mode": "parallel"}
 """Calibration of every model experiment: the first 8 windows of 512 tokens of the calibration text (4096 tokens),
 compression calibrated on the original model's stream (``apply_spec(..., calibration="parallel")``)."""
-EVALUATION = {"window": 512, "max_windows": 1}
-"""Perplexity / KL protocol of every model experiment: the first non-overlapping window of 512 tokens of the
-held-out evaluation text (511 scored tokens), chosen to fit the 20-minute budget of ``make figures`` on 2 CPU cores
-(about 120 evaluations; one window costs half of two). Every variant of every experiment is scored on these same
-tokens, so the comparisons are paired; ``pvq eval`` runs the full pinned protocol (every window of the text)."""
+EVALUATION = {"window": 512, "max_windows": 8}
+"""Perplexity / KL protocol of every model experiment: the first 8 non-overlapping windows of 512 tokens of the
+held-out evaluation text (4088 scored tokens without BOS). Every variant of every experiment is scored on these
+same tokens, so every comparison is paired, and every number carries a 95 % block-bootstrap interval
+(:mod:`measure.evaluation.intervals`; the half-widths these tokens give for the headline differences are in the
+tables' ``*_ci_*`` columns and in the README's answer). ``pvq eval`` runs the full pinned protocol (every window of
+the text) and ``pvq remove --study`` its own larger one."""
 BENCHMARK_VARIANTS = ("", "gptq:4:g128", "remove:bi:4")
 BENCHMARK_TASKS = {"csqa": 20}
 """lm-eval task -> --limit. MMLU is 5-shot (about 600 tokens a question): at --limit 1 per subject it costs

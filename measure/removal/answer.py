@@ -77,15 +77,14 @@ def _outcome(low: float, high: float) -> str:
 
 def _value_at_size(view_points: pd.DataFrame, series: str, curve: pd.DataFrame, level: Any
                    ) -> dict[str, Any] | None:  # fmt: skip
-    """A method's quality at the level's size: end to end the spliced model of that level when there is one,
+    """A method's quality at the level's size: the spliced model of that level when there is one (in every view),
     else the curve's point at b(f) or the interpolation between the widths that bracket it."""
-    if view_points["view"].iloc[0] == "end_to_end":
-        mixed = view_points[view_points["mixed"] & (view_points["series"] == series)
-                            & np.isclose(view_points["removed_fraction"], level.removed_fraction)]  # fmt: skip
-        if not mixed.empty:
-            row = mixed.iloc[0]
-            return {"quality_db": float(row["quality_db"]), "interpolated": False,
-                    "size_gap_bits": float(row["size_gap_bits"]), "terms": [(str(row["term"]), 1.0)]}  # fmt: skip
+    mixed = view_points[view_points["mixed"].astype(bool) & (view_points["series"] == series)
+                        & np.isclose(view_points["removed_fraction"], level.removed_fraction)]  # fmt: skip
+    if not mixed.empty:
+        row = mixed.iloc[0]
+        return {"quality_db": float(row["quality_db"]), "interpolated": False,
+                "size_gap_bits": float(row["size_gap_bits"]), "terms": [(str(row["term"]), 1.0)]}  # fmt: skip
     found = value_at(curve, level.bits_per_weight)
     if found is not None:
         found = {**found, "terms": _terms_at(curve, found, float(level.bits_per_weight))}

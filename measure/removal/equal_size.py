@@ -15,8 +15,9 @@ quality in dB (higher is better: an SQNR, or −10·log10 KL). :func:`value_at` 
 one sits there (to :data:`SIZE_TOLERANCE`), else the linear interpolation in dB between the two neighbouring
 points that bracket it, provided they are at most one bit apart (:data:`MAX_BRACKET_BITS`); otherwise the method
 has no value at that size. :func:`equivalent_bits` inverts a curve: the size at which the method's quality equals
-a given one, read off the same piecewise-linear curve; outside the curve's range it reports the end point and
-says on which side (``below``: worse than the method at its smallest size; never extrapolated).
+a given one, read off the same piecewise-linear curve between points at most one bit apart (a wider gap gives
+no value: the missing width must be measured); outside the curve's range it reports the end point and says on
+which side (``below``: worse than the method at its smallest size; never extrapolated).
 """
 
 from __future__ import annotations
@@ -103,8 +104,9 @@ def value_at(curve: pd.DataFrame, size: float) -> dict[str, float | bool] | None
 
 def equivalent_bits(curve: pd.DataFrame, quality_db: float) -> tuple[float, str]:
     """The size at which ``curve`` reaches ``quality_db`` (first crossing from the small end), and its censoring:
-    ``""`` (read off the curve), ``"below"`` (worse than the curve's smallest size: that size is returned) or
-    ``"above"`` (better than its largest size: that size is returned)."""
+    ``""`` (read off the curve), ``"below"`` (worse than the curve's smallest size: that size is returned),
+    ``"above"`` (better than its largest size: that size is returned) or ``"gap"`` (the crossing lies between two
+    points more than :data:`MAX_BRACKET_BITS` apart: NaN, never interpolated; measure the missing width)."""
     points = curve.sort_values("bits_per_weight")
     bits = points["bits_per_weight"].to_numpy(float)
     quality = points["quality_db"].to_numpy(float)
@@ -114,6 +116,8 @@ def equivalent_bits(curve: pd.DataFrame, quality_db: float) -> tuple[float, str]
         return float(bits[0]), "below" if quality_db < quality[0] else ""
     for k in range(1, len(bits)):
         if quality[k] >= quality_db:
+            if bits[k] - bits[k - 1] > MAX_BRACKET_BITS:
+                return math.nan, "gap"
             weight = (quality_db - quality[k - 1]) / (quality[k] - quality[k - 1])
             return float(bits[k - 1] + weight * (bits[k] - bits[k - 1])), ""
     return float(bits[-1]), "above"

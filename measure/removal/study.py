@@ -120,8 +120,11 @@ class StudySettings:
     ``pruner_sparsities``: sparsities measured besides the equal-size ones of every level and mask convention;
     ``widths``: structured width pruning options, each the part after ``shrink:`` of a shrink term (``mlp=0.25``,
     ``heads=0.34:norefit``), measured in every view at their own size (no removal level reads them);
-    ``block_sequences``: how many calibration sequences (the first ones) the block view runs (all when None);
-    ``workers``: processes computing compressed weights (one per core when None)."""
+    ``block_sequences``: how many sequences (the first ones) the block view runs (all when None);
+    ``workers``: processes computing compressed weights (one per core when None); ``end_to_end_max_bits``:
+    quantizer widths above it are measured in the local views and spliced into the equal-size models, but not
+    evaluated end to end alone (None: every width); ``end_to_end_conventions``: the mask conventions whose
+    equal-size sparsities are evaluated end to end (None: all; ``pruner_sparsities`` always)."""
 
     max_removed: int = 8
     orderings: tuple[str, ...] = DEFAULT_ORDERINGS
@@ -139,6 +142,8 @@ class StudySettings:
     views: tuple[str, ...] = tuple(VIEWS)
     block_sequences: int | None = None
     workers: int | None = None
+    end_to_end_max_bits: int | None = None
+    end_to_end_conventions: tuple[str, ...] | None = None
 
 
 def check_settings(settings: StudySettings, blocks: int | None = None) -> None:
@@ -154,6 +159,10 @@ def check_settings(settings: StudySettings, blocks: int | None = None) -> None:
     check_views(settings.views)
     for name in settings.mask_conventions:
         mask_convention(name)
+    unknown = set(settings.end_to_end_conventions or ()) - set(settings.mask_conventions)
+    if unknown:
+        raise PvqError(f"end_to_end_conventions {sorted(unknown)} are not among the mask conventions "
+                       f"{list(settings.mask_conventions)}; choose some of those")  # fmt: skip
     for quantizer in settings.quantizers:
         if quantizer not in settings.quantizer_bits:
             raise PvqError(f"quantizer {quantizer!r} has no bit widths; give quantizer_bits[{quantizer!r}]")
@@ -391,12 +400,15 @@ def run_study(
     for quantizer in settings.quantizers:
         for group in settings.groups:
             measure_quantizer(meter, evaluator, points, f"{quantizer}:{{bits}}:{group}",
-                              settings.quantizer_bits[quantizer], levels, log)  # fmt: skip
+                              settings.quantizer_bits[quantizer], levels, log, settings.end_to_end_max_bits)
     fractions = levels["removed_fraction"].unique()
     equal = [sizes.sparsity(fraction, name) for name in settings.mask_conventions for fraction in fractions]
     sparsities = [*settings.pruner_sparsities, *equal]
+    conventions = settings.end_to_end_conventions or settings.mask_conventions
+    evaluated = {*settings.pruner_sparsities,
+                 *(sizes.sparsity(fraction, name) for fraction in fractions for name in conventions)}
     for pruner in settings.pruners:
-        measure_pruner(meter, evaluator, points, pruner, sparsities, settings.mask_conventions, log)
+        measure_pruner(meter, evaluator, points, pruner, sparsities, settings.mask_conventions, log, evaluated)
     for option in settings.widths:
         measure_width(meter, evaluator, points, option, log)
     reference = pd.DataFrame()

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -137,10 +137,11 @@ def mixed_weights(meter: ViewMeter, low: tuple[LayerStep, TermWeights], high: tu
 
 
 def measure_quantizer(meter: ViewMeter, evaluator: ResidualStreamEvaluator | None, points: StudyPoints,
-                      term_prefix: str, widths: Sequence[int], levels: pd.DataFrame, log: Callable[[str], None]
-                      ) -> None:  # fmt: skip
-    """Points of ``term_prefix`` (``<quantizer>:{bits}:<group>``) at every width, and end to end the spliced
-    model at every level's size that two consecutive widths bracket."""
+                      term_prefix: str, widths: Sequence[int], levels: pd.DataFrame, log: Callable[[str], None],
+                      end_to_end_max_bits: int | None = None) -> None:  # fmt: skip
+    """Points of ``term_prefix`` (``<quantizer>:{bits}:<group>``) at every width (end to end up to
+    ``end_to_end_max_bits``), and in every view the model spliced from two consecutive widths at every level's
+    size that they bracket (the exact row splice: layer errors add over rows, so no view interpolates)."""
     quantizer, group = term_prefix.split(":{bits}:")
     series = f"{quantizer}_{group}"
     steps = {bits: _step(term_prefix.format(bits=bits)) for bits in sorted(widths)}
@@ -151,34 +152,46 @@ def measure_quantizer(meter: ViewMeter, evaluator: ResidualStreamEvaluator | Non
         clock = StepClock()
         weights = clock(meter.compress, step)
         local = clock(meter.local_errors, weights)
+        alone = evaluator if end_to_end_max_bits is None or bits <= end_to_end_max_bits else None
         points.add(series, "quantization", step.text, bits_of[bits], local,
-                   clock(_evaluate, meter, weights.weights, evaluator))  # fmt: skip
+                   clock(_evaluate, meter, weights.weights, alone))  # fmt: skip
         log(f"{step.text} measured ({clock})")
-        if previous is not None and evaluator is not None:
+        if previous is not None:
             for fraction, target in targets.itertuples(index=False):
                 if bracketing_widths(bits_of, target) == (bits - 1, bits):
-                    mixed, reached = mixed_weights(meter, previous, (step, weights), target)
-                    result = meter.evaluate(mixed, evaluator)
-                    points.add(series, "quantization", f"{series}:{bits - 1}|{bits}@{fraction:.6f}", reached, {},
-                               result, mixed=True, removed_fraction=fraction,
-                               size_gap_bits=points.sizes.decoder_bits(reached)
-                               - points.sizes.decoder_bits(target))  # fmt: skip
+                    _measure_splice(meter, evaluator, points, series, previous, (step, weights), fraction, target,
+                                    bits)  # fmt: skip
         previous = (step, weights) if bits + 1 in steps else None
+
+
+def _measure_splice(meter: ViewMeter, evaluator: ResidualStreamEvaluator | None, points: StudyPoints, series: str,
+                    low: tuple[LayerStep, TermWeights], high: tuple[LayerStep, TermWeights], fraction: float,
+                    target: float, bits: int) -> None:  # fmt: skip
+    """The model spliced from widths ``bits − 1`` and ``bits`` at the size of removing ``fraction``, in every
+    view (its layer errors from the spliced weights themselves)."""
+    mixed, reached = mixed_weights(meter, low, high, target)
+    relative = np.stack([meter.relative_errors(index, weight) for index, weight in enumerate(mixed)])
+    local = meter.local_errors(TermWeights(mixed, relative))
+    result = _evaluate(meter, mixed, evaluator)
+    points.add(series, "quantization", f"{series}:{bits - 1}|{bits}@{fraction:.6f}", reached, local, result,
+               mixed=True, removed_fraction=fraction,
+               size_gap_bits=points.sizes.decoder_bits(reached) - points.sizes.decoder_bits(target))  # fmt: skip
 
 
 def measure_pruner(meter: ViewMeter, evaluator: ResidualStreamEvaluator | None, points: StudyPoints,
                    pruner: str, sparsities: Sequence[float], conventions: Sequence[str],
-                   log: Callable[[str], None]) -> None:  # fmt: skip
+                   log: Callable[[str], None], evaluated: Collection[float] | None = None) -> None:  # fmt: skip
     """Points of ``pruner`` at every sparsity, one row per view and mask convention (the bits differ by convention,
-    the errors do not)."""
+    the errors do not); end to end only the sparsities in ``evaluated`` (all when None)."""
     for sparsity in sorted(set(sparsities)):
         clock = StepClock()
         step = _step(f"{pruner}:{sparsity:.9f}")
         weights = clock(meter.compress, step)
-        errors, result = clock(meter.local_errors, weights), clock(_evaluate, meter, weights.weights, evaluator)
+        alone = evaluator if evaluated is None or any(abs(sparsity - s) < 1e-12 for s in evaluated) else None
+        errors, result = clock(meter.local_errors, weights), clock(_evaluate, meter, weights.weights, alone)
         for name in conventions:
             bits = sparse_bits_per_weight(float(step.params["sparsity"]), mask_convention(name))
-            points.add(pruner, "pruning", step.text, bits, errors, result, mask_convention=name)
+            points.add(pruner, "pruning", step.text, bits, dict(errors), result, mask_convention=name)
         log(f"{step.text} measured ({clock})")
 
 

@@ -77,6 +77,13 @@ def test_equivalent_bits_inverts_the_curve_and_censors_outside_it() -> None:
     assert equivalent_bits(curve, 30.0) == (4.125, "above")
 
 
+def test_equivalent_bits_are_never_interpolated_across_a_gap_wider_than_one_bit() -> None:
+    curve = _curve([2.125, 3.125, 4.125, 6.125, 8.125], [8.0, 14.0, 20.0, 32.0, 44.0])
+    bits, censored = equivalent_bits(curve, 26.0)  # between 4.125 and 6.125: two bits apart
+    assert np.isnan(bits) and censored == "gap"
+    assert equivalent_bits(curve, 17.0) == (pytest.approx(3.625), "")
+
+
 def test_bracketing_widths_are_consecutive_and_contain_the_target() -> None:
     costs = {2: 2.125, 3: 3.125, 4: 4.125, 8: 8.125}
     assert bracketing_widths(costs, 3.5) == (3, 4)
