@@ -1,10 +1,10 @@
 """Layer removal against pruning, quantization and the rate–distortion reference at exactly equal size.
 
 One experiment, ``removal_study``, runs :func:`measure.removal.study.run_study` once and stores all its tables
-stacked in one parquet (column ``table`` names the part: units, angular, single_units, layers, blocks, layer_rd,
-levels, points, answer, end_to_end, base); :func:`study_part` takes one part back out. Every error is named by its
-``view`` (:data:`measure.removal.views.VIEWS`): layer view energy- or parameter-weighted, block view, end to end.
-The figures and tables show
+stacked in one parquet (column ``table`` names the part: width_options, units, angular, single_units, layers,
+blocks, layer_rd, levels, points, answer, end_to_end, base); :func:`study_part` takes one part back out. Every
+error is named by its ``view`` (:data:`measure.removal.views.VIEWS`): layer view energy- or parameter-weighted,
+block view, end to end. The figures and tables show
 
 * block importance across depth: Block Influence (ShortGPT, arXiv 2403.03853, Eq. 1), angular distance at
   n = 1 (Gromov et al., arXiv 2403.17887) and the attention / MLP drop scores (LLM-Drop, arXiv 2406.15786);
@@ -34,13 +34,13 @@ from figures.registry import Tables, escape_tex, figure, table
 from figures.style import OKABE_ITO, line_kwargs, method_legend, new_figure, thesis_table
 from figures.ticks import sparse_log_minor_labels
 from measure.removal.answer import answer_table, end_to_end_table
-from measure.removal.study import StudySettings, propagation_correlation, run_study
+from measure.removal.study import StudySettings, check_for_model, propagation_correlation, run_study
 from measure.removal.terms import POINT_COLUMNS
 
 SECTION = "Layer removal against the bounds"
 STUDY = "removal_study"
-PARTS = ("units", "angular", "single_units", "layers", "blocks", "layer_rd", "levels", "points", "answer",
-         "end_to_end", "base")
+PARTS = ("width_options", "units", "angular", "single_units", "layers", "blocks", "layer_rd", "levels", "points",
+         "answer", "end_to_end", "base")
 SETTINGS = {
     "max_removed": 8, "orderings": ["bi", "angular", "reverse", "random"], "seed": 0, "batch_size": 4,
     "probe_windows": 1, "sublayers": False, "quantizers": ["rtn", "gptq"], "groups": ["g128"],
@@ -182,7 +182,10 @@ def synthetic_study(rng: np.random.Generator) -> pd.DataFrame:
     levels = _synthetic_levels(rng, blocks, influence)
     points = _synthetic_points(rng, levels)
     views, conventions = SETTINGS["views"], SETTINGS["mask_conventions"]
-    parts = {"units": units, "angular": angular, "single_units": single, "layers": layers, "blocks": block_shares,
+    widths = pd.DataFrame([{"option": option, "measured_option": option, "status": "as requested", "reason": ""}
+                           for option, _, _ in WIDTH_POINTS])  # fmt: skip
+    parts = {"width_options": widths,
+             "units": units, "angular": angular, "single_units": single, "layers": layers, "blocks": block_shares,
              "layer_rd": layer_rd, "levels": levels, "points": points,
              "answer": answer_table(levels, points, views, conventions),
              "end_to_end": end_to_end_table(levels, points),
@@ -202,12 +205,15 @@ def study_settings(settings: Mapping[str, Any]) -> Any:
             config={"calibration": CALIBRATION, "evaluation": EVALUATION, "settings": SETTINGS})  # fmt: skip
 def removal_study(config: Mapping[str, Any], context: ExperimentContext) -> pd.DataFrame:
     """:func:`measure.removal.study.run_study` on the loaded model with ``config["settings"]``, its tables
-    stacked (:func:`stack_parts`) plus a ``base`` part holding the original model's perplexity."""
+    stacked (:func:`stack_parts`) plus a ``base`` part holding the original model's perplexity. The settings are
+    checked against the model (:func:`measure.removal.study.check_for_model`) before the calibration batches are
+    read."""
 
     loaded = context.model
+    settings = study_settings(config["settings"])
+    check_for_model(settings, loaded.model)
     study = run_study(loaded.model, calibration(loaded, config["calibration"]),
-                      evaluation_windows(loaded, config["evaluation"]), study_settings(config["settings"]),
-                      log=context.step)  # fmt: skip
+                      evaluation_windows(loaded, config["evaluation"]), settings, log=context.step)  # fmt: skip
     return stack_parts({**study.tables, "base": pd.DataFrame([study.summary["base"]])})
 
 

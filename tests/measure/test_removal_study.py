@@ -279,8 +279,8 @@ def test_pvq_remove_study_writes_every_table(tmp_path, tiny_source, capsys) -> N
     assert main(["remove", "--model", str(source), "--study", "--out", str(out), "--sequences", "2", "--seq-len",
                  "24", "--eval-windows", "2", "--window", "32", "--max-removed", "1", "--probe-windows", "1",
                  "--batch-size", "2", "--bits", "2,3,4", "--pruner", "magnitude"]) == 0  # fmt: skip
-    names = {"units", "angular", "single_units", "layers", "blocks", "layer_rd", "levels", "points", "answer",
-             "end_to_end"}
+    names = {"width_options", "units", "angular", "single_units", "layers", "blocks", "layer_rd", "levels",
+             "points", "answer", "end_to_end"}
     assert {path.stem for path in out.glob("*.parquet")} == names
     assert len(read_table(out / "levels.parquet")) == 4
     assert read_provenance(out / "levels.parquet")["settings"]["max_removed"] == 1
