@@ -1,6 +1,6 @@
-"""The three embedded default models' shapes, built offline: transformers configs with their real dimensions and the
-model classes on the meta device (no weights, no download), so checks that read only a model's config and module
-structure run on every default in any test. The slow tests compare these shapes with the loaded defaults.
+"""The three embedded default models' shapes, built offline: transformers configs with their real dimensions and
+the model classes on the meta device (no weights, no download), so checks that read only a model's config and
+module structure run on every default in any test. The slow tests compare these shapes with the loaded defaults.
 """
 
 from __future__ import annotations
