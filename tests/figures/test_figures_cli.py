@@ -110,3 +110,38 @@ def test_paper_builds_the_chapter_pdf(synthetic_experiments, tiny_dir, tmp_path,
     args = build_args(tmp_path / "results", out, tiny_dir)
     assert paper_cli.run(args) == 0
     assert (out / "build" / "main.pdf").stat().st_size > 10_000
+
+
+@pytest.mark.parametrize("flag", ["--models", "--model"])
+def test_models_all_builds_every_default_in_turn_the_default_model_first(flag, monkeypatch, capsys, tmp_path):
+    from measure.models.defaults import DEFAULT_MODEL, DEFAULT_MODELS
+    from pvq.commands import figures as figures_cli
+
+    built = []
+
+    def fake_build(args: argparse.Namespace, only: list[str] | None = None) -> str:
+        context = figures_cli.experiment_context(args)
+        built.append((context.model_name, only, args.out, context.results_root))
+        return f"summary of {context.model_name}"
+
+    monkeypatch.setattr(figures_cli, "run_build", fake_build)
+    argv = ["figures", flag, "all", "--only", "block_importance_across_depth", "--out", str(tmp_path / "paper"),
+            "--results", str(tmp_path / "results")]  # fmt: skip
+    assert main(argv) == 0
+    names = [name for name, _, _, _ in built]
+    assert names[0] == DEFAULT_MODEL and sorted(names) == sorted(DEFAULT_MODELS) and len(names) == 3
+    assert {(only[0], out, results) for _, only, out, results in built} == {
+        ("block_importance_across_depth", tmp_path / "paper", tmp_path / "results")}
+    printed = capsys.readouterr().out
+    assert all(f"== {name} ==\nsummary of {name}" in printed for name in names)
+    built.clear()
+    assert main(["figures", flag, "gemma3-270m", "--out", str(tmp_path / "paper")]) == 0
+    assert [name for name, _, _, _ in built] == ["gemma3-270m"]
+
+
+def test_paper_of_all_models_is_refused_before_any_work(tmp_path):
+    args = build_args(tmp_path / "results", tmp_path / "paper")
+    args.model = "all"
+    with pytest.raises(PvqError, match="pvq figures --models all"):
+        paper_cli.run(args)
+    assert not (tmp_path / "results").exists()
