@@ -24,6 +24,7 @@ from figures.catalog.models import (
     CALIBRATION,
     EVALUATION,
     calibration,
+    check_specs,
     describe_protocol,
     evaluation_windows,
     original_capture,
@@ -78,6 +79,7 @@ def compression_frontier(config: Mapping[str, Any], context: ExperimentContext) 
     KL to the original on the evaluation windows, and the original's PPL."""
 
     loaded = context.model
+    check_specs(loaded, config["specs"])
     batches = calibration(loaded, config["calibration"])
     evaluator = ResidualStreamEvaluator(loaded.model, evaluation_windows(loaded, config["evaluation"]),
                                         config["calibration"]["batch_size"])  # fmt: skip

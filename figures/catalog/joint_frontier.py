@@ -15,7 +15,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from figures.catalog.models import CALIBRATION, EVALUATION, calibration, evaluation_windows, original_capture
+from figures.catalog.models import (
+    CALIBRATION,
+    EVALUATION,
+    calibration,
+    check_specs,
+    evaluation_windows,
+    original_capture,
+)
 from figures.experiments import ExperimentContext, experiment
 from measure.mixture.joint_frontier import joint_frontier_table
 from measure.mixture.joint_grid import frontier_specs
@@ -45,6 +52,7 @@ def joint_frontier(config: Mapping[str, Any], context: ExperimentContext) -> pd.
     KL to the original on the evaluation windows, Pareto flags."""
 
     loaded = context.model
+    check_specs(loaded, config["specs"])
     batches = calibration(loaded, config["calibration"])
     windows = evaluation_windows(loaded, config["evaluation"])
     captured = original_capture(loaded, batches, config["calibration"])

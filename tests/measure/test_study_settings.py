@@ -15,6 +15,8 @@ from tiny_models import tiny_model, tiny_tokenizer
 
 from figures.catalog.removal import SETTINGS, removal_study, study_settings
 from figures.experiments import EXPERIMENTS
+from figures.registry import load_catalog
+from measure.compress.spec import check_spec_for_model
 from measure.evaluation.perplexity import make_windows
 from measure.models.architecture import describe
 from measure.models.defaults import DEFAULT_MODELS
@@ -151,3 +153,52 @@ def test_a_study_on_a_model_with_one_kv_group_runs_and_records_the_option_it_lef
     assert widths.loc["heads=0.34", "status"] == LEFT_OUT and widths.loc["mlp=0.25", "status"] == AS_REQUESTED
     terms = set(study.tables["points"].query("family == 'width'")["term"])
     assert terms == {"shrink:mlp=0.25"}
+
+
+def test_the_width_comparison_reports_an_option_left_out_before_calibration_and_measures_the_rest(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from figures.catalog import width as width_catalog
+
+    calls: list = []
+    monkeypatch.setattr(width_catalog, "calibration", lambda loaded, config: calls.append("calibration") or [])
+    monkeypatch.setattr(width_catalog, "evaluation_windows", lambda loaded, config: None)
+    monkeypatch.setattr(width_catalog, "original_capture", lambda loaded, batches, config: None)
+    monkeypatch.setattr(width_catalog, "width_comparison_table",
+                        lambda model, batches, windows, options, *args, **kwargs: calls.append(list(options)))
+    model = tiny_model("gemma3", num_attention_heads=4, num_key_value_heads=1, head_dim=8)
+    config = {**EXPERIMENTS["width_pruning"].config, "options": ["mlp=0.1", "heads=0.34", "heads=0.67"]}
+    width_catalog.width_pruning(config, SimpleNamespace(model=SimpleNamespace(model=model), step=calls.append))
+    reason = "removes whole KV groups, and the model has 1 of them: none can go with one left"
+    assert calls == [f"width option heads=0.34: left out (heads=0.34 {reason})",
+                     f"width option heads=0.67: left out (heads=0.67 {reason})", "calibration", ["mlp=0.1"]]
+
+
+@pytest.mark.parametrize(("spec", "message"), [
+    ("remove:bi:18", r"spec term 'remove:bi:18': remove:bi removes 1\.\.17 units of a model of 18 blocks"),
+    ("gptq:4:g128+remove:blocks=3,18", "block block index 18 is out of range: the model has blocks 0..17"),
+    ("remove:mlp:19", r"remove:mlp removes 1\.\.18 units"),
+    ("shrink:heads=0.34", r"removing 0\.34 of 1 KV groups removes none"),
+    ("shrink:heads=0.5:unit=query+rtn:4:g128", ""),
+    ("remove:bi:17+gptq:3:g128", ""),
+])  # fmt: skip
+def test_a_spec_is_checked_against_the_model_before_any_data(spec: str, message: str) -> None:
+    model = meta_default("gemma3-270m")
+    _forward_forbidden(model)
+    if message:
+        with pytest.raises(PvqError, match=message):
+            check_spec_for_model(spec, model)
+    else:
+        assert check_spec_for_model(spec, model).text == spec
+
+
+@pytest.mark.parametrize("name", sorted(DEFAULT_MODELS))
+def test_every_default_model_experiment_spec_passes_the_check_on_every_default(name: str) -> None:
+    load_catalog()
+    model = meta_default(name)
+    specs = [spec for experiment in ("compression_frontier", "joint_frontier")
+             for spec in EXPERIMENTS[experiment].config["specs"]]  # fmt: skip
+    specs += [spec for spec in EXPERIMENTS["compression_benchmarks"].config["variants"] if spec]
+    assert len(specs) > 30
+    for spec in specs:
+        check_spec_for_model(spec, model)
