@@ -55,9 +55,10 @@ groups of 128 at 2, 3, 4, 6, 8 and 11–16 bits (every b(f) of 1..8 removed bloc
 widths), GPTQ in groups of 128 at 2, 3 and 4 bits (its curve where removal's errors lie; no widths bracket b(f));
 magnitude pruning at the equal-size sparsity of every level and mask convention and at 50 and 75 %; structured
 width pruning of 1 of the 3 KV groups (output score, exact) and of 25 % of the MLP channels (Wanda score, refit;
-the output score's greedy selection over 1536 channels per layer takes minutes), each at its own size; the block
-view on the first calibration sequence (512 tokens). The full study (``pvq remove --study``) measures RTN and GPTQ
-at every width 2–16, per channel and in groups of 128, and SparseGPT."""
+the output score's greedy selection over 1536 channels per layer takes minutes), each at its own size and as the
+model takes it (another model's KV groups: the ``width_options`` part, :mod:`measure.removal.width_options`); the
+block view on the first calibration sequence (512 tokens). The full study (``pvq remove --study``) measures RTN
+and GPTQ at every width 2–16, per channel and in groups of 128, and SparseGPT."""
 IMPORTANCE_SERIES = {
     "bi": ("Block Influence (block)", OKABE_ITO["blue"], "o"),
     "angular": ("angular distance, $n = 1$", OKABE_ITO["orange"], "s"),
