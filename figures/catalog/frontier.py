@@ -28,6 +28,7 @@ from figures.catalog.models import (
     describe_protocol,
     evaluation_windows,
     original_capture,
+    spec_check,
 )
 from figures.catalog.removal import STUDY, study_part
 from figures.experiments import ExperimentContext, experiment
@@ -72,7 +73,7 @@ def synthetic_frontier(rng: np.random.Generator) -> pd.DataFrame:
                         size_mb=frame["bits_per_weight"] * 1e8 / 8e6, base_perplexity=20.0)  # fmt: skip
 
 
-@experiment(FRONTIER, needs_model=True, synthetic=synthetic_frontier,
+@experiment(FRONTIER, needs_model=True, synthetic=synthetic_frontier, check=spec_check("specs"),
             config={"specs": list(SPECS), "calibration": CALIBRATION, "evaluation": EVALUATION})  # fmt: skip
 def compression_frontier(config: Mapping[str, Any], context: ExperimentContext) -> pd.DataFrame:
     """One row per spec: method, family, compressed bits per weight, whole-model bits per weight and MB, PPL and

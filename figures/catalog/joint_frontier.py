@@ -22,6 +22,7 @@ from figures.catalog.models import (
     check_specs,
     evaluation_windows,
     original_capture,
+    spec_check,
 )
 from figures.experiments import ExperimentContext, experiment
 from measure.mixture.joint_frontier import joint_frontier_table
@@ -44,7 +45,7 @@ def synthetic_joint_frontier(rng: np.random.Generator) -> pd.DataFrame:
                         pareto_entropy=[True, False, False, True])  # fmt: skip
 
 
-@experiment(JOINT_FRONTIER, needs_model=True, synthetic=synthetic_joint_frontier,
+@experiment(JOINT_FRONTIER, needs_model=True, synthetic=synthetic_joint_frontier, check=spec_check("specs"),
             config={"specs": frontier_specs(), "calibration": CALIBRATION, "evaluation": EVALUATION})  # fmt: skip
 def joint_frontier(config: Mapping[str, Any], context: ExperimentContext) -> pd.DataFrame:
     """One row per spec of the grid (:data:`measure.mixture.joint_frontier.COLUMNS`): sizes per mask convention,

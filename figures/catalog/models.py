@@ -8,7 +8,7 @@ tokens: :data:`CALIBRATION`, :data:`EVALUATION`, :func:`calibration` and :func:`
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -53,6 +53,12 @@ def check_specs(loaded: Any, specs: Sequence[str]) -> None:
     for spec in specs:
         if spec:
             check_spec_for_model(spec, loaded.model)
+
+
+def spec_check(key: str) -> Callable[[Mapping[str, Any], ExperimentContext], None]:
+    """An experiment's settings check (``check`` of :func:`figures.experiments.experiment`): the specs under
+    ``config[key]`` against the context's model (:func:`check_specs`)."""
+    return lambda config, context: check_specs(context.model, config[key])
 
 
 def calibration(loaded: Any, config: Mapping[str, Any]) -> list:
@@ -183,7 +189,7 @@ def _variant_metrics(loaded: Any, spec: str, batches: list, windows: Any, tasks:
 
 
 @experiment(
-    BENCHMARKS, needs_model=True, synthetic=synthetic_benchmarks,
+    BENCHMARKS, needs_model=True, synthetic=synthetic_benchmarks, check=spec_check("variants"),
     config={"variants": list(BENCHMARK_VARIANTS), "tasks": BENCHMARK_TASKS, "calibration": CALIBRATION,
             "evaluation": EVALUATION},
 )  # fmt: skip

@@ -202,19 +202,23 @@ def study_settings(settings: Mapping[str, Any]) -> Any:
     return StudySettings(**{**settings, **tuples, "quantizer_bits": bits})
 
 
-@experiment(STUDY, needs_model=True, synthetic=synthetic_study,
+def check_study(config: Mapping[str, Any], context: ExperimentContext) -> None:
+    """The study's settings against the context's model (:func:`measure.removal.study.check_for_model`)."""
+    check_for_model(study_settings(config["settings"]), context.model.model)
+
+
+@experiment(STUDY, needs_model=True, synthetic=synthetic_study, check=check_study,
             config={"calibration": CALIBRATION, "evaluation": EVALUATION, "settings": SETTINGS})  # fmt: skip
 def removal_study(config: Mapping[str, Any], context: ExperimentContext) -> pd.DataFrame:
     """:func:`measure.removal.study.run_study` on the loaded model with ``config["settings"]``, its tables
     stacked (:func:`stack_parts`) plus a ``base`` part holding the original model's perplexity. The settings are
-    checked against the model (:func:`measure.removal.study.check_for_model`) before the calibration batches are
-    read."""
+    checked against the model (:func:`check_study`) before the calibration batches are read."""
 
+    check_study(config, context)
     loaded = context.model
-    settings = study_settings(config["settings"])
-    check_for_model(settings, loaded.model)
     study = run_study(loaded.model, calibration(loaded, config["calibration"]),
-                      evaluation_windows(loaded, config["evaluation"]), settings, log=context.step)  # fmt: skip
+                      evaluation_windows(loaded, config["evaluation"]), study_settings(config["settings"]),
+                      log=context.step)  # fmt: skip
     return stack_parts({**study.tables, "base": pd.DataFrame([study.summary["base"]])})
 
 
