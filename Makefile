@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: install figures test test-fast lint paper clean
+.PHONY: install figures figures-all test test-fast lint paper clean
 
 install: $(STAMP)
 
@@ -24,6 +24,10 @@ $(STAMP): pyproject.toml
 
 figures: $(STAMP)
 	$(BIN)/pvq figures
+
+# The thesis on every embedded default in turn (the default model first), then the cross-model section.
+figures-all: $(STAMP)
+	$(BIN)/pvq figures --models all
 
 # No -x: a failed download in a registry test must not hide the other results (tests/conftest.py runs the
 # tests marked slow, which need the default models, last).

@@ -47,6 +47,7 @@ NO_MODEL = {"model_name": None, "model_id": None, "model_hash": None, "grid_dete
 
 Compute = Callable[[Mapping[str, Any], "ExperimentContext"], pd.DataFrame]
 Synthetic = Callable[[np.random.Generator], pd.DataFrame]
+Check = Callable[[Mapping[str, Any], "ExperimentContext"], None]
 
 
 @dataclass(frozen=True)
@@ -54,7 +55,8 @@ class Experiment:
     """A declared computation: ``compute(config, context) -> DataFrame``.
 
     ``synthetic(rng)`` returns a small table with the same columns, used by the tests to render every
-    figure without running anything.
+    figure without running anything. ``check(config, context)``, when declared, refuses (PvqError) a config the
+    context's model cannot take, from its config and module structure alone: no data, no forward pass.
     """
 
     name: str
@@ -62,24 +64,38 @@ class Experiment:
     config: Mapping[str, Any]
     synthetic: Synthetic
     needs_model: bool = False
+    check: Check | None = None
 
 
 EXPERIMENTS: dict[str, Experiment] = {}
 
 
 def experiment(
-    name: str, *, config: Mapping[str, Any], synthetic: Synthetic, needs_model: bool = False
+    name: str, *, config: Mapping[str, Any], synthetic: Synthetic, needs_model: bool = False,
+    check: Check | None = None,
 ) -> Callable[[Compute], Compute]:
-    """Register the decorated ``compute(config, context) -> DataFrame`` as experiment ``name``."""
+    """Register the decorated ``compute(config, context) -> DataFrame`` as experiment ``name`` (``check``: its
+    settings check against the model, :attr:`Experiment.check`)."""
     canonical_json(config)
 
     def register(compute: Compute) -> Compute:
         if name in EXPERIMENTS:
             raise PvqError(f"experiment {name!r} is registered twice; give each experiment a unique name")
-        EXPERIMENTS[name] = Experiment(name, compute, dict(config), synthetic, needs_model)
+        EXPERIMENTS[name] = Experiment(name, compute, dict(config), synthetic, needs_model, check)
         return compute
 
     return register
+
+
+def check_experiments(experiments: Sequence[Experiment], context: ExperimentContext) -> None:
+    """Every declared :attr:`Experiment.check` of ``experiments`` against the context's model (loaded on first
+    use), before any of them runs; one PvqError naming the experiment and the model for the first refusal."""
+    for exp in experiments:
+        if exp.check is not None:
+            try:
+                exp.check(dict(exp.config), context)
+            except PvqError as error:
+                raise PvqError(f"experiment {exp.name!r} on {context.model_name}: {error}") from None
 
 
 def code_version(exp: Experiment) -> str:

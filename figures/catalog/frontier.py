@@ -24,9 +24,11 @@ from figures.catalog.models import (
     CALIBRATION,
     EVALUATION,
     calibration,
+    check_specs,
     describe_protocol,
     evaluation_windows,
     original_capture,
+    spec_check,
 )
 from figures.catalog.removal import STUDY, study_part
 from figures.experiments import ExperimentContext, experiment
@@ -76,7 +78,7 @@ def synthetic_frontier(rng: np.random.Generator) -> pd.DataFrame:
                         same_top_rate=0.8, kl_p99=5 * kl, tokens=4088)  # fmt: skip
 
 
-@experiment(FRONTIER, needs_model=True, synthetic=synthetic_frontier,
+@experiment(FRONTIER, needs_model=True, synthetic=synthetic_frontier, check=spec_check("specs"),
             config={"specs": list(SPECS), "calibration": CALIBRATION, "evaluation": EVALUATION})  # fmt: skip
 def compression_frontier(config: Mapping[str, Any], context: ExperimentContext) -> pd.DataFrame:
     """One row per spec: method, family, compressed bits per weight, whole-model bits per weight and MB, PPL and
@@ -84,6 +86,7 @@ def compression_frontier(config: Mapping[str, Any], context: ExperimentContext) 
     (:data:`measure.evaluation.perplexity.INTERVAL_COLUMNS`), and the original's PPL."""
 
     loaded = context.model
+    check_specs(loaded, config["specs"])
     batches = calibration(loaded, config["calibration"])
     evaluator = ResidualStreamEvaluator(loaded.model, evaluation_windows(loaded, config["evaluation"]),
                                         config["calibration"]["batch_size"])  # fmt: skip

@@ -15,7 +15,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from figures.catalog.models import CALIBRATION, EVALUATION, calibration, evaluation_windows, original_capture
+from figures.catalog.models import (
+    CALIBRATION,
+    EVALUATION,
+    calibration,
+    check_specs,
+    evaluation_windows,
+    original_capture,
+    spec_check,
+)
 from figures.experiments import ExperimentContext, experiment
 from measure.mixture.joint_frontier import joint_frontier_table
 from measure.mixture.joint_grid import frontier_specs
@@ -37,7 +45,7 @@ def synthetic_joint_frontier(rng: np.random.Generator) -> pd.DataFrame:
                         pareto_entropy=[True, False, False, True])  # fmt: skip
 
 
-@experiment(JOINT_FRONTIER, needs_model=True, synthetic=synthetic_joint_frontier,
+@experiment(JOINT_FRONTIER, needs_model=True, synthetic=synthetic_joint_frontier, check=spec_check("specs"),
             config={"specs": frontier_specs(), "calibration": CALIBRATION, "evaluation": EVALUATION})  # fmt: skip
 def joint_frontier(config: Mapping[str, Any], context: ExperimentContext) -> pd.DataFrame:
     """One row per spec of the grid (:data:`measure.mixture.joint_frontier.COLUMNS`): sizes per mask convention,
@@ -45,6 +53,7 @@ def joint_frontier(config: Mapping[str, Any], context: ExperimentContext) -> pd.
     KL to the original on the evaluation windows, Pareto flags."""
 
     loaded = context.model
+    check_specs(loaded, config["specs"])
     batches = calibration(loaded, config["calibration"])
     windows = evaluation_windows(loaded, config["evaluation"])
     captured = original_capture(loaded, batches, config["calibration"])

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -21,6 +21,7 @@ from figures.registry import Tables, escape_tex, table
 from figures.style import thesis_table
 from measure.capture.statistics import capture
 from measure.compress.apply import apply_spec
+from measure.compress.spec import check_spec_for_model
 from measure.data.calibration import CalibrationProtocol, calibration_batches
 from measure.data.text import evaluation_text
 from measure.evaluation.lmeval import evaluate_task, resolve_tasks
@@ -52,6 +53,21 @@ BENCHMARK_TASKS = {"csqa": 20}
 57 questions per variant, over the budget; add ``"mmlu": 1`` here to include it (the table shows a column)."""
 ORIGINAL = "original (16-bit)"
 BITS_PER_MB = 8e6
+
+
+def check_specs(loaded: Any, specs: Sequence[str]) -> None:
+    """Every non-empty spec of ``specs`` checked against the loaded model from its config and module structure
+    (:func:`measure.compress.spec.check_spec_for_model`), so that a spec the model cannot take fails before the
+    calibration batches are read."""
+    for spec in specs:
+        if spec:
+            check_spec_for_model(spec, loaded.model)
+
+
+def spec_check(key: str) -> Callable[[Mapping[str, Any], ExperimentContext], None]:
+    """An experiment's settings check (``check`` of :func:`figures.experiments.experiment`): the specs under
+    ``config[key]`` against the context's model (:func:`check_specs`)."""
+    return lambda config, context: check_specs(context.model, config[key])
 
 
 def calibration(loaded: Any, config: Mapping[str, Any]) -> list:
@@ -183,7 +199,7 @@ def _variant_metrics(loaded: Any, spec: str, batches: list, windows: Any, tasks:
 
 
 @experiment(
-    BENCHMARKS, needs_model=True, synthetic=synthetic_benchmarks,
+    BENCHMARKS, needs_model=True, synthetic=synthetic_benchmarks, check=spec_check("variants"),
     config={"variants": list(BENCHMARK_VARIANTS), "tasks": BENCHMARK_TASKS, "calibration": CALIBRATION,
             "evaluation": EVALUATION},
 )  # fmt: skip
@@ -191,6 +207,7 @@ def compression_benchmarks(config: Mapping[str, Any], context: ExperimentContext
     """Per compression spec (``""`` = the original): size, perplexity, KL to the original and lm-eval accuracy
     (``acc``; MMLU: micro average over subjects) of each task at its ``--limit``. One row per (spec, task)."""
     loaded = context.model
+    check_specs(loaded, config["variants"])
     batches = calibration(loaded, config["calibration"])
     windows = evaluation_windows(loaded, config["evaluation"])
     captured = original_capture(loaded, batches, config["calibration"])

@@ -1,10 +1,10 @@
 """Layer removal against pruning, quantization and the rate–distortion reference at exactly equal size.
 
 One experiment, ``removal_study``, runs :func:`measure.removal.study.run_study` once and stores all its tables
-stacked in one parquet (column ``table`` names the part: units, angular, single_units, layers, blocks, layer_rd,
-levels, points, answer, end_to_end, base); :func:`study_part` takes one part back out. Every error is named by its
-``view`` (:data:`measure.removal.views.VIEWS`): layer view energy- or parameter-weighted, block view, end to end.
-The figures and tables show
+stacked in one parquet (column ``table`` names the part: width_options, units, angular, single_units, layers,
+blocks, layer_rd, levels, points, answer, end_to_end, base); :func:`study_part` takes one part back out. Every
+error is named by its ``view`` (:data:`measure.removal.views.VIEWS`): layer view energy- or parameter-weighted,
+block view, end to end. The figures and tables show
 
 * block importance across depth: Block Influence (ShortGPT, arXiv 2403.03853, Eq. 1), angular distance at
   n = 1 (Gromov et al., arXiv 2403.17887) and the attention / MLP drop scores (LLM-Drop, arXiv 2406.15786);
@@ -35,14 +35,14 @@ from figures.style import OKABE_ITO, line_kwargs, method_legend, new_figure, the
 from figures.ticks import sparse_log_minor_labels
 from measure.evaluation.perplexity import INTERVAL_COLUMNS
 from measure.removal.answer import answer_table, end_to_end_table
-from measure.removal.study import StudySettings, propagation_correlation, run_study
+from measure.removal.study import StudySettings, check_for_model, propagation_correlation, run_study
 from measure.removal.terms import POINT_COLUMNS
 from measure.removal.views import LOCAL_VIEWS
 
 SECTION = "Layer removal against the bounds"
 STUDY = "removal_study"
-PARTS = ("units", "angular", "single_units", "layers", "blocks", "layer_rd", "levels", "points", "answer",
-         "end_to_end", "base", "view_shares")
+PARTS = ("width_options", "units", "angular", "single_units", "layers", "blocks", "layer_rd", "levels", "points",
+         "answer", "end_to_end", "base", "view_shares")
 SETTINGS = {
     "max_removed": 8, "orderings": ["bi", "angular", "reverse", "random"], "seed": 0, "batch_size": 4,
     "probe_windows": 1, "sublayers": False, "quantizers": ["rtn", "gptq"], "groups": ["g128"],
@@ -61,8 +61,10 @@ between two consecutive widths (those six widths are spliced into the equal-size
 evaluated end to end alone: their KL is far below every removal's); magnitude pruning at the equal-size sparsity
 of every level and mask convention (end to end: the free mask's) and at 50 and 75 %; structured width pruning of
 1 of the 3 KV groups (output score, exact) and of 25 % of the MLP channels (Wanda score, refit), each at its own
-size; the block view on the first evaluation window (512 tokens). The full study (``pvq remove --study``)
-measures RTN and GPTQ at every width 2–16, per channel and in groups of 128, and SparseGPT, all end to end."""
+size and as the model takes it (another model's KV groups: the ``width_options`` part,
+:mod:`measure.removal.width_options`); the block view on the first evaluation window (512 tokens). The full
+study (``pvq remove --study``) measures RTN and GPTQ at every width 2–16, per channel and in groups of 128, and
+SparseGPT, all end to end."""
 IMPORTANCE_SERIES = {
     "bi": ("Block Influence (block)", OKABE_ITO["blue"], "o"),
     "angular": ("angular distance, $n = 1$", OKABE_ITO["orange"], "s"),
@@ -200,7 +202,10 @@ def synthetic_study(rng: np.random.Generator) -> pd.DataFrame:
     levels = _synthetic_levels(rng, blocks, influence)
     points = _synthetic_points(rng, levels)
     views, conventions = SETTINGS["views"], SETTINGS["mask_conventions"]
-    parts = {"units": units, "angular": angular, "single_units": single, "layers": layers, "blocks": block_shares,
+    widths = pd.DataFrame([{"option": option, "measured_option": option, "status": "as requested", "reason": ""}
+                           for option, _, _ in WIDTH_POINTS])  # fmt: skip
+    parts = {"width_options": widths,
+             "units": units, "angular": angular, "single_units": single, "layers": layers, "blocks": block_shares,
              "layer_rd": layer_rd, "levels": levels, "points": points,
              "answer": answer_table(levels, points, views, conventions),
              "end_to_end": end_to_end_table(levels, points),
@@ -219,12 +224,19 @@ def study_settings(settings: Mapping[str, Any]) -> Any:
     return StudySettings(**{**settings, **tuples, "quantizer_bits": bits})
 
 
-@experiment(STUDY, needs_model=True, synthetic=synthetic_study,
+def check_study(config: Mapping[str, Any], context: ExperimentContext) -> None:
+    """The study's settings against the context's model (:func:`measure.removal.study.check_for_model`)."""
+    check_for_model(study_settings(config["settings"]), context.model.model)
+
+
+@experiment(STUDY, needs_model=True, synthetic=synthetic_study, check=check_study,
             config={"calibration": CALIBRATION, "evaluation": EVALUATION, "settings": SETTINGS})  # fmt: skip
 def removal_study(config: Mapping[str, Any], context: ExperimentContext) -> pd.DataFrame:
     """:func:`measure.removal.study.run_study` on the loaded model with ``config["settings"]``, its tables
-    stacked (:func:`stack_parts`) plus a ``base`` part holding the original model's perplexity."""
+    stacked (:func:`stack_parts`) plus a ``base`` part holding the original model's perplexity. The settings are
+    checked against the model (:func:`check_study`) before the calibration batches are read."""
 
+    check_study(config, context)
     loaded = context.model
     study = run_study(loaded.model, calibration(loaded, config["calibration"]),
                       evaluation_windows(loaded, config["evaluation"]), study_settings(config["settings"]),

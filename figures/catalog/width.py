@@ -22,6 +22,7 @@ from figures.experiments import ExperimentContext, experiment
 from figures.registry import Tables, escape_tex, table
 from figures.style import thesis_table
 from measure.removal.width import COLUMNS, width_comparison_table
+from measure.removal.width_options import AS_REQUESTED, measured_options, width_options_table
 
 SECTION = "Structured width pruning"
 WIDTH = "width_pruning"
@@ -57,12 +58,17 @@ def synthetic_width(rng: np.random.Generator) -> pd.DataFrame:
 @experiment(WIDTH, needs_model=True, synthetic=synthetic_width,
             config={"options": list(OPTIONS), "calibration": WIDTH_CALIBRATION, "evaluation": WIDTH_EVALUATION})
 def width_pruning(config: Mapping[str, Any], context: ExperimentContext) -> pd.DataFrame:
-    """:func:`measure.removal.width.width_comparison_table` on the loaded model with ``config``'s options."""
+    """:func:`measure.removal.width.width_comparison_table` on the loaded model with ``config``'s options, each as
+    the model takes it (:mod:`measure.removal.width_options`, checked before the calibration batches are read: an
+    option left out is reported with its reason and has no rows)."""
     loaded = context.model
+    widths = width_options_table(loaded.model, config["options"])
+    for row in widths[widths["status"] != AS_REQUESTED].itertuples():
+        context.step(f"width option {row.option}: {row.status} ({row.reason})")
     batches = calibration(loaded, config["calibration"])
     windows = evaluation_windows(loaded, config["evaluation"])
     captured = original_capture(loaded, batches, config["calibration"])
-    return width_comparison_table(loaded.model, batches, windows, config["options"], captured,
+    return width_comparison_table(loaded.model, batches, windows, measured_options(widths), captured,
                                   config["calibration"]["batch_size"], log=context.step)  # fmt: skip
 
 

@@ -338,10 +338,27 @@ def apply_removal_term(
     }
 
 
+def check_removal_term(model: nn.Module, params: Mapping[str, Any]) -> None:
+    """PvqError unless ``model`` has the blocks a parsed ``remove`` term names: indices in range (one block at
+    least left), or a count of blocks below the block count (of sublayers up to it); expert counts are checked
+    against the router when the term is applied."""
+    blocks = len(describe(model).blocks)
+    if "indices" in params:
+        chosen = check_block_indices(params["indices"], blocks, what=f"{params['unit']} block")
+        if params["unit"] == "block" and len(chosen) >= blocks:
+            raise PvqError(f"cannot remove {len(chosen)} blocks from a model of {blocks}: at least one must stay")
+    elif params["metric"] != "experts":
+        most = blocks - 1 if get_ordering(params["metric"]).unit == "block" else blocks
+        if not 1 <= params["count"] <= most:
+            raise PvqError(f"remove:{params['metric']} removes 1..{most} units of a model of {blocks} blocks, "
+                           f"got {params['count']}")  # fmt: skip
+
+
 REMOVE_TERM = TermKind(
     name="remove",
     summary="remove blocks, attention / MLP sublayers or experts (ShortGPT, Gromov et al., LLM-Drop, router)",
     parse=parse_removal_term,
     apply=apply_removal_term,
+    check=check_removal_term,
 )
 """The ``remove`` model-level spec term (registered in :data:`measure.compress.spec.TERM_KINDS`)."""

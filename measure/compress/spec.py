@@ -31,6 +31,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from torch import nn
+
 from measure.capture.experts import ROUTER_WEIGHTED_METHODS
 from measure.compress.methods import REGISTRY, get_method
 from measure.compress.methods.method import Method
@@ -158,6 +160,20 @@ def parse_spec(text: str) -> Spec:
             index += 1
     _check_disjoint([step for step in steps if isinstance(step, LayerStep)])
     return Spec(text.strip(), tuple(steps))
+
+
+def check_spec_for_model(text: str, model: nn.Module) -> Spec:
+    """:func:`parse_spec` of ``text`` with every model-level term checked against ``model`` (its kind's
+    :attr:`TermKind.check`: block counts, widths), from the config and module structure before any calibration
+    data is read; PvqError names the first refused term."""
+    spec = parse_spec(text)
+    for step in spec.steps:
+        if isinstance(step, ModelStep) and step.kind.check is not None:
+            try:
+                step.kind.check(model, step.params)
+            except PvqError as error:
+                raise PvqError(f"spec term {step.text!r}: {error}") from None
+    return spec
 
 
 def term_kind(head: str) -> TermKind:

@@ -97,6 +97,7 @@ from measure.removal.views import (
     ViewMeter,
     check_views,
 )
+from measure.removal.width_options import measured_options, width_options_table
 from theory.accounting import (
     check_bits,
     removal_bits_per_weight,
@@ -119,7 +120,8 @@ class StudySettings:
     ``quantizer_bits[q]``: the integer widths quantizer q is measured at (each also in every group of ``groups``);
     ``pruner_sparsities``: sparsities measured besides the equal-size ones of every level and mask convention;
     ``widths``: structured width pruning options, each the part after ``shrink:`` of a shrink term (``mlp=0.25``,
-    ``heads=0.34:norefit``), measured in every view at their own size (no removal level reads them);
+    ``heads=0.34:norefit``), measured in every view at their own size (no removal level reads them), each as the
+    model takes it (:mod:`measure.removal.width_options`: adapted to a feasible count of units, or left out);
     ``block_sequences``: how many sequences (the first ones) the block view runs (all when None);
     ``workers``: processes computing compressed weights (one per core when None); ``end_to_end_max_bits``:
     quantizer widths above it are measured in the local views and spliced into the equal-size models, but not
@@ -178,6 +180,22 @@ def check_settings(settings: StudySettings, blocks: int | None = None) -> None:
             raise PvqError(f"pruner sparsities must lie in [0, 1), got {sparsity}")
     if settings.probe_windows < 1 or (settings.block_sequences is not None and settings.block_sequences < 1):
         raise PvqError("probe_windows and block_sequences must be at least 1")
+
+
+def check_for_model(
+    settings: StudySettings, model: nn.Module, windows: TokenWindows | None = None
+) -> pd.DataFrame:
+    """Everything ``settings`` ask of ``model``, checked from its config and module structure before any
+    calibration data is read or any forward pass runs (a model on the meta device is checked like a loaded one):
+    :func:`check_settings` with the model's block count, ``probe_windows`` against the evaluation ``windows`` when
+    given, and each width option as the model takes it: the width_options table
+    (:func:`measure.removal.width_options.width_options_table`: measured as requested, adapted to the nearest
+    feasible whole number of units, or left out with the reason). One PvqError for the first refused setting."""
+    check_settings(settings, len(describe(model).blocks))
+    if windows is not None and settings.probe_windows > windows.input_ids.shape[0]:
+        raise PvqError(f"probe_windows {settings.probe_windows} exceeds the {windows.input_ids.shape[0]} "
+                       "evaluation windows")  # fmt: skip
+    return width_options_table(model, settings.widths)
 
 
 def decoder_sizes(arch: Architecture) -> DecoderSizes:
@@ -341,9 +359,10 @@ def run_study(
     stored_bits: float | None = None,
 ) -> RemovalStudy:
     """The whole comparison on one model (module docstring); the model is left as it was. Settings are checked
-    before any work (:func:`check_settings`).
+    against the model before any work (:func:`check_for_model`).
 
-    Tables (each passed to ``on_table`` as soon as it is final): units (importance of blocks and sublayers),
+    Tables (each passed to ``on_table`` as soon as it is final): width_options (how the model takes each width
+    option: as requested, adapted or left out, with the reason), units (importance of blocks and sublayers),
     angular (d(ℓ, n) for n = 1..max_removed), single_units (each block, attention or MLP removed alone on the
     first ``probe_windows`` windows: local error, PPL, KL, NRI), layers (each linear's output energy and share),
     blocks (each block's energy, weight and update shares), layer_rd (each linear's Gaussian rate–distortion
@@ -355,8 +374,8 @@ def run_study(
     end_to_end. The local views are scored on the evaluation windows, sink positions out
     (:func:`held_out_scoring`); end-to-end numbers carry 95 % block-bootstrap intervals.
     """
+    widths = check_for_model(settings, model, windows)
     arch = describe(model)
-    check_settings(settings, len(arch.blocks))
     study = RemovalStudy()
     seconds: dict[str, float] = {}
     clock = time.perf_counter()
@@ -374,7 +393,8 @@ def run_study(
     importance = measure_importance(model, batches, arch)
     units = unit_table(importance, arch)
     levels = removal_levels(importance, arch, settings)
-    lap("importance", units=units, angular=angular_table(importance.states, settings.max_removed))
+    lap("importance", width_options=widths, units=units,
+        angular=angular_table(importance.states, settings.max_removed))  # fmt: skip
 
     probe_windows = first_windows(windows, settings.probe_windows)
     probe = ResidualStreamEvaluator(model, probe_windows, settings.batch_size, arch)
@@ -409,7 +429,7 @@ def run_study(
                  *(sizes.sparsity(fraction, name) for fraction in fractions for name in conventions)}
     for pruner in settings.pruners:
         measure_pruner(meter, evaluator, points, pruner, sparsities, settings.mask_conventions, log, evaluated)
-    for option in settings.widths:
+    for option in measured_options(widths):
         measure_width(meter, evaluator, points, option, log)
     reference = pd.DataFrame()
     if set(settings.views) & {"layer_energy", "layer_parameters"}:

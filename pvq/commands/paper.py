@@ -12,7 +12,8 @@ from __future__ import annotations
 import argparse
 
 from figures.paper import build_pdf, require_latexmk
-from pvq.commands.figures import add_build_arguments, experiment_context, run_build
+from pvq.commands.figures import ALL_MODELS, add_build_arguments, experiment_context, run_build
+from theory.errors import PvqError
 
 HELP = "Render every figure and table, then build the results chapter PDF (paper/build/main.pdf) with latexmk."
 
@@ -25,6 +26,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Check for latexmk, run `pvq figures`, build the PDF and print where it is."""
 
+    if args.model == ALL_MODELS:
+        raise PvqError(f"pvq paper builds one model's chapter; render every default with `pvq figures --models "
+                       f"{ALL_MODELS}`, then run `pvq paper` (the default model) or `pvq paper --model NAME`")
     context = experiment_context(args)
     require_latexmk()
     print(run_build(args, context=context, chapter=True))

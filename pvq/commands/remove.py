@@ -29,7 +29,7 @@ from measure.models.defaults import DEFAULT_MODEL
 from measure.records.atomic import write_text_atomic
 from measure.records.provenance import collect
 from measure.records.store import write_table
-from measure.removal.study import StudySettings, check_settings, run_study, unit_table
+from measure.removal.study import StudySettings, check_for_model, check_settings, run_study, unit_table
 from pvq.commands.common import add_device_arguments, add_mode_argument, placement
 from theory.accounting import removal_bits_per_weight
 from theory.errors import PvqError
@@ -170,13 +170,13 @@ def _study(args: argparse.Namespace, loaded: Any) -> int:
     import torch
 
 
+    settings = study_settings(args)
+    check_for_model(settings, loaded.model)
     batches, protocol = _calibration(args, loaded)
     windows = make_windows(
         evaluation_text(), loaded.tokenizer, args.window,
         bos_token_id=bos_token_id_for(loaded.tokenizer, loaded.bos_per_window), max_windows=args.eval_windows,
     )  # fmt: skip
-    settings = study_settings(args)
-    check_settings(settings, len(describe(loaded.model).blocks))
     provenance = collect(
         **loaded.describe(), calibration=protocol.as_dict(), evaluation=windows.protocol.as_dict(),
         settings=asdict(settings), torch_threads=torch.get_num_threads(),

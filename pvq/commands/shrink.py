@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 
 from measure.capture.placement import load_placed
-from measure.compress.shrink.shrink import ShrinkSettings, check_settings, save_shrunk, shrink_model
+from measure.compress.shrink.shrink import ShrinkSettings, check_settings, save_shrunk, shrink_counts, shrink_model
 from measure.data.calibration import CalibrationProtocol, calibration_batches
 from measure.models.defaults import DEFAULT_MODEL
 from pvq.commands.common import add_device_arguments, placement
@@ -67,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
         raise PvqError("nothing to remove: give --mlp F and/or --heads F with F in (0, 1)")
     place = placement(args, "full")
     loaded = load_placed(args.model, place)
+    shrink_counts(loaded.model, settings)  # what this model cannot take fails before calibration
     protocol = CalibrationProtocol(args.sequences, args.seq_len, args.batch_size, bos=loaded.bos_per_window)
     batches = calibration_batches(loaded, protocol)
     result = shrink_model(loaded.model, batches, settings)

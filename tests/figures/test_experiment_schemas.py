@@ -81,3 +81,21 @@ def test_real_table_has_the_columns_and_dtypes_of_the_synthetic_one(name, tiny_c
 
 def test_tiny_configs_name_registered_experiments() -> None:
     assert set(TINY) <= set(EXPERIMENTS)
+
+
+@pytest.fixture(scope="module")
+def one_kv_group_context(tmp_path_factory: pytest.TempPathFactory) -> ExperimentContext:
+    """A tiny model shaped like Gemma-3-270M: one KV group, per-head q/k norms, an explicit head_dim."""
+    model = save_tiny_model("gemma3", tmp_path_factory.mktemp("models") / "tiny-gemma3-kv1", num_attention_heads=4,
+                            num_key_value_heads=1, head_dim=8)  # fmt: skip
+    return ExperimentContext(model_name=str(model), results_root=tmp_path_factory.mktemp("results"))
+
+
+@pytest.mark.parametrize("name", [name for name, exp in EXPERIMENTS.items() if exp.needs_model])
+def test_every_model_experiment_runs_on_a_model_with_one_kv_group(name, one_kv_group_context, monkeypatch) -> None:
+    monkeypatch.setattr(text, "calibration_text", lambda: TEXT)
+    monkeypatch.setattr(text, "evaluation_text", lambda: TEXT)
+    exp = dataclasses.replace(EXPERIMENTS[name], config=tiny_config(name, EXPERIMENTS[name].config))
+    real = run_one(exp, one_kv_group_context).table()
+    assert len(real) > 0
+    assert set(real.columns) == set(exp.synthetic(np.random.default_rng(0)).columns)

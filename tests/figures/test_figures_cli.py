@@ -110,3 +110,58 @@ def test_paper_builds_the_chapter_pdf(synthetic_experiments, tiny_dir, tmp_path,
     args = build_args(tmp_path / "results", out, tiny_dir)
     assert paper_cli.run(args) == 0
     assert (out / "build" / "main.pdf").stat().st_size > 10_000
+
+
+@pytest.mark.parametrize("flag", ["--models", "--model"])
+def test_models_all_builds_every_default_in_turn_the_default_model_first(flag, monkeypatch, capsys, tmp_path):
+    from measure.models.defaults import DEFAULT_MODEL, DEFAULT_MODELS
+    from pvq.commands import figures as figures_cli
+
+    built, checked = [], []
+
+    def fake_build(args: argparse.Namespace, only: list[str] | None = None) -> str:
+        context = figures_cli.experiment_context(args)
+        built.append((context.model_name, only, args.out, context.results_root))
+        return f"summary of {context.model_name}"
+
+    def fake_check(experiments, context) -> None:
+        assert not built, "every model is checked before the first build"
+        checked.append((context.model_name, [exp.name for exp in experiments]))
+
+    monkeypatch.setattr(figures_cli, "run_build", fake_build)
+    monkeypatch.setattr(figures_cli, "check_experiments", fake_check)
+    argv = ["figures", flag, "all", "--only", "block_importance_across_depth", "--out", str(tmp_path / "paper"),
+            "--results", str(tmp_path / "results")]  # fmt: skip
+    assert main(argv) == 0
+    names = [name for name, _, _, _ in built]
+    assert checked == [(name, ["removal_study"]) for name in names]
+    assert names[0] == DEFAULT_MODEL and sorted(names) == sorted(DEFAULT_MODELS) and len(names) == 3
+    assert {(only[0], out, results) for _, only, out, results in built} == {
+        ("block_importance_across_depth", tmp_path / "paper", tmp_path / "results")}
+    printed = capsys.readouterr().out
+    assert all(f"== {name} ==\nsummary of {name}" in printed for name in names)
+    built.clear()
+    checked.clear()
+    assert main(["figures", flag, "gemma3-270m", "--out", str(tmp_path / "paper")]) == 0
+    assert [name for name, _, _, _ in built] == ["gemma3-270m"] and checked == []
+
+
+def test_paper_of_all_models_is_refused_before_any_work(tmp_path):
+    args = build_args(tmp_path / "results", tmp_path / "paper")
+    args.model = "all"
+    with pytest.raises(PvqError, match="pvq figures --models all"):
+        paper_cli.run(args)
+    assert not (tmp_path / "results").exists()
+
+
+def test_a_setting_a_model_refuses_stops_the_check_naming_the_experiment_and_the_model(tiny_dir, tmp_path):
+    from figures.experiments import ExperimentContext, check_experiments, lookup
+
+    context = ExperimentContext(model_name=str(tiny_dir), results_root=tmp_path / "results")
+    with pytest.raises(PvqError, match=r"experiment 'removal_study' on .*tiny-llama: the study removes 1\.\."
+                                       r"max_removed blocks; max_removed must lie in 1\.\.1 \(the model has 2"):
+        check_experiments(lookup(["compression_frontier", "removal_study"]), context)
+    with pytest.raises(PvqError, match=r"'joint_frontier' .*'remove:bi:2': remove:bi removes 1\.\.1 units"):
+        check_experiments(lookup(["joint_frontier"]), context)
+    check_experiments(lookup(["compression_frontier", "model_summary"]), context)
+    assert not (tmp_path / "results").exists()

@@ -79,8 +79,8 @@ def test_answer_table_reads_each_method_at_the_removal_size_and_inverts_its_curv
     assert (row["methods_at_size"], row["best_series"], row["interpolated"]) == (1, "rtn", "rtn")
     assert row["best_db"] == pytest.approx(rtn_at_size)
     assert row["margin_best_db"] == pytest.approx(20 - rtn_at_size)
-    rtn_db = [-10 * math.log10(0.1), 60.0]
-    assert row["equivalent_bits_rtn"] == pytest.approx(3.0 + (20.0 - rtn_db[0]) / (rtn_db[1] - rtn_db[0]) * 8.5)
+    # the removal's 20 dB lies between RTN's 3 and 11.5 bits: more than one bit apart, so no value, never guessed
+    assert math.isnan(row["equivalent_bits_rtn"]) and row["equivalent_bits_rtn_censored"] == "gap"
     gptq_db = [-10 * math.log10(0.2), -10 * math.log10(0.005)]
     assert row["equivalent_bits_gptq"] == pytest.approx(2.0 + (20.0 - gptq_db[0]) / (gptq_db[1] - gptq_db[0]))
     assert row["equivalent_bits_gptq_censored"] == "" and math.isnan(row["rd_db"])
@@ -139,10 +139,13 @@ def test_run_study_on_a_tiny_model_leaves_it_unchanged(tiny_study) -> None:
 
 
 def test_every_method_at_the_removal_size_sits_there_or_between_widths_one_bit_apart(tiny_study) -> None:
+    """In every view a quantizer at b(f) is the model spliced row by row from the two widths that bracket it (never
+    an interpolation); a pruner sits at b(f) exactly."""
     study = tiny_study[0]
     points, answer = study.tables["points"], study.tables["answer"]
     local = answer[answer["view"] != "end_to_end"]
     for row in local.itertuples():
+        assert row.interpolated == ""
         rows = points[(points["view"] == row.view) & ~points["mixed"]
                       & (points["mask_convention"].isna() | (points["mask_convention"] == row.mask_convention))]
         at_size = 0
@@ -152,7 +155,10 @@ def test_every_method_at_the_removal_size_sits_there_or_between_widths_one_bit_a
             below, above = bits[bits < row.bits_per_weight], bits[bits > row.bits_per_weight]
             bracketed = len(below) and len(above) and above[0] - below[-1] <= MAX_BRACKET_BITS
             at_size += bool(exact.any() or bracketed)
-            assert (series in row.interpolated.split(",")) == bool(bracketed and not exact.any())
+            if bracketed and not exact.any():
+                spliced = points[points["mixed"] & (points["view"] == row.view) & (points["series"] == series)
+                                 & np.isclose(points["removed_fraction"], row.removed_fraction)]  # fmt: skip
+                assert len(spliced) == 1, (series, row.view, row.bits_per_weight)
             if curve["family"].iloc[0] == "pruning":
                 assert exact.any(), (series, row.bits_per_weight)
         assert at_size == row.methods_at_size
@@ -279,8 +285,8 @@ def test_pvq_remove_study_writes_every_table(tmp_path, tiny_source, capsys) -> N
     assert main(["remove", "--model", str(source), "--study", "--out", str(out), "--sequences", "2", "--seq-len",
                  "24", "--eval-windows", "2", "--window", "32", "--max-removed", "1", "--probe-windows", "1",
                  "--batch-size", "2", "--bits", "2,3,4", "--pruner", "magnitude"]) == 0  # fmt: skip
-    names = {"units", "angular", "single_units", "layers", "blocks", "layer_rd", "levels", "points", "answer",
-             "end_to_end", "view_shares"}
+    names = {"width_options", "units", "angular", "single_units", "layers", "blocks", "layer_rd", "levels",
+             "points", "answer", "end_to_end", "view_shares"}
     assert {path.stem for path in out.glob("*.parquet")} == names
     assert len(read_table(out / "levels.parquet")) == 4
     assert read_provenance(out / "levels.parquet")["settings"]["max_removed"] == 1

@@ -246,3 +246,51 @@ def test_heads_under_a_norm_over_the_whole_projection_have_no_same_shape_form() 
     with pytest.raises(PvqError, match=r"olmo2 attention normalizes q or k over all heads .*q_norm"):
         zeroed_weights(plan)
     assert set(zeroed_weights(plan_shrink(tiny_model("olmo2"), _batches(), ShrinkSettings(mlp=0.5))))
+
+
+def _gemma3_270m_shaped() -> torch.nn.Module:
+    """A tiny Gemma-3 with Gemma-3-270M's attention layout: 4 query heads, one KV head, per-head q/k norms (the k
+    projection is exactly head_dim wide)."""
+    return tiny_model("gemma3", num_attention_heads=4, num_key_value_heads=1, head_dim=8)
+
+
+def test_per_head_qk_norms_with_a_single_kv_head_are_kept_whole_and_its_heads_have_a_same_shape_form() -> None:
+    model = _gemma3_270m_shaped()
+    attention = model.model.layers[0].self_attn
+    assert attention.k_norm.weight.shape == attention.k_proj.weight.shape[:1] == (8,)
+    assert all(unit.extras == {} for unit in head_units(describe(model)))
+    settings = ShrinkSettings(heads=0.5, head_unit="query")
+    plan = plan_shrink(model, _batches(), settings)
+    assert plan.projection_norms == ()
+    for ref, _, _ in plan.kept_features:
+        ref.set_weight(zeroed_weights(plan)[ref.name])
+    shrunk = shrink_model(_gemma3_270m_shaped(), _batches(), settings)
+    config = shrunk.model.config
+    assert (config.num_attention_heads, config.num_key_value_heads, config.head_dim) == (2, 1, 8)
+    assert shrunk.model.model.layers[0].self_attn.k_norm.weight.shape == (8,)
+    ids = _batches()[0]
+    for same_shape, physical in zip(_hidden_states(model, ids), _hidden_states(shrunk.model, ids), strict=True):
+        torch.testing.assert_close(same_shape, physical, rtol=1e-5, atol=1e-5)
+
+
+def test_a_head_fraction_that_removes_every_or_no_kv_group_is_refused_before_any_capture(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def no_capture(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the counts are checked before any capture")
+
+    monkeypatch.setattr("measure.compress.shrink.shrink.consumer_grams", no_capture)
+    with pytest.raises(PvqError, match=r"removing 0.9 of 1 KV groups leaves none; at most 0 can go"):
+        plan_shrink(_gemma3_270m_shaped(), _batches(), ShrinkSettings(heads=0.9))
+    with pytest.raises(PvqError, match=r"removing 0.34 of 1 KV groups removes none \(round\(0.34 · 1\) = 0\)"):
+        plan_shrink(_gemma3_270m_shaped(), _batches(), ShrinkSettings(heads=0.34))
+
+
+def test_a_q_norm_over_the_whole_projection_is_refused_even_with_a_single_kv_head() -> None:
+    model = tiny_model("olmo2", num_attention_heads=4, num_key_value_heads=1)
+    unit = head_units(describe(model))[0]
+    assert unit.head_dim == 8 and unit.extras == {"model.layers.0.self_attn.q_norm.weight": "q"}
+    plan = plan_shrink(model, _batches(), ShrinkSettings(heads=0.5, head_unit="query"))
+    assert plan.projection_norms == tuple(f"model.layers.{b}.self_attn.q_norm.weight" for b in (0, 1))
+    with pytest.raises(PvqError, match=r"olmo2 attention normalizes q or k over all heads \(model.layers.0"):
+        zeroed_weights(plan)

@@ -84,3 +84,15 @@ def test_shrink_spec_term_replaces_the_model_with_the_shrunk_one():
         spec.parse_spec("shrink:mlp=0.5:bogus")
     with pytest.raises(PvqError, match="needs mlp=F"):
         spec.parse_spec("shrink:score=wanda")
+
+
+def test_heads_a_model_cannot_lose_are_refused_before_calibration(tmp_path, capsys, monkeypatch):
+    def no_calibration(*args: object) -> None:
+        raise AssertionError("the shrink is checked against the model before calibration")
+
+    monkeypatch.setattr("pvq.commands.shrink.calibration_batches", no_calibration)
+    folder = save_tiny_model("gemma3", tmp_path / "kv1", num_attention_heads=4, num_key_value_heads=1, head_dim=8)
+    out = tmp_path / "shrunk"
+    assert main(["shrink", "--model", str(folder), "--heads", "0.34", "--out", str(out), *CALIBRATION]) == 2
+    assert "removing 0.34 of 1 KV groups removes none" in capsys.readouterr().err
+    assert not out.exists()

@@ -52,12 +52,13 @@ from measure.compress.shrink.slicing import (
     width_key,
 )
 from measure.compress.shrink.units import ChannelUnit, HeadUnit, channel_units, head_counts, head_units
-from measure.models.architecture import LinearRef, describe, parameter_counts
+from measure.models.architecture import Architecture, LinearRef, describe, parameter_counts
 from measure.records.atomic import atomic_dir
 from theory.errors import PvqError
 
 HEAD_UNITS = ("kv", "query")
 RECORD_FILE = "pvq_shrink.json"
+SHAPE_HINT = "shrink the other unit only or choose uniform fractions"
 UNIT_COLUMNS = ["unit", "kind", "block", "expert", "width", "removed", "refit_error", "unrefit_error", "signal"]
 
 
@@ -133,12 +134,63 @@ def check_settings(settings: ShrinkSettings) -> None:
 
 
 def removal_count(fraction: float, total: int, what: str) -> int:
-    """round(fraction · total), refused when it would remove all ``total`` (at least one must stay)."""
+    """round(fraction · total), refused when it would remove all ``total`` (at least one must stay) or when a
+    fraction above 0 removes none."""
     count = round(fraction * total)
+    if fraction > 0 and count == 0:
+        raise PvqError(f"removing {fraction:g} of {total} {what} removes none (round({fraction:g} · {total}) = "
+                       f"0); name a fraction above {0.5 / total:.3f} or 0")  # fmt: skip
     if count >= total:
         raise PvqError(f"removing {fraction:g} of {total} {what} leaves none; at most {total - 1} can go "
                        f"(a fraction below {(total - 0.5) / total:.3f})")  # fmt: skip
     return count
+
+
+@dataclass(frozen=True, eq=False)
+class ShrinkCounts:
+    """What ``settings`` remove from one model, known from its config and module structure alone (no capture):
+    the MLP units and the channels removed from each, the attention units and the KV groups (kv) or query heads
+    per KV group (query) removed from each, the config changes and the updated config, and ``projection_norms``:
+    the norms over a whole q or k projection in the attention sublayers that lose heads."""
+
+    arch: Architecture
+    mlps: list[ChannelUnit]
+    mlp_counts: dict[ChannelUnit, int]
+    attentions: list[HeadUnit]
+    head_count: int
+    changes: dict[str, Any]
+    config: object
+    projection_norms: tuple[str, ...]
+
+
+def head_unit_total(arch: Architecture, head_unit: str) -> tuple[int, str]:
+    """How many of the removed head unit one attention holds, and its name: its KV groups (``kv``), or the query
+    heads of one KV group (``query``), from the config."""
+    heads, kv_heads, _ = head_counts(arch)
+    return (kv_heads, "KV groups") if head_unit == "kv" else (heads // kv_heads, "query heads per KV group")
+
+
+def shrink_counts(model: nn.Module, settings: ShrinkSettings) -> ShrinkCounts:
+    """Every count and config change of ``settings`` on ``model`` (:class:`ShrinkCounts`); PvqError, before any
+    capture or forward pass, for settings this model cannot take: a fraction that leaves no unit, heads of a fused
+    q/k/v projection, widths the config cannot describe. The shapes are checked on meta tensors, so a model on
+    the meta device (built from its config alone) is checked as well as a loaded one."""
+    check_settings(settings)
+    arch = describe(model)
+    fractions = mlp_fractions(settings, len(arch.blocks))
+    mlps = channel_units(arch) if any(fractions) else []
+    attentions = head_units(arch) if settings.heads > 0 else []
+    head_count = removal_count(settings.heads, *head_unit_total(arch, settings.head_unit)) if attentions else 0
+    mlp_counts = {unit: removal_count(fractions[unit.block_index], unit.width, f"channels of {unit.name}")
+                  for unit in mlps}  # fmt: skip
+    changes = _config_changes(arch, mlps, mlp_counts, attentions, head_count, settings)
+    config = updated_config(model, changes)
+    placeholder = _cuts({u: torch.arange(u.width - mlp_counts[u]) for u in mlps},
+                        {u: _first_heads(u, head_count, settings.head_unit) for u in attentions})  # fmt: skip
+    meta_state = {name: tensor.to("meta") for name, tensor in model.state_dict().items()}
+    check_shapes(model, config, apply_cuts(meta_state, placeholder), arch.family, SHAPE_HINT)
+    norms = tuple(name for unit in attentions for name, kind in unit.extras.items() if kind != "head")
+    return ShrinkCounts(arch, mlps, mlp_counts, attentions, head_count, changes, config, norms)
 
 
 def plan_shrink(
@@ -146,27 +198,14 @@ def plan_shrink(
     grams: dict[str, np.ndarray] | None = None,
 ) -> ShrinkPlan:  # fmt: skip
     """Choose what a shrink of ``model`` removes (module docstring), leaving the model unchanged; ``batches`` of
-    token ids calibrate the scores. PvqError before any capture when the config cannot describe the new widths.
+    token ids calibrate the scores. PvqError before any capture when the model cannot take ``settings``
+    (:func:`shrink_counts`).
 
     ``grams``: consumer input Grams already captured on this model (:func:`consumer_grams` of an identical copy,
     or the capture of the original model), read instead of capturing ``batches`` again."""
-    check_settings(settings)
-    arch = describe(model)
-    fractions = mlp_fractions(settings, len(arch.blocks))
-    mlps = channel_units(arch) if any(fractions) else []
-    attentions = head_units(arch) if settings.heads > 0 else []
-    heads, kv_heads, _ = head_counts(arch) if attentions else (0, 1, 0)
-    per_unit = kv_heads if settings.head_unit == "kv" else heads // kv_heads
-    head_count = removal_count(settings.heads, per_unit, "KV groups" if settings.head_unit == "kv" else
-                               "query heads per KV group") if attentions else 0  # fmt: skip
-    mlp_counts = {unit: removal_count(fractions[unit.block_index], unit.width, f"channels of {unit.name}")
-                  for unit in mlps}  # fmt: skip
-    changes = _config_changes(arch, mlps, mlp_counts, attentions, head_count, settings)
-    config = updated_config(model, changes)
-    placeholder = _cuts({u: torch.arange(u.width - mlp_counts[u]) for u in mlps},
-                        {u: _first_heads(u, head_count, settings.head_unit) for u in attentions})  # fmt: skip
-    hint = "shrink the other unit only or choose uniform fractions"
-    check_shapes(model, config, apply_cuts(model.state_dict(), placeholder), arch.family, hint)
+    counts = shrink_counts(model, settings)
+    arch, mlps, attentions, head_count = counts.arch, counts.mlps, counts.attentions, counts.head_count
+    mlp_counts = counts.mlp_counts
     if grams is None and not (settings.score == "magnitude" and not settings.refit):
         grams = consumer_grams(model, batches, arch, mlps, attentions)
     rows, kept, mlp_keep, head_keep, refits = [], {}, {}, {}, {}
@@ -183,12 +222,11 @@ def plan_shrink(
         rows.append(_row(unit.name, "attention", unit.block_index, None, unit.heads, choice))
     return ShrinkPlan(
         settings=settings, units=pd.DataFrame(rows, columns=UNIT_COLUMNS).astype({"expert": "Int64"}), kept=kept,
-        config_changes=changes, original_parameters=sum(p.numel() for p in model.parameters()),
+        config_changes=counts.changes, original_parameters=sum(p.numel() for p in model.parameters()),
         decoder_parameters=parameter_counts(arch)["decoder"],
         removed_parameters=_accounted_parameters(mlps, mlp_counts, attentions, kept, settings.head_unit),
-        config=config, cuts=_cuts(mlp_keep, head_keep), kept_features=_kept_features(mlp_keep, head_keep),
-        consumer_weights=refits, family=arch.family,
-        projection_norms=tuple(name for unit in head_keep for name, kind in unit.extras.items() if kind != "head"),
+        config=counts.config, cuts=_cuts(mlp_keep, head_keep), kept_features=_kept_features(mlp_keep, head_keep),
+        consumer_weights=refits, family=arch.family, projection_norms=counts.projection_norms,
     )  # fmt: skip
 
 
@@ -205,7 +243,7 @@ def shrink_model(
             weight = ref.weight()
             ref.set_weight(plan.consumer_weights[ref.name].to(dtype=weight.dtype, device=weight.device))
     state = apply_cuts(model.state_dict(), plan.cuts)
-    check_shapes(model, plan.config, state, arch.family, "shrink the other unit only or choose uniform fractions")
+    check_shapes(model, plan.config, state, arch.family, SHAPE_HINT)
     smaller = rebuild(model, plan.config, state)
     return ShrinkResult(**{f.name: getattr(plan, f.name) for f in fields(ShrinkPlan)}, model=smaller)
 
@@ -218,11 +256,7 @@ def zeroed_weights(plan: ShrinkPlan) -> dict[str, torch.Tensor]:
     consumers' outputs (their columns are 0), as in the sliced model; the layer's (out, in) view, by layer name.
     PvqError when heads go from an attention with a norm over its whole q or k projection: that norm's scale
     depends on every row, so no same-shape weights equal the sliced model."""
-    if plan.projection_norms:
-        raise PvqError(f"the {plan.family} attention normalizes q or k over all heads "
-                       f"({plan.projection_norms[0]}, ...), so removed heads have no same-shape equivalent; "
-                       "measure its heads on the physically shrunk model (pvq shrink, pvq eval --compress "
-                       "shrink:...) or remove MLP channels only")
+    check_same_shape(plan.family, plan.projection_norms)
     weights = {}
     for ref, axis, keep in plan.kept_features:
         weight = plan.consumer_weights.get(ref.name, ref.weight()).detach().to(ref.weight().dtype).clone()
@@ -234,6 +268,16 @@ def zeroed_weights(plan: ShrinkPlan) -> dict[str, torch.Tensor]:
             weight[:, mask.to(weight.device)] = 0
         weights[ref.name] = weight
     return weights
+
+
+def check_same_shape(family: str, projection_norms: Sequence[str]) -> None:
+    """PvqError when heads go from an attention with a norm over its whole q or k projection (``projection_norms``,
+    :attr:`ShrinkCounts.projection_norms`): that norm's scale depends on every row, so no same-shape weights equal
+    the sliced model."""
+    if projection_norms:
+        raise PvqError(f"the {family} attention normalizes q or k over all heads ({projection_norms[0]}, ...), "
+                       "so removed heads have no same-shape equivalent; measure its heads on the physically "
+                       "shrunk model (pvq shrink, pvq eval --compress shrink:...) or remove MLP channels only")
 
 
 def mlp_fractions(settings: ShrinkSettings, blocks: int) -> list[float]:

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from measure.compress.shrink.shrink import ShrinkSettings, check_settings, shrink_model
+from measure.compress.shrink.shrink import ShrinkSettings, check_settings, shrink_counts, shrink_model
 from measure.compress.term_kind import TermKind
 from theory.accounting import removal_bits_per_weight
 from theory.errors import PvqError
@@ -57,10 +57,16 @@ def apply_shrink_term(
             "equal_compression_bits_per_weight": removal_bits_per_weight(result.removed_fraction)}  # fmt: skip
 
 
+def check_shrink_term(model: nn.Module, params: dict[str, Any]) -> None:
+    """PvqError, before any capture, when ``model`` cannot take the shrink (:func:`shrink_counts`)."""
+    shrink_counts(model, ShrinkSettings(**params))
+
+
 SHRINK_TERM = TermKind(
     name="shrink",
     summary="structured width pruning: remove MLP channels and attention heads, refit the consumers",
     parse=parse_shrink_term,
     apply=apply_shrink_term,
+    check=check_shrink_term,
 )
 """The ``shrink`` model-level spec term; :data:`measure.compress.spec.TERM_KINDS` maps "shrink" to it."""

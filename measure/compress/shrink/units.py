@@ -9,7 +9,8 @@ family.
   rows k·d..(k+1)·d of k and v, and serves query heads k·g..(k+1)·g − 1 (g = heads / kv_heads, GQA). Parameters
   of the attention module that are not linear layers are cut with what their leading dimension counts: one
   entry per query head (attention sinks), or the rows of q / k (an Olmo-style q_norm / k_norm over the whole
-  projection); per-head-dim norms (Gemma's q_norm) are kept whole.
+  projection); a q / k norm of the config's head dimension (Gemma's q_norm and k_norm, applied to each head) is
+  kept whole, even where one KV head makes the k projection exactly that wide.
 
 A coupling the walker cannot resolve (a fused q/k/v projection, widths that disagree with the config) raises one
 PvqError naming the family and the unit.
@@ -153,9 +154,15 @@ def _head_unit(arch: Architecture, block: Block) -> HeadUnit:
 
 
 def _extra_kind(name: str, leading: int, heads: int, q: LinearRef, k: LinearRef, head_dim: int, where: str) -> str:
-    """What the leading dimension of a non-linear attention parameter counts: "head", "q", "k" or "keep"."""
+    """What the leading dimension of a non-linear attention parameter counts: "head", "q", "k" or "keep".
+
+    A q or k norm of the config's head dimension normalizes each head on its own ("keep"), whatever the width of
+    the projection: with one KV head the k projection is exactly ``head_dim`` wide, and only the config tells a
+    per-head norm (Gemma-3) from a norm over the whole projection (OLMo-2)."""
     leaf = name.rpartition(".")[2] if "." in name else name
     stem = name.split(".")[0]
+    if leading == head_dim and stem.startswith(("q", "k")):
+        return "keep"
     if leading == q.out_features and stem.startswith("q"):
         return "q"
     if leading == k.out_features and stem.startswith("k"):
