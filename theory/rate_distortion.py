@@ -11,8 +11,8 @@ energy), and the least error any code of R bits per row can reach is given by re
 ``R = b·in`` bits per row (b bits per weight) the relative output error ``D/Σσ_j²`` is :func:`rd_relative_error`
 and its SQNR in dB :func:`rd_sqnr_db`: a per-layer reference, every layer at the same rate. The decoder-level
 reference :func:`decoder_rd_relative_error` water-fills one bit budget jointly over all components of all layers
-(:func:`joint_rd_relative_errors`), weighting each layer's error as an aggregated view does. Radio (ICML 2025) and WaterSIC (ICML 2026) take the same water-filling
-view of layer-wise quantization.
+(:func:`joint_rd_relative_errors`), weighting each layer's error as an aggregated view does. Radio (ICML 2025)
+and WaterSIC (ICML 2026) take the same water-filling view of layer-wise quantization.
 
 What it is and what it is not. It is a *reference*: the limit for Gaussian weights whose coordinates in H's
 eigenbasis are independent with the layer's per-coordinate second moments, measured on the output error
