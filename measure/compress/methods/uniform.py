@@ -7,8 +7,10 @@ ratio:
 * ``"symmetric"`` — the convention of GPTQ's reference quantizer (``quant.py``, ``sym=True``), AutoGPTQ /
   GPTQModel and compressed-tensors: codes ``0…2^b − 1``, zero point ``z = 2^(b−1)``,
   ``s = 2M/(2^b − 1)``. The levels are ``s·{−2^(b−1), …, 2^(b−1) − 1}``; ``±M`` fall on the half-codes
-  ``±(2^(b−1) − ½)``, so every value is within ``s/2`` of a level, ``+M`` rounds onto the top code and
-  ``−M`` onto the bottom one (round half to even: the bottom code holds the group's negative absmax only).
+  ``±(2^(b−1) − ½)``, so every value is within ``s/2`` of a level: ``+M`` saturates onto the top code, and
+  ``−M`` is a tie between the two lowest codes that round half to even sends to the bottom one when the
+  division is exact — the bottom code holds at most the group's negative absmax. Against the signed grid below,
+  the step is ``2M/(2^b − 1)`` instead of ``M/(2^(b−1) − 1)``: 2/3 instead of 1 at 2 bits, in units of M.
   This is the default grid of ``rtn``, ``gptq`` and ``awq``. (GPTQ's own code takes ``s = max/(2^b − 1)``
   when a group has no negative value; here ``s`` is always from ``max|w|``, as in compressed-tensors.)
 * ``"asymmetric"`` — min-max with an integer zero point: the range ``[min(w, 0), max(w, 0)]`` (zero always
