@@ -128,7 +128,7 @@ def main() -> None:
     arguments = parse_arguments()
     generator = np.random.default_rng(arguments.seed)
     gram, weight = load_layer(arguments, generator)
-    grid = QuantGrid.symmetric(arguments.bits, mse_scale(weight, arguments.bits))
+    grid = QuantGrid.signed(arguments.bits, mse_scale(weight, arguments.bits))
     convention = Convention(mask_encoding=arguments.mask_encoding)
     kept = equal_compression_kept(arguments.opt_dim, arguments.bits, convention)
     problems = sample_chunks(weight, gram, arguments.opt_dim, arguments.chunks, generator)

@@ -110,7 +110,7 @@ def select_rows(out_features: int, rows: int, seed: int = 0) -> list[int]:
 def quantization_results(problem: ChunkProblem, bits: int, time_limit: float, sdp: bool, seed: int
                          ) -> list[SolverResult]:
     """Exact, Park–Boyd (if ``sdp``), RTN and GPTQ on one chunk, on the grid ``mse_scale(w_C, b)·{−2^(b−1)…}``."""
-    grid = QuantGrid.symmetric(bits, mse_scale(problem.weights, bits))
+    grid = QuantGrid.signed(bits, mse_scale(problem.weights, bits))
     results = [exact_quantize(problem, grid, time_limit=time_limit)]
     if sdp:
         bound = park_boyd_bound(problem, grid, seed=seed)

@@ -71,7 +71,9 @@ def nf4_values() -> np.ndarray:
 def int_grid(bits: int, symmetric: bool = True) -> np.ndarray:
     """Integer codes: signed ``{-2^(b-1), …, 2^(b-1)-1}`` (Kuzmin et al., Sec. 2) or unsigned ``{0, …, 2^b-1}``.
 
-    The unsigned codes are used with a zero point z: value ``(q - z)·s``; b = 2..16.
+    The unsigned codes are used with a zero point z: value ``(q - z)·s``; b = 2..16. The theory's INT-b
+    grid is the signed one with an MSE-searched clipping range (:func:`theory.sqnr.fit_integer_grid`), which
+    reaches every code; the measured methods' grids are in :mod:`measure.compress.methods.uniform`.
     """
     accounting.check_bits(bits, high=16)
     if symmetric:

@@ -46,8 +46,13 @@ class QuantGrid:
             raise PvqError(f"the integer grid needs q_min < q_max, got {self.q_min}..{self.q_max}")
 
     @classmethod
-    def symmetric(cls, bits: int, scale: float) -> QuantGrid:
-        """Signed b-bit grid ``{−2^(b−1), …, 2^(b−1) − 1}`` with step ``scale``."""
+    def signed(cls, bits: int, scale: float) -> QuantGrid:
+        """The signed INT-b grid of Kuzmin et al. (NeurIPS 2023, Sec. 2), ``s·{−2^(b−1), …, 2^(b−1) − 1}``.
+
+        With the MSE step of :func:`mse_scale` (a clipped range) every code is reachable; this is the grid
+        of the chunk bounds, not the GPTQ-convention grid of the measured methods
+        (:mod:`measure.compress.methods.uniform`).
+        """
         check_bits(bits)
         return cls(scale=float(scale), q_min=-(2 ** (bits - 1)), q_max=2 ** (bits - 1) - 1)
 

@@ -9,8 +9,10 @@ components of variances σ_j² = λ_j s_j² (:func:`layer_spectrum`; Σ_j σ_j²
 energy), and the least error any code of R bits per row can reach is given by reverse water-filling on the σ_j²
 (Cover & Thomas, *Elements of Information Theory*, 2nd ed., Thm 10.3.3; :func:`water_filling`). With
 ``R = b·in`` bits per row (b bits per weight) the relative output error ``D/Σσ_j²`` is :func:`rd_relative_error`
-and its SQNR in dB :func:`rd_sqnr_db`. Radio (ICML 2025) and WaterSIC (ICML 2026) take the same water-filling
-view of layer-wise quantization.
+and its SQNR in dB :func:`rd_sqnr_db`: a per-layer reference, every layer at the same rate. The decoder-level
+reference :func:`decoder_rd_relative_error` water-fills one bit budget jointly over all components of all layers
+(:func:`joint_rd_relative_errors`), weighting each layer's error as an aggregated view does. Radio (ICML 2025)
+and WaterSIC (ICML 2026) take the same water-filling view of layer-wise quantization.
 
 What it is and what it is not. It is a *reference*: the limit for Gaussian weights whose coordinates in H's
 eigenbasis are independent with the layer's per-coordinate second moments, measured on the output error
@@ -24,11 +26,12 @@ Gaussian with that covariance would confine the rows to a subspace that only the
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 
 from theory.chunk_problem import NEGATIVE_TOLERANCE
-from theory.errors import PvqError
+from theory.errors import PvqError, choose
 from theory.sqnr import sqnr_db
 
 SYMMETRY_TOLERANCE = 1e-8
@@ -53,29 +56,39 @@ def _check_spectrum(values: np.ndarray, what: str) -> np.ndarray:
     return array
 
 
-def water_filling(variances: np.ndarray, rate_bits: float) -> tuple[float, float]:
+def water_filling(
+    variances: np.ndarray, rate_bits: float, counts: np.ndarray | None = None
+) -> tuple[float, float]:
     """Reverse water-filling for independent Gaussian components of variances σ_j² (Cover & Thomas, Thm 10.3.3).
 
-    The water level θ solves ``R(θ) = Σ_j max(0, ½·log2(σ_j²/θ)) = rate_bits`` (total bits for the whole
-    vector) and the distortion is ``D(θ) = Σ_j min(θ, σ_j²)``. Returns ``(theta, distortion)``.
-    Closed form on the descending spectrum: with the k largest components active,
-    ``log2 θ_k = (Σ_{j≤k} log2 σ_j² − 2R)/k``; the answer is the largest k with ``θ_k < σ_k²`` (then
-    ``σ_{k+1}² ≤ θ_k``). ``rate_bits = 0`` gives ``θ = max σ²`` and ``D = Σσ²``; all-zero variances give (0, 0).
+    The water level θ solves ``R(θ) = Σ_j m_j·max(0, ½·log2(σ_j²/θ)) = rate_bits`` (total bits for the whole
+    vector) and the distortion is ``D(θ) = Σ_j m_j·min(θ, σ_j²)``, with ``m_j`` the number of components of
+    variance σ_j² (``counts``; all 1 when None). Returns ``(theta, distortion)``.
+    Closed form on the descending spectrum: with the components of the k largest variances active,
+    ``log2 θ_k = (Σ_{j≤k} m_j·log2 σ_j² − 2R)/Σ_{j≤k} m_j``; the answer is the largest k with ``θ_k < σ_k²`` (then
+    ``σ_{k+1}² ≤ θ_k``). ``rate_bits = 0`` gives ``θ = max σ²`` and ``D = Σ m_j σ_j²``; all-zero variances give
+    (0, 0).
     """
     rate = _check_rate(rate_bits, "the rate in bits")
-    spectrum = np.sort(_check_spectrum(variances, "the variances"))[::-1]
-    positive = spectrum[spectrum > 0]
-    if positive.size == 0:
+    values = _check_spectrum(variances, "the variances")
+    multiplicity = np.ones_like(values) if counts is None else _check_spectrum(counts, "the counts")
+    if multiplicity.shape != values.shape:
+        raise PvqError(f"counts must match the variances, got shapes {multiplicity.shape} and {values.shape}")
+    order = np.argsort(values, kind="stable")[::-1]
+    spectrum, multiplicity = values[order], multiplicity[order]
+    positive = spectrum > 0
+    if not positive.any():
         return 0.0, 0.0
-    logs = np.log2(positive)
-    active = np.arange(1, positive.size + 1)
-    log_levels = (np.cumsum(logs) - 2.0 * rate) / active
+    logs, weights = np.log2(spectrum[positive]), multiplicity[positive]
+    active = np.cumsum(weights)
+    log_levels = (np.cumsum(weights * logs) - 2.0 * rate) / active
     below = np.flatnonzero(log_levels < logs)
+    total = float(multiplicity @ spectrum)
     if below.size == 0:
-        return float(positive[0]), float(spectrum.sum())
+        return float(spectrum[0]), total
     count = int(below[-1]) + 1
     theta = float(np.exp2(log_levels[count - 1]))
-    return theta, count * theta + float(positive[count:].sum())
+    return theta, float(active[count - 1]) * theta + float(weights[count:] @ spectrum[positive][count:])
 
 
 def _check_gram(gram: np.ndarray, in_features: int) -> np.ndarray:
@@ -135,3 +148,68 @@ def rd_relative_error(spectrum: np.ndarray, bits_per_weight: float) -> float:
 def rd_sqnr_db(spectrum: np.ndarray, bits_per_weight: float) -> float:
     """``−10·log10`` of :func:`rd_relative_error`: the output SQNR [dB] of the Gaussian RD reference."""
     return sqnr_db(1.0, rd_relative_error(spectrum, bits_per_weight))
+
+
+DECODER_WEIGHTINGS = ("energy", "parameters")
+"""Aggregates of the layers' relative errors: weighted by output energy ``tr(W H Wᵀ)`` or by parameter count."""
+
+
+def joint_rd_relative_errors(
+    spectra: Sequence[np.ndarray], rows: Sequence[int], bits_per_weight: float, layer_weights: Sequence[float]
+) -> np.ndarray:
+    """Per-layer relative errors ``D_ℓ/E_ℓ`` of the Gaussian reference, the rate water-filled jointly over layers.
+
+    Layer ℓ has ``rows[ℓ]`` rows, each with the independent Gaussian components of variances σ_ℓj² of
+    ``spectra[ℓ]`` (:func:`layer_spectrum`, ``n_ℓ`` inputs); its output energy is ``E_ℓ = rows_ℓ·Σ_j σ_ℓj²``. The
+    budget ``R = b·Σ_ℓ rows_ℓ·n_ℓ`` bits (b bits per linear weight on average) is spread over all components of all
+    layers to minimize ``Σ_ℓ w_ℓ·D_ℓ/E_ℓ`` (``w`` = ``layer_weights``). Weighting a squared error by c is the
+    squared error of a source scaled by √c, so the optimum is reverse water-filling (:func:`water_filling`) on the
+    variances ``c_ℓ·σ_ℓj²``, ``c_ℓ = w_ℓ/E_ℓ``, each ``rows_ℓ`` times: ``D_ℓ = rows_ℓ·Σ_j min(θ, c_ℓσ_ℓj²)/c_ℓ``.
+    A layer of weight 0 gets no bits (relative error 1). With one layer, or identical layers, this is
+    :func:`rd_relative_error` at b for every layer; otherwise the w-weighted aggregate is never above that of the
+    per-layer reference at the same b (a uniform rate is one of the allocations searched).
+    """
+    bits = _check_rate(bits_per_weight, "bits per weight")
+    values = [_check_spectrum(spectrum, "a layer spectrum") for spectrum in spectra]
+    if not values or len(rows) != len(values) or len(layer_weights) != len(values):
+        raise PvqError(f"need one row count and one weight per layer spectrum, got {len(values)} spectra, "
+                       f"{len(rows)} row counts and {len(layer_weights)} weights")  # fmt: skip
+    counts = np.array([_check_rate(count, "a row count") for count in rows])
+    weights = np.array([_check_rate(weight, "a layer weight") for weight in layer_weights])
+    energies = counts * np.array([spectrum.sum() for spectrum in values])
+    if np.any(energies <= 0):
+        raise PvqError("a layer has zero output energy tr(W H Wᵀ): no relative error to define")
+    scales = weights / energies
+    theta, _ = water_filling(
+        np.concatenate([scale * spectrum for scale, spectrum in zip(scales, values, strict=True)]),
+        bits * float(counts @ [spectrum.size for spectrum in values]),
+        np.concatenate([np.full(spectrum.size, count) for count, spectrum in zip(counts, values, strict=True)]),
+    )
+    return np.array([
+        1.0 if scale == 0 else count * float(np.minimum(theta, scale * spectrum).sum()) / scale / energy
+        for scale, count, spectrum, energy in zip(scales, counts, values, energies, strict=True)
+    ])  # fmt: skip
+
+
+def decoder_rd_relative_error(
+    spectra: Sequence[np.ndarray], rows: Sequence[int], bits_per_weight: Sequence[float], weighting: str
+) -> np.ndarray:
+    """The decoder-level Gaussian reference: the aggregate relative error ``Σ_ℓ w_ℓ·D_ℓ/E_ℓ / Σ_ℓ w_ℓ`` at each
+    average rate in ``bits_per_weight`` (bits per linear weight), the rate water-filled jointly over all layers
+    (:func:`joint_rd_relative_errors`).
+
+    ``weighting="energy"``: ``w_ℓ = E_ℓ = tr(W_ℓ H_ℓ W_ℓᵀ)``, the aggregate is ``Σ D_ℓ / Σ E_ℓ`` (the layer view,
+    energy-weighted); ``"parameters"``: ``w_ℓ = rows_ℓ·n_ℓ``, the parameter-weighted mean of the layers' relative
+    errors. A reference for Gaussian weights (independent coordinates in each Gram's eigenbasis), not a bound on
+    the real ones.
+    """
+    choose("decoder weighting", weighting, DECODER_WEIGHTINGS)
+    values = [_check_spectrum(spectrum, "a layer spectrum") for spectrum in spectra]
+    if weighting == "energy":
+        weights = np.array([count * spectrum.sum() for count, spectrum in zip(rows, values, strict=True)])
+    else:
+        weights = np.array([count * spectrum.size for count, spectrum in zip(rows, values, strict=True)], float)
+    return np.array([
+        float(weights @ joint_rd_relative_errors(values, rows, bits, weights)) / float(weights.sum())
+        for bits in bits_per_weight
+    ])  # fmt: skip

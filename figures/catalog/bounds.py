@@ -198,12 +198,12 @@ _figure_caption = _with_protocol(
     "pruning at equal size (dashed), vs bits per weight (INT-$b$: $b$ bits per weight, its per-chunk scale not "
     "counted). "
     "Dotted: the Gaussian rate--distortion reference of the whole layer (all rows, same damped $H$), "
-    "$10\\log_{10}(\\sum_j \\mu_j / D)$ [dB]: $\\mu_j$ the eigenvalues of $H^{1/2} \\Sigma_w H^{1/2}$ with "
-    "$\\Sigma_w = W^\\top W/\\mathrm{rows}$ ($\\sum_j \\mu_j = \\mathrm{tr}(W H W^\\top)/\\mathrm{rows}$, the "
-    "mean row output energy) and $D$ the least mean row output error that reverse water-filling on them (Cover "
-    "\\& Thomas, Thm 10.3.3) allows at $b$ bits per weight, every bit counted. It is a reference for Gaussian "
-    "rows with the layer's second-order statistics, not a bound on its real weights; with fewer rows than inputs "
-    "$\\Sigma_w$ has rank at most rows, and it spends all bits on those directions."
+    "$10\\log_{10}(\\sum_j \\mu_j / D)$ [dB]: $\\mu_j = \\lambda_j s_j^2$ with $H = V \\Lambda V^\\top$ and "
+    "$s_j^2$ the mean over rows of $(v_j^\\top w)^2$, the variances of independent Gaussian coordinates in the "
+    "Gram's eigenbasis ($\\sum_j \\mu_j = \\mathrm{tr}(W H W^\\top)/\\mathrm{rows}$, the mean row output "
+    "energy), and $D$ the least mean row output error that reverse water-filling on them (Cover \\& Thomas, "
+    "Thm 10.3.3) allows at $b$ bits per weight, every bit counted. It is a reference for Gaussian weights with "
+    "those independent coordinates, not a bound on the layer's real weights."
 )
 
 

@@ -451,9 +451,10 @@ def _bounds_caption(tables: Tables, facts: Mapping[str, Any]) -> str:
         r"\rVert^2$ with each block on its original input (removal: $\hat y_i = x_i$); (d) KL to the original "
         "model on the evaluation windows. Quantizers at integer widths, pruners at their sparsities with a free "
         "or "
-        "entropy-coded mask; the Gaussian rate--distortion reference (reverse water-filling on each layer's "
-        r"$H^{1/2}\Sigma_w H^{1/2}$) is the limit for Gaussian weights with the layers' second-order statistics, "
-        "not a bound on the actual weights. Removal orderings as markers at $b(f) = 16(1-f)$. "
+        "entropy-coded mask; the rate--distortion reference is that of independent Gaussian coordinates in each "
+        r"Gram's eigenbasis (reverse water-filling on $\lambda_j s_j^2$, $H = V \Lambda V^\top$, $s_j^2$ the "
+        r"mean over rows of $(v_j^\top w)^2$), each layer at the same rate: a reference for Gaussian weights, "
+        "not a bound on the real ones. Removal orderings as markers at $b(f) = 16(1-f)$. "
         f"{_answer_sentence(_answer_rows(tables))} {_settings_text(facts)}."
     )
 

@@ -20,6 +20,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 
 from measure.models.defaults import DEFAULT_MODELS, get_default
 from measure.models.fetch import cache_root, ensure_asset, sha256_file
+from measure.models.stored_size import StoredSize, stored_bits_per_parameter
 from measure.records.atomic import atomic_dir, write_text_atomic
 from theory.errors import PvqError
 
@@ -36,10 +37,14 @@ class LoadedModel:
     model_hash: str
     bos_per_window: bool
     source: str
+    stored_size: StoredSize | None = None
 
     def describe(self) -> dict[str, Any]:
-        """Provenance fields for this model."""
-        return {"model_id": self.model_id, "model_hash": self.model_hash, "model_source": self.source}
+        """Provenance fields for this model: id, hash, source and stored size (None where the checkpoint's files
+        do not say it, e.g. a folder of ``*.bin`` files)."""
+        stored = None if self.stored_size is None else self.stored_size.as_dict()
+        return {"model_id": self.model_id, "model_hash": self.model_hash, "model_source": self.source,
+                "stored_size": stored}  # fmt: skip
 
 
 def strip_gguf_quantizer(model: PreTrainedModel) -> None:
@@ -143,6 +148,16 @@ def load_model(
 
 
 def _load(name_or_path: str, target: LoadTarget) -> LoadedModel:
+    loaded = _load_weights(name_or_path, target)
+    try:
+        loaded.stored_size = stored_bits_per_parameter(name_or_path)
+    except PvqError:
+        if loaded.source in ("default", "gguf"):
+            raise
+    return loaded
+
+
+def _load_weights(name_or_path: str, target: LoadTarget) -> LoadedModel:
     if name_or_path in DEFAULT_MODELS:
         default = DEFAULT_MODELS[name_or_path]
         model, tokenizer = _from_directory(ensure_default_checkpoint(name_or_path), target)

@@ -1,4 +1,4 @@
-"""`pvq info`: describe a model's architecture, parameter counts and grid detection."""
+"""`pvq info`: describe a model's architecture, parameter counts, stored size and grid detection."""
 
 from __future__ import annotations
 
@@ -31,6 +31,7 @@ def run(args: argparse.Namespace) -> int:
     summary = {
         "model": loaded.model_id,
         "model_hash": loaded.model_hash,
+        "stored_size": None if loaded.stored_size is None else loaded.stored_size.as_dict(),
         "device": place.device,
         "dtype": place.dtype_name,
         "class": arch.model_class,

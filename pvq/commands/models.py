@@ -1,4 +1,4 @@
-"""`pvq models`: list the embedded default models and where they are cached."""
+"""`pvq models`: list the embedded default models, where they are cached and the size they are stored at."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import argparse
 from measure.models.defaults import DEFAULT_MODEL, DEFAULT_MODELS
 from measure.models.fetch import cache_root
 from measure.models.load import ensure_default_checkpoint
+from measure.models.stored_size import stored_bits_per_parameter
 
 HELP = "List the embedded default models and where they are cached."
 
@@ -25,5 +26,10 @@ def run(args: argparse.Namespace) -> int:
         cached = (model.directory / "pvq_source.json").exists()
         state = f"cached at {model.directory}" if cached else "not fetched yet (fetched on first use)"
         marker = " (default)" if name == DEFAULT_MODEL else ""
-        print(f"{name}{marker}: {model.description}; {model.architecture}, {model.num_blocks} blocks; {state}")
+        stored = (
+            f"stored as {stored_bits_per_parameter(name).describe()}" if model.asset.path.exists()
+            else "stored size read from the GGUF once fetched"
+        )
+        print(f"{name}{marker}: {model.description}; {model.architecture}, {model.num_blocks} blocks; {state}; "
+              f"{stored}")  # fmt: skip
     return 0

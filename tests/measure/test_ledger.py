@@ -64,10 +64,11 @@ def test_gram_errors_equal_direct_errors_on_the_kept_rows(family: str) -> None:
 
 
 def _hand_rtn8_sqnr_db(weight: torch.Tensor, gram) -> float:
-    """Output SQNR of 8-bit symmetric per-row RTN (``s = max|w|/127``), written out, on a captured Gram."""
+    """Output SQNR of 8-bit symmetric per-row RTN (GPTQ convention ``s = 2·max|w|/255``, codes ``−128..127``),
+    written out, on a captured Gram."""
     w = weight.double()
-    scale = w.abs().amax(dim=1, keepdim=True) / 127
-    error = scale * torch.round(w / scale) - w
+    scale = 2 * w.abs().amax(dim=1, keepdim=True) / 255
+    error = scale * torch.clamp(torch.round(w / scale), -128, 127) - w
     return -10 * math.log10(float(torch.trace(error @ gram.gram @ error.T) / torch.trace(w @ gram.gram @ w.T)))
 
 
@@ -103,7 +104,7 @@ def test_rows_carry_independent_layer_facts() -> None:
     for row in table[table["term"] == "gptq:8:channel"].itertuples():
         gram = layer_gram(refs[row.layer], result.capture.grams, None)
         rtn_db = _hand_rtn8_sqnr_db(refs[row.layer].weight(), gram)
-        assert rtn_db <= row.sqnr_db <= rtn_db + 8, row.layer  # GPTQ gains 1-7 dB over RTN here
+        assert rtn_db <= row.sqnr_db <= rtn_db + 10, row.layer  # GPTQ gains 0.8-9.3 dB over RTN here
     assert json.loads(rtn["params"].iloc[0]) == {"bits": 4, "group": 16, "symmetric": True, "clip": "minmax"}
 
 

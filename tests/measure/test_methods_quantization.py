@@ -49,16 +49,36 @@ def weight_mse(weight: torch.Tensor, weight_hat: torch.Tensor) -> float:
 
 
 def reference_rtn(values: torch.Tensor, bits: int, symmetric: bool) -> torch.Tensor:
-    """Min-max RTN of one group, written out: symmetric ``s = max|w|/(2^(b−1) − 1)``, codes in
-    ``−2^(b−1)..2^(b−1) − 1``; asymmetric range ``[min(w,0), max(w,0)]``, ``s = range/(2^b − 1)``,
-    ``z = −round(lo/s)``, codes in ``0..2^b − 1``."""
+    """Min-max RTN of one group, written out. Symmetric, the convention of GPTQ's reference quantizer:
+    ``s = 2·max|w|/(2^b − 1)``, ``z = 2^(b−1)``, codes ``0..2^b − 1``; asymmetric range
+    ``[min(w,0), max(w,0)]``, ``s = range/(2^b − 1)``, ``z = −round(lo/s)``, codes in ``0..2^b − 1``."""
     if symmetric:
-        scale = values.abs().max() / (2 ** (bits - 1) - 1)
-        return scale * torch.clamp(torch.round(values / scale), -(2 ** (bits - 1)), 2 ** (bits - 1) - 1)
+        scale = 2 * values.abs().max() / (2**bits - 1)
+        zero = 2 ** (bits - 1)
+        return scale * (torch.clamp(torch.round(values / scale) + zero, 0, 2**bits - 1) - zero)
     low, high = min(float(values.min()), 0.0), max(float(values.max()), 0.0)
     scale = (high - low) / (2**bits - 1)
     zero = -round(low / scale)
     return scale * (torch.clamp(torch.round(values / scale) + zero, 0, 2**bits - 1) - zero)
+
+
+@pytest.mark.parametrize("bits", range(2, 9))
+@pytest.mark.parametrize("method", ["rtn", "gptq"])
+def test_a_symmetric_row_reaches_all_two_to_the_b_levels(bits: int, method: str) -> None:
+    """A row spanning ``[−1, 1]`` (absmax 1, a power of two, so ``−1/s = −(2^(b−1) − ½)`` is exact and rounds
+    half-to-even onto the bottom code) takes exactly ``2^b`` distinct values, ``s·{−2^(b−1), …, 2^(b−1) − 1}``."""
+    row = torch.linspace(-1.0, 1.0, 2049, dtype=torch.float64)[None, :]
+    quantized = get_method(method).apply(row, torch.eye(row.shape[1], dtype=torch.float64), {"bits": bits})
+    scale = 2 / (2**bits - 1)
+    levels = torch.arange(-(2 ** (bits - 1)), 2 ** (bits - 1), dtype=torch.float64) * scale
+    assert torch.allclose(torch.unique(quantized), levels, rtol=0, atol=1e-12)
+
+
+def test_the_bottom_symmetric_code_holds_only_a_negative_absmax() -> None:
+    """With a positive absmax no value reaches ``−2^(b−1)·s``: the lowest level used is ``−(2^(b−1) − 1)·s``."""
+    row = torch.tensor([[-0.9, -0.5, 0.0, 0.4, 1.0]], dtype=torch.float64)
+    quantized = get_method("rtn").apply(row, None, {"bits": 2})
+    assert torch.allclose(quantized, torch.tensor([[-2 / 3, -2 / 3, 0.0, 2 / 3, 2 / 3]], dtype=torch.float64))
 
 
 @pytest.mark.parametrize("bits", [2, 3, 4, 8])
@@ -107,7 +127,8 @@ def test_mse_clipping_never_worse_than_minmax(layer, symmetric, group) -> None:
 
 
 def test_mse_clipping_helps_heavy_tails() -> None:
-    """Student-t (3 degrees of freedom) weights: clipping the rare large values pays off at 3 bits."""
+    """Student-t (3 degrees of freedom) weights: clipping the rare large values pays off at 3 bits (a quarter less
+    weight MSE than min-max on the symmetric grid)."""
     generator = torch.Generator().manual_seed(0)
     normal = torch.randn(32, 256, generator=generator)
     chi_square = torch.randn(32, 256, 3, generator=generator).square().sum(dim=-1)
@@ -116,7 +137,7 @@ def test_mse_clipping_helps_heavy_tails() -> None:
         weight_mse(weight, get_method("rtn").apply(weight, None, {"bits": 3, "clip": c}))
         for c in ("minmax", "mse")
     ]
-    assert errors[1] < 0.7 * errors[0]
+    assert errors[1] < 0.78 * errors[0]
 
 
 def grid_quantizer(bits: int, symmetric: bool, group, clip: str = "minmax", act_order: bool = False) -> dict:
@@ -146,19 +167,28 @@ def test_gptq_values_on_the_grid_per_original_group(layer, act_order, symmetric)
 
 
 def test_gptq_matches_textbook_obq(layer) -> None:
-    """Per-channel symmetric grid, fixed from W: the blocked Cholesky sweep equals the plain OBQ loop."""
+    """Per-channel symmetric grid (GPTQ convention ``s = 2·max|w|/7``, z = 4), fixed from W: the blocked Cholesky
+    sweep equals the plain OBQ loop."""
     weight, _, gram = layer
     weight = weight.double()
     gptq = get_method("gptq").apply(weight, gram, {"bits": 3, "block_size": 16, "percdamp": 0.05})
-    scale = weight.abs().amax(dim=1) / 3
-    expected = naive_obs(weight, gram, lambda j, w: scale * torch.clamp(torch.round(w / scale), -4, 3), 0.05)
+    scale = 2 * weight.abs().amax(dim=1) / 7
+
+    def on_grid(column: int, values: torch.Tensor) -> torch.Tensor:
+        return scale * (torch.clamp(torch.round(values / scale) + 4, 0, 7) - 4)
+
+    expected = naive_obs(weight, gram, on_grid, 0.05)
     assert torch.allclose(gptq, expected, rtol=0, atol=1e-9)
 
 
 def test_gptq_lazy_batches_do_not_change_the_result(layer) -> None:
+    """On the asymmetric grid: the symmetric one puts a negative absmax on a rounding tie (``−(2^(b−1) − ½)·s``),
+    which the ulp-level differences between lazy and immediate updates may break either way."""
     weight, _, gram = layer
     results = [
-        get_method("gptq").apply(weight.double(), gram, {"bits": 4, "group": 32, "block_size": size})
+        get_method("gptq").apply(
+            weight.double(), gram, {"bits": 4, "group": 32, "symmetric": False, "block_size": size}
+        )
         for size in (1, 7, 128)
     ]
     assert torch.allclose(results[0], results[1], atol=1e-10) and torch.allclose(

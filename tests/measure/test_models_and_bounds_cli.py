@@ -46,7 +46,7 @@ def test_models_lists_every_default_with_its_cache_state(tmp_path, monkeypatch, 
         marker = " (default)" if name == DEFAULT_MODEL else ""
         state = f"cached at {cached}" if name == DEFAULT_MODEL else "not fetched yet (fetched on first use)"
         facts = f"{model.description}; {model.architecture}, {model.num_blocks} blocks"
-        assert line == f"{name}{marker}: {facts}; {state}"
+        assert line == f"{name}{marker}: {facts}; {state}; stored size read from the GGUF once fetched"
 
 
 def test_models_fetch_of_an_unknown_name_is_one_error_naming_the_defaults(tmp_path, monkeypatch, capsys) -> None:

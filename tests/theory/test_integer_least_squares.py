@@ -43,7 +43,7 @@ def brute_force(problem: ChunkProblem, grid: QuantGrid) -> float:
 def brute_force_case(seed: int, size: int, bits: int, noise: float, clipping: float) -> float:
     """:func:`brute_force` of a test case, computed once for all orderings."""
     problem = chunk(seed, size, noise)
-    return brute_force(problem, QuantGrid.symmetric(bits, mse_scale(problem.weights, bits) * clipping))
+    return brute_force(problem, QuantGrid.signed(bits, mse_scale(problem.weights, bits) * clipping))
 
 
 # (seed, size, bits, noise, clipping) where the search must improve on the 1-opt RTN/GPTQ incumbent.
@@ -56,7 +56,7 @@ CASES = [
 @pytest.mark.parametrize("ordering", ORDERINGS)
 def test_exact_equals_brute_force(seed, size, bits, noise, clipping, ordering):
     problem = chunk(seed, size, noise)
-    grid = QuantGrid.symmetric(bits, mse_scale(problem.weights, bits) * clipping)
+    grid = QuantGrid.signed(bits, mse_scale(problem.weights, bits) * clipping)
     result = exact_quantize(problem, grid, ordering=ordering)
     assert result.status == "optimal"
     assert result.value == pytest.approx(brute_force_case(seed, size, bits, noise, clipping), rel=1e-9)
@@ -70,7 +70,7 @@ def test_exact_equals_brute_force(seed, size, bits, noise, clipping, ordering):
 @pytest.mark.parametrize("seed", range(6))
 def test_lower_bound_below_exact_below_heuristics(seed):
     problem = chunk(seed, 16, noise=0.2)
-    grid = QuantGrid.symmetric(3, mse_scale(problem.weights, 3))
+    grid = QuantGrid.signed(3, mse_scale(problem.weights, 3))
     exact = exact_quantize(problem, grid)
     assert exact.lower_bound <= exact.value * (1 + 1e-12)
     for method in QUANTIZERS:
@@ -79,7 +79,7 @@ def test_lower_bound_below_exact_below_heuristics(seed):
 
 def test_exact_equals_scip_miqp():
     problem = chunk(8, 9, noise=0.1)
-    grid = QuantGrid.symmetric(2, mse_scale(problem.weights, 2) * 0.8)
+    grid = QuantGrid.signed(2, mse_scale(problem.weights, 2) * 0.8)
     reference = miqp_quantize(problem, grid, time_limit=60)
     assert reference.status == "optimal"
     assert exact_quantize(problem, grid).value == pytest.approx(reference.value, rel=1e-7)
@@ -87,7 +87,7 @@ def test_exact_equals_scip_miqp():
 
 def test_gptq_rounds_each_weight_at_its_conditional_optimum():
     problem = chunk(11, 9, noise=0.3)
-    grid = QuantGrid.symmetric(3, mse_scale(problem.weights, 3))
+    grid = QuantGrid.signed(3, mse_scale(problem.weights, 3))
     codes = gptq_codes(problem, grid)
     gram, weights = problem.gram, problem.weights
     expected = np.empty(problem.size)
@@ -108,7 +108,7 @@ def test_rtn_rounds_and_clips():
 
 def test_one_opt_leaves_no_improving_single_change():
     problem = chunk(12, 10, noise=0.1)
-    grid = QuantGrid.symmetric(2, mse_scale(problem.weights, 2))
+    grid = QuantGrid.signed(2, mse_scale(problem.weights, 2))
     codes = one_opt(problem, grid, rtn_codes(problem, grid))
     error = problem.error(grid.scale * codes)
     assert error <= problem.error(grid.scale * rtn_codes(problem, grid))
@@ -138,7 +138,7 @@ def test_mse_scale_comes_within_its_resolution_of_a_dense_scan_and_beats_min_max
 
 def test_time_limit_reports_a_valid_bound_and_no_false_optimum():
     problem = chunk(2, 20, noise=0.05, relative_damping=1e-5)
-    grid = QuantGrid.symmetric(4, mse_scale(problem.weights, 4))
+    grid = QuantGrid.signed(4, mse_scale(problem.weights, 4))
     limited = exact_quantize(problem, grid, time_limit=1e-6)
     assert limited.status == "time_limit"
     assert limited.nodes > 0
@@ -150,7 +150,7 @@ def test_time_limit_reports_a_valid_bound_and_no_false_optimum():
 
 def test_scale_of_the_gram_does_not_change_the_codes():
     problem = chunk(4, 12, noise=0.2)
-    grid = QuantGrid.symmetric(3, mse_scale(problem.weights, 3))
+    grid = QuantGrid.signed(3, mse_scale(problem.weights, 3))
     tiny = make_chunk_problem(problem.weights, problem.gram * 1e-30)
     reference, scaled = exact_quantize(problem, grid), exact_quantize(tiny, grid)
     np.testing.assert_array_equal(reference.code, scaled.code)
@@ -162,15 +162,15 @@ def test_ill_conditioned_gram_without_damping():
     basis, _ = np.linalg.qr(generator.standard_normal((7, 7)))
     gram = basis @ np.diag(np.logspace(0, 9, 7)) @ basis.T
     problem = make_chunk_problem(generator.standard_normal(7), gram)
-    grid = QuantGrid.symmetric(2, mse_scale(problem.weights, 2))
+    grid = QuantGrid.signed(2, mse_scale(problem.weights, 2))
     assert exact_quantize(problem, grid).value == pytest.approx(brute_force(problem, grid), rel=1e-9)
 
 
 def test_bad_input_raises():
     problem = chunk(0, 4)
-    grid = QuantGrid.symmetric(2, 0.01)
+    grid = QuantGrid.signed(2, 0.01)
     with pytest.raises(PvqError, match="bits"):
-        QuantGrid.symmetric(9, 0.01)
+        QuantGrid.signed(9, 0.01)
     with pytest.raises(PvqError, match="scale"):
         QuantGrid(scale=0.0, q_min=-1, q_max=1)
     with pytest.raises(PvqError, match="q_min < q_max"):

@@ -10,7 +10,14 @@ import pytest
 from theory.chunk_problem import make_chunk_problem
 from theory.errors import PvqError
 from theory.integer_least_squares import QuantGrid, exact_quantize, mse_scale
-from theory.rate_distortion import layer_spectrum, rd_relative_error, rd_sqnr_db, water_filling
+from theory.rate_distortion import (
+    decoder_rd_relative_error,
+    joint_rd_relative_errors,
+    layer_spectrum,
+    rd_relative_error,
+    rd_sqnr_db,
+    water_filling,
+)
 
 
 def _bisection_distortion(variances: np.ndarray, rate_bits: float) -> float:
@@ -106,7 +113,7 @@ def test_exact_int_optimum_on_gaussian_rows_stays_below_the_gaussian_reference()
             reference = rd_relative_error(spectrum, bits)
             for row in weight:
                 problem = make_chunk_problem(row, gram)
-                result = exact_quantize(problem, QuantGrid.symmetric(bits, mse_scale(row, bits)))
+                result = exact_quantize(problem, QuantGrid.signed(bits, mse_scale(row, bits)))
                 assert result.status == "optimal"
                 ratios.append(math.log10(result.value / problem.signal / reference))
     for ratios in log_ratios.values():
@@ -132,3 +139,85 @@ def test_exact_int_optimum_on_gaussian_rows_stays_below_the_gaussian_reference()
 def test_bad_input_raises_one_clear_error(call, message):
     with pytest.raises(PvqError, match=message):
         call()
+
+
+def _random_spectra(seed: int) -> tuple[list[np.ndarray], list[int]]:
+    """Three layers of different widths, heights and spectra (σ² log-uniform over four decades, random scale)."""
+    generator = np.random.default_rng(seed)
+    spectra = [10.0 ** generator.uniform(-4, 0, size) * generator.uniform(0.1, 10) for size in (6, 9, 4)]
+    return spectra, [5, 3, 8]
+
+
+def test_water_filling_with_counts_is_water_filling_on_the_repeated_components():
+    generator = np.random.default_rng(3)
+    variances, counts = generator.uniform(0.01, 2.0, 7), np.array([1, 4, 2, 1, 3, 5, 2])
+    for rate in (0.0, 0.7, 5.0, 40.0):
+        joint = water_filling(variances, rate, counts)
+        repeated = water_filling(np.repeat(variances, counts), rate)
+        assert joint == pytest.approx(repeated, rel=1e-12)
+        assert joint[1] == pytest.approx(_bisection_distortion(np.repeat(variances, counts), rate), rel=1e-9)
+
+
+@pytest.mark.parametrize("weighting", ["energy", "parameters"])
+def test_joint_water_filling_over_identical_layers_is_the_per_layer_reference(weighting):
+    spectrum = np.random.default_rng(4).uniform(0.01, 3.0, 8)
+    for bits in (0.5, 2.0, 4.0):
+        per_layer = rd_relative_error(spectrum, bits)
+        assert joint_rd_relative_errors([spectrum] * 3, [4] * 3, bits, [1.0] * 3) == pytest.approx([per_layer] * 3)
+        assert decoder_rd_relative_error([spectrum] * 3, [4] * 3, [bits], weighting)[0] == pytest.approx(per_layer)
+
+
+def test_two_single_component_layers_match_the_closed_form():
+    """Variances a > c, one row each, 2b bits in all: both active when 2b > ½·log2(a/c), with
+    here ``log2 θ = (log2 a + log2 c − 2·2b)/2``, D = 2θ, relative error ``2θ/(a + c)``; below that, only a is
+    coded: θ = a·2^(−2·2b), D = θ + c."""
+    a, c = 4.0, 0.25
+    for bits in (0.25, 0.5, 1.5, 3.0):
+        both = 2.0 ** ((math.log2(a) + math.log2(c) - 4 * bits) / 2)
+        expected = 2 * both / (a + c) if both < c else (a * 2.0 ** (-4 * bits) + c) / (a + c)
+        measured = decoder_rd_relative_error([np.array([a]), np.array([c])], [1, 1], [bits], "energy")[0]
+        assert measured == pytest.approx(expected, rel=1e-12)
+
+
+@pytest.mark.parametrize("weighting", ["energy", "parameters"])
+def test_joint_allocation_is_the_best_split_of_the_bits_between_two_layers(weighting):
+    """Brute force: every split of the budget between two layers on a fine grid, each layer water-filled alone
+    (:func:`rd_relative_error`): the joint answer is never worse, and the best split comes within the grid step."""
+    spectra, rows = _random_spectra(5)
+    spectra, rows = spectra[:2], rows[:2]
+    sizes = np.array([count * spectrum.size for count, spectrum in zip(rows, spectra, strict=True)], float)
+    energies = np.array([count * spectrum.sum() for count, spectrum in zip(rows, spectra, strict=True)])
+    weights = energies if weighting == "energy" else sizes
+    bits = 2.0
+    best = np.inf
+    for first in np.linspace(0.0, bits * sizes.sum() / sizes[0], 4001):
+        second = (bits * sizes.sum() - first * sizes[0]) / sizes[1]
+        relative = [rd_relative_error(spectra[0], first), rd_relative_error(spectra[1], max(second, 0.0))]
+        best = min(best, float(weights @ relative / weights.sum()))
+    joint = decoder_rd_relative_error(spectra, rows, [bits], weighting)[0]
+    assert joint <= best * (1 + 1e-12)
+    assert joint == pytest.approx(best, rel=1e-4)
+
+
+@pytest.mark.parametrize("weighting", ["energy", "parameters"])
+def test_joint_reference_is_at_least_the_per_layer_one_in_the_weighted_aggregate(weighting):
+    spectra, rows = _random_spectra(6)
+    sizes = np.array([count * spectrum.size for count, spectrum in zip(rows, spectra, strict=True)], float)
+    energies = np.array([count * spectrum.sum() for count, spectrum in zip(rows, spectra, strict=True)])
+    weights = energies if weighting == "energy" else sizes
+    bits = [0.5, 1.0, 2.0, 3.0, 4.0, 8.0]
+    joint = decoder_rd_relative_error(spectra, rows, bits, weighting)
+    per_layer = [float(weights @ [rd_relative_error(s, b) for s in spectra] / weights.sum()) for b in bits]
+    assert np.all(joint <= np.array(per_layer) * (1 + 1e-12))
+    assert np.all(np.diff(joint) < 0)
+    assert joint[2] < 0.97 * per_layer[2]  # the spectra differ enough for a real gain
+
+
+def test_decoder_reference_rejects_an_unknown_weighting_and_a_silent_layer():
+    spectra, rows = _random_spectra(7)
+    with pytest.raises(PvqError, match=r"unknown decoder weighting 'energie'.*did you mean 'energy'"):
+        decoder_rd_relative_error(spectra, rows, [2.0], "energie")
+    with pytest.raises(PvqError, match="zero output energy"):
+        joint_rd_relative_errors([*spectra, np.zeros(3)], [*rows, 2], 2.0, [1.0] * 4)
+    with pytest.raises(PvqError, match="one row count and one weight per layer"):
+        joint_rd_relative_errors(spectra, rows[:2], 2.0, [1.0] * 3)

@@ -19,7 +19,7 @@ from theory.sparse_least_squares import exact_prune, paper_box
 @pytest.mark.parametrize(("seed", "bits", "box_cuts"), [(0, 3, True), (1, 2, True), (2, 3, False), (3, 4, True)])
 def test_park_boyd_brackets_the_exact_optimum(seed, bits, box_cuts):
     problem = chunk(seed, 10)
-    grid = QuantGrid.symmetric(bits, mse_scale(problem.weights, bits))
+    grid = QuantGrid.signed(bits, mse_scale(problem.weights, bits))
     bound, exact = park_boyd_bound(problem, grid, box_cuts=box_cuts), exact_quantize(problem, grid)
     assert bound.lower_bound <= exact.value <= bound.value * (1 + 1e-12)
     assert bound.lower_bound > 0.5 * exact.value
@@ -28,7 +28,7 @@ def test_park_boyd_brackets_the_exact_optimum(seed, bits, box_cuts):
 
 def test_box_cuts_tighten_the_quantization_bound():
     problem = chunk(4, 10, noise=0.05)
-    grid = QuantGrid.symmetric(2, mse_scale(problem.weights, 2))
+    grid = QuantGrid.signed(2, mse_scale(problem.weights, 2))
     with_cuts, without = park_boyd_bound(problem, grid), park_boyd_bound(problem, grid, box_cuts=False)
     assert with_cuts.lower_bound >= without.lower_bound * (1 - 1e-6)
 
@@ -44,14 +44,14 @@ def test_perspective_brackets_the_exact_optimum(seed, kept, box_factor):
 
 def test_a_loose_solver_still_gives_a_valid_bound():
     problem = chunk(8, 10)
-    grid = QuantGrid.symmetric(3, mse_scale(problem.weights, 3))
+    grid = QuantGrid.signed(3, mse_scale(problem.weights, 3))
     assert park_boyd_bound(problem, grid, solver="SCS").lower_bound <= exact_quantize(problem, grid).value
     assert perspective_bound(problem, 3, solver="SCS").lower_bound <= exact_prune(problem, 3).value
 
 
 def test_certified_value_is_close_to_the_solver_value():
     problem = chunk(9, 10)
-    grid = QuantGrid.symmetric(3, mse_scale(problem.weights, 3))
+    grid = QuantGrid.signed(3, mse_scale(problem.weights, 3))
     values = []
     solve = cp.Problem.solve
 
@@ -84,7 +84,7 @@ def recorded_arguments(monkeypatch, name: str) -> tuple[list[tuple], Callable]:
 @pytest.mark.parametrize("seed", range(3))
 def test_perturbed_quantization_multipliers_still_bound(monkeypatch, seed):
     problem = chunk(seed, 8)
-    grid = QuantGrid.symmetric(2, mse_scale(problem.weights, 2))
+    grid = QuantGrid.signed(2, mse_scale(problem.weights, 2))
     calls, dual_value = recorded_arguments(monkeypatch, "_quantization_dual_value")
     bound, exact = park_boyd_bound(problem, grid), exact_quantize(problem, grid).value
     unit = np.mean(np.diag(problem.gram)) * grid.scale**2
@@ -118,6 +118,6 @@ def test_perturbed_pruning_multipliers_still_bound(monkeypatch, seed):
 def test_unknown_solver_raises():
     problem = chunk(0, 4)
     with pytest.raises(PvqError, match="SDP solver"):
-        park_boyd_bound(problem, QuantGrid.symmetric(2, 0.01), solver="MOSEK")
+        park_boyd_bound(problem, QuantGrid.signed(2, 0.01), solver="MOSEK")
     with pytest.raises(PvqError, match="kept weights"):
         perspective_bound(problem, 4)

@@ -45,7 +45,12 @@ GROUP = Param(
     flags=(("tensor", "tensor"), ("channel", "channel")),
 )
 SYMMETRIC = Param(
-    "symmetric", True, as_bool, "symmetric grid (no zero point)", flags=(("sym", True), ("asym", False))
+    "symmetric",
+    True,
+    as_bool,
+    "symmetric grid of GPTQ's convention (s = 2·max|w|/(2^b − 1), fixed zero point 2^(b−1)); "
+    "asym: min-max range with an integer zero point",
+    flags=(("sym", True), ("asym", False)),
 )
 CLIP = Param(
     "clip",

@@ -14,7 +14,8 @@ finer effective grid. Here
   on the calibration inputs, which AWQ's search estimates on a sample); ties keep the smallest α.
 * ``Q`` is the round-to-nearest group quantizer of ``rtn``
 (:func:`measure.compress.methods.quantization.rtn_quantize`)
-  with the same bits, groups, symmetry and clipping.
+  with the same bits, groups, symmetry and clipping: by default the symmetric grid of GPTQ's convention
+  (codes ``0…2^b − 1``, ``z = 2^(b−1)``, ``s = 2·max|w|/(2^b − 1)``), or min-max with an integer zero point.
 
 α = 0 gives s = 1, so Ŵ is RTN's result bit for bit, and AWQ's error is never above RTN's on the Gram searched.
 Storage: the same as ``rtn`` at the same grid; ``diag(s)⁻¹`` is assumed folded into the operation producing the

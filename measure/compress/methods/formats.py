@@ -14,7 +14,7 @@ from theory import formats
 from theory.accounting import Convention, mx_bits_per_weight, nf4_bits_per_weight, ternary_bits_per_weight
 
 DOUBLE_QUANT_BLOCK = 256
-DOUBLE_QUANT_GRID = IntegerGrid(bits=8, symmetric=True)
+DOUBLE_QUANT_GRID = IntegerGrid(bits=8, kind="signed")
 
 
 def nf4_quantize(
@@ -25,7 +25,8 @@ def nf4_quantize(
     Blocks of ``block_size`` consecutive input columns. With ``double_quant`` the absmax constants c are
     themselves stored in 8 bits (QLoRA "Double Quantization"): centred on their mean, then symmetric
     8-bit with one fp32 scale per 256 constants. (bitsandbytes uses its dynamic 8-bit float map for that
-    second level; a linear 8-bit grid is used here — same storage, slightly different rounding.)
+    second level; the absmax ``"signed"`` 8-bit grid of :mod:`measure.compress.methods.uniform`,
+    ``s = max|c|/127``, is used here — same storage, slightly different rounding.)
     """
     blocks, restore = grouped(weight, block_size)
     absmax = blocks.abs().amax(dim=-1, keepdim=True)

@@ -87,7 +87,9 @@ def gptq_quantize(
 ) -> torch.Tensor:
     """GPTQ Algorithm 1 (arXiv 2210.17323): minimize ``tr(ΔW H ΔWᵀ)`` column by column on a b-bit grid.
 
-    Same grid, granularity and clipping options as :func:`measure.compress.methods.quantization.rtn_quantize`.
+    Same grid, granularity and clipping options as :func:`measure.compress.methods.quantization.rtn_quantize`:
+    ``symmetric`` is the grid of GPTQ's reference quantizer (codes ``0…2^b − 1``, ``z = 2^(b−1)``,
+    ``s = 2·max|w|/(2^b − 1)``), otherwise min-max with an integer zero point.
     """
     columns = weight.shape[1]
     order = (
@@ -96,7 +98,7 @@ def gptq_quantize(
     position = torch.argsort(order)
     groups = [position[chunk] for chunk in _column_groups(columns, group)]
     rule = GptqRule(
-        IntegerGrid(bits, symmetric), clip, groups, group == "tensor", None if keep is None else keep[:, order]
+        IntegerGrid.of(bits, symmetric), clip, groups, group == "tensor", None if keep is None else keep[:, order]
     )
     factor = inverse_gram_factor(gram[order][:, order], percdamp)
     return ObsSweep(weight[:, order], factor, block_size).run(rule)[:, position]

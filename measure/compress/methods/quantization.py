@@ -14,6 +14,7 @@ from theory.accounting import Convention
 OUTLIER_BITS = 8
 OUTLIER_KEPT_BITS = 16
 SPLIT_CLUSTERS = 3
+OUTLIER_GRID = IntegerGrid(OUTLIER_BITS, "signed")
 
 
 def rtn_quantize(
@@ -28,9 +29,11 @@ def rtn_quantize(
     """Round-to-nearest onto a b-bit integer grid, one scale per tensor / output channel / group of g inputs.
 
     ``ŵ = s·(clamp(round(w/s) + z) − z)`` (Jacob et al. 2018, arXiv 1712.05877, Eq. 1), scales from
-    min-max or from the MSE clipping search of :mod:`measure.compress.methods.uniform`.
+    min-max or from the MSE clipping search of :mod:`measure.compress.methods.uniform`. Grid:
+    ``symmetric`` → the GPTQ convention (codes ``0…2^b − 1``, ``z = 2^(b−1)``, ``s = 2·max|w|/(2^b − 1)``);
+    otherwise min-max with an integer zero point (:class:`~measure.compress.methods.uniform.IntegerGrid`).
     """
-    return grid_quantize(weight, IntegerGrid(bits, symmetric), group, clip)
+    return grid_quantize(weight, IntegerGrid.of(bits, symmetric), group, clip)
 
 
 def outlier_columns(gram: torch.Tensor, fraction: float) -> torch.Tensor:
@@ -44,14 +47,13 @@ def int8_outlier_quantize(weight: torch.Tensor, gram: torch.Tensor, *, outlier_f
 
     Input columns whose activation norm ``‖X_j‖₂`` exceeds the threshold — here the ``1 − f`` quantile
     of the column norms, so ``round(f·in)`` columns — stay in 16 bits; the rest are 8-bit symmetric
-    with one absmax scale per output row (vector-wise quantization).
+    with one absmax scale per output row (vector-wise quantization): the ``"signed"`` grid of
+    :mod:`measure.compress.methods.uniform`, ``s = max|w_row|/127``, codes ``−127…127``.
     """
     regular = ~outlier_columns(gram, outlier_fraction)
     result = weight.clone()
     if regular.any():
-        result[:, regular] = rtn_quantize(
-            weight[:, regular], bits=OUTLIER_BITS, group="channel", symmetric=True, clip="minmax"
-        )
+        result[:, regular] = grid_quantize(weight[:, regular], OUTLIER_GRID, "channel", "minmax")
     return result
 
 

@@ -1,14 +1,26 @@
 """Uniform integer grids with one scale (and zero point) per group: fitting, clipping search and rounding.
 
-A b-bit grid has integer codes ``q ∈ [q_min, q_max]`` from :func:`theory.formats.int_grid` and
-dequantizes as ``ŵ = s·(q − z)``:
+A b-bit grid stores integer codes ``q ∈ [q_min, q_max]`` and dequantizes as ``ŵ = s·(q − z)``. Three grids,
+each under its own name (:data:`GRID_KINDS`); with ``M = c·max|w|`` over the group and ``c`` the clipping
+ratio:
 
-* symmetric: ``z = 0``, ``s = c·max|w| / q_max``;
-* asymmetric: the range ``[min(w, 0), max(w, 0)]`` (zero always representable, as in GPTQ's
-  quantizer) scaled by c maps onto the codes, ``s = c·(max − min)/(q_max − q_min)``,
-  ``z = q_min − round(c·min / s)``;
+* ``"symmetric"`` — the convention of GPTQ's reference quantizer (``quant.py``, ``sym=True``), AutoGPTQ /
+  GPTQModel and compressed-tensors: codes ``0…2^b − 1``, zero point ``z = 2^(b−1)``,
+  ``s = 2M/(2^b − 1)``. The levels are ``s·{−2^(b−1), …, 2^(b−1) − 1}``; ``±M`` fall on the half-codes
+  ``±(2^(b−1) − ½)``, so every value is within ``s/2`` of a level: ``+M`` saturates onto the top code, and
+  ``−M`` is a tie between the two lowest codes that round half to even sends to the bottom one when the
+  division is exact — the bottom code holds at most the group's negative absmax. Against the signed grid below,
+  the step is ``2M/(2^b − 1)`` instead of ``M/(2^(b−1) − 1)``: 2/3 instead of 1 at 2 bits, in units of M.
+  This is the default grid of ``rtn``, ``gptq`` and ``awq``. (GPTQ's own code takes ``s = max/(2^b − 1)``
+  when a group has no negative value; here ``s`` is always from ``max|w|``, as in compressed-tensors.)
+* ``"asymmetric"`` — min-max with an integer zero point: the range ``[min(w, 0), max(w, 0)]`` (zero always
+  representable, as in GPTQ's quantizer) scaled by c maps onto codes ``0…2^b − 1``,
+  ``s = c·(max − min)/(2^b − 1)``, ``z = −round(c·min / s)``.
+* ``"signed"`` — the signed INT grid of Kuzmin et al. (NeurIPS 2023, Sec. 2; :func:`theory.formats.int_grid`)
+  and the absmax quantizer of LLM.int8(): codes ``−2^(b−1)…2^(b−1) − 1``, ``z = 0``,
+  ``s = M/(2^(b−1) − 1)``; the code ``−2^(b−1)`` is reached only when ``c < 1`` clips the range.
 
-with the clipping ratio ``c = 1`` for min-max, or, for ``clip="mse"``, the ratio minimizing the group's
+The clipping ratio is ``c = 1`` for min-max, or, for ``clip="mse"``, the ratio minimizing the group's
 squared rounding error over :data:`CLIP_RATIOS` (100 points in [0.2, 1], the grid search of GPTQ's
 ``--mse`` quantizer option and AWQ's clipping search; ties keep the largest ratio, so the MSE choice
 never does worse than min-max).
@@ -24,36 +36,52 @@ import numpy as np
 import torch
 
 from theory.accounting import Convention, integer_bits_per_weight
+from theory.errors import choose
 from theory.formats import int_grid
 
 CLIP_RATIOS = torch.linspace(1.0, 0.2, 100, dtype=torch.float64)
 SCALE_BITS = 16
 
 
+GRID_KINDS = ("symmetric", "asymmetric", "signed")
+"""The integer grids of the module docstring."""
+
+
 @dataclass(frozen=True)
 class IntegerGrid:
-    """A b-bit integer code range, symmetric (``z = 0``) or asymmetric (integer zero point)."""
+    """A b-bit integer grid of one of the kinds of :data:`GRID_KINDS` (module docstring)."""
 
     bits: int
-    symmetric: bool
+    kind: str
+
+    def __post_init__(self) -> None:
+        choose("integer grid", self.kind, GRID_KINDS)
+
+    @classmethod
+    def of(cls, bits: int, symmetric: bool) -> IntegerGrid:
+        """The grid of the methods' ``symmetric`` flag: ``"symmetric"`` (GPTQ convention) or ``"asymmetric"``."""
+        return cls(bits, "symmetric" if symmetric else "asymmetric")
 
     @cached_property
     def code_range(self) -> tuple[int, int]:
-        """``(q_min, q_max)`` of :func:`theory.formats.int_grid`."""
-        codes = np.asarray(int_grid(self.bits, self.symmetric))
+        """``(q_min, q_max)``: the codes of :func:`theory.formats.int_grid` (signed, or unsigned ``0…2^b − 1``)."""
+        codes = np.asarray(int_grid(self.bits, self.kind == "signed"))
         return int(codes.min()), int(codes.max())
 
     def fit(self, groups: torch.Tensor, ratio: float | torch.Tensor = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
         """Scale and zero point per group (last dimension) at clipping ratio ``ratio``; shapes ``(..., 1)``."""
         q_min, q_max = self.code_range
-        if self.symmetric:
-            scale = ratio * groups.abs().amax(dim=-1, keepdim=True) / q_max
-            zero = torch.zeros_like(scale)
-        else:
+        if self.kind == "asymmetric":
             low = ratio * groups.amin(dim=-1, keepdim=True).clamp_max(0)
             high = ratio * groups.amax(dim=-1, keepdim=True).clamp_min(0)
             scale = (high - low) / (q_max - q_min)
             zero = q_min - torch.round(low / torch.where(scale > 0, scale, 1.0))
+        else:
+            absmax = ratio * groups.abs().amax(dim=-1, keepdim=True)
+            if self.kind == "symmetric":
+                scale, zero = absmax / ((q_max - q_min) / 2), torch.full_like(absmax, 2 ** (self.bits - 1))
+            else:
+                scale, zero = absmax / q_max, torch.zeros_like(absmax)
         return torch.where(scale > 0, scale, 1.0), zero
 
     def round(self, values: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
@@ -113,7 +141,7 @@ def grid_bits_per_weight(params: dict, shape: tuple[int, int], convention: Conve
 
 
 def grid_quantize(weight: torch.Tensor, grid: IntegerGrid, group: str | int, clip: str) -> torch.Tensor:
-    """Round-to-nearest onto ``grid`` with one fitted scale (and zero point) per group."""
+    """Round-to-nearest onto ``grid`` (module docstring) with one fitted scale (and zero point) per group."""
     groups, restore = grouped(weight, group)
     scale, zero = grid.fit_clipped(groups, clip)
     return restore(grid.round(groups, scale, zero))
