@@ -210,7 +210,9 @@ def synthetic_study(rng: np.random.Generator) -> pd.DataFrame:
              "answer": answer_table(levels, points, views, conventions),
              "end_to_end": end_to_end_table(levels, points),
              "base": pd.DataFrame([{"perplexity": 20.0, "kl_to_reference_nats": 0.0,
-                                    **dict.fromkeys(INTERVAL_COLUMNS, 0.0)}]),
+                                    **dict.fromkeys(INTERVAL_COLUMNS, 0.0),
+                                    "stored_bits_per_decoder_parameter": 5.01,
+                                    "stored_bits_per_linear_weight": 5.0}]),
              "view_shares": pd.DataFrame({"view": ["layer_energy", "block"], "sink_share": [0.4, 0.7],
                                           "top_1pct_share": [np.nan, 0.75]})}  # fmt: skip
     return stack_parts(parts)
@@ -238,10 +240,22 @@ def removal_study(config: Mapping[str, Any], context: ExperimentContext) -> pd.D
 
     check_study(config, context)
     loaded = context.model
+    stored = loaded.stored_size
+    stored_bits = None if stored is None else stored.bits_per_decoder_parameter
     study = run_study(loaded.model, calibration(loaded, config["calibration"]),
                       evaluation_windows(loaded, config["evaluation"]), study_settings(config["settings"]),
-                      log=context.step)  # fmt: skip
-    return stack_parts({**study.tables, "base": pd.DataFrame([study.summary["base"]])})
+                      log=context.step, stored_bits=stored_bits)  # fmt: skip
+    base = {**study.summary["base"], **stored_columns(stored)}
+    return stack_parts({**study.tables, "base": pd.DataFrame([base])})
+
+
+def stored_columns(stored: Any) -> dict[str, float]:
+    """The model's stored size (:class:`measure.models.stored_size.StoredSize`) as columns of the ``base`` part:
+    ``stored_bits_per_decoder_parameter`` and ``stored_bits_per_linear_weight`` (NaN when not known)."""
+    if stored is None:
+        return {"stored_bits_per_decoder_parameter": np.nan, "stored_bits_per_linear_weight": np.nan}
+    return {"stored_bits_per_decoder_parameter": float(stored.bits_per_decoder_parameter),
+            "stored_bits_per_linear_weight": float(stored.bits_per_linear_weight)}  # fmt: skip
 
 
 def _settings_text(facts: Mapping[str, Any]) -> str:
@@ -313,8 +327,11 @@ def _series_style(series: str, family: str, convention: str) -> dict[str, Any]:
     return kwargs
 
 
-def _view_panel(ax: Axes, points: pd.DataFrame, levels: pd.DataFrame, view: str) -> None:
-    """Every method's error over bits per parameter in ``view`` (log y), the removal levels as markers."""
+def _view_panel(ax: Axes, points: pd.DataFrame, levels: pd.DataFrame, view: str, stored_bits: float = np.nan
+                ) -> None:  # fmt: skip
+    """Every method's error over bits per parameter in ``view`` (log y), the removal levels as markers at b(f) for
+    a 16-bit base (filled) and at the model's stored size (open), end to end with their 95 % intervals, and the
+    stored format itself (the native re-encoding: zero error at its own size) as a vertical line."""
     rows = points[(points["view"] == view) & ~points["mixed"].astype(bool)]
     conventions = rows["mask_convention"].astype("string").fillna("")
     for (series, convention), group in rows.groupby([rows["series"], conventions], sort=True):
@@ -323,7 +340,18 @@ def _view_panel(ax: Axes, points: pd.DataFrame, levels: pd.DataFrame, view: str)
                 **_series_style(series, group["family"].iloc[0], convention))  # fmt: skip
     for ordering, group in levels.groupby("ordering", sort=True):
         kwargs = _removal_style(ordering) | {"linestyle": "none"}
-        ax.plot(group["bits_per_weight"], group[f"removal_error_{view}"], markersize=3.5, **kwargs)
+        values = group[f"removal_error_{view}"]
+        if view == "end_to_end" and "error_ci_low" in group:
+            spread = np.vstack([values - group["error_ci_low"], group["error_ci_high"] - values]).clip(min=0)
+            ax.errorbar(group["bits_per_weight"], values, yerr=spread, fmt="none", ecolor=kwargs["color"],
+                        elinewidth=0.6, capsize=1.5)  # fmt: skip
+        ax.plot(group["bits_per_weight"], values, markersize=3.5, **kwargs)
+        if np.isfinite(stored_bits):
+            stored = (1 - group["removed_fraction"]) * stored_bits
+            ax.plot(stored, values, markersize=3.5, **(kwargs | {"markerfacecolor": "none", "label": "_"}))
+    if np.isfinite(stored_bits):
+        ax.axvline(stored_bits, color=OKABE_ITO["black"], linewidth=0.6, linestyle=(0, (1, 2)),
+                   label="stored format (zero error)")  # fmt: skip
     ax.set_yscale("log")
     ax.set_ylabel(VIEW_AXES[view], fontsize="small")
 
@@ -442,7 +470,10 @@ def removal_answer(tables: Tables) -> str:
 def _bounds_caption(tables: Tables, facts: Mapping[str, Any]) -> str:
     return (
         "Error against size in bits per decoder parameter, one panel per view, each one signal for removal and "
-        "for every method: (a) layer view, energy-weighted: "
+        "for every method. The local views (a--c) are scored on held-out evaluation tokens with the first "
+        "position of every window (the attention sink) left out, while every method is fitted on the calibration "
+        "data; the in-sample and all-positions values are columns of the study's table. (a) layer view, "
+        "energy-weighted: "
         r"$\sum_\ell \mathrm{tr}(\Delta W H \Delta W^\top) / \sum_\ell \mathrm{tr}(W H W^\top)$ over the "
         r"decoder's linear layers (bias-free outputs, original inputs; removal sets $\hat W = 0$); (b) layer "
         "view, parameter-weighted mean of the layers' relative errors (removal: the parameter share of the "
@@ -454,7 +485,11 @@ def _bounds_caption(tables: Tables, facts: Mapping[str, Any]) -> str:
         "entropy-coded mask; the rate--distortion reference is that of independent Gaussian coordinates in each "
         r"Gram's eigenbasis (reverse water-filling on $\lambda_j s_j^2$, $H = V \Lambda V^\top$, $s_j^2$ the "
         r"mean over rows of $(v_j^\top w)^2$), each layer at the same rate: a reference for Gaussian weights, "
-        "not a bound on the real ones. Removal orderings as markers at $b(f) = 16(1-f)$. "
+        "not a bound on the real ones; dashed: the same reference with the rate water-filled jointly over all "
+        "the decoder's layers. Removal orderings as filled markers at $b(f) = 16(1-f)$ (a 16-bit base) and as "
+        "open markers at $B_s(1-f)$ for the model's stored size $B_s$ (dotted vertical line: the stored format "
+        "itself, the native re-encoding, zero error at its own size); end to end with 95 \\% block-bootstrap "
+        "intervals. "
         f"{_answer_sentence(_answer_rows(tables))} {_settings_text(facts)}."
     )
 
@@ -463,11 +498,12 @@ def _bounds_caption(tables: Tables, facts: Mapping[str, Any]) -> str:
 def removal_vs_bounds(tables: Tables) -> Figure:
     """One panel per view: error (log) vs bits per decoder parameter for every method, the RD reference and the
     removal levels of every ordering."""
-    points, levels = study_parts(tables, "points", "levels")
+    points, levels, base = study_parts(tables, "points", "levels", "base")
+    stored_bits = float(base.get("stored_bits_per_decoder_parameter", pd.Series([np.nan])).iloc[0])
     views = [view for view in VIEW_TITLES if view in set(points["view"])]
     fig, axes = new_figure(nrows=2, ncols=2, height_ratio=0.85)
     for letter, ax, view in zip("abcd", axes.flat, views, strict=False):
-        _view_panel(ax, points, levels, view)
+        _view_panel(ax, points, levels, view, stored_bits)
         ax.set_title(f"({letter}) {VIEW_TITLES[view]}", loc="left", fontsize="small")
         ax.set_xlabel("bits per decoder parameter", fontsize="small")
     for ax in axes.flat[len(views):]:

@@ -27,6 +27,8 @@ from theory.accounting import BASE_BITS
 from theory.sqnr import relative_error_db
 
 RD_SERIES = "gaussian_rd"
+RD_JOINT_SERIES = "gaussian_rd_joint"
+"""Series name of the decoder-level Gaussian reference (rates water-filled jointly over the decoder's layers)."""
 WIDTH_FAMILY = "width"
 """Family of the structured width pruning points (:func:`measure.removal.terms.measure_width`)."""
 """Series name of the Gaussian rate–distortion reference in the points and answer tables."""
@@ -124,7 +126,7 @@ def _answer_row(view_points: pd.DataFrame, curves: Mapping[str, pd.DataFrame], l
                 tokens: EndToEndTokens | None, stored_bits: float | None) -> dict[str, Any]:  # fmt: skip
     removal = float(getattr(level, f"removal_error_{view}"))
     removal_db = relative_error_db(removal)
-    at_size = {series: found for series, curve in curves.items() if series != RD_SERIES
+    at_size = {series: found for series, curve in curves.items() if not series.startswith(RD_SERIES)
                and (found := _value_at_size(view_points, series, curve, level)) is not None}  # fmt: skip
     row: dict[str, Any] = {"removal_error": removal, "removal_db": removal_db, "methods_at_size": len(at_size),
                            "interpolated": ",".join(s for s, v in at_size.items() if v["interpolated"]),
@@ -145,7 +147,7 @@ def _answer_row(view_points: pd.DataFrame, curves: Mapping[str, pd.DataFrame], l
             "margin_rd_db": removal_db - rd["quality_db"] if rd else math.nan}  # fmt: skip
     low_error, high_error = _error_interval(level, view)
     for series, curve in curves.items():
-        if series != RD_SERIES:
+        if not series.startswith(RD_SERIES):
             bits, censored = equivalent_bits(curve, removal_db)
             # a larger error (the interval's high end) is matched at fewer bits
             low = equivalent_bits(curve, relative_error_db(high_error))[0] if high_error > 0 else math.nan

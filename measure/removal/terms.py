@@ -27,6 +27,7 @@ from measure.evaluation.perplexity import PerplexityResult
 from measure.evaluation.residual import ResidualStreamEvaluator
 from measure.removal.answer import (
     INTERVAL_COLUMNS,
+    RD_JOINT_SERIES,
     RD_SERIES,
     WIDTH_FAMILY,
     EndToEndTokens,
@@ -35,7 +36,7 @@ from measure.removal.answer import (
 from measure.removal.equal_size import DecoderSizes, bracketing_widths, mask_convention, row_mix
 from measure.removal.views import LOCAL_VARIANT_COLUMNS, TermWeights, ViewMeter, layer_view_errors, splice_rows
 from theory.accounting import removal_bits_per_weight, sparse_bits_per_weight
-from theory.rate_distortion import layer_spectrum, rd_relative_error
+from theory.rate_distortion import decoder_rd_relative_error, layer_spectrum, rd_relative_error
 from theory.sqnr import relative_error_db
 
 
@@ -238,17 +239,27 @@ def measure_width(meter: ViewMeter, evaluator: ResidualStreamEvaluator | None, p
 
 
 def measure_reference(meter: ViewMeter, points: StudyPoints, linear_bits: Sequence[float]) -> pd.DataFrame:
-    """The Gaussian rate–distortion reference (:mod:`theory.rate_distortion`) of every layer at every size in
-    ``linear_bits`` (bits per linear weight), aggregated like the layer view into ``points``; returns the per-layer
-    values at the integer sizes (layer, block, bits_per_weight, rd_relative_error, rd_sqnr_db)."""
+    """The Gaussian rate–distortion reference (:mod:`theory.rate_distortion`: independent Gaussian coordinates in
+    each layer's Gram eigenbasis, reverse water-filling on λ_j·s_j²; a reference for Gaussian weights, not a bound
+    on the real ones) at every size in ``linear_bits`` (bits per linear weight), on the headline scoring Grams,
+    into ``points``: per layer at a uniform rate, aggregated like the layer views (``gaussian_rd``), and with the
+    rate water-filled jointly over all the decoder's layers (``gaussian_rd_joint``,
+    :func:`theory.rate_distortion.decoder_rd_relative_error`). Returns the per-layer values at the integer sizes
+    (layer, block, bits_per_weight, rd_relative_error, rd_sqnr_db)."""
     spectra = [layer_spectrum(meter.scoring.grams_of(ref.name)[0].numpy(),
                               ref.weight().detach().to("cpu", torch.float64).numpy())
                for ref in meter.refs]  # fmt: skip
     rows = []
-    for bits in sorted(set(linear_bits)):
+    sizes = sorted(set(linear_bits))
+    heights = [ref.out_features for ref in meter.refs]
+    joint = {view: decoder_rd_relative_error(spectra, heights, sizes, weighting)
+             for view, weighting in (("layer_energy", "energy"), ("layer_parameters", "parameters"))}
+    for k, bits in enumerate(sizes):
         relative = np.array([rd_relative_error(spectrum, bits) for spectrum in spectra])
         errors = layer_view_errors(meter.layers, relative)
         points.add(RD_SERIES, "reference", f"{RD_SERIES}:{bits:.6f}", bits, errors)
+        points.add(RD_JOINT_SERIES, "reference", f"{RD_JOINT_SERIES}:{bits:.6f}", bits,
+                   {view: float(values[k]) for view, values in joint.items()})
         if float(bits).is_integer():
             rows += [
                 {"layer": ref.name, "block": ref.block_index, "bits_per_weight": bits, "rd_relative_error": r,

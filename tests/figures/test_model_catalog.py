@@ -112,7 +112,9 @@ def test_removal_figure_draws_every_curve_and_the_removal_levels_of_each_view():
         assert ax.get_xlabel() == "bits per decoder parameter" and ax.get_yscale() == "log"
         rows = points[(points["view"] == view) & ~points["mixed"].astype(bool)]
         curves = rows.groupby([rows["series"], rows["mask_convention"].astype("string").fillna("")]).ngroups
-        assert len(ax.lines) == curves + levels["ordering"].nunique()
+        # per ordering: filled markers at b(f), open ones at the stored size; one line for the stored format
+        caps = 2 * levels["ordering"].nunique() if view == "end_to_end" else 0  # the intervals' caps
+        assert len(ax.lines) == curves + 2 * levels["ordering"].nunique() + 1 + caps
         for ordering, group in levels.groupby("ordering"):
             line = next(line for line in ax.lines if ordering in line.get_label())
             np.testing.assert_allclose(line.get_xdata(), group["bits_per_weight"])
