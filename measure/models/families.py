@@ -165,3 +165,7 @@ Falcon: second). Without a flag, a block with an attention input norm and no MLP
 
 PRE_NORM_CONFIG_FLAGS = ("do_layer_norm_before",)
 """Config flags that, when False, move the block norms after the residual add (post-LN OPT-350m)."""
+
+TUPLE_OUTPUT_BLOCK_FAMILIES = frozenset({"bamba", "falcon_h1"})
+"""Families (config model_type) whose backbone unpacks or indexes a tuple `(hidden_states, attention weights)`
+returned by each block, where the others take the hidden states alone."""
