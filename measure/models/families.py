@@ -169,3 +169,7 @@ PRE_NORM_CONFIG_FLAGS = ("do_layer_norm_before",)
 TUPLE_OUTPUT_BLOCK_FAMILIES = frozenset({"bamba", "falcon_h1"})
 """Families (config model_type) whose backbone unpacks or indexes a tuple `(hidden_states, attention weights)`
 returned by each block, where the others take the hidden states alone."""
+
+LINEAR_INPUT_SOURCES = {"dt_proj": "dt_layernorm"}
+"""Linear layers some mixers apply through their weight without calling the module (Jamba's Mamba computes
+dt_proj.weight @ dt), so hooks on them never fire -> the sibling module whose output is their input."""
