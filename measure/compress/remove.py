@@ -61,7 +61,16 @@ LAYER_PERIODS = (("attn_layer_period", "attn_layer_offset"), ("expert_layer_peri
 mixture-of-experts blocks); rewritten to the pair that selects the same kept blocks, or the removal is refused."""
 EXPERT_COUNT_KEYS = ("num_local_experts", "num_experts", "n_routed_experts")
 """Config and module attributes that hold the number of routed experts per MoE block."""
+FEATURE_LAYER_KEYS = ("vision_feature_layer",)
+"""Vision-language config attributes that index the vision tower's hidden states (renumbered with its blocks)."""
 RECORD_FILE = "pvq_removal.json"
+SHAPE_CHANGING_PARTS = {
+    "patch_embedding": "it turns pixels into the {width}-wide tokens every vision block reads; without it the "
+    "tower has no input",
+    "projector": "it maps {width}-wide vision features to the language model's embedding width; without it the "
+    "image features do not fit the language model",
+}
+"""Vision-tower parts that cannot be removed, and why: removing them changes the shapes the rest reads."""
 
 
 @dataclass
@@ -84,9 +93,10 @@ class Removal:
         return asdict(self)
 
 
-def remove_blocks(model: nn.Module, indices: Iterable[int]) -> Removal:
-    """Delete the blocks ``indices`` (0-based, current numbering) and fix up config and ``layer_idx``."""
-    arch = describe(model)
+def remove_blocks(model: nn.Module, indices: Iterable[int], tower: str = "language") -> Removal:
+    """Delete the blocks ``indices`` (0-based, current numbering) of ``tower`` (the language decoder or the
+    vision encoder) and fix up config and ``layer_idx``."""
+    arch = describe(model, tower)
     count = len(arch.blocks)
     removed = check_block_indices(indices, count)
     if len(removed) >= count:
@@ -100,6 +110,8 @@ def remove_blocks(model: nn.Module, indices: Iterable[int]) -> Removal:
     setattr(model.get_submodule(parent_path), attribute, nn.ModuleList(block_list[i] for i in kept))
     for key, value in updates.items():
         setattr(arch.config, key, value)
+    for key, value in _feature_layers(model.config, kept, count, arch.tower).items():
+        setattr(model.config, key, value)
     for new_index, old_index in enumerate(kept):
         for module in block_list[old_index].modules():
             if isinstance(getattr(module, "layer_idx", None), int):
@@ -141,6 +153,28 @@ def _renumbered_config(arch: Architecture, kept: list[int], removed: list[int]) 
     return updates
 
 
+def _feature_layers(config: object, kept: list[int], count: int, tower: str) -> dict[str, object]:
+    """Vision-language configs that pick the image features from a hidden state of the vision tower
+    (:data:`FEATURE_LAYER_KEYS`; hidden state h is the output of block h − 1, negative h counts from the end)
+    point, after vision blocks are removed, at the same kept block's output: h' = #{kept blocks < h}."""
+    if tower != "vision":
+        return {}
+    updates: dict[str, object] = {}
+    for key in FEATURE_LAYER_KEYS:
+        value = getattr(config, key, None)
+        if isinstance(value, int):
+            updates[key] = _feature_layer(value, kept, count)
+        elif isinstance(value, list | tuple):
+            updates[key] = type(value)(_feature_layer(v, kept, count) for v in value)
+    return updates
+
+
+def _feature_layer(value: int, kept: list[int], count: int) -> int:
+    old = value if value >= 0 else count + 1 + value
+    new = sum(1 for index in kept if index < old)
+    return new if value >= 0 else new - (len(kept) + 1)
+
+
 def _period_selecting(selected: list[bool]) -> tuple[int, int] | None:
     """The smallest (period, offset) with (i mod period = offset) = selected[i] for every i, or None."""
     for period in range(1, len(selected) + 2):
@@ -179,9 +213,10 @@ def _removable_parameters(arch: Architecture, kind: str, index: int) -> list[nn.
     return sublayer_parameters(sublayers)
 
 
-def remove_sublayers(model: nn.Module, kind: str, indices: Iterable[int]) -> Removal:
-    """Make the ``kind`` sublayer of each block in ``indices`` the identity on the residual stream (zeros)."""
-    arch = describe(model)
+def remove_sublayers(model: nn.Module, kind: str, indices: Iterable[int], tower: str = "language") -> Removal:
+    """Make the ``kind`` sublayer of each block in ``indices`` (of ``tower``) the identity on the residual stream
+    (zeros)."""
+    arch = describe(model, tower)
     chosen = check_block_indices(indices, len(arch.blocks), what=f"{kind} block")
     parameters = [_removable_parameters(arch, kind, index) for index in chosen]
     with torch.no_grad():
@@ -262,6 +297,19 @@ def _keep_experts(block: Block, keep: list[int], total: int) -> None:
                 setattr(module, key, len(keep))
 
 
+def remove_part(model: nn.Module, part: str) -> Removal:
+    """Refuse to remove a shape-changing part of the vision tower (:data:`SHAPE_CHANGING_PARTS`): always one
+    PvqError that names the model, the part and why; the model is left as it was."""
+    choose("vision-tower part", part, SHAPE_CHANGING_PARTS)
+    arch = describe(model, "vision")
+    module = arch.embeddings if part == "patch_embedding" else arch.projector
+    why = SHAPE_CHANGING_PARTS[part].format(width=arch.config.hidden_size)
+    raise PvqError(
+        f"cannot remove the {part} ({type(module).__name__}) of the {arch.family} tower of {arch.model_class}: "
+        f"{why}; remove vision blocks (--tower vision --indices ...) instead"
+    )
+
+
 def check_rebuildable(model: nn.Module) -> None:
     """Raise unless the model class built from the model's config has the same parameter names and shapes."""
     with torch.device("meta"):
@@ -319,11 +367,11 @@ def save_removed(
     return target
 
 
-def remove_units(model: nn.Module, unit: str, indices: Iterable[int]) -> Removal:
+def remove_units(model: nn.Module, unit: str, indices: Iterable[int], tower: str = "language") -> Removal:
     """Remove whole blocks (``unit`` = "block") or the ``unit`` sublayer ("attention" / "mlp") of each block."""
     if unit == "block":
-        return remove_blocks(model, indices)
-    return remove_sublayers(model, unit, indices)
+        return remove_blocks(model, indices, tower)
+    return remove_sublayers(model, unit, indices, tower)
 
 
 EXPLICIT_UNITS = {"blocks": "block", "attn": "attention", "mlp": "mlp"}

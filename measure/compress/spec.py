@@ -46,10 +46,10 @@ CALIBRATIONS = ("sequential", "parallel")
 SCOPES: dict[str, frozenset[str]] = {
     "all": frozenset({*MIXER_KINDS, "mlp", "expert"}),
     "attention": frozenset({"attention"}),
-    "mixer": frozenset(MIXER_KINDS),
     "mlp": frozenset({"mlp", "expert"}),
     "expert": frozenset({"expert"}),
     "router": frozenset({"router"}),
+    "mixer": frozenset(MIXER_KINDS),
 }
 """Scope name -> the ``LinearRef.sublayer_kind`` values it covers (``mlp`` includes shared and routed experts,
 ``mixer`` every token mixer: attention, linear attention, state-space and convolution projections)."""

@@ -38,7 +38,7 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from measure.models import families
-from theory.errors import PvqError
+from theory.errors import PvqError, choose
 
 
 @dataclass(frozen=True, eq=False)
@@ -198,8 +198,10 @@ class Block:
 
 @dataclass(frozen=True, eq=False)
 class Architecture:
-    """What `describe` found. `family` is the language config's model_type; `config` the language config;
-    `blocks_path` the dotted path of the blocks' nn.ModuleList (`model.get_submodule(blocks_path)`)."""
+    """What `describe` found. `family` is the tower config's model_type; `config` the tower's config (the
+    language config, or the vision config); `blocks_path` the dotted path of the blocks' nn.ModuleList
+    (`model.get_submodule(blocks_path)`). For the vision tower `embeddings` is the patch embedding, `lm_head`
+    is None and `projector` the module that maps vision features into the language model."""
 
     model: nn.Module
     model_class: str
@@ -208,10 +210,12 @@ class Architecture:
     embeddings: nn.Module
     blocks: tuple[Block, ...]
     final_norm: nn.Module | None
-    lm_head: nn.Module
+    lm_head: nn.Module | None
     blocks_path: str
     config: object
     tied_embeddings: bool
+    tower: str = "language"
+    projector: nn.Module | None = None
 
     @property
     def linears(self) -> tuple[LinearRef, ...]:
@@ -219,8 +223,16 @@ class Architecture:
         return tuple(ref for block in self.blocks for ref in block.linears)
 
 
-def describe(model: nn.Module) -> Architecture:
-    """Discover the wiring of a Hugging Face causal LM (or the language backbone of a vision-language model)."""
+TOWERS = ("language", "vision")
+"""What `describe` walks: the language decoder (of a causal LM or a VLM) or the vision encoder of a VLM."""
+
+
+def describe(model: nn.Module, tower: str = "language") -> Architecture:
+    """Discover the wiring of a Hugging Face causal LM (or the language backbone of a vision-language model), or
+    with `tower="vision"` the vision encoder of a vision-language model."""
+    choose("tower", tower, TOWERS)
+    if tower == "vision":
+        return _describe_vision(model)
     model_class = type(model).__name__
     config = _text_config(model, model_class)
     embeddings = _input_embeddings(model, model_class)
@@ -246,6 +258,45 @@ def describe(model: nn.Module) -> Architecture:
         blocks_path=blocks_path,
         config=config,
         tied_embeddings=getattr(lm_head, "weight", None) is getattr(embeddings, "weight", False),
+    )
+
+
+def _describe_vision(model: nn.Module) -> Architecture:
+    """The vision encoder: the module configured by `config.vision_config`, its nn.ModuleList of blocks (as many
+    as the vision config's depth), its patch embedding, last norm, and the projector beside it."""
+    model_class = type(model).__name__
+    config = getattr(getattr(model, "config", None), "vision_config", None)
+    if config is None:
+        raise PvqError(f"{model_class} has no vision tower to walk: its config has no vision_config")
+    tower_name = next(name for name, module in model.named_modules() if getattr(module, "config", None) is config)
+    tower = model.get_submodule(tower_name)
+    depth = next(getattr(config, key) for key in families.VISION_DEPTH_KEYS if hasattr(config, key))
+    lists = [n for n, m in tower.named_modules() if isinstance(m, nn.ModuleList) and len(m) == depth]
+    if len(lists) != 1:
+        raise PvqError(
+            f"cannot walk the vision tower {tower_name} of {model_class}: expected one nn.ModuleList of its "
+            f"{depth} blocks, found {lists or 'none'}"
+        )
+    blocks_path = f"{tower_name}.{lists[0]}"
+    block_list = model.get_submodule(blocks_path)
+    names = {module: name for name, module in model.named_modules()}
+    projectors = [m for n, m in model.named_modules() if n.rpartition(".")[2] in families.PROJECTOR_NAMES]
+    return Architecture(
+        model=model,
+        model_class=model_class,
+        family=str(getattr(config, "model_type", "")),
+        backbone=model.get_submodule(blocks_path.rpartition(".")[0]),
+        embeddings=tower.get_input_embeddings(),
+        blocks=tuple(
+            _describe_block(index, block, names, config, model_class) for index, block in enumerate(block_list)
+        ),
+        final_norm=_final_norm(tower, block_list),
+        lm_head=None,
+        blocks_path=blocks_path,
+        config=config,
+        tied_embeddings=False,
+        tower="vision",
+        projector=projectors[0] if projectors else None,
     )
 
 

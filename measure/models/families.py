@@ -131,6 +131,8 @@ ATTENTION_INPUT_NORMS = frozenset(
         "norm_1",
         "operator_norm",
         "norm",
+        "layer_norm1",
+        "norm1",
     }
 )
 """Block-level norms that normalise the token-mixer input (in a pre-norm block): attention, or the state-space,
@@ -147,6 +149,8 @@ MLP_INPUT_NORMS = frozenset(
         "ffn_norm",
         "norm_2",
         "pre_ff_layernorm",
+        "layer_norm2",
+        "norm2",
     }
 )
 """Block-level norms that normalise the MLP input (in a pre-norm block)."""
@@ -173,3 +177,9 @@ returned by each block, where the others take the hidden states alone."""
 LINEAR_INPUT_SOURCES = {"dt_proj": "dt_layernorm"}
 """Linear layers some mixers apply through their weight without calling the module (Jamba's Mamba computes
 dt_proj.weight @ dt), so hooks on them never fire -> the sibling module whose output is their input."""
+
+VISION_DEPTH_KEYS = ("num_hidden_layers", "depth")
+"""Vision-config attributes that hold the number of encoder blocks (CLIP / SigLIP: first; Qwen2-VL: second)."""
+
+PROJECTOR_NAMES = frozenset({"multi_modal_projector", "merger"})
+"""Attribute names of the module that maps vision features into the language model's embedding space."""

@@ -1,0 +1,95 @@
+"""Vision towers of vision-language models walked and their blocks removed; shape-changing parts refused."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from tiny_models import TINY_VOCAB_SIZE, save_tiny_model, tiny_model
+from transformers import AutoModelForImageTextToText
+
+from measure.compress.remove import remove_blocks, remove_part, save_removed
+from measure.models.architecture import describe
+from pvq.cli import main
+from theory.errors import PvqError
+
+IMAGE_TOKEN = TINY_VOCAB_SIZE - 1
+PATCHES = 4
+"""A 16×16 image in 8×8 patches (the tiny CLIP / SigLIP configs): 4 image tokens."""
+
+
+def _inputs(family: str) -> dict[str, torch.Tensor]:
+    tokens = {"llava": PATCHES, "gemma3_vlm": 4}[family]
+    text = torch.randint(3, 250, (1, 6), generator=torch.Generator().manual_seed(5))
+    ids = torch.cat([text[:, :2], torch.full((1, tokens), IMAGE_TOKEN), text[:, 2:]], dim=1)
+    pixels = torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(6))
+    return {"input_ids": ids, "pixel_values": pixels}
+
+
+def _logits(model: torch.nn.Module, family: str) -> torch.Tensor:
+    with torch.no_grad():
+        return model(**_inputs(family)).logits
+
+
+@pytest.mark.parametrize("family", ["llava", "gemma3_vlm"])
+def test_vision_blocks_are_walked_with_roles_and_the_projector(family: str) -> None:
+    model = tiny_model(family)
+    arch = describe(model, "vision")
+    assert arch.blocks_path == "model.vision_tower.encoder.layers"
+    assert [block.kinds for block in arch.blocks] == [("attention", "mlp")] * 2
+    assert {ref.role for ref in arch.linears} == {"q", "k", "v", "o", "fc1", "fc2"}
+    assert isinstance(arch.embeddings, torch.nn.Conv2d)
+    assert arch.projector is model.model.multi_modal_projector
+    assert describe(model).blocks_path == "model.language_model.layers"
+
+
+@pytest.mark.parametrize(("family", "index"), [("llava", 0), ("gemma3_vlm", 1)])
+def test_a_removed_vision_block_reloads_and_runs_on_an_image(family: str, index: int, tmp_path) -> None:
+    model = tiny_model(family)
+    original = _logits(model, family)
+    removal = remove_blocks(model, [index], tower="vision")
+    expected = _logits(model, family)
+    assert family != "llava" or not torch.equal(expected, original)  # the tiny Gemma-3 reads no image here
+    save_removed(model, tmp_path, removal)
+    reloaded = AutoModelForImageTextToText.from_pretrained(tmp_path).eval()
+    assert reloaded.config.vision_config.num_hidden_layers == 1
+    assert reloaded.config.text_config.num_hidden_layers == 2
+    logits = _logits(reloaded, family)
+    assert torch.isfinite(logits).all()
+    torch.testing.assert_close(logits, expected, rtol=0, atol=0)
+
+
+def test_llava_feature_layer_follows_the_kept_blocks() -> None:
+    """LLaVA reads the vision hidden state −2 (block 0's output of two); removing block 1, which it never
+    reads, leaves the logits unchanged, and the feature layer points at the same block's output."""
+    model = tiny_model("llava")
+    original = _logits(model, "llava")
+    remove_blocks(model, [1], tower="vision")
+    assert model.config.vision_feature_layer == -1
+    torch.testing.assert_close(_logits(model, "llava"), original, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(
+    ("part", "why"),
+    [("patch_embedding", r"patch_embedding \(Conv2d\) of the clip_vision_model tower of Llava.*no input"),
+     ("projector", r"projector \(LlavaMultiModalProjector\).*do not fit the language model")],
+)  # fmt: skip
+def test_shape_changing_vision_parts_are_refused(part: str, why: str) -> None:
+    model = tiny_model("llava")
+    before = {name: p.clone() for name, p in model.named_parameters()}
+    with pytest.raises(PvqError, match=why):
+        remove_part(model, part)
+    assert all(torch.equal(p, before[name]) for name, p in model.named_parameters())
+
+
+def test_pvq_remove_vision_tower(tmp_path, capsys, monkeypatch) -> None:
+    monkeypatch.setattr("measure.data.text.calibration_text", lambda: "A short calibration text. " * 20)
+    source = save_tiny_model("llava", tmp_path / "tiny")
+    out = tmp_path / "removed"
+    args = ["remove", "--model", str(source), "--tower", "vision", "--out", str(out)]
+    assert main([*args, "--indices", "patch_embedding"]) == 2
+    assert "cannot remove the patch_embedding" in capsys.readouterr().err
+    assert not out.exists()
+    assert main([*args, "--indices", "0"]) == 0
+    reloaded = AutoModelForImageTextToText.from_pretrained(out).eval()
+    assert reloaded.config.vision_config.num_hidden_layers == 1
+    assert torch.isfinite(_logits(reloaded, "llava")).all()
