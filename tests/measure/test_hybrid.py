@@ -12,6 +12,7 @@ from transformers import AutoModelForCausalLM
 
 from measure.compress.importance import influence, measure_importance
 from measure.compress.remove import remove_blocks, remove_sublayers, save_removed
+from measure.compress.shrink.shrink import ShrinkSettings, plan_shrink, save_shrunk, shrink_model
 from measure.ledger import build_ledger
 from measure.models import families
 from measure.models.architecture import describe, parameter_counts, unquantized_parameters
@@ -156,3 +157,21 @@ def test_pvq_remove_refusal_writes_nothing(tmp_path, capsys, monkeypatch) -> Non
     assert main([*args, "--seq-len", "16"]) == 2
     assert "of jamba" in capsys.readouterr().err
     assert not out.exists()
+
+
+@pytest.mark.parametrize("family", [f for f in HYBRID_FAMILIES if f != "mamba2"])
+def test_mlp_channels_and_attention_heads_of_hybrids_shrink_and_reload(family: str, tmp_path) -> None:
+    heads = 0.0 if family == "qwen3_next" else 0.5  # Qwen3-Next's gated q_proj: see the refusal below
+    result = shrink_model(tiny_model(family), [_ids()], ShrinkSettings(mlp=0.25, heads=heads))
+    save_shrunk(result, tmp_path)
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    assert result.removed_parameters > 0
+    assert sum(p.numel() for p in reloaded.parameters()) == result.original_parameters - result.removed_parameters
+    torch.testing.assert_close(_logits(reloaded), _logits(result.model), rtol=0, atol=0)
+
+
+def test_width_pruning_what_a_hybrid_lacks_is_one_clear_error() -> None:
+    with pytest.raises(PvqError, match="mamba2 has no MLP channels to remove: its blocks are mamba;"):
+        plan_shrink(tiny_model("mamba2"), [_ids()], ShrinkSettings(mlp=0.25))
+    with pytest.raises(PvqError, match="heads of qwen3_next block 1 attention: q 64"):
+        plan_shrink(tiny_model("qwen3_next"), [_ids()], ShrinkSettings(heads=0.5))

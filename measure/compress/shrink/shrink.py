@@ -51,7 +51,14 @@ from measure.compress.shrink.slicing import (
     updated_config,
     width_key,
 )
-from measure.compress.shrink.units import ChannelUnit, HeadUnit, channel_units, head_counts, head_units
+from measure.compress.shrink.units import (
+    ChannelUnit,
+    HeadUnit,
+    channel_units,
+    check_found,
+    head_counts,
+    head_units,
+)
 from measure.models.architecture import LinearRef, describe, parameter_counts
 from measure.records.atomic import atomic_dir
 from theory.errors import PvqError
@@ -155,6 +162,8 @@ def plan_shrink(
     fractions = mlp_fractions(settings, len(arch.blocks))
     mlps = channel_units(arch) if any(fractions) else []
     attentions = head_units(arch) if settings.heads > 0 else []
+    check_found(arch, "MLP channels", any(fractions), mlps)
+    check_found(arch, "attention heads", settings.heads > 0, attentions)
     heads, kv_heads, _ = head_counts(arch) if attentions else (0, 1, 0)
     per_unit = kv_heads if settings.head_unit == "kv" else heads // kv_heads
     head_count = removal_count(settings.heads, per_unit, "KV groups" if settings.head_unit == "kv" else

@@ -22,7 +22,7 @@ from measure.models.architecture import LinearRef
 from theory.errors import PvqError
 
 WIDTH_KEYS = {
-    "mlp": ("intermediate_size", "ffn_dim", "n_inner", "ffn_hidden_size"),
+    "mlp": ("shared_intermediate_size", "intermediate_size", "ffn_dim", "n_inner", "ffn_hidden_size"),
     "shared": ("shared_expert_intermediate_size",),
     "expert": ("moe_intermediate_size", "intermediate_size"),
 }

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from measure.models.architecture import Architecture, Block, LinearRef
+from measure.models.architecture import Architecture, Block, LinearRef, Sublayer
 from theory.errors import PvqError
 
 INPUT_ROLES = frozenset({"gate", "up", "fc1", "gate_up"})
@@ -72,7 +72,7 @@ def channel_units(arch: Architecture) -> list[ChannelUnit]:
     units = []
     for block in arch.blocks:
         parts: dict[tuple[str, int | None], list[LinearRef]] = {}
-        for ref in block.mlp.linears:
+        for ref in (ref for sublayer in block.channel_mixers for ref in sublayer.linears):
             prefix, _, role = ref.role.rpartition(".")
             if role in INPUT_ROLES | OUTPUT_ROLES:
                 kind = {"": "mlp", "shared": "shared", "expert": "expert"}.get(prefix)
@@ -103,8 +103,27 @@ def _channel_unit(
 
 
 def head_units(arch: Architecture) -> list[HeadUnit]:
-    """The attention heads of every block (PvqError when a block's q/k/v/o coupling cannot be resolved)."""
-    return [_head_unit(arch, block) for block in arch.blocks]
+    """The attention heads of every attention mixer (PvqError when its q/k/v/o coupling cannot be resolved).
+
+    Only softmax attention has heads to remove here; the heads of state-space and linear-attention mixers and
+    the channels of short convolutions keep their width (they stay, whole, in their blocks).
+    """
+    return [
+        _head_unit(arch, block, mixer)
+        for block in arch.blocks
+        for mixer in block.mixers
+        if mixer.operator == "attention"
+    ]
+
+
+def check_found(arch: Architecture, what: str, asked: bool, units: list) -> None:
+    """PvqError naming the family and its block kinds when ``what`` is asked for and the model has none."""
+    if asked and not units:
+        kinds = sorted({"+".join(block.kinds) for block in arch.blocks})
+        raise PvqError(
+            f"{arch.family} has no {what} to remove: its blocks are {', '.join(kinds)}; the heads of state-space "
+            "and linear-attention mixers and the channels of short convolutions are not width-pruned"
+        )
 
 
 def head_counts(arch: Architecture) -> tuple[int, int, int]:
@@ -117,8 +136,7 @@ def head_counts(arch: Architecture) -> tuple[int, int, int]:
     return heads, kv_heads, int(head_dim)
 
 
-def _head_unit(arch: Architecture, block: Block) -> HeadUnit:
-    attention = block.attention
+def _head_unit(arch: Architecture, block: Block, attention: Sublayer) -> HeadUnit:
     roles = {ref.role: ref for ref in attention.linears}
     where = f"{arch.family} block {block.index} attention"
     if "qkv" in roles:
