@@ -175,3 +175,20 @@ def test_width_pruning_what_a_hybrid_lacks_is_one_clear_error() -> None:
         plan_shrink(tiny_model("mamba2"), [_ids()], ShrinkSettings(mlp=0.25))
     with pytest.raises(PvqError, match="heads of qwen3_next block 1 attention: q 64"):
         plan_shrink(tiny_model("qwen3_next"), [_ids()], ShrinkSettings(heads=0.5))
+
+
+def test_the_removal_study_runs_end_to_end_on_a_tiny_hybrid(tmp_path, capsys, monkeypatch) -> None:
+    from measure.records.store import read_table
+
+    text = "The history of the calibration text is long, and it is real English prose. " * 40
+    monkeypatch.setattr("measure.data.text.calibration_text", lambda: text)
+    monkeypatch.setattr("measure.data.text.evaluation_text", lambda: text[::-1])
+    source = save_tiny_model("lfm2", tmp_path / "tiny")
+    out = tmp_path / "study"
+    study = ["--study", "--out", str(out), "--sequences", "2", "--seq-len", "24", "--eval-windows", "2",
+             "--window", "32", "--max-removed", "1", "--probe-windows", "1", "--batch-size", "2", "--bits", "2,4",
+             "--groups", "channel", "--pruner", "magnitude"]  # fmt: skip
+    assert main(["remove", "--model", str(source), *study]) == 0
+    units = read_table(out / "units.parquet")
+    assert sorted(units[units["unit"] == "block"]["block"]) == [0, 1, 2, 3]
+    assert "Block Influence ranking" in capsys.readouterr().out
