@@ -10,6 +10,7 @@ import torch
 from tiny_models import HYBRID_FAMILIES, save_tiny_model, tiny_model
 from transformers import AutoModelForCausalLM
 
+from measure.capture.statistics import capture
 from measure.compress.importance import influence, measure_importance
 from measure.compress.remove import remove_blocks, remove_sublayers, save_removed
 from measure.compress.shrink.shrink import ShrinkSettings, plan_shrink, save_shrunk, shrink_model
@@ -117,14 +118,14 @@ def test_removing_both_side_by_side_mixers_of_falcon_h1_leaves_the_mlp_update() 
     assert torch.isfinite(_logits(model)).all()
 
 
-@pytest.mark.parametrize("family", ["jamba", "lfm2", "falcon_h1"])
+@pytest.mark.parametrize("family", HYBRID_FAMILIES)
 def test_ledger_rows_cover_state_space_and_convolution_projections(family: str) -> None:
     model = tiny_model(family)
     result = build_ledger(model, [_ids()], "rtn:4:channel")
     refs = {ref.name: ref for ref in describe(model).linears if ref.sublayer_kind != "router"}
     assert set(result.table["layer"]) == set(refs)
-    mixer_rows = result.table[result.table["sublayer"].isin(["mamba", "short_conv"])]
-    assert set(mixer_rows["role"]) >= {"in", "out"}
+    mixer_rows = result.table[result.table["sublayer"].isin(["mamba", "short_conv", "linear_attention"])]
+    assert set(mixer_rows["role"]) >= ({"qkvz", "ba", "out"} if family == "qwen3_next" else {"in", "out"})
     assert mixer_rows["relative_error"].between(0, 1).all()
 
 
@@ -192,3 +193,14 @@ def test_the_removal_study_runs_end_to_end_on_a_tiny_hybrid(tmp_path, capsys, mo
     units = read_table(out / "units.parquet")
     assert sorted(units[units["unit"] == "block"]["block"]) == [0, 1, 2, 3]
     assert "Block Influence ranking" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("family", HYBRID_FAMILIES)
+def test_layer_sequential_capture_equals_whole_model_capture(family: str) -> None:
+    """Block by block on recorded block inputs (GPTQ's scheme) gives the Grams of one whole-model pass."""
+    model = tiny_model(family)
+    full, sequential = (capture(model, [_ids()], mode=mode) for mode in ("full", "sequential"))
+    assert set(full.grams) == set(sequential.grams) == {ref.shared_input_group for ref in describe(model).linears
+                                                         if ref.expert_index is None}  # fmt: skip
+    for group, gram in full.grams.items():
+        torch.testing.assert_close(sequential.grams[group].gram, gram.gram, rtol=1e-6, atol=1e-9)
