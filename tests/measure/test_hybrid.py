@@ -204,3 +204,17 @@ def test_layer_sequential_capture_equals_whole_model_capture(family: str) -> Non
                                                          if ref.expert_index is None}  # fmt: skip
     for group, gram in full.grams.items():
         torch.testing.assert_close(sequential.grams[group].gram, gram.gram, rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize("family", ["lfm2", "qwen3_next", "granitemoehybrid", "falcon_h1", "jamba"])
+def test_cached_decoding_of_a_removed_hybrid_equals_its_full_forward(family: str) -> None:
+    """The hybrid caches (attention KV, convolution and state-space states) are laid out from the rewritten
+    config, so one cached step after a prefill gives the full forward's last logits."""
+    model = tiny_model(family)
+    remove_blocks(model, [1])
+    ids = _ids()[:1]
+    with torch.no_grad():
+        full = model(ids, use_cache=False).logits[:, -1]
+        prefill = model(ids[:, :-1], use_cache=True)
+        step = model(ids[:, -1:], past_key_values=prefill.past_key_values, use_cache=True).logits[:, -1]
+    torch.testing.assert_close(step, full, rtol=1e-4, atol=1e-5)
