@@ -138,6 +138,17 @@ def _hybrid_configs() -> dict[str, tuple[str, object]]:
     }
 
 
+def _qwen2_vl_config() -> transformers.PretrainedConfig:
+    """8×8 images in 4×4 patches of 2 frames, merged 2×2: one image token per image."""
+    return transformers.Qwen2VLConfig(
+        text_config={**_DECODER, "rope_scaling": {"type": "mrope", "mrope_section": [1, 1, 2]}},
+        vision_config={"depth": 2, "embed_dim": 16, "hidden_size": 32, "num_heads": 2, "mlp_ratio": 2,
+                       "patch_size": 4, "spatial_merge_size": 2, "temporal_patch_size": 2},
+        image_token_id=TINY_VOCAB_SIZE - 1, video_token_id=TINY_VOCAB_SIZE - 2,
+        vision_start_token_id=TINY_VOCAB_SIZE - 3, vision_end_token_id=TINY_VOCAB_SIZE - 4,
+    )  # fmt: skip
+
+
 _FAMILIES = {
     "llama": ("LlamaForCausalLM", lambda: transformers.LlamaConfig(**_DECODER)),
     "qwen2": ("Qwen2ForCausalLM", lambda: transformers.Qwen2Config(**_DECODER)),
@@ -204,6 +215,9 @@ HYBRID_FAMILIES = tuple(_HYBRIDS)
 (Qwen3-Next), Mamba2 (Granite-4.0-H, Bamba), Mamba2 beside attention in every block (Falcon-H1), Mamba + MoE
 with blocks of two classes (Jamba) and state-space only (Mamba2)."""
 _FAMILIES |= _HYBRIDS
+_FAMILIES["qwen2_vl"] = ("Qwen2VLForConditionalGeneration", lambda: _qwen2_vl_config())
+VISION_FAMILIES = ("llava", "gemma3_vlm", "qwen2_vl")
+"""Vision-language families whose vision towers `describe(model, "vision")` walks: CLIP, SigLIP, Qwen2-VL's ViT."""
 
 
 def tiny_model(family: str, seed: int = 0, **config_overrides: object) -> PreTrainedModel:

@@ -62,6 +62,8 @@ ATTENTION_ROLES = {
     "dense": "o",
     "c_proj": "o",
     "wo": "o",
+    "qkv": "qkv",
+    "proj": "o",
 }
 """Leaf name of a linear layer inside an attention sublayer -> its role."""
 
