@@ -8,6 +8,7 @@ from tiny_models import TINY_VOCAB_SIZE, VISION_FAMILIES, save_tiny_model, tiny_
 from transformers import AutoModelForImageTextToText
 
 from measure.compress.remove import remove_blocks, remove_part, save_removed
+from measure.compress.shrink.shrink import ShrinkSettings, save_shrunk, shrink_model
 from measure.models.architecture import describe
 from pvq.cli import main
 from theory.errors import PvqError
@@ -106,3 +107,26 @@ def test_pvq_remove_vision_tower(tmp_path, capsys, monkeypatch) -> None:
     reloaded = AutoModelForImageTextToText.from_pretrained(out).eval()
     assert reloaded.config.vision_config.num_hidden_layers == 1
     assert torch.isfinite(_logits(reloaded, "llava")).all()
+
+
+def test_vision_mlps_shrink_and_reload(tmp_path) -> None:
+    settings = ShrinkSettings(mlp=0.25, score="magnitude", refit=False, tower="vision")
+    result = shrink_model(tiny_model("llava"), [], settings)
+    assert result.config_changes == {"intermediate_size": 24}
+    save_shrunk(result, tmp_path)
+    reloaded = AutoModelForImageTextToText.from_pretrained(tmp_path).eval()
+    config = reloaded.config
+    assert (config.vision_config.intermediate_size, config.text_config.intermediate_size) == (24, 64)
+    torch.testing.assert_close(_logits(reloaded, "llava"), _logits(result.model, "llava"), rtol=0, atol=0)
+    with pytest.raises(PvqError, match="--score magnitude --no-refit"):
+        shrink_model(tiny_model("llava"), [], ShrinkSettings(mlp=0.25, tower="vision"))
+
+
+def test_pvq_shrink_vision_tower(tmp_path, capsys, monkeypatch) -> None:
+    monkeypatch.setattr("measure.data.text.calibration_text", lambda: "A short calibration text. " * 20)
+    source = save_tiny_model("llava", tmp_path / "tiny")
+    out = tmp_path / "shrunk"
+    args = ["shrink", "--model", str(source), "--tower", "vision", "--mlp", "0.5", "--score", "magnitude",
+            "--no-refit", "--out", str(out), "--sequences", "2", "--seq-len", "16"]  # fmt: skip
+    assert main(args) == 0
+    assert AutoModelForImageTextToText.from_pretrained(out).config.vision_config.intermediate_size == 16

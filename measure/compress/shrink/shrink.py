@@ -59,9 +59,9 @@ from measure.compress.shrink.units import (
     head_counts,
     head_units,
 )
-from measure.models.architecture import LinearRef, describe, parameter_counts
+from measure.models.architecture import TOWERS, LinearRef, describe, parameter_counts
 from measure.records.atomic import atomic_dir
-from theory.errors import PvqError
+from theory.errors import PvqError, choose
 
 HEAD_UNITS = ("kv", "query")
 RECORD_FILE = "pvq_shrink.json"
@@ -72,13 +72,16 @@ UNIT_COLUMNS = ["unit", "kind", "block", "expert", "width", "removed", "refit_er
 class ShrinkSettings:
     """Fractions removed (each in [0, 1)), the score, whether consumers are refit, and the head unit. ``mlp`` is
     one fraction for every MLP (the uniform mode) or a tuple of one fraction per block (per-block widths, which
-    only a config with per-block width fields can save)."""
+    only a config with per-block width fields can save). ``tower`` "vision" shrinks a vision-language model's
+    vision encoder instead of its language decoder; calibration data are text, so it takes the magnitude score
+    without refit."""
 
     mlp: float | tuple[float, ...] = 0.0
     heads: float = 0.0
     score: str = "output"
     refit: bool = True
     head_unit: str = "kv"
+    tower: str = "language"
 
 
 @dataclass
@@ -137,6 +140,10 @@ def check_settings(settings: ShrinkSettings) -> None:
     check_score(settings.score)
     if settings.head_unit not in HEAD_UNITS:
         raise PvqError(f"unknown head unit {settings.head_unit!r}; choose one of {', '.join(HEAD_UNITS)}")
+    choose("tower", settings.tower, TOWERS)
+    if settings.tower == "vision" and (settings.score != "magnitude" or settings.refit):
+        raise PvqError("the vision tower is shrunk on weight magnitudes without refit (the calibration data are "
+                       "text, which never reaches it): use --score magnitude --no-refit")  # fmt: skip
 
 
 def removal_count(fraction: float, total: int, what: str) -> int:
@@ -158,7 +165,7 @@ def plan_shrink(
     ``grams``: consumer input Grams already captured on this model (:func:`consumer_grams` of an identical copy,
     or the capture of the original model), read instead of capturing ``batches`` again."""
     check_settings(settings)
-    arch = describe(model)
+    arch = describe(model, settings.tower)
     fractions = mlp_fractions(settings, len(arch.blocks))
     mlps = channel_units(arch) if any(fractions) else []
     attentions = head_units(arch) if settings.heads > 0 else []
@@ -171,7 +178,7 @@ def plan_shrink(
     mlp_counts = {unit: removal_count(fractions[unit.block_index], unit.width, f"channels of {unit.name}")
                   for unit in mlps}  # fmt: skip
     changes = _config_changes(arch, mlps, mlp_counts, attentions, head_count, settings)
-    config = updated_config(model, changes)
+    config = updated_config(model, changes, settings.tower)
     placeholder = _cuts({u: torch.arange(u.width - mlp_counts[u]) for u in mlps},
                         {u: _first_heads(u, head_count, settings.head_unit) for u in attentions})  # fmt: skip
     hint = "shrink the other unit only or choose uniform fractions"
@@ -208,7 +215,7 @@ def shrink_model(
     """Shrink ``model`` as ``settings`` say (module docstring; :func:`plan_shrink`, then the refit consumers are
     written into ``model`` and its tensors sliced into a new, smaller model of the same class)."""
     plan = plan_shrink(model, batches, settings, grams)
-    arch = describe(model)
+    arch = describe(model, settings.tower)
     for ref in arch.linears:
         if ref.name in plan.consumer_weights:
             weight = ref.weight()
