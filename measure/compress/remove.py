@@ -1,16 +1,21 @@
-"""Remove decoder blocks, attention or MLP sublayers, or routed experts from any walkable causal LM.
+"""Remove decoder blocks, token- or channel-mixer sublayers, or routed experts from any walkable model.
 
 Everything goes through the architecture walker (:func:`measure.models.architecture.describe`), so one code path
 serves sequential, parallel, sandwich-norm and mixture-of-experts families. The result runs, its config
 agrees with its modules, and ``save_pretrained`` + plain ``from_pretrained`` gives identical logits:
 
-* **Blocks** leave the blocks' nn.ModuleList. The (language) config is fixed up: ``num_hidden_layers``;
-  every list with one entry per block (``layer_types`` and the like) keeps the entries of the kept blocks;
+* **Blocks** of any kind (attention, linear attention, state space, short convolution; of the language decoder
+  or, with ``tower="vision"``, of a vision encoder) leave the blocks' nn.ModuleList. The tower's config is fixed
+  up: ``num_hidden_layers``; every list with one entry per block (``layer_types``, ``layers_block_type``) keeps
+  the entries of the kept blocks; block periods / offsets (:data:`LAYER_PERIODS`, Jamba) become the pair that
+  selects the same kept blocks, or the removal is refused naming the family and block kinds; a VLM's
+  ``vision_feature_layer`` follows the kept vision blocks;
   lists of block indices (:data:`LAYER_INDEX_LISTS`, e.g. Qwen-MoE's ``mlp_only_layers``) are renumbered; every
   module attribute ``layer_idx`` inside the kept blocks is renumbered 0..L'−1, so the KV cache, which
   ``DynamicCache(config=…)`` sizes from the config, is indexed consistently. Token-id lists and
   ``architectures`` are never per-block lists, whatever their length.
-* **Sublayers** (attention or MLP of one block) become the identity on the residual stream: every parameter of
+* **Sublayers** (the token mixers or the channel mixers of one block: "attention" / "mlp") become the identity on
+  the residual stream: every parameter of
   the sublayer is set to zero, so its residual update is exactly zero (its last operation is a linear map or a
   sum of expert outputs, and a sandwich output norm, an RMSNorm, maps 0 to 0). The checkpoint keeps
   the zero tensors so that plain ``from_pretrained`` rebuilds the same function; a runtime that skips the
@@ -22,8 +27,10 @@ agrees with its modules, and ``save_pretrained`` + plain ``from_pretrained`` giv
   loses their rows, and the config's expert count drops by ``count`` in every MoE block (configs hold one
   expert count, so each MoE block drops the same number).
 
-After every change :func:`check_rebuildable` builds the model class from the new config on the meta device and
-compares parameter names and shapes, so a config that would not reload raises here, not at load time.
+A vision tower's patch embedding and projector change the shapes the rest of the model reads: :func:`remove_part`
+refuses them with the reason. After every change :func:`check_rebuildable` builds the model class from the new
+config on the meta device and compares parameter names and shapes, so a config that would not reload raises here,
+not at load time.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ import argparse
 import json
 
 from measure.capture.placement import load_placed
-from measure.models.architecture import describe, parameter_counts, summary_table, unquantized_parameters
+from measure.models.architecture import TOWERS, describe, parameter_counts, summary_table, unquantized_parameters
 from measure.models.weight_grid import detect_linear_grid
 from pvq.commands.common import add_device_arguments, placement
 
@@ -17,13 +17,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", help="default model name, local folder, .gguf file or hub id")
     parser.add_argument("--linears", action="store_true", help="list every linear layer")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    parser.add_argument("--tower", choices=TOWERS, default="language", help="language decoder or vision encoder")
     add_device_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     place = placement(args, mode="full")
     loaded = load_placed(args.model, place)
-    arch = describe(loaded.model)
+    arch = describe(loaded.model, args.tower)
     counts = parameter_counts(arch)
     table = summary_table(arch)
     grid = detect_linear_grid(loaded.model)

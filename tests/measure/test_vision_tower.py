@@ -103,6 +103,8 @@ def test_pvq_remove_vision_tower(tmp_path, capsys, monkeypatch) -> None:
     assert main([*args, "--indices", "patch_embedding"]) == 2
     assert "cannot remove the patch_embedding" in capsys.readouterr().err
     assert not out.exists()
+    assert main(["info", str(source), "--tower", "vision", "--json"]) == 0
+    assert '"block_kinds": [\n    "attention+mlp",\n    "attention+mlp"\n  ]' in capsys.readouterr().out
     assert main([*args, "--indices", "0"]) == 0
     reloaded = AutoModelForImageTextToText.from_pretrained(out).eval()
     assert reloaded.config.vision_config.num_hidden_layers == 1
