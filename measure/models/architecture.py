@@ -476,9 +476,10 @@ def _describe_block(index: int, block: nn.Module, names: dict, config: object, m
         )
         for local, module, kind in mixers
     )
-    channel_parts = [(f"{block_name}.{n}", c) for n, c in channel_children] or [(channel_name, None)] * bool(
-        loose_linears
-    )
+    if loose_linears:  # OPT: fc1 / fc2 directly in the block, one virtual MLP
+        channel_parts = [(channel_name, None)]
+    else:
+        channel_parts = [(f"{block_name}.{n}", c) for n, c in channel_children]
     channel_sublayers = tuple(
         _mlp_sublayer(name, module, loose_linears, norms, index, channel_group, names, model_class)
         for name, module in channel_parts

@@ -30,8 +30,12 @@ def _inputs(family: str) -> dict[str, torch.Tensor]:
     if family == "qwen2_vl":
         image = torch.tensor([[TINY_VOCAB_SIZE - 3, IMAGE_TOKEN, TINY_VOCAB_SIZE - 4]])
         ids = torch.cat([text[:, :2], image, text[:, 2:]], dim=1)
-        return {"input_ids": ids, "pixel_values": torch.randn(PATCHES, 3 * 2 * 4 * 4, generator=generator),
-                "image_grid_thw": torch.tensor([[1, 2, 2]]), "mm_token_type_ids": (ids == IMAGE_TOKEN).long()}
+        return {
+            "input_ids": ids,
+            "pixel_values": torch.randn(PATCHES, 3 * 2 * 4 * 4, generator=generator),
+            "image_grid_thw": torch.tensor([[1, 2, 2]]),
+            "mm_token_type_ids": (ids == IMAGE_TOKEN).long(),
+        }
     ids = torch.cat([text[:, :2], torch.full((1, PATCHES), IMAGE_TOKEN), text[:, 2:]], dim=1)
     return {"input_ids": ids, "pixel_values": torch.randn(1, 3, 16, 16, generator=generator)}
 
