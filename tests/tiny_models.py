@@ -135,6 +135,14 @@ def _hybrid_configs() -> dict[str, tuple[str, object]]:
             "BambaForCausalLM",
             lambda: transformers.BambaConfig(**_HYBRID, **_SSM, attn_layer_indices=[1, 3]),
         ),
+        "nemotron_h": (
+            "NemotronHForCausalLM",
+            lambda: transformers.NemotronHConfig(
+                **{k: v for k, v in _HYBRID.items() if k != "num_hidden_layers"},
+                layers_block_type=["mamba", "mlp", "attention", "mlp"],
+                head_dim=8, mamba_num_heads=4, mamba_head_dim=16, ssm_state_size=8, n_groups=1,
+            ),
+        ),
     }
 
 
@@ -213,7 +221,8 @@ GPT-2 Conv1D, mixture-of-experts (three fused expert layouts) and two vision-lan
 HYBRID_FAMILIES = tuple(_HYBRIDS)
 """Hybrid families `tiny_model` builds (4 blocks each): short convolution (LFM2), gated delta-net + MoE
 (Qwen3-Next), Mamba2 (Granite-4.0-H, Bamba), Mamba2 beside attention in every block (Falcon-H1), Mamba + MoE
-with blocks of two classes (Jamba) and state-space only (Mamba2)."""
+with blocks of two classes (Jamba), state-space only (Mamba2) and one sublayer per block, MLP blocks included
+(Nemotron-H)."""
 _FAMILIES |= _HYBRIDS
 _FAMILIES["qwen2_vl"] = ("Qwen2VLForConditionalGeneration", lambda: _qwen2_vl_config())
 VISION_FAMILIES = ("llava", "gemma3_vlm", "qwen2_vl")

@@ -163,12 +163,13 @@ def _sublayer_hooks(block: Block, stats: SublayerStatistics) -> list[torch.utils
     Token mixers side by side (Falcon-H1) are one unit: their summed, scaled update is read off the input of
     the channel mixer's norm (h), or the block output when the block has no channel mixer. Channel mixers side
     by side (Granite-4.0-H) likewise: their update is read off the block output. A block without a channel
-    mixer (Mamba2) adds no channel statistics.
+    mixer (Mamba2) adds no channel statistics, one without a token mixer (Nemotron-H's MLP blocks) no token-mixer
+    statistics; its channel mixer reads the block input.
     """
     residual: dict[str, torch.Tensor] = {}
 
     def on_block(module: nn.Module, args: tuple, kwargs: dict) -> None:
-        residual["block"] = sublayer_input(args, kwargs).detach().double()
+        residual["block"] = residual["mlp"] = sublayer_input(args, kwargs).detach().double()
 
     def on_attention(module: nn.Module, args: tuple, output: object) -> None:
         x = residual["block"]
@@ -200,13 +201,13 @@ def _sublayer_hooks(block: Block, stats: SublayerStatistics) -> list[torch.utils
     ]
     if len(block.mixers) == 1:
         handles.append(branch_module(block.attention).register_forward_hook(on_attention))
-    elif block.channel_mixers:
+    elif len(block.mixers) > 1 and block.channel_mixers:
         norm = block.channel_mixers[0].input_norm or block.channel_mixers[0].input_module
         handles.append(norm.register_forward_pre_hook(lambda module, args, kwargs: on_mixed(
             sublayer_input(args, kwargs)), with_kwargs=True))  # fmt: skip
     if len(block.channel_mixers) == 1:
         handles.append(branch_module(block.mlp).register_forward_hook(on_mlp))
-    if block.mixers[0].residual_norm is not None:
+    if block.mixers and block.mixers[0].residual_norm is not None:
         handles.append(block.mixers[0].residual_norm.register_forward_hook(on_residual_norm))
     return handles
 

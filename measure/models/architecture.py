@@ -176,11 +176,11 @@ class Block:
 
     @property
     def attention(self) -> Sublayer:
-        """The block's one token mixer (PvqError when it runs several side by side)."""
+        """The block's one token mixer (PvqError when it has none, or several side by side)."""
         if len(self.mixers) != 1:
             raise PvqError(
-                f"block {self.name} runs {len(self.mixers)} token mixers side by side "
-                f"({', '.join(m.operator for m in self.mixers)}); ask for block.mixers"
+                f"block {self.name} has {len(self.mixers)} token mixers "
+                f"({', '.join(m.operator for m in self.mixers) or 'it is an MLP block'}); ask for block.mixers"
             )
         return self.mixers[0]
 
@@ -457,11 +457,13 @@ def _describe_block(index: int, block: nn.Module, names: dict, config: object, m
     norms = _norm_roles(
         [(n, c) for n, c in block.named_children() if _is_norm(c)], config, f"{model_class} block {block_name}"
     )
-    parallel = bool(channel_children or loose_linears) and _is_parallel(config, norms)
+    if not mixers and "mlp_in" not in norms and "attention_in" in norms:  # Nemotron-H: one `norm` per block
+        norms["mlp_in"] = norms.pop("attention_in")
+    parallel = bool(mixers and (channel_children or loose_linears)) and _is_parallel(config, norms)
     if parallel and norms.get("mlp_in") is None:
         norms["mlp_in"] = norms.get("attention_in")
     channel_name = _channel_name(block_name, channel_children, loose_linears)
-    mixer_group = f"{block_name}.mixers:input" if len(mixers) > 1 else f"{block_name}.{mixers[0][0]}:input"
+    mixer_group = f"{block_name}.{mixers[0][0] if len(mixers) == 1 else 'mixers'}:input"
     channel_group = f"{channel_name}:input"
     if parallel and norms.get("mlp_in") is norms.get("attention_in"):
         mixer_group = channel_group = f"{block_name}:input"
@@ -501,19 +503,27 @@ def _mixer_children(
 ) -> list[tuple[str, nn.Module, str]]:
     """(name, module, kind) of every token mixer: the children named like one, else those classed like one.
 
-    The kind comes from the class name when it carries a marker (most specific first), else from the name.
+    The kind comes from the class name when it carries a marker (most specific first), else from the name. A
+    child named like a mixer but classed like an MLP is a channel mixer (Nemotron-H names every sublayer `mixer`);
+    a block with no token mixer must then hold a channel mixer.
     """
-    found = [(n, c) for n, c in children if n in families.MIXER_CHILD_NAMES] or [
+    found = [(n, c) for n, c in children if n in families.MIXER_CHILD_NAMES and not _classed_like_mlp(c)] or [
         (n, c) for n, c in children if _class_mixer_kind(c) is not None
     ]
-    if not found:
+    if not found and not any(_classed_like_mlp(c) for _, c in children):
         raise PvqError(
             f"cannot walk {model_class}: block {block_name} has 0 children that look like its token mixer "
             f"(attention, linear attention, state-space or convolution: named one of "
             f"{sorted(families.MIXER_CHILD_NAMES)}, or a class name containing one of "
-            f"{[marker for marker, _ in families.MIXER_CLASS_MARKERS]})"
+            f"{[marker for marker, _ in families.MIXER_CLASS_MARKERS]}) and no MLP"
         )
     return [(n, c, _class_mixer_kind(c) or families.MIXER_CHILD_NAMES[n]) for n, c in found]
+
+
+def _classed_like_mlp(module: nn.Module) -> bool:
+    """Whether the class name says MLP / mixture of experts and no token-mixer kind."""
+    class_name = type(module).__name__
+    return _class_mixer_kind(module) is None and any(m in class_name for m in families.MLP_CLASS_MARKERS)
 
 
 def _class_mixer_kind(module: nn.Module) -> str | None:

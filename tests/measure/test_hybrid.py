@@ -28,8 +28,10 @@ BLOCK_KINDS = {
     "jamba": [("mamba", "mlp"), ("attention", "moe")] * 2,
     "mamba2": [("mamba",)] * 4,
     "bamba": [("mamba", "mlp"), ("attention", "mlp")] * 2,
+    "nemotron_h": [("mamba",), ("mlp",), ("attention",), ("mlp",)],
 }
-"""The kinds each tiny hybrid's config asks for (layer_types, attn_layer_period/offset, attn_layer_indices)."""
+"""The kinds each tiny hybrid's config asks for (layer_types, attn_layer_period/offset, attn_layer_indices,
+layers_block_type)."""
 ACCEPTANCE_FAMILIES = ("lfm2", "qwen3_next", "granitemoehybrid", "falcon_h1")
 
 
