@@ -104,12 +104,14 @@ def test_a_block_pattern_no_period_can_select_is_one_clear_error_and_changes_not
     assert (model.config.attn_layer_period, model.config.attn_layer_offset) == (2, 1)
 
 
-def test_a_block_without_a_channel_mixer_refuses_mlp_removal() -> None:
+def test_removing_a_sublayer_a_block_lacks_is_refused_and_changes_nothing() -> None:
     model = tiny_model("mamba2")
     before = [p.clone() for p in model.parameters()]
     with pytest.raises(PvqError, match=r"mlp sublayer of block 0 of mamba2: the block \(mamba\) has none"):
         remove_sublayers(model, "mlp", [0])
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+    with pytest.raises(PvqError, match=r"attention sublayer of block 1 of nemotron_h: the block \(mlp\) has none"):
+        remove_sublayers(tiny_model("nemotron_h"), "attention", [0, 1])
 
 
 def test_removing_both_side_by_side_mixers_of_falcon_h1_leaves_the_mlp_update() -> None:
