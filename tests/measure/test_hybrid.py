@@ -222,3 +222,17 @@ def test_cached_decoding_of_a_removed_hybrid_equals_its_full_forward(family: str
         prefill = model(ids[:, :-1], use_cache=True)
         step = model(ids[:, -1:], past_key_values=prefill.past_key_values, use_cache=True).logits[:, -1]
     torch.testing.assert_close(step, full, rtol=1e-4, atol=1e-5)
+
+
+def test_granite_experts_beside_a_shared_mlp_are_two_channel_mixers_on_one_input(tmp_path) -> None:
+    model = tiny_model("granitemoehybrid", num_local_experts=4, num_experts_per_tok=2)
+    arch = describe(model)
+    assert [block.kinds for block in arch.blocks] == [("mamba", "moe", "mlp"), ("attention", "moe", "mlp")] * 2
+    block = arch.blocks[0]
+    assert block.mlp is block.channel_mixers[0] and block.mlp.experts.count == 4
+    groups = {ref.shared_input_group for ref in block.linears if ref.role in ("router", "gate_up")}
+    assert groups == {"model.layers.0.{block_sparse_moe,shared_mlp}:input"}
+    removal = remove_blocks(model, [1])
+    save_removed(model, tmp_path, removal)
+    torch.testing.assert_close(_logits(AutoModelForCausalLM.from_pretrained(tmp_path).eval()), _logits(model),
+                               rtol=0, atol=0)  # fmt: skip
