@@ -178,7 +178,7 @@ def test_mlp_channels_and_attention_heads_of_hybrids_shrink_and_reload(family: s
 def test_width_pruning_what_a_hybrid_lacks_is_one_clear_error() -> None:
     with pytest.raises(PvqError, match="mamba2 has no MLP channels to remove: its blocks are mamba;"):
         plan_shrink(tiny_model("mamba2"), [_ids()], ShrinkSettings(mlp=0.25))
-    with pytest.raises(PvqError, match="heads of qwen3_next block 1 attention: q 64"):
+    with pytest.raises(PvqError, match=r"heads of qwen3_next block 1 attention: .* a query and an output gate"):
         plan_shrink(tiny_model("qwen3_next"), [_ids()], ShrinkSettings(heads=0.5))
 
 

@@ -149,6 +149,12 @@ def _head_unit(arch: Architecture, block: Block, attention: Sublayer) -> HeadUni
         raise PvqError(f"cannot resolve the heads of {where}: found roles {sorted(roles)}, need q, k, v and o")
     heads, kv_heads, head_dim = head_counts(arch)
     q, k, v, o = roles["q"], roles["k"], roles["v"], roles["o"]
+    if q.out_features == 2 * heads * head_dim == 2 * o.in_features:
+        raise PvqError(
+            f"cannot remove heads of {where}: its q projection gives every head a query and an output gate "
+            f"({q.out_features} = 2 × {heads} heads × {head_dim}), which head slicing does not follow; remove MLP "
+            "channels only (heads 0)"
+        )
     shapes_agree = (
         q.out_features == o.in_features == heads * head_dim
         and k.out_features == v.out_features == kv_heads * head_dim
