@@ -61,6 +61,102 @@ def _gemma3_vlm_config() -> transformers.PretrainedConfig:
     )
 
 
+_HYBRID = {**_DECODER, "num_hidden_layers": 4}
+_SSM = {"mamba_n_heads": 4, "mamba_d_head": 16, "mamba_d_state": 8, "mamba_n_groups": 1, "mamba_expand": 2}
+
+
+def _hybrid_configs() -> dict[str, tuple[str, object]]:
+    """Hybrid decoders of 4 blocks: token mixers alternate (or run side by side) as the family's config says."""
+    return {
+        "lfm2": (
+            "Lfm2ForCausalLM",
+            lambda: transformers.Lfm2Config(
+                **_HYBRID, layer_types=["conv", "full_attention"] * 2, block_auto_adjust_ff_dim=False
+            ),
+        ),
+        "qwen3_next": (
+            "Qwen3NextForCausalLM",
+            lambda: transformers.Qwen3NextConfig(
+                **_HYBRID,
+                **_MOE,
+                layer_types=["linear_attention", "full_attention"] * 2,
+                num_experts=4,
+                shared_expert_intermediate_size=16,
+                head_dim=8,
+                linear_num_value_heads=4,
+                linear_num_key_heads=2,
+                linear_key_head_dim=8,
+                linear_value_head_dim=8,
+            ),
+        ),
+        "granitemoehybrid": (
+            "GraniteMoeHybridForCausalLM",
+            lambda: transformers.GraniteMoeHybridConfig(
+                **_HYBRID,
+                **_SSM,
+                layer_types=["mamba", "attention"] * 2,
+                num_local_experts=0,
+                shared_intermediate_size=64,
+            ),
+        ),
+        "falcon_h1": (
+            "FalconH1ForCausalLM",
+            lambda: transformers.FalconH1Config(**_HYBRID, **_SSM, head_dim=8, mamba_d_ssm=64),
+        ),
+        "jamba": (
+            "JambaForCausalLM",
+            lambda: transformers.JambaConfig(
+                **_HYBRID,
+                attn_layer_period=2,
+                attn_layer_offset=1,
+                expert_layer_period=2,
+                expert_layer_offset=1,
+                num_experts=4,
+                num_experts_per_tok=2,
+                mamba_d_state=8,
+                mamba_dt_rank=4,
+            ),
+        ),
+        "mamba2": (
+            "Mamba2ForCausalLM",
+            lambda: transformers.Mamba2Config(
+                vocab_size=TINY_VOCAB_SIZE,
+                hidden_size=32,
+                num_hidden_layers=4,
+                num_heads=4,
+                head_dim=16,
+                state_size=8,
+                n_groups=1,
+                expand=2,
+                **_IDS,
+            ),
+        ),
+        "bamba": (
+            "BambaForCausalLM",
+            lambda: transformers.BambaConfig(**_HYBRID, **_SSM, attn_layer_indices=[1, 3]),
+        ),
+        "nemotron_h": (
+            "NemotronHForCausalLM",
+            lambda: transformers.NemotronHConfig(
+                **{k: v for k, v in _HYBRID.items() if k != "num_hidden_layers"},
+                layers_block_type=["mamba", "mlp", "attention", "mlp"],
+                head_dim=8, mamba_num_heads=4, mamba_head_dim=16, ssm_state_size=8, n_groups=1,
+            ),
+        ),
+    }
+
+
+def _qwen2_vl_config() -> transformers.PretrainedConfig:
+    """8×8 images in 4×4 patches of 2 frames, merged 2×2: one image token per image."""
+    return transformers.Qwen2VLConfig(
+        text_config={**_DECODER, "rope_scaling": {"type": "mrope", "mrope_section": [1, 1, 2]}},
+        vision_config={"depth": 2, "embed_dim": 16, "hidden_size": 32, "num_heads": 2, "mlp_ratio": 2,
+                       "patch_size": 4, "spatial_merge_size": 2, "temporal_patch_size": 2},
+        image_token_id=TINY_VOCAB_SIZE - 1, video_token_id=TINY_VOCAB_SIZE - 2,
+        vision_start_token_id=TINY_VOCAB_SIZE - 3, vision_end_token_id=TINY_VOCAB_SIZE - 4,
+    )  # fmt: skip
+
+
 _FAMILIES = {
     "llama": ("LlamaForCausalLM", lambda: transformers.LlamaConfig(**_DECODER)),
     "qwen2": ("Qwen2ForCausalLM", lambda: transformers.Qwen2Config(**_DECODER)),
@@ -117,20 +213,30 @@ _FAMILIES = {
     "llava": ("LlavaForConditionalGeneration", _llava_config),
     "gemma3_vlm": ("Gemma3ForConditionalGeneration", _gemma3_vlm_config),
 }
+_HYBRIDS = _hybrid_configs()
 
 TINY_FAMILIES = tuple(_FAMILIES)
-"""Every family `tiny_model` builds: dense sequential, sandwich-norm, parallel, post-LN-capable, GPT-2
-Conv1D, mixture-of-experts (three fused expert layouts) and two vision-language models."""
+"""Every attention-decoder family `tiny_model` builds: dense sequential, sandwich-norm, parallel, post-LN-capable,
+GPT-2 Conv1D, mixture-of-experts (three fused expert layouts) and two vision-language models."""
+HYBRID_FAMILIES = tuple(_HYBRIDS)
+"""Hybrid families `tiny_model` builds (4 blocks each): short convolution (LFM2), gated delta-net + MoE
+(Qwen3-Next), Mamba2 (Granite-4.0-H, Bamba), Mamba2 beside attention in every block (Falcon-H1), Mamba + MoE
+with blocks of two classes (Jamba), state-space only (Mamba2) and one sublayer per block, MLP blocks included
+(Nemotron-H)."""
+_FAMILIES |= _HYBRIDS
+_FAMILIES["qwen2_vl"] = ("Qwen2VLForConditionalGeneration", lambda: _qwen2_vl_config())
+VISION_FAMILIES = ("llava", "gemma3_vlm", "qwen2_vl")
+"""Vision-language families whose vision towers `describe(model, "vision")` walks: CLIP, SigLIP, Qwen2-VL's ViT."""
 
 
 def tiny_model(family: str, seed: int = 0, **config_overrides: object) -> PreTrainedModel:
-    """A tiny random-initialised model of `family` (one of TINY_FAMILIES), float32, in eval mode.
+    """A tiny random-initialised model of `family` (one of TINY_FAMILIES or HYBRID_FAMILIES), float32, eval mode.
 
     `config_overrides` are set on the (language) config before the model is built, e.g.
     `tiny_model("gpt_neox", use_parallel_residual=False)` or `tiny_model("llama", tie_word_embeddings=True)`.
     """
     if family not in _FAMILIES:
-        raise ValueError(f"unknown tiny family {family!r}; choose one of {TINY_FAMILIES}")
+        raise ValueError(f"unknown tiny family {family!r}; choose one of {TINY_FAMILIES + HYBRID_FAMILIES}")
     class_name, make_config = _FAMILIES[family]
     config = make_config()
     text_config = config.get_text_config()

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from measure.models import families
 from measure.models.architecture import Architecture
 
 DROPPED_KWARGS = ("past_key_values", "past_key_value", "layer_past", "use_cache", "cache_position")
@@ -48,18 +49,20 @@ def _to(value: Any, device: torch.device | str) -> Any:
 
 
 class _IdentityBlock:
-    """Context manager: every block returns its input unchanged and records its keyword arguments."""
+    """Context manager: every block returns its input unchanged (as `(hidden, None)` for the families whose
+    backbone reads a tuple from its blocks) and records its keyword arguments."""
 
     def __init__(self, arch: Architecture, on_call: Callable[[int, torch.Tensor, dict[str, Any]], None]) -> None:
         self.arch = arch
         self.on_call = on_call
 
     def __enter__(self) -> _IdentityBlock:
+        as_tuple = self.arch.family in families.TUPLE_OUTPUT_BLOCK_FAMILIES
         for block in self.arch.blocks:
-            def identity(*args: Any, _index: int = block.index, **kwargs: Any) -> torch.Tensor:
+            def identity(*args: Any, _index: int = block.index, **kwargs: Any) -> torch.Tensor | tuple:
                 hidden = args[0] if args else kwargs.pop("hidden_states")
                 self.on_call(_index, hidden, {k: v for k, v in kwargs.items() if k not in DROPPED_KWARGS})
-                return hidden
+                return (hidden, None) if as_tuple else hidden
             block.module.forward = identity
         return self
 

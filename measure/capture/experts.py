@@ -73,7 +73,7 @@ class ExpertCapture:
 
     def hooks(self, block: Block) -> list[torch.utils.hooks.RemovableHandle]:
         """Register the pre-hook on ``block``'s experts (none for a dense block); returns the handles."""
-        experts = block.mlp.experts
+        experts = None if block.mlp is None else block.mlp.experts
         if experts is None:
             return []
         if not experts.fused:

@@ -24,6 +24,7 @@ from torch import nn
 
 from measure.capture.blocks import BlockInputs, record_block_inputs, run_block
 from measure.capture.gram import GramAccumulator
+from measure.models import families
 from measure.models.architecture import Architecture, Block, LinearRef, describe
 from theory.errors import PvqError, choose
 
@@ -114,8 +115,23 @@ def register_gram_hooks(
         def hook(module: nn.Module, args: tuple, accumulator: GramAccumulator = accumulator) -> None:
             accumulator.add(args[0][:, positions] if args[0].dim() == 3 else args[0])
 
-        handles.append(ref.module.register_forward_pre_hook(hook))
+        source = _input_source(block, ref)
+        if source is None:
+            handles.append(ref.module.register_forward_pre_hook(hook))
+        else:
+            handles.append(source.register_forward_hook(lambda module, args, output, h=hook: h(module, (output,))))
     return handles
+
+
+def _input_source(block: Block, ref: LinearRef) -> nn.Module | None:
+    """The sibling module whose output is the input of a linear layer applied through its weight alone
+    (`families.LINEAR_INPUT_SOURCES`, e.g. Jamba's dt_proj), or None when the layer is called as a module."""
+    parent, _, leaf = ref.name.removeprefix(block.name + ".").rpartition(".")
+    source = families.LINEAR_INPUT_SOURCES.get(leaf)
+    if source is None:
+        return None
+    owner = block.module.get_submodule(parent) if parent else block.module
+    return getattr(owner, source, None)
 
 
 def _check_batches(batches: Sequence[torch.Tensor]) -> None:

@@ -1,4 +1,4 @@
-"""Importance of decoder blocks, of their attention and MLP sublayers, and of routed experts.
+"""Importance of decoder blocks of any kind, of their token-mixer and channel-mixer sublayers, and of experts.
 
 Every metric is a pure function of statistics gathered in one calibration pass (:func:`measure_importance`):
 the block statistics of :func:`measure.capture.statistics.capture` plus the sublayer and router statistics
@@ -53,13 +53,14 @@ SUBLAYER_KINDS = ("attention", "mlp")
 def influence(stats: Sequence[BlockStatistics]) -> np.ndarray:
     """1 − E_t[cos(x_t, y_t)] per unit: ShortGPT's BI for blocks (arXiv 2403.03853, Eq. 1) and LLM-Drop's
     drop score for attention / MLP sublayers (arXiv 2406.15786), x the residual stream entering the
-    unit and y the one leaving it."""
-    return np.array([1.0 - s.mean_cosine for s in stats])
+    unit and y the one leaving it; NaN for a unit that saw no token (so no ordering picks it first)."""
+    return np.array([1.0 - s.mean_cosine if s.tokens else math.nan for s in stats])
 
 
 def removal_relative_error(stats: Sequence[BlockStatistics]) -> np.ndarray:
-    """‖y − x‖² / ‖y‖² per unit (summed over tokens): the output energy lost when the unit is the identity."""
-    return np.array([s.identity_error / s.output_energy for s in stats])
+    """‖y − x‖² / ‖y‖² per unit (summed over tokens): the output energy lost when the unit is the identity;
+    NaN for a unit that saw no token (a block without a channel mixer has no MLP unit)."""
+    return np.array([s.identity_error / s.output_energy if s.tokens else math.nan for s in stats])
 
 
 def removal_sqnr_db(stats: Sequence[BlockStatistics]) -> np.ndarray:
@@ -156,18 +157,29 @@ def record_sublayer_statistics(arch: Architecture) -> Iterator[SublayerStatistic
 
 
 def _sublayer_hooks(block: Block, stats: SublayerStatistics) -> list[torch.utils.hooks.RemovableHandle]:
-    """Block pre-hook keeps x; the attention hook adds (x, x + a) and sets the MLP's residual input; the MLP
-    hook adds (X, X + m). A post-norm block's MLP reads the attention residual norm's output instead."""
+    """Block pre-hook keeps x; the token-mixer hook adds (x, x + a) and sets the channel mixer's residual input;
+    the channel-mixer hook adds (X, X + m). A post-norm block's MLP reads the attention residual norm's output.
+
+    Token mixers side by side (Falcon-H1) are one unit: their summed, scaled update is read off the input of
+    the channel mixer's norm (h), or the block output when the block has no channel mixer. Channel mixers side
+    by side (Granite-4.0-H) likewise: their update is read off the block output. A block without a channel
+    mixer (Mamba2) adds no channel statistics, one without a token mixer (Nemotron-H's MLP blocks) no token-mixer
+    statistics; its channel mixer reads the block input.
+    """
     residual: dict[str, torch.Tensor] = {}
 
     def on_block(module: nn.Module, args: tuple, kwargs: dict) -> None:
-        residual["block"] = sublayer_input(args, kwargs).detach().double()
+        residual["block"] = residual["mlp"] = sublayer_input(args, kwargs).detach().double()
 
     def on_attention(module: nn.Module, args: tuple, output: object) -> None:
         x = residual["block"]
         update = sublayer_output(output).detach().double()
         stats.attention[block.index].add(x, x + update)
         residual["mlp"] = x if block.parallel else x + update
+
+    def on_mixed(h: torch.Tensor) -> None:
+        stats.attention[block.index].add(residual["block"], h.detach().double())
+        residual["mlp"] = h.detach().double()
 
     def on_residual_norm(module: nn.Module, args: tuple, output: object) -> None:
         residual["mlp"] = sublayer_output(output).detach().double()
@@ -176,13 +188,27 @@ def _sublayer_hooks(block: Block, stats: SublayerStatistics) -> list[torch.utils
         x = residual["mlp"]
         stats.mlp[block.index].add(x, x + sublayer_output(output).detach().double().reshape(x.shape))
 
+    def on_block_output(module: nn.Module, args: tuple, output: object) -> None:
+        y = sublayer_output(output).detach().double()
+        if len(block.mixers) > 1 and not block.channel_mixers:
+            on_mixed(y)
+        elif len(block.channel_mixers) > 1:
+            stats.mlp[block.index].add(residual["mlp"], y)
+
     handles = [
         block.module.register_forward_pre_hook(on_block, with_kwargs=True),
-        branch_module(block.attention).register_forward_hook(on_attention),
-        branch_module(block.mlp).register_forward_hook(on_mlp),
+        block.module.register_forward_hook(on_block_output),
     ]
-    if block.attention.residual_norm is not None:
-        handles.append(block.attention.residual_norm.register_forward_hook(on_residual_norm))
+    if len(block.mixers) == 1:
+        handles.append(branch_module(block.attention).register_forward_hook(on_attention))
+    elif len(block.mixers) > 1 and block.channel_mixers:
+        norm = block.channel_mixers[0].input_norm or block.channel_mixers[0].input_module
+        handles.append(norm.register_forward_pre_hook(lambda module, args, kwargs: on_mixed(
+            sublayer_input(args, kwargs)), with_kwargs=True))  # fmt: skip
+    if len(block.channel_mixers) == 1:
+        handles.append(branch_module(block.mlp).register_forward_hook(on_mlp))
+    if block.mixers and block.mixers[0].residual_norm is not None:
+        handles.append(block.mixers[0].residual_norm.register_forward_hook(on_residual_norm))
     return handles
 
 
@@ -206,6 +232,8 @@ def record_router_scores(arch: Architecture) -> Iterator[dict[int, np.ndarray]]:
     scores: dict[int, np.ndarray] = {}
     handles = []
     for block in arch.blocks:
+        if block.mlp is None:
+            continue
         experts, router = block.mlp.experts, block.mlp.router
         if experts is None or router is None:
             continue

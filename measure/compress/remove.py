@@ -1,16 +1,21 @@
-"""Remove decoder blocks, attention or MLP sublayers, or routed experts from any walkable causal LM.
+"""Remove decoder blocks, token- or channel-mixer sublayers, or routed experts from any walkable model.
 
 Everything goes through the architecture walker (:func:`measure.models.architecture.describe`), so one code path
 serves sequential, parallel, sandwich-norm and mixture-of-experts families. The result runs, its config
 agrees with its modules, and ``save_pretrained`` + plain ``from_pretrained`` gives identical logits:
 
-* **Blocks** leave the blocks' nn.ModuleList. The (language) config is fixed up: ``num_hidden_layers``;
-  every list with one entry per block (``layer_types`` and the like) keeps the entries of the kept blocks;
+* **Blocks** of any kind (attention, linear attention, state space, short convolution; of the language decoder
+  or, with ``tower="vision"``, of a vision encoder) leave the blocks' nn.ModuleList. The tower's config is fixed
+  up: ``num_hidden_layers``; every list with one entry per block (``layer_types``, ``layers_block_type``) keeps
+  the entries of the kept blocks; block periods / offsets (:data:`LAYER_PERIODS`, Jamba) become the pair that
+  selects the same kept blocks, or the removal is refused naming the family and block kinds; a VLM's
+  ``vision_feature_layer`` follows the kept vision blocks;
   lists of block indices (:data:`LAYER_INDEX_LISTS`, e.g. Qwen-MoE's ``mlp_only_layers``) are renumbered; every
   module attribute ``layer_idx`` inside the kept blocks is renumbered 0..L'−1, so the KV cache, which
   ``DynamicCache(config=…)`` sizes from the config, is indexed consistently. Token-id lists and
   ``architectures`` are never per-block lists, whatever their length.
-* **Sublayers** (attention or MLP of one block) become the identity on the residual stream: every parameter of
+* **Sublayers** (the token mixers or the channel mixers of one block: "attention" / "mlp") become the identity on
+  the residual stream: every parameter of
   the sublayer is set to zero, so its residual update is exactly zero (its last operation is a linear map or a
   sum of expert outputs, and a sandwich output norm, an RMSNorm, maps 0 to 0). The checkpoint keeps
   the zero tensors so that plain ``from_pretrained`` rebuilds the same function; a runtime that skips the
@@ -22,8 +27,10 @@ agrees with its modules, and ``save_pretrained`` + plain ``from_pretrained`` giv
   loses their rows, and the config's expert count drops by ``count`` in every MoE block (configs hold one
   expert count, so each MoE block drops the same number).
 
-After every change :func:`check_rebuildable` builds the model class from the new config on the meta device and
-compares parameter names and shapes, so a config that would not reload raises here, not at load time.
+A vision tower's patch embedding and projector change the shapes the rest of the model reads: :func:`remove_part`
+refuses them with the reason. After every change :func:`check_rebuildable` builds the model class from the new
+config on the meta device and compares parameter names and shapes, so a config that would not reload raises here,
+not at load time.
 """
 
 from __future__ import annotations
@@ -54,11 +61,23 @@ from measure.records.atomic import atomic_dir
 from theory.accounting import removal_bits_per_weight
 from theory.errors import PvqError, choose
 
-LAYER_INDEX_LISTS = ("mlp_only_layers",)
+LAYER_INDEX_LISTS = ("mlp_only_layers", "attn_layer_indices")
 """Config attributes that list block indices (not one entry per block); renumbered when blocks go."""
+LAYER_PERIODS = (("attn_layer_period", "attn_layer_offset"), ("expert_layer_period", "expert_layer_offset"))
+"""(period, offset) config attributes that select blocks i with i mod period = offset (Jamba's attention and
+mixture-of-experts blocks); rewritten to the pair that selects the same kept blocks, or the removal is refused."""
 EXPERT_COUNT_KEYS = ("num_local_experts", "num_experts", "n_routed_experts")
 """Config and module attributes that hold the number of routed experts per MoE block."""
+FEATURE_LAYER_KEYS = ("vision_feature_layer",)
+"""Vision-language config attributes that index the vision tower's hidden states (renumbered with its blocks)."""
 RECORD_FILE = "pvq_removal.json"
+SHAPE_CHANGING_PARTS = {
+    "patch_embedding": "it turns pixels into the {width}-wide tokens every vision block reads; without it the "
+    "tower has no input",
+    "projector": "it maps {width}-wide vision features to the language model's embedding width; without it the "
+    "image features do not fit the language model",
+}
+"""Vision-tower parts that cannot be removed, and why: removing them changes the shapes the rest reads."""
 
 
 @dataclass
@@ -81,9 +100,10 @@ class Removal:
         return asdict(self)
 
 
-def remove_blocks(model: nn.Module, indices: Iterable[int]) -> Removal:
-    """Delete the blocks ``indices`` (0-based, current numbering) and fix up config and ``layer_idx``."""
-    arch = describe(model)
+def remove_blocks(model: nn.Module, indices: Iterable[int], tower: str = "language") -> Removal:
+    """Delete the blocks ``indices`` (0-based, current numbering) of ``tower`` (the language decoder or the
+    vision encoder) and fix up config and ``layer_idx``."""
+    arch = describe(model, tower)
     count = len(arch.blocks)
     removed = check_block_indices(indices, count)
     if len(removed) >= count:
@@ -91,10 +111,14 @@ def remove_blocks(model: nn.Module, indices: Iterable[int]) -> Removal:
             f"cannot remove {len(removed)} blocks from a model of {count}: at least one block must stay"
         )
     kept = [index for index in range(count) if index not in removed]
+    updates = _renumbered_config(arch, kept, removed)
     block_list = model.get_submodule(arch.blocks_path)
     parent_path, _, attribute = arch.blocks_path.rpartition(".")
     setattr(model.get_submodule(parent_path), attribute, nn.ModuleList(block_list[i] for i in kept))
-    _renumber_config(arch.config, kept, count)
+    for key, value in updates.items():
+        setattr(arch.config, key, value)
+    for key, value in _feature_layers(model.config, kept, count, arch.tower).items():
+        setattr(model.config, key, value)
     for new_index, old_index in enumerate(kept):
         for module in block_list[old_index].modules():
             if isinstance(getattr(module, "layer_idx", None), int):
@@ -103,40 +127,108 @@ def remove_blocks(model: nn.Module, indices: Iterable[int]) -> Removal:
     return Removal(blocks=removed, original_blocks=count)
 
 
-def _renumber_config(config: object, kept: list[int], count: int) -> None:
-    """num_hidden_layers, per-block lists and block-index lists of the (language) config after removal."""
+def _renumbered_config(arch: Architecture, kept: list[int], removed: list[int]) -> dict[str, object]:
+    """The (language) config entries that change when only the blocks ``kept`` stay: num_hidden_layers,
+    per-block lists (``layer_types``, ``layers_block_type``), block-index lists and block periods / offsets.
+
+    PvqError, naming the family and the removed blocks' kinds, when a period / offset pair cannot select the
+    kept blocks; nothing is changed then.
+    """
+    config, count = arch.config, len(arch.blocks)
     position = {old: new for new, old in enumerate(kept)}
+    updates: dict[str, object] = {"num_hidden_layers": len(kept)}
     for key, value in list(vars(config).items()):
         if key.startswith("_") or key == "architectures" or key.endswith(("token_id", "token_ids")):
             continue
         if isinstance(value, list | tuple) and len(value) == count:
-            setattr(config, key, type(value)(value[i] for i in kept))
+            updates[key] = type(value)(value[i] for i in kept)
         elif key in LAYER_INDEX_LISTS and isinstance(value, list | tuple):
-            setattr(config, key, type(value)(position[i] for i in value if i in position))
-    config.num_hidden_layers = len(kept)
+            updates[key] = type(value)(position[i] for i in value if i in position)
+    for period_key, offset_key in LAYER_PERIODS:
+        period, offset = getattr(config, period_key, None), getattr(config, offset_key, None)
+        if isinstance(period, int) and isinstance(offset, int):
+            selected = [index % period == offset for index in kept]
+            found = _period_selecting(selected)
+            if found is None:
+                kinds = ", ".join(f"{i} ({'+'.join(arch.blocks[i].kinds)})" for i in removed)
+                raise PvqError(
+                    f"cannot remove block(s) {kinds} of {arch.family}: its config selects blocks by "
+                    f"{period_key} = {period}, {offset_key} = {offset}, and no period and offset select the kept "
+                    f"blocks {[i for i, s in zip(kept, selected, strict=True) if s]}; nothing was removed"
+                )
+            updates[period_key], updates[offset_key] = found
+    return updates
 
 
-def sublayer_of(block: Block, kind: str) -> Sublayer:
-    """The attention or MLP sublayer of ``block``."""
+def _feature_layers(config: object, kept: list[int], count: int, tower: str) -> dict[str, object]:
+    """Vision-language configs that pick the image features from a hidden state of the vision tower
+    (:data:`FEATURE_LAYER_KEYS`; hidden state h is the output of block h − 1, negative h counts from the end)
+    point, after vision blocks are removed, at the same kept block's output: h' = #{kept blocks < h}."""
+    if tower != "vision":
+        return {}
+    updates: dict[str, object] = {}
+    for key in FEATURE_LAYER_KEYS:
+        value = getattr(config, key, None)
+        if isinstance(value, int):
+            updates[key] = _feature_layer(value, kept, count)
+        elif isinstance(value, list | tuple):
+            updates[key] = type(value)(_feature_layer(v, kept, count) for v in value)
+    return updates
+
+
+def _feature_layer(value: int, kept: list[int], count: int) -> int:
+    old = value if value >= 0 else count + 1 + value
+    new = sum(1 for index in kept if index < old)
+    return new if value >= 0 else new - (len(kept) + 1)
+
+
+def _period_selecting(selected: list[bool]) -> tuple[int, int] | None:
+    """The smallest (period, offset) with (i mod period = offset) = selected[i] for every i, or None."""
+    for period in range(1, len(selected) + 2):
+        for offset in range(period):
+            if all((index % period == offset) == chosen for index, chosen in enumerate(selected)):
+                return period, offset
+    return None
+
+
+def sublayers_of(block: Block, kind: str) -> tuple[Sublayer, ...]:
+    """The token mixers (``kind`` "attention") or channel mixers ("mlp") of ``block``: the unit that goes when
+    the block's ``kind`` sublayer is removed."""
     choose("sublayer kind", kind, SUBLAYER_KINDS)
-    return getattr(block, kind)
+    return block.slot(kind)
 
 
-def sublayer_parameters(sublayer: Sublayer) -> list[nn.Parameter]:
-    """Every parameter of the sublayer (the module's, or the loose linears' of a virtual MLP), once each."""
-    modules = [sublayer.module] if sublayer.module is not None else [ref.module for ref in sublayer.linears]
+def sublayer_parameters(sublayers: Sequence[Sublayer]) -> list[nn.Parameter]:
+    """Every parameter of the sublayers (the modules', or the loose linears' of a virtual MLP), once each."""
+    modules = [
+        m for s in sublayers for m in ([s.module] if s.module is not None else [r.module for r in s.linears])
+    ]
     unique = {id(p): p for module in modules for p in module.parameters()}
     return list(unique.values())
 
 
-def remove_sublayers(model: nn.Module, kind: str, indices: Iterable[int]) -> Removal:
-    """Make the ``kind`` sublayer of each block in ``indices`` the identity on the residual stream (zeros)."""
-    arch = describe(model)
+def _removable_parameters(arch: Architecture, kind: str, index: int) -> list[nn.Parameter]:
+    """The parameters that zeroing removes the ``kind`` sublayer of block ``index`` with; PvqError, naming the
+    family and block kinds, when the block has no such sublayer."""
+    block = arch.blocks[index]
+    sublayers = sublayers_of(block, kind)
+    if not sublayers:
+        raise PvqError(
+            f"cannot remove the {kind} sublayer of block {index} of {arch.family}: the block "
+            f"({'+'.join(block.kinds)}) has none; nothing was removed"
+        )
+    return sublayer_parameters(sublayers)
+
+
+def remove_sublayers(model: nn.Module, kind: str, indices: Iterable[int], tower: str = "language") -> Removal:
+    """Make the ``kind`` sublayer of each block in ``indices`` (of ``tower``) the identity on the residual stream
+    (zeros)."""
+    arch = describe(model, tower)
     chosen = check_block_indices(indices, len(arch.blocks), what=f"{kind} block")
+    parameters = [_removable_parameters(arch, kind, index) for index in chosen]
     with torch.no_grad():
-        for index in chosen:
-            for parameter in sublayer_parameters(sublayer_of(arch.blocks[index], kind)):
-                parameter.zero_()
+        for parameter in (p for group in parameters for p in group):
+            parameter.zero_()
     return Removal(**{kind: chosen}, original_blocks=len(arch.blocks))
 
 
@@ -144,7 +236,7 @@ def remove_sublayers(model: nn.Module, kind: str, indices: Iterable[int]) -> Rem
 def sublayer_removed(arch: Architecture, kind: str, index: int) -> Iterator[None]:
     """Inside the context the sublayer is the identity (zero parameters); its weights are restored after."""
     (checked,) = check_block_indices([index], len(arch.blocks), what=f"{kind} block")
-    parameters = sublayer_parameters(sublayer_of(arch.blocks[checked], kind))
+    parameters = _removable_parameters(arch, kind, checked)
     saved = [p.detach().clone() for p in parameters]
     try:
         with torch.no_grad():
@@ -160,7 +252,7 @@ def sublayer_removed(arch: Architecture, kind: str, index: int) -> Iterator[None
 def drop_experts(model: nn.Module, scores: Mapping[int, np.ndarray], count: int) -> Removal:
     """Remove the ``count`` lowest-scoring routed experts of every MoE block (scores: block → (E,) array)."""
     arch = describe(model)
-    moe_blocks = [block for block in arch.blocks if block.mlp.experts is not None]
+    moe_blocks = [block for block in arch.blocks if block.mlp is not None and block.mlp.experts is not None]
     if not moe_blocks:
         raise PvqError(f"{arch.model_class} has no mixture-of-experts blocks; there are no experts to drop")
     total = moe_blocks[0].mlp.experts.count
@@ -212,6 +304,19 @@ def _keep_experts(block: Block, keep: list[int], total: int) -> None:
                 setattr(module, key, len(keep))
 
 
+def remove_part(model: nn.Module, part: str) -> Removal:
+    """Refuse to remove a shape-changing part of the vision tower (:data:`SHAPE_CHANGING_PARTS`): always one
+    PvqError that names the model, the part and why; the model is left as it was."""
+    choose("vision-tower part", part, SHAPE_CHANGING_PARTS)
+    arch = describe(model, "vision")
+    module = arch.embeddings if part == "patch_embedding" else arch.projector
+    why = SHAPE_CHANGING_PARTS[part].format(width=arch.config.hidden_size)
+    raise PvqError(
+        f"cannot remove the {part} ({type(module).__name__}) of the {arch.family} tower of {arch.model_class}: "
+        f"{why}; remove vision blocks (--tower vision --indices ...) instead"
+    )
+
+
 def check_rebuildable(model: nn.Module) -> None:
     """Raise unless the model class built from the model's config has the same parameter names and shapes."""
     with torch.device("meta"):
@@ -244,12 +349,16 @@ def removed_fraction(arch: Architecture, removal: Removal) -> float:
 
 
 def sublayer_parameter_count(block: Block, kind: str) -> int:
-    """Parameters of the sublayer plus its input / output norms when the other sublayer does not share them."""
-    sublayer, other = sublayer_of(block, kind), sublayer_of(block, "mlp" if kind == "attention" else "attention")
-    shared = {id(norm) for norm in (other.input_norm, other.output_norm) if norm is not None}
-    norms = [n for n in (sublayer.input_norm, sublayer.output_norm) if n is not None and id(n) not in shared]
-    norm_count = sum(p.numel() for norm in norms for p in norm.parameters())
-    return sum(p.numel() for p in sublayer_parameters(sublayer)) + norm_count
+    """Parameters of the token mixers (``kind`` "attention") or channel mixers ("mlp") plus their input /
+    output norms when the other slot does not share them."""
+    sublayers = sublayers_of(block, kind)
+    others = sublayers_of(block, "mlp" if kind == "attention" else "attention")
+    shared = {id(norm) for other in others for norm in (other.input_norm, other.output_norm) if norm is not None}
+    norms = {
+        id(n): n for s in sublayers for n in (s.input_norm, s.output_norm) if n is not None and id(n) not in shared
+    }
+    norm_count = sum(p.numel() for norm in norms.values() for p in norm.parameters())
+    return sum(p.numel() for p in sublayer_parameters(sublayers)) + norm_count
 
 
 def save_removed(
@@ -265,11 +374,11 @@ def save_removed(
     return target
 
 
-def remove_units(model: nn.Module, unit: str, indices: Iterable[int]) -> Removal:
+def remove_units(model: nn.Module, unit: str, indices: Iterable[int], tower: str = "language") -> Removal:
     """Remove whole blocks (``unit`` = "block") or the ``unit`` sublayer ("attention" / "mlp") of each block."""
     if unit == "block":
-        return remove_blocks(model, indices)
-    return remove_sublayers(model, unit, indices)
+        return remove_blocks(model, indices, tower)
+    return remove_sublayers(model, unit, indices, tower)
 
 
 EXPLICIT_UNITS = {"blocks": "block", "attn": "attention", "mlp": "mlp"}

@@ -40,18 +40,21 @@ from measure.compress.remove import REMOVE_TERM
 from measure.compress.shrink.term import SHRINK_TERM
 from measure.compress.term_kind import TermKind
 from measure.models.architecture import LinearRef
+from measure.models.families import MIXER_KINDS
 from theory.accounting import PAPER_CONVENTION, Convention
 from theory.errors import PvqError, choose
 
 CALIBRATIONS = ("sequential", "parallel")
 SCOPES: dict[str, frozenset[str]] = {
-    "all": frozenset({"attention", "mlp", "expert"}),
+    "all": frozenset({*MIXER_KINDS, "mlp", "expert"}),
     "attention": frozenset({"attention"}),
     "mlp": frozenset({"mlp", "expert"}),
     "expert": frozenset({"expert"}),
     "router": frozenset({"router"}),
+    "mixer": frozenset(MIXER_KINDS),
 }
-"""Scope name -> the ``LinearRef.sublayer_kind`` values it covers (``mlp`` includes shared and routed experts)."""
+"""Scope name -> the ``LinearRef.sublayer_kind`` values it covers (``mlp`` includes shared and routed experts,
+``mixer`` every token mixer: attention, linear attention, state-space and convolution projections)."""
 DEFAULT_SCOPE = "all"
 TERM_KINDS: dict[str, TermKind] = {term.name: term for term in (REMOVE_TERM, SHRINK_TERM)}
 """Model-level term kinds by head (:class:`measure.compress.term_kind.TermKind`)."""

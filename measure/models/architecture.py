@@ -8,13 +8,19 @@ of declaring it per family:
 * the decoder blocks are the nn.ModuleList of `config.num_hidden_layers` modules of one class that sits
   beside the input embeddings (for a vision-language model that is the language backbone, never the vision
   tower); the backbone is the module holding that list; the final norm is the backbone's norm child;
-* inside a block, the attention sublayer is the child named or classed like attention, the MLP the child
-  named or classed like an MLP / mixture of experts (OPT keeps fc1/fc2 directly in the block: a virtual MLP);
+* inside a block, the token mixers are the children named or classed like one: attention, linear attention /
+  gated delta-net, a state-space layer (Mamba, Mamba2) or a short convolution, one per block or two side by
+  side on one input (Falcon-H1); the channel mixers the children named or classed like an MLP / mixture of
+  experts: none (Mamba2), one, or several on one input (OPT keeps fc1/fc2 directly in the block: a virtual
+  MLP); blocks of one model may hold different kinds and be of different classes (Jamba);
+* non-linear parameters (norms, depthwise convolution kernels, A_log, D, dt_bias) are counted in every size
+  and never compressed: they stay at 16 bits (:func:`unquantized_parameters`);
 * every nn.Linear and GPT-2 `Conv1D` inside is a `LinearRef` with a uniform (out, in) weight view; fused 3-D
   expert tensors (transformers >= 5, `experts.gate_up_proj` / `experts.down_proj`) give one view per expert;
 * what a *name* means (roles, norm placement) comes from the table in `measure.models.families`.
 
-A block computes, with x its input, A the attention and M the MLP sublayer (norm = identity when absent):
+A block computes, with x its input, A the token mixer(s) (their outputs summed when side by side) and M the
+channel mixer(s) (M = 0 when absent), norm = identity when absent:
   sequential: h = x + A_out(A(A_in(x))),  y = h + M_out(M(M_in(h)))      (pre-norm, sandwich norms A_out/M_out)
   parallel:   y = x + A(A_in(x)) + M(M_in(x))                          (GPT-NeoX, GPT-J, Phi, Falcon)
   post-norm:  h = A_res(x + A(x)),  y = M_res(h + M(h))                    (OPT with do_layer_norm_before=False)
@@ -32,7 +38,7 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from measure.models import families
-from theory.errors import PvqError
+from theory.errors import PvqError, choose
 
 
 @dataclass(frozen=True, eq=False)
@@ -106,14 +112,18 @@ class Experts:
 
 @dataclass(frozen=True, eq=False)
 class Sublayer:
-    """Attention or MLP sublayer of a block with the norms around it (see the module docstring's formulas).
+    """One residual sublayer of a block with the norms around it (see the module docstring's formulas).
 
+    `kind` is its slot: "attention" for a token mixer (softmax attention, or the linear-attention, state-space
+    or convolution mixer that stands in its place) and "mlp" for a channel mixer; `operator` is what it is,
+    one of `families.MIXER_KINDS` or `families.CHANNEL_MIXER_KINDS`.
     `module` is None for a virtual MLP (OPT's fc1/fc2 sit directly in the block); `input_module` and
     `output_module` are then fc1 and fc2, so a pre-hook on `input_module` sees the sublayer input and a hook on
     `output_module` its output (before any output norm and the residual add).
     """
 
     kind: str
+    operator: str
     name: str
     module: nn.Module | None
     input_norm: nn.Module | None
@@ -136,25 +146,62 @@ class Sublayer:
 
 @dataclass(frozen=True, eq=False)
 class Block:
-    """One decoder block: its position, dotted name, module and sublayers; `parallel` per the module docstring."""
+    """One decoder block: its position, dotted name, module and typed sublayers.
+
+    `mixers` are its token mixers in definition order (two run side by side on one input in Falcon-H1);
+    `channel_mixers` its MLP / mixture-of-experts sublayers (none in Mamba2, a mixture of experts beside a shared
+    MLP in Granite-4.0-H); `parallel` per the module docstring (token and channel mixers read one input).
+    """
 
     index: int
     name: str
     module: nn.Module
     parallel: bool
-    attention: Sublayer
-    mlp: Sublayer
+    mixers: tuple[Sublayer, ...]
+    channel_mixers: tuple[Sublayer, ...]
+
+    @property
+    def sublayers(self) -> tuple[Sublayer, ...]:
+        """Token mixers, then channel mixers."""
+        return self.mixers + self.channel_mixers
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        """What each sublayer is, e.g. ("mamba", "attention", "mlp") for a Falcon-H1 block."""
+        return tuple(sublayer.operator for sublayer in self.sublayers)
+
+    def slot(self, kind: str) -> tuple[Sublayer, ...]:
+        """The token mixers (`kind` "attention") or the channel mixers ("mlp") of this block."""
+        return {"attention": self.mixers, "mlp": self.channel_mixers}[kind]
+
+    @property
+    def attention(self) -> Sublayer:
+        """The block's one token mixer (PvqError when it has none, or several side by side)."""
+        if len(self.mixers) != 1:
+            raise PvqError(
+                f"block {self.name} has {len(self.mixers)} token mixers "
+                f"({', '.join(m.operator for m in self.mixers) or 'it is an MLP block'}); ask for block.mixers"
+            )
+        return self.mixers[0]
+
+    @property
+    def mlp(self) -> Sublayer | None:
+        """The block's channel mixer: the mixture of experts when a shared MLP sits beside it; None if none."""
+        with_experts = [sublayer for sublayer in self.channel_mixers if sublayer.experts is not None]
+        return (with_experts or list(self.channel_mixers) or [None])[0]
 
     @property
     def linears(self) -> tuple[LinearRef, ...]:
-        """Attention linears, then MLP linears."""
-        return self.attention.linears + self.mlp.linears
+        """Token-mixer linears, then channel-mixer linears."""
+        return tuple(ref for sublayer in self.sublayers for ref in sublayer.linears)
 
 
 @dataclass(frozen=True, eq=False)
 class Architecture:
-    """What `describe` found. `family` is the language config's model_type; `config` the language config;
-    `blocks_path` the dotted path of the blocks' nn.ModuleList (`model.get_submodule(blocks_path)`)."""
+    """What `describe` found. `family` is the tower config's model_type; `config` the tower's config (the
+    language config, or the vision config); `blocks_path` the dotted path of the blocks' nn.ModuleList
+    (`model.get_submodule(blocks_path)`). For the vision tower `embeddings` is the patch embedding, `lm_head`
+    is None and `projector` the module that maps vision features into the language model."""
 
     model: nn.Module
     model_class: str
@@ -163,10 +210,12 @@ class Architecture:
     embeddings: nn.Module
     blocks: tuple[Block, ...]
     final_norm: nn.Module | None
-    lm_head: nn.Module
+    lm_head: nn.Module | None
     blocks_path: str
     config: object
     tied_embeddings: bool
+    tower: str = "language"
+    projector: nn.Module | None = None
 
     @property
     def linears(self) -> tuple[LinearRef, ...]:
@@ -174,8 +223,16 @@ class Architecture:
         return tuple(ref for block in self.blocks for ref in block.linears)
 
 
-def describe(model: nn.Module) -> Architecture:
-    """Discover the wiring of a Hugging Face causal LM (or the language backbone of a vision-language model)."""
+TOWERS = ("language", "vision")
+"""What `describe` walks: the language decoder (of a causal LM or a VLM) or the vision encoder of a VLM."""
+
+
+def describe(model: nn.Module, tower: str = "language") -> Architecture:
+    """Discover the wiring of a Hugging Face causal LM (or the language backbone of a vision-language model), or
+    with `tower="vision"` the vision encoder of a vision-language model."""
+    choose("tower", tower, TOWERS)
+    if tower == "vision":
+        return _describe_vision(model)
     model_class = type(model).__name__
     config = _text_config(model, model_class)
     embeddings = _input_embeddings(model, model_class)
@@ -204,6 +261,45 @@ def describe(model: nn.Module) -> Architecture:
     )
 
 
+def _describe_vision(model: nn.Module) -> Architecture:
+    """The vision encoder: the module configured by `config.vision_config`, its nn.ModuleList of blocks (as many
+    as the vision config's depth), its patch embedding, last norm, and the projector beside it."""
+    model_class = type(model).__name__
+    config = getattr(getattr(model, "config", None), "vision_config", None)
+    if config is None:
+        raise PvqError(f"{model_class} has no vision tower to walk: its config has no vision_config")
+    tower_name = next(name for name, module in model.named_modules() if getattr(module, "config", None) is config)
+    tower = model.get_submodule(tower_name)
+    depth = next(getattr(config, key) for key in families.VISION_DEPTH_KEYS if hasattr(config, key))
+    lists = [n for n, m in tower.named_modules() if isinstance(m, nn.ModuleList) and len(m) == depth]
+    if len(lists) != 1:
+        raise PvqError(
+            f"cannot walk the vision tower {tower_name} of {model_class}: expected one nn.ModuleList of its "
+            f"{depth} blocks, found {lists or 'none'}"
+        )
+    blocks_path = f"{tower_name}.{lists[0]}"
+    block_list = model.get_submodule(blocks_path)
+    names = {module: name for name, module in model.named_modules()}
+    projectors = [m for n, m in model.named_modules() if n.rpartition(".")[2] in families.PROJECTOR_NAMES]
+    return Architecture(
+        model=model,
+        model_class=model_class,
+        family=str(getattr(config, "model_type", "")),
+        backbone=model.get_submodule(blocks_path.rpartition(".")[0]),
+        embeddings=tower.get_input_embeddings(),
+        blocks=tuple(
+            _describe_block(index, block, names, config, model_class) for index, block in enumerate(block_list)
+        ),
+        final_norm=_final_norm(tower, block_list),
+        lm_head=None,
+        blocks_path=blocks_path,
+        config=config,
+        tied_embeddings=False,
+        tower="vision",
+        projector=projectors[0] if projectors else None,
+    )
+
+
 def linear_layers(model: nn.Module) -> Iterator[LinearRef]:
     """Every linear layer inside the decoder blocks (embeddings and lm_head excluded), in block order."""
     yield from describe(model).linears
@@ -212,7 +308,8 @@ def linear_layers(model: nn.Module) -> Iterator[LinearRef]:
 def parameter_counts(arch: Architecture) -> dict[str, int]:
     """Parameters by part; each parameter is counted once, so a tied lm_head counts 0 (it is the embedding).
 
-    Keys: embeddings, `block.<i>.attention`, `block.<i>.mlp`, `block.<i>.other` (norms), decoder (all blocks),
+    Keys: embeddings, `block.<i>.attention` (all token mixers), `block.<i>.mlp` (all channel mixers),
+    `block.<i>.other` (block norms), decoder (all blocks),
     final_norm, lm_head, other (position embeddings, vision tower, projector), total.
     embeddings + decoder + final_norm + lm_head + other = total = number of distinct model parameters.
     """
@@ -226,8 +323,8 @@ def parameter_counts(arch: Architecture) -> dict[str, int]:
     counts = {"embeddings": count(arch.embeddings)}
     decoder = 0
     for block in arch.blocks:
-        attention = count(*_sublayer_modules(block.attention))
-        mlp = count(*_sublayer_modules(block.mlp))
+        attention = count(*(m for sublayer in block.mixers for m in _sublayer_modules(sublayer)))
+        mlp = count(*(m for sublayer in block.channel_mixers for m in _sublayer_modules(sublayer)))
         other = count(block.module)
         counts |= {
             f"block.{block.index}.attention": attention,
@@ -241,6 +338,15 @@ def parameter_counts(arch: Architecture) -> dict[str, int]:
     counts["other"] = count(arch.model)
     counts["total"] = sum(p.numel() for p in arch.model.parameters())
     return counts
+
+
+def unquantized_parameters(arch: Architecture) -> int:
+    """Decoder-block parameters outside every linear layer: norms, depthwise convolution kernels, A_log, D,
+    dt_bias, gates. They are counted in every size and no compression method touches them: they stay at
+    16 bits (`theory.accounting.BASE_BITS`)."""
+    linear = {id(p) for ref in arch.linears for p in ref.module.parameters(recurse=not ref.stacked)}
+    block_parameters = {id(p): p for block in arch.blocks for p in block.module.parameters()}
+    return sum(p.numel() for key, p in block_parameters.items() if key not in linear)
 
 
 def summary_table(arch: Architecture) -> pd.DataFrame:
@@ -301,7 +407,11 @@ def _input_embeddings(model: nn.Module, model_class: str) -> nn.Module:
 
 
 def _blocks_path(model: nn.Module, model_class: str, config: object, embeddings_name: str) -> str:
-    """Dotted path of the ModuleList of num_hidden_layers same-class blocks whose parent holds the embeddings."""
+    """Dotted path of the ModuleList of num_hidden_layers blocks whose parent holds the embeddings.
+
+    Lists of one block class are preferred; a list mixing block classes (Jamba's attention and Mamba blocks)
+    is taken when it is the only candidate of the right length.
+    """
     expected = config.num_hidden_layers
     beside_embeddings = []
     for name, module in model.named_modules():
@@ -309,14 +419,14 @@ def _blocks_path(model: nn.Module, model_class: str, config: object, embeddings_
         if (
             isinstance(module, nn.ModuleList)
             and len(module) > 0
-            and len({type(child) for child in module}) == 1
             and (parent == "" or embeddings_name.startswith(parent + "."))
         ):
-            beside_embeddings.append((name, len(module)))
-    matching = [name for name, length in beside_embeddings if length == expected]
-    if len(matching) == 1:
-        return matching[0]
-    found = ", ".join(f"{name} ({length})" for name, length in beside_embeddings) or "none"
+            beside_embeddings.append((name, len(module), len({type(child) for child in module}) == 1))
+    matching = [name for name, length, _ in beside_embeddings if length == expected]
+    one_class = [name for name, length, same in beside_embeddings if length == expected and same]
+    if len(one_class) == 1 or len(matching) == 1:
+        return (one_class or matching)[0]
+    found = ", ".join(f"{name} ({length})" for name, length, _ in beside_embeddings) or "none"
     raise PvqError(
         f"cannot walk {model_class}: expected one nn.ModuleList of config.num_hidden_layers = {expected} "
         f"blocks of one class beside the input embeddings ({embeddings_name}); found: {found}. "
@@ -341,72 +451,105 @@ def _final_norm(backbone: nn.Module, block_list: nn.Module) -> nn.Module | None:
 def _describe_block(index: int, block: nn.Module, names: dict, config: object, model_class: str) -> Block:
     block_name = names[block]
     children = [(n, c) for n, c in block.named_children() if not _is_norm(c)]
-    attention_name, attention = _sublayer_child(
-        children, families.ATTENTION_CHILD_NAMES, ("Attention",), block_name, "attention", model_class
-    )
-    rest = [(n, c) for n, c in children if c is not attention]
-    mlp_name, mlp, loose_linears = _mlp_child(rest, block_name, model_class)
+    mixers = _mixer_children(children, block_name, model_class)
+    rest = [(n, c) for n, c in children if all(c is not m for _, m, _ in mixers)]
+    channel_children, loose_linears = _channel_children(rest, block_name, model_class)
     norms = _norm_roles(
         [(n, c) for n, c in block.named_children() if _is_norm(c)], config, f"{model_class} block {block_name}"
     )
-    parallel = _is_parallel(config, norms)
+    if not mixers and "mlp_in" not in norms and "attention_in" in norms:  # Nemotron-H: one `norm` per block
+        norms["mlp_in"] = norms.pop("attention_in")
+    parallel = bool(mixers and (channel_children or loose_linears)) and _is_parallel(config, norms)
     if parallel and norms.get("mlp_in") is None:
         norms["mlp_in"] = norms.get("attention_in")
-    shared_norm = parallel and norms.get("mlp_in") is norms.get("attention_in")
-    attention_name = f"{block_name}.{attention_name}"
-    attention_group = f"{block_name}:input" if shared_norm else f"{attention_name}:input"
-    mlp_group = f"{block_name}:input" if shared_norm else f"{mlp_name}:input"
-    return Block(
-        index=index,
-        name=block_name,
-        module=block,
-        parallel=parallel,
-        attention=_sublayer(
+    channel_name = _channel_name(block_name, channel_children, loose_linears)
+    mixer_group = f"{block_name}.{mixers[0][0] if len(mixers) == 1 else 'mixers'}:input"
+    channel_group = f"{channel_name}:input"
+    if parallel and norms.get("mlp_in") is norms.get("attention_in"):
+        mixer_group = channel_group = f"{block_name}:input"
+    mixer_sublayers = tuple(
+        _sublayer(
             "attention",
-            attention_name,
-            attention,
+            kind,
+            f"{block_name}.{local}",
+            module,
             norms,
-            _dense_linears(attention, families.ATTENTION_ROLES, "attention", index, attention_group, names),
-        ),
-        mlp=_mlp_sublayer(mlp_name, mlp, loose_linears, norms, index, mlp_group, names, model_class),
+            _dense_linears(module, families.MIXER_ROLES[kind], kind, index, mixer_group, names),
+        )
+        for local, module, kind in mixers
     )
+    if loose_linears:  # OPT: fc1 / fc2 directly in the block, one virtual MLP
+        channel_parts = [(channel_name, None)]
+    else:
+        channel_parts = [(f"{block_name}.{n}", c) for n, c in channel_children]
+    channel_sublayers = tuple(
+        _mlp_sublayer(name, module, loose_linears, norms, index, channel_group, names, model_class)
+        for name, module in channel_parts
+    )
+    return Block(index, block_name, block, parallel, mixer_sublayers, channel_sublayers)
 
 
-def _mlp_child(
+def _channel_name(block_name: str, channel_children: list, loose_linears: list) -> str:
+    """Dotted name of the channel mixer(s): the child, `{a,b}` for several children or for the linears loose in
+    the block (OPT's fc1/fc2), `<none>` when the block has none (Mamba2)."""
+    parts = [n for n, _ in loose_linears or channel_children]
+    if len(parts) == 1:
+        return f"{block_name}.{parts[0]}"
+    return f"{block_name}.{{{','.join(parts)}}}" if parts else f"{block_name}.<none>"
+
+
+def _mixer_children(
     children: list[tuple[str, nn.Module]], block_name: str, model_class: str
-) -> tuple[str, nn.Module | None, list[tuple[str, nn.Module]]]:
-    """(name, MLP child, []), or for linear layers loose in the block (OPT) a virtual MLP (name, None, linears)."""
+) -> list[tuple[str, nn.Module, str]]:
+    """(name, module, kind) of every token mixer: the children named like one, else those classed like one.
+
+    The kind comes from the class name when it carries a marker (most specific first), else from the name. A
+    child named like a mixer but classed like an MLP is a channel mixer (Nemotron-H names every sublayer `mixer`);
+    a block with no token mixer must then hold a channel mixer.
+    """
+    found = [(n, c) for n, c in children if n in families.MIXER_CHILD_NAMES and not _classed_like_mlp(c)] or [
+        (n, c) for n, c in children if _class_mixer_kind(c) is not None
+    ]
+    if not found and not any(_classed_like_mlp(c) for _, c in children):
+        raise PvqError(
+            f"cannot walk {model_class}: block {block_name} has 0 children that look like its token mixer "
+            f"(attention, linear attention, state-space or convolution: named one of "
+            f"{sorted(families.MIXER_CHILD_NAMES)}, or a class name containing one of "
+            f"{[marker for marker, _ in families.MIXER_CLASS_MARKERS]}) and no MLP"
+        )
+    return [(n, c, _class_mixer_kind(c) or families.MIXER_CHILD_NAMES[n]) for n, c in found]
+
+
+def _classed_like_mlp(module: nn.Module) -> bool:
+    """Whether the class name says MLP / mixture of experts and no token-mixer kind."""
+    class_name = type(module).__name__
+    return _class_mixer_kind(module) is None and any(m in class_name for m in families.MLP_CLASS_MARKERS)
+
+
+def _class_mixer_kind(module: nn.Module) -> str | None:
+    """The token-mixer kind the module's class name says (`families.MIXER_CLASS_MARKERS`), or None."""
+    class_name = type(module).__name__
+    return next((kind for marker, kind in families.MIXER_CLASS_MARKERS if marker in class_name), None)
+
+
+def _channel_children(
+    children: list[tuple[str, nn.Module]], block_name: str, model_class: str
+) -> tuple[list[tuple[str, nn.Module]], list[tuple[str, nn.Module]]]:
+    """(channel-mixer children, []), or for linear layers loose in the block (OPT) ([], those linears).
+
+    A block may hold no channel mixer (Mamba2) or several that read one input (Granite-4.0-H: a mixture of
+    experts beside a shared MLP).
+    """
     loose_linears = [(n, c) for n, c in children if _is_linear(c)]
-    if loose_linears and not _named_like(children, families.MLP_CHILD_NAMES, families.MLP_CLASS_MARKERS):
-        return f"{block_name}.{{{','.join(n for n, _ in loose_linears)}}}", None, loose_linears
+    channel = _named_like(children, families.MLP_CHILD_NAMES, families.MLP_CLASS_MARKERS)
+    if loose_linears and not channel:
+        return [], loose_linears
     if loose_linears:
         raise PvqError(
-            f"cannot walk {model_class}: block {block_name} has linear layers outside its attention and MLP: "
+            f"cannot walk {model_class}: block {block_name} has linear layers outside its mixers and MLP: "
             f"{[n for n, _ in loose_linears]}"
         )
-    local, mlp = _sublayer_child(
-        children, families.MLP_CHILD_NAMES, families.MLP_CLASS_MARKERS, block_name, "MLP", model_class
-    )
-    return f"{block_name}.{local}", mlp, []
-
-
-def _sublayer_child(
-    children: list[tuple[str, nn.Module]],
-    child_names: frozenset[str],
-    class_markers: tuple[str, ...],
-    block_name: str,
-    what: str,
-    model_class: str,
-) -> tuple[str, nn.Module]:
-    """The one child named like the sublayer, else the one child whose class name carries a marker."""
-    found = _named_like(children, child_names, class_markers)
-    if len(found) != 1:
-        raise PvqError(
-            f"cannot walk {model_class}: block {block_name} has {len(found)} children that look like its {what} "
-            f"sublayer (named one of {sorted(child_names)}, or a class name containing one of "
-            f"{list(class_markers)}); expected exactly one"
-        )
-    return found[0]
+    return channel, []
 
 
 def _named_like(
@@ -471,11 +614,12 @@ def _mlp_sublayer(
         linears = _dense_linears(module, families.MLP_ROLES, "mlp", block_index, group, names)
     else:
         router, linears = _moe_linears(module, experts, block_index, group, names, model_class)
-    return _sublayer("mlp", name, module, norms, linears, router, experts)
+    return _sublayer("mlp", "mlp" if experts is None else "moe", name, module, norms, linears, router, experts)
 
 
 def _sublayer(
     kind: str,
+    operator: str,
     name: str,
     module: nn.Module | None,
     norms: dict[str, nn.Module],
@@ -483,9 +627,11 @@ def _sublayer(
     router: LinearRef | None = None,
     experts: Experts | None = None,
 ) -> Sublayer:
-    """A Sublayer of `kind` ("attention" or "mlp") with the block's `<kind>_in/_out/_residual` norms around it."""
+    """A Sublayer in slot `kind` ("attention" or "mlp") of kind `operator`, with the block's
+    `<kind>_in/_out/_residual` norms around it."""
     return Sublayer(
         kind=kind,
+        operator=operator,
         name=name,
         module=module,
         input_norm=norms.get(f"{kind}_in"),
@@ -578,7 +724,7 @@ def _dense_linears(
 def _role_and_group(leaf: str, roles: dict[str, str], role_prefix: str, group: str, name: str) -> tuple[str, str]:
     """Role from the naming table; output roles and unknown names read a private input (own group)."""
     role = roles.get(leaf)
-    if role is None or role in families.OUTPUT_ROLES:
+    if role is None or role in families.PRIVATE_INPUT_ROLES:
         return role_prefix + (role or leaf), f"{name}:input"
     return role_prefix + role, group
 

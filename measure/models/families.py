@@ -9,10 +9,37 @@ Adding a family that uses new names means adding its names here; nothing else ch
 
 from __future__ import annotations
 
-ATTENTION_CHILD_NAMES = frozenset({"self_attn", "attn", "attention", "self_attention"})
-"""Attribute names of a block's attention sublayer (besides classes whose name contains "Attention")."""
+MIXER_KINDS = ("attention", "linear_attention", "mamba", "short_conv")
+"""Kinds of token mixer a block may hold: softmax attention (full or sliding), linear attention / gated
+delta-net, a state-space layer (Mamba, Mamba2) and a gated short convolution (LFM2)."""
 
-MLP_CHILD_NAMES = frozenset({"mlp", "feed_forward", "block_sparse_moe", "ffn", "moe"})
+CHANNEL_MIXER_KINDS = ("mlp", "moe")
+"""Kinds of channel mixer a block may hold: a dense MLP, or a mixture of experts (routed, maybe shared)."""
+
+MIXER_CHILD_NAMES = {
+    "self_attn": "attention",
+    "attn": "attention",
+    "attention": "attention",
+    "self_attention": "attention",
+    "linear_attn": "linear_attention",
+    "mamba": "mamba",
+    "mixer": "mamba",
+    "conv": "short_conv",
+}
+"""Attribute name of a block's token mixer -> its kind, unless its class name carries a `MIXER_CLASS_MARKERS`
+marker, which decides (Nemotron-H names every mixer `mixer`)."""
+
+MIXER_CLASS_MARKERS = (
+    ("GatedDeltaNet", "linear_attention"),
+    ("LinearAttention", "linear_attention"),
+    ("Attention", "attention"),
+    ("Mamba", "mamba"),
+    ("Mixer", "mamba"),
+    ("ShortConv", "short_conv"),
+)
+"""(substring of a token mixer's class name, its kind), most specific first."""
+
+MLP_CHILD_NAMES = frozenset({"mlp", "feed_forward", "block_sparse_moe", "ffn", "moe", "shared_mlp"})
 """Attribute names of a block's MLP sublayer (besides classes named like `MLP_CLASS_MARKERS`)."""
 
 MLP_CLASS_MARKERS = ("MLP", "FeedForward", "SparseMoeBlock", "Moe", "Experts")
@@ -35,6 +62,8 @@ ATTENTION_ROLES = {
     "dense": "o",
     "c_proj": "o",
     "wo": "o",
+    "qkv": "qkv",
+    "proj": "o",
 }
 """Leaf name of a linear layer inside an attention sublayer -> its role."""
 
@@ -54,20 +83,62 @@ MLP_ROLES = {
     "c_proj": "fc2",
     "fc_out": "fc2",
     "dense_4h_to_h": "fc2",
+    "input_linear": "gate_up",
+    "output_linear": "down",
 }
 """Leaf name of a linear layer inside a dense MLP (or one expert, or a shared expert) -> its role."""
 
 MOE_GATE_ROLES = {"shared_expert_gate": "shared_gate"}
 """Linear layers directly inside a mixture-of-experts block that gate the shared expert (not the router)."""
 
-OUTPUT_ROLES = frozenset({"o", "down", "fc2"})
-"""Roles whose input is private to the layer (attention context, MLP hidden units); all other roles read
-the sublayer input and so share it with their siblings."""
+STATE_SPACE_ROLES = {"in_proj": "in", "x_proj": "x", "dt_proj": "dt", "out_proj": "out"}
+"""Leaf name of a linear layer inside a Mamba / Mamba2 mixer -> its role: `in` projects the block input to the
+gate, the convolution input and (Mamba2) B, C and dt; `x` (Mamba) reads the convolution output and gives dt,
+B, C; `dt` expands dt to the channels; `out` maps the gated scan output back to the residual stream."""
+
+LINEAR_ATTENTION_ROLES = {
+    "in_proj_qkvz": "qkvz",
+    "in_proj_ba": "ba",
+    "in_proj_qkv": "qkv",
+    "in_proj_z": "z",
+    "in_proj_b": "b",
+    "in_proj_a": "a",
+    "out_proj": "out",
+}
+"""Leaf name of a linear layer inside a gated delta-net (Qwen3-Next, Qwen3.5) -> its role."""
+
+SHORT_CONV_ROLES = {"in_proj": "in", "out_proj": "out"}
+"""Leaf name of a linear layer inside a gated short convolution (LFM2): `in` gives B, C and x, `out` maps
+the gated convolution back to the residual stream."""
+
+MIXER_ROLES = {
+    "attention": ATTENTION_ROLES,
+    "linear_attention": LINEAR_ATTENTION_ROLES,
+    "mamba": STATE_SPACE_ROLES,
+    "short_conv": SHORT_CONV_ROLES,
+}
+"""Token-mixer kind -> the role table of its linear layers."""
+
+PRIVATE_INPUT_ROLES = frozenset({"o", "down", "fc2", "out", "x", "dt"})
+"""Roles whose input is private to the layer (attention context, MLP hidden units, a scan or convolution
+output, dt); all other roles read the sublayer input and so share it with their siblings."""
 
 ATTENTION_INPUT_NORMS = frozenset(
-    {"input_layernorm", "ln_1", "ln_attn", "self_attn_layer_norm", "attention_norm", "norm_1"}
+    {
+        "input_layernorm",
+        "ln_1",
+        "ln_attn",
+        "self_attn_layer_norm",
+        "attention_norm",
+        "norm_1",
+        "operator_norm",
+        "norm",
+        "layer_norm1",
+        "norm1",
+    }
 )
-"""Block-level norms that normalise the attention input (in a pre-norm block)."""
+"""Block-level norms that normalise the token-mixer input (in a pre-norm block): attention, or the state-space,
+convolution or linear-attention mixer in its place (LFM2's `operator_norm`, Mamba2's `norm`)."""
 
 MLP_INPUT_NORMS = frozenset(
     {
@@ -79,6 +150,9 @@ MLP_INPUT_NORMS = frozenset(
         "final_layer_norm",
         "ffn_norm",
         "norm_2",
+        "pre_ff_layernorm",
+        "layer_norm2",
+        "norm2",
     }
 )
 """Block-level norms that normalise the MLP input (in a pre-norm block)."""
@@ -97,3 +171,17 @@ Falcon: second). Without a flag, a block with an attention input norm and no MLP
 
 PRE_NORM_CONFIG_FLAGS = ("do_layer_norm_before",)
 """Config flags that, when False, move the block norms after the residual add (post-LN OPT-350m)."""
+
+TUPLE_OUTPUT_BLOCK_FAMILIES = frozenset({"bamba", "falcon_h1"})
+"""Families (config model_type) whose backbone unpacks or indexes a tuple `(hidden_states, attention weights)`
+returned by each block, where the others take the hidden states alone."""
+
+LINEAR_INPUT_SOURCES = {"dt_proj": "dt_layernorm"}
+"""Linear layers some mixers apply through their weight without calling the module (Jamba's Mamba computes
+dt_proj.weight @ dt), so hooks on them never fire -> the sibling module whose output is their input."""
+
+VISION_DEPTH_KEYS = ("num_hidden_layers", "depth")
+"""Vision-config attributes that hold the number of encoder blocks (CLIP / SigLIP: first; Qwen2-VL: second)."""
+
+PROJECTOR_NAMES = frozenset({"multi_modal_projector", "merger"})
+"""Attribute names of the module that maps vision features into the language model's embedding space."""

@@ -16,7 +16,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForImageTextToText,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
 from measure.models.defaults import DEFAULT_MODELS, get_default
 from measure.models.fetch import cache_root, ensure_asset, sha256_file
@@ -114,11 +121,15 @@ class LoadTarget:
 
 
 def _pretrained(source: str | Path, target: LoadTarget) -> PreTrainedModel:
-    """``from_pretrained`` in ``target.dtype``, moved to ``target.device`` or dispatched by its device map."""
+    """``from_pretrained`` in ``target.dtype``, moved to ``target.device`` or dispatched by its device map; a
+    vision-language checkpoint that has no causal-LM class (LLaVA) loads as an image-text-to-text model."""
+    config = AutoConfig.from_pretrained(source)
+    causal = type(config) in AutoModelForCausalLM._model_mapping
+    auto = AutoModelForCausalLM if causal else AutoModelForImageTextToText
     if target.device_map is None:
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=target.dtype).to(target.device)
+        model = auto.from_pretrained(source, dtype=target.dtype).to(target.device)
     else:
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=target.dtype, device_map=target.device_map)
+        model = auto.from_pretrained(source, dtype=target.dtype, device_map=target.device_map)
     return model.eval()
 
 

@@ -54,7 +54,8 @@ def detect_tensor_grid(name: str, weight: torch.Tensor) -> TensorGrid:
         max_distinct = int(distinct_per_block(weight, block_size).max())
         if max_distinct <= block_size // 2:
             return TensorGrid(name, True, max(1, math.ceil(math.log2(max_distinct))), block_size, max_distinct)
-    return TensorGrid(name, False, None, None, int(distinct_per_block(weight, BLOCK_SIZES[0]).max()))
+    narrowest = min(BLOCK_SIZES[0], weight.shape[1])  # a layer narrower than a block is one block per row
+    return TensorGrid(name, False, None, None, int(distinct_per_block(weight, narrowest).max()))
 
 
 @dataclass(frozen=True)

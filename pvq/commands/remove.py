@@ -5,6 +5,7 @@ Examples::
     pvq remove --model smollm2-135m --metric bi --blocks 4 --out removed/     # ShortGPT: 4 lowest-BI blocks
     pvq remove --model smollm2-135m --metric attn --indices 3,7 --out drop/   # attention of blocks 3 and 7
     pvq remove --model some-moe --experts 2 --out pruned/                     # 2 experts per MoE block
+    pvq remove --model some-vlm --tower vision --indices 3 --out smaller/     # vision-encoder block 3
     pvq remove --model smollm2-135m --study --out results/removal             # the whole study
 
 A removal prints the metric's ranking and writes, with ``--out``, a checkpoint that plain ``from_pretrained``
@@ -20,11 +21,18 @@ from typing import Any
 
 from measure.capture.placement import Placement, block_memory, load_placed
 from measure.compress.importance import choose_units, get_ordering, measure_importance
-from measure.compress.remove import drop_experts, remove_units, removed_fraction, save_removed
+from measure.compress.remove import (
+    SHAPE_CHANGING_PARTS,
+    drop_experts,
+    remove_part,
+    remove_units,
+    removed_fraction,
+    save_removed,
+)
 from measure.data.calibration import CalibrationProtocol, calibration_batches
 from measure.data.text import evaluation_text
 from measure.evaluation.perplexity import bos_token_id_for, make_windows
-from measure.models.architecture import describe
+from measure.models.architecture import TOWERS, describe
 from measure.models.defaults import DEFAULT_MODEL
 from measure.records.atomic import write_text_atomic
 from measure.records.provenance import collect
@@ -46,7 +54,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     which = parser.add_mutually_exclusive_group()
     which.add_argument("--blocks", type=int, help="how many units the metric removes")
-    which.add_argument("--indices", help="comma-separated blocks to remove (sublayers with --metric attn/mlp)")
+    which.add_argument(
+        "--indices",
+        help="comma-separated blocks to remove (sublayers with --metric attn/mlp); with --tower vision, "
+        f"naming {' or '.join(SHAPE_CHANGING_PARTS)} explains why they cannot go",
+    )
+    parser.add_argument(
+        "--tower", choices=TOWERS, default="language",
+        help="whose blocks --indices names: the language decoder (default) or a VLM's vision encoder",
+    )  # fmt: skip
     which.add_argument("--experts", type=int, help="drop this many experts of lowest router score per MoE block")
     parser.add_argument("--study", action="store_true", help="run the removal-vs-bounds study instead")
     parser.add_argument("--out", help=f"checkpoint folder, or the study's tables (default {DEFAULT_STUDY_OUT})")
@@ -128,10 +144,15 @@ def _remove(args: argparse.Namespace, loaded: Any, place: Placement) -> int:
 
 
     ordering = get_ordering(args.metric)
-    arch = describe(loaded.model)
+    arch = describe(loaded.model, args.tower)
+    if args.tower != "language" and args.indices is None:
+        raise PvqError("--tower vision removes the blocks --indices names; ranking vision blocks is not built")
     if args.indices is not None:
-        indices = [_index(part) for part in args.indices.split(",")]
-        removal = remove_units(loaded.model, ordering.unit, indices)
+        parts = args.indices.split(",")
+        for part in parts:
+            if part in SHAPE_CHANGING_PARTS:
+                remove_part(loaded.model, part)
+        removal = remove_units(loaded.model, ordering.unit, [_index(part) for part in parts], args.tower)
     else:
         if args.blocks is None and args.experts is None:
             raise PvqError("say what to remove: --blocks N (by --metric), --indices I,J,... or --experts N")

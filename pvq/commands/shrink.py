@@ -5,6 +5,7 @@ Examples::
     pvq shrink --model smollm2-135m --mlp 0.25 --heads 0.34 --out shrunk/      # 25 % channels, 1 of 3 KV groups
     pvq shrink --model smollm2-135m --mlp 0.5 --score wanda --no-refit --out w/  # Wanda-style, no refit
     pvq shrink --model smollm2-135m --heads 0.34 --head-unit query --out q/      # 1 query head per KV group
+    pvq shrink --model some-vlm --tower vision --mlp 0.25 --score magnitude --no-refit --out v/  # vision MLPs
 
 The channels and heads to remove are scored on the calibration text (same protocol options as ``pvq remove``);
 the command prints the parameters removed and the per-unit output errors of the consumers, and writes ``--out``
@@ -18,6 +19,7 @@ import argparse
 from measure.capture.placement import load_placed
 from measure.compress.shrink.shrink import ShrinkSettings, check_settings, save_shrunk, shrink_counts, shrink_model
 from measure.data.calibration import CalibrationProtocol, calibration_batches
+from measure.models.architecture import TOWERS
 from measure.models.defaults import DEFAULT_MODEL
 from pvq.commands.common import add_device_arguments, placement
 from theory.accounting import removal_bits_per_weight
@@ -41,6 +43,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--head-unit", choices=("kv", "query"), default="kv", help="what --heads counts (kv)")
     parser.add_argument("--score", default="output", help="output (default), wanda or magnitude")
     parser.add_argument("--no-refit", action="store_true", help="keep the consumers' kept columns unchanged")
+    parser.add_argument(
+        "--tower", choices=TOWERS, default="language",
+        help="shrink the language decoder (default) or a VLM's vision encoder (with --score magnitude --no-refit)",
+    )  # fmt: skip
     parser.add_argument("--out", required=True, help="folder for the shrunk model (written atomically)")
     parser.add_argument("--sequences", type=int, default=32, help="calibration windows (default 32)")
     parser.add_argument("--seq-len", type=int, default=512, help="tokens per calibration window (default 512)")
@@ -61,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     import pandas as pd
 
     settings = ShrinkSettings(mlp=args.mlp, heads=args.heads, score=args.score, refit=not args.no_refit,
-                              head_unit=args.head_unit)  # fmt: skip
+                              head_unit=args.head_unit, tower=args.tower)  # fmt: skip
     check_settings(settings)
     if not any(settings.mlp if isinstance(settings.mlp, tuple) else (settings.mlp,)) and settings.heads == 0:
         raise PvqError("nothing to remove: give --mlp F and/or --heads F with F in (0, 1)")

@@ -51,10 +51,17 @@ from measure.compress.shrink.slicing import (
     updated_config,
     width_key,
 )
-from measure.compress.shrink.units import ChannelUnit, HeadUnit, channel_units, head_counts, head_units
-from measure.models.architecture import Architecture, LinearRef, describe, parameter_counts
+from measure.compress.shrink.units import (
+    ChannelUnit,
+    HeadUnit,
+    channel_units,
+    check_found,
+    head_counts,
+    head_units,
+)
+from measure.models.architecture import TOWERS, Architecture, LinearRef, describe, parameter_counts
 from measure.records.atomic import atomic_dir
-from theory.errors import PvqError
+from theory.errors import PvqError, choose
 
 HEAD_UNITS = ("kv", "query")
 RECORD_FILE = "pvq_shrink.json"
@@ -66,13 +73,16 @@ UNIT_COLUMNS = ["unit", "kind", "block", "expert", "width", "removed", "refit_er
 class ShrinkSettings:
     """Fractions removed (each in [0, 1)), the score, whether consumers are refit, and the head unit. ``mlp`` is
     one fraction for every MLP (the uniform mode) or a tuple of one fraction per block (per-block widths, which
-    only a config with per-block width fields can save)."""
+    only a config with per-block width fields can save). ``tower`` "vision" shrinks a vision-language model's
+    vision encoder instead of its language decoder; calibration data are text, so it takes the magnitude score
+    without refit."""
 
     mlp: float | tuple[float, ...] = 0.0
     heads: float = 0.0
     score: str = "output"
     refit: bool = True
     head_unit: str = "kv"
+    tower: str = "language"
 
 
 @dataclass
@@ -131,6 +141,10 @@ def check_settings(settings: ShrinkSettings) -> None:
     check_score(settings.score)
     if settings.head_unit not in HEAD_UNITS:
         raise PvqError(f"unknown head unit {settings.head_unit!r}; choose one of {', '.join(HEAD_UNITS)}")
+    choose("tower", settings.tower, TOWERS)
+    if settings.tower == "vision" and (settings.score != "magnitude" or settings.refit):
+        raise PvqError("the vision tower is shrunk on weight magnitudes without refit (the calibration data are "
+                       "text, which never reaches it): use --score magnitude --no-refit")  # fmt: skip
 
 
 def removal_count(fraction: float, total: int, what: str) -> int:
@@ -176,15 +190,17 @@ def shrink_counts(model: nn.Module, settings: ShrinkSettings) -> ShrinkCounts:
     q/k/v projection, widths the config cannot describe. The shapes are checked on meta tensors, so a model on
     the meta device (built from its config alone) is checked as well as a loaded one."""
     check_settings(settings)
-    arch = describe(model)
+    arch = describe(model, settings.tower)
     fractions = mlp_fractions(settings, len(arch.blocks))
     mlps = channel_units(arch) if any(fractions) else []
     attentions = head_units(arch) if settings.heads > 0 else []
+    check_found(arch, "MLP channels", any(fractions), mlps)
+    check_found(arch, "attention heads", settings.heads > 0, attentions)
     head_count = removal_count(settings.heads, *head_unit_total(arch, settings.head_unit)) if attentions else 0
     mlp_counts = {unit: removal_count(fractions[unit.block_index], unit.width, f"channels of {unit.name}")
                   for unit in mlps}  # fmt: skip
     changes = _config_changes(arch, mlps, mlp_counts, attentions, head_count, settings)
-    config = updated_config(model, changes)
+    config = updated_config(model, changes, settings.tower)
     placeholder = _cuts({u: torch.arange(u.width - mlp_counts[u]) for u in mlps},
                         {u: _first_heads(u, head_count, settings.head_unit) for u in attentions})  # fmt: skip
     meta_state = {name: tensor.to("meta") for name, tensor in model.state_dict().items()}
@@ -237,7 +253,7 @@ def shrink_model(
     """Shrink ``model`` as ``settings`` say (module docstring; :func:`plan_shrink`, then the refit consumers are
     written into ``model`` and its tensors sliced into a new, smaller model of the same class)."""
     plan = plan_shrink(model, batches, settings, grams)
-    arch = describe(model)
+    arch = describe(model, settings.tower)
     for ref in arch.linears:
         if ref.name in plan.consumer_weights:
             weight = ref.weight()

@@ -22,7 +22,7 @@ from measure.models.architecture import LinearRef
 from theory.errors import PvqError
 
 WIDTH_KEYS = {
-    "mlp": ("intermediate_size", "ffn_dim", "n_inner", "ffn_hidden_size"),
+    "mlp": ("shared_intermediate_size", "intermediate_size", "ffn_dim", "n_inner", "ffn_hidden_size"),
     "shared": ("shared_expert_intermediate_size",),
     "expert": ("moe_intermediate_size", "intermediate_size"),
 }
@@ -114,10 +114,14 @@ def width_key(config: object, kind: str, width: int, family: str) -> str:
                    f"{', '.join(WIDTH_KEYS[kind])}); this family cannot be shrunk in width")  # fmt: skip
 
 
-def updated_config(model: nn.Module, text_changes: dict[str, int]) -> object:
-    """A deep copy of the model's config with ``text_changes`` set on its (language) config."""
+def updated_config(model: nn.Module, text_changes: dict[str, int], tower: str = "language") -> object:
+    """A deep copy of the model's config with ``text_changes`` set on its language config (``tower`` "language")
+    or its vision config ("vision")."""
     config = copy.deepcopy(model.config)
-    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    if tower == "vision":
+        text = config.vision_config
+    else:
+        text = config.get_text_config() if hasattr(config, "get_text_config") else config
     for key, value in text_changes.items():
         try:
             setattr(text, key, value)

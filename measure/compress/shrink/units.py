@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from measure.models.architecture import Architecture, Block, LinearRef
+from measure.models.architecture import Architecture, Block, LinearRef, Sublayer
 from theory.errors import PvqError
 
 INPUT_ROLES = frozenset({"gate", "up", "fc1", "gate_up"})
@@ -73,7 +73,7 @@ def channel_units(arch: Architecture) -> list[ChannelUnit]:
     units = []
     for block in arch.blocks:
         parts: dict[tuple[str, int | None], list[LinearRef]] = {}
-        for ref in block.mlp.linears:
+        for ref in (ref for sublayer in block.channel_mixers for ref in sublayer.linears):
             prefix, _, role = ref.role.rpartition(".")
             if role in INPUT_ROLES | OUTPUT_ROLES:
                 kind = {"": "mlp", "shared": "shared", "expert": "expert"}.get(prefix)
@@ -104,8 +104,27 @@ def _channel_unit(
 
 
 def head_units(arch: Architecture) -> list[HeadUnit]:
-    """The attention heads of every block (PvqError when a block's q/k/v/o coupling cannot be resolved)."""
-    return [_head_unit(arch, block) for block in arch.blocks]
+    """The attention heads of every attention mixer (PvqError when its q/k/v/o coupling cannot be resolved).
+
+    Only softmax attention has heads to remove here; the heads of state-space and linear-attention mixers and
+    the channels of short convolutions keep their width (they stay, whole, in their blocks).
+    """
+    return [
+        _head_unit(arch, block, mixer)
+        for block in arch.blocks
+        for mixer in block.mixers
+        if mixer.operator == "attention"
+    ]
+
+
+def check_found(arch: Architecture, what: str, asked: bool, units: list) -> None:
+    """PvqError naming the family and its block kinds when ``what`` is asked for and the model has none."""
+    if asked and not units:
+        kinds = sorted({"+".join(block.kinds) for block in arch.blocks})
+        raise PvqError(
+            f"{arch.family} has no {what} to remove: its blocks are {', '.join(kinds)}; the heads of state-space "
+            "and linear-attention mixers and the channels of short convolutions are not width-pruned"
+        )
 
 
 def head_counts(arch: Architecture) -> tuple[int, int, int]:
@@ -118,8 +137,7 @@ def head_counts(arch: Architecture) -> tuple[int, int, int]:
     return heads, kv_heads, int(head_dim)
 
 
-def _head_unit(arch: Architecture, block: Block) -> HeadUnit:
-    attention = block.attention
+def _head_unit(arch: Architecture, block: Block, attention: Sublayer) -> HeadUnit:
     roles = {ref.role: ref for ref in attention.linears}
     where = f"{arch.family} block {block.index} attention"
     if "qkv" in roles:
@@ -132,6 +150,12 @@ def _head_unit(arch: Architecture, block: Block) -> HeadUnit:
         raise PvqError(f"cannot resolve the heads of {where}: found roles {sorted(roles)}, need q, k, v and o")
     heads, kv_heads, head_dim = head_counts(arch)
     q, k, v, o = roles["q"], roles["k"], roles["v"], roles["o"]
+    if q.out_features == 2 * heads * head_dim == 2 * o.in_features:
+        raise PvqError(
+            f"cannot remove heads of {where}: its q projection gives every head a query and an output gate "
+            f"({q.out_features} = 2 × {heads} heads × {head_dim}), which head slicing does not follow; remove MLP "
+            "channels only (heads 0)"
+        )
     shapes_agree = (
         q.out_features == o.in_features == heads * head_dim
         and k.out_features == v.out_features == kv_heads * head_dim
