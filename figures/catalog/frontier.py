@@ -121,6 +121,20 @@ def frontier_points(tables: Tables) -> pd.DataFrame:
     return pd.concat([own[columns], study[columns]], ignore_index=True)
 
 
+def _interval_bars(ax: Any, tables: Tables, column: str) -> None:
+    """95 % block-bootstrap intervals of the removal levels' ``column`` (perplexity or KL) as vertical bars."""
+    study = study_part(tables[STUDY], "end_to_end")
+    removal = study[study["family"] == "removal"]
+    low, high = ("perplexity_ci_low", "perplexity_ci_high") if column == "perplexity" else ("error_ci_low",
+                                                                                          "error_ci_high")
+    if low not in removal or removal[low].isna().all():
+        return
+    values = removal[column]
+    spread = np.vstack([values - removal[low], removal[high] - values]).clip(min=0)
+    ax.errorbar(removal["linear_bits_per_weight"], values, yerr=spread, fmt="none", ecolor=OKABE_ITO["black"],
+                elinewidth=0.5, capsize=1.5, alpha=0.6)  # fmt: skip
+
+
 def _caption(tables: Tables, facts: Mapping[str, Any]) -> str:
     own = tables[FRONTIER]
     base = float(own["base_perplexity"].iloc[0])
@@ -132,8 +146,10 @@ def _caption(tables: Tables, facts: Mapping[str, Any]) -> str:
         f"{specs}, plus the removal study's orderings (dotted), RTN and GPTQ over 2--16 bits, magnitude pruning, "
         "structured width pruning (dash-dotted markers: KV groups or MLP channels removed, consumers refit; "
         "counted like removal, no mask) and the models spliced from two widths at each removal's size. "
-        "Original model: "
-        f"perplexity {base:.2f} (dashed line). {escape_tex(facts['model_id'])}; "
+        "Original (dequantized) model: "
+        f"perplexity {base:.2f} (dashed line); star and dotted line: the stored format itself (the native "
+        "re-encoding), zero error at its own size. Removal levels with their 95 \\% block-bootstrap intervals. "
+        f"{escape_tex(facts['model_id'])}; "
         f"{describe_protocol(facts['protocol'][FRONTIER])}."
     )
 
@@ -143,7 +159,7 @@ def perplexity_vs_size(tables: Tables) -> Figure:
     """Two panels over bits per weight: perplexity (log) and KL [nats/token] (log), one series per method."""
     points = frontier_points(tables)
     base = float(tables[FRONTIER]["base_perplexity"].iloc[0])
-    fig, (ppl, kl) = new_figure(ncols=2, height_ratio=0.45)
+    fig, (ppl, kl) = new_figure(ncols=2, height_ratio=0.6)
     for series in method_order(points["series"]):
         rows = points[points["series"] == series].sort_values("bits_per_weight")
         kwargs = line_kwargs(series, rows["family"].iloc[0])
@@ -151,12 +167,19 @@ def perplexity_vs_size(tables: Tables) -> Figure:
             kwargs["linestyle"] = "none"
         ppl.plot(rows["bits_per_weight"], rows["perplexity"], **kwargs)
         kl.plot(rows["bits_per_weight"], rows["kl_to_reference_nats"], **kwargs)
-    ppl.axhline(base, color=OKABE_ITO["black"], linestyle="--", linewidth=0.8, label="original (16-bit)")
+    ppl.axhline(base, color=OKABE_ITO["black"], linestyle="--", linewidth=0.8, label="original (dequantized)")
+    stored = study_part(tables[STUDY], "base").get("stored_bits_per_linear_weight", pd.Series([np.nan])).iloc[0]
+    if np.isfinite(stored):  # the stored format itself: zero error at its own size (KL 0 is off the log axis)
+        ppl.plot([stored], [base], linestyle="none", marker="*", markersize=7, color=OKABE_ITO["black"],
+                 label="stored format")  # fmt: skip
+        kl.axvline(stored, color=OKABE_ITO["black"], linewidth=0.6, linestyle=(0, (1, 2)))
+    for column, ax in (("perplexity", ppl), ("kl_to_reference_nats", kl)):
+        _interval_bars(ax, tables, column)
     for ax, label, letter in ((ppl, "perplexity", "a"), (kl, "KL (nats/token)", "b")):
         ax.set_yscale("log")
         ax.set_xlabel("bits per weight")
         ax.set_ylabel(label)
         ax.set_title(f"({letter})", loc="left", fontsize="small")
     handles, labels = ppl.get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside lower center", ncols=4, frameon=False, fontsize=7)
+    fig.legend(handles, labels, loc="outside lower center", ncols=3, frameon=False, fontsize=7)
     return fig
