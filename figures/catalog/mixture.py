@@ -32,6 +32,7 @@ from matplotlib.figure import Figure
 from pandas.io.formats.style import Styler
 from scipy import stats
 
+from figures.answers import answer
 from figures.catalog.models import CALIBRATION, EVALUATION, calibration, describe_protocol, evaluation_windows
 from figures.experiments import ExperimentContext, experiment
 from figures.registry import Tables, escape_tex, figure, table
@@ -317,6 +318,13 @@ def _verdict(tables: Tables) -> str:
     )
 
 
+@answer(SECTION, needs=(MIXTURE,))
+def mixture_answer(tables: Tables) -> str:
+    """Is there a better mixture of pruning, quantization and removal than one method everywhere? The verdict of
+    :func:`_verdict` (paired intervals) and where the allocations remove blocks."""
+    return f"{_verdict(tables)} {_removal_text(tables)}"
+
+
 def _removal_text(tables: Tables) -> str:
     """Where the KL allocations remove blocks, and KL with vs without ``remove`` in the menu at equal budgets."""
     frame = tables[MIXTURE]
@@ -355,8 +363,8 @@ def _mixture_caption(tables: Tables, facts: Mapping[str, Any]) -> str:
         "relative output error on layer $\\ell$ with original inputs; $c_\\ell$: KL per unit error of a "
         f"single-layer RTN 3-bit probe on {probe['max_windows']}$\\times${probe['window']} calibration tokens, or "
         "the layer's output energy share), and every "
-        "menu option applied uniformly; the same allocation from the menu without block removal (crosses). "
-        "(b) How each budget's weights are spent (a removed block's linears cost 0 bits; its damage is the "
+        "menu option applied uniformly; the same allocation from the menu without block removal (crosses); "
+        "bars: 95 \\% block-bootstrap intervals. (b) How each budget's weights are spent (a removed block's linears cost 0 bits; its damage is the "
         "measured KL of the model without it on the probe tokens). "
         f"{_verdict(tables)} {_removal_text(tables)} {_prediction_text(tables)} "
         f"Menu: {menu}. {escape_tex(facts['model_id'])}; {describe_protocol(facts['protocol'][MIXTURE])}."
@@ -384,6 +392,13 @@ def optimal_mixture(tables: Tables) -> Figure:
         rows = uniform[uniform["spec"].map(option_kind) == kind].sort_values("bits_per_weight")
         curve.plot(rows["bits_per_weight"], rows["kl_to_reference_nats"], color=OKABE_ITO[color], marker=marker,
                    linestyle=":" if kind == "quantization" else "none", label=f"uniform {kind}")  # fmt: skip
+    for rows, color in ((frame, "blue"), (uniform, "orange")):  # 95 % block-bootstrap intervals
+        if "kl_to_reference_nats_ci_low" in rows and rows["kl_to_reference_nats_ci_low"].notna().any():
+            values = rows["kl_to_reference_nats"]
+            spread = np.vstack([values - rows["kl_to_reference_nats_ci_low"],
+                                rows["kl_to_reference_nats_ci_high"] - values]).clip(min=0)  # fmt: skip
+            curve.errorbar(rows["bits_per_weight"], values, yerr=spread, fmt="none", ecolor=OKABE_ITO[color],
+                           elinewidth=0.5, capsize=1.5)  # fmt: skip
     curve.set_yscale("log")
     curve.set_xlabel("bits per weight")
     curve.set_ylabel("KL (nats/token)")

@@ -16,6 +16,7 @@ import pandas as pd
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 
+from figures.answers import answer
 from figures.experiments import ExperimentContext, experiment
 from figures.registry import Tables, escape_tex, figure
 from figures.style import method_style, new_figure
@@ -54,6 +55,18 @@ def weight_tensor_study(config: Mapping[str, Any], context: ExperimentContext) -
     """One row per (linear weight tensor, b): :func:`measure.ledger.weight_tensor_study` on the loaded model."""
 
     return study(context.model.model, config["bits"], Convention(**config["convention"]))
+
+
+@answer(SECTION, needs=(STUDY,))
+def tensor_answer(tables: Tables) -> str:
+    """Pruning or quantization, per weight tensor (the paper's Fig. 3 question on this model): how many tensors
+    favour each at every bit width, and the median SQNR difference. Exact on the full tensors (no sampling)."""
+    frame = tables[STUDY]
+    parts = [f"at {bits} bits quantization has the higher weight SQNR for {int((~rows['pruning_wins']).sum())} of "
+             f"{len(rows)} tensors (median difference {rows['diff_db'].median():+.1f} dB)"
+             for bits, rows in frame.groupby("bits")]  # fmt: skip
+    return ("Per weight tensor at equal size (INT-$b$ with MSE clipping against magnitude pruning, free mask): "
+            + "; ".join(parts) + ".")
 
 
 def _caption(tables: Tables, facts: Mapping[str, Any]) -> str:

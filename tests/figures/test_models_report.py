@@ -28,7 +28,7 @@ from figures.experiments import EXPERIMENTS
 from figures.layout import CROSS_MODEL_DIR, artifact_home, model_dependent, model_homes
 from figures.paper import RESULTS_SECTION
 from figures.registry import load_catalog
-from figures.report import REPORT_NAME, artifact_html, esc
+from figures.report import ANSWERS_NAME, REPORT_NAME, artifact_html, esc
 from figures.tex_text import plain_text, tabular_rows
 from measure.models.fetch import sha256_file
 from measure.records.store import read_table
@@ -174,6 +174,17 @@ def test_the_report_states_each_models_answer_first(two_models):
             assert sentence and sentence in text
             position = html_text.index(esc(sentence))
             assert html_text.index("<h2>Answers</h2>") < position < html_text.index('<section id="shared">')
+
+
+def test_answers_markdown_beside_the_report_holds_every_answer_of_every_model(two_models):
+    results, out = two_models
+    text = (out / ANSWERS_NAME).read_text()
+    assert len(ANSWERS) >= 3  # per tensor, removal at equal size, the optimal mixture
+    for model in MODELS:
+        assert f"## {model}" in text
+        for section, declared in ANSWERS.items():
+            tables = {name: read_table(results / model / f"{name}.parquet") for name in declared.needs}
+            assert f"**{section}.** {plain_text(declared.sentence(tables))}" in text
 
 
 def test_report_text_is_escaped_and_a_table_is_read_from_its_booktabs_source(tmp_path):
