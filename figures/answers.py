@@ -1,9 +1,10 @@
-"""One-sentence answers of the thesis sections, declared next to the figures they summarize.
+"""One-sentence answers and opening paragraphs of the thesis sections, declared next to the figures they summarize.
 
-A catalog module declares its section's answer with :func:`answer`; ``sentence(tables)`` receives
-``{experiment name: DataFrame}`` for the experiments in ``needs`` and returns LaTeX text computed from them
-(the same text a caption states, so the answer is written once). The HTML report shows every declared answer
-for every model with results (:mod:`figures.report`).
+A catalog module declares its section's answer with :func:`answer` and the paragraph that opens the section in the
+chapter with :func:`prose`; each ``function(tables)`` receives ``{experiment name: DataFrame}`` for the experiments
+in ``needs`` and returns LaTeX text computed from them (the same text a caption states, so every number is written
+once, by code). The HTML report shows every declared answer for every model with results (:mod:`figures.report`);
+the chapter opens each section with its paragraph (:mod:`figures.paper`).
 """
 
 from __future__ import annotations
@@ -39,3 +40,26 @@ def answer(section: str, *, needs: Sequence[str]) -> Callable[[Sentence], Senten
         return sentence
 
     return register
+
+
+PROSE: dict[str, SectionAnswer] = {}
+"""The paragraph that opens each section of the chapter: the finding, the scale of the protocol and its threats to
+validity, every number computed from the tables."""
+
+
+def prose(section: str, *, needs: Sequence[str]) -> Callable[[Sentence], Sentence]:
+    """Register the decorated ``paragraph(tables) -> str`` as the opening paragraph of ``section``."""
+
+    def register(paragraph: Sentence) -> Sentence:
+        if section in PROSE:
+            raise PvqError(f"section {section!r} declares two paragraphs; give each section one")
+        PROSE[section] = SectionAnswer(section, tuple(needs), paragraph)
+        return paragraph
+
+    return register
+
+
+def section_paragraphs(tables: Tables) -> dict[str, str]:
+    """Every declared paragraph whose experiments are all in ``tables``, by section."""
+    return {section: declared.sentence({name: tables[name] for name in declared.needs})
+            for section, declared in PROSE.items() if all(name in tables for name in declared.needs)}  # fmt: skip

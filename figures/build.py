@@ -13,6 +13,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from figures.answers import section_paragraphs
 from figures.catalog.cross_model import render_cross_model
 from figures.experiments import ExperimentContext, ExperimentRun, ensure, lookup
 from figures.layout import artifact_home
@@ -59,7 +60,8 @@ def build(
             rendered.append(render_artifact(artifact, tables, facts_from_runs(artifact, runs), home))
     cross_model = render_cross_model(context.results_root, Path(out_dir))
     write_cross_model_section(Path(out_dir))
-    section = write_results_section(Path(out_dir), registered, context.model_name) if chapter else None
+    paragraphs = section_paragraphs({name: run.table() for name, run in runs.items()})
+    section = write_results_section(Path(out_dir), registered, context.model_name, paragraphs) if chapter else None
     report = write_report(Path(out_dir), context.results_root, registered)
     return BuildReport(runs, rendered, section, time.perf_counter() - start, cross_model, report)
 

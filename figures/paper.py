@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -79,10 +79,13 @@ def table_block(name: str, caption: str, stem: str | None = None) -> str:
     return f"\\pvqtable{{tab:{name}}}{{{caption}}}{{\\input{{{stem or f'tables/{name}'}.tex}}}}\n"
 
 
-def results_tex(out_dir: Path, artifacts: Sequence[Artifact], model_name: str) -> str:
+def results_tex(out_dir: Path, artifacts: Sequence[Artifact], model_name: str,
+                paragraphs: Mapping[str, str] | None = None) -> str:  # fmt: skip
     """The results section text for every artifact of ``artifacts`` already rendered into ``out_dir`` for
-    ``model_name`` (model-free ones from the shared folders), then an input of the cross-model section
+    ``model_name`` (model-free ones from the shared folders), each section opened by its generated paragraph
+    (``paragraphs``, :func:`figures.answers.section_paragraphs`), then an input of the cross-model section
     (:func:`write_cross_model_section`)."""
+    paragraphs = paragraphs or {}
 
     sections: dict[str, list[str]] = {}
     for artifact in artifacts:
@@ -96,7 +99,8 @@ def results_tex(out_dir: Path, artifacts: Sequence[Artifact], model_name: str) -
         sections.setdefault(artifact.section, []).append(block(artifact.name, caption, stem))
     if not sections:
         return HEADER + "No figures or tables have been rendered yet: run \\texttt{make figures}.\n"
-    parts = [f"\\section{{{title}}}\n\n" + "\n".join(blocks) for title, blocks in sections.items()]
+    parts = [f"\\section{{{title}}}\n\n" + (f"{paragraphs[title]}\n\n" if paragraphs.get(title) else "")
+             + "\n".join(blocks) for title, blocks in sections.items()]
     return HEADER + "\n" + "\n".join(parts) + CROSS_MODEL_INPUT
 
 
@@ -121,10 +125,11 @@ def write_cross_model_section(out_dir: Path) -> Path:
     return path
 
 
-def write_results_section(out_dir: Path, artifacts: Sequence[Artifact], model_name: str) -> Path:
+def write_results_section(out_dir: Path, artifacts: Sequence[Artifact], model_name: str,
+                          paragraphs: Mapping[str, str] | None = None) -> Path:  # fmt: skip
     """Write ``<out>/sections/results.tex`` for ``model_name`` atomically and return its path."""
     path = Path(out_dir) / RESULTS_SECTION
-    write_text_atomic(path, results_tex(Path(out_dir), artifacts, model_name))
+    write_text_atomic(path, results_tex(Path(out_dir), artifacts, model_name, paragraphs))
     return path
 
 

@@ -32,7 +32,7 @@ from matplotlib.figure import Figure
 from pandas.io.formats.style import Styler
 from scipy import stats
 
-from figures.answers import answer
+from figures.answers import answer, prose
 from figures.catalog.models import CALIBRATION, EVALUATION, calibration, describe_protocol, evaluation_windows
 from figures.experiments import ExperimentContext, experiment
 from figures.registry import Tables, escape_tex, figure, table
@@ -323,6 +323,25 @@ def mixture_answer(tables: Tables) -> str:
     """Is there a better mixture of pruning, quantization and removal than one method everywhere? The verdict of
     :func:`_verdict` (paired intervals) and where the allocations remove blocks."""
     return f"{_verdict(tables)} {_removal_text(tables)}"
+
+
+@prose(SECTION, needs=(MIXTURE,))
+def mixture_prose(tables: Tables) -> str:
+    """The section's opening paragraph: the question, the verdict, how well the prediction ranks the models, and
+    the threats to validity, every number from the table."""
+    frame = tables[MIXTURE]
+    kinds = frame["sensitivity"].value_counts()
+    tokens = frame["tokens"].dropna() if "tokens" in frame else pd.Series(dtype=float)
+    scale = f"{int(tokens.iloc[0])} held-out tokens" if len(tokens) else "the held-out evaluation windows"
+    return (
+        "Is there a mixture of pruning, quantization and block removal, chosen layer by layer, that beats one "
+        f"method applied everywhere at the same size? {int(kinds.get('kl', 0))} allocations solved exactly for "
+        f"the predicted damage and {int(kinds.get('uniform', 0))} uniform options of the menu were evaluated on "
+        f"{scale}. {_verdict(tables)} {_removal_text(tables)} {_prediction_text(tables)} Threats to validity: "
+        "the default menu is data-free (RTN, magnitude pruning, both, block removal), so the calibrated methods "
+        "of the full menu may move the verdict; the allocation is optimal for the predicted damage, not for "
+        "the measured KL; one small model."
+    )
 
 
 def _removal_text(tables: Tables) -> str:

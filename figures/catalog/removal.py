@@ -27,7 +27,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from pandas.io.formats.style import Styler
 
-from figures.answers import answer
+from figures.answers import answer, prose
 from figures.catalog.models import CALIBRATION, EVALUATION, calibration, describe_protocol, evaluation_windows
 from figures.experiments import ExperimentContext, experiment
 from figures.registry import Tables, escape_tex, figure, table
@@ -465,6 +465,53 @@ def _bits_text(row: pd.Series, series: str) -> str:
 def removal_answer(tables: Tables) -> str:
     """The section's answer: the sentence the ``removal_verdicts`` caption states (:func:`_answer_sentence`)."""
     return _answer_sentence(_answer_rows(tables))
+
+
+def in_sample_optimism_db(points: pd.DataFrame, term: str = "gptq:4:g128", view: str = "layer_energy") -> float:
+    """How much better ``term`` looks in ``view`` when scored on the calibration data it was fitted on than on
+    held-out data: 10·log10(held-out error / in-sample error), dB (NaN when not measured)."""
+    rows = points[(points["term"] == term) & (points["view"] == view)]
+    if rows.empty or "error_in_sample" not in rows or rows["error_in_sample"].isna().all():
+        return float("nan")
+    row = rows.iloc[0]
+    return float(10 * np.log10(row["error"] / row["error_in_sample"]))
+
+
+@prose(SECTION, needs=(STUDY,))
+def removal_prose(tables: Tables) -> str:
+    """The section's opening paragraph: the question, the answer sentence, the protocol's scale and the threats to
+    validity, every number from the study's table."""
+    frame = tables[STUDY]
+    units, base, shares, points = (study_part(frame, part) for part in ("units", "base", "view_shares", "points"))
+    blocks = int(units[units["unit"] == "block"]["block"].nunique())
+    tokens = base["tokens"].iloc[0] if "tokens" in base else np.nan
+    scale = f"{int(tokens)} held-out tokens" if pd.notna(tokens) else "the held-out evaluation windows"
+    sink = shares.set_index("view")["sink_share"].get("block", np.nan) if not shares.empty else np.nan
+    optimism = in_sample_optimism_db(points)
+    stored = base.get("stored_bits_per_decoder_parameter", pd.Series([np.nan])).iloc[0]
+    text = [
+        f"Does removing whole decoder blocks (ShortGPT) fit the bounds of pruning and quantization at exactly "
+        f"equal size? The model has {blocks} blocks; removal and every method are measured on one signal per "
+        "view with one denominator for both, and each method is read at exactly the removal's size from a model "
+        f"spliced row by row between two measured widths. {_answer_sentence(_answer_rows(tables))}",
+        f"Every end-to-end number is scored on {scale} with a 95 \\% block-bootstrap interval, every difference "
+        "on the same tokens for both variants, and a difference is called one only when its interval excludes "
+        "zero.",
+    ]
+    if pd.notna(sink):
+        text.append(f"The local views are scored on held-out tokens without the first position of every window: "
+                    f"over all positions that one position holds {100 * sink:.0f} \\% of the block view's "
+                    "denominator.")  # fmt: skip
+    if pd.notna(optimism):
+        text.append(f"Scored on the calibration data it was fitted on, GPTQ (4-bit, g128) would look "
+                    f"{optimism:.1f} dB better in the energy-weighted layer view than on held-out data, which is "
+                    "why no view scores a method on its fitting data.")  # fmt: skip
+    threats = "Threats to validity: one small model"
+    if pd.notna(stored):
+        threats += (f", stored at {stored:.2f} bits per decoder parameter before dequantization, so the 16-bit "
+                    "base is hypothetical (the equivalent bits and the break-even base do not depend on it)")
+    text.append(threats + f"; {scale} of English Wikipedia; a Gaussian rate--distortion reference, not a bound.")
+    return " ".join(text)
 
 
 def _bounds_caption(tables: Tables, facts: Mapping[str, Any]) -> str:

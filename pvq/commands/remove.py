@@ -207,8 +207,9 @@ def _study(args: argparse.Namespace, loaded: Any) -> int:
     def write(name: str, table: pd.DataFrame) -> None:
         write_table(table, out / f"{name}.parquet", {**provenance, "table": name})
 
+    stored = None if loaded.stored_size is None else loaded.stored_size.bits_per_decoder_parameter
     study = run_study(loaded.model, batches, windows, settings, log=lambda text: print(text, flush=True),
-                      on_table=write)  # fmt: skip
+                      on_table=write, stored_bits=stored)  # fmt: skip
     write_text_atomic(out / "summary.json", json.dumps({**provenance, "summary": study.summary}, indent=2))
     with pd.option_context("display.width", 200, "display.max_rows", 400, "display.max_columns", 30):
         _print_summary(study)
