@@ -30,16 +30,22 @@ class SectionAnswer:
 ANSWERS: dict[str, SectionAnswer] = {}
 
 
-def answer(section: str, *, needs: Sequence[str]) -> Callable[[Sentence], Sentence]:
-    """Register the decorated ``sentence(tables) -> str`` as the one-sentence answer of ``section``."""
+def _registrar(registry: dict[str, SectionAnswer], what: str, section: str, needs: Sequence[str]
+               ) -> Callable[[Sentence], Sentence]:  # fmt: skip
+    """A decorator registering its function as the ``what`` of ``section`` in ``registry`` (one per section)."""
 
-    def register(sentence: Sentence) -> Sentence:
-        if section in ANSWERS:
-            raise PvqError(f"section {section!r} declares two answers; give each section one sentence")
-        ANSWERS[section] = SectionAnswer(section, tuple(needs), sentence)
-        return sentence
+    def register(function: Sentence) -> Sentence:
+        if section in registry:
+            raise PvqError(f"section {section!r} declares two {what}s; give each section one")
+        registry[section] = SectionAnswer(section, tuple(needs), function)
+        return function
 
     return register
+
+
+def answer(section: str, *, needs: Sequence[str]) -> Callable[[Sentence], Sentence]:
+    """Register the decorated ``sentence(tables) -> str`` as the one-sentence answer of ``section``."""
+    return _registrar(ANSWERS, "answer", section, needs)
 
 
 PROSE: dict[str, SectionAnswer] = {}
@@ -49,14 +55,7 @@ validity, every number computed from the tables."""
 
 def prose(section: str, *, needs: Sequence[str]) -> Callable[[Sentence], Sentence]:
     """Register the decorated ``paragraph(tables) -> str`` as the opening paragraph of ``section``."""
-
-    def register(paragraph: Sentence) -> Sentence:
-        if section in PROSE:
-            raise PvqError(f"section {section!r} declares two paragraphs; give each section one")
-        PROSE[section] = SectionAnswer(section, tuple(needs), paragraph)
-        return paragraph
-
-    return register
+    return _registrar(PROSE, "paragraph", section, needs)
 
 
 def section_paragraphs(tables: Tables) -> dict[str, str]:
