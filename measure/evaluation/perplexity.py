@@ -349,6 +349,37 @@ def token_statistics(
     return rows
 
 
+@dataclass(frozen=True)
+class ReferenceChunk:
+    """What the per-token statistics need of the reference on one chunk of rows, computed once: its next-token
+    probabilities p_ref (float32), Σ_v p_ref log p_ref per row (the negative entropy, float32 sums), its top token
+    and −log p_ref(target) per row."""
+
+    probs: torch.Tensor
+    negentropy: torch.Tensor
+    top: torch.Tensor
+    nll: np.ndarray
+
+    @classmethod
+    def of(cls, reference_logits: torch.Tensor, targets: torch.Tensor) -> ReferenceChunk:
+        log_ref = torch.log_softmax(reference_logits, dim=-1)
+        probs = log_ref.exp()
+        return cls(probs, (probs * log_ref).sum(dim=-1), reference_logits.argmax(dim=-1),
+                   -log_ref.gather(1, targets[:, None])[:, 0].double().cpu().numpy())  # fmt: skip
+
+
+def cached_token_statistics(logits: torch.Tensor, targets: torch.Tensor, reference: ReferenceChunk
+                            ) -> dict[str, np.ndarray]:  # fmt: skip
+    """:func:`token_statistics` against a reference computed once (:class:`ReferenceChunk`): KL(p_ref ‖ p) =
+    Σ_v p_ref log p_ref − Σ_v p_ref log p, the first term cached, so an evaluation passes over the vocabulary
+    for log p, one product with p_ref and the argmax only. Identical logits give exactly 0."""
+    log_p = torch.log_softmax(logits, dim=-1)
+    cross = (reference.probs * log_p).sum(dim=-1)
+    return {"nll": -log_p.gather(1, targets[:, None])[:, 0].double().cpu().numpy(),
+            "kl": (reference.negentropy - cross).double().cpu().numpy(), "reference_nll": reference.nll,
+            "same_top": (logits.argmax(dim=-1) == reference.top).cpu().numpy()}  # fmt: skip
+
+
 def chunk_statistics(
     logits: torch.Tensor, targets: torch.Tensor, reference_logits: torch.Tensor | None
 ) -> tuple[float, float | None]:

@@ -21,8 +21,10 @@ from measure.capture.blocks import BlockInputs, record_block_inputs, run_block
 from measure.evaluation.perplexity import (
     LOGITS_BUDGET_BYTES,
     PerplexityResult,
+    ReferenceChunk,
     TokenCollector,
     TokenWindows,
+    cached_token_statistics,
     final_hidden_states,
     output_head,
     scored_windows,
@@ -32,8 +34,9 @@ from measure.models.architecture import Architecture, check_block_indices, descr
 from theory.errors import PvqError
 
 REFERENCE_CACHE_BYTES = 1 << 30
-"""The reference logits are kept when they take at most this many bytes (1 GiB: 8 × 512 tokens of SmolLM2's
-|V| = 49152 take 0.8 GB; recomputing them doubles the output head's cost of every evaluation)."""
+"""The reference's probabilities are kept (:class:`measure.evaluation.perplexity.ReferenceChunk`) when they take at
+most this many bytes (1 GiB: 8 × 512 tokens of SmolLM2's |V| = 49152 take 0.8 GB); otherwise every evaluation
+recomputes the reference's logits, doubling the output head's cost."""
 
 
 def first_windows(windows: TokenWindows, count: int) -> TokenWindows:
@@ -50,9 +53,10 @@ class ResidualStreamEvaluator:
     """Perplexity and KL to the original model of variants equal to it before some block (module docstring).
 
     Construction runs the original once over ``windows`` and keeps the residual stream at every block boundary
-    (L + 1 tensors per window batch). The reference logits take windows·L·|V|·4 bytes (0.8 GB for 8 × 512 tokens
-    and |V| = 49152, 1.6 GB for 16 × 512): they are kept when that is at most :data:`REFERENCE_CACHE_BYTES`, else
-    recomputed from the kept final hidden states chunk by chunk at every evaluation.
+    (L + 1 tensors per window batch). The reference's probabilities take windows·L·|V|·4 bytes (0.8 GB for 8 × 512
+    tokens and |V| = 49152, 1.6 GB for 16 × 512): they are kept when that is at most
+    :data:`REFERENCE_CACHE_BYTES`, else recomputed from the kept final hidden states chunk by chunk at every
+    evaluation.
     """
 
     def __init__(self, model: nn.Module, windows: TokenWindows, batch_size: int = 4,
@@ -76,8 +80,10 @@ class ResidualStreamEvaluator:
             self.reference = self._rows(self.states[-1])
             rows = sum(len(targets) for targets in self.targets)
             self.cached = [] if rows * self.vocab_size * 4 > REFERENCE_CACHE_BYTES else [
-                [self.head(reference[first:first + self.rows_per_chunk])
-                 for first in range(0, len(reference), self.rows_per_chunk)] for reference in self.reference]
+                [ReferenceChunk.of(self.head(reference[first:first + self.rows_per_chunk]),
+                                   targets[first:first + self.rows_per_chunk])
+                 for first in range(0, len(reference), self.rows_per_chunk)]
+                for reference, targets in zip(self.reference, self.targets, strict=True)]
 
     def _final(self, hidden: torch.Tensor) -> torch.Tensor:
         return hidden if self.arch.final_norm is None else self.arch.final_norm(hidden)
@@ -114,9 +120,12 @@ class ResidualStreamEvaluator:
             for batch, (rows, targets, reference, window_of) in enumerate(batches):
                 for chunk, first in enumerate(range(0, len(targets), self.rows_per_chunk)):
                     part = slice(first, first + self.rows_per_chunk)
-                    reference_logits = self.cached[batch][chunk] if self.cached else self.head(reference[part])
-                    collector.add(token_statistics(self.head(rows[part]), targets[part], reference_logits),
-                                  window_of[part])  # fmt: skip
+                    logits = self.head(rows[part])
+                    if self.cached:
+                        found = cached_token_statistics(logits, targets[part], self.cached[batch][chunk])
+                    else:
+                        found = token_statistics(logits, targets[part], self.head(reference[part]))
+                    collector.add(found, window_of[part])
         return collector.result(int(self.windows.input_ids.shape[0]), self.vocab_size)
 
 

@@ -43,9 +43,9 @@ OUTCOMES = ("removal better", "removal worse", "indistinguishable")
 difference excludes 0."""
 
 
-def end_to_end_intervals(result: PerplexityResult) -> dict[str, float]:
-    """:data:`INTERVAL_COLUMNS` of one evaluated model (NaN where the result kept no per-token scores)."""
-    found = result.interval_columns()
+def end_to_end_intervals(result: PerplexityResult | None) -> dict[str, float]:
+    """:data:`INTERVAL_COLUMNS` of one evaluated model (NaN without a result or per-token scores)."""
+    found = {} if result is None else result.interval_columns()
     if not found:
         return dict.fromkeys(INTERVAL_COLUMNS, math.nan)
     return {"error_ci_low": max(found["kl_to_reference_nats_ci_low"], 0.0),

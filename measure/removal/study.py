@@ -126,7 +126,10 @@ class StudySettings:
     ``workers``: processes computing compressed weights (one per core when None); ``end_to_end_max_bits``:
     quantizer widths above it are measured in the local views and spliced into the equal-size models, but not
     evaluated end to end alone (None: every width); ``end_to_end_conventions``: the mask conventions whose
-    equal-size sparsities are evaluated end to end (None: all; ``pruner_sparsities`` always)."""
+    equal-size sparsities are evaluated end to end (None: all; ``pruner_sparsities`` always);
+    ``answer_levels``: the removal counts at which every method is read at exactly b(f) (equal-size sparsities,
+    spliced quantizers) and the removal sets are evaluated end to end (None: every level; the others keep their
+    local views)."""
 
     max_removed: int = 8
     orderings: tuple[str, ...] = DEFAULT_ORDERINGS
@@ -146,6 +149,7 @@ class StudySettings:
     workers: int | None = None
     end_to_end_max_bits: int | None = None
     end_to_end_conventions: tuple[str, ...] | None = None
+    answer_levels: tuple[int, ...] | None = None
 
 
 def check_settings(settings: StudySettings, blocks: int | None = None) -> None:
@@ -161,6 +165,9 @@ def check_settings(settings: StudySettings, blocks: int | None = None) -> None:
     check_views(settings.views)
     for name in settings.mask_conventions:
         mask_convention(name)
+    outside = [n for n in settings.answer_levels or () if not 1 <= n <= settings.max_removed]
+    if outside:
+        raise PvqError(f"answer_levels {outside} lie outside the removal levels 1..{settings.max_removed}")
     unknown = set(settings.end_to_end_conventions or ()) - set(settings.mask_conventions)
     if unknown:
         raise PvqError(f"end_to_end_conventions {sorted(unknown)} are not among the mask conventions "
@@ -226,10 +233,12 @@ def _scores(result: PerplexityResult) -> dict[str, float]:
 
 
 def measure_levels(levels: pd.DataFrame, meter: ViewMeter, evaluator: ResidualStreamEvaluator | None,
-                   tokens: EndToEndTokens | None = None) -> pd.DataFrame:  # fmt: skip
+                   tokens: EndToEndTokens | None = None, answer_levels: Sequence[int] | None = None
+                   ) -> pd.DataFrame:  # fmt: skip
     """``levels`` with the removal's error in every local view (``removal_error_<view>``, and its variants
     ``removal_error_<view>_<variant>``) and, with an evaluator, PPL, KL and their intervals of each distinct
-    removal set (evaluated once per set; its per-token KL kept in ``tokens``)."""
+    removal set (evaluated once per set, only at the removal counts ``answer_levels`` when given, NaN elsewhere;
+    its per-token KL kept in ``tokens``)."""
     local = {text: meter.removal_errors(_blocks_of(text)) for text in levels["blocks"].unique()}
     columns = {f"removal_error_{view}": [local[text][view] for text in levels["blocks"]] for view in LOCAL_VIEWS}
     for view in LOCAL_VIEWS:
@@ -241,17 +250,16 @@ def measure_levels(levels: pd.DataFrame, meter: ViewMeter, evaluator: ResidualSt
     levels = levels.assign(**columns)
     if evaluator is None:
         return levels
-    results = {text: evaluator.evaluate(_blocks_of(text)) for text in levels["blocks"].unique()}
+    chosen = levels if answer_levels is None else levels[levels["removed"].isin(list(answer_levels))]
+    results = {text: evaluator.evaluate(_blocks_of(text)) for text in chosen["blocks"].unique()}
     if tokens is not None:
         for text, result in results.items():
             tokens.add(removal_term(text), result)
-    intervals = {text: end_to_end_intervals(result) for text, result in results.items()}
-    scored = {text: _scores(result) for text, result in results.items()}
-    return levels.assign(perplexity=[scored[t]["perplexity"] for t in levels["blocks"]],
-                         kl_to_reference_nats=[scored[t]["kl_to_reference_nats"] for t in levels["blocks"]],
-                         removal_error_end_to_end=[scored[t]["kl_to_reference_nats"] for t in levels["blocks"]],
-                         **{column: [intervals[t][column] for t in levels["blocks"]]
-                            for column in next(iter(intervals.values()))})  # fmt: skip
+    missing = {"perplexity": math.nan, "kl_to_reference_nats": math.nan, **end_to_end_intervals(None)}
+    found = {text: {**_scores(result), **end_to_end_intervals(result)} for text, result in results.items()}
+    rows = [found.get(text, missing) for text in levels["blocks"]]
+    return levels.assign(removal_error_end_to_end=[row["kl_to_reference_nats"] for row in rows],
+                         **{column: [row[column] for row in rows] for column in missing})  # fmt: skip
 
 
 def held_out_scoring(model: nn.Module, arch: Architecture, windows: TokenWindows, calibration: Any,
@@ -262,7 +270,8 @@ def held_out_scoring(model: nn.Module, arch: Architecture, windows: TokenWindows
     variant."""
     batches = list(windows.input_ids.split(settings.batch_size))
     held_out = capture(model, batches, arch=arch, positions=slice(SINK_POSITIONS, None))
-    sinks = capture(model, batches, arch=arch, positions=slice(0, SINK_POSITIONS))
+    sinks = capture(model, batches, arch=arch, positions=slice(0, SINK_POSITIONS),
+                    keep_rows=SINK_POSITIONS * windows.input_ids.shape[0])  # the sink rows themselves
     stream = ResidualStream.record(model, arch, list(windows.input_ids[: settings.block_sequences]
                                                      .split(settings.batch_size)))  # fmt: skip
     return ScoringData(held_out, sinks, calibration, stream, calibration_stream, SINK_POSITIONS)
@@ -413,15 +422,16 @@ def run_study(
     if evaluator is not None:
         base = evaluator.evaluate()
         study.summary["base"] = {**_scores(base), **interval_columns(base)}
-    levels = measure_levels(levels, meter, evaluator, points.tokens)
+    levels = measure_levels(levels, meter, evaluator, points.tokens, settings.answer_levels)
+    read = levels if settings.answer_levels is None else levels[levels["removed"].isin(settings.answer_levels)]
     lap("levels", layers=meter.layers, blocks=block_shares(meter), levels=levels,
         view_shares=meter.denominator_shares())
 
     for quantizer in settings.quantizers:
         for group in settings.groups:
             measure_quantizer(meter, evaluator, points, f"{quantizer}:{{bits}}:{group}",
-                              settings.quantizer_bits[quantizer], levels, log, settings.end_to_end_max_bits)
-    fractions = levels["removed_fraction"].unique()
+                              settings.quantizer_bits[quantizer], read, log, settings.end_to_end_max_bits)
+    fractions = read["removed_fraction"].unique()
     equal = [sizes.sparsity(fraction, name) for name in settings.mask_conventions for fraction in fractions]
     sparsities = [*settings.pruner_sparsities, *equal]
     conventions = settings.end_to_end_conventions or settings.mask_conventions

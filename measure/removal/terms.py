@@ -120,21 +120,22 @@ def _evaluate(meter: ViewMeter, weights: Sequence[torch.Tensor], evaluator: Resi
 
 
 def mixed_weights(meter: ViewMeter, low: tuple[LayerStep, TermWeights], high: tuple[LayerStep, TermWeights],
-                  target_linear_bits: float) -> tuple[list[torch.Tensor], float]:  # fmt: skip
-    """Weights of a model whose linears cost ``target_linear_bits`` per weight: in every layer the same fraction of
-    leading rows from ``high``, the rest from ``low`` (:func:`measure.removal.equal_size.row_mix`); and the bits
-    per linear
-    weight it reaches."""
-    (low_step, low_weights), (high_step, high_weights) = low, high
+                  target_linear_bits: float) -> tuple[TermWeights, float]:  # fmt: skip
+    """The term whose linears cost ``target_linear_bits`` per weight: in every layer the same fraction of leading
+    rows from ``high``, the rest from ``low`` (:func:`measure.removal.equal_size.row_mix`), its errors exact from
+    the two terms' per-row errors (rows add); and the bits per linear weight it reaches."""
+    (low_step, low_term), (high_step, high_term) = low, high
     refs = meter.refs
     total = sum(ref.out_features * ref.in_features for ref in refs)
     counts, gap = row_mix([ref.out_features for ref in refs],
                           [ref.in_features * low_step.bits_per_weight(ref) for ref in refs],
                           [ref.in_features * high_step.bits_per_weight(ref) for ref in refs],
                           target_linear_bits * total)  # fmt: skip
-    weights = [splice_rows(lo, hi, k) for lo, hi, k in zip(low_weights.weights, high_weights.weights, counts,
+    weights = [splice_rows(lo, hi, k) for lo, hi, k in zip(low_term.weights, high_term.weights, counts,
                                                            strict=True)]  # fmt: skip
-    return weights, target_linear_bits + gap / total
+    rows = [np.concatenate([hi[:k], lo[k:]]) for lo, hi, k in zip(low_term.rows, high_term.rows, counts,
+                                                                  strict=True)]  # fmt: skip
+    return meter.term(weights, rows), target_linear_bits + gap / total
 
 
 def measure_quantizer(meter: ViewMeter, evaluator: ResidualStreamEvaluator | None, points: StudyPoints,
@@ -171,9 +172,8 @@ def _measure_splice(meter: ViewMeter, evaluator: ResidualStreamEvaluator | None,
     """The model spliced from widths ``bits − 1`` and ``bits`` at the size of removing ``fraction``, in every
     view (its layer errors from the spliced weights themselves)."""
     mixed, reached = mixed_weights(meter, low, high, target)
-    relative = np.stack([meter.relative_errors(index, weight) for index, weight in enumerate(mixed)])
-    local = meter.local_errors(TermWeights(mixed, relative))
-    result = _evaluate(meter, mixed, evaluator)
+    local = meter.local_errors(mixed)
+    result = _evaluate(meter, mixed.weights, evaluator)
     points.add(series, "quantization", f"{series}:{bits - 1}|{bits}@{fraction:.6f}", reached, local, result,
                mixed=True, removed_fraction=fraction,
                size_gap_bits=points.sizes.decoder_bits(reached) - points.sizes.decoder_bits(target))  # fmt: skip
@@ -210,18 +210,18 @@ def width_term(meter: ViewMeter, option: str) -> tuple[TermWeights, float]:
     (:func:`measure.compress.shrink.shrink.zeroed_weights`: the removed rows of gate / up (q, k, v) and columns of
     down (o) zeroed, the kept columns refit; functionally the physically shrunk model), chosen on the meter's
     calibration Grams, with each layer's relative output errors on the scoring Grams
-    (:meth:`measure.removal.views.ViewMeter.relative_errors`; a zeroed producer row counts its whole output
+    (:meth:`measure.removal.views.ViewMeter.row_errors`; a zeroed producer row counts its whole output
     energy); and the removed fraction f of the decoder parameters."""
     grams = {ref.name: meter.captured.gram_for(ref.name).to_numpy() for ref in meter.refs}
     plan = plan_shrink(meter.arch.model, (), ShrinkSettings(**parse_shrink_term(tuple(option.split(":")))), grams)
     zeroed = zeroed_weights(plan)
-    weights, relative = [], []
+    weights, rows = [], []
     for index, ref in enumerate(meter.refs):
         weight = ref.weight().detach()
         replaced = zeroed.get(ref.name, weight)
         weights.append(replaced)
-        relative.append(meter.relative_errors(index, replaced) if ref.name in zeroed else np.zeros(3))
-    return TermWeights(weights, np.stack(relative)), plan.removed_fraction
+        rows.append(meter.row_errors(index, replaced) if ref.name in zeroed else np.zeros((ref.out_features, 3)))
+    return meter.term(weights, rows), plan.removed_fraction
 
 
 def measure_width(meter: ViewMeter, evaluator: ResidualStreamEvaluator | None, points: StudyPoints, option: str,
@@ -246,7 +246,7 @@ def measure_reference(meter: ViewMeter, points: StudyPoints, linear_bits: Sequen
     rate water-filled jointly over all the decoder's layers (``gaussian_rd_joint``,
     :func:`theory.rate_distortion.decoder_rd_relative_error`). Returns the per-layer values at the integer sizes
     (layer, block, bits_per_weight, rd_relative_error, rd_sqnr_db)."""
-    spectra = [layer_spectrum(meter.scoring.grams_of(ref.name)[0].numpy(),
+    spectra = [layer_spectrum(meter.scoring.scoring_inputs(ref.name)[0].double().numpy(),
                               ref.weight().detach().to("cpu", torch.float64).numpy())
                for ref in meter.refs]  # fmt: skip
     rows = []

@@ -43,7 +43,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
@@ -55,7 +55,6 @@ from torch import nn
 from measure.capture.blocks import BlockInputs, record_block_inputs, run_block
 from measure.capture.statistics import Capture
 from measure.compress.apply import check_finite_weight, method_weight, weights_installed
-from measure.compress.methods.metrics import quadratic_trace
 from measure.compress.parallel import fork_map
 from measure.compress.spec import LayerStep
 from measure.evaluation.perplexity import PerplexityResult
@@ -107,8 +106,8 @@ def layer_table(refs: Sequence[LinearRef], scoring: ScoringData) -> pd.DataFrame
     (``output_energy_all_positions``, ``output_energy_in_sample``)."""
     rows = []
     for ref in refs:
-        weight = ref.weight().detach().to("cpu", torch.float64)
-        energies = [quadratic_trace(weight, gram) for gram in scoring.grams_of(ref.name)]
+        weight = ref.weight().detach().to("cpu", torch.float32)
+        energies = scoring.row_errors(ref.name, weight).sum(axis=0)
         rows.append({"layer": ref.name, "block": ref.block_index, "parameters": ref.out_features * ref.in_features,
                      "output_energy": energies[0], "output_energy_all_positions": energies[1],
                      "output_energy_in_sample": energies[2]})  # fmt: skip
@@ -119,8 +118,9 @@ def layer_table(refs: Sequence[LinearRef], scoring: ScoringData) -> pd.DataFrame
 @dataclass
 class ScoringData:
     """Where the local views are scored (module docstring): per linear layer the headline held-out Gram (sink
-    positions left out), the all-positions held-out Gram and the calibration (in-sample) Gram; the held-out and the
-    calibration residual streams; and the number of sink positions per window."""
+    positions left out), the sink positions' input rows (``sinks``: a capture keeping them, ``keep_rows``) and the
+    calibration (in-sample) Gram; the held-out and the calibration residual streams; and the number of sink
+    positions per window. :meth:`row_errors` gives a weight change's output error per row on each."""
 
     held_out: Capture
     sinks: Capture | None
@@ -128,12 +128,37 @@ class ScoringData:
     stream: ResidualStream
     calibration_stream: ResidualStream
     sink_positions: int
+    prepared: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] = field(default_factory=dict)
 
-    def grams_of(self, name: str) -> list[torch.Tensor]:
-        """[headline, all positions, in sample] Grams (float64) of the input of linear ``name``."""
-        headline = self.held_out.gram_for(name).gram
-        everything = headline if self.sinks is None else headline + self.sinks.gram_for(name).gram
-        return [headline, everything, self.calibration.gram_for(name).gram]
+    def scoring_inputs(self, name: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(headline Gram, in-sample Gram, sink input rows (n, in) or None) of linear ``name``, float32, assembled
+        once per shared input (call :meth:`prepare` before forking workers so that they share them)."""
+        group = self.held_out.group_of[name]
+        if group not in self.prepared:
+            headline = self.held_out.grams[group].gram.float()
+            same = self.calibration is self.held_out
+            in_sample = headline if same else self.calibration.grams[group].gram.float()
+            rows = None if self.sinks is None else self.sinks.grams[group].sample
+            self.prepared[group] = (headline, in_sample, None if rows is None else rows.float())
+        return self.prepared[group]
+
+    def prepare(self, names: Sequence[str]) -> None:
+        """Assemble the scoring inputs of every linear in ``names`` now."""
+        for name in names:
+            self.scoring_inputs(name)
+
+    def row_errors(self, name: str, change: torch.Tensor) -> np.ndarray:
+        """Per output row r of ``change`` (ΔW, or W for the output energy): δ_r H δ_rᵀ on the headline Gram, the
+        same plus Σ_sinks (δ_r·x_s)² (all positions), and δ_r C δ_rᵀ on the calibration Gram; (rows, 3) float64.
+        Rows add: a layer's error is the sum of its rows', so a row splice's error is exact from its rows. The
+        products run in float32: their rounding is relative to ΔW's own scale, about 1e-6 of the error, far
+        below every difference the study reads."""
+        headline, in_sample, sinks = self.scoring_inputs(name)
+        change = change.to("cpu", torch.float32)
+        first = ((change @ headline) * change).sum(dim=1).double()
+        third = first if in_sample is headline else ((change @ in_sample) * change).sum(dim=1).double()
+        extra = torch.zeros_like(first) if sinks is None else (sinks @ change.T).double().pow(2).sum(dim=0)
+        return torch.stack([first, first + extra, third], dim=1).clamp(min=0).numpy()
 
     @classmethod
     def in_sample(cls, captured: Capture, stream: ResidualStream) -> ScoringData:
@@ -240,25 +265,14 @@ def method_errors(layers: pd.DataFrame, relative: np.ndarray, block_error: np.nd
     return {**errors, "block": block["block"], "variants": variants}
 
 
-def _relative_errors(weight: torch.Tensor, weight_hat: torch.Tensor, grams: Sequence[torch.Tensor],
-                     energies: Sequence[float]) -> np.ndarray:  # fmt: skip
-    """tr(ΔW H ΔWᵀ) / tr(W H Wᵀ) on each scoring Gram (headline, all positions, in sample). The product runs in
-    float32: its rounding is relative to ΔW's own scale, about 1e-6 of the error, far below every difference the
-    study reads."""
-    change = weight_hat.float() - weight.float()
-    return np.array([max(quadratic_trace(change, gram.float()), 0.0) / energy
-                     for gram, energy in zip(grams, energies, strict=True)])  # fmt: skip
-
-
-def _compress_layer(item: tuple[LinearRef, list[float]], step: LayerStep, captured: Capture, scoring: ScoringData
+def _compress_layer(ref: LinearRef, step: LayerStep, captured: Capture, scoring: ScoringData
                     ) -> tuple[torch.Tensor, np.ndarray]:  # fmt: skip
-    """(Ŵ, relative output errors) of one layer under ``step`` fitted on the calibration Gram ``captured``, scored
-    on each Gram of ``scoring`` (:func:`_relative_errors`); ``item``: the layer and its output energies."""
-    ref, energies = item
+    """(Ŵ, per-row output errors (rows, 3)) of one layer under ``step`` fitted on the calibration Gram
+    ``captured``, scored on ``scoring`` (:meth:`ScoringData.row_errors`)."""
     weight = method_weight(ref)
     gram = captured.gram_for(ref.name).gram
     weight_hat = step.method.apply(weight, gram if step.method.needs_gram else None, step.params)
-    return weight_hat, _relative_errors(weight, weight_hat, scoring.grams_of(ref.name), energies)
+    return weight_hat, scoring.row_errors(ref.name, weight_hat.float() - weight.float())
 
 
 def splice_rows(low: torch.Tensor, high: torch.Tensor, rows: int) -> torch.Tensor:
@@ -270,11 +284,13 @@ def splice_rows(low: torch.Tensor, high: torch.Tensor, rows: int) -> torch.Tenso
 
 @dataclass
 class TermWeights:
-    """A compression term's weights for every covered linear (in the order of the meter's refs), with their
-    relative output errors (layers, 3): on the headline held-out data, all positions, in sample."""
+    """A compression term's weights for every covered linear (in the order of the meter's refs), their output
+    errors per row (``rows``: per layer (rows, 3), :meth:`ScoringData.row_errors`) and relative output errors
+    (``relative``: (layers, 3), on the headline held-out data, all positions, in sample)."""
 
     weights: list[torch.Tensor]
     relative: np.ndarray
+    rows: list[np.ndarray] = field(default_factory=list)
 
 
 ENERGY_COLUMNS = ["output_energy", "output_energy_all_positions", "output_energy_in_sample"]
@@ -292,27 +308,28 @@ class ViewMeter:
         self.refs = study_linears(arch)
         for ref in self.refs:
             check_finite_weight(ref)
+        self.scoring.prepare([ref.name for ref in self.refs])
         self.layers = layer_table(self.refs, self.scoring)
         self.update_energy = self.stream.update_energy()
         self.calibration_update = self.scoring.calibration_stream.update_energy()
 
-    def energies(self, index: int) -> list[float]:
-        """Output energies of layer ``index`` on the scoring Grams (headline, all positions, in sample)."""
-        return [float(self.layers[column].iloc[index]) for column in ENERGY_COLUMNS]
+    def term(self, weights: list[torch.Tensor], rows: list[np.ndarray]) -> TermWeights:
+        """The term of ``weights`` with per-row errors ``rows``: its relative errors are the rows' sums over the
+        layers' output energies (headline, all positions, in sample)."""
+        energies = self.layers[ENERGY_COLUMNS].to_numpy()
+        relative = np.stack([row.sum(axis=0) for row in rows]) / np.where(energies > 0, energies, 1.0)
+        return TermWeights(weights, relative, rows)
 
-    def relative_errors(self, index: int, weight_hat: torch.Tensor) -> np.ndarray:
-        """Relative output errors of replacing layer ``index``'s weight by ``weight_hat`` (headline, all positions,
-        in sample)."""
+    def row_errors(self, index: int, weight_hat: torch.Tensor) -> np.ndarray:
+        """Per-row output errors of replacing layer ``index``'s weight by ``weight_hat``."""
         ref = self.refs[index]
-        return _relative_errors(ref.weight().detach(), weight_hat, self.scoring.grams_of(ref.name),
-                                self.energies(index))  # fmt: skip
+        return self.scoring.row_errors(ref.name, weight_hat.float() - ref.weight().detach().float())
 
     def compress(self, step: LayerStep) -> TermWeights:
-        """Every covered layer compressed by ``step`` (forked workers), with its relative output errors."""
-        items = [(ref, self.energies(k)) for k, ref in enumerate(self.refs)]
+        """Every covered layer compressed by ``step`` (forked workers), with its output errors."""
         results = fork_map(partial(_compress_layer, step=step, captured=self.captured, scoring=self.scoring),
-                           items, self.workers)  # fmt: skip
-        return TermWeights([w for w, _ in results], np.stack([e for _, e in results]))
+                           self.refs, self.workers)  # fmt: skip
+        return self.term([w for w, _ in results], [e for _, e in results])
 
     @contextlib.contextmanager
     def installed(self, weights: Sequence[torch.Tensor], blocks: Sequence[int] | None = None) -> Iterator[None]:
