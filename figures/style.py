@@ -96,7 +96,7 @@ METHOD_STYLE: dict[str, MethodStyle] = {
     "rtn_channel": MethodStyle(OKABE_ITO["sky_blue"], "<", "RTN (per channel)", filled=False, linestyle="-."),
     "gptq_channel": MethodStyle(OKABE_ITO["blue"], "H", "GPTQ (per channel)", linestyle="-."),
     "gaussian_rd": MethodStyle(OKABE_ITO["bluish_green"], "", "Gaussian RD reference", linestyle="-"),
-    "gaussian_rd_joint": MethodStyle(OKABE_ITO["bluish_green"], "", "Gaussian RD, joint", linestyle="--"),
+    "gaussian_rd_joint": MethodStyle(OKABE_ITO["bluish_green"], "+", "Gaussian RD, joint", linestyle="--"),
     # layer removal orderings
     "remove:bi": MethodStyle(OKABE_ITO["black"], ">", "Removal (bi, ShortGPT)", linestyle=":"),
     "remove:angular": MethodStyle(OKABE_ITO["orange"], "<", "Removal (angular)", linestyle=":"),

@@ -211,7 +211,7 @@ def synthetic_study(rng: np.random.Generator) -> pd.DataFrame:
              "answer": answer_table(levels, points, views, conventions),
              "end_to_end": end_to_end_table(levels, points),
              "base": pd.DataFrame([{"perplexity": 20.0, "kl_to_reference_nats": 0.0,
-                                    **dict.fromkeys(INTERVAL_COLUMNS, 0.0),
+                                    **dict.fromkeys(INTERVAL_COLUMNS, 0.0), "tokens": 4088,
                                     "stored_bits_per_decoder_parameter": 5.01,
                                     "stored_bits_per_linear_weight": 5.0}]),
              "view_shares": pd.DataFrame({"view": ["layer_energy", "block"], "sink_share": [0.4, 0.7],

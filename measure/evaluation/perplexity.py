@@ -352,31 +352,29 @@ def token_statistics(
 @dataclass(frozen=True)
 class ReferenceChunk:
     """What the per-token statistics need of the reference on one chunk of rows, computed once: its next-token
-    probabilities p_ref (float32), Σ_v p_ref log p_ref per row (the negative entropy, float32 sums), its top token
-    and −log p_ref(target) per row."""
+    log-probabilities and probabilities (float32), its top token and −log p_ref(target) per row."""
 
+    log_probs: torch.Tensor
     probs: torch.Tensor
-    negentropy: torch.Tensor
     top: torch.Tensor
     nll: np.ndarray
 
     @classmethod
     def of(cls, reference_logits: torch.Tensor, targets: torch.Tensor) -> ReferenceChunk:
         log_ref = torch.log_softmax(reference_logits, dim=-1)
-        probs = log_ref.exp()
-        return cls(probs, (probs * log_ref).sum(dim=-1), reference_logits.argmax(dim=-1),
+        return cls(log_ref, log_ref.exp(), reference_logits.argmax(dim=-1),
                    -log_ref.gather(1, targets[:, None])[:, 0].double().cpu().numpy())  # fmt: skip
 
 
 def cached_token_statistics(logits: torch.Tensor, targets: torch.Tensor, reference: ReferenceChunk
                             ) -> dict[str, np.ndarray]:  # fmt: skip
-    """:func:`token_statistics` against a reference computed once (:class:`ReferenceChunk`): KL(p_ref ‖ p) =
-    Σ_v p_ref log p_ref − Σ_v p_ref log p, the first term cached, so an evaluation passes over the vocabulary
-    for log p, one product with p_ref and the argmax only. Identical logits give exactly 0."""
+    """:func:`token_statistics` against a reference computed once (:class:`ReferenceChunk`): the same formula
+    KL(p_ref ‖ p) = Σ_v p_ref(v) (log p_ref(v) − log p(v)) (so a small KL keeps its precision) without recomputing
+    the reference's softmax at every evaluation."""
     log_p = torch.log_softmax(logits, dim=-1)
-    cross = (reference.probs * log_p).sum(dim=-1)
     return {"nll": -log_p.gather(1, targets[:, None])[:, 0].double().cpu().numpy(),
-            "kl": (reference.negentropy - cross).double().cpu().numpy(), "reference_nll": reference.nll,
+            "kl": (reference.probs * (reference.log_probs - log_p)).sum(dim=-1).double().cpu().numpy(),
+            "reference_nll": reference.nll,
             "same_top": (logits.argmax(dim=-1) == reference.top).cpu().numpy()}  # fmt: skip
 
 

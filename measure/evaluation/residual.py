@@ -33,10 +33,10 @@ from measure.evaluation.perplexity import (
 from measure.models.architecture import Architecture, check_block_indices, describe
 from theory.errors import PvqError
 
-REFERENCE_CACHE_BYTES = 1 << 30
-"""The reference's probabilities are kept (:class:`measure.evaluation.perplexity.ReferenceChunk`) when they take at
-most this many bytes (1 GiB: 8 × 512 tokens of SmolLM2's |V| = 49152 take 0.8 GB); otherwise every evaluation
-recomputes the reference's logits, doubling the output head's cost."""
+REFERENCE_CACHE_BYTES = 1 << 31
+"""The reference's log-probabilities and probabilities are kept (:class:`measure.evaluation.perplexity.
+ReferenceChunk`) when together they take at most this many bytes (2 GiB: 8 × 512 tokens of SmolLM2's |V| = 49152
+take 1.6 GB); otherwise every evaluation recomputes the reference's logits, doubling the output head's cost."""
 
 
 def first_windows(windows: TokenWindows, count: int) -> TokenWindows:
@@ -53,8 +53,8 @@ class ResidualStreamEvaluator:
     """Perplexity and KL to the original model of variants equal to it before some block (module docstring).
 
     Construction runs the original once over ``windows`` and keeps the residual stream at every block boundary
-    (L + 1 tensors per window batch). The reference's probabilities take windows·L·|V|·4 bytes (0.8 GB for 8 × 512
-    tokens and |V| = 49152, 1.6 GB for 16 × 512): they are kept when that is at most
+    (L + 1 tensors per window batch). The reference's log-probabilities and probabilities take 2·windows·L·|V|·4
+    bytes (1.6 GB for 8 × 512 tokens and |V| = 49152): they are kept when that is at most
     :data:`REFERENCE_CACHE_BYTES`, else recomputed from the kept final hidden states chunk by chunk at every
     evaluation.
     """
@@ -79,7 +79,7 @@ class ResidualStreamEvaluator:
             self.rows_per_chunk = max(1, LOGITS_BUDGET_BYTES // (4 * self.vocab_size * 2))
             self.reference = self._rows(self.states[-1])
             rows = sum(len(targets) for targets in self.targets)
-            self.cached = [] if rows * self.vocab_size * 4 > REFERENCE_CACHE_BYTES else [
+            self.cached = [] if 2 * rows * self.vocab_size * 4 > REFERENCE_CACHE_BYTES else [
                 [ReferenceChunk.of(self.head(reference[first:first + self.rows_per_chunk]),
                                    targets[first:first + self.rows_per_chunk])
                  for first in range(0, len(reference), self.rows_per_chunk)]

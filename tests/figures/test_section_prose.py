@@ -25,7 +25,7 @@ def test_the_removal_paragraph_recomputes_its_numbers_from_the_study() -> None:
     blocks = removal.study_part(frame, "units").query("unit == 'block'")["block"].nunique()
     assert f"The model has {blocks} blocks" in text
     share = removal.study_part(frame, "view_shares").set_index("view").loc["block", "sink_share"]
-    assert f"holds {100 * share:.0f} \\\\% of the block view's denominator" in text
+    assert f"holds {100 * share:.0f} \\% of the block view's denominator" in text
     points = removal.study_part(frame, "points")
     row = points[(points["term"] == "gptq:4:g128") & (points["view"] == "layer_energy")].iloc[0]
     assert f"{10 * np.log10(row['error'] / row['error_in_sample']):.1f} dB better" in text
