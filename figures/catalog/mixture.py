@@ -57,7 +57,7 @@ MENU = "keep,rtn:2:g128,rtn:3:g128,rtn:4:g128,rtn:6:g128,rtn:8:g128,magnitude:0.
 """The figures' menu: 16-bit; RTN in groups of 128 at 2, 3, 4, 6 and 8 bits; magnitude pruning at 50 % (free mask);
 magnitude 50 % then RTN 4-bit; whole decoder blocks removed. Data-free, so applying an allocation costs no
 calibration pass."""
-BUDGETS = (2.5, 3.0, 3.5)
+BUDGETS = (3.0,)
 """Budgets allocated besides the size of every uniform menu option (which gives allocations at about 2.1, 3.1,
 4.1, 6.1 and 8 bits per weight)."""
 ENERGY_BUDGETS = (3.0,)

@@ -51,21 +51,23 @@ SETTINGS = {
     "widths": ["heads=0.34", "mlp=0.25:score=wanda"],
     "views": ["layer_energy", "layer_parameters", "block", "end_to_end"], "block_sequences": 1, "workers": None,
     "end_to_end_max_bits": 8, "end_to_end_conventions": ["free"], "answer_levels": [1, 2, 4, 8],
+    "end_to_end_orderings": ["bi", "angular", "reverse"],
 }  # fmt: skip
 """StudySettings of the default run, sized for the 30-minute budget with every end-to-end number on 8 × 512
 held-out tokens: removal levels 1..8 blocks by the four orderings (BI, angular rule, reverse, random with seed
-0) in the local views, and at the levels the answer table reads (1, 2, 4 and 8 blocks: ``answer_levels``) also
-end to end and against every method at exactly b(f); each block removed alone on 1 probe window; RTN and GPTQ in
-groups of 128 at every width 2–8 (no equivalent bits censored below 8 bits, none interpolated across more than
-one bit; the stored size of the defaults, about 5 bits, puts every b(f) at that base between two of them), RTN
-also at 11–16 bits so that every b(f) at a 16-bit base lies between two consecutive widths (those six widths are
-spliced into the equal-size models of every view but not evaluated end to end alone: their KL is far below every
-removal's); magnitude pruning at the equal-size sparsity of every answer level and mask convention (end to end:
-the free mask's) and at 50 and 75 %; structured width pruning of 1 of the 3 KV groups (output score, exact) and
-of 25 % of the MLP channels (Wanda score, refit), each at its own size and as the model takes it (another
-model's KV groups: the ``width_options`` part, :mod:`measure.removal.width_options`); the block view on the
-first evaluation window (512 tokens). The full study (``pvq remove --study``) measures RTN and GPTQ at every
-width 2–16, per channel and in groups of 128, and SparseGPT, all end to end."""
+0) in the local views, and (the random ordering, a baseline of the figures, in the local views only) at the
+levels the answer table reads (1, 2, 4 and 8 blocks: ``answer_levels``) also end to end and against every method
+at exactly b(f); each block removed alone on 1 probe window; RTN and GPTQ in groups of 128 at every width 2–8
+(no equivalent bits censored below 8 bits, none interpolated across more than one bit; the stored size of the
+defaults, about 5 bits, puts every b(f) at that base between two of them), RTN also at 11–16 bits so that every
+b(f) at a 16-bit base lies between two consecutive widths (those six widths are spliced into the equal-size
+models of every view but not evaluated end to end alone: their KL is far below every removal's); magnitude
+pruning at the equal-size sparsity of every answer level and mask convention (end to end: the free mask's) and
+at 50 and 75 %; structured width pruning of 1 of the 3 KV groups (output score, exact) and of 25 % of the MLP
+channels (Wanda score, refit), each at its own size and as the model takes it (another model's KV groups: the
+``width_options`` part, :mod:`measure.removal.width_options`); the block view on the first evaluation window
+(512 tokens). The full study (``pvq remove --study``) measures RTN and GPTQ at every width 2–16, per channel and
+in groups of 128, and SparseGPT, all end to end."""
 IMPORTANCE_SERIES = {
     "bi": ("Block Influence (block)", OKABE_ITO["blue"], "o"),
     "angular": ("angular distance, $n = 1$", OKABE_ITO["orange"], "s"),

@@ -129,7 +129,8 @@ class StudySettings:
     equal-size sparsities are evaluated end to end (None: all; ``pruner_sparsities`` always);
     ``answer_levels``: the removal counts at which every method is read at exactly b(f) (equal-size sparsities,
     spliced quantizers) and the removal sets are evaluated end to end (None: every level; the others keep their
-    local views)."""
+    local views); ``end_to_end_orderings``: the orderings whose removal sets are evaluated end to end (None:
+    all)."""
 
     max_removed: int = 8
     orderings: tuple[str, ...] = DEFAULT_ORDERINGS
@@ -150,6 +151,7 @@ class StudySettings:
     end_to_end_max_bits: int | None = None
     end_to_end_conventions: tuple[str, ...] | None = None
     answer_levels: tuple[int, ...] | None = None
+    end_to_end_orderings: tuple[str, ...] | None = None
 
 
 def check_settings(settings: StudySettings, blocks: int | None = None) -> None:
@@ -165,6 +167,10 @@ def check_settings(settings: StudySettings, blocks: int | None = None) -> None:
     check_views(settings.views)
     for name in settings.mask_conventions:
         mask_convention(name)
+    strangers = set(settings.end_to_end_orderings or ()) - set(settings.orderings)
+    if strangers:
+        raise PvqError(f"end_to_end_orderings {sorted(strangers)} are not among the orderings "
+                       f"{list(settings.orderings)}; choose some of those")  # fmt: skip
     outside = [n for n in settings.answer_levels or () if not 1 <= n <= settings.max_removed]
     if outside:
         raise PvqError(f"answer_levels {outside} lie outside the removal levels 1..{settings.max_removed}")
@@ -233,12 +239,12 @@ def _scores(result: PerplexityResult) -> dict[str, float]:
 
 
 def measure_levels(levels: pd.DataFrame, meter: ViewMeter, evaluator: ResidualStreamEvaluator | None,
-                   tokens: EndToEndTokens | None = None, answer_levels: Sequence[int] | None = None
-                   ) -> pd.DataFrame:  # fmt: skip
+                   tokens: EndToEndTokens | None = None, answer_levels: Sequence[int] | None = None,
+                   orderings: Sequence[str] | None = None) -> pd.DataFrame:  # fmt: skip
     """``levels`` with the removal's error in every local view (``removal_error_<view>``, and its variants
     ``removal_error_<view>_<variant>``) and, with an evaluator, PPL, KL and their intervals of each distinct
-    removal set (evaluated once per set, only at the removal counts ``answer_levels`` when given, NaN elsewhere;
-    its per-token KL kept in ``tokens``)."""
+    removal set (evaluated once per set, only at the removal counts ``answer_levels`` and of the ``orderings`` when
+    given, NaN elsewhere; its per-token KL kept in ``tokens``)."""
     local = {text: meter.removal_errors(_blocks_of(text)) for text in levels["blocks"].unique()}
     columns = {f"removal_error_{view}": [local[text][view] for text in levels["blocks"]] for view in LOCAL_VIEWS}
     for view in LOCAL_VIEWS:
@@ -251,6 +257,7 @@ def measure_levels(levels: pd.DataFrame, meter: ViewMeter, evaluator: ResidualSt
     if evaluator is None:
         return levels
     chosen = levels if answer_levels is None else levels[levels["removed"].isin(list(answer_levels))]
+    chosen = chosen if orderings is None else chosen[chosen["ordering"].isin(list(orderings))]
     results = {text: evaluator.evaluate(_blocks_of(text)) for text in chosen["blocks"].unique()}
     if tokens is not None:
         for text, result in results.items():
@@ -422,7 +429,8 @@ def run_study(
     if evaluator is not None:
         base = evaluator.evaluate()
         study.summary["base"] = {**_scores(base), **interval_columns(base)}
-    levels = measure_levels(levels, meter, evaluator, points.tokens, settings.answer_levels)
+    levels = measure_levels(levels, meter, evaluator, points.tokens, settings.answer_levels,
+                            settings.end_to_end_orderings)
     read = levels if settings.answer_levels is None else levels[levels["removed"].isin(settings.answer_levels)]
     lap("levels", layers=meter.layers, blocks=block_shares(meter), levels=levels,
         view_shares=meter.denominator_shares())

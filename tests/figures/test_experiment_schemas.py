@@ -35,6 +35,7 @@ TINY: dict[str, dict[str, Any]] = {
     "joint_frontier": {"specs": ["gptq:4:g16", "sparsegpt:2:4+gptq:3:g16", "remove:bi:1+gptq:4:g16"]},
     "width_pruning": {"options": ["mlp=0.25", "heads=0.5"]},
     "removal_study": {"settings": {"max_removed": 1, "orderings": ["bi"], "probe_windows": 1, "answer_levels": [1],
+                                   "end_to_end_orderings": ["bi"],
                                    "quantizer_bits": {"rtn": [4], "gptq": [4]}, "pruner_sparsities": [0.5],
                                    "block_sequences": 1, "workers": 1}},
     "mixture_frontier": {"menu": "keep,rtn:3:g16,rtn:4:g16,magnitude:0.5+rtn:4:g16,remove", "budgets": [2.0, 5.0],
