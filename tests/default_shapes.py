@@ -20,7 +20,7 @@ DEFAULT_SHAPES: dict[str, tuple[str, str, dict[str, Any]]] = {
         "num_attention_heads": 4, "num_key_value_heads": 1, "head_dim": 256}),
     "qwen2.5-0.5b": ("Qwen2Config", "Qwen2ForCausalLM", {
         "vocab_size": 151936, "hidden_size": 896, "intermediate_size": 4864, "num_hidden_layers": 24,
-        "num_attention_heads": 14, "num_key_value_heads": 2, "tie_word_embeddings": True}),
+        "num_attention_heads": 14, "num_key_value_heads": 2, "tie_word_embeddings": False}),
 }  # fmt: skip
 """Default name -> (config class, model class, the config's dimensions) of SmolLM2-135M, Gemma-3-270M and
 Qwen2.5-Coder-0.5B."""
