@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from cycler import cycler
 from matplotlib.axes import Axes
@@ -174,3 +175,12 @@ def thesis_table(df: pd.DataFrame, column_labels: Mapping[str, str], precision: 
     """
     shown = df[list(column_labels)].rename(columns=dict(column_labels))
     return shown.style.format(precision=precision, na_rep="–", escape="latex").hide(axis="index")
+
+
+def interval_bars(ax: Any, x: Any, values: Any, low: Any, high: Any, color: str, **kwargs: Any) -> None:
+    """Vertical bars from ``low`` to ``high`` around ``values`` at ``x`` (a 95 % interval), no markers, small caps;
+    a value outside its interval (rounding) draws a bar of length 0 on that side."""
+    values, low, high = (np.asarray(a, dtype=float) for a in (values, low, high))
+    spread = np.vstack([values - low, high - values]).clip(min=0)
+    ax.errorbar(x, values, yerr=spread, fmt="none", ecolor=color, elinewidth=kwargs.pop("elinewidth", 0.5),
+                capsize=1.5, **kwargs)  # fmt: skip

@@ -33,7 +33,7 @@ from figures.catalog.models import (
 from figures.catalog.removal import STUDY, study_part
 from figures.experiments import ExperimentContext, experiment
 from figures.registry import Tables, escape_tex, figure
-from figures.style import OKABE_ITO, line_kwargs, method_order, new_figure
+from figures.style import OKABE_ITO, interval_bars, line_kwargs, method_order, new_figure
 from measure.compress.apply import apply_spec
 from measure.compress.methods import get_method
 from measure.evaluation.perplexity import interval_columns
@@ -129,10 +129,8 @@ def _interval_bars(ax: Any, tables: Tables, column: str) -> None:
                                                                                           "error_ci_high")
     if low not in removal or removal[low].isna().all():
         return
-    values = removal[column]
-    spread = np.vstack([values - removal[low], removal[high] - values]).clip(min=0)
-    ax.errorbar(removal["linear_bits_per_weight"], values, yerr=spread, fmt="none", ecolor=OKABE_ITO["black"],
-                elinewidth=0.5, capsize=1.5, alpha=0.6)  # fmt: skip
+    interval_bars(ax, removal["linear_bits_per_weight"], removal[column], removal[low], removal[high],
+                  OKABE_ITO["black"], alpha=0.6)  # fmt: skip
 
 
 def _caption(tables: Tables, facts: Mapping[str, Any]) -> str:

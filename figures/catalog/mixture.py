@@ -36,7 +36,7 @@ from figures.answers import answer, prose
 from figures.catalog.models import CALIBRATION, EVALUATION, calibration, describe_protocol, evaluation_windows
 from figures.experiments import ExperimentContext, experiment
 from figures.registry import Tables, escape_tex, figure, table
-from figures.style import OKABE_ITO, new_figure, thesis_table
+from figures.style import OKABE_ITO, interval_bars, new_figure, thesis_table
 from measure.capture.statistics import capture
 from measure.compress.apply import weights_installed
 from measure.data.text import calibration_text
@@ -415,11 +415,9 @@ def optimal_mixture(tables: Tables) -> Figure:
                    linestyle=":" if kind == "quantization" else "none", label=f"uniform {kind}")  # fmt: skip
     for rows, color in ((frame, "blue"), (uniform, "orange")):  # 95 % block-bootstrap intervals
         if "kl_to_reference_nats_ci_low" in rows and rows["kl_to_reference_nats_ci_low"].notna().any():
-            values = rows["kl_to_reference_nats"]
-            spread = np.vstack([values - rows["kl_to_reference_nats_ci_low"],
-                                rows["kl_to_reference_nats_ci_high"] - values]).clip(min=0)  # fmt: skip
-            curve.errorbar(rows["bits_per_weight"], values, yerr=spread, fmt="none", ecolor=OKABE_ITO[color],
-                           elinewidth=0.5, capsize=1.5)  # fmt: skip
+            interval_bars(curve, rows["bits_per_weight"], rows["kl_to_reference_nats"],
+                          rows["kl_to_reference_nats_ci_low"], rows["kl_to_reference_nats_ci_high"],
+                          OKABE_ITO[color])  # fmt: skip
     curve.set_yscale("log")
     curve.set_xlabel("bits per weight")
     curve.set_ylabel("KL (nats/token)")

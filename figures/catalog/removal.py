@@ -31,7 +31,7 @@ from figures.answers import answer, prose
 from figures.catalog.models import CALIBRATION, EVALUATION, calibration, describe_protocol, evaluation_windows
 from figures.experiments import ExperimentContext, experiment
 from figures.registry import Tables, escape_tex, figure, table
-from figures.style import OKABE_ITO, line_kwargs, method_legend, new_figure, thesis_table
+from figures.style import OKABE_ITO, interval_bars, line_kwargs, method_legend, new_figure, thesis_table
 from figures.ticks import sparse_log_minor_labels
 from measure.evaluation.perplexity import INTERVAL_COLUMNS
 from measure.removal.answer import answer_table, end_to_end_table
@@ -345,9 +345,8 @@ def _view_panel(ax: Axes, points: pd.DataFrame, levels: pd.DataFrame, view: str,
         kwargs = _removal_style(ordering) | {"linestyle": "none"}
         values = group[f"removal_error_{view}"]
         if view == "end_to_end" and "error_ci_low" in group:
-            spread = np.vstack([values - group["error_ci_low"], group["error_ci_high"] - values]).clip(min=0)
-            ax.errorbar(group["bits_per_weight"], values, yerr=spread, fmt="none", ecolor=kwargs["color"],
-                        elinewidth=0.6, capsize=1.5)  # fmt: skip
+            interval_bars(ax, group["bits_per_weight"], values, group["error_ci_low"], group["error_ci_high"],
+                          kwargs["color"], elinewidth=0.6)  # fmt: skip
         ax.plot(group["bits_per_weight"], values, markersize=3.5, **kwargs)
         if np.isfinite(stored_bits):
             stored = (1 - group["removed_fraction"]) * stored_bits

@@ -358,10 +358,11 @@ def block_shares(meter: ViewMeter) -> pd.DataFrame:
     """Per block: its share of the linear layers' output energy, of their weights, and of the blocks' update
     energy Σ‖y − x‖² (what the layer and block views charge for removing it)."""
     layers = meter.layers.groupby("block", as_index=False)[["output_energy", "parameters"]].sum()
+    updates = _block_updates(meter)
     return pd.DataFrame({
         "block": layers["block"], "layer_energy_share": layers["output_energy"] / layers["output_energy"].sum(),
         "parameter_share": layers["parameters"] / layers["parameters"].sum(),
-        "update_energy_share": _block_updates(meter)[layers["block"]] / _block_updates(meter).sum(),
+        "update_energy_share": updates[layers["block"]] / updates.sum(),
     })  # fmt: skip
 
 
