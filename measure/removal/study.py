@@ -51,7 +51,8 @@ import torch
 from scipy import stats
 from torch import nn
 
-from measure.capture.statistics import capture
+from measure.capture.gram import GramAccumulator
+from measure.capture.statistics import Capture, capture, register_gram_hooks
 from measure.compress.importance import (
     Importance,
     angular_table,
@@ -276,9 +277,12 @@ def held_out_scoring(model: nn.Module, arch: Architecture, windows: TokenWindows
     stream on the first ``block_sequences`` evaluation windows, and the calibration data as the in-sample
     variant."""
     batches = list(windows.input_ids.split(settings.batch_size))
-    held_out = capture(model, batches, arch=arch, positions=slice(SINK_POSITIONS, None))
-    sinks = capture(model, batches, arch=arch, positions=slice(0, SINK_POSITIONS),
-                    keep_rows=SINK_POSITIONS * windows.input_ids.shape[0])  # the sink rows themselves
+    sink_grams: dict[str, GramAccumulator] = {}  # the sink positions' Grams and rows, in the same forward pass
+    keep = SINK_POSITIONS * windows.input_ids.shape[0]
+    held_out = capture(model, batches, arch=arch, positions=slice(SINK_POSITIONS, None),
+                       block_hooks=lambda block: register_gram_hooks(block, sink_grams, keep,
+                                                                     slice(0, SINK_POSITIONS)))  # fmt: skip
+    sinks = Capture(sink_grams, held_out.group_of, held_out.blocks, held_out.first_last_token, held_out.mode)
     stream = ResidualStream.record(model, arch, list(windows.input_ids[: settings.block_sequences]
                                                      .split(settings.batch_size)))  # fmt: skip
     return ScoringData(held_out, sinks, calibration, stream, calibration_stream, SINK_POSITIONS)

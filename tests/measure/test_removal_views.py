@@ -197,3 +197,30 @@ def test_an_injected_sink_dominates_all_positions_but_not_the_headline_view() ->
     views = meter.local_errors(rtn)
     assert views["variants"]["block"]["in_sample"] != pytest.approx(views["block"], rel=1e-3)
     assert set(views["variants"]["block"]) == {"all_positions", "per_token", "in_sample"}
+
+
+def test_held_out_scoring_collects_sink_and_non_sink_grams_in_one_pass_as_two_captures_would():
+    """The sink positions' Grams (and their kept rows) come from hooks on the same forward pass as the held-out
+    Grams; each equals a capture of its own positions alone, bit for bit."""
+    from types import SimpleNamespace
+
+    from measure.removal.study import StudySettings, held_out_scoring
+    from measure.removal.views import SINK_POSITIONS
+
+    model = _toy()
+    ids = torch.cat(_batches())
+    scoring = held_out_scoring(model, describe(model), SimpleNamespace(input_ids=ids), None, None,
+                               StudySettings(batch_size=2, block_sequences=1))  # fmt: skip
+    batches = list(ids.split(2))
+    alone = {"held_out": capture(model, batches, positions=slice(SINK_POSITIONS, None)),
+             "sinks": capture(model, batches, positions=slice(0, SINK_POSITIONS),
+                              keep_rows=SINK_POSITIONS * ids.shape[0])}  # fmt: skip
+    for name, reference in alone.items():
+        collected = getattr(scoring, name)
+        assert collected.grams.keys() == reference.grams.keys()
+        for group, gram in reference.grams.items():
+            assert collected.grams[group].tokens == gram.tokens
+            assert torch.equal(collected.grams[group].gram, gram.gram)
+            if name == "sinks":
+                assert torch.equal(collected.grams[group].sample, gram.sample)
+    assert scoring.sinks.grams[next(iter(alone["sinks"].grams))].tokens == SINK_POSITIONS * ids.shape[0]
