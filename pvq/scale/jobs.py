@@ -5,8 +5,8 @@ A :class:`Job` is one model × compression spec × evaluation × seed of a grid 
 
 * ``eval`` (perplexity, an lm-eval task): exactly what ``pvq eval`` computes, through the same function
   (:func:`measure.evaluation.request.run_evaluation`), so
-  the result lands in the evaluation cache ``<results>/eval/cache/`` keyed by (model hash, spec, task,
-  protocol) that ``pvq eval`` and the figures read;
+  the result lands in the evaluation cache ``<results>/eval/cache/`` under the cache key
+  (:mod:`measure.records.cache_key`) that ``pvq eval`` and the figures read;
 * ``experiment`` (a figure experiment of :mod:`figures.catalog`): :func:`figures.experiments.run_one`,
   the function ``pvq figures`` uses, so the table lands at ``<results>/<model>/<name>.parquet`` under the
   cache key ``pvq figures`` recomputes, and ``make figures`` finds it fresh.
@@ -36,11 +36,14 @@ from figures.experiments import ExperimentContext, code_version, lookup, run_one
 from figures.registry import load_catalog
 from measure.capture.memory import format_bytes, is_cuda, start_reading, update_reading
 from measure.capture.placement import DEFAULT_DTYPE, resolve_device, resolve_dtype
+from measure.evaluation.lmeval import TASK_FILES_SOURCE, TASKS
 from measure.evaluation.request import EvaluationRequest, run_evaluation
 from measure.evaluation.results import NO_SPEC
 from measure.models.defaults import DEFAULT_MODEL
 from measure.models.load import load_model
 from measure.records.atomic import write_text_atomic
+from measure.records.cache_key import CacheKey, data_digests, environment
+from measure.records.code_version import modules_version
 from measure.records.provenance import collect
 
 RUNS_DIR = "runs"
@@ -148,16 +151,22 @@ def job_from_json(text: str) -> Job:
 
 
 def fingerprint(job: Job) -> str:
-    """What a finished job's marker must match: its id, plus the experiment's code version if any.
+    """What a finished job's marker must match: the digest of the job's :class:`CacheKey` as far as it is known
+    without loading the model (its identity, the code version of what it runs, the task files it reads and the
+    environment).
 
-    An experiment whose declared code changed is stale in the figure cache (see
-    :mod:`figures.experiments`), so its marker no longer counts as finished either. Evaluation results
-    are keyed without code (their cache never recomputes), so for them the id alone decides.
+    An edit of the code an experiment or an evaluation runs, of a task file or a library version makes the marker
+    stale, so the job runs again and its result cache (which also sees the weights and every data file) decides
+    whether anything is recomputed.
     """
-    if job.kind != EXPERIMENT_KIND:
-        return job.job_id
-
-    return f"{job.job_id}:{code_version(_experiment(job.evaluation))}"
+    if job.kind == EXPERIMENT_KIND:
+        code = code_version(_experiment(job.evaluation))
+    else:
+        code = modules_version([run_evaluation.__module__])
+    data = [TASK_FILES_SOURCE] if job.kind == EVAL_KIND and job.evaluation in TASKS else []
+    key = CacheKey(kind=job.kind, config=job.identity(), seed=job.seed, code=code, data=data_digests(data),
+                   environment=environment(job.device, job.dtype))  # fmt: skip
+    return f"{job.job_id}:{key.digest}"
 
 
 def is_finished(job: Job) -> bool:

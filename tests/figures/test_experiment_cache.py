@@ -1,9 +1,11 @@
-"""The experiment cache: reused when nothing changed, invalidated by config, model, seed or code; resumable."""
+"""The experiment cache: reused when nothing changed, invalidated by config, model, seed, code or a data file it
+read; resumable."""
 
 from __future__ import annotations
 
 import dataclasses
 import importlib
+import json
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +13,9 @@ import pandas as pd
 import pytest
 from figure_toys import ToyModels, make_counting_experiment, toy_context
 
-from figures.experiments import cache_key, code_version, ensure, experiment, stored_key
+from figures.experiments import Experiment, cache_key, code_version, ensure, experiment, stored_key
+from measure.data import text
+from measure.data.text import named_text
 from measure.records.store import read_provenance, read_table
 from theory.errors import PvqError
 
@@ -147,3 +151,39 @@ def test_non_json_config_and_wrong_return_type_raise_clear_errors(tmp_path):
     exp = dataclasses.replace(make_counting_experiment("toy", []), compute=lambda config, context: [1, 2])
     with pytest.raises(PvqError, match="must return a DataFrame"):
         ensure([exp], toy_context(tmp_path, ToyModels()))
+
+
+ARTICLES = [{"title": f"Article {i}", "text": f"Article {i}\n\nA sentence of article {i}."} for i in range(8)]
+"""Cleaned articles as :func:`measure.data.text.wiki_articles` stores them (0-2 and 4-6 are calibration text)."""
+
+
+def count_calibration_characters(config: dict, context: object) -> pd.DataFrame:
+    return pd.DataFrame({"characters": [len(named_text("wikipedia-calibration"))]})
+
+
+def test_an_edit_of_a_data_file_the_experiment_read_recomputes_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("PVQ_CACHE", str(tmp_path / "pvq-cache"))
+    articles = text.articles_path()
+    articles.parent.mkdir(parents=True)
+    articles.write_text(json.dumps(ARTICLES))
+    text.wiki_articles.cache_clear()
+    exp = Experiment("reads_text", count_calibration_characters, {}, lambda rng: pd.DataFrame(), needs_model=False)
+    context = toy_context(tmp_path / "results", ToyModels())
+    try:
+        first = ensure([exp], context)["reads_text"]
+        assert first.status == "computed" and first.provenance["data_read"] == ["text:wikipedia-calibration"]
+        characters = first.table()["characters"].item()
+        assert ensure([exp], context)["reads_text"].status == "cached"
+        articles.write_text(json.dumps([{**ARTICLES[0], "text": ARTICLES[0]["text"] + " Edited."}, *ARTICLES[1:]]))
+        text.wiki_articles.cache_clear()
+        again = ensure([exp], context)["reads_text"]
+        assert again.status == "computed"
+        assert again.table()["characters"].item() == characters + len(" Edited.")
+    finally:
+        text.wiki_articles.cache_clear()
+
+
+def test_an_experiment_that_reads_no_data_file_is_keyed_without_data(tmp_path):
+    run = ensure([make_counting_experiment("toy", [])], toy_context(tmp_path, ToyModels()))["toy"]
+    assert run.provenance["data_read"] == [] and run.provenance["cache_key_fields"]["data"] == {}
+    assert set(run.provenance["cache_key_fields"]["environment"]) >= {"torch", "transformers", "lm_eval", "device"}
