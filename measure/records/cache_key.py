@@ -93,9 +93,8 @@ _READS: list[set[str]] = []
 
 
 def data_source(name: str, digest: Callable[[], str]) -> None:
-    """Declare the data source ``name`` and the function giving its current content hash."""
-    if DATA_SOURCES.get(name, digest) is not digest:
-        raise PvqError(f"data source {name!r} is declared twice; give each source one home")
+    """Declare the data source ``name`` and the function giving its current content hash (declared once, at
+    import, by the module that reads it)."""
     DATA_SOURCES[name] = digest
 
 

@@ -31,7 +31,8 @@ from typing import Any
 from theory.errors import PvqError
 
 PROJECT_PACKAGES = ("theory", "measure", "figures")
-"""Packages whose modules key the cache (third-party code is keyed by the package versions in provenance)."""
+"""Packages whose modules key the cache (third-party code is keyed by the package versions of
+:func:`measure.records.cache_key.environment`)."""
 
 
 def function_source(function: Callable[..., Any]) -> str:
