@@ -141,15 +141,20 @@ def split_articles(split: str) -> tuple[Article, ...]:
     )
 
 
+def text_source(name: str) -> str:
+    """The data source name of the text called ``name``: ``text:<name>``."""
+    return f"text:{name}"
+
+
 def calibration_text() -> str:
     """Calibration text: the calibration articles joined by blank lines."""
-    note_read("text:wikipedia-calibration")
+    note_read(text_source("wikipedia-calibration"))
     return "\n\n".join(a.text for a in split_articles("calibration"))
 
 
 def evaluation_text() -> str:
     """Held-out evaluation text: the evaluation articles joined by blank lines."""
-    note_read("text:wikipedia-evaluation")
+    note_read(text_source("wikipedia-evaluation"))
     return "\n\n".join(a.text for a in split_articles("evaluation"))
 
 
@@ -173,9 +178,9 @@ def text_sha256(name: str) -> str:
 def named_text(name: str) -> str:
     """The text called ``name`` (one of :data:`TEXTS`); a read of the data source ``text:<name>``."""
     text = TEXTS[choose("text", name, TEXTS)]()
-    note_read(f"text:{name}")
+    note_read(text_source(name))
     return text
 
 
 for _name in TEXTS:
-    data_source(f"text:{_name}", partial(text_sha256, _name))
+    data_source(text_source(_name), partial(text_sha256, _name))

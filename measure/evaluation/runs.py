@@ -20,6 +20,7 @@ import torch
 
 from measure.data.benchmarks import BENCHMARKS_SOURCE
 from measure.data.calibration import CalibrationProtocol
+from measure.data.text import text_source
 from measure.evaluation.lmeval import TASK_FILES_SOURCE, TaskRequest, evaluate_task, task_protocol
 from measure.evaluation.perplexity import TokenWindows, evaluate_perplexity
 from measure.evaluation.results import NO_SPEC, EvalKey, ResultCache
@@ -68,17 +69,17 @@ class ModelVariant:
     def key(self, task: str, protocol: dict[str, Any], data: tuple[str, ...] = ()) -> EvalKey:
         """The cache key of ``task`` under ``protocol`` (the weights' dtype is part of the protocol), reading the
         data sources ``data`` besides the calibration text (see the module docstring)."""
-        model = self.loaded.model
-        labels = EvalKey(self.loaded.model_hash, self.spec, task, {**protocol, "dtype": str(model.dtype)})
+        model, model_hash = self.loaded.model, self.loaded.model_hash
+        protocol = {**protocol, "dtype": str(model.dtype)}
         calibration = None if self.calibration is None else self.calibration.as_dict()
-        sources = data if self.calibration is None else (*data, f"text:{self.calibration.text}")
+        sources = data if self.calibration is None else (*data, text_source(self.calibration.text))
         key = CacheKey(
-            kind=task, config={"model_hash": labels.model_hash, "spec": self.spec, "protocol": labels.protocol,
+            kind=task, config={"model_hash": model_hash, "spec": self.spec, "protocol": protocol,
                                "calibration": calibration},
             weights=self.loaded.weights_sha256, code=modules_version(self.code_modules()),
             data=data_digests(sources), environment=environment(model.device, model.dtype),
         )  # fmt: skip
-        return EvalKey(labels.model_hash, self.spec, task, labels.protocol, key)
+        return EvalKey(model_hash, self.spec, task, protocol, key)
 
     def provenance(self) -> dict[str, Any]:
         """Provenance fields recorded with every result of this variant."""
