@@ -7,8 +7,10 @@ import dataclasses
 from pathlib import Path
 
 import pytest
+from tiny_models import save_tiny_model, tiny_model
 
 from measure.models import load
+from measure.models.defaults import DEFAULT_MODEL, DEFAULT_MODELS
 from measure.records import cache_key
 from measure.records.cache_key import CacheKey, data_digests, derived_name, environment, note_read, reading
 from theory.errors import PvqError
@@ -64,3 +66,18 @@ def test_a_derived_file_is_named_by_its_producer_code_and_library_versions(monke
     converted = load.conversion_directory("smollm2-135m", "gguf-sha")
     monkeypatch.setattr(cache_key, "package_version", lambda package: "9.9.9")
     assert load.conversion_directory("smollm2-135m", "gguf-sha") != converted
+
+
+def test_a_default_model_is_keyed_by_its_converted_weights_not_its_gguf_digest(tmp_path, monkeypatch) -> None:
+    """A new dequantizer writes other weights from the same GGUF: the model hash stays, the weights hash moves."""
+    monkeypatch.setenv("PVQ_CACHE", str(tmp_path / "pvq-cache"))
+    converted = tmp_path / "converted"
+    monkeypatch.setattr(load, "ensure_default_checkpoint", lambda name: converted)
+    monkeypatch.setattr(load, "stored_bits_per_parameter", lambda name: None)
+    save_tiny_model("llama", converted)
+    first = load.load_model(DEFAULT_MODEL)
+    assert first.weights_sha256 == load.directory_hash(converted)
+    tiny_model("llama", seed=1).save_pretrained(converted)
+    second = load.load_model(DEFAULT_MODEL)
+    assert first.model_hash == second.model_hash == DEFAULT_MODELS[DEFAULT_MODEL].model_hash
+    assert second.weights_sha256 == load.directory_hash(converted) != first.weights_sha256
