@@ -110,9 +110,21 @@ def iter_dump_pages(path: str) -> Iterator[tuple[str, int, str]]:
 
 
 
+def clean_articles(dump: Path) -> list[Article]:
+    """The article prose of the dump ``dump`` in dump order (see the module docstring for the rules)."""
+    articles = []
+    for title, ns, wikitext in iter_dump_pages(str(dump)):
+        if ns != 0 or wikitext.lstrip().upper().startswith("#REDIRECT"):
+            continue
+        text = clean_wikitext(wikitext)
+        if len(text) >= MIN_ARTICLE_CHARS:
+            articles.append(Article(title, f"{title}\n\n{text}"))
+    return articles
+
+
 def articles_path() -> Path:
-    """The JSON file of the cleaned articles, named by the dump's sha256 and the cleaning code."""
-    return cache_root() / "text" / f"{derived_name('wiki_articles', [__name__], WIKI_DUMP.sha256)}.json"
+    """The JSON file of the cleaned articles, named by the dump's sha256 and the code of :func:`clean_articles`."""
+    return cache_root() / "text" / f"{derived_name('wiki_articles', clean_articles, WIKI_DUMP.sha256)}.json"
 
 
 @lru_cache(maxsize=1)
@@ -121,13 +133,7 @@ def wiki_articles() -> tuple[Article, ...]:
     cache_file = articles_path()
     if cache_file.exists():
         return tuple(Article(**row) for row in json.loads(cache_file.read_text()))
-    articles = []
-    for title, ns, wikitext in iter_dump_pages(str(wiki_dump_path())):
-        if ns != 0 or wikitext.lstrip().upper().startswith("#REDIRECT"):
-            continue
-        text = clean_wikitext(wikitext)
-        if len(text) >= MIN_ARTICLE_CHARS:
-            articles.append(Article(title, f"{title}\n\n{text}"))
+    articles = clean_articles(wiki_dump_path())
     write_text_atomic(cache_file, json.dumps([a.__dict__ for a in articles]))
     return tuple(articles)
 

@@ -87,8 +87,8 @@ def convert_gguf(gguf_path: Path, directory: Path) -> None:
 
 def conversion_directory(stem: str, gguf_sha256: str) -> Path:
     """``$PVQ_CACHE/models/<stem>-<digest>``: where the GGUF of sha256 ``gguf_sha256`` is converted, keyed by the
-    converting code (this module's import closure) and :data:`CONVERSION_PACKAGES`."""
-    return cache_root() / "models" / derived_name(stem, [__name__], gguf_sha256, packages=CONVERSION_PACKAGES)
+    code of :func:`convert_gguf` and the versions of :data:`CONVERSION_PACKAGES`."""
+    return cache_root() / "models" / derived_name(stem, convert_gguf, gguf_sha256, packages=CONVERSION_PACKAGES)
 
 
 def ensure_converted(gguf_path: Path, directory: Path) -> Path:

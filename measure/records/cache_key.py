@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from measure.records.canonical import canonical_json
-from measure.records.code_version import modules_version
+from measure.records.code_version import code_version_of
 from theory.errors import PvqError
 
 ENVIRONMENT_PACKAGES = ("torch", "transformers", "lm_eval")
@@ -79,11 +79,12 @@ def environment(device: str | None, dtype: Any) -> dict[str, str]:
     return {**versions, "device": str(device_type), "dtype": str(dtype).removeprefix("torch.")}
 
 
-def derived_name(stem: str, producer_modules: Iterable[str], *inputs: str, packages: Iterable[str] = ()) -> str:
-    """``<stem>-<digest>``: the name of a file derived from ``inputs`` (content hashes) by the code of
-    ``producer_modules`` (their import closure) and of the third-party ``packages`` (by version)."""
+def derived_name(stem: str, producer: Callable[..., Any], *inputs: str, packages: Iterable[str] = ()) -> str:
+    """``<stem>-<digest>``: the name of a file derived from ``inputs`` (content hashes) by the function
+    ``producer`` (its code version: the function, the helpers it calls and the modules they import) and by the
+    third-party ``packages`` (their versions)."""
     versions = [f"{name}=={package_version(name)}" for name in packages]
-    text = "\0".join([modules_version(producer_modules), *versions, *inputs])
+    text = "\0".join([code_version_of(producer), *versions, *inputs])
     return f"{stem}-{hashlib.sha256(text.encode()).hexdigest()[:16]}"
 
 

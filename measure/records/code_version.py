@@ -1,8 +1,8 @@
 """The code a cached result was computed by, found from its imports: the function, the helpers of its module it
 calls, and the import closure of the project modules those name (theory, measure, figures).
 
-It is the ``code`` field of :class:`measure.records.cache_key.CacheKey`: experiments are keyed by
-:func:`code_version_of` their function, evaluations and derived files (converted checkpoints, cleaned text) by
+It is the ``code`` field of :class:`measure.records.cache_key.CacheKey`: experiments and derived files (converted
+checkpoints, cleaned text) are keyed by :func:`code_version_of` the function that computes them, evaluations by
 :func:`modules_version` of the modules that compute them. Modules are read as files, never imported, so measure
 code may name the figures package here without importing upward.
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from tiny_models import save_tiny_model, tiny_model
 
+from measure.data import text
 from measure.models import load
 from measure.models.defaults import DEFAULT_MODEL, DEFAULT_MODELS
 from measure.records import cache_key
@@ -58,11 +59,11 @@ def test_a_file_digest_follows_an_edit_of_the_file(tmp_path: Path) -> None:
 
 
 def test_a_derived_file_is_named_by_its_producer_code_and_library_versions(monkeypatch) -> None:
-    name = derived_name("wiki_articles", ["measure.data.text"], "dump-sha")
+    name = derived_name("wiki_articles", text.clean_articles, "dump-sha")
     assert name.startswith("wiki_articles-")
-    assert name == derived_name("wiki_articles", ["measure.data.text"], "dump-sha")
-    assert derived_name("wiki_articles", ["measure.data.text"], "other-dump") != name
-    assert derived_name("wiki_articles", ["measure.models.load"], "dump-sha") != name
+    assert name == derived_name("wiki_articles", text.clean_articles, "dump-sha")
+    assert derived_name("wiki_articles", text.clean_articles, "other-dump") != name
+    assert derived_name("wiki_articles", text.clean_wikitext, "dump-sha") != name
     converted = load.conversion_directory("smollm2-135m", "gguf-sha")
     monkeypatch.setattr(cache_key, "package_version", lambda package: "9.9.9")
     assert load.conversion_directory("smollm2-135m", "gguf-sha") != converted

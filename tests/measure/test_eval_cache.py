@@ -180,3 +180,14 @@ def test_a_finished_pvq_run_task_job_is_stale_after_a_task_yaml_edit(tmp_path, m
     before = fingerprint(job)
     append(tasks / "csqa.yaml", "\n# a reworded prompt\n")
     assert fingerprint(job) != before
+
+
+def test_an_edit_of_the_cleaner_names_a_new_cleaned_text_and_an_unrelated_edit_does_not(checkout_copy) -> None:
+    before = text.articles_path()
+    module = checkout_copy / "measure/data/text.py"
+    source = module.read_text()
+    assert '"""Held-out evaluation text:' in source and '.replace("&nbsp;", " ")' in source
+    module.write_text(source.replace('"""Held-out evaluation text:', '"""The held-out evaluation text:'))
+    assert text.articles_path() == before
+    module.write_text(source.replace('.replace("&nbsp;", " ")', '.replace("&nbsp;", "\\u00a0")'))
+    assert text.articles_path() != before
