@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from figures.experiments import ExperimentContext, code_version, lookup, run_one
+from figures.experiments import ExperimentContext, code_version, lookup, run_one, stored_key
 from figures.registry import load_catalog
 from measure.capture.memory import format_bytes, is_cuda, start_reading, update_reading
 from measure.capture.placement import DEFAULT_DTYPE, resolve_device, resolve_dtype
@@ -42,9 +42,10 @@ from measure.evaluation.results import NO_SPEC
 from measure.models.defaults import DEFAULT_MODEL
 from measure.models.load import load_model
 from measure.records.atomic import write_text_atomic
-from measure.records.cache_key import CacheKey, data_digests, environment
+from measure.records.cache_key import DATA_SOURCES, CacheKey, data_digests, environment
 from measure.records.code_version import modules_version
 from measure.records.provenance import collect
+from measure.records.store import read_provenance
 
 RUNS_DIR = "runs"
 EVAL_DIR = "eval"
@@ -150,21 +151,33 @@ def job_from_json(text: str) -> Job:
     return Job(**fields, resources=Resources(**resources))
 
 
+def data_read(job: Job) -> list[str]:
+    """The data sources ``job`` reads, as known without running it: an experiment's, from the sidecar of its
+    table (none before it ran; a source no longer declared is left out, its reader's code changed); a task
+    evaluation's task files."""
+    if job.kind == EXPERIMENT_KIND:
+        context = ExperimentContext(model_name=job.model or DEFAULT_MODEL, results_root=Path(job.results))
+        path = context.result_path(_experiment(job.evaluation))
+        names = read_provenance(path).get("data_read", ()) if stored_key(path) is not None else ()
+        return [name for name in names if name in DATA_SOURCES]
+    return [TASK_FILES_SOURCE] if job.evaluation in TASKS else []
+
+
 def fingerprint(job: Job) -> str:
     """What a finished job's marker must match: the digest of the job's :class:`CacheKey` as far as it is known
-    without loading the model (its identity, the code version of what it runs, the task files it reads and the
-    environment).
+    without loading the model (its identity, the code version of what it runs, the data it reads
+    (:func:`data_read`) and the environment).
 
-    An edit of the code an experiment or an evaluation runs, of a task file or a library version makes the marker
-    stale, so the job runs again and its result cache (which also sees the weights and every data file) decides
-    whether anything is recomputed.
+    An edit of the code an experiment or an evaluation runs, of a data file it reads or a library version makes
+    the marker stale, so the job runs again and its result cache (which also sees the weights) decides whether
+    anything is recomputed.
     """
     if job.kind == EXPERIMENT_KIND:
         code = code_version(_experiment(job.evaluation))
     else:
         code = modules_version([run_evaluation.__module__])
-    data = [TASK_FILES_SOURCE] if job.kind == EVAL_KIND and job.evaluation in TASKS else []
-    key = CacheKey(kind=job.kind, config=job.identity(), seed=job.seed, code=code, data=data_digests(data),
+    data = data_digests(data_read(job))
+    key = CacheKey(kind=job.kind, config=job.identity(), seed=job.seed, code=code, data=data,
                    environment=environment(job.device, job.dtype))  # fmt: skip
     return f"{job.job_id}:{key.digest}"
 
