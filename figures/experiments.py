@@ -179,13 +179,14 @@ class ExperimentContext:
 
 
 def experiment_key(exp: Experiment, context: ExperimentContext, data: Iterable[str] = ()) -> CacheKey:
-    """The :class:`CacheKey` of ``exp`` in ``context`` having read the data sources ``data`` (module docstring)."""
+    """The :class:`CacheKey` of ``exp`` in ``context`` having read the data sources ``data`` (module docstring); a
+    model-free experiment runs on no device."""
     model = context.model_identity() if exp.needs_model else None
-    dtype = context.model.model.dtype if exp.needs_model else None
+    device, dtype = (context.device, context.model.model.dtype) if exp.needs_model else (None, None)
     return CacheKey(
         kind=exp.name, config={"config": exp.config, "model": model}, seed=context.seed,
         weights=None if model is None else model["weights"], code=code_version(exp), data=data_digests(data),
-        environment=environment(context.device, dtype),
+        environment=environment(device, dtype),
     )  # fmt: skip
 
 
