@@ -6,24 +6,26 @@ sidecar (:func:`measure.records.store.write_table`) that holds its cache key. Th
 stored key equals the current one, otherwise it is recomputed. Experiments run one at a time and each
 is written atomically, so an interrupted run keeps every finished table and resumes after the last one.
 
-Cache key = sha256 of the canonical JSON of {name, config, seed, model id + hash (or none),
-code version}. The *code version* (:mod:`figures.code_version`) hashes the code the experiment runs,
-found from its imports: its function (without decorators, comments or layout), the helpers of its module it
-calls, and the source of every project module in their import closure. We do not key on the git commit: it
-changes with every commit, even one that only edits a caption or the README, which would rerun many minutes of
-model experiments; it misses uncommitted edits; and it is unknown outside a checkout.
+The cache key is :class:`measure.records.cache_key.CacheKey` (one key for every cached result): the experiment's
+name and config, the seed, the model id, hash and the content hash of its weights (or none), the *code version*,
+the content hash of every data source the experiment read (recorded while it ran and listed in the sidecar, so
+the next run recomputes their hashes without running it), and the environment (library versions, device type,
+dtype). The *code version* (:mod:`measure.records.code_version`) hashes the code the experiment runs, found from
+its imports: its function (without decorators, comments or layout), the helpers of its module it calls, and the
+source of every project module in their import closure. We do not key on the git commit: it changes with every
+commit, even one that only edits a caption or the README, which would rerun many minutes of model experiments; it
+misses uncommitted edits; and it is unknown outside a checkout.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import random
 import re
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -32,12 +34,13 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from figures.code_version import code_modules, code_version_of
 from figures.progress import ExperimentProgress, last_runtime
 from figures.quiet import quiet_unless
 from measure.models.load import load_model
 from measure.models.weight_grid import detect_linear_grid
+from measure.records.cache_key import CacheKey, data_digests, environment, reading
 from measure.records.canonical import canonical_json
+from measure.records.code_version import code_modules, code_version_of
 from measure.records.provenance import collect
 from measure.records.store import read_provenance, read_table, write_table
 from theory.errors import PvqError
@@ -99,7 +102,7 @@ def check_experiments(experiments: Sequence[Experiment], context: ExperimentCont
 
 
 def code_version(exp: Experiment) -> str:
-    """The code version of ``exp`` (:func:`figures.code_version.code_version_of` of its function)."""
+    """The code version of ``exp`` (:func:`measure.records.code_version.code_version_of` of its function)."""
     return code_version_of(exp.compute)
 
 
@@ -158,8 +161,10 @@ class ExperimentContext:
         return Path(self.results_root) / model_slug(self.model_name)
 
     def model_identity(self) -> dict[str, Any]:
-        """Model id and hash (what keys the cache); loads the model on first call."""
-        return {"model_id": self.model.model_id, "model_hash": self.model.model_hash}
+        """Model id, hash and the content hash of its weights (what keys the cache); loads the model on first
+        call."""
+        loaded = self.model
+        return {"model_id": loaded.model_id, "model_hash": loaded.model_hash, "weights": loaded.weights_sha256}
 
     def model_facts(self) -> dict[str, Any]:
         """Name, id, hash, source and grid detection of the model (detection runs once)."""
@@ -173,14 +178,21 @@ class ExperimentContext:
         return folder / f"{exp.name}.parquet"
 
 
-def cache_key(exp: Experiment, context: ExperimentContext) -> str:
-    """sha256 of {name, config, seed, model id + hash, code version} (see the module docstring)."""
-    payload = {
-        "name": exp.name, "config": exp.config, "seed": context.seed,
-        "model": context.model_identity() if exp.needs_model else None,
-        "code_version": code_version(exp),
-    }
-    return hashlib.sha256(canonical_json(payload).encode()).hexdigest()[:24]
+def experiment_key(exp: Experiment, context: ExperimentContext, data: Iterable[str] = ()) -> CacheKey:
+    """The :class:`CacheKey` of ``exp`` in ``context`` having read the data sources ``data`` (module docstring); a
+    model-free experiment runs on no device."""
+    model = context.model_identity() if exp.needs_model else None
+    device, dtype = (context.device, context.model.model.dtype) if exp.needs_model else (None, None)
+    return CacheKey(
+        kind=exp.name, config={"config": exp.config, "model": model}, seed=context.seed,
+        weights=None if model is None else model["weights"], code=code_version(exp), data=data_digests(data),
+        environment=environment(device, dtype),
+    )  # fmt: skip
+
+
+def cache_key(exp: Experiment, context: ExperimentContext, data: Iterable[str] = ()) -> str:
+    """The digest of :func:`experiment_key`."""
+    return experiment_key(exp, context, data).digest
 
 
 @dataclass(frozen=True)
@@ -216,26 +228,37 @@ def seed_everything(seed: int) -> None:
         sys.modules["torch"].manual_seed(seed)
 
 
-def cached_run(exp: Experiment, context: ExperimentContext, key: str) -> ExperimentRun | None:
-    """``exp``'s stored table as a cached run when the key recorded beside it is ``key``, else None."""
+def cached_run(exp: Experiment, context: ExperimentContext) -> ExperimentRun | None:
+    """``exp``'s stored table as a cached run when the key recorded beside it is its current key (over the data
+    sources it read last time), else None."""
     path = context.result_path(exp)
-    if stored_key(path) != key:
+    stored = stored_key(path)
+    if stored is None:
         return None
-    return ExperimentRun(exp.name, "cached", path, 0.0, read_provenance(path))
+    provenance = read_provenance(path)
+    try:
+        fresh = stored == cache_key(exp, context, provenance.get("data_read", ()))
+    except PvqError:  # a data source it read is no longer declared
+        return None
+    return ExperimentRun(exp.name, "cached", path, 0.0, provenance) if fresh else None
 
 
-def compute_run(exp: Experiment, context: ExperimentContext, key: str) -> ExperimentRun:
-    """Compute ``exp`` and store its table atomically, with its cache ``key`` and runtime in the sidecar."""
+def compute_run(exp: Experiment, context: ExperimentContext) -> ExperimentRun:
+    """Compute ``exp`` and store its table atomically, with its cache key (over the data sources it read), the
+    names of those sources and its runtime in the sidecar."""
     path = context.result_path(exp)
     seed_everything(context.seed)
     start = time.perf_counter()
-    table = exp.compute(dict(exp.config), context)
+    with reading() as reads:
+        table = exp.compute(dict(exp.config), context)
     seconds = time.perf_counter() - start
     if not isinstance(table, pd.DataFrame):
         raise PvqError(f"experiment {exp.name!r} returned {type(table).__name__}; it must return a DataFrame")
     facts = context.model_facts() if exp.needs_model else NO_MODEL
+    key = experiment_key(exp, context, reads)
     provenance = collect(
-        experiment=exp.name, config=exp.config, cache_key=key, code_version=code_version(exp),
+        experiment=exp.name, config=exp.config, cache_key=key.digest, cache_key_fields=key.as_dict(),
+        data_read=sorted(reads), code_version=key.code,
         code=code_modules(exp.compute), seed=context.seed, device=context.device, runtime_s=round(seconds, 3),
         **facts,
     )
@@ -246,8 +269,7 @@ def compute_run(exp: Experiment, context: ExperimentContext, key: str) -> Experi
 
 def run_one(exp: Experiment, context: ExperimentContext) -> ExperimentRun:
     """Return ``exp``'s cached table if its key matches, else compute and store it atomically."""
-    key = cache_key(exp, context)
-    return cached_run(exp, context, key) or compute_run(exp, context, key)
+    return cached_run(exp, context) or compute_run(exp, context)
 
 
 @contextlib.contextmanager
@@ -274,12 +296,11 @@ def ensure(
     with ExperimentProgress(len(experiments), stream) as progress:
         for index, exp in enumerate(experiments, start=1):
             with quiet_unless(verbose):
-                key = cache_key(exp, context)
-            run = cached_run(exp, context, key)
+                run = cached_run(exp, context)
             if run is None:
                 progress.start(index, exp.name, last_runtime(context.result_path(exp)))
                 with quiet_unless(verbose), _steps_to(context, progress.step):
-                    run = compute_run(exp, context, key)
+                    run = compute_run(exp, context)
             runs[exp.name] = run
             progress.advance()
     return runs

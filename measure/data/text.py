@@ -6,6 +6,10 @@ templates ``{{…}}``, tables ``{|…|}``, file/category links, HTML tags; ``[[t
 ``label``, headings become their title lines. Articles shorter than :data:`MIN_ARTICLE_CHARS` are
 dropped.
 
+The cleaned articles are stored once under a name keyed by the dump and the code that cleans it
+(:func:`measure.records.cache_key.derived_name`), so an edit of the cleaner writes a new file. The texts are the
+data sources ``text:<name>`` of :data:`TEXTS`: a computation that reads one is keyed by its content hash.
+
 Split (deterministic, documented): in dump order, article ``i`` goes to the *evaluation* text when
 ``i % EVAL_EVERY == EVAL_EVERY - 1`` and to the *calibration* text otherwise; the two sets of articles
 are disjoint. Articles are joined with blank lines (``"\\n\\n"``).
@@ -20,16 +24,17 @@ import re
 import xml.etree.ElementTree as ElementTree
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import lru_cache, partial
+from pathlib import Path
 
-from measure.data.benchmarks import wiki_dump_path
+from measure.data.benchmarks import WIKI_DUMP, wiki_dump_path
 from measure.models.fetch import cache_root
 from measure.records.atomic import write_text_atomic
+from measure.records.cache_key import data_source, derived_name, note_read
 from theory.errors import choose
 
 EVAL_EVERY = 4
 MIN_ARTICLE_CHARS = 500
-CLEANER_VERSION = 1
 
 _COMMENT = re.compile(r"<!--.*?-->", re.DOTALL)
 _REF = re.compile(r"<ref[^>/]*/>|<ref[^>]*>.*?</ref>", re.DOTALL | re.IGNORECASE)
@@ -105,19 +110,30 @@ def iter_dump_pages(path: str) -> Iterator[tuple[str, int, str]]:
 
 
 
-@lru_cache(maxsize=1)
-def wiki_articles() -> tuple[Article, ...]:
-    """All cleaned articles in dump order (cached as JSON after the first parse)."""
-    cache_file = cache_root() / "text" / f"wiki_articles.v{CLEANER_VERSION}.json"
-    if cache_file.exists():
-        return tuple(Article(**row) for row in json.loads(cache_file.read_text()))
+def clean_articles(dump: Path) -> list[Article]:
+    """The article prose of the dump ``dump`` in dump order (see the module docstring for the rules)."""
     articles = []
-    for title, ns, wikitext in iter_dump_pages(str(wiki_dump_path())):
+    for title, ns, wikitext in iter_dump_pages(str(dump)):
         if ns != 0 or wikitext.lstrip().upper().startswith("#REDIRECT"):
             continue
         text = clean_wikitext(wikitext)
         if len(text) >= MIN_ARTICLE_CHARS:
             articles.append(Article(title, f"{title}\n\n{text}"))
+    return articles
+
+
+def articles_path() -> Path:
+    """The JSON file of the cleaned articles, named by the dump's sha256 and the code of :func:`clean_articles`."""
+    return cache_root() / "text" / f"{derived_name('wiki_articles', clean_articles, WIKI_DUMP.sha256)}.json"
+
+
+@lru_cache(maxsize=1)
+def wiki_articles() -> tuple[Article, ...]:
+    """All cleaned articles in dump order (cached as JSON after the first parse)."""
+    cache_file = articles_path()
+    if cache_file.exists():
+        return tuple(Article(**row) for row in json.loads(cache_file.read_text()))
+    articles = clean_articles(wiki_dump_path())
     write_text_atomic(cache_file, json.dumps([a.__dict__ for a in articles]))
     return tuple(articles)
 
@@ -131,13 +147,20 @@ def split_articles(split: str) -> tuple[Article, ...]:
     )
 
 
+def text_source(name: str) -> str:
+    """The data source name of the text called ``name``: ``text:<name>``."""
+    return f"text:{name}"
+
+
 def calibration_text() -> str:
     """Calibration text: the calibration articles joined by blank lines."""
+    note_read(text_source("wikipedia-calibration"))
     return "\n\n".join(a.text for a in split_articles("calibration"))
 
 
 def evaluation_text() -> str:
     """Held-out evaluation text: the evaluation articles joined by blank lines."""
+    note_read(text_source("wikipedia-evaluation"))
     return "\n\n".join(a.text for a in split_articles("evaluation"))
 
 
@@ -153,6 +176,17 @@ TEXTS: dict[str, Callable[[], str]] = {
 """The texts a protocol may name, by the name recorded in its provenance."""
 
 
+def text_sha256(name: str) -> str:
+    """Content hash of the text called ``name`` (one of :data:`TEXTS`), the digest of its data source."""
+    return text_hash(TEXTS[choose("text", name, TEXTS)]())
+
+
 def named_text(name: str) -> str:
-    """The text called ``name`` (one of :data:`TEXTS`)."""
-    return TEXTS[choose("text", name, TEXTS)]()
+    """The text called ``name`` (one of :data:`TEXTS`); a read of the data source ``text:<name>``."""
+    text = TEXTS[choose("text", name, TEXTS)]()
+    note_read(text_source(name))
+    return text
+
+
+for _name in TEXTS:
+    data_source(text_source(_name), partial(text_sha256, _name))

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from measure.data.benchmarks import benchmark_datasets_dir
+from measure.records.cache_key import data_source, note_read
 from theory.errors import PvqError
 
 TASKS_DIR = Path(__file__).resolve().parent / "tasks"
@@ -34,6 +35,7 @@ TASKS: dict[str, str] = {
     "piqa": "pvq_piqa",
     "winogrande": "pvq_winogrande",
 }
+TASK_FILES_SOURCE = "lm-eval task files"
 STOCK_PREFIX = "lm_eval:"
 CUSTOM_DATASET_NOTICE = "Custom kwargs can be passed"
 
@@ -111,11 +113,15 @@ def check_stock_tasks(requests: Iterable[TaskRequest]) -> None:
 
 
 def task_config_sha256() -> str:
-    """Digest of our task YAMLs and their utils.py: a changed prompt or split is a new protocol."""
+    """Digest of our task YAMLs and their utils.py: a changed prompt or split is a new protocol (and the
+    digest of the data source :data:`TASK_FILES_SOURCE`)."""
     digest = hashlib.sha256()
     for path in [*sorted(TASKS_DIR.glob("*.yaml")), TASKS_DIR / "utils.py"]:
         digest.update(path.name.encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()[:16]
+
+
+data_source(TASK_FILES_SOURCE, task_config_sha256)
 
 
 def declared_fewshot(request: TaskRequest) -> int | None:
@@ -160,8 +166,9 @@ def run_lm_eval(
     from lm_eval.models.huggingface import HFLM
 
     check_limit(limit)
+    if not request.stock:
+        note_read(TASK_FILES_SOURCE)
     if datasets_dir is None:
-
         datasets_dir = benchmark_datasets_dir()
     task_logger = logging.getLogger("lm_eval.api.task")
     if _drop_custom_dataset_notice not in task_logger.filters:

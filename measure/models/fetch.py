@@ -9,7 +9,6 @@ pinned sha256 and renamed into place, so the cache never holds a half-written or
 
 from __future__ import annotations
 
-import hashlib
 import os
 import subprocess
 import sys
@@ -19,9 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from measure.records.atomic import atomic_path
+from measure.records.cache_key import CHUNK_BYTES, sha256_file
 from theory.errors import PvqError
-
-CHUNK_BYTES = 1 << 22
 
 
 def cache_root() -> Path:
@@ -49,15 +47,6 @@ class Asset:
     @property
     def path(self) -> Path:
         return cache_root() / "assets" / self.filename
-
-
-def sha256_file(path: str | os.PathLike[str]) -> str:
-    """Hex sha256 of a file, streamed."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(CHUNK_BYTES):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def download_wheel(package: str, version: str, directory: Path) -> Path:

@@ -1,7 +1,10 @@
 """Load any causal LM by name: an embedded default, a local safetensors directory, a .gguf file or a hub id.
 
 GGUF files are converted once to safetensors (transformers' GGUF reader takes 12–40 s; the converted
-checkpoint reloads in about a second with identical logits). The conversion clears the GGUF
+checkpoint reloads in about a second with identical logits). The converted folder is named by the GGUF's sha256,
+the converting code and the torch / transformers / gguf versions (:func:`conversion_directory`), so a new
+dequantizer converts again; ``weights_sha256`` of the loaded model is the content hash of the weight files
+actually read, the identity that keys cached results. The conversion clears the GGUF
 quantizer markers (``hf_quantizer``, ``config.quantization_config``, ``is_quantized``) that make
 ``save_pretrained`` refuse the dequantized model, and is written to a temporary folder renamed into
 place, so an interrupted conversion leaves nothing behind.
@@ -29,9 +32,12 @@ from measure.models.defaults import DEFAULT_MODELS, get_default
 from measure.models.fetch import cache_root, ensure_asset, sha256_file
 from measure.models.stored_size import StoredSize, stored_bits_per_parameter
 from measure.records.atomic import atomic_dir, write_text_atomic
+from measure.records.cache_key import derived_name
 from theory.errors import PvqError
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf")
+CONVERSION_PACKAGES = ("torch", "transformers", "gguf")
+"""Packages whose code dequantizes and writes a converted GGUF checkpoint."""
 
 
 @dataclass
@@ -45,6 +51,9 @@ class LoadedModel:
     bos_per_window: bool
     source: str
     stored_size: StoredSize | None = None
+    weights_sha256: str | None = None
+    """Content hash of the weight files loaded (:func:`directory_hash`); None for a hub model (its commit
+    in ``model_hash`` names the files)."""
 
     def describe(self) -> dict[str, Any]:
         """Provenance fields for this model: id, hash, source and stored size (None where the checkpoint's files
@@ -76,13 +85,26 @@ def convert_gguf(gguf_path: Path, directory: Path) -> None:
         (tmp / "pvq_source.json").write_text(json.dumps(meta, indent=2))
 
 
+def conversion_directory(stem: str, gguf_sha256: str) -> Path:
+    """``$PVQ_CACHE/models/<stem>-<digest>``: where the GGUF of sha256 ``gguf_sha256`` is converted, keyed by the
+    code of :func:`convert_gguf` and the versions of :data:`CONVERSION_PACKAGES`."""
+    return cache_root() / "models" / derived_name(stem, convert_gguf, gguf_sha256, packages=CONVERSION_PACKAGES)
+
+
+def ensure_converted(gguf_path: Path, directory: Path) -> Path:
+    """``directory`` holding the conversion of ``gguf_path``, converting on first use."""
+    if not (directory / "pvq_source.json").exists():
+        convert_gguf(gguf_path, directory)
+    return directory
+
+
 def ensure_default_checkpoint(name: str) -> Path:
     """The converted safetensors folder of a default model, fetching and converting on first use."""
     default = get_default(name)
-    directory = default.directory
-    if not (directory / "pvq_source.json").exists():
-        convert_gguf(ensure_asset(default.asset), directory)
-    return directory
+    directory = conversion_directory(default.name, default.asset.sha256)
+    if (directory / "pvq_source.json").exists():
+        return directory
+    return ensure_converted(ensure_asset(default.asset), directory)
 
 
 def detect_bos_per_window(tokenizer: PreTrainedTokenizerBase) -> bool:
@@ -171,23 +193,24 @@ def _load(name_or_path: str, target: LoadTarget) -> LoadedModel:
 def _load_weights(name_or_path: str, target: LoadTarget) -> LoadedModel:
     if name_or_path in DEFAULT_MODELS:
         default = DEFAULT_MODELS[name_or_path]
-        model, tokenizer = _from_directory(ensure_default_checkpoint(name_or_path), target)
-        return LoadedModel(model, tokenizer, name_or_path, default.model_hash, default.bos_per_window, "default")
+        directory = ensure_default_checkpoint(name_or_path)
+        model, tokenizer = _from_directory(directory, target)
+        return LoadedModel(model, tokenizer, name_or_path, default.model_hash, default.bos_per_window, "default",
+                           weights_sha256=directory_hash(directory))  # fmt: skip
     path = Path(name_or_path).expanduser()
     if path.suffix == ".gguf":
         if not path.is_file():
             raise PvqError(f"GGUF file {path} does not exist")
-        digest = sha256_file(path)[:16]
-        directory = cache_root() / "models" / f"gguf-{digest}"
-        if not (directory / "pvq_source.json").exists():
-            convert_gguf(path, directory)
+        sha256 = sha256_file(path)
+        directory = ensure_converted(path, conversion_directory("gguf", sha256))
         model, tokenizer = _from_directory(directory, target)
-        return LoadedModel(model, tokenizer, path.name, digest, detect_bos_per_window(tokenizer), "gguf")
+        return LoadedModel(model, tokenizer, path.name, sha256[:16], detect_bos_per_window(tokenizer), "gguf",
+                           weights_sha256=directory_hash(directory))  # fmt: skip
     if path.is_dir():
         model, tokenizer = _from_directory(path, target)
-        return LoadedModel(
-            model, tokenizer, str(path), directory_hash(path), detect_bos_per_window(tokenizer), "directory"
-        )
+        digest = directory_hash(path)
+        bos = detect_bos_per_window(tokenizer)
+        return LoadedModel(model, tokenizer, str(path), digest, bos, "directory", weights_sha256=digest)
     if "/" not in name_or_path:
         get_default(name_or_path)
     return _from_hub(name_or_path, target)

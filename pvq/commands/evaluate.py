@@ -2,8 +2,9 @@
 
 Example: ``pvq eval --model smollm2-135m --compress SPEC --tasks csqa,mmlu --ppl``. The compressed model is
 built in memory (never saved); with ``--compress`` the KL divergence to the uncompressed model is reported
-too. Results are cached by (model hash, spec, task, protocol) under ``--out``; the tidy table
-``<out>/eval.parquet`` is rewritten from the cache after every run, and this run's summary rows are printed.
+too. Results are cached under ``--out`` by their cache key (:mod:`measure.records.cache_key`: configuration,
+calibration protocol, weights, code, data files, environment); the tidy table ``<out>/eval.parquet`` is
+rewritten from the cache after every run, and this run's summary rows are printed.
 
 ``--device cuda`` with more than one GPU visible loads the model with accelerate's ``device_map="auto"`` (its
 blocks spread over the GPUs); with ``--compress`` the model stays on one device (the compression moves one

@@ -6,7 +6,7 @@ import argparse
 
 from measure.models.defaults import DEFAULT_MODEL, DEFAULT_MODELS
 from measure.models.fetch import cache_root
-from measure.models.load import ensure_default_checkpoint
+from measure.models.load import conversion_directory, ensure_default_checkpoint
 from measure.models.stored_size import stored_bits_per_parameter
 
 HELP = "List the embedded default models and where they are cached."
@@ -23,8 +23,9 @@ def run(args: argparse.Namespace) -> int:
         return 0
     print(f"cache: {cache_root()}  (set PVQ_CACHE to move it)")
     for name, model in DEFAULT_MODELS.items():
-        cached = (model.directory / "pvq_source.json").exists()
-        state = f"cached at {model.directory}" if cached else "not fetched yet (fetched on first use)"
+        directory = conversion_directory(name, model.asset.sha256)
+        cached = (directory / "pvq_source.json").exists()
+        state = f"cached at {directory}" if cached else "not fetched yet (fetched on first use)"
         marker = " (default)" if name == DEFAULT_MODEL else ""
         stored = (
             f"stored as {stored_bits_per_parameter(name).describe()}" if model.asset.path.exists()

@@ -5,8 +5,8 @@ A :class:`Job` is one model × compression spec × evaluation × seed of a grid 
 
 * ``eval`` (perplexity, an lm-eval task): exactly what ``pvq eval`` computes, through the same function
   (:func:`measure.evaluation.request.run_evaluation`), so
-  the result lands in the evaluation cache ``<results>/eval/cache/`` keyed by (model hash, spec, task,
-  protocol) that ``pvq eval`` and the figures read;
+  the result lands in the evaluation cache ``<results>/eval/cache/`` under the cache key
+  (:mod:`measure.records.cache_key`) that ``pvq eval`` and the figures read;
 * ``experiment`` (a figure experiment of :mod:`figures.catalog`): :func:`figures.experiments.run_one`,
   the function ``pvq figures`` uses, so the table lands at ``<results>/<model>/<name>.parquet`` under the
   cache key ``pvq figures`` recomputes, and ``make figures`` finds it fresh.
@@ -32,16 +32,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from figures.experiments import ExperimentContext, code_version, lookup, run_one
+from figures.experiments import ExperimentContext, code_version, lookup, run_one, stored_key
 from figures.registry import load_catalog
 from measure.capture.memory import format_bytes, is_cuda, start_reading, update_reading
 from measure.capture.placement import DEFAULT_DTYPE, resolve_device, resolve_dtype
+from measure.evaluation.lmeval import TASK_FILES_SOURCE, TASKS
 from measure.evaluation.request import EvaluationRequest, run_evaluation
 from measure.evaluation.results import NO_SPEC
 from measure.models.defaults import DEFAULT_MODEL
 from measure.models.load import load_model
 from measure.records.atomic import write_text_atomic
+from measure.records.cache_key import DATA_SOURCES, CacheKey, data_digests, environment
+from measure.records.code_version import modules_version
 from measure.records.provenance import collect
+from measure.records.store import read_provenance
 
 RUNS_DIR = "runs"
 EVAL_DIR = "eval"
@@ -147,17 +151,35 @@ def job_from_json(text: str) -> Job:
     return Job(**fields, resources=Resources(**resources))
 
 
+def data_read(job: Job) -> list[str]:
+    """The data sources ``job`` reads, as known without running it: an experiment's, from the sidecar of its
+    table (none before it ran; a source no longer declared is left out, its reader's code changed); a task
+    evaluation's task files."""
+    if job.kind == EXPERIMENT_KIND:
+        context = ExperimentContext(model_name=job.model or DEFAULT_MODEL, results_root=Path(job.results))
+        path = context.result_path(_experiment(job.evaluation))
+        names = read_provenance(path).get("data_read", ()) if stored_key(path) is not None else ()
+        return [name for name in names if name in DATA_SOURCES]
+    return [TASK_FILES_SOURCE] if job.evaluation in TASKS else []
+
+
 def fingerprint(job: Job) -> str:
-    """What a finished job's marker must match: its id, plus the experiment's code version if any.
+    """What a finished job's marker must match: the digest of the job's :class:`CacheKey` as far as it is known
+    without loading the model (its identity, the code version of what it runs, the data it reads
+    (:func:`data_read`) and the environment).
 
-    An experiment whose declared code changed is stale in the figure cache (see
-    :mod:`figures.experiments`), so its marker no longer counts as finished either. Evaluation results
-    are keyed without code (their cache never recomputes), so for them the id alone decides.
+    An edit of the code an experiment or an evaluation runs, of a data file it reads or a library version makes
+    the marker stale, so the job runs again and its result cache (which also sees the weights) decides whether
+    anything is recomputed.
     """
-    if job.kind != EXPERIMENT_KIND:
-        return job.job_id
-
-    return f"{job.job_id}:{code_version(_experiment(job.evaluation))}"
+    if job.kind == EXPERIMENT_KIND:
+        code = code_version(_experiment(job.evaluation))
+    else:
+        code = modules_version([run_evaluation.__module__])
+    data = data_digests(data_read(job))
+    key = CacheKey(kind=job.kind, config=job.identity(), seed=job.seed, code=code, data=data,
+                   environment=environment(job.device, job.dtype))  # fmt: skip
+    return f"{job.job_id}:{key.digest}"
 
 
 def is_finished(job: Job) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -24,7 +25,8 @@ class ToyLoaded:
 
     model_id: str
     model_hash: str
-    model: Any = None
+    model: Any = field(default_factory=lambda: SimpleNamespace(dtype="float32"))
+    weights_sha256: str | None = None
 
     def describe(self) -> dict[str, Any]:
         return {"model_id": self.model_id, "model_hash": self.model_hash, "model_source": "toy"}

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from figures import code_version as versions
+from measure.records import code_version as versions
 
 ROOT = Path(__file__).resolve().parents[2]
 

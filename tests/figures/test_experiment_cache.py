@@ -1,9 +1,12 @@
-"""The experiment cache: reused when nothing changed, invalidated by config, model, seed or code; resumable."""
+"""The experiment cache: reused when nothing changed, invalidated by config, model, seed, code or a data file it
+read; resumable."""
 
 from __future__ import annotations
 
 import dataclasses
 import importlib
+import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -11,8 +14,11 @@ import pandas as pd
 import pytest
 from figure_toys import ToyModels, make_counting_experiment, toy_context
 
-from figures.experiments import cache_key, code_version, ensure, experiment, stored_key
+from figures.experiments import EXPERIMENTS, Experiment, cache_key, code_version, ensure, experiment, stored_key
+from measure.data import text
+from measure.data.text import named_text
 from measure.records.store import read_provenance, read_table
+from pvq.scale.jobs import EXPERIMENT_KIND, Job, is_finished, run_job
 from theory.errors import PvqError
 
 
@@ -147,3 +153,63 @@ def test_non_json_config_and_wrong_return_type_raise_clear_errors(tmp_path):
     exp = dataclasses.replace(make_counting_experiment("toy", []), compute=lambda config, context: [1, 2])
     with pytest.raises(PvqError, match="must return a DataFrame"):
         ensure([exp], toy_context(tmp_path, ToyModels()))
+
+
+ARTICLES = [{"title": f"Article {i}", "text": f"Article {i}\n\nA sentence of article {i}."} for i in range(8)]
+"""Cleaned articles as :func:`measure.data.text.wiki_articles` stores them (0-2 and 4-6 are calibration text)."""
+
+
+def count_calibration_characters(config: dict, context: object) -> pd.DataFrame:
+    return pd.DataFrame({"characters": [len(named_text("wikipedia-calibration"))]})
+
+
+@pytest.fixture
+def articles(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """The cleaned-articles file of a private pvq cache, holding :data:`ARTICLES`."""
+    monkeypatch.setenv("PVQ_CACHE", str(tmp_path / "pvq-cache"))
+    path = text.articles_path()
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(ARTICLES))
+    text.wiki_articles.cache_clear()
+    yield path
+    text.wiki_articles.cache_clear()
+
+
+def edit_first_article(path: Path) -> None:
+    path.write_text(json.dumps([{**ARTICLES[0], "text": ARTICLES[0]["text"] + " Edited."}, *ARTICLES[1:]]))
+    text.wiki_articles.cache_clear()
+
+
+READS_TEXT = Experiment("reads_text", count_calibration_characters, {}, lambda rng: pd.DataFrame())
+"""A model-free experiment that reads the calibration text."""
+
+
+def test_an_edit_of_a_data_file_the_experiment_read_recomputes_it(tmp_path, articles):
+    context = toy_context(tmp_path / "results", ToyModels())
+    first = ensure([READS_TEXT], context)["reads_text"]
+    assert first.status == "computed" and first.provenance["data_read"] == ["text:wikipedia-calibration"]
+    characters = first.table()["characters"].item()
+    assert ensure([READS_TEXT], context)["reads_text"].status == "cached"
+    edit_first_article(articles)
+    again = ensure([READS_TEXT], context)["reads_text"]
+    assert again.status == "computed"
+    assert again.table()["characters"].item() == characters + len(" Edited.")
+
+
+def test_a_finished_pvq_run_experiment_job_is_stale_after_an_edit_of_a_data_file_it_read(
+    tmp_path, articles, monkeypatch
+):
+    monkeypatch.setitem(EXPERIMENTS, READS_TEXT.name, READS_TEXT)
+    job = Job(kind=EXPERIMENT_KIND, evaluation=READS_TEXT.name, model=None, seed=0, device="cpu",
+              results=str(tmp_path / "results"))  # fmt: skip
+    assert not is_finished(job)
+    run_job(job)
+    assert is_finished(job)
+    edit_first_article(articles)
+    assert not is_finished(job)
+
+
+def test_an_experiment_that_reads_no_data_file_is_keyed_without_data(tmp_path):
+    run = ensure([make_counting_experiment("toy", [])], toy_context(tmp_path, ToyModels()))["toy"]
+    assert run.provenance["data_read"] == [] and run.provenance["cache_key_fields"]["data"] == {}
+    assert set(run.provenance["cache_key_fields"]["environment"]) >= {"torch", "transformers", "lm_eval", "device"}

@@ -13,7 +13,7 @@ from tiny_models import save_tiny_model
 from measure.bounds import bounds_for_model
 from measure.data import text
 from measure.models.defaults import DEFAULT_MODEL, DEFAULT_MODELS
-from measure.models.load import load_model
+from measure.models.load import conversion_directory, load_model
 from pvq.cli import main
 from pvq.commands.bounds import COLUMNS
 
@@ -35,7 +35,8 @@ def short_text(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_models_lists_every_default_with_its_cache_state(tmp_path, monkeypatch, capsys) -> None:
     monkeypatch.setenv("PVQ_CACHE", str(tmp_path))
-    cached = tmp_path / "models" / DEFAULT_MODEL
+    cached = conversion_directory(DEFAULT_MODEL, DEFAULT_MODELS[DEFAULT_MODEL].asset.sha256)
+    assert cached.parent == tmp_path / "models" and cached.name.startswith(f"{DEFAULT_MODEL}-")
     cached.mkdir(parents=True)
     (cached / "pvq_source.json").write_text("{}")
     assert main(["models"]) == 0

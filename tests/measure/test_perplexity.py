@@ -196,7 +196,7 @@ class LoadedTiny:
 
     def __init__(self, model: torch.nn.Module) -> None:
         self.model, self.tokenizer, self.model_id, self.model_hash = model, tiny_tokenizer(), "tiny", "0123"
-        self.bos_per_window = False
+        self.bos_per_window, self.weights_sha256 = False, None
 
     def describe(self) -> dict[str, str]:
         return {"model_id": self.model_id, "model_hash": self.model_hash}

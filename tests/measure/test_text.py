@@ -27,7 +27,7 @@ def test_split_is_disjoint_deterministic_and_covers_all_articles() -> None:
     assert len(calibration) + len(evaluation) == len(articles)
     assert [a.title for a in evaluation] == [a.title for i, a in enumerate(articles) if i % text.EVAL_EVERY == 3]
     assert len(text.evaluation_text()) > 300_000
-    assert text.text_hash(text.evaluation_text()) == "2090afde01891f7e"  # cleaner version 1 on the gensim dump
+    assert text.text_hash(text.evaluation_text()) == "2090afde01891f7e"  # the cleaner on the gensim dump
 
 
 def test_text_hash_is_the_first_16_hex_digits_of_sha256() -> None:

@@ -1,5 +1,10 @@
-"""The code an experiment runs, found from its imports: the function, the helpers of its module it calls, and
-the import closure of the project modules those name (theory, measure, figures).
+"""The code a cached result was computed by, found from its imports: the function, the helpers of its module it
+calls, and the import closure of the project modules those name (theory, measure, figures).
+
+It is the ``code`` field of :class:`measure.records.cache_key.CacheKey`: experiments and derived files (converted
+checkpoints, cleaned text) are keyed by :func:`code_version_of` the function that computes them, evaluations by
+:func:`modules_version` of the modules that compute them. Modules are read as files, never imported, so measure
+code may name the figures package here without importing upward.
 
 An experiment's cache key must change when any code it runs changes and should not change otherwise. The code
 it runs is: its function (decorators, comments and layout stripped, so a declaration or a comment edit does not
@@ -26,7 +31,8 @@ from typing import Any
 from theory.errors import PvqError
 
 PROJECT_PACKAGES = ("theory", "measure", "figures")
-"""Packages whose modules key the cache (third-party code is keyed by the package versions in provenance)."""
+"""Packages whose modules key the cache (third-party code is keyed by the package versions of
+:func:`measure.records.cache_key.environment`)."""
 
 
 def function_source(function: Callable[..., Any]) -> str:
@@ -204,10 +210,20 @@ def code_modules(function: Callable[..., Any]) -> list[str]:
     return sorted(module_closure(local_closure(function)[1]))
 
 
-def code_version_of(function: Callable[..., Any]) -> str:
-    """sha256 (16 hex digits) over the local closure of ``function`` and the source of its module closure."""
-    sources, modules = local_closure(function)
-    digest = hashlib.sha256("\0".join([sources[0], *sorted(sources[1:])]).encode())
+def _closure_digest(prefix: str, modules: Iterable[str]) -> str:
+    digest = hashlib.sha256(prefix.encode())
     for module, path in sorted(module_closure(modules).items()):
         digest.update(b"\0" + module.encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()[:16]
+
+
+def code_version_of(function: Callable[..., Any]) -> str:
+    """sha256 (16 hex digits) over the local closure of ``function`` and the source of its module closure."""
+    sources, modules = local_closure(function)
+    return _closure_digest("\0".join([sources[0], *sorted(sources[1:])]), modules)
+
+
+def modules_version(modules: Iterable[str]) -> str:
+    """sha256 (16 hex digits) over the source of every project module reachable from ``modules`` (whole modules:
+    the code of an evaluation or of a derived file's producer)."""
+    return _closure_digest("", modules)
