@@ -46,6 +46,7 @@ import pandas as pd
 
 from measure.capture.statistics import capture
 from measure.data.calibration import CalibrationProtocol, calibration_batches
+from measure.evaluation.protocols import for_model
 from measure.models.architecture import describe
 from theory.accounting import PAPER_CONVENTION, Convention, check_bits
 from theory.chunk_problem import (
@@ -291,7 +292,7 @@ def bounds_for_model(
     for name in layer_names:
         chunk_slices(refs[name].in_features, opt_dim)
         select_rows(refs[name].out_features, rows)
-    protocol = CalibrationProtocol(sequences, sequence_length, batch_size, bos=loaded.bos_per_window)
+    protocol = for_model(CalibrationProtocol(sequences, sequence_length, batch_size), loaded)
     batches = calibration_batches(loaded, protocol)
     grams = capture(loaded.model, batches, mode=mode, device=device, arch=arch, block_hooks=block_hooks)
     frames = []

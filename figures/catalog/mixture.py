@@ -41,11 +41,10 @@ from measure.capture.statistics import capture
 from measure.compress.apply import weights_installed
 from measure.data.text import calibration_text
 from measure.evaluation.perplexity import (
-    bos_token_id_for,
     interval_columns,
-    make_windows,
     paired_kl_difference,
 )
+from measure.evaluation.protocols import EvaluationProtocol
 from measure.evaluation.residual import ResidualStreamEvaluator
 from measure.mixture.inputs import allocation_weights, measure_menu, uniform_table
 from measure.mixture.menu import KEEP, REMOVE, parse_menu
@@ -200,9 +199,7 @@ def paired_columns(rows: list[dict[str, Any]], results: list[Any]) -> dict[str, 
 def probe_windows(loaded: Any, config: Mapping[str, Any]) -> Any:
     """The first ``max_windows`` windows of ``window`` tokens of the calibration text (:data:`PROBE_WINDOWS`)."""
 
-    bos = bos_token_id_for(loaded.tokenizer, loaded.bos_per_window)
-    return make_windows(calibration_text(), loaded.tokenizer, config["window"], bos_token_id=bos,
-                        max_windows=config["max_windows"])  # fmt: skip
+    return EvaluationProtocol(config["window"], config["max_windows"]).windows(loaded, calibration_text)
 
 
 def comparison(tables: Tables) -> pd.DataFrame:

@@ -22,27 +22,33 @@ from figures.style import thesis_table
 from measure.capture.statistics import capture
 from measure.compress.apply import apply_spec
 from measure.compress.spec import check_spec_for_model
-from measure.data.calibration import CalibrationProtocol, calibration_batches
-from measure.data.text import evaluation_text
+from measure.data.calibration import CalibrationProtocol
 from measure.evaluation.lmeval import evaluate_task, resolve_tasks
 from measure.evaluation.perplexity import (
     INTERVAL_COLUMNS,
-    bos_token_id_for,
     evaluate_perplexity,
     interval_columns,
-    make_windows,
+)
+from measure.evaluation.protocols import (
+    FIGURES_CALIBRATION,
+    FIGURES_EVALUATION,
+    EvaluationProtocol,
+    model_calibration,
 )
 from measure.models.architecture import describe, parameter_counts
 
 SECTION = "The models"
 SUMMARY = "model_summary"
 BENCHMARKS = "compression_benchmarks"
-CALIBRATION = {"sequences": 8, "sequence_length": 512, "batch_size": 4, "mode": "parallel"}
-"""Calibration of every model experiment: the first 8 windows of 512 tokens of the calibration text (4096 tokens),
-compression calibrated on the original model's stream (``apply_spec(..., calibration="parallel")``)."""
-EVALUATION = {"window": 512, "max_windows": 8}
-"""Perplexity / KL protocol of every model experiment: the first 8 non-overlapping windows of 512 tokens of the
-held-out evaluation text (4088 scored tokens without BOS). Every variant of every experiment is scored on these
+CALIBRATION = {"sequences": FIGURES_CALIBRATION.sequences, "sequence_length": FIGURES_CALIBRATION.sequence_length,
+               "batch_size": FIGURES_CALIBRATION.batch_size, "mode": "parallel"}  # fmt: skip
+"""Calibration of every model experiment (:data:`measure.evaluation.protocols.FIGURES_CALIBRATION`: the first 8
+windows of 512 tokens of the calibration text, 4096 tokens), compression calibrated on the original model's stream
+(``apply_spec(..., calibration="parallel")``)."""
+EVALUATION = {"window": FIGURES_EVALUATION.window, "max_windows": FIGURES_EVALUATION.max_windows}
+"""Perplexity / KL protocol of every model experiment (:data:`measure.evaluation.protocols.FIGURES_EVALUATION`:
+the first 8 non-overlapping windows of 512 tokens of the held-out evaluation text, 4088 scored tokens without
+BOS). Every variant of every experiment is scored on these
 same tokens, so every comparison is paired, and every number carries a 95 % block-bootstrap interval
 (:mod:`measure.evaluation.intervals`; the half-widths these tokens give for the headline differences are in the
 tables' ``*_ci_*`` columns and in the README's answer). ``pvq eval`` runs the full pinned protocol (every window of
@@ -73,18 +79,15 @@ def spec_check(key: str) -> Callable[[Mapping[str, Any], ExperimentContext], Non
 def calibration(loaded: Any, config: Mapping[str, Any]) -> list:
     """The calibration batches of ``config`` (:data:`CALIBRATION`) for a loaded model (with its BOS policy)."""
 
-    protocol = CalibrationProtocol(config["sequences"], config["sequence_length"], config["batch_size"],
-                                   bos=loaded.bos_per_window)  # fmt: skip
-    return calibration_batches(loaded, protocol)
+    protocol = CalibrationProtocol(config["sequences"], config["sequence_length"], config["batch_size"])
+    return model_calibration(loaded, protocol)[0]
 
 
 def evaluation_windows(loaded: Any, config: Mapping[str, Any]) -> Any:
-    """The pinned evaluation windows of ``config`` (:data:`EVALUATION`): :func:`measure.evaluation.perplexity.
-    make_windows` on the held-out evaluation text."""
+    """The pinned evaluation windows of ``config`` (:data:`EVALUATION`) on the held-out evaluation text
+    (:meth:`measure.evaluation.protocols.EvaluationProtocol.windows`)."""
 
-    bos = bos_token_id_for(loaded.tokenizer, loaded.bos_per_window)
-    return make_windows(evaluation_text(), loaded.tokenizer, config["window"], bos_token_id=bos,
-                        max_windows=config["max_windows"])  # fmt: skip
+    return EvaluationProtocol(config["window"], config["max_windows"]).windows(loaded)
 
 
 def original_capture(loaded: Any, batches: list, config: Mapping[str, Any]) -> Any:

@@ -274,8 +274,8 @@ def model_size(model: nn.Module, spec: Spec | str, convention: Convention = PAPE
 
 
 def _own_parameter(ref: LinearRef) -> nn.Parameter | None:
-    """The Parameter that stores ``ref``'s weight as (out_features, in_features) itself (an ``nn.Linear``), or None
-    for any other layout (transposed Conv1D, fused or stacked experts), which :meth:`LinearRef.set_weight` copies."""
+    """The Parameter that stores ``ref``'s weight as (out_features, in_features) itself (an ``nn.Linear``), or
+    None for any other layout (transposed Conv1D, fused or stacked experts, which set_weight copies)."""
     parameter = None if ref.stacked else getattr(ref.module, "weight", None)
     if not isinstance(parameter, nn.Parameter):
         return None

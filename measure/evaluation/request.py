@@ -9,10 +9,9 @@ rewritten from the cache after every run.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +22,9 @@ from measure.capture.placement import DEFAULT_DTYPE, device_map_for, resolve_dty
 from measure.compress.apply import apply_spec
 from measure.compress.spec import Spec, parse_spec
 from measure.data.calibration import CalibrationProtocol, calibration_batches
-from measure.data.text import evaluation_text
 from measure.evaluation.lmeval import TASKS, TaskRequest, check_limit, check_stock_tasks, resolve_tasks
-from measure.evaluation.perplexity import bos_token_id_for, check_window_fits, default_window, make_windows
+from measure.evaluation.perplexity import check_window_fits, default_window
+from measure.evaluation.protocols import LEDGER_CALIBRATION, EvaluationProtocol, for_model
 from measure.evaluation.results import ResultCache
 from measure.evaluation.runs import Compressor, ModelVariant, cached_perplexity, cached_task
 from measure.models.load import LoadedModel, load_model
@@ -53,7 +52,7 @@ class EvaluationRequest:
     dtype: str = DEFAULT_DTYPE
     spec_name: str | None = None
     model_check: Callable[[nn.Module], None] | None = None
-    calibration: CalibrationProtocol = field(default_factory=CalibrationProtocol)
+    calibration: CalibrationProtocol = LEDGER_CALIBRATION
     """``spec_name``: the name results carry (default: the spec itself); ``model_check(model)`` runs on the loaded
     model before anything is compressed (e.g. an allocation file checked against the model's layers);
     ``calibration``: the windows a spec is calibrated on (its ``bos`` is the model's BOS policy)."""
@@ -108,16 +107,14 @@ def run_evaluation(request: EvaluationRequest) -> EvaluationReport:
         if request.model_check is not None:
             request.model_check(loaded.model)
         name = request.spec_name or str(request.spec)
-        protocol = dataclasses.replace(request.calibration, bos=loaded.bos_per_window)
+        protocol = for_model(request.calibration, loaded)
         variant = ModelVariant(loaded, name, compress_in_memory(loaded, spec, request.device, protocol), protocol)
     cache = ResultCache(request.out)
     summary = []
     if request.ppl:
         window = request.window or default_window(request.device)
         check_window_fits(loaded.model, window)
-        bos = bos_token_id_for(loaded.tokenizer, loaded.bos_per_window)
-        text = evaluation_text()
-        windows = make_windows(text, loaded.tokenizer, window, request.stride, bos, request.max_windows)
+        windows = EvaluationProtocol(window, request.max_windows, request.stride).windows(loaded)
         rows, cached = cached_perplexity(cache, variant, windows, request.batch_size)
         summary += [{**row, "cached": cached} for row in rows]
     for task in tasks:

@@ -10,13 +10,13 @@ bound); nothing is written when any input is bad.
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 from pathlib import Path
 
 from measure.capture.placement import load_placed
 from measure.capture.statistics import capture
-from measure.data.calibration import CalibrationProtocol, calibration_batches
 from measure.data.text import calibration_text
-from measure.evaluation.perplexity import bos_token_id_for, make_windows
+from measure.evaluation.protocols import FIGURES_CALIBRATION, EvaluationProtocol, model_calibration
 from measure.evaluation.residual import ResidualStreamEvaluator
 from measure.mixture.file import write_allocation
 from measure.mixture.inputs import check_sensitivity, measure_menu
@@ -54,13 +54,10 @@ def run(args: argparse.Namespace) -> int:
     place = placement(args, mode="full")
     loaded = load_placed(args.model, place)
     check_budget(args.budget, cheapest_bits(loaded.model, options))
-    protocol = CalibrationProtocol(args.sequences, 512, 4, bos=loaded.bos_per_window)
-    batches = calibration_batches(loaded, protocol)
+    batches, protocol = model_calibration(loaded, replace(FIGURES_CALIBRATION, sequences=args.sequences))
     evaluator = None
     if kind == "kl":
-        bos = bos_token_id_for(loaded.tokenizer, loaded.bos_per_window)
-        text = calibration_text()
-        windows = make_windows(text, loaded.tokenizer, 512, bos_token_id=bos, max_windows=args.windows)
+        windows = EvaluationProtocol(512, args.windows).windows(loaded, calibration_text)
         evaluator = ResidualStreamEvaluator(loaded.model, windows)
     captured = capture(loaded.model, batches)
     measured = measure_menu(loaded.model, batches, captured, options, evaluator, args.workers, log=print)

@@ -7,9 +7,11 @@ the arguments.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
 from measure.capture.placement import DEFAULT_DEVICE, DEFAULT_DTYPE, DTYPES, Placement, resolve_placement
 from measure.capture.statistics import CAPTURE_MODES
+from measure.data.calibration import CalibrationProtocol
 
 
 def add_device_arguments(parser: argparse.ArgumentParser, overrides: str | None = None) -> None:
@@ -43,3 +45,23 @@ def add_mode_argument(parser: argparse.ArgumentParser) -> None:
 def placement(args: argparse.Namespace, mode: str | None = None) -> Placement:
     """:func:`measure.capture.placement.resolve_placement` of ``args.device`` and ``args.dtype``."""
     return resolve_placement(args.device, args.dtype, mode)
+
+
+def add_calibration_arguments(parser: argparse.ArgumentParser, default: CalibrationProtocol,
+                              batch_size: bool = True) -> None:  # fmt: skip
+    """``--sequences``, ``--seq-len`` (and ``--batch-size``) of a :class:`CalibrationProtocol`, defaulting to
+    ``default``'s (read back by :func:`calibration_protocol`)."""
+    parser.add_argument("--sequences", type=int, default=default.sequences,
+                        help=f"calibration windows (default {default.sequences})")  # fmt: skip
+    parser.add_argument("--seq-len", type=int, default=default.sequence_length,
+                        help=f"tokens per calibration window (default {default.sequence_length})")  # fmt: skip
+    if batch_size:
+        parser.add_argument("--batch-size", type=int, default=default.batch_size,
+                            help=f"windows per forward pass (default {default.batch_size})")  # fmt: skip
+
+
+def calibration_protocol(args: argparse.Namespace, default: CalibrationProtocol) -> CalibrationProtocol:
+    """The calibration protocol the arguments of :func:`add_calibration_arguments` ask for (the model's BOS policy
+    is applied where the windows are cut, :func:`measure.evaluation.protocols.model_calibration`)."""
+    return dataclasses.replace(default, sequences=args.sequences, sequence_length=args.seq_len,
+                               batch_size=getattr(args, "batch_size", default.batch_size))  # fmt: skip

@@ -12,13 +12,19 @@ from measure import ledger as ledgers
 from measure.capture.placement import block_memory, load_placed
 from measure.compress.parallel import method_workers
 from measure.compress.spec import describe_steps, parse_term_list
-from measure.data.calibration import CalibrationProtocol, calibration_batches
+from measure.evaluation.protocols import LEDGER_CALIBRATION, model_calibration
 from measure.models.architecture import describe
 from measure.models.defaults import DEFAULT_MODEL
 from measure.models.weight_grid import detect_model_grid
 from measure.records.provenance import collect
 from measure.records.store import write_table
-from pvq.commands.common import add_device_arguments, add_mode_argument, placement
+from pvq.commands.common import (
+    add_calibration_arguments,
+    add_device_arguments,
+    add_mode_argument,
+    calibration_protocol,
+    placement,
+)
 
 HELP = "Per-layer error ledger of pruning and quantization methods on real activations."
 
@@ -31,9 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="comma-separated spec terms, e.g. magnitude:0.5,sparsegpt:2:4,gptq:4:g128,nf4 "
         "(default: the 23 settings of measure.ledger.DEFAULT_METHODS)",
     )
-    parser.add_argument("--sequences", type=int, default=128, help="calibration windows (default 128)")
-    parser.add_argument("--seq-len", type=int, default=512, help="tokens per window (default 512)")
-    parser.add_argument("--batch-size", type=int, default=8, help="windows per forward pass (default 8)")
+    add_calibration_arguments(parser, LEDGER_CALIBRATION)
     add_mode_argument(parser)
     parser.add_argument("--layers", default=None, help="regular expression: only layers whose name matches")
     parser.add_argument(
@@ -60,8 +64,7 @@ def run(args: argparse.Namespace) -> int:
     steps = parse_term_list(args.methods or ledgers.DEFAULT_METHODS)
     torch.manual_seed(args.seed)
     loaded = load_placed(args.model, place)
-    protocol = CalibrationProtocol(args.sequences, args.seq_len, args.batch_size, bos=loaded.bos_per_window)
-    batches = calibration_batches(loaded, protocol)
+    batches, protocol = model_calibration(loaded, calibration_protocol(args, LEDGER_CALIBRATION))
     arch = describe(loaded.model)
     grid = detect_model_grid((ref.name, ref.weight()) for ref in arch.linears)
     with block_memory(place) as block_hooks:

@@ -29,16 +29,20 @@ from measure.compress.remove import (
     removed_fraction,
     save_removed,
 )
-from measure.data.calibration import CalibrationProtocol, calibration_batches
-from measure.data.text import evaluation_text
-from measure.evaluation.perplexity import bos_token_id_for, make_windows
+from measure.evaluation.protocols import STUDY_CALIBRATION, EvaluationProtocol, model_calibration
 from measure.models.architecture import TOWERS, describe
 from measure.models.defaults import DEFAULT_MODEL
 from measure.records.atomic import write_text_atomic
 from measure.records.provenance import collect
 from measure.records.store import write_table
 from measure.removal.study import StudySettings, check_for_model, check_settings, run_study, unit_table
-from pvq.commands.common import add_device_arguments, add_mode_argument, placement
+from pvq.commands.common import (
+    add_calibration_arguments,
+    add_device_arguments,
+    add_mode_argument,
+    calibration_protocol,
+    placement,
+)
 from theory.accounting import removal_bits_per_weight
 from theory.errors import PvqError
 
@@ -66,9 +70,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     which.add_argument("--experts", type=int, help="drop this many experts of lowest router score per MoE block")
     parser.add_argument("--study", action="store_true", help="run the removal-vs-bounds study instead")
     parser.add_argument("--out", help=f"checkpoint folder, or the study's tables (default {DEFAULT_STUDY_OUT})")
-    parser.add_argument("--sequences", type=int, default=32, help="calibration windows (default 32)")
-    parser.add_argument("--seq-len", type=int, default=512, help="tokens per calibration window (default 512)")
-    parser.add_argument("--batch-size", type=int, default=4, help="windows per forward pass (default 4)")
+    add_calibration_arguments(parser, STUDY_CALIBRATION)
     parser.add_argument("--eval-windows", type=int, default=16, help="study: evaluation windows (default 16)")
     parser.add_argument("--window", type=int, default=512, help="study: evaluation window length (default 512)")
     parser.add_argument("--max-removed", type=int, default=8, help="study: removal levels 1..N (default 8)")
@@ -135,8 +137,7 @@ def run(args: argparse.Namespace) -> int:
 def _calibration(args: argparse.Namespace, loaded: Any) -> tuple[list, Any]:
     """The calibration batches and their protocol."""
 
-    protocol = CalibrationProtocol(args.sequences, args.seq_len, args.batch_size, bos=loaded.bos_per_window)
-    return calibration_batches(loaded, protocol), protocol
+    return model_calibration(loaded, calibration_protocol(args, STUDY_CALIBRATION))
 
 
 def _remove(args: argparse.Namespace, loaded: Any, place: Placement) -> int:
@@ -194,10 +195,7 @@ def _study(args: argparse.Namespace, loaded: Any) -> int:
     settings = study_settings(args)
     check_for_model(settings, loaded.model)
     batches, protocol = _calibration(args, loaded)
-    windows = make_windows(
-        evaluation_text(), loaded.tokenizer, args.window,
-        bos_token_id=bos_token_id_for(loaded.tokenizer, loaded.bos_per_window), max_windows=args.eval_windows,
-    )  # fmt: skip
+    windows = EvaluationProtocol(args.window, args.eval_windows).windows(loaded)
     provenance = collect(
         **loaded.describe(), calibration=protocol.as_dict(), evaluation=windows.protocol.as_dict(),
         settings=asdict(settings), torch_threads=torch.get_num_threads(),

@@ -18,10 +18,10 @@ import argparse
 
 from measure.capture.placement import load_placed
 from measure.compress.shrink.shrink import ShrinkSettings, check_settings, save_shrunk, shrink_counts, shrink_model
-from measure.data.calibration import CalibrationProtocol, calibration_batches
+from measure.evaluation.protocols import STUDY_CALIBRATION, model_calibration
 from measure.models.architecture import TOWERS
 from measure.models.defaults import DEFAULT_MODEL
-from pvq.commands.common import add_device_arguments, placement
+from pvq.commands.common import add_calibration_arguments, add_device_arguments, calibration_protocol, placement
 from theory.accounting import removal_bits_per_weight
 from theory.errors import PvqError
 
@@ -48,9 +48,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="shrink the language decoder (default) or a VLM's vision encoder (with --score magnitude --no-refit)",
     )  # fmt: skip
     parser.add_argument("--out", required=True, help="folder for the shrunk model (written atomically)")
-    parser.add_argument("--sequences", type=int, default=32, help="calibration windows (default 32)")
-    parser.add_argument("--seq-len", type=int, default=512, help="tokens per calibration window (default 512)")
-    parser.add_argument("--batch-size", type=int, default=4, help="windows per forward pass (default 4)")
+    add_calibration_arguments(parser, STUDY_CALIBRATION)
     add_device_arguments(parser)
 
 
@@ -74,8 +72,7 @@ def run(args: argparse.Namespace) -> int:
     place = placement(args, "full")
     loaded = load_placed(args.model, place)
     shrink_counts(loaded.model, settings)  # what this model cannot take fails before calibration
-    protocol = CalibrationProtocol(args.sequences, args.seq_len, args.batch_size, bos=loaded.bos_per_window)
-    batches = calibration_batches(loaded, protocol)
+    batches, _ = model_calibration(loaded, calibration_protocol(args, STUDY_CALIBRATION))
     result = shrink_model(loaded.model, batches, settings)
     fraction = result.removed_fraction
     units = result.units.assign(relative_refit_error=lambda t: t.refit_error / t.signal,

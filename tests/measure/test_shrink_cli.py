@@ -90,7 +90,7 @@ def test_heads_a_model_cannot_lose_are_refused_before_calibration(tmp_path, caps
     def no_calibration(*args: object) -> None:
         raise AssertionError("the shrink is checked against the model before calibration")
 
-    monkeypatch.setattr("pvq.commands.shrink.calibration_batches", no_calibration)
+    monkeypatch.setattr("pvq.commands.shrink.model_calibration", no_calibration)
     folder = save_tiny_model("gemma3", tmp_path / "kv1", num_attention_heads=4, num_key_value_heads=1, head_dim=8)
     out = tmp_path / "shrunk"
     assert main(["shrink", "--model", str(folder), "--heads", "0.34", "--out", str(out), *CALIBRATION]) == 2
