@@ -22,7 +22,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from figures.answers import ANSWERS
+from figures.answers import ANSWERS, stated_answers
 from figures.experiments import EXPERIMENTS, MODEL_FREE_DIR, model_slug
 from figures.layout import CROSS_MODEL_DIR, model_dependent, model_homes
 from figures.registry import Artifact
@@ -51,7 +51,7 @@ details { font-size: 0.85rem; background: #f6f6f6; padding: 0.3rem 0.6rem; }
 details dt { font-weight: bold; margin-top: 0.3rem; }
 details pre { white-space: pre-wrap; margin: 0; }
 .answer { background: #eef5ff; padding: 0.5rem 0.8rem; }
-.missing { color: #a00; }
+.missing { color: #a00; } .opt-in { color: #777; }
 """
 
 
@@ -144,16 +144,18 @@ def artifact_html(sidecar: Path, out_dir: Path) -> str:
 def _sections_html(home: Path, out_dir: Path, artifacts: Sequence[Artifact]) -> str:
     """The artifacts of ``artifacts`` rendered into ``home``, grouped by section; then those not rendered."""
     sections: dict[str, list[str]] = {}
-    missing = []
+    missing, opt_in = [], []
     for artifact in artifacts:
         sidecar = artifact.sidecar(home)
         if sidecar.is_file():
             sections.setdefault(artifact.section, []).append(artifact_html(sidecar, out_dir))
         else:
-            missing.append(artifact.name)
+            (missing if artifact.default else opt_in).append(artifact.name)
     parts = [f"<h3>{esc(section)}</h3>" + "".join(blocks) for section, blocks in sections.items()]
     if missing:
         parts.append(f'<p class="missing">Not rendered here yet: {esc(", ".join(missing))}.</p>')
+    parts += [f'<p class="opt-in">Opt-in, not in the default run: {esc(name)} (render it with '
+              f"<code>pvq figures --only {esc(name)}</code>).</p>" for name in opt_in]  # fmt: skip
     return "".join(parts)
 
 
@@ -162,24 +164,27 @@ def _results_folder(results_root: Path, model: str, experiment: str) -> Path:
     return Path(results_root) / folder / f"{experiment}.parquet"
 
 
+def model_tables(model: str, results_root: Path, names: Iterable[str]) -> dict[str, Any]:
+    """The result tables of ``names`` that ``model`` has in ``results_root``, by experiment name."""
+    paths = {name: _results_folder(results_root, model, name) for name in names}
+    return {name: read_table(path) for name, path in paths.items() if path.is_file()}
+
+
 def model_answers(model: str, results_root: Path) -> list[tuple[str, str]]:
-    """(section, plain-text answer) of every declared answer whose tables ``model`` has in ``results_root``."""
-    found = []
-    for section, declared in ANSWERS.items():
-        paths = {name: _results_folder(results_root, model, name) for name in declared.needs}
-        if all(path.is_file() for path in paths.values()):
-            sentence = declared.sentence({name: read_table(path) for name, path in paths.items()})
-            if sentence:
-                found.append((section, plain_text(sentence)))
-    return found
+    """(question, plain-text answer) of every declared answer for ``model``
+    (:func:`figures.answers.stated_answers`: computed from its tables in ``results_root``, or what the answer
+    says while they are missing)."""
+    names = {name for declared in ANSWERS.values() for name in declared.needs}
+    return [(question, plain_text(text))
+            for question, text in stated_answers(model_tables(model, results_root, names))]  # fmt: skip
 
 
 def answers_html(models: Iterable[str], results_root: Path) -> str:
     """Per model, every declared section answer whose tables are in ``results_root``."""
     parts = []
     for model in models:
-        items = [f"<dt>{esc(section)}</dt><dd>{esc(sentence)}</dd>"
-                 for section, sentence in model_answers(model, results_root)]  # fmt: skip
+        items = [f"<dt>{esc(question)}</dt><dd>{esc(sentence)}</dd>"
+                 for question, sentence in model_answers(model, results_root)]  # fmt: skip
         body = f"<dl>{''.join(items)}</dl>" if items else (
             f"<p>No answer yet: the tables behind the answers are not in {esc(results_root)}.</p>")
         parts.append(f'<div class="answer"><h3>{esc(model)}</h3>{body}</div>')
@@ -205,11 +210,12 @@ def report_html(out_dir: Path, results_root: Path, registered: Sequence[Artifact
         nav.append(("cross-model", "Across models"))
     body = [
         "<h1>pvq: pruning vs quantization of LLMs, results</h1>",
-        "<p>Every figure and table of <code>pvq figures</code> with its caption and provenance; the experiment "
-        f"tables behind them are in <code>{esc(results_root)}</code>. Compare them with published results: "
+        '<section id="answers"><h2>Answers</h2>' + answers_html(homes, results_root) + "</section>",
+        "<p>Below, every figure and table of <code>pvq figures</code> with its caption and provenance; the "
+        f"experiment tables behind them are in <code>{esc(results_root)}</code>. Compare them with published "
+        "results (an archive written by <code>pvq figures --archive</code>): "
         "<code>pvq verify &lt;published results&gt;</code>.</p>",
         "<nav>" + "".join(f'<a href="#{esc(key)}">{esc(title)}</a>' for key, title in nav) + "</nav>",
-        '<section id="answers"><h2>Answers</h2>' + answers_html(homes, results_root) + "</section>",
         '<section id="shared"><h2>Model-free</h2>' + _sections_html(out_dir, out_dir, shared) + "</section>",
     ]
     for model, home in homes.items():
@@ -245,7 +251,7 @@ def answers_markdown(models: Iterable[str], results_root: Path) -> str:
     for model in models:
         found = model_answers(model, results_root)
         lines += [f"## {model}", ""]
-        lines += [line for section, sentence in found for line in (f"**{section}.** {sentence}", "")]
+        lines += [line for question, sentence in found for line in (f"**{question}** {sentence}", "")]
         if not found:
             lines += ["No answer yet: run `make figures`.", ""]
     return "\n".join(lines)

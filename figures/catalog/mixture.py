@@ -32,7 +32,7 @@ from matplotlib.figure import Figure
 from pandas.io.formats.style import Styler
 from scipy import stats
 
-from figures.answers import answer, prose
+from figures.answers import answer, held_out_scale, indistinguishable, prose
 from figures.catalog.models import CALIBRATION, EVALUATION, calibration, describe_protocol, evaluation_windows
 from figures.experiments import ExperimentContext, experiment
 from figures.registry import Tables, escape_tex, figure, table
@@ -319,11 +319,28 @@ def _verdict(tables: Tables) -> str:
     )
 
 
-@answer(SECTION, needs=(MIXTURE,))
+@answer(SECTION, needs=(MIXTURE,), question="A mixture chosen layer by layer, or one method everywhere?")
 def mixture_answer(tables: Tables) -> str:
-    """Is there a better mixture of pruning, quantization and removal than one method everywhere? The verdict of
-    :func:`_verdict` (paired intervals) and where the allocations remove blocks."""
-    return f"{_verdict(tables)} {_removal_text(tables)}"
+    """Is there a better mixture of pruning, quantization and removal than one method everywhere? In plain words:
+    at how many sizes the allocation beats, loses to or cannot be told from the uniform quantization of exactly its
+    size (95 % paired intervals, :func:`equal_size_pairs`)."""
+    pairs = equal_size_pairs(tables)
+    quantization = pairs[pairs["kind"] == "quantization"]
+    tokens = tables[MIXTURE]["tokens"].dropna().iloc[0] if "tokens" in tables[MIXTURE] else None
+    scale = held_out_scale(tokens)
+    if quantization.empty:
+        return f"Not resolved: no uniform quantization was measured at an allocated size ({scale})."
+    counts = quantization["outcome"].value_counts()
+    lower, higher = int(counts.get("lower", 0)), int(counts.get("higher", 0))
+    lead = ("A mixture" if lower and not higher else "One method" if higher and not lower else
+            "Not resolved" if not lower else "It depends on the size")  # fmt: skip
+    tied = int(counts.get("indistinguishable", 0))
+    return (
+        f"{lead}: choosing per layer between quantization, pruning and removing whole blocks damages the model "
+        f"less than quantizing every layer alike to exactly the same size at {lower} of {len(quantization)} "
+        f"sizes, more at {higher}, and is {indistinguishable(tokens)} at {tied} (95 \\% paired intervals of the "
+        f"difference; {scale})."
+    )
 
 
 @prose(SECTION, needs=(MIXTURE,))

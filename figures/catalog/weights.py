@@ -57,12 +57,23 @@ def weight_tensor_study(config: Mapping[str, Any], context: ExperimentContext) -
     return study(context.model.model, config["bits"], Convention(**config["convention"]))
 
 
-@answer(SECTION, needs=(STUDY,))
+@answer(SECTION, needs=(STUDY,), question="Pruning or quantization, weight tensor by weight tensor?")
 def tensor_answer(tables: Tables) -> str:
-    """Pruning or quantization, per weight tensor (the paper's Fig. 3 question on this model): how many tensors
-    favour each at every bit width, and the median SQNR difference. Exact on the full tensors (no sampling)."""
-    return ("Per weight tensor at equal size (INT-$b$ with MSE clipping against magnitude pruning, free mask): "
-            + _tensor_counts(tables[STUDY]) + ".")
+    """Pruning or quantization, per weight tensor (the paper's Fig. 3 question on this model), in plain words:
+    which keeps more of each tensor at equal size, in how many (tensor, width) cases. Exact on the full tensors (no
+    sampling), so no interval."""
+    frame = tables[STUDY]
+    pruning = int(frame["pruning_wins"].astype(bool).sum())
+    quantization = len(frame) - pruning
+    lead = ("Quantization" if quantization > pruning else "Pruning" if pruning > quantization else "Neither")
+    *first, last = (str(int(bits)) for bits in sorted(frame["bits"].unique()))
+    widths = f"{', '.join(first)} and {last}" if first else last
+    return (
+        f"{lead}: at {widths} bits per weight, rounding a weight tensor to a coarse grid keeps more of it than "
+        f"dropping its smallest weights to reach the same size in {quantization} of {len(frame)} cases, and "
+        f"dropping keeps more in {pruning} (all {frame['layer'].nunique()} weight tensors of one model at each "
+        "width; exact on the full weights, so no interval)."
+    )
 
 
 def _tensor_counts(frame: pd.DataFrame) -> str:

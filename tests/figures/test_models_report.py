@@ -179,12 +179,12 @@ def test_the_report_states_each_models_answer_first(two_models):
 def test_answers_markdown_beside_the_report_holds_every_answer_of_every_model(two_models):
     results, out = two_models
     text = (out / ANSWERS_NAME).read_text()
-    assert len(ANSWERS) >= 3  # per tensor, removal at equal size, the optimal mixture
+    assert len(ANSWERS) >= 4  # per tensor, removal at equal size, the optimal mixture, width against depth
     for model in MODELS:
         assert f"## {model}" in text
-        for section, declared in ANSWERS.items():
+        for declared in ANSWERS.values():
             tables = {name: read_table(results / model / f"{name}.parquet") for name in declared.needs}
-            assert f"**{section}.** {plain_text(declared.sentence(tables))}" in text
+            assert f"**{declared.question}** {plain_text(declared.sentence(tables))}" in text
 
 
 def test_report_text_is_escaped_and_a_table_is_read_from_its_booktabs_source(tmp_path):
