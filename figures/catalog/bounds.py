@@ -262,7 +262,7 @@ def per_layer_bounds(tables: Tables) -> Figure:
 
 
 def bound_gaps_frame(frame: pd.DataFrame) -> pd.DataFrame:
-    """Per (layer, b): the exact optima (output SQNR, dB), each heuristic's shortfall and each SDP bound's excess
+    """Per (layer, b), layers in the sweep's order of roles (the figure's): the exact optima (output SQNR, dB), each heuristic's shortfall and each SDP bound's excess
     over the exact optimum of its family, |method − exact| in dB (:data:`GAPS`), the INT − pruning difference of
     the exact optima and the Gaussian RD reference minus the INT exact optimum (signed, dB)."""
 
@@ -277,7 +277,9 @@ def bound_gaps_frame(frame: pd.DataFrame) -> pd.DataFrame:
     gaps["reference_minus_quant_db"] = values[("sqnr_db", *REFERENCE)] - gaps["quant_exact_db"]
     gaps = gaps.reset_index()
     gaps["layer"] = gaps["block"].astype(str) + "." + gaps["role"].astype(str)
-    return gaps
+    order = {role: rank for rank, role in enumerate(frame["role"].unique())}  # the sweep's, as in the figure
+    return gaps.sort_values(["block", "role", "bits"], key=lambda c: c.map(order) if c.name == "role" else c,
+                            ignore_index=True)  # fmt: skip
 
 
 _gaps_caption = _with_protocol(

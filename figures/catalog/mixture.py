@@ -35,6 +35,7 @@ from scipy import stats
 from figures.answers import answer, held_out_scale, indistinguishable, prose
 from figures.catalog.models import CALIBRATION, EVALUATION, calibration, describe_protocol, evaluation_windows
 from figures.experiments import ExperimentContext, experiment
+from figures.labels import spec_label
 from figures.registry import Tables, escape_tex, figure, table
 from figures.style import OKABE_ITO, interval_bars, new_figure, thesis_table
 from measure.capture.statistics import capture
@@ -470,13 +471,14 @@ def _table_caption(tables: Tables, facts: Mapping[str, Any]) -> str:
 def mixture_frontier_table(tables: Tables) -> Styler:
     """One row per budget: allocation summary, predicted damage, PPL, KL, and the best uniform option's."""
     frame = comparison(tables)
-    frame["summary"] = [", ".join(f"{option} {100 * share:.0f}%" for option, share in
+    frame["summary"] = ["; ".join(f"{spec_label(option)}: {100 * share:.0f}%" for option, share in
                                   sorted(json.loads(s).items(), key=lambda item: -item[1])[:3])
                         for s in frame["split"]]  # fmt: skip
     frame["equal"] = frame["equal_size"].map({True: "yes", False: "no"})
-    columns = {"budget": "Budget", "bits_per_weight": "Spent", "summary": "Allocation (largest shares)",
-               "removed_blocks": "Removed", "predicted_damage": "Predicted KL", "perplexity": "PPL",
-               "kl_to_reference_nats": "KL",
-               "uniform_spec": "Best uniform", "uniform_bits_per_weight": "Its bits",
-               "uniform_perplexity": "Its PPL", "uniform_kl_nats": "Its KL", "equal": "Equal size"}  # fmt: skip
+    frame["uniform_spec"] = frame["uniform_spec"].map(lambda spec: spec_label(spec) if spec else "")
+    columns = {"budget": "Budget", "kl_to_reference_nats": "KL", "uniform_spec": "Best uniform",
+               "uniform_kl_nats": "Its KL", "equal": "Equal size", "perplexity": "PPL",
+               "uniform_perplexity": "Its PPL", "bits_per_weight": "Spent", "uniform_bits_per_weight": "Its bits",
+               "predicted_damage": "Predicted KL", "summary": "Allocation (largest shares)",
+               "removed_blocks": "Removed"}  # fmt: skip
     return thesis_table(frame, columns, precision=3)

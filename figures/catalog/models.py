@@ -17,6 +17,7 @@ import pandas as pd
 from pandas.io.formats.style import Styler
 
 from figures.experiments import ExperimentContext, experiment
+from figures.labels import spec_label
 from figures.registry import Tables, escape_tex, table
 from figures.style import thesis_table
 from measure.capture.statistics import capture
@@ -51,7 +52,6 @@ BENCHMARK_VARIANTS = ("", "gptq:4:g128", "remove:bi:4")
 BENCHMARK_TASKS = {"csqa": 20}
 """lm-eval task -> --limit. MMLU is 5-shot (about 600 tokens a question): at --limit 1 per subject it costs
 57 questions per variant, over the budget; add ``"mmlu": 1`` here to include it (the table shows a column)."""
-ORIGINAL = "original (16-bit)"
 BITS_PER_MB = 8e6
 
 
@@ -264,7 +264,7 @@ def compression_benchmarks_table(tables: Tables) -> Styler:
     wide = cells.pivot_table(index="spec", columns="task", values="cell", sort=False, aggfunc="first")
     sizes = frame.drop_duplicates("spec").set_index("spec")
     merged = sizes[["bits_per_weight", "size_mb", "perplexity", "kl_to_reference_nats"]].join(wide).reset_index()
-    merged["spec"] = merged["spec"].replace("", ORIGINAL)
+    merged["spec"] = merged["spec"].map(spec_label)
     labels = {"spec": "Configuration", "bits_per_weight": "Bits per weight", "size_mb": "Size [MB]",
               "perplexity": "Perplexity", "kl_to_reference_nats": "KL [nats/token]"}  # fmt: skip
     labels |= {task: f"{'CommonsenseQA' if task == 'csqa' else task.upper()} [\\%]" for task in wide.columns}
