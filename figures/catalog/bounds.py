@@ -262,9 +262,10 @@ def per_layer_bounds(tables: Tables) -> Figure:
 
 
 def bound_gaps_frame(frame: pd.DataFrame) -> pd.DataFrame:
-    """Per (layer, b), layers in the sweep's order of roles (the figure's): the exact optima (output SQNR, dB), each heuristic's shortfall and each SDP bound's excess
-    over the exact optimum of its family, |method − exact| in dB (:data:`GAPS`), the INT − pruning difference of
-    the exact optima and the Gaussian RD reference minus the INT exact optimum (signed, dB)."""
+    """Per (layer, b), layers in the sweep's order of roles (the figure's): the exact optima (output SQNR, dB),
+    each heuristic's shortfall and each SDP bound's excess over the exact optimum of its family, |method − exact|
+    in dB (:data:`GAPS`), the INT − pruning difference of the exact optima and the Gaussian RD reference minus the
+    INT exact optimum (signed, dB)."""
 
     values = frame.pivot_table(index=["block", "role", "bits"], columns=["family", "method"], aggfunc="first",
                                values=["sqnr_db", "sqnr_upper_db"], dropna=False)  # fmt: skip
