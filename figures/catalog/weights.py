@@ -97,8 +97,8 @@ def tensor_prose(tables: Tables) -> str:
         f"tails favour pruning: over all tensors and widths the Spearman rank correlation of the kurtosis with "
         f"the SQNR difference (quantization minus pruning) is {rho:.2f}. The SQNRs are exact on the full tensors, "
         "so they carry no sampling error. Threats to validity: the weight SQNR ignores the inputs (the later "
-        "sections weight errors by the layers' input statistics); the model's weights were stored on a 4-bit "
-        "grid, which favours quantization at 4 bits and more."
+        "sections weight errors by the layers' input statistics); the model's default weights were published "
+        "on a low-bit grid, which favours quantization at that width and above; one small model."
     )
 
 

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 from pandas.io.formats.style import Styler
 
-from figures.answers import answer, held_out_scale, indistinguishable
+from figures.answers import answer, held_out_scale, indistinguishable, prose
 from figures.catalog.models import calibration, describe_protocol, evaluation_windows, original_capture
 from figures.experiments import ExperimentContext, experiment
 from figures.registry import Tables, escape_tex, table
@@ -168,4 +168,21 @@ def width_answer(tables: Tables) -> str:
         f"{indistinguishable(tokens)} for {int(counts.get('indistinguishable', 0))}, judged by the extra KL to "
         f"the original and called only where the two 95 \\% intervals do not overlap ({held_out_scale(tokens)}). "
         f"Measured: {details}."
+    )
+
+
+@prose(SECTION, needs=(WIDTH,))
+def width_prose(tables: Tables) -> str:
+    """The section's opening paragraph: the width answer, the size gaps of the removal it is compared with, and the
+    threats to validity."""
+    frame = tables[WIDTH]
+    compared = width_against_depth(frame)
+    gap = float(compared["size_gap_bits"].abs().max()) if len(compared) else float("nan")
+    return (
+        "Instead of removing whole blocks, a model can be made narrower: fewer MLP channels or fewer attention "
+        f"groups in every block. {width_answer(tables)} The removal compared is that of the nearest size, at most "
+        f"{gap:.2f} bits per decoder parameter away. Threats to validity: the two models' intervals are not "
+        "paired, so a difference is called only where they do not overlap, which is conservative; the protocol is "
+        "cut to fit the machine (fewer calibration and evaluation windows than the other sections); one small "
+        "model."
     )
