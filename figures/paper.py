@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from figures.layout import CROSS_MODEL_DIR, artifact_home, relative_stem
+from figures.registry import check_tex
 from measure.records.atomic import write_text_atomic
 from theory.errors import PvqError
 
@@ -86,7 +87,7 @@ def answers_tex(answers: Sequence[tuple[str, str]]) -> str:
     """The closing section: every thesis question with its answer (:func:`figures.answers.stated_answers`)."""
     if not answers:
         return ""
-    items = "".join(f"\\item[{question}] {text}\n" for question, text in answers)
+    items = "".join(f"\\item[{question}] {check_tex(text, question)}\n" for question, text in answers)
     return (f"\n\\section{{{ANSWERS_SECTION}}}\n\nThe questions of this chapter and their answers for this model, "
             "each computed from the tables of its section:\n\\begin{description}\n"
             f"{items}\\end{{description}}\n")  # fmt: skip
@@ -113,8 +114,9 @@ def results_tex(out_dir: Path, artifacts: Sequence[Artifact], model_name: str,
         sections.setdefault(artifact.section, []).append(block(artifact.name, caption, stem))
     if not sections:
         return HEADER + "No figures or tables have been rendered yet: run \\texttt{make figures}.\n"
-    parts = [f"\\section{{{title}}}\n\n" + (f"{paragraphs[title]}\n\n" if paragraphs.get(title) else "")
-             + "\n".join(blocks) for title, blocks in sections.items()]
+    opening = {title: f"{check_tex(text, title)}\n\n" for title, text in paragraphs.items() if text}
+    parts = [f"\\section{{{title}}}\n\n" + opening.get(title, "") + "\n".join(blocks)
+             for title, blocks in sections.items()]
     return HEADER + "\n" + "\n".join(parts) + CROSS_MODEL_INPUT + answers_tex(answers)
 
 

@@ -144,3 +144,26 @@ _TEX_SPECIALS = {
 def escape_tex(text: Any) -> str:
     """``text`` with LaTeX's special characters escaped, for data values inside captions."""
     return "".join(_TEX_SPECIALS.get(char, char) for char in str(text))
+
+
+def check_tex(text: str, where: str) -> str:
+    """``text`` unchanged when it is safe inside a LaTeX argument (``\\caption{...}``): no bare ``%`` (it would
+    comment out the rest of the line, closing brace included) and balanced braces, escaped ``\\%``, ``\\{``,
+    ``\\}`` aside. Raises one PvqError naming ``where`` otherwise, before anything is written."""
+    depth, escaped = 0, False
+    for position, char in enumerate(text):
+        if escaped:
+            escaped = False
+            continue
+        if char == "\\":
+            escaped = True
+        elif char == "%":
+            raise PvqError(f"{where}: a bare % at character {position} of its LaTeX text "
+                           f"({text[max(0, position - 40):position + 10]!r}); escape it with escape_tex or \\%")
+        elif char in "{}":
+            depth += 1 if char == "{" else -1
+            if depth < 0:
+                break
+    if depth != 0:
+        raise PvqError(f"{where}: unbalanced braces in its LaTeX text; escape literal braces with escape_tex")
+    return text

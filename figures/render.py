@@ -21,7 +21,7 @@ from matplotlib.figure import Figure
 from pandas.io.formats.style import Styler
 
 from figures.experiments import NO_MODEL, ExperimentRun
-from figures.registry import Artifact, Tables
+from figures.registry import Artifact, Tables, check_tex
 from figures.style import THESIS_RC
 from measure.models.fetch import sha256_file
 from measure.records.atomic import atomic_path, write_text_atomic
@@ -101,7 +101,7 @@ def render_artifact(
     start = time.perf_counter()
     stem = artifact.stem(out_dir)
     drawn = draw(artifact, tables)
-    caption = artifact.caption(tables, facts)
+    caption = check_tex(artifact.caption(tables, facts), f"the caption of {artifact.name}")
     sidecar = artifact.sidecar(out_dir)
     sidecar.unlink(missing_ok=True)  # an old sidecar must not vouch for files being replaced
     with matplotlib.rc_context(THESIS_RC):

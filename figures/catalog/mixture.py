@@ -356,7 +356,8 @@ def mixture_prose(tables: Tables) -> str:
         "Is there a mixture of pruning, quantization and block removal, chosen layer by layer, that beats one "
         f"method applied everywhere at the same size? {int(kinds.get('kl', 0))} allocations solved exactly for "
         f"the predicted damage and {int(kinds.get('uniform', 0))} uniform options of the menu were evaluated on "
-        f"{scale}. {_verdict(tables)} {_removal_text(tables)} {_prediction_text(tables)} Threats to validity: "
+        f"{scale}. {escape_tex(_verdict(tables))} {escape_tex(_removal_text(tables))} {_prediction_text(tables)} "
+        "Threats to validity: "
         "the default menu is data-free (RTN, magnitude pruning, both, block removal), so the calibrated methods "
         "of the full menu may move the verdict; the allocation is optimal for the predicted damage, not for "
         "the measured KL; one small model."
@@ -405,7 +406,7 @@ def _mixture_caption(tables: Tables, facts: Mapping[str, Any]) -> str:
         "bars: 95 \\% block-bootstrap intervals. (b) How each budget's weights are spent (a removed block's "
         "linears cost 0 bits; its damage is the "
         "measured KL of the model without it on the probe tokens). "
-        f"{_verdict(tables)} {_removal_text(tables)} {_prediction_text(tables)} "
+        f"{escape_tex(_verdict(tables))} {escape_tex(_removal_text(tables))} {_prediction_text(tables)} "
         f"Menu: {menu}. {escape_tex(facts['model_id'])}; {describe_protocol(facts['protocol'][MIXTURE])}."
     )
 
@@ -462,7 +463,7 @@ def _table_caption(tables: Tables, facts: Mapping[str, Any]) -> str:
         "shares of the weights by option, predicted KL (nats/token), measured perplexity and KL to the original, "
         "and the best uniform menu option whose size does not exceed the budget, with its size, perplexity and KL "
         "(equal size: the budget is that option's size); removed: the decoder blocks the allocation removes. "
-        f"{_verdict(tables)} {_removal_text(tables)} {_prediction_text(tables)} "
+        f"{escape_tex(_verdict(tables))} {escape_tex(_removal_text(tables))} {_prediction_text(tables)} "
         f"{escape_tex(facts['model_id'])}; {describe_protocol(facts['protocol'][MIXTURE])}."
     )
 
