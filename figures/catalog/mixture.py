@@ -68,6 +68,8 @@ PROBE_WINDOWS = {"window": 128, "max_windows": 1}
 per linear layer; c_ℓ is calibrated on calibration data, never on the evaluation windows it is judged on)."""
 TOLERANCE = 1e-9
 KINDS = ("kl", "kl_without_removal", "energy", "uniform")
+HATCHES = ("", "////", "....")
+"""Hatching of the spending categories of panel (b): none for the palette's first pass, then these."""
 """Row kinds: allocation with the KL sensitivity, the same without ``remove`` in the menu, with the energy
 sensitivity, and a menu option applied to every layer (``spec`` names it)."""
 
@@ -441,15 +443,16 @@ def optimal_mixture(tables: Tables) -> Figure:
     curve.set_xlabel("bits per weight")
     curve.set_ylabel("KL (nats/token)")
     curve.set_title("(a)", loc="left", fontsize="small")
-    curve.legend(fontsize=6, frameon=False)
+    fig.legend(*curve.get_legend_handles_labels(), loc="outside lower center", ncols=2, fontsize=6, frameon=False)
     shares = pd.DataFrame([split_categories(json.loads(s)) for s in frame["split"]]).fillna(0.0)
     bottom = np.zeros(len(frame))
     palette = [color for name, color in OKABE_ITO.items() if name != "black"]
     positions = np.arange(len(frame))
-    for index, column in enumerate(sorted(shares.columns)):
-        bars.bar(positions, shares[column], bottom=bottom, color=palette[index % len(palette)], label=column)
+    for index, column in enumerate(sorted(shares.columns)):  # past the palette's end, colours repeat hatched
+        bars.bar(positions, shares[column], bottom=bottom, color=palette[index % len(palette)], label=column,
+                 hatch=HATCHES[index // len(palette) % len(HATCHES)], edgecolor="white", linewidth=0.3)
         bottom += shares[column].to_numpy()
-    bars.set_xticks(positions, [f"{b:g}" for b in frame["budget"]], rotation=90, fontsize=6)
+    bars.set_xticks(positions, [f"{b:.3g}" for b in frame["budget"]], rotation=90, fontsize=6)
     bars.set_xlabel("budget (bits per weight)")
     bars.set_ylabel("fraction of linear weights")
     bars.set_title("(b)", loc="left", fontsize="small")

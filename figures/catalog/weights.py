@@ -136,6 +136,6 @@ def llm_tensor_pruning_vs_quantization(tables: Tables) -> Figure:
         ax.set_title(f"$b = {b}$ bits, sparsity {100 * rows['sparsity'].iloc[0]:.1f}%", fontsize="small")
         ax.set_xlabel("pruning SQNR (dB)")
     axes[0].set_ylabel("INT-$b$ SQNR (dB)")
-    axes[0].legend(frameon=False, loc="upper left")
+    fig.legend(*axes[0].get_legend_handles_labels(), frameon=False, loc="outside lower center")
     fig.colorbar(points, ax=list(axes)).set_label("kurtosis")
     return fig
