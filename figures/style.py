@@ -36,6 +36,9 @@ OKABE_ITO: dict[str, str] = {
     "vermillion": "#D55E00",
     "reddish_purple": "#CC79A7",
 }
+REMOVAL_BROWNS = ("#543005", "#8C510A", "#BF812D", "#DFC27D")
+"""The brown half of ColorBrewer's BrBG (colour-blind safe), dark to light: the block-removal orderings, a family
+apart from the Okabe–Ito colours of every method."""
 LEGEND_INSIDE_MAX = 8
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "h")
 DIVERGING_CMAP = "RdBu"  # ColorBrewer RdBu: diverging and colour-blind safe
@@ -99,11 +102,11 @@ METHOD_STYLE: dict[str, MethodStyle] = {
     "gptq_channel": MethodStyle(OKABE_ITO["blue"], "H", "GPTQ (per channel)", linestyle="-."),
     "gaussian_rd": MethodStyle(OKABE_ITO["bluish_green"], "", "Gaussian RD reference", linestyle="-"),
     "gaussian_rd_joint": MethodStyle(OKABE_ITO["bluish_green"], "+", "Gaussian RD, joint", linestyle="--"),
-    # layer removal orderings
-    "remove:bi": MethodStyle(OKABE_ITO["black"], ">", "Removal (bi, ShortGPT)", linestyle=":"),
-    "remove:angular": MethodStyle(OKABE_ITO["orange"], "<", "Removal (angular)", linestyle=":"),
-    "remove:reverse": MethodStyle(OKABE_ITO["vermillion"], "^", "Removal (reverse)", filled=False, linestyle=":"),
-    "remove:random": MethodStyle(OKABE_ITO["sky_blue"], "v", "Removal (random)", filled=False, linestyle=":"),
+    # layer removal orderings: one colour family of their own (browns), so no ordering takes a method's colour
+    "remove:bi": MethodStyle(REMOVAL_BROWNS[0], ">", "Removal (BI, ShortGPT)", linestyle=":"),
+    "remove:angular": MethodStyle(REMOVAL_BROWNS[1], "<", "Removal (angular)", linestyle=":"),
+    "remove:reverse": MethodStyle(REMOVAL_BROWNS[2], "^", "Removal (reverse)", filled=False, linestyle=":"),
+    "remove:random": MethodStyle(REMOVAL_BROWNS[3], "v", "Removal (random)", filled=False, linestyle=":"),
     # structured width pruning (measure.compress.shrink), consumers refit unless "norefit"
     "shrink_mlp": MethodStyle(OKABE_ITO["black"], "D", "Width: MLP"),
     "shrink_mlp_wanda": MethodStyle(OKABE_ITO["black"], "d", "Width: MLP (Wanda)"),

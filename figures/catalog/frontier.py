@@ -42,6 +42,8 @@ from measure.evaluation.perplexity import interval_columns
 from measure.evaluation.residual import ResidualStreamEvaluator, restored
 
 SECTION = "Perplexity at equal size"
+PERPLEXITY_VIEW = 10.0
+"""Panel (a) shows perplexity up to this multiple of the original's (models beyond it are in the KL panel)."""
 FRONTIER = "compression_frontier"
 SPECS = ("sparsegpt:0.5", "sparsegpt:0.5+gptq:4:g128")
 """SparseGPT at 50 % (8 bits per weight with a free mask) and the joint SparseGPT 50 % + GPTQ 4-bit point of the
@@ -147,7 +149,8 @@ def _caption(tables: Tables, facts: Mapping[str, Any]) -> str:
         "structured width pruning (dash-dotted markers: KV groups or MLP channels removed, consumers refit; "
         "counted like removal, no mask) and the models spliced from two widths at each removal's size. "
         "Original (dequantized) model: "
-        f"perplexity {base:.2f} (dashed line); star and dotted line: the stored format itself (the native "
+        f"perplexity {base:.2f} (dashed line; panel (a) is cut at {PERPLEXITY_VIEW:g} times it, panel (b) shows "
+        "every model); star and dotted line: the stored format itself (the native "
         "re-encoding), zero error at its own size. Removal levels with their 95 \\% block-bootstrap intervals. "
         f"{escape_tex(facts['model_id'])}; "
         f"{describe_protocol(facts['protocol'][FRONTIER])}."
@@ -180,6 +183,8 @@ def perplexity_vs_size(tables: Tables) -> Figure:
         ax.set_xlabel("bits per weight")
         ax.set_ylabel(label)
         ax.set_title(f"({letter})", loc="left", fontsize="small")
+    lowest = float(np.nanmin([points["perplexity"].min(), base]))
+    ppl.set_ylim(0.95 * lowest, PERPLEXITY_VIEW * base)  # the region of interest; panel (b) shows every model
     handles, labels = ppl.get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside lower center", ncols=3, frameon=False, fontsize=7)
     return fig

@@ -68,10 +68,10 @@ PROBE_WINDOWS = {"window": 128, "max_windows": 1}
 per linear layer; c_ℓ is calibrated on calibration data, never on the evaluation windows it is judged on)."""
 TOLERANCE = 1e-9
 KINDS = ("kl", "kl_without_removal", "energy", "uniform")
-HATCHES = ("", "////", "....")
-"""Hatching of the spending categories of panel (b): none for the palette's first pass, then these."""
 """Row kinds: allocation with the KL sensitivity, the same without ``remove`` in the menu, with the energy
 sensitivity, and a menu option applied to every layer (``spec`` names it)."""
+HATCHES = ("", "////", "....")
+"""Hatching of the spending categories of panel (b): none for the palette's first pass, then these."""
 
 
 def synthetic_mixture(rng: np.random.Generator) -> pd.DataFrame:

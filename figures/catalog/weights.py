@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
+from matplotlib.ticker import NullFormatter
 
 from figures.answers import answer, prose
 from figures.experiments import ExperimentContext, experiment
@@ -28,6 +29,8 @@ STUDY = "weight_tensor_study"
 BITS = (2, 3, 4)
 KURTOSIS_CMAP = "viridis"
 PANEL_MARKER_SIZE = 9
+KURTOSIS_COLORBAR_TICKS = (3, 5, 10, 20, 50, 100, 200, 500, 1000)
+"""Kurtosis values labelled on the colour bar, as plain numbers (spaced apart enough on its log scale)."""
 
 
 def synthetic_weight_study(rng: np.random.Generator) -> pd.DataFrame:
@@ -137,5 +140,9 @@ def llm_tensor_pruning_vs_quantization(tables: Tables) -> Figure:
         ax.set_xlabel("pruning SQNR (dB)")
     axes[0].set_ylabel("INT-$b$ SQNR (dB)")
     fig.legend(*axes[0].get_legend_handles_labels(), frameon=False, loc="outside lower center")
-    fig.colorbar(points, ax=list(axes)).set_label("kurtosis")
+    colorbar = fig.colorbar(points, ax=list(axes))
+    colorbar.set_label("kurtosis")
+    ticks = [tick for tick in KURTOSIS_COLORBAR_TICKS if norm.vmin <= tick <= norm.vmax]  # plain, not a×10^b
+    colorbar.set_ticks(ticks, labels=[f"{tick:g}" for tick in ticks])
+    colorbar.ax.yaxis.set_minor_formatter(NullFormatter())
     return fig
