@@ -87,10 +87,10 @@ def answers_tex(answers: Sequence[tuple[str, str]]) -> str:
     """The closing section: every thesis question with its answer (:func:`figures.answers.stated_answers`)."""
     if not answers:
         return ""
-    items = "".join(f"\\item[{question}] {check_tex(text, question)}\n" for question, text in answers)
+    items = "".join(f"\\item \\textbf{{{question}}} {check_tex(text, question)}\n" for question, text in answers)
     return (f"\n\\section{{{ANSWERS_SECTION}}}\n\nThe questions of this chapter and their answers for this model, "
-            "each computed from the tables of its section:\n\\begin{description}\n"
-            f"{items}\\end{{description}}\n")  # fmt: skip
+            "each computed from the tables of its section:\n\\begin{itemize}\n"
+            f"{items}\\end{{itemize}}\n")  # fmt: skip
 
 
 def results_tex(out_dir: Path, artifacts: Sequence[Artifact], model_name: str,
