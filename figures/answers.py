@@ -18,7 +18,7 @@ from typing import Any
 
 import pandas as pd
 
-from figures.registry import Tables
+from figures.registry import CATALOG_ORDER, Tables
 from theory.errors import PvqError
 
 Sentence = Callable[[Tables], str]
@@ -61,10 +61,10 @@ def answer(section: str, *, needs: Sequence[str], question: str, missing: str = 
 
 
 def stated_answers(tables: Tables) -> list[tuple[str, str]]:
-    """(question, LaTeX answer) of every declared answer, in declaration order: computed when its tables are all
-    in ``tables``, else its ``missing`` text (answers without one are left out)."""
+    """(question, LaTeX answer) of every declared answer, in the chapter's order (:func:`chapter_rank`): computed
+    when its tables are all in ``tables``, else its ``missing`` text (answers without one are left out)."""
     stated = []
-    for declared in ANSWERS.values():
+    for declared in sorted(ANSWERS.values(), key=lambda declared: chapter_rank(declared.sentence)):
         if all(name in tables for name in declared.needs):
             text = declared.sentence({name: tables[name] for name in declared.needs})
         else:
@@ -72,6 +72,13 @@ def stated_answers(tables: Tables) -> list[tuple[str, str]]:
         if text:
             stated.append((declared.question, text))
     return stated
+
+
+def chapter_rank(function: Sentence) -> int:
+    """Where the catalog module declaring ``function`` stands in the chapter
+    (:data:`figures.registry.CATALOG_ORDER`; modules not listed after it), whichever was imported first."""
+    module = function.__module__.rsplit(".", 1)[-1]
+    return CATALOG_ORDER.index(module) if module in CATALOG_ORDER else len(CATALOG_ORDER)
 
 
 def held_out_scale(tokens: Any) -> str:
