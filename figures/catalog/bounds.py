@@ -45,7 +45,7 @@ SERIES = (
     ("quantization", "park_boyd", "sqnr_upper_db", "INT-$b$ SDP bound (Park–Boyd)", "reddish_purple", "v"),
     ("quantization", "gptq", "sqnr_db", "GPTQ", "blue", "D"),
     ("quantization", "rtn", "sqnr_db", "RTN", "sky_blue", "s"),
-    ("pruning", "exact", "sqnr_db", "pruning exact optimum", "black", "o"),
+    ("pruning", "exact", "sqnr_db", "pruning exact optimum", "black", "P"),
     ("pruning", "perspective", "sqnr_upper_db", "pruning SDP bound (perspective)", "reddish_purple", "v"),
     ("pruning", "sparsegpt", "sqnr_db", "SparseGPT", "vermillion", "D"),
     ("pruning", "wanda", "sqnr_db", "Wanda", "bluish_green", "^"),

@@ -582,8 +582,7 @@ def _bounds_caption(tables: Tables, facts: Mapping[str, Any]) -> str:
         "the decoder's layers. Removal orderings as filled markers at $b(f) = 16(1-f)$ (a 16-bit base) and as "
         "open markers at $B_s(1-f)$ for the model's stored size $B_s$ (dotted vertical line: the stored format "
         "itself, the native re-encoding, zero error at its own size); end to end with 95 \\% block-bootstrap "
-        "intervals. "
-        f"{_answer_sentence(_answer_rows(tables))} {_settings_text(facts)}."
+        f"intervals. {_settings_text(facts)}."
     )
 
 
