@@ -354,6 +354,9 @@ def _view_panel(ax: Axes, points: pd.DataFrame, levels: pd.DataFrame, view: str,
     if np.isfinite(stored_bits):
         ax.axvline(stored_bits, color=OKABE_ITO["black"], linewidth=0.6, linestyle=(0, (1, 2)),
                    label="stored format (zero error)")  # fmt: skip
+    if len(levels):  # where the comparison happens: the removal levels' sizes at a 16-bit base
+        ax.axvspan(levels["bits_per_weight"].min(), levels["bits_per_weight"].max(), color=OKABE_ITO["black"],
+                   alpha=0.07, linewidth=0, label="removal sizes $b(f)$")  # fmt: skip
     ax.set_yscale("log")
     ax.set_ylabel(VIEW_AXES[view], fontsize="small")
 
@@ -582,7 +585,7 @@ def _bounds_caption(tables: Tables, facts: Mapping[str, Any]) -> str:
         "the decoder's layers. Removal orderings as filled markers at $b(f) = 16(1-f)$ (a 16-bit base) and as "
         "open markers at $B_s(1-f)$ for the model's stored size $B_s$ (dotted vertical line: the stored format "
         "itself, the native re-encoding, zero error at its own size); end to end with 95 \\% block-bootstrap "
-        f"intervals. {_settings_text(facts)}."
+        f"intervals; shaded: the range of the removal levels' sizes $b(f)$. {_settings_text(facts)}."
     )
 
 
