@@ -45,7 +45,8 @@ table.data { border-collapse: collapse; font-size: 0.85rem; margin: 0.5rem 0; }
 table.data th, table.data td { padding: 0.15rem 0.5rem; text-align: right; white-space: nowrap; }
 table.data thead { border-top: 2px solid #000; border-bottom: 1px solid #000; }
 table.data tbody { border-bottom: 2px solid #000; }
-table.data .left { text-align: left; } table.data .center { text-align: center; }
+table.data .left { text-align: left; white-space: normal; min-width: 8rem; }
+table.data .center { text-align: center; }
 .scroll { overflow-x: auto; }
 details { font-size: 0.85rem; background: #f6f6f6; padding: 0.3rem 0.6rem; }
 details dt { font-weight: bold; margin-top: 0.3rem; }
