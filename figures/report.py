@@ -39,6 +39,9 @@ body { font-family: system-ui, sans-serif; max-width: 62rem; margin: 2rem auto; 
 h1 { font-size: 1.6rem; } h2 { border-bottom: 1px solid #ccc; margin-top: 2.5rem; } h3 { margin-top: 1.8rem; }
 nav a { margin-right: 1rem; }
 .artifact { margin: 1.5rem 0 2rem; }
+body { counter-reset: figure table; }
+.artifact.figure h4::before { counter-increment: figure; content: "Figure " counter(figure) ": "; }
+.artifact.table h4::before { counter-increment: table; content: "Table " counter(table) ": "; }
 .artifact img { max-width: 100%; height: auto; border: 1px solid #eee; }
 .caption, figcaption { font-size: 0.9rem; color: #333; }
 table.data { border-collapse: collapse; font-size: 0.85rem; margin: 0.5rem 0; }
@@ -138,8 +141,8 @@ def artifact_html(sidecar: Path, out_dir: Path) -> str:
         shown = (f'<p class="caption">{caption}</p>'
                  + (table_html(tex.read_text()) if tex.is_file() else
                     f'<p class="missing">{esc(tex.name)} is missing; rerun pvq figures</p>'))  # fmt: skip
-    return (f'<article class="artifact" id="{anchor}"><h4>{esc(name)} <small>({esc(kind)})</small></h4>'
-            f"{shown}{provenance_html(record)}</article>")  # fmt: skip
+    return (f'<article class="artifact {esc(kind)}" id="{anchor}">'
+            f"<h4>{esc(name)} <small>({esc(kind)})</small></h4>{shown}{provenance_html(record)}</article>")
 
 
 def _sections_html(home: Path, out_dir: Path, artifacts: Sequence[Artifact]) -> str:
