@@ -13,14 +13,14 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from figures.answers import section_paragraphs
+from figures.answers import ANSWERS, PROSE, section_paragraphs, stated_answers
 from figures.catalog.cross_model import render_cross_model
-from figures.experiments import ExperimentContext, ExperimentRun, ensure, lookup
+from figures.experiments import ExperimentContext, ExperimentRun, ensure, lookup, model_slug
 from figures.layout import artifact_home
 from figures.paper import write_cross_model_section, write_results_section
 from figures.registry import Artifact, needed_experiments
 from figures.render import RenderedArtifact, facts_from_runs, render_artifact
-from figures.report import write_report
+from figures.report import model_tables, write_report
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,8 @@ def build(
     Each artifact goes to its home (:func:`figures.layout.artifact_home`): the model's folder
     ``<out>/<model>/`` when it depends on the model, the shared ``<out>/`` otherwise. The results section lists
     every artifact of ``registered`` that has been rendered for this model (so ``--only`` does not drop the
-    others from the chapter). The cross-model artifacts are rendered when two or more models have results
+    others from the chapter); its paragraphs and closing answers read this model's stored tables beside the ones
+    just run. The cross-model artifacts are rendered when two or more models have results
     (:mod:`figures.catalog.cross_model`); ``<out>/index.html`` shows every model rendered (:mod:`figures.report`).
     Without ``verbose`` the experiments run with third-party output silenced (:func:`figures.experiments.ensure`).
     """
@@ -60,8 +61,11 @@ def build(
             rendered.append(render_artifact(artifact, tables, facts_from_runs(artifact, runs), home))
     cross_model = render_cross_model(context.results_root, Path(out_dir))
     write_cross_model_section(Path(out_dir))
-    paragraphs = section_paragraphs({name: run.table() for name, run in runs.items()})
-    section = write_results_section(Path(out_dir), registered, context.model_name, paragraphs) if chapter else None
+    stated = {name for declared in (*PROSE.values(), *ANSWERS.values()) for name in declared.needs}
+    tables = {**model_tables(model_slug(context.model_name), context.results_root, stated),
+              **{name: run.table() for name, run in runs.items()}}  # fmt: skip
+    section = write_results_section(Path(out_dir), registered, context.model_name, section_paragraphs(tables),
+                                    stated_answers(tables)) if chapter else None  # fmt: skip
     report = write_report(Path(out_dir), context.results_root, registered)
     return BuildReport(runs, rendered, section, time.perf_counter() - start, cross_model, report)
 

@@ -80,12 +80,26 @@ def table_block(name: str, caption: str, stem: str | None = None) -> str:
     return f"\\pvqtable{{tab:{name}}}{{{caption}}}{{\\input{{{stem or f'tables/{name}'}.tex}}}}\n"
 
 
+ANSWERS_SECTION = "The answers"
+
+
+def answers_tex(answers: Sequence[tuple[str, str]]) -> str:
+    """The closing section: every thesis question with its answer (:func:`figures.answers.stated_answers`)."""
+    if not answers:
+        return ""
+    items = "".join(f"\\item \\textbf{{{question}}} {check_tex(text, question)}\n" for question, text in answers)
+    return (f"\n\\section{{{ANSWERS_SECTION}}}\n\nThe questions of this chapter and their answers for this model, "
+            "each computed from the tables of its section:\n\\begin{itemize}\n"
+            f"{items}\\end{{itemize}}\n")  # fmt: skip
+
+
 def results_tex(out_dir: Path, artifacts: Sequence[Artifact], model_name: str,
-                paragraphs: Mapping[str, str] | None = None) -> str:  # fmt: skip
+                paragraphs: Mapping[str, str] | None = None, answers: Sequence[tuple[str, str]] = ()) -> str:
     """The results section text for every artifact of ``artifacts`` already rendered into ``out_dir`` for
     ``model_name`` (model-free ones from the shared folders), each section opened by its generated paragraph
     (``paragraphs``, :func:`figures.answers.section_paragraphs`), then an input of the cross-model section
-    (:func:`write_cross_model_section`)."""
+    (:func:`write_cross_model_section`) and the closing section stating ``answers`` together
+    (:func:`answers_tex`)."""
     paragraphs = paragraphs or {}
 
     sections: dict[str, list[str]] = {}
@@ -103,7 +117,7 @@ def results_tex(out_dir: Path, artifacts: Sequence[Artifact], model_name: str,
     opening = {title: f"{check_tex(text, title)}\n\n" for title, text in paragraphs.items() if text}
     parts = [f"\\section{{{title}}}\n\n" + opening.get(title, "") + "\n".join(blocks)
              for title, blocks in sections.items()]
-    return HEADER + "\n" + "\n".join(parts) + CROSS_MODEL_INPUT
+    return HEADER + "\n" + "\n".join(parts) + CROSS_MODEL_INPUT + answers_tex(answers)
 
 
 def cross_model_tex(out_dir: Path) -> str:
@@ -128,10 +142,11 @@ def write_cross_model_section(out_dir: Path) -> Path:
 
 
 def write_results_section(out_dir: Path, artifacts: Sequence[Artifact], model_name: str,
-                          paragraphs: Mapping[str, str] | None = None) -> Path:  # fmt: skip
+                          paragraphs: Mapping[str, str] | None = None, answers: Sequence[tuple[str, str]] = ()
+                          ) -> Path:  # fmt: skip
     """Write ``<out>/sections/results.tex`` for ``model_name`` atomically and return its path."""
     path = Path(out_dir) / RESULTS_SECTION
-    write_text_atomic(path, results_tex(Path(out_dir), artifacts, model_name, paragraphs))
+    write_text_atomic(path, results_tex(Path(out_dir), artifacts, model_name, paragraphs, answers))
     return path
 
 

@@ -22,7 +22,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from figures.answers import ANSWERS
+from figures.answers import ANSWERS, stated_answers
 from figures.experiments import EXPERIMENTS, MODEL_FREE_DIR, model_slug
 from figures.layout import CROSS_MODEL_DIR, model_dependent, model_homes
 from figures.registry import Artifact
@@ -39,19 +39,23 @@ body { font-family: system-ui, sans-serif; max-width: 62rem; margin: 2rem auto; 
 h1 { font-size: 1.6rem; } h2 { border-bottom: 1px solid #ccc; margin-top: 2.5rem; } h3 { margin-top: 1.8rem; }
 nav a { margin-right: 1rem; }
 .artifact { margin: 1.5rem 0 2rem; }
+body { counter-reset: figure table; }
+.artifact.figure h4::before { counter-increment: figure; content: "Figure " counter(figure) ": "; }
+.artifact.table h4::before { counter-increment: table; content: "Table " counter(table) ": "; }
 .artifact img { max-width: 100%; height: auto; border: 1px solid #eee; }
 .caption, figcaption { font-size: 0.9rem; color: #333; }
 table.data { border-collapse: collapse; font-size: 0.85rem; margin: 0.5rem 0; }
 table.data th, table.data td { padding: 0.15rem 0.5rem; text-align: right; white-space: nowrap; }
 table.data thead { border-top: 2px solid #000; border-bottom: 1px solid #000; }
 table.data tbody { border-bottom: 2px solid #000; }
-table.data .left { text-align: left; } table.data .center { text-align: center; }
+table.data .left { text-align: left; white-space: normal; min-width: 8rem; }
+table.data .center { text-align: center; }
 .scroll { overflow-x: auto; }
 details { font-size: 0.85rem; background: #f6f6f6; padding: 0.3rem 0.6rem; }
 details dt { font-weight: bold; margin-top: 0.3rem; }
 details pre { white-space: pre-wrap; margin: 0; }
 .answer { background: #eef5ff; padding: 0.5rem 0.8rem; }
-.missing { color: #a00; }
+.missing { color: #a00; } .opt-in { color: #777; }
 """
 
 
@@ -137,23 +141,25 @@ def artifact_html(sidecar: Path, out_dir: Path) -> str:
         shown = (f'<p class="caption">{caption}</p>'
                  + (table_html(tex.read_text()) if tex.is_file() else
                     f'<p class="missing">{esc(tex.name)} is missing; rerun pvq figures</p>'))  # fmt: skip
-    return (f'<article class="artifact" id="{anchor}"><h4>{esc(name)} <small>({esc(kind)})</small></h4>'
-            f"{shown}{provenance_html(record)}</article>")  # fmt: skip
+    return (f'<article class="artifact {esc(kind)}" id="{anchor}">'
+            f"<h4>{esc(name)} <small>({esc(kind)})</small></h4>{shown}{provenance_html(record)}</article>")
 
 
 def _sections_html(home: Path, out_dir: Path, artifacts: Sequence[Artifact]) -> str:
     """The artifacts of ``artifacts`` rendered into ``home``, grouped by section; then those not rendered."""
     sections: dict[str, list[str]] = {}
-    missing = []
+    missing, opt_in = [], []
     for artifact in artifacts:
         sidecar = artifact.sidecar(home)
         if sidecar.is_file():
             sections.setdefault(artifact.section, []).append(artifact_html(sidecar, out_dir))
         else:
-            missing.append(artifact.name)
+            (missing if artifact.default else opt_in).append(artifact.name)
     parts = [f"<h3>{esc(section)}</h3>" + "".join(blocks) for section, blocks in sections.items()]
     if missing:
         parts.append(f'<p class="missing">Not rendered here yet: {esc(", ".join(missing))}.</p>')
+    parts += [f'<p class="opt-in">Opt-in, not in the default run: {esc(name)} (render it with '
+              f"<code>pvq figures --only {esc(name)}</code>).</p>" for name in opt_in]  # fmt: skip
     return "".join(parts)
 
 
@@ -162,24 +168,27 @@ def _results_folder(results_root: Path, model: str, experiment: str) -> Path:
     return Path(results_root) / folder / f"{experiment}.parquet"
 
 
+def model_tables(model: str, results_root: Path, names: Iterable[str]) -> dict[str, Any]:
+    """The result tables of ``names`` that ``model`` has in ``results_root``, by experiment name."""
+    paths = {name: _results_folder(results_root, model, name) for name in names}
+    return {name: read_table(path) for name, path in paths.items() if path.is_file()}
+
+
 def model_answers(model: str, results_root: Path) -> list[tuple[str, str]]:
-    """(section, plain-text answer) of every declared answer whose tables ``model`` has in ``results_root``."""
-    found = []
-    for section, declared in ANSWERS.items():
-        paths = {name: _results_folder(results_root, model, name) for name in declared.needs}
-        if all(path.is_file() for path in paths.values()):
-            sentence = declared.sentence({name: read_table(path) for name, path in paths.items()})
-            if sentence:
-                found.append((section, plain_text(sentence)))
-    return found
+    """(question, plain-text answer) of every declared answer for ``model``
+    (:func:`figures.answers.stated_answers`: computed from its tables in ``results_root``, or what the answer
+    says while they are missing)."""
+    names = {name for declared in ANSWERS.values() for name in declared.needs}
+    return [(question, plain_text(text))
+            for question, text in stated_answers(model_tables(model, results_root, names))]  # fmt: skip
 
 
 def answers_html(models: Iterable[str], results_root: Path) -> str:
     """Per model, every declared section answer whose tables are in ``results_root``."""
     parts = []
     for model in models:
-        items = [f"<dt>{esc(section)}</dt><dd>{esc(sentence)}</dd>"
-                 for section, sentence in model_answers(model, results_root)]  # fmt: skip
+        items = [f"<dt>{esc(question)}</dt><dd>{esc(sentence)}</dd>"
+                 for question, sentence in model_answers(model, results_root)]  # fmt: skip
         body = f"<dl>{''.join(items)}</dl>" if items else (
             f"<p>No answer yet: the tables behind the answers are not in {esc(results_root)}.</p>")
         parts.append(f'<div class="answer"><h3>{esc(model)}</h3>{body}</div>')
@@ -205,11 +214,12 @@ def report_html(out_dir: Path, results_root: Path, registered: Sequence[Artifact
         nav.append(("cross-model", "Across models"))
     body = [
         "<h1>pvq: pruning vs quantization of LLMs, results</h1>",
-        "<p>Every figure and table of <code>pvq figures</code> with its caption and provenance; the experiment "
-        f"tables behind them are in <code>{esc(results_root)}</code>. Compare them with published results: "
+        '<section id="answers"><h2>Answers</h2>' + answers_html(homes, results_root) + "</section>",
+        "<p>Below, every figure and table of <code>pvq figures</code> with its caption and provenance; the "
+        f"experiment tables behind them are in <code>{esc(results_root)}</code>. Compare them with published "
+        "results (an archive written by <code>pvq figures --archive</code>): "
         "<code>pvq verify &lt;published results&gt;</code>.</p>",
         "<nav>" + "".join(f'<a href="#{esc(key)}">{esc(title)}</a>' for key, title in nav) + "</nav>",
-        '<section id="answers"><h2>Answers</h2>' + answers_html(homes, results_root) + "</section>",
         '<section id="shared"><h2>Model-free</h2>' + _sections_html(out_dir, out_dir, shared) + "</section>",
     ]
     for model, home in homes.items():
@@ -245,7 +255,7 @@ def answers_markdown(models: Iterable[str], results_root: Path) -> str:
     for model in models:
         found = model_answers(model, results_root)
         lines += [f"## {model}", ""]
-        lines += [line for section, sentence in found for line in (f"**{section}.** {sentence}", "")]
+        lines += [line for question, sentence in found for line in (f"**{question}** {sentence}", "")]
         if not found:
             lines += ["No answer yet: run `make figures`.", ""]
     return "\n".join(lines)

@@ -10,6 +10,7 @@ Families differ by line style (quantization solid, pruning dashed, removal dotte
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -35,6 +36,9 @@ OKABE_ITO: dict[str, str] = {
     "vermillion": "#D55E00",
     "reddish_purple": "#CC79A7",
 }
+REMOVAL_BROWNS = ("#543005", "#8C510A", "#BF812D", "#DFC27D")
+"""The brown half of ColorBrewer's BrBG (colour-blind safe), dark to light: the block-removal orderings, a family
+apart from the Okabe–Ito colours of every method."""
 LEGEND_INSIDE_MAX = 8
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "h")
 DIVERGING_CMAP = "RdBu"  # ColorBrewer RdBu: diverging and colour-blind safe
@@ -98,11 +102,11 @@ METHOD_STYLE: dict[str, MethodStyle] = {
     "gptq_channel": MethodStyle(OKABE_ITO["blue"], "H", "GPTQ (per channel)", linestyle="-."),
     "gaussian_rd": MethodStyle(OKABE_ITO["bluish_green"], "", "Gaussian RD reference", linestyle="-"),
     "gaussian_rd_joint": MethodStyle(OKABE_ITO["bluish_green"], "+", "Gaussian RD, joint", linestyle="--"),
-    # layer removal orderings
-    "remove:bi": MethodStyle(OKABE_ITO["black"], ">", "Removal (bi, ShortGPT)", linestyle=":"),
-    "remove:angular": MethodStyle(OKABE_ITO["orange"], "<", "Removal (angular)", linestyle=":"),
-    "remove:reverse": MethodStyle(OKABE_ITO["vermillion"], "^", "Removal (reverse)", filled=False, linestyle=":"),
-    "remove:random": MethodStyle(OKABE_ITO["sky_blue"], "v", "Removal (random)", filled=False, linestyle=":"),
+    # layer removal orderings: one colour family of their own (browns), so no ordering takes a method's colour
+    "remove:bi": MethodStyle(REMOVAL_BROWNS[0], ">", "Removal (BI, ShortGPT)", linestyle=":"),
+    "remove:angular": MethodStyle(REMOVAL_BROWNS[1], "<", "Removal (angular)", linestyle=":"),
+    "remove:reverse": MethodStyle(REMOVAL_BROWNS[2], "^", "Removal (reverse)", filled=False, linestyle=":"),
+    "remove:random": MethodStyle(REMOVAL_BROWNS[3], "v", "Removal (random)", filled=False, linestyle=":"),
     # structured width pruning (measure.compress.shrink), consumers refit unless "norefit"
     "shrink_mlp": MethodStyle(OKABE_ITO["black"], "D", "Width: MLP"),
     "shrink_mlp_wanda": MethodStyle(OKABE_ITO["black"], "d", "Width: MLP (Wanda)"),
@@ -166,15 +170,40 @@ def method_legend(ax: Axes, **kwargs: Any) -> None:
         ax.legend(handles, labels, frameon=False, **kwargs)
 
 
-def thesis_table(df: pd.DataFrame, column_labels: Mapping[str, str], precision: int = 1) -> Styler:
-    """A booktabs-ready Styler of the columns in ``column_labels`` (column -> LaTeX header), in that order.
+MISSING_CELL = "–"
+MINUS = "\u2212"
+_HYPHEN_MINUS = re.compile(r"(?<![\w\\-])-(?=\.?\d)")
 
-    Numbers get ``precision`` decimals, missing cells "–", text cells are LaTeX-escaped; headers are
-    used as given (so they may hold math such as ``$b$``). The renderer calls
-    ``Styler.to_latex(hrules=True)``, which emits ``\\toprule``/``\\midrule``/``\\bottomrule``.
+
+def true_minus(text: str) -> str:
+    """``text`` with the hyphen before each number replaced by a minus sign (U+2212); ranges like ``4--6`` and
+    words like ``g128-bit`` keep their hyphens."""
+    return _HYPHEN_MINUS.sub(MINUS, text)
+
+
+def _empty(column: pd.Series) -> bool:
+    """Every cell of ``column`` missing, blank or already "–"."""
+    return bool(column.map(lambda value: value is None or (not isinstance(value, str) and pd.isna(value))
+                           or str(value).strip() in ("", MISSING_CELL)).all())  # fmt: skip
+
+
+def thesis_table(df: pd.DataFrame, column_labels: Mapping[str, str], precision: int = 1) -> Styler:
+    """A booktabs-ready Styler of the columns in ``column_labels`` (column -> LaTeX header), in that order,
+    leaving out a column whose every cell is missing.
+
+    Numbers get ``precision`` decimals (integers none) and a true minus sign (:func:`true_minus`), missing cells
+    "–", text cells are LaTeX-escaped; headers are used as given (so they may hold math such as ``$b$``). The
+    renderer calls ``Styler.to_latex(hrules=True)``, which emits ``\\toprule``/``\\midrule``/``\\bottomrule``.
     """
-    shown = df[list(column_labels)].rename(columns=dict(column_labels))
-    return shown.style.format(precision=precision, na_rep="–", escape="latex").hide(axis="index")
+    kept = {column: label for column, label in column_labels.items() if not _empty(df[column])}
+    shown = df[list(kept)].rename(columns=dict(kept))
+
+    def cell(value: Any) -> str:
+        if isinstance(value, (float, np.floating)) and not isinstance(value, bool):
+            return true_minus(f"{value:.{precision}f}")
+        return true_minus(str(value))
+
+    return shown.style.format(cell, na_rep=MISSING_CELL, escape="latex").hide(axis="index")
 
 
 def interval_bars(ax: Any, x: Any, values: Any, low: Any, high: Any, color: str, **kwargs: Any) -> None:

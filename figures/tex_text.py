@@ -48,9 +48,14 @@ def _command(match: re.Match[str]) -> str:
     return SYMBOLS.get(name, name)
 
 
+_VERBATIM_HYPHEN = "\x01"
+"""Stands for a hyphen inside ``\\texttt{}`` while ``--`` elsewhere becomes an en dash (``--limit`` is a flag)."""
+
+
 def plain_text(tex: str) -> str:
     """``tex`` (a caption or table cell) as readable Unicode text without LaTeX markup."""
-    text = _REF.sub(lambda m: f"{m.group(1) or 'see'} {m.group(2)}", tex)
+    text = re.sub(r"\\texttt\{([^{}]*)\}", lambda m: m.group(1).replace("-", _VERBATIM_HYPHEN), tex)
+    text = _REF.sub(lambda m: f"{m.group(1) or 'see'} {m.group(2)}", text)
     text = _DROP.sub("", text)
     previous = None
     while previous != text:  # unwrap nested \mathrm{\mathbb{E}} from the inside out
@@ -64,7 +69,7 @@ def plain_text(tex: str) -> str:
     text = re.sub(r"(?<!\\)[${}]", "\0", text.replace("\\\\", "\n"))  # ends a command name, then dropped
     text = text.replace("---", "—").replace("--", "–").replace("``", "“").replace("''", "”")
     text = re.sub(r"(?<!\\)~", "\u00a0", text)
-    text = _COMMAND.sub(_command, text).replace("\0", "")
+    text = _COMMAND.sub(_command, text).replace("\0", "").replace(_VERBATIM_HYPHEN, "-")
     return re.sub(r"[ \t]+", " ", text).strip()
 
 

@@ -6,17 +6,25 @@ axis' view interval, axis labels, titles (left, centre, right: panel letters inc
 annotations, the figure's super-labels, and legends (each as one box, its texts inside it). It reports every
 pair whose boxes overlap by more than ``tolerance_px`` in both directions and every box that leaves the figure
 by more than ``tolerance_px``. A legend is allowed to contain its own texts.
+
+:func:`legend_problems` checks legends against the data: every plotted point (a line's vertices, a scatter's
+offsets, an error bar's ends, a bar's box) drawn inside its axes, in display coordinates, must lie outside every
+legend box shrunk by ``tolerance_px``. Filled areas (contour maps, images) are the background, not data points.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 from matplotlib.artist import Artist
+from matplotlib.axes import Axes
 from matplotlib.axis import Axis
 from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.collections import LineCollection, PathCollection
 from matplotlib.figure import Figure
 from matplotlib.legend import Legend
+from matplotlib.patches import Rectangle
 from matplotlib.text import Text
 from matplotlib.transforms import Bbox
 
@@ -133,3 +141,54 @@ def _related(first: Placed, second: Placed) -> bool:
     if first.owner is not None and first.owner is second.owner:
         return True
     return first.owner is second.artist or second.owner is first.artist
+
+
+def data_points(ax: Axes) -> list[tuple[str, np.ndarray]]:
+    """(artist label, N×2 display coordinates) of every visible data point of ``ax`` drawn inside its box: line
+    vertices, scatter offsets, error-bar ends, and the corners and centre of each bar."""
+    found = []
+    for line in ax.lines:
+        if line.get_visible() and len(line.get_xydata()):
+            found.append((line.get_label(), line.get_transform().transform(line.get_xydata())))
+    for collection in ax.collections:
+        if not collection.get_visible():
+            continue
+        if isinstance(collection, PathCollection) and len(collection.get_offsets()):
+            offsets = collection.get_offset_transform().transform(collection.get_offsets())
+            found.append((collection.get_label(), offsets))
+        elif isinstance(collection, LineCollection) and collection.get_segments():
+            ends = np.concatenate([segment for segment in collection.get_segments() if len(segment)])
+            found.append((collection.get_label(), collection.get_transform().transform(ends)))
+    for patch in ax.patches:
+        if isinstance(patch, Rectangle) and patch.get_visible() and patch.get_height() and patch.get_width():
+            box = patch.get_window_extent()
+            corners = [(box.x0, box.y0), (box.x1, box.y0), (box.x0, box.y1), (box.x1, box.y1),
+                       ((box.x0 + box.x1) / 2, (box.y0 + box.y1) / 2)]  # fmt: skip
+            found.append((patch.get_label(), np.asarray(corners)))
+    inside = ax.bbox
+    return [(label, points[(points[:, 0] >= inside.x0) & (points[:, 0] <= inside.x1)
+                           & (points[:, 1] >= inside.y0) & (points[:, 1] <= inside.y1)])
+            for label, points in found if np.isfinite(points).any()]  # fmt: skip
+
+
+def legend_problems(figure: Figure, tolerance_px: float = 1.0) -> list[str]:
+    """Every legend box (of an axes or of the figure) that holds a plotted data point of any axes, in words."""
+    canvas = FigureCanvasAgg(figure)
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    legends = [(f"axes {index} legend", ax.get_legend()) for index, ax in enumerate(figure.axes)]
+    legends += [("figure legend", legend) for legend in figure.legends]
+    problems = []
+    for name, legend in legends:
+        if legend is None or not legend.get_visible():
+            continue
+        box = legend.get_window_extent(renderer).padded(-tolerance_px)
+        for index, ax in enumerate(figure.axes):
+            if not ax.get_visible():
+                continue
+            for label, points in data_points(ax):
+                held = (points[:, 0] > box.x0) & (points[:, 0] < box.x1) & (points[:, 1] > box.y0) & (
+                    points[:, 1] < box.y1)
+                if held.any():
+                    problems.append(f"{name} covers {int(held.sum())} point(s) of {label!r} in axes {index}")
+    return problems

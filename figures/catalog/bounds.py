@@ -21,6 +21,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from pandas.io.formats.style import Styler
 
+from figures.answers import prose
 from figures.experiments import ExperimentContext, experiment
 from figures.registry import Caption, Tables, escape_tex, figure, table
 from figures.style import FAMILY_LINESTYLE, OKABE_ITO, new_figure, thesis_table
@@ -44,7 +45,7 @@ SERIES = (
     ("quantization", "park_boyd", "sqnr_upper_db", "INT-$b$ SDP bound (Park–Boyd)", "reddish_purple", "v"),
     ("quantization", "gptq", "sqnr_db", "GPTQ", "blue", "D"),
     ("quantization", "rtn", "sqnr_db", "RTN", "sky_blue", "s"),
-    ("pruning", "exact", "sqnr_db", "pruning exact optimum", "black", "o"),
+    ("pruning", "exact", "sqnr_db", "pruning exact optimum", "black", "P"),
     ("pruning", "perspective", "sqnr_upper_db", "pruning SDP bound (perspective)", "reddish_purple", "v"),
     ("pruning", "sparsegpt", "sqnr_db", "SparseGPT", "vermillion", "D"),
     ("pruning", "wanda", "sqnr_db", "Wanda", "bluish_green", "^"),
@@ -262,9 +263,10 @@ def per_layer_bounds(tables: Tables) -> Figure:
 
 
 def bound_gaps_frame(frame: pd.DataFrame) -> pd.DataFrame:
-    """Per (layer, b): the exact optima (output SQNR, dB), each heuristic's shortfall and each SDP bound's excess
-    over the exact optimum of its family, |method − exact| in dB (:data:`GAPS`), the INT − pruning difference of
-    the exact optima and the Gaussian RD reference minus the INT exact optimum (signed, dB)."""
+    """Per (layer, b), layers in the sweep's order of roles (the figure's): the exact optima (output SQNR, dB),
+    each heuristic's shortfall and each SDP bound's excess over the exact optimum of its family, |method − exact|
+    in dB (:data:`GAPS`), the INT − pruning difference of the exact optima and the Gaussian RD reference minus the
+    INT exact optimum (signed, dB)."""
 
     values = frame.pivot_table(index=["block", "role", "bits"], columns=["family", "method"], aggfunc="first",
                                values=["sqnr_db", "sqnr_upper_db"], dropna=False)  # fmt: skip
@@ -277,7 +279,9 @@ def bound_gaps_frame(frame: pd.DataFrame) -> pd.DataFrame:
     gaps["reference_minus_quant_db"] = values[("sqnr_db", *REFERENCE)] - gaps["quant_exact_db"]
     gaps = gaps.reset_index()
     gaps["layer"] = gaps["block"].astype(str) + "." + gaps["role"].astype(str)
-    return gaps
+    order = {role: rank for rank, role in enumerate(frame["role"].unique())}  # the sweep's, as in the figure
+    return gaps.sort_values(["block", "role", "bits"], key=lambda c: c.map(order) if c.name == "role" else c,
+                            ignore_index=True)  # fmt: skip
 
 
 _gaps_caption = _with_protocol(
@@ -299,3 +303,42 @@ def bound_gaps(tables: Tables) -> Styler:
         "perspective_gap_db": "persp.", "quant_minus_prune_db": "INT $-$ prune",
         "reference_minus_quant_db": "RD $-$ INT",
     })  # fmt: skip
+
+
+def exact_differences(frame: pd.DataFrame) -> pd.Series:
+    """Per (layer, b): the exact quantization optimum minus the exact pruning optimum, output SQNR in dB."""
+    exact = frame[frame["kind"] == "exact"]
+    exact = exact.pivot_table(index=["layer", "bits"], columns="family", values="sqnr_db")
+    return exact["quantization"] - exact["pruning"]
+
+
+def median_shortfall(frame: pd.DataFrame, family: str, method: str) -> float:
+    """Median over (layer, b) of how far ``method`` falls below the exact optimum of ``family``, dB."""
+    rows = frame[frame["family"] == family]
+    rows = rows.pivot_table(index=["layer", "bits"], columns="method", values="sqnr_db")
+    if method not in rows or "exact" not in rows:
+        return math.nan
+    return float((rows["exact"] - rows[method]).median())
+
+
+@prose(SECTION, needs=(SWEEP,))
+def bounds_prose(tables: Tables) -> str:
+    """The section's opening paragraph: the per-layer question answered by exact optima instead of heuristics, how
+    close GPTQ and SparseGPT come to them, and the threats to validity."""
+    frame = tables[SWEEP]
+    differences = exact_differences(frame)
+    exact = frame[frame["kind"] == "exact"]
+    medians = "; ".join(f"{rows.median():+.1f} dB at {bits} bits"
+                        for bits, rows in differences.groupby(level="bits"))  # fmt: skip
+    return (
+        "Per layer, with the layer's inputs weighting the error, the question can be settled by exact optima "
+        f"rather than by heuristics: on {frame['layer'].nunique()} layers the best pruning mask and weights beat "
+        f"the best quantization grid assignment at {int((differences < 0).sum())} of {len(differences)} (layer, "
+        f"width) pairs, and the median advantage of quantization in output SQNR is {medians}. GPTQ falls a median "
+        f"{median_shortfall(frame, 'quantization', 'gptq'):.1f} dB short of the quantization optimum and "
+        f"SparseGPT {median_shortfall(frame, 'pruning', 'sparsegpt'):.1f} dB short of the pruning optimum. "
+        "Threats to validity: the exact problems are solved on chunks of a few inputs with the rest of each row "
+        "unchanged, on a random sample of rows (the bars are bootstrap intervals over rows), within a time limit "
+        f"that proved {int(exact['optimal_chunks'].sum())} of {int(exact['chunks'].sum())} chunk solves optimal; "
+        "a few layers of one block of one model."
+    )

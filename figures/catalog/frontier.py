@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from figures.answers import held_out_scale, prose
 from figures.catalog.models import (
     CALIBRATION,
     EVALUATION,
@@ -32,6 +33,7 @@ from figures.catalog.models import (
 )
 from figures.catalog.removal import STUDY, study_part
 from figures.experiments import ExperimentContext, experiment
+from figures.labels import spec_label
 from figures.registry import Tables, escape_tex, figure
 from figures.style import OKABE_ITO, interval_bars, line_kwargs, method_order, new_figure
 from measure.compress.apply import apply_spec
@@ -40,6 +42,8 @@ from measure.evaluation.perplexity import interval_columns
 from measure.evaluation.residual import ResidualStreamEvaluator, restored
 
 SECTION = "Perplexity at equal size"
+PERPLEXITY_VIEW = 10.0
+"""Panel (a) shows perplexity up to this multiple of the original's (models beyond it are in the KL panel)."""
 FRONTIER = "compression_frontier"
 SPECS = ("sparsegpt:0.5", "sparsegpt:0.5+gptq:4:g128")
 """SparseGPT at 50 % (8 bits per weight with a free mask) and the joint SparseGPT 50 % + GPTQ 4-bit point of the
@@ -145,7 +149,8 @@ def _caption(tables: Tables, facts: Mapping[str, Any]) -> str:
         "structured width pruning (dash-dotted markers: KV groups or MLP channels removed, consumers refit; "
         "counted like removal, no mask) and the models spliced from two widths at each removal's size. "
         "Original (dequantized) model: "
-        f"perplexity {base:.2f} (dashed line); star and dotted line: the stored format itself (the native "
+        f"perplexity {base:.2f} (dashed line; panel (a) is cut at {PERPLEXITY_VIEW:g} times it, panel (b) shows "
+        "every model); star and dotted line: the stored format itself (the native "
         "re-encoding), zero error at its own size. Removal levels with their 95 \\% block-bootstrap intervals. "
         f"{escape_tex(facts['model_id'])}; "
         f"{describe_protocol(facts['protocol'][FRONTIER])}."
@@ -178,6 +183,42 @@ def perplexity_vs_size(tables: Tables) -> Figure:
         ax.set_xlabel("bits per weight")
         ax.set_ylabel(label)
         ax.set_title(f"({letter})", loc="left", fontsize="small")
+    lowest = float(np.nanmin([points["perplexity"].min(), base]))
+    ppl.set_ylim(0.95 * lowest, PERPLEXITY_VIEW * base)  # the region of interest; panel (b) shows every model
     handles, labels = ppl.get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside lower center", ncols=3, frameon=False, fontsize=7)
     return fig
+
+
+REFERENCE_QUANTIZER = "gptq:4:g128"
+"""The removal study's end-to-end point the paragraph sets beside the frontier's pruned models."""
+
+
+def _model_prose(spec: str, bits: float, row: pd.Series, low: str, high: str) -> str:
+    """One compressed model in words: its spec, size, perplexity and KL with its 95 % interval."""
+    return (f"{escape_tex(spec_label(spec))} at {bits:.2f} bits per weight: perplexity {row['perplexity']:.2f}, "
+            f"KL {row['kl_to_reference_nats']:.3f} nats/token (95 \\% interval {row[low]:.3f} to {row[high]:.3f})")
+
+
+@prose(SECTION, needs=(FRONTIER, STUDY))
+def frontier_prose(tables: Tables) -> str:
+    """The section's opening paragraph: end to end, the pruned and jointly compressed models beside GPTQ 4-bit from
+    the removal study, on the same tokens, and the threats to validity."""
+    own = tables[FRONTIER]
+    study = study_part(tables[STUDY], "end_to_end")
+    models = [_model_prose(row["spec"], row["bits_per_weight"], row, "kl_to_reference_nats_ci_low",
+                           "kl_to_reference_nats_ci_high") for _, row in own.iterrows()]  # fmt: skip
+    quantizer = study[study["spec"] == REFERENCE_QUANTIZER]
+    if not quantizer.empty:
+        row = quantizer.iloc[0]
+        models.append(_model_prose(REFERENCE_QUANTIZER, row["linear_bits_per_weight"], row, "error_ci_low",
+                                   "error_ci_high"))  # fmt: skip
+    tokens = own["tokens"].iloc[0] if "tokens" in own else None
+    return (
+        "End to end, what matters is how far the compressed model's predictions drift from the original's: the "
+        "KL divergence per token, beside the perplexity. The original model has perplexity "
+        f"{own['base_perplexity'].iloc[0]:.2f} ({held_out_scale(tokens)}). {'; '.join(models)}. A difference "
+        "between two models is called only where the intervals allow it. Threats to validity: perplexity "
+        "and KL on English Wikipedia only; the original is the dequantized published model, so every size is "
+        "counted against a hypothetical base; one small model."
+    )

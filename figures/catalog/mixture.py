@@ -32,9 +32,10 @@ from matplotlib.figure import Figure
 from pandas.io.formats.style import Styler
 from scipy import stats
 
-from figures.answers import answer, prose
+from figures.answers import answer, held_out_scale, indistinguishable, prose
 from figures.catalog.models import CALIBRATION, EVALUATION, calibration, describe_protocol, evaluation_windows
 from figures.experiments import ExperimentContext, experiment
+from figures.labels import spec_label
 from figures.registry import Tables, escape_tex, figure, table
 from figures.style import OKABE_ITO, interval_bars, new_figure, thesis_table
 from measure.capture.statistics import capture
@@ -68,6 +69,8 @@ TOLERANCE = 1e-9
 KINDS = ("kl", "kl_without_removal", "energy", "uniform")
 """Row kinds: allocation with the KL sensitivity, the same without ``remove`` in the menu, with the energy
 sensitivity, and a menu option applied to every layer (``spec`` names it)."""
+HATCHES = ("", "////", "....")
+"""Hatching of the spending categories of panel (b): none for the palette's first pass, then these."""
 
 
 def synthetic_mixture(rng: np.random.Generator) -> pd.DataFrame:
@@ -316,11 +319,28 @@ def _verdict(tables: Tables) -> str:
     )
 
 
-@answer(SECTION, needs=(MIXTURE,))
+@answer(SECTION, needs=(MIXTURE,), question="A mixture chosen layer by layer, or one method everywhere?")
 def mixture_answer(tables: Tables) -> str:
-    """Is there a better mixture of pruning, quantization and removal than one method everywhere? The verdict of
-    :func:`_verdict` (paired intervals) and where the allocations remove blocks."""
-    return f"{_verdict(tables)} {_removal_text(tables)}"
+    """Is there a better mixture of pruning, quantization and removal than one method everywhere? In plain words:
+    at how many sizes the allocation beats, loses to or cannot be told from the uniform quantization of exactly its
+    size (95 % paired intervals, :func:`equal_size_pairs`)."""
+    pairs = equal_size_pairs(tables)
+    quantization = pairs[pairs["kind"] == "quantization"]
+    tokens = tables[MIXTURE]["tokens"].dropna().iloc[0] if "tokens" in tables[MIXTURE] else None
+    scale = held_out_scale(tokens)
+    if quantization.empty:
+        return f"Not resolved: no uniform quantization was measured at an allocated size ({scale})."
+    counts = quantization["outcome"].value_counts()
+    lower, higher = int(counts.get("lower", 0)), int(counts.get("higher", 0))
+    lead = ("A mixture" if lower and not higher else "One method" if higher and not lower else
+            "Not resolved" if not lower else "It depends on the size")  # fmt: skip
+    tied = int(counts.get("indistinguishable", 0))
+    return (
+        f"{lead}: choosing per layer between quantization, pruning and removing whole blocks damages the model "
+        f"less than quantizing every layer alike to exactly the same size at {lower} of {len(quantization)} "
+        f"sizes, more at {higher}, and is {indistinguishable(tokens)} at {tied} (95 \\% paired intervals of the "
+        f"difference; {scale})."
+    )
 
 
 @prose(SECTION, needs=(MIXTURE,))
@@ -420,15 +440,16 @@ def optimal_mixture(tables: Tables) -> Figure:
     curve.set_xlabel("bits per weight")
     curve.set_ylabel("KL (nats/token)")
     curve.set_title("(a)", loc="left", fontsize="small")
-    curve.legend(fontsize=6, frameon=False)
+    fig.legend(*curve.get_legend_handles_labels(), loc="outside lower center", ncols=2, fontsize=6, frameon=False)
     shares = pd.DataFrame([split_categories(json.loads(s)) for s in frame["split"]]).fillna(0.0)
     bottom = np.zeros(len(frame))
     palette = [color for name, color in OKABE_ITO.items() if name != "black"]
     positions = np.arange(len(frame))
-    for index, column in enumerate(sorted(shares.columns)):
-        bars.bar(positions, shares[column], bottom=bottom, color=palette[index % len(palette)], label=column)
+    for index, column in enumerate(sorted(shares.columns)):  # past the palette's end, colours repeat hatched
+        bars.bar(positions, shares[column], bottom=bottom, color=palette[index % len(palette)], label=column,
+                 hatch=HATCHES[index // len(palette) % len(HATCHES)], edgecolor="white", linewidth=0.3)
         bottom += shares[column].to_numpy()
-    bars.set_xticks(positions, [f"{b:g}" for b in frame["budget"]], rotation=90, fontsize=6)
+    bars.set_xticks(positions, [f"{b:.3g}" for b in frame["budget"]], rotation=90, fontsize=6)
     bars.set_xlabel("budget (bits per weight)")
     bars.set_ylabel("fraction of linear weights")
     bars.set_title("(b)", loc="left", fontsize="small")
@@ -451,13 +472,14 @@ def _table_caption(tables: Tables, facts: Mapping[str, Any]) -> str:
 def mixture_frontier_table(tables: Tables) -> Styler:
     """One row per budget: allocation summary, predicted damage, PPL, KL, and the best uniform option's."""
     frame = comparison(tables)
-    frame["summary"] = [", ".join(f"{option} {100 * share:.0f}%" for option, share in
+    frame["summary"] = ["; ".join(f"{spec_label(option)}: {100 * share:.0f}%" for option, share in
                                   sorted(json.loads(s).items(), key=lambda item: -item[1])[:3])
                         for s in frame["split"]]  # fmt: skip
     frame["equal"] = frame["equal_size"].map({True: "yes", False: "no"})
-    columns = {"budget": "Budget", "bits_per_weight": "Spent", "summary": "Allocation (largest shares)",
-               "removed_blocks": "Removed", "predicted_damage": "Predicted KL", "perplexity": "PPL",
-               "kl_to_reference_nats": "KL",
-               "uniform_spec": "Best uniform", "uniform_bits_per_weight": "Its bits",
-               "uniform_perplexity": "Its PPL", "uniform_kl_nats": "Its KL", "equal": "Equal size"}  # fmt: skip
+    frame["uniform_spec"] = frame["uniform_spec"].map(lambda spec: spec_label(spec) if spec else "")
+    columns = {"budget": "Budget", "kl_to_reference_nats": "KL", "uniform_spec": "Best uniform",
+               "uniform_kl_nats": "Its KL", "equal": "Equal size", "perplexity": "PPL",
+               "uniform_perplexity": "Its PPL", "bits_per_weight": "Spent", "uniform_bits_per_weight": "Its bits",
+               "predicted_damage": "Predicted KL", "summary": "Allocation (largest shares)",
+               "removed_blocks": "Removed"}  # fmt: skip
     return thesis_table(frame, columns, precision=3)

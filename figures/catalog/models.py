@@ -16,7 +16,9 @@ import numpy as np
 import pandas as pd
 from pandas.io.formats.style import Styler
 
+from figures.answers import prose
 from figures.experiments import ExperimentContext, experiment
+from figures.labels import spec_label
 from figures.registry import Tables, escape_tex, table
 from figures.style import thesis_table
 from measure.capture.statistics import capture
@@ -36,6 +38,7 @@ from measure.evaluation.protocols import (
     model_calibration,
 )
 from measure.models.architecture import describe, parameter_counts
+from theory.accounting import BASE_BITS
 
 SECTION = "The models"
 SUMMARY = "model_summary"
@@ -57,7 +60,6 @@ BENCHMARK_VARIANTS = ("", "gptq:4:g128", "remove:bi:4")
 BENCHMARK_TASKS = {"csqa": 20}
 """lm-eval task -> --limit. MMLU is 5-shot (about 600 tokens a question): at --limit 1 per subject it costs
 57 questions per variant, over the budget; add ``"mmlu": 1`` here to include it (the table shows a column)."""
-ORIGINAL = "original (16-bit)"
 BITS_PER_MB = 8e6
 
 
@@ -267,8 +269,36 @@ def compression_benchmarks_table(tables: Tables) -> Styler:
     wide = cells.pivot_table(index="spec", columns="task", values="cell", sort=False, aggfunc="first")
     sizes = frame.drop_duplicates("spec").set_index("spec")
     merged = sizes[["bits_per_weight", "size_mb", "perplexity", "kl_to_reference_nats"]].join(wide).reset_index()
-    merged["spec"] = merged["spec"].replace("", ORIGINAL)
+    merged["spec"] = merged["spec"].map(spec_label)
     labels = {"spec": "Configuration", "bits_per_weight": "Bits per weight", "size_mb": "Size [MB]",
               "perplexity": "Perplexity", "kl_to_reference_nats": "KL [nats/token]"}  # fmt: skip
     labels |= {task: f"{'CommonsenseQA' if task == 'csqa' else task.upper()} [\\%]" for task in wide.columns}
     return thesis_table(merged, labels, precision=2)
+
+
+def parameter_shares(summary: pd.DataFrame) -> dict[str, float]:
+    """Share of the model's parameters (%) by part of the ``model_summary`` table."""
+    return summary.set_index("part")["share_pct"].to_dict()
+
+
+@prose(SECTION, needs=(SUMMARY, BENCHMARKS))
+def models_prose(tables: Tables) -> str:
+    """The section's opening paragraph: the model every later section measures, where its parameters are, and the
+    threats to validity that come with one small pre-quantized model and few benchmark questions."""
+    summary, benchmarks = tables[SUMMARY], tables[BENCHMARKS]
+    shares = parameter_shares(summary)
+    total = float(summary.set_index("part").at["total", "parameters"])
+    questions = benchmarks.drop_duplicates("task")
+    counts = ", ".join(f"{int(row.questions)} ({escape_tex(row.task)})" for row in questions.itertuples())
+    linear = shares.get("attention", 0.0) + shares.get("mlp", 0.0)
+    return (
+        f"Every result that follows is measured on one model: {int(summary['blocks'].iloc[0])} decoder blocks "
+        f"holding {int(summary['linear_layers'].iloc[0])} linear layers, hidden size "
+        f"{int(summary['hidden_size'].iloc[0])}, {total / 1e6:.1f} M parameters. The attention and MLP sublayers "
+        f"of the blocks, whose weights every method compresses, hold {linear:.0f} \\% of them and the embeddings "
+        f"{shares.get('embeddings', 0.0):.0f} \\%. Threats to validity: one small model, so no result here is "
+        "claimed for larger ones; the default weights were published pre-quantized (their stored size is stated "
+        f"with the removal results) and are dequantized before any method runs, so their {BASE_BITS}-bit form is "
+        "a hypothetical base; the benchmark accuracies rest on few questions per task "
+        f"({counts}), so their standard errors are wide."
+    )

@@ -27,7 +27,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from pandas.io.formats.style import Styler
 
-from figures.answers import answer, prose
+from figures.answers import answer, held_out_scale, interval_verdict, prose
 from figures.catalog.models import CALIBRATION, EVALUATION, calibration, describe_protocol, evaluation_windows
 from figures.experiments import ExperimentContext, experiment
 from figures.registry import Tables, escape_tex, figure, table
@@ -354,6 +354,9 @@ def _view_panel(ax: Axes, points: pd.DataFrame, levels: pd.DataFrame, view: str,
     if np.isfinite(stored_bits):
         ax.axvline(stored_bits, color=OKABE_ITO["black"], linewidth=0.6, linestyle=(0, (1, 2)),
                    label="stored format (zero error)")  # fmt: skip
+    if len(levels):  # where the comparison happens: the removal levels' sizes at a 16-bit base
+        ax.axvspan(levels["bits_per_weight"].min(), levels["bits_per_weight"].max(), color=OKABE_ITO["black"],
+                   alpha=0.07, linewidth=0, label="removal sizes $b(f)$")  # fmt: skip
     ax.set_yscale("log")
     ax.set_ylabel(VIEW_AXES[view], fontsize="small")
 
@@ -463,10 +466,54 @@ def _bits_text(row: pd.Series, series: str) -> str:
     return f"{prefix}{bits:.1f}"
 
 
-@answer(SECTION, needs=(STUDY,))
+@answer(SECTION, needs=(STUDY,), question="Remove whole blocks, or compress every block to the same size?")
 def removal_answer(tables: Tables) -> str:
-    """The section's answer: the sentence the ``removal_verdicts`` caption states (:func:`_answer_sentence`)."""
-    return _answer_sentence(_answer_rows(tables))
+    """The section's answer in plain words: end to end, the removal of the :data:`ANSWER_LEVEL` lowest-BI blocks
+    against the best method at exactly its size (the paired KL difference, named only when its interval excludes
+    zero), and the stored size below which removal would break even (:func:`_break_even_plain`)."""
+    rows = _answer_rows(tables)
+    rows = rows[(rows["ordering"] == "bi") & (rows["mask_convention"] == "free") & (rows["view"] == "end_to_end")]
+    series = answer_series(rows)
+    if rows.empty or series is None:
+        return ""
+    row = rows[rows["removed"] == min(ANSWER_LEVEL, int(rows["removed"].max()))].iloc[0]
+    blocks = int(study_part(tables[STUDY], "units").query("unit == 'block'")["block"].nunique())
+    removing = (f"removing the {int(row['removed'])} least important of the {blocks} blocks "
+                f"({100 * row['removed_fraction']:.0f} \\% of the decoder)")  # fmt: skip
+    return f"{_removal_verdict_plain(row, removing, series)}{_break_even_plain(row, series)}"
+
+
+def _removal_verdict_plain(row: pd.Series, removing: str, series: str) -> str:
+    """The removal against the best method at its size (the paired KL difference, named only when its interval
+    excludes zero); without a paired difference, the size at which ``series`` does the same damage."""
+    scale = held_out_scale(row["tokens"])
+    if pd.isna(row.get("best_kl_difference", np.nan)):
+        name = escape_tex(SERIES_NAMES.get(series, series))
+        high = row.get(f"equivalent_bits_{series}_ci_high", np.nan)
+        lead = "Compress" if pd.notna(high) and high < row["bits_per_weight"] else "Not resolved"
+        return (f"{lead}: {removing} does as much damage as compressing every block with {name} to "
+                f"{_bits_prose(row, series).removesuffix('-bit')} bits per parameter"
+                f"{_interval(row, f'equivalent_bits_{series}')} instead of the {row['bits_per_weight']:.1f} bits "
+                f"the removal leaves ({scale}).")  # fmt: skip
+    low, high = row["best_kl_difference_ci_low"], row["best_kl_difference_ci_high"]
+    verdict = interval_verdict(low, high, "removal harms the model less", "removal harms it more", row["tokens"])
+    lead = "Remove" if high < 0 else "Compress" if low > 0 else "No difference measured"
+    name = escape_tex(SERIES_NAMES.get(str(row["best_series"]), str(row["best_series"])))
+    return (f"{lead}: {removing} and instead compressing every block with {name} to the same size differ in "
+            f"damage (extra KL to the original) by {row['best_kl_difference']:+.3f} nats/token (95 \\% paired "
+            f"interval {low:+.3f} to {high:+.3f}; {scale}): {verdict}.")  # fmt: skip
+
+
+def _break_even_plain(row: pd.Series, series: str | None) -> str:
+    """The stored size below which removal would beat ``series`` end to end, beside the model's stored size."""
+    value = row.get(f"break_even_base_{series}", np.nan)
+    if series is None or pd.isna(value):
+        return ""
+    stored = row.get("stored_bits", np.nan)
+    stored_text = (f"; this model is stored at {stored:.1f} bits, so its 16-bit original is hypothetical"
+                   if pd.notna(stored) else "")  # fmt: skip
+    return (f" Removal would break even only for a model stored at fewer than {value:.1f} bits per parameter"
+            f"{_interval(row, f'break_even_base_{series}')}{stored_text}.")  # fmt: skip
 
 
 def in_sample_optimism_db(points: pd.DataFrame, term: str = "gptq:4:g128", view: str = "layer_energy") -> float:
@@ -538,8 +585,7 @@ def _bounds_caption(tables: Tables, facts: Mapping[str, Any]) -> str:
         "the decoder's layers. Removal orderings as filled markers at $b(f) = 16(1-f)$ (a 16-bit base) and as "
         "open markers at $B_s(1-f)$ for the model's stored size $B_s$ (dotted vertical line: the stored format "
         "itself, the native re-encoding, zero error at its own size); end to end with 95 \\% block-bootstrap "
-        "intervals. "
-        f"{_answer_sentence(_answer_rows(tables))} {_settings_text(facts)}."
+        f"intervals; shaded: the range of the removal levels' sizes $b(f)$. {_settings_text(facts)}."
     )
 
 

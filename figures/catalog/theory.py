@@ -22,6 +22,7 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator, NullFormatter, StrMethodFormatter
 from pandas.io.formats.style import Styler
 
+from figures.answers import prose
 from figures.experiments import ExperimentContext, experiment
 from figures.registry import Tables, escape_tex, figure, table
 from figures.style import (
@@ -276,3 +277,29 @@ def sqnr_int_vs_pruning_gaussian(tables: Tables) -> Styler:
         "sparsity": "Sparsity [\\%]", "sqnr_db_prune": "Pruning SQNR [dB]", "difference": "Difference [dB]",
     }
     return thesis_table(merged, labels, precision=2)
+
+
+def pruning_wins(frame: pd.DataFrame) -> tuple[int, int]:
+    """(grid points where pruning has the higher SQNR, grid points) of a kurtosis × bits table."""
+    return int(frame["pruning_wins"].astype(bool).sum()), len(frame)
+
+
+@prose(SECTION, needs=(KURTOSIS_MSE, KURTOSIS_RANGE))
+def theory_prose(tables: Tables) -> str:
+    """The section's opening paragraph: on which laws pruning can beat quantization at equal size, with the
+    quantizer clipped MSE-optimally and with its range set to the largest weight, and the threats to validity."""
+    clipped, ranged = tables[KURTOSIS_MSE], tables[KURTOSIS_RANGE]
+    (won, points), (won_ranged, points_ranged) = pruning_wins(clipped), pruning_wins(ranged)
+    return (
+        "Before any model, the question has an analytic form: at the same number of bits per weight, does "
+        "rounding every weight to a grid of $2^b$ levels keep more of a weight distribution than keeping its "
+        "largest weights and dropping the rest? On unit-variance Student-t laws of kurtosis "
+        f"{clipped['kurtosis'].min():.1f} to {clipped['kurtosis'].max():.1f} at {int(clipped['bits'].min())} to "
+        f"{int(clipped['bits'].max())} bits per weight, pruning has the higher SQNR at {won} of {points} grid "
+        "points when the quantizer clips its range at the mean-squared-error optimum, and at "
+        f"{won_ranged} of {points_ranged} when its range must reach the largest weight of the law truncated at "
+        f"{ranged['truncate_sigma'].max():g} standard deviations. Pruning can win only where the tails are heavy "
+        "and the quantizer is made to cover them. Threats to validity: these are distributions, not trained "
+        "weights (the next sections measure real tensors and layers); following Kuzmin et al., the pruning mask "
+        "is free and the quantizer's scale is not counted, which favours pruning and quantization respectively."
+    )

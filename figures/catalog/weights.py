@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
+from matplotlib.ticker import NullFormatter
 
 from figures.answers import answer, prose
 from figures.experiments import ExperimentContext, experiment
@@ -28,6 +29,8 @@ STUDY = "weight_tensor_study"
 BITS = (2, 3, 4)
 KURTOSIS_CMAP = "viridis"
 PANEL_MARKER_SIZE = 9
+KURTOSIS_COLORBAR_TICKS = (3, 5, 10, 20, 50, 100, 200, 500, 1000)
+"""Kurtosis values labelled on the colour bar, as plain numbers (spaced apart enough on its log scale)."""
 
 
 def synthetic_weight_study(rng: np.random.Generator) -> pd.DataFrame:
@@ -57,12 +60,23 @@ def weight_tensor_study(config: Mapping[str, Any], context: ExperimentContext) -
     return study(context.model.model, config["bits"], Convention(**config["convention"]))
 
 
-@answer(SECTION, needs=(STUDY,))
+@answer(SECTION, needs=(STUDY,), question="Pruning or quantization, weight tensor by weight tensor?")
 def tensor_answer(tables: Tables) -> str:
-    """Pruning or quantization, per weight tensor (the paper's Fig. 3 question on this model): how many tensors
-    favour each at every bit width, and the median SQNR difference. Exact on the full tensors (no sampling)."""
-    return ("Per weight tensor at equal size (INT-$b$ with MSE clipping against magnitude pruning, free mask): "
-            + _tensor_counts(tables[STUDY]) + ".")
+    """Pruning or quantization, per weight tensor (the paper's Fig. 3 question on this model), in plain words:
+    which keeps more of each tensor at equal size, in how many (tensor, width) cases. Exact on the full tensors (no
+    sampling), so no interval."""
+    frame = tables[STUDY]
+    pruning = int(frame["pruning_wins"].astype(bool).sum())
+    quantization = len(frame) - pruning
+    lead = ("Quantization" if quantization > pruning else "Pruning" if pruning > quantization else "Neither")
+    *first, last = (str(int(bits)) for bits in sorted(frame["bits"].unique()))
+    widths = f"{', '.join(first)} and {last}" if first else last
+    return (
+        f"{lead}: at {widths} bits per weight, rounding a weight tensor to a coarse grid keeps more of it than "
+        f"dropping its smallest weights to reach the same size in {quantization} of {len(frame)} cases, and "
+        f"dropping keeps more in {pruning} (all {frame['layer'].nunique()} weight tensors of one model at each "
+        "width; exact on the full weights, so no interval)."
+    )
 
 
 def _tensor_counts(frame: pd.DataFrame) -> str:
@@ -86,8 +100,8 @@ def tensor_prose(tables: Tables) -> str:
         f"tails favour pruning: over all tensors and widths the Spearman rank correlation of the kurtosis with "
         f"the SQNR difference (quantization minus pruning) is {rho:.2f}. The SQNRs are exact on the full tensors, "
         "so they carry no sampling error. Threats to validity: the weight SQNR ignores the inputs (the later "
-        "sections weight errors by the layers' input statistics); the model's weights were stored on a 4-bit "
-        "grid, which favours quantization at 4 bits and more."
+        "sections weight errors by the layers' input statistics); the model's default weights were published "
+        "on a low-bit grid, which favours quantization at that width and above; one small model."
     )
 
 
@@ -125,6 +139,10 @@ def llm_tensor_pruning_vs_quantization(tables: Tables) -> Figure:
         ax.set_title(f"$b = {b}$ bits, sparsity {100 * rows['sparsity'].iloc[0]:.1f}%", fontsize="small")
         ax.set_xlabel("pruning SQNR (dB)")
     axes[0].set_ylabel("INT-$b$ SQNR (dB)")
-    axes[0].legend(frameon=False, loc="upper left")
-    fig.colorbar(points, ax=list(axes)).set_label("kurtosis")
+    fig.legend(*axes[0].get_legend_handles_labels(), frameon=False, loc="outside lower center")
+    colorbar = fig.colorbar(points, ax=list(axes))
+    colorbar.set_label("kurtosis")
+    ticks = [tick for tick in KURTOSIS_COLORBAR_TICKS if norm.vmin <= tick <= norm.vmax]  # plain, not a×10^b
+    colorbar.set_ticks(ticks, labels=[f"{tick:g}" for tick in ticks])
+    colorbar.ax.yaxis.set_minor_formatter(NullFormatter())
     return fig

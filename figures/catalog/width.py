@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 from pandas.io.formats.style import Styler
 
+from figures.answers import answer, held_out_scale, indistinguishable, prose
 from figures.catalog.models import calibration, describe_protocol, evaluation_windows, original_capture
 from figures.experiments import ExperimentContext, experiment
 from figures.registry import Tables, escape_tex, table
@@ -111,3 +112,77 @@ def width_pruning_table(tables: Tables) -> Styler:
     labels = {"variant": "Variant", "bits_per_weight": "$b$", "gap": "Gap", "sparsity": "$s$",
               "perplexity": "PPL", "kl_interval": "KL [95 \\% CI]"}  # fmt: skip
     return thesis_table(shown, labels, precision=3)
+
+
+def option_words(option: str) -> str:
+    """A width option in words: ``mlp=0.25`` → "25 % of every MLP's channels", ``heads=0.34`` → "34 % of every
+    attention's key--value groups" (LaTeX)."""
+    kind, _, value = option.split(":")[0].partition("=")
+    what = {"mlp": "every MLP's channels", "heads": "every attention's key--value groups"}.get(kind, kind)
+    return f"{100 * float(value):.0f} \\% of {what}"
+
+
+def width_against_depth(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per width option: the shrink with refit against BI block removal of the nearest size, each KL with its 95 %
+    interval, and the ``outcome`` for the narrower model: ``less`` / ``more`` damage when the two intervals do not
+    overlap, else ``indistinguishable`` (the table holds no paired interval, so non-overlap is the test)."""
+    rows = []
+    for option, group in frame.groupby("matched_to", sort=False):
+        shrink = group[group["method"].str.startswith("shrink") & group["refit"].fillna(False).astype(bool)]
+        removal = group[group["method"] == "remove:bi"]
+        if shrink.empty or removal.empty:
+            continue
+        width, depth = shrink.iloc[0], removal.iloc[0]
+        low, high = "kl_to_reference_nats_ci_low", "kl_to_reference_nats_ci_high"
+        outcome = ("less" if width[high] < depth[low] else "more" if width[low] > depth[high] else
+                   "indistinguishable")  # fmt: skip
+        rows.append({"option": option, "width_kl": width["kl_to_reference_nats"], "width_low": width[low],
+                     "width_high": width[high], "depth_kl": depth["kl_to_reference_nats"], "depth_low": depth[low],
+                     "depth_high": depth[high], "size_gap_bits": depth["size_gap_bits"], "outcome": outcome,
+                     "tokens": width.get("tokens", np.nan)})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+@answer(SECTION, needs=(WIDTH,), question="Narrower layers, or fewer blocks?",
+        missing="Not measured in the default run: its calibrated selections and SparseGPT runs exceed the time "
+                "the default run is sized for; the command pvq figures -{}-only width\\_pruning measures it and "
+                "states the answer here.")  # fmt: skip
+def width_answer(tables: Tables) -> str:
+    """Width against depth in plain words: per width option, the narrower model against BI removal of the nearest
+    size (:func:`width_against_depth`), each KL with its interval, and how many options each wins."""
+    compared = width_against_depth(tables[WIDTH])
+    if compared.empty:
+        return ""
+    tokens = compared["tokens"].iloc[0]
+    counts = compared["outcome"].value_counts()
+    less, more = int(counts.get("less", 0)), int(counts.get("more", 0))
+    lead = ("Narrower" if less and not more else "Fewer blocks" if more and not less else
+            "Not resolved" if not less else "It depends on the size")  # fmt: skip
+    details = "; ".join(
+        f"removing {option_words(row.option)}: {row.width_kl:.3f} nats/token (95 \\% interval {row.width_low:.3f} "
+        f"to {row.width_high:.3f}) against {row.depth_kl:.3f} ({row.depth_low:.3f} to {row.depth_high:.3f})"
+        for row in compared.itertuples())  # fmt: skip
+    return (
+        f"{lead}: making every layer narrower (the rest refit) damages the model less than removing whole blocks "
+        f"of about the same size for {less} of {len(compared)} sizes, more for {more}, and is "
+        f"{indistinguishable(tokens)} for {int(counts.get('indistinguishable', 0))}, judged by the extra KL to "
+        f"the original and called only where the two 95 \\% intervals do not overlap ({held_out_scale(tokens)}). "
+        f"Measured: {details}."
+    )
+
+
+@prose(SECTION, needs=(WIDTH,))
+def width_prose(tables: Tables) -> str:
+    """The section's opening paragraph: the width answer, the size gaps of the removal it is compared with, and the
+    threats to validity."""
+    frame = tables[WIDTH]
+    compared = width_against_depth(frame)
+    gap = float(compared["size_gap_bits"].abs().max()) if len(compared) else float("nan")
+    return (
+        "Instead of removing whole blocks, a model can be made narrower: fewer MLP channels or fewer attention "
+        f"groups in every block. {width_answer(tables)} The removal compared is that of the nearest size, at most "
+        f"{gap:.2f} bits per decoder parameter away. Threats to validity: the two models' intervals are not "
+        "paired, so a difference is called only where they do not overlap, which is conservative; the protocol is "
+        "cut to fit the machine (fewer calibration and evaluation windows than the other sections); one small "
+        "model."
+    )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import matplotlib
@@ -65,6 +66,14 @@ def test_readme_lists_every_registered_artifact(readme: Path) -> None:
     text = readme.read_text()
     missing = [name for name in ARTIFACTS if f"`{name}`" not in text]
     assert not missing, f"add {missing} to {readme}"
+
+
+def test_the_readme_top_gives_both_commands_with_times_and_where_the_answers_open() -> None:
+    top = "\n".join((README.parents[1] / "README.md").read_text().splitlines()[:40])
+    for needed in ("make figures", "make test", "paper/index.html", "paper/ANSWERS.md", "pvq verify",
+                   "pvq figures --archive"):  # fmt: skip
+        assert needed in top, needed
+    assert re.search(r"`make figures` cold \d+ min", top) and re.search(r"`make test` about \d+ min", top)
 
 
 def test_sqnr_figure_plots_exactly_the_table_values_one_series_per_format_family():

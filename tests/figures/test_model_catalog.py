@@ -116,7 +116,7 @@ def test_removal_figure_draws_every_curve_and_the_removal_levels_of_each_view():
         caps = 2 * levels["ordering"].nunique() if view == "end_to_end" else 0  # the intervals' caps
         assert len(ax.lines) == curves + 2 * levels["ordering"].nunique() + 1 + caps
         for ordering, group in levels.groupby("ordering"):
-            line = next(line for line in ax.lines if ordering in line.get_label())
+            line = next(line for line in ax.lines if ordering in line.get_label().lower())
             np.testing.assert_allclose(line.get_xdata(), group["bits_per_weight"])
             np.testing.assert_allclose(line.get_ydata(), group[f"removal_error_{view}"])
         rd = [line for line in ax.lines if line.get_label() == "Gaussian RD reference"]

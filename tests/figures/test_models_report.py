@@ -26,7 +26,7 @@ from figures.catalog import cross_model
 from figures.catalog.removal import ANSWER_LEVEL, STUDY, VIEW_CODES, study_part
 from figures.experiments import EXPERIMENTS
 from figures.layout import CROSS_MODEL_DIR, artifact_home, model_dependent, model_homes
-from figures.paper import RESULTS_SECTION
+from figures.paper import ANSWERS_SECTION, RESULTS_SECTION
 from figures.registry import load_catalog
 from figures.report import ANSWERS_NAME, REPORT_NAME, artifact_html, esc
 from figures.tex_text import plain_text, tabular_rows
@@ -121,6 +121,28 @@ def test_the_chapter_shows_the_chapter_model_and_the_cross_model_section(two_mod
     assert "\\section{Across models}" in cross and f"{CROSS_MODEL_DIR}/tables/removal_answer_by_model.tex" in cross
 
 
+def prose_outside_floats(section: str) -> str:
+    """The plain text of a results section without its header macros, floats, table inputs and headings."""
+    body = section.split("\\ifdefined\\pvqtablebox", 1)[0] + section.split("\n  \\fi}\n", 1)[-1]
+    body = re.sub(r"\\begin\{figure\}.*?\\end\{figure\}", " ", body, flags=re.DOTALL)
+    lines = [line for line in body.splitlines()
+             if not line.startswith(("%", "\\pvqtable", "\\IfFileExists", "\\section", "\\begin{itemize}",
+                                     "\\end{itemize}"))]  # fmt: skip
+    return plain_text("\n".join(lines))
+
+
+def test_the_chapter_opens_every_section_with_prose_and_closes_with_the_answers(two_models):
+    results, out = two_models
+    section = (out / RESULTS_SECTION).read_text()
+    headings = re.findall(r"\\section\{([^}]*)\}\n\n(.)", section)
+    assert headings and all(first != "\\" for _, first in headings), headings
+    assert headings[-1][0] == ANSWERS_SECTION
+    assert len(prose_outside_floats(section).split()) >= 600
+    for declared in ANSWERS.values():
+        tables = {name: read_table(results / MODELS[0] / f"{name}.parquet") for name in declared.needs}
+        assert f"\\item \\textbf{{{declared.question}}} {declared.sentence(tables)}" in section
+
+
 class PageParser(HTMLParser):
     """Image sources, element ids, number of tables and the visible text of a page."""
 
@@ -171,7 +193,7 @@ def test_the_report_states_each_models_answer_first(two_models):
         for declared in ANSWERS.values():
             tables = {name: read_table(results / model / f"{name}.parquet") for name in declared.needs}
             sentence = plain_text(declared.sentence(tables))
-            assert sentence and sentence in text
+            assert sentence and sentence in text and "one model" in sentence  # the protocol's scale
             position = html_text.index(esc(sentence))
             assert html_text.index("<h2>Answers</h2>") < position < html_text.index('<section id="shared">')
 
@@ -179,12 +201,12 @@ def test_the_report_states_each_models_answer_first(two_models):
 def test_answers_markdown_beside_the_report_holds_every_answer_of_every_model(two_models):
     results, out = two_models
     text = (out / ANSWERS_NAME).read_text()
-    assert len(ANSWERS) >= 3  # per tensor, removal at equal size, the optimal mixture
+    assert len(ANSWERS) >= 4  # per tensor, removal at equal size, the optimal mixture, width against depth
     for model in MODELS:
         assert f"## {model}" in text
-        for section, declared in ANSWERS.items():
+        for declared in ANSWERS.values():
             tables = {name: read_table(results / model / f"{name}.parquet") for name in declared.needs}
-            assert f"**{section}.** {plain_text(declared.sentence(tables))}" in text
+            assert f"**{declared.question}** {plain_text(declared.sentence(tables))}" in text
 
 
 def test_report_text_is_escaped_and_a_table_is_read_from_its_booktabs_source(tmp_path):

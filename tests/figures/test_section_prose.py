@@ -3,17 +3,24 @@ synthetic tables, and the phrase structure that carries them."""
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 
-from figures.answers import PROSE, section_paragraphs
-from figures.catalog import mixture, removal, weights
-from figures.registry import synthetic_tables
+from figures.answers import ANSWERS, PROSE, interval_verdict, section_paragraphs, stated_answers
+from figures.catalog import bounds, frontier, mixture, models, removal, theory, weights, width
+from figures.labels import spec_label
+from figures.paper import answers_tex
+from figures.registry import escape_tex, load_catalog, synthetic_tables
+from figures.tex_text import plain_text
+from measure.bounds import INTERVAL_LEVEL
+from theory.accounting import BASE_BITS
 
 
 def test_each_thesis_question_section_has_a_paragraph_with_its_scale_and_threats() -> None:
     tables = synthetic_tables(tuple({name for declared in PROSE.values() for name in declared.needs}))
     paragraphs = section_paragraphs(tables)
-    assert set(paragraphs) == {removal.SECTION, mixture.SECTION, weights.SECTION}
+    assert {removal.SECTION, mixture.SECTION, weights.SECTION} <= set(paragraphs)
     for text in paragraphs.values():
         assert "Threats to validity" in text and len(text.split()) > 60
 
@@ -39,7 +46,7 @@ def test_the_mixture_and_tensor_paragraphs_recompute_their_numbers() -> None:
     text = mixture.mixture_prose(tables)
     counts = tables[mixture.MIXTURE]["sensitivity"].value_counts()
     assert f"{counts['kl']} allocations solved exactly" in text and f"{counts['uniform']} uniform options" in text
-    assert mixture._verdict(tables) in text
+    assert escape_tex(mixture._verdict(tables)) in text
     frame = tables[weights.STUDY]
     tensor = weights.tensor_prose(tables)
     for bits, rows in frame.groupby("bits"):
@@ -47,3 +54,160 @@ def test_the_mixture_and_tensor_paragraphs_recompute_their_numbers() -> None:
         assert f"at {bits} bits quantization has the higher weight SQNR for {favour} of {len(rows)}" in tensor
     rho = frame[["kurtosis", "diff_db"]].corr(method="spearman").iloc[0, 1]
     assert f"is {rho:.2f}." in tensor
+
+
+NUMBER = re.compile(r"(?<![\w.])[-+−]?\d+(?:\.\d+)?")
+CONSTANTS = {str(BASE_BITS), f"{100 * INTERVAL_LEVEL:g}"}
+"""Numbers a paragraph may state that are conventions of the code, not results: the 16-bit base, the 95 % level."""
+
+
+def numbers_in(text: str) -> set[str]:
+    """Every number written in ``text`` outside inline math (``$2^b$`` names a quantity, it states no result); a
+    range ``a--b`` is two numbers, not ``a`` and ``-b``."""
+    return set(NUMBER.findall(re.sub(r"\$[^$]*\$", " ", text).replace("--", " – ")))
+
+
+def assert_every_number_is(text: str, expected: set[str]) -> None:
+    """Every number of ``text`` is one the test recomputed from the tables (or a convention of the code)."""
+    assert numbers_in(text) <= expected | CONSTANTS, numbers_in(text) - expected - CONSTANTS
+
+
+def all_tables() -> dict:
+    return synthetic_tables(tuple({name for registry in (PROSE, ANSWERS) for declared in registry.values()
+                                   for name in declared.needs}))  # fmt: skip
+
+
+def test_every_section_of_the_chapter_opens_with_a_paragraph_and_the_prose_exceeds_600_words() -> None:
+    tables = all_tables()
+    paragraphs = section_paragraphs(tables)
+    assert set(paragraphs) == {artifact.section for artifact in load_catalog().values()}
+    assert all("Threats to validity" in text for text in paragraphs.values())
+    closing = answers_tex(stated_answers(tables))
+    assert len(plain_text(" ".join(paragraphs.values()) + closing).split()) >= 600
+
+
+def test_the_theory_paragraph_states_only_numbers_recomputed_from_its_two_maps() -> None:
+    tables = all_tables()
+    clipped, ranged = tables[theory.KURTOSIS_MSE], tables[theory.KURTOSIS_RANGE]
+    text = theory.theory_prose(tables)
+    won = int((clipped["diff_db"] < 0).sum())
+    assert f"pruning has the higher SQNR at {won} of {len(clipped)} grid points" in text
+    expected = {f"{clipped['kurtosis'].min():.1f}", f"{clipped['kurtosis'].max():.1f}",
+                str(clipped["bits"].min()), str(clipped["bits"].max()), str(won), str(len(clipped)),
+                str(int((ranged["diff_db"] < 0).sum())), str(len(ranged)), f"{ranged['truncate_sigma'].max():g}"}
+    assert_every_number_is(text, expected)
+
+
+def test_the_models_paragraph_states_only_numbers_recomputed_from_the_summary_and_benchmarks() -> None:
+    tables = all_tables()
+    summary, benchmarks = tables[models.SUMMARY], tables[models.BENCHMARKS]
+    parts = dict(zip(summary["part"], summary["parameters"], strict=True))
+    total = parts["total"]
+    text = models.models_prose(tables)
+    assert f"hold {100 * (parts['attention'] + parts['mlp']) / total:.0f} \\% of them" in text
+    expected = {str(summary["blocks"].iloc[0]), str(summary["linear_layers"].iloc[0]),
+                str(summary["hidden_size"].iloc[0]), f"{total / 1e6:.1f}",
+                f"{100 * (parts['attention'] + parts['mlp']) / total:.0f}",
+                f"{100 * parts['embeddings'] / total:.0f}",
+                *(str(n) for n in benchmarks.drop_duplicates("task")["questions"])}  # fmt: skip
+    assert_every_number_is(text, expected)
+
+
+def test_the_bounds_paragraph_states_only_numbers_recomputed_from_the_sweep() -> None:
+    tables = all_tables()
+    frame = tables[bounds.SWEEP]
+    text = bounds.bounds_prose(tables)
+    exact = frame[frame["kind"] == "exact"].set_index(["layer", "bits", "family"])["sqnr_db"]
+    difference = exact.xs("quantization", level="family") - exact.xs("pruning", level="family")
+    pruning = frame[frame["family"] == "pruning"].set_index(["layer", "bits", "method"])["sqnr_db"]
+    quant = frame[frame["family"] == "quantization"].set_index(["layer", "bits", "method"])["sqnr_db"]
+    gptq = (quant.xs("exact", level="method") - quant.xs("gptq", level="method")).median()
+    sparsegpt = (pruning.xs("exact", level="method") - pruning.xs("sparsegpt", level="method")).median()
+    assert f"GPTQ falls a median {gptq:.1f} dB short" in text and f"SparseGPT {sparsegpt:.1f} dB short" in text
+    chunks = frame[frame["kind"] == "exact"]
+    expected = {str(frame["layer"].nunique()), str(int((difference < 0).sum())), str(len(difference)),
+                f"{gptq:.1f}", f"{sparsegpt:.1f}", str(chunks["optimal_chunks"].sum()),
+                str(chunks["chunks"].sum())}
+    for bits, rows in difference.groupby(level="bits"):
+        expected |= {f"{rows.median():+.1f}", str(bits)}
+    assert_every_number_is(text, expected)
+
+
+def test_the_frontier_paragraph_states_only_numbers_recomputed_from_the_frontier_and_the_study() -> None:
+    tables = all_tables()
+    own = tables[frontier.FRONTIER]
+    text = frontier.frontier_prose(tables)
+    expected = {f"{own['base_perplexity'].iloc[0]:.2f}", str(own["tokens"].iloc[0])}
+    for row in own.itertuples():
+        expected |= numbers_in(spec_label(row.spec)) | {
+            f"{row.bits_per_weight:.2f}", f"{row.perplexity:.2f}", f"{row.kl_to_reference_nats:.3f}",
+            f"{row.kl_to_reference_nats_ci_low:.3f}", f"{row.kl_to_reference_nats_ci_high:.3f}"}
+    study = removal.study_part(tables[removal.STUDY], "end_to_end")
+    for row in study[study["spec"] == frontier.REFERENCE_QUANTIZER].head(1).itertuples():
+        expected |= numbers_in(spec_label(row.spec)) | {
+            f"{row.linear_bits_per_weight:.2f}", f"{row.perplexity:.2f}", f"{row.kl_to_reference_nats:.3f}",
+            f"{row.error_ci_low:.3f}", f"{row.error_ci_high:.3f}"}
+    assert_every_number_is(text, expected)
+
+
+def width_numbers(frame) -> set[str]:
+    """The numbers the width answer and paragraph may state, recomputed: per option its share and both KLs with
+    their intervals, the counts of outcomes (intervals overlapping or not), the tokens and the largest size gap."""
+    expected = {str(frame["tokens"].iloc[0])}
+    outcomes = []
+    for option, rows in frame.groupby("matched_to"):
+        width = rows[rows["method"].str.startswith("shrink") & (rows["refit"] == True)].iloc[0]  # noqa: E712
+        depth = rows[rows["method"] == "remove:bi"].iloc[0]
+        expected |= {f"{100 * float(option.split(':')[0].split('=')[1]):.0f}",
+                     f"{abs(depth['size_gap_bits']):.2f}"}  # fmt: skip
+        for row in (width, depth):
+            expected |= {f"{row[c]:.3f}" for c in ("kl_to_reference_nats", "kl_to_reference_nats_ci_low",
+                                                   "kl_to_reference_nats_ci_high")}  # fmt: skip
+        outcomes.append("less" if width["kl_to_reference_nats_ci_high"] < depth["kl_to_reference_nats_ci_low"] else
+                        "more" if width["kl_to_reference_nats_ci_low"] > depth["kl_to_reference_nats_ci_high"] else
+                        "tied")  # fmt: skip
+    return expected | {str(len(outcomes))} | {str(outcomes.count(o)) for o in ("less", "more", "tied")}
+
+
+def test_the_width_answer_and_paragraph_state_only_numbers_recomputed_from_the_width_table() -> None:
+    tables = all_tables()
+    expected = width_numbers(tables[width.WIDTH])
+    assert_every_number_is(width.width_answer(tables), expected)
+    assert_every_number_is(width.width_prose(tables), expected)
+
+
+def test_the_plain_answers_state_only_numbers_recomputed_from_their_tables() -> None:
+    tables = all_tables()
+    frame = tables[weights.STUDY]
+    pruning = int(frame["pruning_wins"].sum())
+    counted = {str(len(frame) - pruning), str(len(frame)), str(pruning), str(frame["layer"].nunique())}
+    assert_every_number_is(weights.tensor_answer(tables), {*(str(b) for b in frame["bits"].unique()), *counted})
+    pairs = mixture.equal_size_pairs(tables)
+    quantization = pairs[pairs["kind"] == "quantization"]
+    counts = [str(int((quantization["outcome"] == o).sum())) for o in ("lower", "higher", "indistinguishable")]
+    tokens = str(int(tables[mixture.MIXTURE]["tokens"].dropna().iloc[0]))
+    assert_every_number_is(mixture.mixture_answer(tables), {*counts, str(len(quantization)), tokens})
+    rows = removal.study_part(tables[removal.STUDY], "answer")
+    row = rows[(rows["ordering"] == "bi") & (rows["mask_convention"] == "free") & (rows["view"] == "end_to_end")
+               & (rows["removed"] == min(removal.ANSWER_LEVEL, rows["removed"].max()))].iloc[0]  # fmt: skip
+    blocks = removal.study_part(tables[removal.STUDY], "units").query("unit == 'block'")["block"].nunique()
+    series = "gptq_g128"
+    columns = (f"equivalent_bits_{series}", f"break_even_base_{series}")
+    expected = {str(int(row["removed"])), str(blocks), f"{100 * row['removed_fraction']:.0f}",
+                str(int(row["tokens"])), f"{row['bits_per_weight']:.1f}",
+                *(f"{row[f'{column}{end}']:.1f}" for column in columns for end in ("", "_ci_low", "_ci_high"))}
+    assert_every_number_is(removal.removal_answer(tables), expected)
+
+
+def test_the_opt_in_width_answer_says_how_to_measure_it_while_its_table_is_missing() -> None:
+    tables = all_tables()
+    del tables[width.WIDTH]
+    stated = dict(stated_answers(tables))
+    assert len(stated) == len(ANSWERS) >= 4
+    assert "width\\_pruning" in stated[ANSWERS[width.SECTION].question]
+
+
+def test_a_difference_is_named_only_when_its_interval_excludes_zero() -> None:
+    assert interval_verdict(-0.3, -0.1, "lower", "higher", 4088) == "lower"
+    assert interval_verdict(0.1, 0.3, "lower", "higher", 4088) == "higher"
+    assert interval_verdict(-0.1, 0.3, "lower", "higher", 4088) == "indistinguishable at 4088 tokens"

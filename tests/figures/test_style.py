@@ -7,13 +7,27 @@ import sys
 
 import matplotlib
 
-from figures.style import METHOD_STYLE, OKABE_ITO, THESIS_RC, method_order, method_style, new_figure
+from figures.style import (
+    METHOD_STYLE,
+    OKABE_ITO,
+    REMOVAL_BROWNS,
+    THESIS_RC,
+    method_order,
+    method_style,
+    new_figure,
+)
 
 
 def test_every_declared_method_has_its_own_colour_marker_pair_from_the_palette():
     pairs = [(style.color, style.marker) for style in METHOD_STYLE.values()]
     assert len(set(pairs)) == len(pairs)
-    assert {style.color for style in METHOD_STYLE.values()} <= set(OKABE_ITO.values())
+    assert {style.color for style in METHOD_STYLE.values()} <= set(OKABE_ITO.values()) | set(REMOVAL_BROWNS)
+
+
+def test_removal_orderings_have_a_colour_family_no_method_shares():
+    removal = {style.color for name, style in METHOD_STYLE.items() if name.startswith("remove:")}
+    others = {style.color for name, style in METHOD_STYLE.items() if not name.startswith("remove:")}
+    assert removal == set(REMOVAL_BROWNS) and not removal & others
 
 
 def test_unknown_method_style_is_the_same_in_a_fresh_interpreter():

@@ -71,3 +71,7 @@ def test_every_generated_section_paragraph_is_safe_latex_on_the_synthetic_tables
     assert paragraphs
     for section, paragraph in paragraphs.items():
         check_tex(paragraph, section)
+
+
+def test_a_command_line_flag_in_typewriter_keeps_its_two_hyphens_while_a_range_gets_an_en_dash():
+    assert plain_text("lm-eval \\texttt{--limit 20}, 4.2--4.6") == "lm-eval --limit 20, 4.2–4.6"

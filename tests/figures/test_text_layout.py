@@ -1,6 +1,7 @@
 """Every figure's text sits inside the figure and no two texts overlap (tick labels, axis labels, titles and panel
-letters, legends, free texts), for every registered figure and every cross-model figure, drawn from synthetic
-tables; the check itself finds overlaps and clipping built on purpose."""
+letters, legends, free texts), and no legend covers a plotted data point, for every registered figure and every
+cross-model figure, drawn from synthetic tables; the checks themselves find overlaps, clipping and covered points
+built on purpose."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from figures.catalog.removal import STUDY, synthetic_study
 from figures.registry import Artifact, load_catalog, synthetic_tables
 from figures.render import draw
 from figures.style import THESIS_RC, new_figure
-from figures.text_layout import text_problems
+from figures.text_layout import legend_problems, text_problems
 from figures.ticks import sparse_log_minor_labels
 
 FIGURES = [artifact for artifact in load_catalog().values() if artifact.kind == "figure"]
@@ -25,10 +26,10 @@ def cross_model_tables(models: tuple[str, ...] = ("model-a", "model-b")) -> dict
     return {model: synthetic_study(np.random.default_rng(seed)) for seed, model in enumerate(models)}
 
 
-def problems_of(artifact: Artifact, tables: dict) -> list[str]:
+def problems_of(artifact: Artifact, tables: dict, check=text_problems) -> list[str]:
     figure = draw(artifact, tables)
     with matplotlib.rc_context(THESIS_RC):
-        return text_problems(figure)
+        return check(figure)
 
 
 @pytest.mark.parametrize("artifact", FIGURES, ids=[artifact.name for artifact in FIGURES])
@@ -40,6 +41,28 @@ def test_registered_figure_has_no_overlapping_or_clipped_text(artifact):
 def test_cross_model_figure_has_no_overlapping_or_clipped_text(artifact):
     assert artifact.needs == (STUDY,)
     assert problems_of(artifact, cross_model_tables()) == []
+
+
+@pytest.mark.parametrize("artifact", FIGURES, ids=[artifact.name for artifact in FIGURES])
+def test_registered_figure_has_no_legend_over_its_data(artifact):
+    assert problems_of(artifact, synthetic_tables(artifact.needs), legend_problems) == []
+
+
+@pytest.mark.parametrize("artifact", CROSS_FIGURES, ids=[artifact.name for artifact in CROSS_FIGURES])
+def test_cross_model_figure_has_no_legend_over_its_data(artifact):
+    assert problems_of(artifact, cross_model_tables(), legend_problems) == []
+
+
+def test_the_legend_check_finds_a_legend_on_a_point_and_accepts_one_beside_the_data():
+    with matplotlib.rc_context(THESIS_RC):
+        figure, ax = new_figure()
+        ax.plot([0, 1], [0, 1], marker="o", label="a line")
+        ax.scatter([0.05], [0.95], label="a point in the corner")
+        ax.legend(loc="lower right")
+        assert legend_problems(figure) == []
+        ax.legend(loc="upper left")
+        problems = legend_problems(figure)
+    assert problems and all("'a point in the corner'" in problem for problem in problems), problems
 
 
 def test_the_check_finds_two_overlapping_axis_labels_and_a_label_running_off_the_figure():
