@@ -38,14 +38,14 @@ from tqdm import tqdm
 
 from measure.capture.experts import ExpertCapture
 from measure.capture.statistics import BlockHooks, Capture, capture
-from measure.compress.apply import check_finite_weight, layer_gram, method_weight
+from measure.compress.apply import check_finite_weight, layer_gram
+from measure.compress.layer import compress_layer, method_weight
 from measure.compress.methods.metrics import LayerErrorMeter, weight_sqnr_db
 from measure.compress.parallel import fork_map
 from measure.compress.spec import LayerStep, parse_term_list
 from measure.models.architecture import Architecture, Block, LinearRef, describe
 from theory.accounting import PAPER_CONVENTION, Convention
 from theory.errors import PvqError
-from theory.sqnr import relative_error_db
 from theory.study import DEFAULT_BITS, tensor_sqnr_table
 
 DEFAULT_METHODS = (
@@ -255,17 +255,16 @@ def _layer_rows(
     for step in (step for step in steps if step.covers(ref)):
         weighted = ref.expert_index is not None and step.wants_router_weighted_gram()
         method_gram = layer_gram(ref, captured.grams, experts, weighted).gram if weighted else meter.gram
-        start = time.perf_counter()
-        weight_hat = step.method.apply(weight, method_gram if step.method.needs_gram else None, step.params)
-        seconds = time.perf_counter() - start
-        relative = meter.relative_error(weight_hat)
+        compressed = compress_layer(weight, step, method_gram, meter)
+        weight_hat = compressed.weight_hat
         rows.append({
             **common,
             "term": step.text, "method": step.method.name, "params": json.dumps(step.params, sort_keys=True),
             "kind": step.method.kind, "scope": step.scope, "gram": "router_weighted" if weighted else "input",
-            "bits_per_weight": step.method.bits_per_weight(step.params, shape), "relative_error": relative,
-            "sqnr_db": relative_error_db(relative), "weight_sqnr_db": weight_sqnr_db(weight, weight_hat),
-            "zero_fraction": float((weight_hat == 0).double().mean()), "seconds": seconds,
+            "bits_per_weight": step.method.bits_per_weight(step.params, shape),
+            "relative_error": compressed.relative_error, "sqnr_db": compressed.sqnr_db,
+            "weight_sqnr_db": weight_sqnr_db(weight, weight_hat),
+            "zero_fraction": float((weight_hat == 0).double().mean()), "seconds": compressed.seconds,
         })  # fmt: skip
         if keep_weights:
             kept[step.text] = weight_hat

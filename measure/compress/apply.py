@@ -27,7 +27,8 @@ from measure.capture.blocks import BlockInputs, record_block_inputs, run_block
 from measure.capture.experts import ExpertCapture
 from measure.capture.gram import GramAccumulator
 from measure.capture.statistics import Capture, register_gram_hooks
-from measure.compress.methods.metrics import output_error
+from measure.compress.layer import compress_layer, method_weight
+from measure.compress.methods.metrics import LayerErrorMeter
 from measure.compress.parallel import fork_map
 from measure.compress.spec import CALIBRATIONS, LayerStep, ModelStep, Spec, parse_spec
 from measure.models.architecture import Architecture, Block, LinearRef, describe
@@ -156,7 +157,7 @@ class _LayerPass:
         self.tokens = sum(batch.numel() for batch in batches)
         if captured is not None and all(ref.expert_index is None for ref, _ in flat):
             captured.check_reusable([ref for ref, _ in flat], self.tokens)
-            results = fork_map(partial(compressed_layer, grams=captured.grams, experts=None), flat, self.workers)
+            results = fork_map(partial(compress_with_report, grams=captured.grams, experts=None), flat, self.workers)
             for (ref, _), (weight_hat, _) in zip(flat, results, strict=True):
                 ref.set_weight(weight_hat)
             return [row for _, row in results]
@@ -186,12 +187,12 @@ class _LayerPass:
         grams: dict[str, GramAccumulator] | None,
         experts: ExpertCapture | None,
     ) -> dict[str, Any]:
-        weight_hat, row = compressed_layer((ref, step), grams, experts)
+        weight_hat, row = compress_with_report((ref, step), grams, experts)
         ref.set_weight(weight_hat)
         return row
 
 
-def compressed_layer(
+def compress_with_report(
     target: tuple[LinearRef, LayerStep],
     grams: Mapping[str, GramAccumulator] | None,
     experts: ExpertCapture | None,
@@ -206,9 +207,9 @@ def compressed_layer(
         )
     weight = method_weight(ref)
     matrix = None if gram is None or gram.tokens == 0 else gram.gram
-    weight_hat = step.method.apply(weight, matrix if step.method.needs_gram else None, step.params)
-    relative, sqnr = output_error(weight, weight_hat, matrix) if matrix is not None else (math.nan, math.nan)
-    return weight_hat, {
+    meter = None if matrix is None else LayerErrorMeter(weight, matrix)
+    compressed = compress_layer(weight, step, matrix, meter)
+    return compressed.weight_hat, {
         "layer": ref.name,
         "block": ref.block_index,
         "sublayer": ref.sublayer_kind,
@@ -219,8 +220,8 @@ def compressed_layer(
         "parameters": ref.out_features * ref.in_features,
         "bits_per_weight": step.bits_per_weight(ref),
         "tokens": 0 if gram is None else gram.tokens,
-        "relative_error": relative,
-        "sqnr_db": sqnr,
+        "relative_error": compressed.relative_error,
+        "sqnr_db": compressed.sqnr_db,
     }
 
 
@@ -274,8 +275,9 @@ def model_size(model: nn.Module, spec: Spec | str, convention: Convention = PAPE
 
 
 def _own_parameter(ref: LinearRef) -> nn.Parameter | None:
-    """The Parameter that stores ``ref``'s weight as (out_features, in_features) itself (an ``nn.Linear``), or None
-    for any other layout (transposed Conv1D, fused or stacked experts), which :meth:`LinearRef.set_weight` copies."""
+    """The Parameter that stores ``ref``'s weight as (out_features, in_features) itself (an ``nn.Linear``), or
+    None for any other layout (transposed Conv1D, fused or stacked experts), which :meth:`LinearRef.set_weight`
+    copies."""
     parameter = None if ref.stacked else getattr(ref.module, "weight", None)
     if not isinstance(parameter, nn.Parameter):
         return None
@@ -312,14 +314,6 @@ def weights_installed(pairs: Sequence[tuple[LinearRef, torch.Tensor]]) -> Iterat
             parameter.data = data
         for ref, weight in reversed(copied):
             ref.set_weight(weight)
-
-
-def method_weight(ref: LinearRef) -> torch.Tensor:
-    """A CPU copy of ``ref``'s weight as the methods take it: float64 stays, other precisions become float32
-    (float16 and bfloat16 values are exact in float32); ``set_weight`` casts a result back to the model's."""
-    weight = ref.weight().detach()
-    dtype = torch.float64 if weight.dtype == torch.float64 else torch.float32
-    return weight.to(device="cpu", dtype=dtype, copy=True)
 
 
 def check_layers_exist(spec: Spec, model: nn.Module) -> None:
