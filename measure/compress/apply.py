@@ -157,7 +157,7 @@ class _LayerPass:
         self.tokens = sum(batch.numel() for batch in batches)
         if captured is not None and all(ref.expert_index is None for ref, _ in flat):
             captured.check_reusable([ref for ref, _ in flat], self.tokens)
-            results = fork_map(partial(compress_with_report, grams=captured.grams, experts=None), flat, self.workers)
+            results = fork_map(partial(layer_report, grams=captured.grams, experts=None), flat, self.workers)
             for (ref, _), (weight_hat, _) in zip(flat, results, strict=True):
                 ref.set_weight(weight_hat)
             return [row for _, row in results]
@@ -187,12 +187,12 @@ class _LayerPass:
         grams: dict[str, GramAccumulator] | None,
         experts: ExpertCapture | None,
     ) -> dict[str, Any]:
-        weight_hat, row = compress_with_report((ref, step), grams, experts)
+        weight_hat, row = layer_report((ref, step), grams, experts)
         ref.set_weight(weight_hat)
         return row
 
 
-def compress_with_report(
+def layer_report(
     target: tuple[LinearRef, LayerStep],
     grams: Mapping[str, GramAccumulator] | None,
     experts: ExpertCapture | None,
