@@ -1,5 +1,6 @@
-"""One compress-and-measure step: the ledger, apply_spec's report, the removal views and the KL sensitivities give
-exactly the weights and relative output errors of :func:`measure.compress.layer.compress_layer` on the same Gram."""
+"""One compress-and-measure step: the ledger, apply_spec's report, the removal views and the KL sensitivities
+give exactly the weights and relative output errors of :func:`measure.compress.layer.compress_layer` on the same
+Gram."""
 
 from __future__ import annotations
 
