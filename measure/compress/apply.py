@@ -3,8 +3,10 @@
 :func:`apply_spec` runs the terms in order. Consecutive layer terms are one GPTQ-style layer-sequential pass
 (Frantar et al. 2022, arXiv 2210.17323, Sec. 4): for each block, capture the Grams H = XᵀX of its layers'
 inputs, compress its layers, then push the calibration batches through the block to get the next block's
-inputs. ``calibration="sequential"`` captures on the compressed model's stream (every block sees the errors of
-the blocks before it); ``"parallel"`` on the original model's stream. The choice is recorded in the report.
+inputs. The calibration stream (:data:`measure.compress.spec.CALIBRATION_STREAMS`): ``calibration="sequential"``
+captures on the compressed model's stream (every block sees the errors of the blocks before it); ``"parallel"`` on
+the original model's stream. The choice is recorded in the report. (Where the blocks of a capture run, the
+capture mode, is a separate matter: :class:`measure.capture.placement.Placement`.)
 :func:`model_size` counts every parameter at 16 bits except compressed layer weights, which cost their
 method's bits per weight (:mod:`theory.accounting`).
 """
@@ -30,7 +32,7 @@ from measure.capture.statistics import Capture, register_gram_hooks
 from measure.compress.layer import compress_layer, method_weight
 from measure.compress.methods.metrics import LayerErrorMeter
 from measure.compress.parallel import fork_map
-from measure.compress.spec import CALIBRATIONS, LayerStep, ModelStep, Spec, parse_spec
+from measure.compress.spec import CALIBRATION_STREAMS, LayerStep, ModelStep, Spec, parse_spec
 from measure.models.architecture import Architecture, Block, LinearRef, describe
 from theory.accounting import BASE_BITS, PAPER_CONVENTION, Convention
 from theory.errors import PvqError, choose
@@ -38,7 +40,7 @@ from theory.errors import PvqError, choose
 
 @dataclass
 class CompressionReport:
-    """What :func:`apply_spec` did: one row per compressed layer, the model size, and how it was calibrated.
+    """What :func:`apply_spec` did: one row per compressed layer, the model size, and the calibration stream.
 
     ``layers`` columns: layer, block, sublayer, role, expert, term, method, parameters (out·in), bits_per_weight,
     tokens (calibration tokens in the layer's Gram, 0 for data-free passes), relative_error
@@ -91,7 +93,7 @@ def apply_spec(
     SparseGPT's column sweeps run no faster with more threads; :func:`measure.compress.parallel.fork_map`).
     """
     spec = parse_spec(spec) if isinstance(spec, str) else spec
-    choose("calibration", calibration, CALIBRATIONS)
+    choose("calibration", calibration, CALIBRATION_STREAMS)
     check_layers_exist(spec, model)
     start = time.perf_counter()
     rows: list[dict[str, Any]] = []
@@ -133,7 +135,7 @@ class _LayerPass:
 
     arch: Architecture
     steps: tuple[LayerStep, ...]
-    calibration: str
+    stream: str
     device: str
     expert_route: str
     workers: int | None = 1
@@ -175,7 +177,7 @@ class _LayerPass:
             self.experts_without_tokens += experts.empty_experts()
             rows += [self.compress(ref, step, grams, experts) for ref, step in block_targets]
             last = block.index == len(self.arch.blocks) - 1
-            if self.calibration == "sequential" and block_targets and not last:
+            if self.stream == "sequential" and block_targets and not last:
                 outputs = run_block(self.arch, block.index, inputs, device=self.device)
             inputs = BlockInputs(hidden=outputs, kwargs=inputs.kwargs)
         return rows
