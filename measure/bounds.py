@@ -39,12 +39,12 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from measure.capture.statistics import capture
+from measure.capture.placement import ON_CPU, Placement, capture_placed
 from measure.data.calibration import CalibrationProtocol, calibration_batches
 from measure.evaluation.protocols import for_model
 from measure.models.architecture import describe
@@ -66,9 +66,6 @@ from theory.rate_distortion import layer_spectrum, rd_sqnr_db
 from theory.sdp_bound import park_boyd_bound, perspective_bound
 from theory.sparse_least_squares import exact_prune, heuristic_prune, paper_box
 from theory.sqnr import sqnr_db
-
-if TYPE_CHECKING:
-    from measure.capture.statistics import BlockHooks
 
 QUANT_BOUND = "park_boyd"
 PRUNE_BOUND = "perspective"
@@ -268,17 +265,15 @@ def bounds_for_model(
     loaded: Any, layer_names: Sequence[str], bits_list: Sequence[int], opt_dim: int = 32, rows: int = 16,
     max_chunks: int | None = None, sdp_bits: Sequence[int] | None = None, sequences: int = 16,
     sequence_length: int = 512, batch_size: int = 4, convention: Convention = PAPER_CONVENTION,
-    time_limit: float = DEFAULT_TIME_LIMIT, seed: int = 0, mode: str = "full", device: str = "cpu",
-    block_hooks: BlockHooks | None = None, sdp_layers: Sequence[str] | None = None,
+    time_limit: float = DEFAULT_TIME_LIMIT, seed: int = 0, placement: Placement = ON_CPU,
+    sdp_layers: Sequence[str] | None = None,
 ) -> pd.DataFrame:
     """:func:`layer_bounds` for each named linear layer of ``loaded`` (a ``LoadedModel``) and each b.
 
     Grams are captured once from ``sequences × sequence_length`` calibration tokens
-    (:mod:`measure.data.calibration`;
-    ``mode``, ``device`` and ``block_hooks`` as in :func:`measure.capture.statistics.capture`); the SDP bounds run
-    only at
-    ``sdp_bits`` and on ``sdp_layers`` (each: all when None). One row per (layer, b, method) with ``layer``,
-    ``block``, ``role``, ``bits`` and the columns of :func:`layer_bounds`.
+    (:mod:`measure.data.calibration`), as ``placement`` says (:func:`measure.capture.placement.capture_placed`);
+    the SDP bounds run only at ``sdp_bits`` and on ``sdp_layers`` (each: all when None). One row per (layer, b,
+    method) with ``layer``, ``block``, ``role``, ``bits`` and the columns of :func:`layer_bounds`.
     """
 
     for bits in bits_list:
@@ -294,7 +289,7 @@ def bounds_for_model(
         select_rows(refs[name].out_features, rows)
     protocol = for_model(CalibrationProtocol(sequences, sequence_length, batch_size), loaded)
     batches = calibration_batches(loaded, protocol)
-    grams = capture(loaded.model, batches, mode=mode, device=device, arch=arch, block_hooks=block_hooks)
+    grams = capture_placed(loaded.model, batches, placement, arch=arch)
     frames = []
     for name in layer_names:
         ref = refs[name]

@@ -37,15 +37,16 @@ from torch import nn
 from tqdm import tqdm
 
 from measure.capture.experts import ExpertCapture
-from measure.capture.statistics import BlockHooks, Capture, capture
-from measure.compress.apply import check_finite_weight, layer_gram, method_weight
+from measure.capture.placement import ON_CPU, Placement, capture_placed
+from measure.capture.statistics import BlockHooks, Capture
+from measure.compress.apply import check_finite_weight, layer_gram
+from measure.compress.layer import compress_layer, method_weight
 from measure.compress.methods.metrics import LayerErrorMeter, weight_sqnr_db
 from measure.compress.parallel import fork_map
 from measure.compress.spec import LayerStep, parse_term_list
 from measure.models.architecture import Architecture, Block, LinearRef, describe
 from theory.accounting import PAPER_CONVENTION, Convention
 from theory.errors import PvqError
-from theory.sqnr import relative_error_db
 from theory.study import DEFAULT_BITS, tensor_sqnr_table
 
 DEFAULT_METHODS = (
@@ -120,14 +121,13 @@ def build_ledger(
     model: nn.Module,
     batches: Sequence[torch.Tensor],
     methods: Sequence[LayerStep] | str,
-    mode: str = "full",
+    placement: Placement = ON_CPU,
     layers: str | None = None,
     keep_rows: int = 0,
     expert_route: str = "routed",
     model_id: str = "",
     progress: bool = False,
     workers: int | None = 1,
-    device: str = "cpu",
     block_hooks: BlockHooks | None = None,
     captured: Capture | None = None,
     keep_weights: bool = False,
@@ -136,11 +136,11 @@ def build_ledger(
 
     ``methods`` is a list of layer steps or a comma-separated term list (``magnitude:0.5,gptq:4:g128``);
     ``keep_rows`` keeps that many input rows per Gram (for checks); the model is not modified. ``workers``
-    processes share the methods phase (None: one per CPU core; see :func:`measure_layers`). In the sequential
-    ``mode`` each block visits ``device`` for its turn; ``block_hooks(block)`` registers further hooks for the
-    capture pass (e.g. :class:`measure.capture.memory.BlockMemoryLog`). The methods run on CPU copies of the
-    weights
-    (float32 for half-precision models). ``captured``: Grams of this model on the same ``batches`` (e.g. an
+    processes share the methods phase (None: one per CPU core; see :func:`measure_layers`). The capture pass runs
+    as ``placement`` says (:func:`measure.capture.placement.capture_placed`: in the sequential capture mode each
+    block visits the placement's device for its turn, and its peak memory is logged); ``block_hooks(block)``
+    registers further hooks for that pass. The methods run on CPU copies of the weights (float32 for
+    half-precision models). ``captured``: Grams of this model on the same ``batches`` (e.g. an
     importance pass's), read instead of capturing again when no selected layer is a routed expert (experts need
     their own routed Grams). ``keep_weights`` keeps every compressed weight the rows were measured on
     (``Ledger.weights``; memory: one copy of the selected layers per method).
@@ -155,7 +155,7 @@ def build_ledger(
     if captured is not None and all(ref.expert_index is None for ref in refs):
         captured.check_reusable(refs, sum(batch.numel() for batch in batches))
     else:
-        captured = _capture_with_progress(model, batches, arch, mode, keep_rows, device, experts, block_hooks,
+        captured = _capture_with_progress(model, batches, arch, placement, keep_rows, experts, block_hooks,
                                           progress)  # fmt: skip
     captured_at = time.perf_counter()
     empty = set(experts.empty_experts())
@@ -202,9 +202,8 @@ def _capture_with_progress(
     model: nn.Module,
     batches: Sequence[torch.Tensor],
     arch: Architecture,
-    mode: str,
+    placement: Placement,
     keep_rows: int,
-    device: str,
     experts: ExpertCapture,
     block_hooks: BlockHooks | None,
     progress: bool,
@@ -220,9 +219,7 @@ def _capture_with_progress(
                 handles.append(block.module.register_forward_hook(count_batch))
             return handles
 
-        return capture(
-            model, batches, mode=mode, keep_rows=keep_rows, device=device, arch=arch, block_hooks=ledger_hooks
-        )
+        return capture_placed(model, batches, placement, arch=arch, keep_rows=keep_rows, block_hooks=ledger_hooks)
 
 
 def _expert_of(ref: LinearRef) -> str:
@@ -255,17 +252,16 @@ def _layer_rows(
     for step in (step for step in steps if step.covers(ref)):
         weighted = ref.expert_index is not None and step.wants_router_weighted_gram()
         method_gram = layer_gram(ref, captured.grams, experts, weighted).gram if weighted else meter.gram
-        start = time.perf_counter()
-        weight_hat = step.method.apply(weight, method_gram if step.method.needs_gram else None, step.params)
-        seconds = time.perf_counter() - start
-        relative = meter.relative_error(weight_hat)
+        compressed = compress_layer(weight, step, method_gram, meter)
+        weight_hat = compressed.weight_hat
         rows.append({
             **common,
             "term": step.text, "method": step.method.name, "params": json.dumps(step.params, sort_keys=True),
             "kind": step.method.kind, "scope": step.scope, "gram": "router_weighted" if weighted else "input",
-            "bits_per_weight": step.method.bits_per_weight(step.params, shape), "relative_error": relative,
-            "sqnr_db": relative_error_db(relative), "weight_sqnr_db": weight_sqnr_db(weight, weight_hat),
-            "zero_fraction": float((weight_hat == 0).double().mean()), "seconds": seconds,
+            "bits_per_weight": step.method.bits_per_weight(step.params, shape),
+            "relative_error": compressed.relative_error, "sqnr_db": compressed.sqnr_db,
+            "weight_sqnr_db": weight_sqnr_db(weight, weight_hat),
+            "zero_fraction": float((weight_hat == 0).double().mean()), "seconds": compressed.seconds,
         })  # fmt: skip
         if keep_weights:
             kept[step.text] = weight_hat

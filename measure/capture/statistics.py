@@ -1,6 +1,7 @@
 """Capture calibration statistics: one Gram per shared layer input, and block residual-stream statistics.
 
-Two modes give the same numbers (to float tolerance; tested):
+Two capture modes (where the blocks run; :class:`measure.capture.placement.Placement`) give the same numbers (to
+float tolerance; tested):
 
 * ``"full"``: hooks on the model, one forward pass per calibration batch;
 * ``"sequential"``: GPTQ-style, one block at a time on cached block inputs (:mod:`measure.capture.blocks`), so

@@ -3,8 +3,10 @@
 :func:`apply_spec` runs the terms in order. Consecutive layer terms are one GPTQ-style layer-sequential pass
 (Frantar et al. 2022, arXiv 2210.17323, Sec. 4): for each block, capture the Grams H = XᵀX of its layers'
 inputs, compress its layers, then push the calibration batches through the block to get the next block's
-inputs. ``calibration="sequential"`` captures on the compressed model's stream (every block sees the errors of
-the blocks before it); ``"parallel"`` on the original model's stream. The choice is recorded in the report.
+inputs. The calibration stream (:data:`measure.compress.spec.CALIBRATION_STREAMS`): ``calibration="sequential"``
+captures on the compressed model's stream (every block sees the errors of the blocks before it); ``"parallel"`` on
+the original model's stream. The choice is recorded in the report. (Where the blocks of a capture run, the
+capture mode, is a separate matter: :class:`measure.capture.placement.Placement`.)
 :func:`model_size` counts every parameter at 16 bits except compressed layer weights, which cost their
 method's bits per weight (:mod:`theory.accounting`).
 """
@@ -27,9 +29,10 @@ from measure.capture.blocks import BlockInputs, record_block_inputs, run_block
 from measure.capture.experts import ExpertCapture
 from measure.capture.gram import GramAccumulator
 from measure.capture.statistics import Capture, register_gram_hooks
-from measure.compress.methods.metrics import output_error
+from measure.compress.layer import compress_layer, method_weight
+from measure.compress.methods.metrics import LayerErrorMeter
 from measure.compress.parallel import fork_map
-from measure.compress.spec import CALIBRATIONS, LayerStep, ModelStep, Spec, parse_spec
+from measure.compress.spec import CALIBRATION_STREAMS, LayerStep, ModelStep, Spec, parse_spec
 from measure.models.architecture import Architecture, Block, LinearRef, describe
 from theory.accounting import BASE_BITS, PAPER_CONVENTION, Convention
 from theory.errors import PvqError, choose
@@ -37,7 +40,7 @@ from theory.errors import PvqError, choose
 
 @dataclass
 class CompressionReport:
-    """What :func:`apply_spec` did: one row per compressed layer, the model size, and how it was calibrated.
+    """What :func:`apply_spec` did: one row per compressed layer, the model size, and the calibration stream.
 
     ``layers`` columns: layer, block, sublayer, role, expert, term, method, parameters (out·in), bits_per_weight,
     tokens (calibration tokens in the layer's Gram, 0 for data-free passes), relative_error
@@ -90,7 +93,7 @@ def apply_spec(
     SparseGPT's column sweeps run no faster with more threads; :func:`measure.compress.parallel.fork_map`).
     """
     spec = parse_spec(spec) if isinstance(spec, str) else spec
-    choose("calibration", calibration, CALIBRATIONS)
+    choose("calibration", calibration, CALIBRATION_STREAMS)
     check_layers_exist(spec, model)
     start = time.perf_counter()
     rows: list[dict[str, Any]] = []
@@ -132,7 +135,7 @@ class _LayerPass:
 
     arch: Architecture
     steps: tuple[LayerStep, ...]
-    calibration: str
+    stream: str
     device: str
     expert_route: str
     workers: int | None = 1
@@ -156,7 +159,7 @@ class _LayerPass:
         self.tokens = sum(batch.numel() for batch in batches)
         if captured is not None and all(ref.expert_index is None for ref, _ in flat):
             captured.check_reusable([ref for ref, _ in flat], self.tokens)
-            results = fork_map(partial(compressed_layer, grams=captured.grams, experts=None), flat, self.workers)
+            results = fork_map(partial(layer_report, grams=captured.grams, experts=None), flat, self.workers)
             for (ref, _), (weight_hat, _) in zip(flat, results, strict=True):
                 ref.set_weight(weight_hat)
             return [row for _, row in results]
@@ -174,7 +177,7 @@ class _LayerPass:
             self.experts_without_tokens += experts.empty_experts()
             rows += [self.compress(ref, step, grams, experts) for ref, step in block_targets]
             last = block.index == len(self.arch.blocks) - 1
-            if self.calibration == "sequential" and block_targets and not last:
+            if self.stream == "sequential" and block_targets and not last:
                 outputs = run_block(self.arch, block.index, inputs, device=self.device)
             inputs = BlockInputs(hidden=outputs, kwargs=inputs.kwargs)
         return rows
@@ -186,12 +189,12 @@ class _LayerPass:
         grams: dict[str, GramAccumulator] | None,
         experts: ExpertCapture | None,
     ) -> dict[str, Any]:
-        weight_hat, row = compressed_layer((ref, step), grams, experts)
+        weight_hat, row = layer_report((ref, step), grams, experts)
         ref.set_weight(weight_hat)
         return row
 
 
-def compressed_layer(
+def layer_report(
     target: tuple[LinearRef, LayerStep],
     grams: Mapping[str, GramAccumulator] | None,
     experts: ExpertCapture | None,
@@ -206,9 +209,9 @@ def compressed_layer(
         )
     weight = method_weight(ref)
     matrix = None if gram is None or gram.tokens == 0 else gram.gram
-    weight_hat = step.method.apply(weight, matrix if step.method.needs_gram else None, step.params)
-    relative, sqnr = output_error(weight, weight_hat, matrix) if matrix is not None else (math.nan, math.nan)
-    return weight_hat, {
+    meter = None if matrix is None else LayerErrorMeter(weight, matrix)
+    compressed = compress_layer(weight, step, matrix, meter)
+    return compressed.weight_hat, {
         "layer": ref.name,
         "block": ref.block_index,
         "sublayer": ref.sublayer_kind,
@@ -219,8 +222,8 @@ def compressed_layer(
         "parameters": ref.out_features * ref.in_features,
         "bits_per_weight": step.bits_per_weight(ref),
         "tokens": 0 if gram is None else gram.tokens,
-        "relative_error": relative,
-        "sqnr_db": sqnr,
+        "relative_error": compressed.relative_error,
+        "sqnr_db": compressed.sqnr_db,
     }
 
 
@@ -312,14 +315,6 @@ def weights_installed(pairs: Sequence[tuple[LinearRef, torch.Tensor]]) -> Iterat
             parameter.data = data
         for ref, weight in reversed(copied):
             ref.set_weight(weight)
-
-
-def method_weight(ref: LinearRef) -> torch.Tensor:
-    """A CPU copy of ``ref``'s weight as the methods take it: float64 stays, other precisions become float32
-    (float16 and bfloat16 values are exact in float32); ``set_weight`` casts a result back to the model's."""
-    weight = ref.weight().detach()
-    dtype = torch.float64 if weight.dtype == torch.float64 else torch.float32
-    return weight.to(device="cpu", dtype=dtype, copy=True)
 
 
 def check_layers_exist(spec: Spec, model: nn.Module) -> None:

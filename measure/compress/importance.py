@@ -42,7 +42,8 @@ import pandas as pd
 import torch
 from torch import nn
 
-from measure.capture.statistics import BlockHooks, BlockStatistics, Capture, capture
+from measure.capture.placement import ON_CPU, Placement, capture_placed
+from measure.capture.statistics import BlockHooks, BlockStatistics, Capture
 from measure.models.architecture import Architecture, Block, Sublayer, describe, sublayer_input, sublayer_output
 from theory.errors import PvqError, choose
 from theory.sqnr import relative_error_db
@@ -278,20 +279,17 @@ def measure_importance(
     batches: Sequence[torch.Tensor],
     arch: Architecture | None = None,
     keep_rows: int = 0,
-    mode: str = "full",
-    device: str = "cpu",
+    placement: Placement = ON_CPU,
     block_hooks: BlockHooks | None = None,
 ) -> Importance:
     """One capture with the sublayer and router hooks attached: Grams, block, sublayer, router stats.
 
-    ``mode``, ``device`` and ``block_hooks`` as in :func:`measure.capture.statistics.capture` (the hooks fire in
-    either mode).
+    The pass runs as ``placement`` says (:func:`measure.capture.placement.capture_placed`); ``block_hooks``
+    registers further hooks on every block (they fire in either capture mode).
     """
     arch = arch or describe(model)
     with record_sublayer_statistics(arch) as sublayers, record_router_scores(arch) as experts:
-        result = capture(
-            model, batches, mode=mode, keep_rows=keep_rows, device=device, arch=arch, block_hooks=block_hooks
-        )
+        result = capture_placed(model, batches, placement, arch=arch, keep_rows=keep_rows, block_hooks=block_hooks)
     return Importance(capture=result, sublayers=sublayers, expert_scores=experts)
 
 

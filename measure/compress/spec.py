@@ -44,7 +44,11 @@ from measure.models.families import MIXER_KINDS
 from theory.accounting import PAPER_CONVENTION, Convention
 from theory.errors import PvqError, choose
 
-CALIBRATIONS = ("sequential", "parallel")
+CALIBRATION_STREAMS = ("sequential", "parallel")
+"""Which model's stream a layer pass captures its Grams on (``apply_spec(calibration=...)``): ``sequential``, the
+model compressed so far (every block sees the errors of the blocks before it; GPTQ's order); ``parallel``, the
+original model. Not the capture mode of :class:`measure.capture.placement.Placement`, which says only where the
+blocks of one capture run."""
 SCOPES: dict[str, frozenset[str]] = {
     "all": frozenset({*MIXER_KINDS, "mlp", "expert"}),
     "attention": frozenset({"attention"}),

@@ -25,8 +25,9 @@ import pandas as pd
 from torch import nn
 
 from measure.capture.statistics import Capture
-from measure.compress.apply import method_weight, weights_installed
-from measure.compress.methods.metrics import output_error
+from measure.compress.apply import weights_installed
+from measure.compress.layer import compress_layer, method_weight
+from measure.compress.methods.metrics import LayerErrorMeter
 from measure.compress.parallel import fork_map
 from measure.compress.spec import LayerStep, parse_spec
 from measure.evaluation.residual import ResidualStreamEvaluator
@@ -103,8 +104,7 @@ def _probe_layer(ref: LinearRef, step: LayerStep, evaluator: ResidualStreamEvalu
     """(e_ℓ, KL) of ``step`` applied to ``ref`` alone; the layer's weight is restored after."""
     weight = method_weight(ref)
     gram = captured.gram_for(ref.name).gram
-    weight_hat = step.method.apply(weight, gram if step.method.needs_gram else None, step.params)
-    relative, _ = output_error(weight, weight_hat, gram)
-    with weights_installed([(ref, weight_hat)]):
+    compressed = compress_layer(weight, step, gram, LayerErrorMeter(weight, gram))
+    with weights_installed([(ref, compressed.weight_hat)]):
         kl = evaluator.evaluate(start=ref.block_index).kl_to_reference_nats
-    return relative, kl
+    return compressed.relative_error, kl

@@ -54,7 +54,8 @@ from torch import nn
 
 from measure.capture.blocks import BlockInputs, record_block_inputs, run_block
 from measure.capture.statistics import Capture
-from measure.compress.apply import check_finite_weight, method_weight, weights_installed
+from measure.compress.apply import check_finite_weight, weights_installed
+from measure.compress.layer import compress_layer, method_weight
 from measure.compress.parallel import fork_map
 from measure.compress.spec import LayerStep
 from measure.evaluation.perplexity import PerplexityResult
@@ -269,10 +270,9 @@ def _compress_layer(ref: LinearRef, step: LayerStep, captured: Capture, scoring:
                     ) -> tuple[torch.Tensor, np.ndarray]:  # fmt: skip
     """(Ŵ, per-row output errors (rows, 3)) of one layer under ``step`` fitted on the calibration Gram
     ``captured``, scored on ``scoring`` (:meth:`ScoringData.row_errors`)."""
-    weight = method_weight(ref)
-    gram = captured.gram_for(ref.name).gram
-    weight_hat = step.method.apply(weight, gram if step.method.needs_gram else None, step.params)
-    return weight_hat, scoring.row_errors(ref.name, weight_hat.float() - weight.float())
+    compressed = compress_layer(method_weight(ref), step, captured.gram_for(ref.name).gram)
+    change = compressed.weight_hat.float() - compressed.weight.float()
+    return compressed.weight_hat, scoring.row_errors(ref.name, change)
 
 
 def splice_rows(low: torch.Tensor, high: torch.Tensor, rows: int) -> torch.Tensor:

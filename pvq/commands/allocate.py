@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     if Path(args.out).suffix != ".parquet":
         raise PvqError(f"--out must name a .parquet file, got {args.out!r}")
     check_budget(args.budget, 0.0)
-    place = placement(args, mode="full")
+    place = placement(args, capture_mode="full")
     loaded = load_placed(args.model, place)
     check_budget(args.budget, cheapest_bits(loaded.model, options))
     batches, protocol = model_calibration(loaded, replace(FIGURES_CALIBRATION, sequences=args.sequences))

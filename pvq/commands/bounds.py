@@ -6,7 +6,7 @@ import argparse
 import json
 
 from measure.bounds import bounds_for_model
-from measure.capture.placement import block_memory, load_placed
+from measure.capture.placement import load_placed
 from pvq.commands.common import add_device_arguments, add_mode_argument, placement
 
 HELP = "Exact optima and bounds of the per-layer quantization and pruning problems."
@@ -34,13 +34,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     place = placement(args, args.mode)
     loaded = load_placed(args.model, place)
-    with block_memory(place) as block_hooks:
-        frame = bounds_for_model(
-            loaded, [args.layer], [args.bits], opt_dim=args.opt_dim, rows=args.rows, max_chunks=args.max_chunks,
-            sdp_bits=[] if args.no_sdp else None, sequences=args.sequences, sequence_length=args.seq_len,
-            time_limit=args.time_limit, seed=args.seed, mode=place.mode, device=place.device,
-            block_hooks=block_hooks,
-        )
+    frame = bounds_for_model(
+        loaded, [args.layer], [args.bits], opt_dim=args.opt_dim, rows=args.rows, max_chunks=args.max_chunks,
+        sdp_bits=[] if args.no_sdp else None, sequences=args.sequences, sequence_length=args.seq_len,
+        time_limit=args.time_limit, seed=args.seed, placement=place,
+    )
     shown = frame[list(COLUMNS)]
     if args.json:
         print(json.dumps({"model": loaded.model_id, "layer": args.layer, "bits": args.bits,

@@ -42,9 +42,10 @@ def add_mode_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def placement(args: argparse.Namespace, mode: str | None = None) -> Placement:
-    """:func:`measure.capture.placement.resolve_placement` of ``args.device`` and ``args.dtype``."""
-    return resolve_placement(args.device, args.dtype, mode)
+def placement(args: argparse.Namespace, capture_mode: str | None = None) -> Placement:
+    """:func:`measure.capture.placement.resolve_placement` of ``args.device``, ``args.dtype`` and
+    ``capture_mode`` (``--mode``, or what the command fixes)."""
+    return resolve_placement(args.device, args.dtype, capture_mode)
 
 
 def add_calibration_arguments(parser: argparse.ArgumentParser, default: CalibrationProtocol,

@@ -58,7 +58,7 @@ def compression(text: str | None) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    place = placement(args, mode="full")
+    place = placement(args, capture_mode="full")
     request = EvaluationRequest(
         model=args.model, out=Path(args.out), **compression(args.compress),
         tasks=tuple(name.strip() for name in args.tasks.split(",") if name.strip()), ppl=args.ppl,

@@ -104,7 +104,7 @@ def experiment_context(args: argparse.Namespace) -> ExperimentContext:
     """What the experiments use: model, results folder, seed, and ``--device`` / ``--dtype`` resolved (a missing
     CUDA device is a PvqError here, before any work); the model loads in that dtype on first use."""
 
-    place = placement(args, mode="full")
+    place = placement(args, capture_mode="full")
     return ExperimentContext(
         model_name=args.model or DEFAULT_MODEL, results_root=args.results, device=place.device, seed=args.seed,
         load_model=model_loader(place.dtype_name),

@@ -22,7 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    place = placement(args, mode="full")
+    place = placement(args, capture_mode="full")
     loaded = load_placed(args.model, place)
     arch = describe(loaded.model, args.tower)
     counts = parameter_counts(arch)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 
 from measure import ledger as ledgers
-from measure.capture.placement import block_memory, load_placed
+from measure.capture.placement import load_placed
 from measure.compress.parallel import method_workers
 from measure.compress.spec import describe_steps, parse_term_list
 from measure.evaluation.protocols import LEDGER_CALIBRATION, model_calibration
@@ -67,12 +67,10 @@ def run(args: argparse.Namespace) -> int:
     batches, protocol = model_calibration(loaded, calibration_protocol(args, LEDGER_CALIBRATION))
     arch = describe(loaded.model)
     grid = detect_model_grid((ref.name, ref.weight()) for ref in arch.linears)
-    with block_memory(place) as block_hooks:
-        ledger = ledgers.build_ledger(
-            loaded.model, batches, steps, mode=place.mode, layers=args.layers, expert_route=args.expert_route,
-            model_id=loaded.model_id, progress=True, device=place.device, block_hooks=block_hooks,
-            workers=args.workers,
-        )  # fmt: skip
+    ledger = ledgers.build_ledger(
+        loaded.model, batches, steps, place, layers=args.layers, expert_route=args.expert_route,
+        model_id=loaded.model_id, progress=True, workers=args.workers,
+    )  # fmt: skip
     provenance = collect(
         **loaded.describe(),
         grid_detection=grid.as_dict(),

@@ -19,7 +19,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from measure.capture.placement import Placement, block_memory, load_placed
+from measure.capture.placement import Placement, load_placed
 from measure.compress.importance import choose_units, get_ordering, measure_importance
 from measure.compress.remove import (
     SHAPE_CHANGING_PARTS,
@@ -157,9 +157,7 @@ def _remove(args: argparse.Namespace, loaded: Any, place: Placement) -> int:
     else:
         if args.blocks is None and args.experts is None:
             raise PvqError("say what to remove: --blocks N (by --metric), --indices I,J,... or --experts N")
-        with block_memory(place) as block_hooks:
-            importance = measure_importance(loaded.model, _calibration(args, loaded)[0], arch, mode=place.mode,
-                                            device=place.device, block_hooks=block_hooks)  # fmt: skip
+        importance = measure_importance(loaded.model, _calibration(args, loaded)[0], arch, placement=place)
         if args.experts is not None:
             removal = drop_experts(loaded.model, importance.expert_scores, args.experts)
         else:

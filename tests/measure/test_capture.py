@@ -6,6 +6,7 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from measure.capture.placement import Placement, capture_placed
 from measure.capture.statistics import capture
 from measure.data.calibration import token_windows
 from measure.models.architecture import describe
@@ -40,6 +41,19 @@ def test_gram_equals_direct_product_of_captured_inputs() -> None:
     assert gram.tokens == 64
     torch.testing.assert_close(gram.gram, x.T @ x, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(gram.sample, x)
+
+
+def test_a_placed_capture_is_the_capture_of_its_mode_with_the_block_memory_of_a_sequential_pass(capsys) -> None:
+    model = _tiny_llama()
+    seen: list[int] = []
+    placed = capture_placed(model, _batches(), Placement("cpu", capture_mode="sequential"),
+                            block_hooks=lambda block: seen.append(block.index) or [])  # fmt: skip
+    direct = capture(model, _batches(), mode="sequential")
+    assert placed.mode == "sequential" and seen == [0, 1, 2]
+    assert all(torch.equal(gram.gram, placed.grams[group].gram) for group, gram in direct.grams.items())
+    assert "peak memory per block (process RSS on cpu, 3 blocks)" in capsys.readouterr().err
+    assert capture_placed(model, _batches()).mode == "full"
+    assert capsys.readouterr().err == ""
 
 
 def test_full_and_sequential_capture_agree() -> None:

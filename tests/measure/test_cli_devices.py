@@ -190,7 +190,7 @@ def test_run_overrides_device_and_dtype_of_every_job(monkeypatch: pytest.MonkeyP
 def test_placement_keeps_the_model_in_cpu_memory_for_a_sequential_pass(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("measure.capture.placement.resolve_device", lambda name: name)
     on_gpu = placement(argparse.Namespace(device="cuda", dtype="float16"))
-    assert (on_gpu.mode, on_gpu.home, on_gpu.dtype) == ("sequential", "cpu", torch.float16)
-    whole = placement(argparse.Namespace(device="cuda", dtype="float16"), mode="full")
-    assert (whole.mode, whole.home) == ("full", "cuda")
-    assert placement(argparse.Namespace(device="cpu", dtype="float32")).mode == "full"
+    assert (on_gpu.capture_mode, on_gpu.home, on_gpu.dtype) == ("sequential", "cpu", torch.float16)
+    whole = placement(argparse.Namespace(device="cuda", dtype="float16"), capture_mode="full")
+    assert (whole.capture_mode, whole.home) == ("full", "cuda")
+    assert placement(argparse.Namespace(device="cpu", dtype="float32")).capture_mode == "full"

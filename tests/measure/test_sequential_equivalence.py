@@ -17,6 +17,7 @@ from tiny_models import TINY_VOCAB_SIZE, tiny_model, tiny_tokenizer
 
 from measure.capture.blocks import record_block_inputs, run_block
 from measure.capture.memory import BlockMemoryLog
+from measure.capture.placement import Placement
 from measure.capture.statistics import capture
 from measure.compress.apply import apply_spec
 from measure.compress.importance import importance_table, measure_importance
@@ -47,10 +48,11 @@ def calibration_batches() -> list[torch.Tensor]:
 @pytest.mark.parametrize("family", FAMILIES)
 def test_grams_and_ledger_rows_agree(family: str) -> None:
     model = tiny_model(family, num_hidden_layers=3)
-    whole = build_ledger(model, calibration_batches(), LEDGER_METHODS, mode="full", keep_rows=TOKENS)
+    whole = build_ledger(model, calibration_batches(), LEDGER_METHODS, Placement("cpu"), keep_rows=TOKENS)
     memory = BlockMemoryLog("cpu")
     sequential = build_ledger(
-        model, calibration_batches(), LEDGER_METHODS, mode="sequential", device="cpu", block_hooks=memory.hooks
+        model, calibration_batches(), LEDGER_METHODS, Placement("cpu", capture_mode="sequential"),
+        block_hooks=memory.hooks,
     )
     assert sorted(memory.peaks) == [0, 1, 2]
     assert whole.capture.grams.keys() == sequential.capture.grams.keys()
@@ -74,9 +76,9 @@ def test_grams_and_ledger_rows_agree(family: str) -> None:
 def test_block_and_sublayer_importance_agree(family: str) -> None:
     """What `pvq remove` ranks: block and sublayer statistics, from either pass."""
     model = tiny_model(family, num_hidden_layers=3)
+    placements = (Placement("cpu", capture_mode=mode) for mode in ("full", "sequential"))
     whole, sequential = (
-        importance_table(measure_importance(model, calibration_batches(), mode=mode, device="cpu"))
-        for mode in ("full", "sequential")
+        importance_table(measure_importance(model, calibration_batches(), placement=place)) for place in placements
     )
     assert whole[["unit", "block", "tokens"]].equals(sequential[["unit", "block", "tokens"]])
     numeric = ["influence", "removal_relative_error", "removal_sqnr_db"]
