@@ -83,7 +83,7 @@ def per_column_gptq(
         order = torch.argsort(torch.diagonal(gram), descending=True, stable=True)
     position = torch.argsort(order)
     size = columns if group in ("tensor", "channel") else group
-    keep = (torch.ones_like(weight, dtype=torch.bool) if keep is None else keep)[:, order]
+    keep = None if keep is None else keep[:, order]
     grid = IntegerGrid.of(bits, symmetric)
     q_min, q_max = grid.code_range
     fitted: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -92,7 +92,7 @@ def per_column_gptq(
         index = int(order[column]) // size
         if index not in fitted:
             members = position[index * size : (index + 1) * size]
-            values = current(members) * keep[:, members]
+            values = current(members) if keep is None else current(members) * keep[:, members]
             if group == "tensor":
                 scale, zero = grid.fit_clipped(values.reshape(1, -1), clip)
                 scale, zero = scale.expand(values.shape[0], 1), zero.expand(values.shape[0], 1)
@@ -100,7 +100,7 @@ def per_column_gptq(
                 scale, zero = grid.fit_clipped(values, clip)
             fitted[index] = scale[:, 0], zero[:, 0]
         scale, zero = fitted[index]
-        values = block[:, column - start] * keep[:, column]
+        values = block[:, column - start] if keep is None else block[:, column - start] * keep[:, column]
         return scale * (torch.clamp(torch.round(values / scale) + zero, q_min, q_max) - zero)
 
     factor = inverse_gram_factor(gram[order][:, order], percdamp)

@@ -10,8 +10,9 @@ where U is the upper Cholesky factor of ``(H + λI)⁻¹ = UᵀU`` with damping 
 Updates are applied eagerly inside a block of ``block_size`` columns and lazily, as one matrix product,
 to the columns after it ("Step 2: lazy batch-updates").
 
-The sweep holds the weight transposed (``in × out``), so a column is a contiguous row, and fixes a column with
-a few in-place vector operations on buffers allocated once (no Python scalar read from a tensor per column).
+The sweep holds the current block transposed (``width × out``), so a column is a contiguous row, and fixes a
+column with a few in-place vector operations on buffers allocated once (no Python scalar read from a tensor per
+column).
 Every product, difference and quotient above is still formed one by one in the order written — the in-block
 updates as separate products and subtractions, the lazy update as the same ``errors @ U`` matrix product —
 so the layout changes the speed, not a single bit of the result. The per-column steps run with one intra-op
@@ -63,8 +64,9 @@ class ColumnRule(Protocol):
 class ObsSweep:
     """State of one blocked OBS column sweep over ``weight`` (``out × in``, columns in processing order).
 
-    ``weight`` and ``factor`` share one dtype. The not-yet-blocked columns (lazy updates applied) and the current
-    block are kept as rows of ``in × out`` buffers: ``column(j)`` is a contiguous view of column j.
+    ``weight`` and ``factor`` share one dtype. ``weight`` holds the later blocks' columns with the lazy updates
+    applied so far; the current block is kept as the rows of a ``width × out`` buffer, so that ``column(j)`` is a
+    contiguous view of column j.
     """
 
     def __init__(self, weight: torch.Tensor, factor: torch.Tensor, block_size: int) -> None:
@@ -72,12 +74,13 @@ class ObsSweep:
         self.block_size = block_size
         self.start = self.stop = 0
         self.threads = torch.get_num_threads()  # of the matrix products
-        self._pending = weight.T.contiguous()  # (in, out): lazily updated columns
+        self.weight = weight.clone()
         width = min(block_size, weight.shape[1])
         self._block = weight.new_empty(width, weight.shape[0])  # (width, out): current block, eager updates
         self._errors = torch.zeros_like(self._block)  # (width, out): δ of the block's fixed columns, else 0
         self._products = torch.empty_like(self._block)  # (width, out): scratch for the products δ·U_ij
         self._block_rows = self._block.unbind()
+        self._error_rows = self._errors.unbind()
         self._views: dict[int, tuple[list[torch.Tensor], list[torch.Tensor]]] = {}
 
     @property
@@ -96,42 +99,41 @@ class ObsSweep:
 
     def current(self, columns: torch.Tensor) -> torch.Tensor:
         """Up-to-date values of not-yet-fixed ``columns`` (block updates included, lazy updates applied)."""
-        values = self._block.new_empty(self._block.shape[1], columns.numel())
+        values = self._block.new_empty(columns.numel(), self._block.shape[1])  # (columns, out)
         inside = columns < self.stop
-        values[:, inside] = self.block[:, columns[inside] - self.start]
+        values[inside] = self._block[columns[inside] - self.start]
         outside = columns[~inside]
         if outside.numel():
             with torch_threads(self.threads):
                 lazy = self.errors @ self.factor[self.start : self.stop, outside]
-            values[:, ~inside] = self._pending[outside].T - lazy
-        return values
+            values[~inside] = (self.weight[:, outside] - lazy).T
+        return values.T.contiguous()
 
     def run(self, rule: ColumnRule) -> torch.Tensor:
         """Fix every column to ``rule.target`` with OBS error feedback; returns the fixed weight."""
-        fixed = torch.empty_like(self._pending)  # (in, out)
+        fixed = self.weight.new_empty(self.weight.shape[::-1])  # (in, out)
         fixed_columns = fixed.unbind()
         columns = fixed.shape[0]
         for start in range(0, columns, self.block_size):
             self.start, self.stop = start, min(start + self.block_size, columns)
-            self._block[: self.stop - start].copy_(self._pending[start : self.stop])
+            self._block[: self.stop - start].copy_(self.weight[:, start : self.stop].T)
             self._errors.zero_()
             with torch_threads(1):
                 rule.begin_block(self)
                 self._fix_block(rule, fixed_columns[start : self.stop])
-            lazy = self.errors @ self.factor[start : self.stop, self.stop :]
-            self._pending[self.stop :] -= lazy.T
+            self.weight[:, self.stop :] -= self.errors @ self.factor[start : self.stop, self.stop :]
         return fixed.T.contiguous()
 
     def _fix_block(self, rule: ColumnRule, fixed_columns: tuple[torch.Tensor, ...]) -> None:
         """Fix the block's columns in turn: ``δ = (w_i − q_i)/U_ii``, then ``w_j −= δ·U_ij`` for its j > i."""
-        local = self.factor[self.start : self.stop, self.start : self.stop, None]  # (width, width, 1)
+        local = self.factor[self.start : self.stop, self.start : self.stop, None].unbind()  # width × (width, 1)
         diagonal = torch.diagonal(self.factor)[self.start : self.stop].tolist()
         later, products = self._later_views(self.stop - self.start)
         for offset, target in enumerate(fixed_columns):
             rule.target(self, self.start + offset, target)
-            error = self._errors[offset]
+            error = self._error_rows[offset]
             torch.sub(self._block_rows[offset], target, out=error).div_(diagonal[offset])
-            later[offset].sub_(torch.mul(local[offset, offset + 1 :], error, out=products[offset]))
+            later[offset].sub_(torch.mul(local[offset][offset + 1 :], error, out=products[offset]))
 
     def _later_views(self, width: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Per offset i of a block of ``width`` columns: its columns after i, and scratch of their shape."""
