@@ -12,12 +12,12 @@ to the columns after it ("Step 2: lazy batch-updates").
 
 The sweep holds the current block transposed (``width × out``), so a column is a contiguous row, and fixes a
 column with a few in-place vector operations on buffers allocated once (no Python scalar read from a tensor per
-column).
-Every product, difference and quotient above is still formed one by one in the order written — the in-block
-updates as separate products and subtractions, the lazy update as the same ``errors @ U`` matrix product —
-so the layout changes the speed, not a single bit of the result. The per-column steps run with one intra-op
-thread (more threads only add synchronization to vectors of a few thousand elements, and stall whenever the other
-core is busy); the matrix products keep the caller's threads, as a BLAS's rounding may depend on its thread count.
+column). Every product, difference and quotient above is still formed one by one in the order written — the
+in-block updates as separate products and subtractions, the lazy update as the same ``errors @ U`` matrix
+product — so the layout changes the speed, not a single bit of the result. The per-column steps run with one
+intra-op thread (more threads only add synchronization to vectors of a few thousand elements, and stall whenever
+another process holds the other core); the matrix products keep the caller's threads, as a BLAS's rounding may
+depend on its thread count.
 
 What a column's target is — rounding to a grid, zeroing by a mask, or both — is a :class:`ColumnRule`.
 """
