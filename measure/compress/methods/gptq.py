@@ -40,36 +40,37 @@ class GptqRule:
         self.groups = groups
         self.shared_scale = shared_scale
         self.keep = keep
-        columns = sum(group.numel() for group in groups)
-        self.group_of = torch.empty(columns, dtype=torch.long)
+        self.group_of = [0] * sum(group.numel() for group in groups)
         for index, group in enumerate(groups):
-            self.group_of[group] = index
+            for column in group.tolist():
+                self.group_of[column] = index
         self.fitted: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def begin_block(self, sweep: ObsSweep) -> None:
         """Nothing to prepare: grids are fitted per group, on demand."""
 
-    def target(self, sweep: ObsSweep, column: int) -> torch.Tensor:
+    def target(self, sweep: ObsSweep, column: int, out: torch.Tensor) -> None:
         """The column rounded onto its group's grid, fitting that grid first if the group is new."""
-        index = int(self.group_of[column])
+        index = self.group_of[column]
         if index not in self.fitted:
             self.fitted[index] = self._fit(sweep, self.groups[index])
         scale, zero = self.fitted[index]
-        values = self._masked(sweep.block[:, column - sweep.start : column - sweep.start + 1], column)
-        return self.grid.round(values, scale, zero)[:, 0]
+        values = sweep.column(column)
+        if self.keep is not None:
+            values = torch.mul(values, self.keep[:, column], out=out)
+        self.grid.round(values, scale, zero, out=out)
 
     def _fit(self, sweep: ObsSweep, columns: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Scale and zero point (one per output row) of the group ``columns``, on their current values."""
         values = self._masked(sweep.current(columns), columns)
         if self.shared_scale:
             scale, zero = self.grid.fit_clipped(values.reshape(1, -1), self.clip)
-            return scale.expand(values.shape[0], 1), zero.expand(values.shape[0], 1)
-        return self.grid.fit_clipped(values, self.clip)
+            return scale[0].expand(values.shape[0]), zero[0].expand(values.shape[0])
+        scale, zero = self.grid.fit_clipped(values, self.clip)
+        return scale[:, 0], zero[:, 0]
 
-    def _masked(self, values: torch.Tensor, columns: int | torch.Tensor) -> torch.Tensor:
-        if self.keep is None:
-            return values
-        keep = self.keep[:, columns]
-        return values * (keep if keep.dim() == 2 else keep[:, None])
+    def _masked(self, values: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
+        return values if self.keep is None else values * self.keep[:, columns]
 
 
 def gptq_quantize(
@@ -97,11 +98,12 @@ def gptq_quantize(
     )
     position = torch.argsort(order)
     groups = [position[chunk] for chunk in _column_groups(columns, group)]
-    rule = GptqRule(
-        IntegerGrid.of(bits, symmetric), clip, groups, group == "tensor", None if keep is None else keep[:, order]
-    )
-    factor = inverse_gram_factor(gram[order][:, order], percdamp)
-    return ObsSweep(weight[:, order], factor, block_size).run(rule)[:, position]
+    if act_order:
+        weight, gram = weight[:, order], gram[order][:, order]
+        keep = None if keep is None else keep[:, order]
+    rule = GptqRule(IntegerGrid.of(bits, symmetric), clip, groups, group == "tensor", keep)
+    fixed = ObsSweep(weight, inverse_gram_factor(gram, percdamp), block_size).run(rule)
+    return fixed[:, position] if act_order else fixed
 
 
 def _column_groups(columns: int, group: str | int) -> list[torch.Tensor]:

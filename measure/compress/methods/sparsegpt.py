@@ -37,14 +37,14 @@ class SparseGptRule:
             self.keep = lowest_scores_mask(self._saliency(sweep, sweep.start, sweep.stop).reshape(-1), count)
             self.keep = self.keep.reshape(sweep.block.shape)
 
-    def target(self, sweep: ObsSweep, column: int) -> torch.Tensor:
+    def target(self, sweep: ObsSweep, column: int, out: torch.Tensor) -> None:
         """The current column, masked; N:M picks the pattern of the next M columns on reaching them."""
         offset = column - sweep.start
         if self.nm is not None and offset % self.nm[1] == 0:
             stop = offset + self.nm[1]
             saliency = self._saliency(sweep, column, sweep.start + stop)
             self.keep[:, offset:stop] = nm_keep_mask(saliency, *self.nm)
-        return sweep.block[:, offset] * self.keep[:, offset]
+        torch.mul(sweep.column(column), self.keep[:, offset], out=out)
 
     @staticmethod
     def _saliency(sweep: ObsSweep, start: int, stop: int) -> torch.Tensor:

@@ -84,11 +84,16 @@ class IntegerGrid:
                 scale, zero = absmax / q_max, torch.zeros_like(absmax)
         return torch.where(scale > 0, scale, 1.0), zero
 
-    def round(self, values: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
-        """``s·(clamp(round(w/s) + z, q_min, q_max) − z)``: the nearest grid value, saturating at the ends."""
+    def round(
+        self, values: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, out: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``s·(clamp(round(w/s) + z, q_min, q_max) − z)``: the nearest grid value, saturating at the ends.
+
+        Written into ``out`` when given (it may be ``values`` itself), else into a new tensor.
+        """
         q_min, q_max = self.code_range
-        codes = torch.clamp(torch.round(values / scale) + zero, q_min, q_max)
-        return scale * (codes - zero)
+        codes = torch.div(values, scale, out=out).round_().add_(zero).clamp_(q_min, q_max)
+        return codes.sub_(zero).mul_(scale)
 
     def fit_clipped(self, groups: torch.Tensor, clip: str) -> tuple[torch.Tensor, torch.Tensor]:
         """Scale and zero point per group; ``clip="mse"`` searches :data:`CLIP_RATIOS` per group."""
