@@ -31,6 +31,7 @@ import torch
 from measure.compress.methods.gptq import gptq_quantize
 from measure.compress.methods.obs import inverse_gram_factor
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # method_toys (test_methods_obs imports it)
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "measure"))
 from test_methods_obs import per_column_gptq
 

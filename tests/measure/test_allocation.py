@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from test_perplexity import text_ids, windows_of
+from tiny_inputs import text_ids, token_batches, windows_of
 from tiny_models import save_tiny_model, tiny_model
 from transformers import AutoModelForCausalLM
 
@@ -33,13 +33,8 @@ from theory.errors import PvqError
 MENU = "keep,rtn:3:g16,gptq:4:g16,sparsegpt:0.5"
 
 
-def _batches() -> list[torch.Tensor]:
-    ids = torch.randint(3, 300, (4, 16), generator=torch.Generator().manual_seed(3))
-    return list(ids.split(2))
-
-
 def _measured(model: torch.nn.Module, evaluator: ResidualStreamEvaluator | None = None):
-    batches = _batches()
+    batches = token_batches(3)
     return batches, measure_menu(model, batches, capture(model, batches), parse_menu(MENU), evaluator)
 
 
@@ -102,7 +97,7 @@ def test_per_layer_terms_compress_exactly_the_named_layers() -> None:
     model = tiny_model("llama")
     before = {ref.name: ref.weight().clone() for ref in describe(model).linears}
     names = ["model.layers.0.mlp.down_proj", "model.layers.1.self_attn.q_proj"]
-    apply_spec(model, f"rtn:3:g16@layer={names[0]}+sparsegpt:0.5+gptq:4:g16@layer={names[1]}", _batches())
+    apply_spec(model, f"rtn:3:g16@layer={names[0]}+sparsegpt:0.5+gptq:4:g16@layer={names[1]}", token_batches(3))
     for ref in describe(model).linears:
         assert torch.equal(ref.weight(), before[ref.name]) == (ref.name not in names), ref.name
     assert (describe(model).linears[7].weight() == 0).float().mean() >= 0.5
@@ -130,7 +125,7 @@ def test_a_layer_the_model_lacks_is_an_error_before_anything_is_compressed() -> 
 def test_the_kl_sensitivity_is_the_probed_models_kl_per_unit_local_error() -> None:
     model = tiny_model("llama")
     windows = windows_of(text_ids(), 32)
-    batches = _batches()
+    batches = token_batches(3)
     captured = capture(model, batches)
     layer = "model.layers.0.self_attn.v_proj"
     probes = kl_sensitivity(model, ResidualStreamEvaluator(model, windows), captured, [layer]).iloc[0]
@@ -223,7 +218,7 @@ REMOVAL_MENU = "keep,rtn:3:g16,remove"
 
 def _removal_allocation(budget: float):
     model = tiny_model("llama", num_hidden_layers=4)
-    batches = _batches()
+    batches = token_batches(3)
     evaluator = ResidualStreamEvaluator(model, windows_of(text_ids(), 32))
     options = parse_menu(REMOVAL_MENU)
     measured = measure_menu(model, batches, capture(model, batches), options, evaluator)
@@ -296,7 +291,7 @@ def test_installing_the_kept_weights_is_applying_the_allocation_spec() -> None:
     """The figures install an allocation from the ledger's kept weights; that is the model ``apply_spec`` makes
     from the allocation's spec with calibration on the original stream (same weights, same removed blocks)."""
     model = tiny_model("llama", num_hidden_layers=4)
-    batches = _batches()
+    batches = token_batches(3)
     options = parse_menu("keep,rtn:3:g16,sparsegpt:0.5,remove")
     measured = measure_menu(model, batches, capture(model, batches), options, None, keep_weights=True)
     allocation = allocate(measured.ledger, measured.bits, options, measured.sensitivities["energy"], 3.0, "energy",
@@ -324,7 +319,7 @@ def test_installing_the_kept_weights_is_applying_the_allocation_spec() -> None:
 
 def test_forked_probes_agree_with_probes_in_one_process() -> None:
     model = tiny_model("llama")
-    batches = _batches()
+    batches = token_batches(3)
     captured = capture(model, batches)
     evaluator = ResidualStreamEvaluator(model, windows_of(text_ids(), 32))
     alone = kl_sensitivity(model, evaluator, captured, workers=1)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tiny_inputs import token_batches
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from measure.capture.placement import Placement, capture_placed
@@ -20,11 +21,6 @@ def _tiny_llama() -> LlamaForCausalLM:
     return LlamaForCausalLM(config).eval()
 
 
-def _batches() -> list[torch.Tensor]:
-    ids = torch.randint(0, 97, (4 * 16,), generator=torch.Generator().manual_seed(1))
-    return list(token_windows(ids, 4, 16, bos_id=None).split(2))
-
-
 def test_gram_equals_direct_product_of_captured_inputs() -> None:
     model = _tiny_llama()
     inputs: dict[str, list[torch.Tensor]] = {}
@@ -32,11 +28,11 @@ def test_gram_equals_direct_product_of_captured_inputs() -> None:
     ref = next(r for r in arch.linears if r.role == "down")
     handle = ref.module.register_forward_pre_hook(lambda m, a: inputs.setdefault("x", []).append(a[0]))
     with torch.no_grad():
-        for ids in _batches():
+        for ids in token_batches(1, low=0, high=97):
             model(ids)
     handle.remove()
     x = torch.cat([t.reshape(-1, t.shape[-1]) for t in inputs["x"]]).double()
-    result = capture(model, _batches(), keep_rows=1000)
+    result = capture(model, token_batches(1, low=0, high=97), keep_rows=1000)
     gram = result.gram_for(ref.name)
     assert gram.tokens == 64
     torch.testing.assert_close(gram.gram, x.T @ x, rtol=1e-5, atol=1e-6)
@@ -46,20 +42,20 @@ def test_gram_equals_direct_product_of_captured_inputs() -> None:
 def test_a_placed_capture_is_the_capture_of_its_mode_with_the_block_memory_of_a_sequential_pass(capsys) -> None:
     model = _tiny_llama()
     seen: list[int] = []
-    placed = capture_placed(model, _batches(), Placement("cpu", capture_mode="sequential"),
+    placed = capture_placed(model, token_batches(1, low=0, high=97), Placement("cpu", capture_mode="sequential"),
                             block_hooks=lambda block: seen.append(block.index) or [])  # fmt: skip
-    direct = capture(model, _batches(), mode="sequential")
+    direct = capture(model, token_batches(1, low=0, high=97), mode="sequential")
     assert placed.mode == "sequential" and seen == [0, 1, 2]
     assert all(torch.equal(gram.gram, placed.grams[group].gram) for group, gram in direct.grams.items())
     assert "peak memory per block (process RSS on cpu, 3 blocks)" in capsys.readouterr().err
-    assert capture_placed(model, _batches()).mode == "full"
+    assert capture_placed(model, token_batches(1, low=0, high=97)).mode == "full"
     assert capsys.readouterr().err == ""
 
 
 def test_full_and_sequential_capture_agree() -> None:
     model = _tiny_llama()
-    full = capture(model, _batches(), mode="full")
-    sequential = capture(model, _batches(), mode="sequential")
+    full = capture(model, token_batches(1, low=0, high=97), mode="full")
+    sequential = capture(model, token_batches(1, low=0, high=97), mode="sequential")
     assert full.grams.keys() == sequential.grams.keys()
     for group, accumulator in full.grams.items():
         torch.testing.assert_close(accumulator.gram, sequential.grams[group].gram, rtol=1e-5, atol=1e-6)
@@ -71,10 +67,10 @@ def test_full_and_sequential_capture_agree() -> None:
 
 def test_block_statistics_match_output_hidden_states() -> None:
     model = _tiny_llama()
-    result = capture(model, _batches())
+    result = capture(model, token_batches(1, low=0, high=97))
     hidden = [[] for _ in range(4)]
     with torch.no_grad():
-        for ids in _batches():
+        for ids in token_batches(1, low=0, high=97):
             states = model(ids, output_hidden_states=True).hidden_states
             for i in range(3):
                 hidden[i].append(states[i])
@@ -90,11 +86,11 @@ def test_block_statistics_match_output_hidden_states() -> None:
 def test_bad_input_is_a_clear_error() -> None:
     model = _tiny_llama()
     with pytest.raises(PvqError, match="capture mode"):
-        capture(model, _batches(), mode="sideways")
+        capture(model, token_batches(1, low=0, high=97), mode="sideways")
     with pytest.raises(PvqError, match="no calibration batches"):
         capture(model, [])
     with pytest.raises(PvqError, match="fewer than"):
         token_windows(torch.arange(10), 4, 16, None)
-    result = capture(model, _batches())
+    result = capture(model, token_batches(1, low=0, high=97))
     with pytest.raises(PvqError, match="no linear layer"):
         result.gram_for("model.layers.9.mlp.down_proj")

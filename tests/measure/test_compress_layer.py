@@ -10,7 +10,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from test_perplexity import text_ids, windows_of
+from tiny_inputs import text_ids, token_batches, windows_of
 from tiny_models import tiny_model
 
 from measure.capture.statistics import Capture, capture
@@ -27,11 +27,6 @@ from measure.removal.views import ResidualStream, ViewMeter
 TERMS = ("gptq:4:g16", "rtn:3:g16", "sparsegpt:0.5")
 
 
-def _batches() -> list[torch.Tensor]:
-    ids = torch.randint(3, 300, (4, 16), generator=torch.Generator().manual_seed(5))
-    return list(ids.split(2))
-
-
 def _shared(model: torch.nn.Module, captured: Capture, term: str) -> dict[str, CompressedLayer]:
     """Every linear of ``model`` compressed by ``term`` on its own Gram, errors measured on the same Gram."""
     step = parse_spec(term).layer_steps[0]
@@ -44,7 +39,7 @@ def _shared(model: torch.nn.Module, captured: Capture, term: str) -> dict[str, C
 
 def test_the_shared_step_is_the_method_and_the_gram_error() -> None:
     model = tiny_model("llama")
-    captured = capture(model, _batches())
+    captured = capture(model, token_batches(5))
     ref = describe(model).linears[0]
     step = parse_spec("gptq:4:g16").layer_steps[0]
     weight, gram = method_weight(ref), captured.gram_for(ref.name).gram
@@ -58,7 +53,7 @@ def test_the_shared_step_is_the_method_and_the_gram_error() -> None:
 
 @pytest.mark.parametrize("term", TERMS)
 def test_ledger_apply_views_and_sensitivity_use_the_shared_step(term: str) -> None:
-    model, batches = tiny_model("llama"), _batches()
+    model, batches = tiny_model("llama"), token_batches(5)
     captured = capture(model, batches)
     shared = _shared(model, captured, term)
     names = list(shared)

@@ -11,7 +11,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-from tiny_models import save_tiny_model
 
 from measure.compress.spec import parse_spec
 from measure.data import text
@@ -27,11 +26,6 @@ ROOT = Path(__file__).resolve().parents[2]
 TEXT = "Pruning removes weights; quantization rounds them. Both trade accuracy for size. " * 40
 RTN_MODULE = "measure/compress/methods/uniform.py"
 CAPTION_MODULE = "figures/catalog/frontier.py"
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return save_tiny_model("llama", tmp_path_factory.mktemp("models") / "llama")
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from tiny_models import tiny_model, tiny_tokenizer
+from tiny_models import save_tiny_model
 
 from figures.experiments import EXPERIMENTS, Experiment, ExperimentContext, run_one
 from measure.data.text import evaluation_text
@@ -28,13 +28,6 @@ from pvq.scale.jobs import JOB_KINDS, Job, Resources, is_finished, last_failure,
 from theory.errors import PvqError
 
 WINDOW = 32
-
-
-def save_tiny_model(family: str, folder: Path) -> Path:
-    """A tiny random model and the byte tokenizer saved as a local model folder (what `pvq` loads by path)."""
-    tiny_model(family).save_pretrained(folder)
-    tiny_tokenizer().save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,7 @@ import json
 
 import pytest
 import torch
+from tiny_inputs import token_ids
 from tiny_models import HYBRID_FAMILIES, save_tiny_model, tiny_model
 from transformers import AutoModelForCausalLM
 
@@ -35,13 +36,9 @@ layers_block_type)."""
 ACCEPTANCE_FAMILIES = ("lfm2", "qwen3_next", "granitemoehybrid", "falcon_h1")
 
 
-def _ids() -> torch.Tensor:
-    return torch.randint(3, 300, (2, 12), generator=torch.Generator().manual_seed(3))
-
-
 def _logits(model: torch.nn.Module) -> torch.Tensor:
     with torch.no_grad():
-        return model(_ids(), use_cache=False).logits
+        return model(token_ids(3, rows=2, length=12), use_cache=False).logits
 
 
 @pytest.mark.parametrize("family", HYBRID_FAMILIES)
@@ -68,9 +65,9 @@ def test_block_influence_equals_cosine_of_hidden_states(family: str) -> None:
     """BI_i = 1 − E_t cos(x_i, x_{i+1}) from the capture vs the model's own hidden states (blocks before the last,
     whose output hidden_states reports after the final norm)."""
     model = tiny_model(family)
-    importance = measure_importance(model, [_ids()])
+    importance = measure_importance(model, [token_ids(3, rows=2, length=12)])
     with torch.no_grad():
-        states = model(_ids(), output_hidden_states=True, use_cache=False).hidden_states
+        states = model(token_ids(3, rows=2, length=12), output_hidden_states=True, use_cache=False).hidden_states
     for index in range(len(states) - 2):
         x, y = (states[i].double().reshape(-1, states[i].shape[-1]) for i in (index, index + 1))
         expected = 1 - torch.nn.functional.cosine_similarity(x, y, dim=-1).mean().item()
@@ -125,7 +122,7 @@ def test_removing_both_side_by_side_mixers_of_falcon_h1_leaves_the_mlp_update() 
 @pytest.mark.parametrize("family", HYBRID_FAMILIES)
 def test_ledger_rows_cover_state_space_and_convolution_projections(family: str) -> None:
     model = tiny_model(family)
-    result = build_ledger(model, [_ids()], "rtn:4:channel")
+    result = build_ledger(model, [token_ids(3, rows=2, length=12)], "rtn:4:channel")
     refs = {ref.name: ref for ref in describe(model).linears if ref.sublayer_kind != "router"}
     assert set(result.table["layer"]) == set(refs)
     mixer_rows = result.table[result.table["sublayer"].isin(["mamba", "short_conv", "linear_attention"])]
@@ -167,7 +164,8 @@ def test_pvq_remove_refusal_writes_nothing(tmp_path, capsys, monkeypatch) -> Non
 @pytest.mark.parametrize("family", [f for f in HYBRID_FAMILIES if f != "mamba2"])
 def test_mlp_channels_and_attention_heads_of_hybrids_shrink_and_reload(family: str, tmp_path) -> None:
     heads = 0.0 if family == "qwen3_next" else 0.5  # Qwen3-Next's gated q_proj: see the refusal below
-    result = shrink_model(tiny_model(family), [_ids()], ShrinkSettings(mlp=0.25, heads=heads))
+    ids = token_ids(3, rows=2, length=12)
+    result = shrink_model(tiny_model(family), [ids], ShrinkSettings(mlp=0.25, heads=heads))
     save_shrunk(result, tmp_path)
     reloaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
     assert result.removed_parameters > 0
@@ -177,9 +175,9 @@ def test_mlp_channels_and_attention_heads_of_hybrids_shrink_and_reload(family: s
 
 def test_width_pruning_what_a_hybrid_lacks_is_one_clear_error() -> None:
     with pytest.raises(PvqError, match="mamba2 has no MLP channels to remove: its blocks are mamba;"):
-        plan_shrink(tiny_model("mamba2"), [_ids()], ShrinkSettings(mlp=0.25))
+        plan_shrink(tiny_model("mamba2"), [token_ids(3, rows=2, length=12)], ShrinkSettings(mlp=0.25))
     with pytest.raises(PvqError, match=r"heads of qwen3_next block 1 attention: .* a query and an output gate"):
-        plan_shrink(tiny_model("qwen3_next"), [_ids()], ShrinkSettings(heads=0.5))
+        plan_shrink(tiny_model("qwen3_next"), [token_ids(3, rows=2, length=12)], ShrinkSettings(heads=0.5))
 
 
 def test_the_removal_study_runs_end_to_end_on_a_tiny_hybrid(tmp_path, capsys, monkeypatch) -> None:
@@ -203,7 +201,8 @@ def test_the_removal_study_runs_end_to_end_on_a_tiny_hybrid(tmp_path, capsys, mo
 def test_layer_sequential_capture_equals_whole_model_capture(family: str) -> None:
     """Block by block on recorded block inputs (GPTQ's scheme) gives the Grams of one whole-model pass."""
     model = tiny_model(family)
-    full, sequential = (capture(model, [_ids()], mode=mode) for mode in ("full", "sequential"))
+    ids = token_ids(3, rows=2, length=12)
+    full, sequential = (capture(model, [ids], mode=mode) for mode in ("full", "sequential"))
     assert set(full.grams) == set(sequential.grams) == {ref.shared_input_group for ref in describe(model).linears
                                                          if ref.expert_index is None}  # fmt: skip
     for group, gram in full.grams.items():
@@ -216,7 +215,7 @@ def test_cached_decoding_of_a_removed_hybrid_equals_its_full_forward(family: str
     config, so one cached step after a prefill gives the full forward's last logits."""
     model = tiny_model(family)
     remove_blocks(model, [1])
-    ids = _ids()[:1]
+    ids = token_ids(3, rows=2, length=12)[:1]
     with torch.no_grad():
         full = model(ids, use_cache=False).logits[:, -1]
         prefill = model(ids[:, :-1], use_cache=True)

@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from tiny_inputs import token_batches
 from tiny_models import tiny_model
 
 from measure.compress.importance import (
@@ -28,11 +29,6 @@ from measure.models.architecture import describe
 from theory.errors import PvqError
 
 BLOCKS = 4
-
-
-def _batches(seed: int = 1) -> list[torch.Tensor]:
-    generator = torch.Generator().manual_seed(seed)
-    return list(torch.randint(3, 300, (4, 16), generator=generator).split(2))
 
 
 def _block_states(model: torch.nn.Module, batches: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -59,8 +55,8 @@ def _one_minus_cosine(x: torch.Tensor, y: torch.Tensor) -> float:
 
 def test_block_influence_and_removal_sqnr_equal_direct_computation() -> None:
     model = tiny_model("llama", num_hidden_layers=BLOCKS)
-    states = _block_states(model, _batches())
-    importance = measure_importance(model, _batches())
+    states = _block_states(model, token_batches(1))
+    importance = measure_importance(model, token_batches(1))
     expected_bi = [_one_minus_cosine(states[i], states[i + 1]) for i in range(BLOCKS)]
     np.testing.assert_allclose(influence(importance.blocks), expected_bi, rtol=1e-6)
     expected_sqnr = [
@@ -72,8 +68,8 @@ def test_block_influence_and_removal_sqnr_equal_direct_computation() -> None:
 
 def test_angular_distance_and_rule_equal_direct_computation() -> None:
     model = tiny_model("llama", num_hidden_layers=BLOCKS)
-    last_tokens = [s.reshape(4, 16, -1)[:, -1, :].numpy() for s in _block_states(model, _batches())]
-    importance = measure_importance(model, _batches())
+    last_tokens = [s.reshape(4, 16, -1)[:, -1, :].numpy() for s in _block_states(model, token_batches(1))]
+    importance = measure_importance(model, token_batches(1))
     for n in range(1, BLOCKS):
         direct = []
         for start in range(BLOCKS - n + 1):
@@ -93,15 +89,15 @@ def test_drop_scores_equal_ablation_of_the_other_sublayer(family: str) -> None:
     outputs x + a; with the attention zeroed, x + m (parallel) — sequential blocks read h = x + a in the MLP."""
     overrides = {"layer_types": ["full_attention"] * 3} if family == "gemma3" else {}
     model = tiny_model(family, num_hidden_layers=3, **overrides)
-    importance = measure_importance(model, _batches())
+    importance = measure_importance(model, token_batches(1))
     parallel = describe(model).blocks[0].parallel
-    original = _block_states(model, _batches())
+    original = _block_states(model, token_batches(1))
     for index in range(3):
         without = {}
         for kind in ("attention", "mlp"):
             ablated = copy.deepcopy(model)
             remove_sublayers(ablated, kind, [index])
-            without[kind] = _block_states(ablated, _batches())[index + 1]
+            without[kind] = _block_states(ablated, token_batches(1))[index + 1]
         x, y = original[index], original[index + 1]
         attention_score = _one_minus_cosine(x, without["mlp"])
         mlp_input, mlp_output = (x, without["attention"]) if parallel else (without["mlp"], y)
@@ -122,7 +118,7 @@ def test_router_scores_equal_gates_recomputed_from_router_logits() -> None:
         for block in arch.blocks
     ]
     with record_router_scores(arch) as scores, torch.no_grad():
-        for ids in _batches():
+        for ids in token_batches(1):
             model(ids)
     for handle in handles:
         handle.remove()
@@ -144,7 +140,7 @@ def test_normalized_relative_importance_formula() -> None:
 
 def test_orderings_pick_what_their_metric_says() -> None:
     model = tiny_model("llama", num_hidden_layers=6)
-    importance = measure_importance(model, _batches())
+    importance = measure_importance(model, token_batches(1))
     bi = influence(importance.blocks)
     assert choose_units("bi", importance, 2)[1] == sorted(np.argsort(bi)[:2].tolist())
     start = angular_start(importance.states, 3)
@@ -165,7 +161,7 @@ def test_orderings_pick_what_their_metric_says() -> None:
 
 def test_bad_metric_and_counts_are_one_clear_error() -> None:
     model = tiny_model("llama", num_hidden_layers=BLOCKS)
-    importance = measure_importance(model, _batches())
+    importance = measure_importance(model, token_batches(1))
     with pytest.raises(PvqError, match=r"unknown removal metric 'shortgpt'.*bi, angular"):
         choose_units("shortgpt", importance, 1)
     with pytest.raises(PvqError, match="cannot remove 4 blocks from a model of 4"):

@@ -9,6 +9,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from tiny_inputs import token_batches
 from tiny_models import tiny_model, tiny_tokenizer
 from transformers import AutoModelForCausalLM
 
@@ -30,11 +31,6 @@ from theory.errors import PvqError
 
 TEXT = "The history of the calibration text is long, and it is real English prose. " * 20
 TINY_SPECS = ["gptq:4:g16", "sparsegpt:0.5+gptq:4:g16", "sparsegpt:2:4+gptq:3:g16", "remove:bi:1+gptq:8:g16"]
-
-
-def _batches() -> list[torch.Tensor]:
-    ids = torch.randint(3, 300, (4, 32), generator=torch.Generator().manual_seed(6))
-    return list(ids.split(2))
 
 
 def _windows():
@@ -114,7 +110,7 @@ def _direct_bits_per_decoder_parameter(
 def test_sizes_equal_a_direct_count_of_the_original_decoder_parameters(spec: str, bits: int, sparsity: float):
     model = tiny_model("llama")
     compressed = copy.deepcopy(model)
-    report = apply_spec(compressed, spec, _batches())
+    report = apply_spec(compressed, spec, token_batches(6, length=32))
     removed = report.model_steps[0]["removal"]["blocks"] if report.model_steps else []
     kept = [i for i in range(len(describe(model).blocks)) if i not in removed]
     assert len(describe(compressed).blocks) == len(kept) == 2 - ("remove" in spec)
@@ -126,12 +122,12 @@ def test_sizes_equal_a_direct_count_of_the_original_decoder_parameters(spec: str
 
 def test_removal_then_quantization_reloads_with_from_pretrained(tmp_path) -> None:
     model = tiny_model("llama")
-    report = apply_spec(model, "remove:bi:1+gptq:4:g16", _batches())
+    report = apply_spec(model, "remove:bi:1+gptq:4:g16", token_batches(6, length=32))
     assert len(report.model_steps[0]["removal"]["blocks"]) == 1 and len(describe(model).blocks) == 1
     assert set(report.layers["block"]) == {0} and len(report.layers) == len(describe(model).linears)
     model.save_pretrained(tmp_path / "short")
     reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "short").eval()
-    ids = _batches()[0]
+    ids = token_batches(6, length=32)[0]
     with torch.no_grad():
         assert torch.equal(reloaded(ids).logits, model(ids).logits)
     for ref in describe(reloaded).linears:
@@ -143,7 +139,7 @@ def test_removal_then_quantization_reloads_with_from_pretrained(tmp_path) -> Non
 @pytest.mark.parametrize("pattern", ["0.5", "2:4"])
 def test_quantization_after_pruning_keeps_every_pruned_weight_at_zero(quantizer: str, pattern: str) -> None:
     model = tiny_model("llama")
-    batches = _batches()
+    batches = token_batches(6, length=32)
     grams = capture(model, batches)
     pruned, joint = copy.deepcopy(model), copy.deepcopy(model)
     apply_spec(pruned, f"sparsegpt:{pattern}", batches, calibration="parallel", captured=grams)
@@ -161,7 +157,10 @@ def test_the_table_on_a_tiny_model_has_its_columns_flags_and_leaves_the_model_un
     model = tiny_model("llama")
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
     windows = _windows()
-    table = joint_frontier_table(model, _batches(), windows, TINY_SPECS, captured=capture(model, _batches()))
+    table = joint_frontier_table(
+        model, token_batches(6, length=32), windows, TINY_SPECS,
+        captured=capture(model, token_batches(6, length=32)),
+    )
     assert list(table.columns) == COLUMNS and table["spec"].tolist() == TINY_SPECS
     assert all(torch.equal(before[name], p) for name, p in model.named_parameters())
     assert table["removed_blocks"].tolist() == [0, 0, 0, 1]

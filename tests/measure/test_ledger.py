@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from tiny_inputs import token_batches
 from tiny_models import tiny_model, tiny_tokenizer
 
 from measure import ledger
@@ -28,11 +29,6 @@ METHODS = "magnitude:0.5,wanda:2:4,sparsegpt:0.5,rtn:3:channel,gptq:4:g16,nf4,mx
 TEXT = "The history of the calibration text is long, and it is real English prose. " * 40
 
 
-def _batches() -> list[torch.Tensor]:
-    ids = torch.randint(3, 300, (4, 16), generator=torch.Generator().manual_seed(4))
-    return list(ids.split(2))
-
-
 def _direct_relative_error(x: torch.Tensor, weight: torch.Tensor, weight_hat: torch.Tensor) -> float:
     """‖X(Ŵ − W)ᵀ‖²_F / ‖XWᵀ‖²_F on explicit input rows, float64."""
     w, w_hat = weight.double(), weight_hat.double()
@@ -42,7 +38,7 @@ def _direct_relative_error(x: torch.Tensor, weight: torch.Tensor, weight_hat: to
 @pytest.mark.parametrize("family", ["llama", "gpt2", "mixtral"])
 def test_gram_errors_equal_direct_errors_on_the_kept_rows(family: str) -> None:
     model = tiny_model(family).double() if family != "mixtral" else tiny_model(family)
-    result = build_ledger(model, _batches(), METHODS, keep_rows=10_000)
+    result = build_ledger(model, token_batches(4), METHODS, keep_rows=10_000)
     refs = {ref.name: ref for ref in describe(model).linears}
     assert set(result.table["layer"]) == {name for name, ref in refs.items() if ref.sublayer_kind != "router"}
     assert len(result.table) == result.table["layer"].nunique() * len(METHODS.split(","))
@@ -85,7 +81,7 @@ def test_meter_agrees_with_the_methods_output_error() -> None:
 def test_rows_carry_independent_layer_facts() -> None:
     model = tiny_model("llama")
     state = {k: v.clone() for k, v in model.state_dict().items()}
-    result = build_ledger(model, _batches(), "magnitude:0.5,rtn:4:g16,gptq:8:channel", model_id="tiny")
+    result = build_ledger(model, token_batches(4), "magnitude:0.5,rtn:4:g16,gptq:8:channel", model_id="tiny")
     table = result.table
     assert list(table.columns) == LEDGER_COLUMNS
     assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())  # the model is not modified
@@ -110,30 +106,30 @@ def test_rows_carry_independent_layer_facts() -> None:
 
 def test_layer_pattern_selects_layers() -> None:
     model = tiny_model("llama")
-    table = build_ledger(model, _batches(), "nf4", layers=r"layers\.1\..*_proj$").table
+    table = build_ledger(model, token_batches(4), "nf4", layers=r"layers\.1\..*_proj$").table
     assert set(table["block"]) == {1} and len(table) == 7
-    table = build_ledger(model, _batches(), "nf4@attention", layers="o_proj").table
+    table = build_ledger(model, token_batches(4), "nf4@attention", layers="o_proj").table
     assert list(table["role"]) == ["o", "o"]
     with pytest.raises(PvqError, match="the layer pattern 'decoder' matches none of the 14 layers"):
-        build_ledger(model, _batches(), "nf4", layers="decoder")
+        build_ledger(model, token_batches(4), "nf4", layers="decoder")
     with pytest.raises(PvqError, match="not a valid regular expression"):
-        build_ledger(model, _batches(), "nf4", layers="(")
+        build_ledger(model, token_batches(4), "nf4", layers="(")
 
 
 def test_bad_inputs_give_one_clear_error() -> None:
     model = tiny_model("llama")
     with pytest.raises(PvqError, match=r"unknown method 'gtpq'; methods: magnitude, .*gptq"):
-        build_ledger(model, _batches(), "nf4,gtpq:4")
+        build_ledger(model, token_batches(4), "nf4,gtpq:4")
     with pytest.raises(PvqError, match=r"parameter 'bits': must be an integer in 2\.\.16"):
-        build_ledger(model, _batches(), "rtn:17")
+        build_ledger(model, token_batches(4), "rtn:17")
     with pytest.raises(PvqError, match=r"parameter 'sparsity': must lie in \[0, 1\)"):
-        build_ledger(model, _batches(), "wanda:1")
+        build_ledger(model, token_batches(4), "wanda:1")
     with pytest.raises(PvqError, match="fewer than the 64 x 128 calibration tokens asked"):
         text_batches(tiny_tokenizer(), TEXT, CalibrationProtocol(64, 128, 8))
     with torch.no_grad():
         describe(model).blocks[0].attention.linears[1].module.weight[3, 3] = math.inf
     with pytest.raises(PvqError, match=r"layer model\.layers\.0\.self_attn\.k_proj has NaN or Inf weights"):
-        build_ledger(model, _batches(), "nf4")
+        build_ledger(model, token_batches(4), "nf4")
 
 
 def test_weight_tensor_study_has_one_row_per_tensor_and_bits() -> None:
@@ -181,8 +177,8 @@ def test_cli_writes_table_and_provenance(tmp_path, monkeypatch: pytest.MonkeyPat
 @pytest.mark.parametrize("family", ["llama", "mixtral"])
 def test_forked_workers_give_the_same_rows_as_one_process(family: str) -> None:
     model = tiny_model(family)
-    one = build_ledger(model, _batches(), METHODS, workers=1).table
-    two = build_ledger(model, _batches(), METHODS, workers=2).table
+    one = build_ledger(model, token_batches(4), METHODS, workers=1).table
+    two = build_ledger(model, token_batches(4), METHODS, workers=2).table
     columns = [c for c in LEDGER_COLUMNS if c != "seconds"]
     assert len(one) > 0
     assert one[columns].equals(two[columns])
@@ -190,23 +186,23 @@ def test_forked_workers_give_the_same_rows_as_one_process(family: str) -> None:
 
 def test_workers_below_one_are_refused() -> None:
     with pytest.raises(PvqError, match="workers must be at least 1"):
-        build_ledger(tiny_model("llama"), _batches(), "nf4", workers=0)
+        build_ledger(tiny_model("llama"), token_batches(4), "nf4", workers=0)
 
 
 def test_a_given_capture_gives_the_same_rows_as_capturing_again() -> None:
     model = tiny_model("llama")
     columns = [c for c in LEDGER_COLUMNS if c != "seconds"]
-    fresh = build_ledger(model, _batches(), METHODS).table
-    reused = build_ledger(model, _batches(), METHODS, captured=capture(model, _batches())).table
+    fresh = build_ledger(model, token_batches(4), METHODS).table
+    reused = build_ledger(model, token_batches(4), METHODS, captured=capture(model, token_batches(4))).table
     assert len(fresh) > 0
     assert fresh[columns].equals(reused[columns])
     with pytest.raises(PvqError, match="capture again"):
-        build_ledger(model, _batches(), METHODS, captured=capture(model, _batches()[:1]))
+        build_ledger(model, token_batches(4), METHODS, captured=capture(model, token_batches(4)[:1]))
 
 
 def test_output_energy_and_its_share_equal_direct_sums_over_the_kept_rows() -> None:
     model = tiny_model("llama").double()
-    result = build_ledger(model, _batches(), "rtn:4:g128", keep_rows=10_000)
+    result = build_ledger(model, token_batches(4), "rtn:4:g128", keep_rows=10_000)
     refs = {ref.name: ref for ref in describe(model).linears}
     direct = {}
     for row in result.table.itertuples():

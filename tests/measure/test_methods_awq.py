@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_methods_layer import direct_output_error, random_layer
+from method_toys import direct_output_error, random_layer
+from tiny_inputs import token_batches
 from tiny_models import tiny_model
 
 from measure.compress.apply import apply_spec
@@ -21,16 +22,11 @@ from theory.errors import PvqError
 GRID = {"bits": 3, "group": 16, "symmetric": True, "clip": "minmax"}
 
 
-def _batches() -> list[torch.Tensor]:
-    ids = torch.randint(3, 300, (4, 16), generator=torch.Generator().manual_seed(5))
-    return list(ids.split(2))
-
-
 @pytest.mark.parametrize("family", ["llama", "gpt2", "qwen2_moe"])
 @pytest.mark.parametrize("bits", [3, 4])
 def test_awq_output_error_is_at_most_rtns_on_every_layer_of_tiny_models(family: str, bits: int) -> None:
     methods = f"rtn:{bits}:g16,awq:{bits}:g16"
-    table = build_ledger(tiny_model(family), _batches(), methods).table
+    table = build_ledger(tiny_model(family), token_batches(5), methods).table
     wide = table.pivot(index="layer", columns="method", values="relative_error")
     assert len(wide) == table["layer"].nunique() and len(wide) >= 8
     assert (wide["awq"] <= wide["rtn"]).all(), wide[wide["awq"] > wide["rtn"]]
@@ -104,6 +100,6 @@ def test_awq_spec_round_trips_like_rtn_and_costs_the_same_bits() -> None:
 
 def test_awq_spec_compresses_a_tiny_model_and_reports_rtns_size() -> None:
     model = tiny_model("llama")
-    report = apply_spec(model, "awq:4:g16", _batches())
+    report = apply_spec(model, "awq:4:g16", token_batches(5))
     assert set(report.layers["method"]) == {"awq"} and len(report.layers) == len(describe(model).linears)
     assert report.size == apply_spec(tiny_model("llama"), "rtn:4:g16").size

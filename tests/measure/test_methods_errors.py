@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from test_methods_layer import direct_output_error, random_layer
+from method_toys import direct_output_error, random_layer
 
 from measure.compress.methods import get_method
 from measure.compress.methods.metrics import output_error, weight_sqnr_db

@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import pytest
 import torch
-from test_methods_layer import random_layer
+from method_toys import random_layer
 
 from measure.compress.methods.gptq import gptq_quantize
 from measure.compress.methods.obs import inverse_gram_factor

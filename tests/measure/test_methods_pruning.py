@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_methods_layer import naive_obs, random_layer
+from method_toys import naive_obs, random_layer
 
 from measure.compress.methods import get_method
 from measure.compress.methods.metrics import output_error

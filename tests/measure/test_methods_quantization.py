@@ -9,8 +9,8 @@ import pytest
 import torch
 from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
 from gguf.quants import dequantize as gguf_dequantize
+from method_toys import OUTLIER_COLUMNS, naive_obs, random_layer
 from scipy.cluster.vq import kmeans2
-from test_methods_layer import OUTLIER_COLUMNS, naive_obs, random_layer
 
 from measure.compress.methods import get_method
 from measure.compress.methods.metrics import output_error

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from test_methods_layer import random_layer
+from method_toys import random_layer
 
 from measure.compress.methods import METHODS, get_method, method_names
 from theory.accounting import Convention

@@ -4,11 +4,9 @@ output against the library's table, an unknown layer, bits out of range), on a t
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pandas as pd
 import pytest
-from tiny_models import save_tiny_model
 
 from measure.bounds import bounds_for_model
 from measure.data import text
@@ -21,11 +19,6 @@ TEXT = "The history of the calibration text is long, and it is real English pros
 LAYER = "model.layers.0.self_attn.q_proj"
 SMALL = ["--rows", "2", "--opt-dim", "8", "--max-chunks", "1", "--sequences", "2", "--seq-len", "32", "--no-sdp",
          "--time-limit", "1"]  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return save_tiny_model("llama", tmp_path_factory.mktemp("models") / "llama")
 
 
 @pytest.fixture

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_methods_layer import direct_output_error
+from method_toys import direct_output_error
+from tiny_inputs import token_batches
 from tiny_models import tiny_model
 
 from measure.capture.experts import ExpertCapture
@@ -15,11 +16,6 @@ from measure.models.architecture import describe
 from theory.errors import PvqError
 
 MOE_FAMILIES = ("mixtral", "qwen2_moe", "olmoe", "gpt_oss")
-
-
-def _batches() -> list[torch.Tensor]:
-    ids = torch.randint(3, 300, (4, 16), generator=torch.Generator().manual_seed(2))
-    return list(ids.split(2))
 
 
 def _record_experts(model: torch.nn.Module) -> list[tuple[tuple, torch.Tensor]]:
@@ -38,7 +34,7 @@ def test_expert_grams_reproduce_the_experts_inputs_and_output(family: str) -> No
     model = tiny_model(family)
     calls = _record_experts(model)
     experts = ExpertCapture(keep_rows=10_000)
-    capture(model, _batches(), block_hooks=experts.hooks)
+    capture(model, token_batches(2), block_hooks=experts.hooks)
     block = describe(model).blocks[0]
     hidden = torch.cat([args[0] for args, _ in calls]).double()
     index = torch.cat([args[1] for args, _ in calls])
@@ -68,8 +64,8 @@ def test_expert_grams_reproduce_the_experts_inputs_and_output(family: str) -> No
 def test_route_all_gives_every_expert_every_token() -> None:
     model = tiny_model("olmoe")
     routed, everywhere = ExpertCapture("routed"), ExpertCapture("all")
-    captured = capture(model, _batches(), block_hooks=routed.hooks)
-    capture(model, _batches(), block_hooks=everywhere.hooks)
+    captured = capture(model, token_batches(2), block_hooks=routed.hooks)
+    capture(model, token_batches(2), block_hooks=everywhere.hooks)
     block = describe(model).blocks[1]
     moe_input = captured.grams[block.mlp.router.shared_input_group]
     for ref in (r for r in block.mlp.linears if r.role == "expert.gate"):
@@ -97,14 +93,14 @@ def test_experts_without_tokens_are_reported() -> None:
     model = tiny_model("mixtral")
     starved = _starve_expert(model, 3)
     experts = ExpertCapture()
-    capture(model, _batches(), block_hooks=experts.hooks)
+    capture(model, token_batches(2), block_hooks=experts.hooks)
     assert experts.empty_experts() == [starved]
     assert experts.token_table().set_index("expert").loc[starved, "routed_tokens"] == 0
-    ledger = build_ledger(model, _batches(), "wanda:0.5")
+    ledger = build_ledger(model, token_batches(2), "wanda:0.5")
     assert ledger.skipped_layers == [f"{starved}.gate", f"{starved}.up", f"{starved}.down"]
     assert not ledger.table["layer"].str.startswith(starved + ".").any()
     with pytest.raises(PvqError, match=f"no calibration token was routed to {starved}"):
-        apply_spec(model, "gptq:4@expert", _batches())
+        apply_spec(model, "gptq:4@expert", token_batches(2))
 
 
 def _moe_inputs_after(compressed: torch.nn.Module, block: int) -> tuple[torch.Tensor, dict]:
@@ -119,7 +115,7 @@ def _moe_inputs_after(compressed: torch.nn.Module, block: int) -> tuple[torch.Te
     experts = describe(model).blocks[block].mlp.experts.module
     experts.register_forward_pre_hook(lambda module, args: rows.append(args[0].reshape(-1, args[0].shape[-1])))
     with torch.no_grad():
-        for batch in _batches():
+        for batch in token_batches(2):
             model(batch)
     weights = {ref.name: ref.weight().double() for ref in describe(model).blocks[block].mlp.linears}
     return torch.cat(rows).double(), weights
@@ -130,7 +126,7 @@ def test_route_all_calibrates_a_starved_expert_on_every_token() -> None:
     silu(x W_gateᵀ) ⊙ (x W_upᵀ) of the original expert, with the earlier blocks already compressed."""
     model = tiny_model("mixtral")
     starved = _starve_expert(model, 3)
-    report = apply_spec(model, "gptq:4@expert", _batches(), expert_route="all")
+    report = apply_spec(model, "gptq:4@expert", token_batches(2), expert_route="all")
     assert report.experts_without_tokens == [starved]
     assert set(report.layers["tokens"]) == {64}
     compressed = {ref.name: ref.weight().double() for ref in describe(model).linears}

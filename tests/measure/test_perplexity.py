@@ -7,11 +7,10 @@ import math
 
 import pytest
 import torch
+from tiny_inputs import text_ids, windows_of
 from tiny_models import TINY_FAMILIES, TINY_VOCAB_SIZE, tiny_model, tiny_tokenizer
 
 from measure.evaluation.perplexity import (
-    PerplexityProtocol,
-    TokenWindows,
     bos_token_id_for,
     check_window_fits,
     cut_windows,
@@ -40,17 +39,6 @@ def tiny_llama(seed: int = 0) -> torch.nn.Module:
 
 def tiny_gemma(seed: int = 0) -> torch.nn.Module:
     return sharpened(tiny_model("gemma3", seed=seed, final_logit_softcapping=3.0))
-
-
-def text_ids(n: int = 150, seed: int = 1) -> torch.Tensor:
-    return torch.randint(2, VOCAB, (n,), generator=torch.Generator().manual_seed(seed))
-
-
-def windows_of(ids: torch.Tensor, window: int, stride: int | None = None, bos: int | None = None) -> TokenWindows:
-    input_ids, scored = cut_windows(ids, window, stride, bos, None)
-    content = window - (bos is not None)
-    protocol = PerplexityProtocol(window, stride or content, bos is not None, None, "ids", "", len(ids), "")
-    return TokenWindows(protocol, input_ids, scored)
 
 
 @torch.no_grad()

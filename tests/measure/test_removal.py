@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from tiny_inputs import token_ids
 from tiny_models import tiny_model
 from transformers import AutoModelForCausalLM
 
@@ -47,13 +48,9 @@ def _model(family: str) -> torch.nn.Module:
     return tiny_model(family, **blocks, **FAMILIES[family])
 
 
-def _ids() -> torch.Tensor:
-    return torch.randint(3, 300, (2, 12), generator=torch.Generator().manual_seed(2))
-
-
 def _logits(model: torch.nn.Module, ids: torch.Tensor | None = None) -> torch.Tensor:
     with torch.no_grad():
-        return model(_ids() if ids is None else ids, use_cache=False).logits
+        return model(token_ids(2, rows=2, length=12) if ids is None else ids, use_cache=False).logits
 
 
 def _skipped_logits(model: torch.nn.Module, skipped: list[int]) -> torch.Tensor:
@@ -175,7 +172,7 @@ math_inf = float("inf")
 def test_dropping_experts_equals_masking_them_in_the_router() -> None:
     model = tiny_model("mixtral")
     with record_router_scores(describe(model)) as scores, torch.no_grad():
-        model(_ids())
+        model(token_ids(2, rows=2, length=12))
     reference = copy.deepcopy(model)
     removal = drop_experts(model, scores, 1)
     for index, dropped in removal.experts.items():
@@ -190,7 +187,7 @@ def test_models_with_dropped_experts_reload_identically(family: str, tmp_path) -
     model = tiny_model(family)
     arch = describe(model)
     with record_router_scores(arch) as scores, torch.no_grad():
-        model(_ids())
+        model(token_ids(2, rows=2, length=12))
     per_expert = sum(ref.parameter_count for ref in arch.blocks[0].mlp.linears if ref.expert_index == 0)
     router_row = arch.blocks[0].mlp.router.parameter_count // 4
     removal = drop_experts(model, scores, 2)

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from tiny_inputs import token_batches
 from tiny_models import tiny_model, tiny_tokenizer
 
 from measure.capture.blocks import BlockInputs, record_block_inputs, run_block
@@ -30,10 +31,6 @@ TEXT = " ".join(f"The {i % 17}th river runs past {i % 5} old mills." for i in ra
 
 def _windows(count: int = 4):
     return make_windows(TEXT, tiny_tokenizer(), 48, max_windows=count)
-
-
-def _batches() -> list[torch.Tensor]:
-    return list(torch.randint(3, 300, (4, 24), generator=torch.Generator().manual_seed(1)).split(2))
 
 
 def test_evaluator_equals_evaluate_perplexity_of_the_removed_model() -> None:
@@ -117,7 +114,7 @@ def tiny_study() -> tuple:
     with torch.no_grad():
         before = model(ids).logits
     published: list[str] = []
-    study = run_study(model, _batches(), _windows(2), TINY_SETTINGS,
+    study = run_study(model, token_batches(1, length=24), _windows(2), TINY_SETTINGS,
                       on_table=lambda name, _: published.append(name))  # fmt: skip
     with torch.no_grad():
         after = model(ids).logits
@@ -212,7 +209,7 @@ def test_width_pruning_points_are_the_physically_shrunk_model_in_every_view(tiny
     points, layers = study.tables["points"], study.tables["layers"]
     model = tiny_model("llama", num_hidden_layers=4)
     arch = describe(model)
-    batches = list(torch.cat(_batches()).split(TINY_SETTINGS.batch_size))
+    batches = list(torch.cat(token_batches(1, length=24)).split(TINY_SETTINGS.batch_size))
     inputs = record_block_inputs(model, arch, batches)
     states = [inputs.hidden]
     for block in arch.blocks:
@@ -224,7 +221,7 @@ def test_width_pruning_points_are_the_physically_shrunk_model_in_every_view(tiny
         assert set(rows.index) == set(TINY_SETTINGS.views) and set(rows["series"]) == {series}
         assert set(rows["family"]) == {"width"}
         settings = ShrinkSettings(**parse_shrink_term(tuple(option.split(":"))))
-        shrunk = shrink_model(tiny_model("llama", num_hidden_layers=4), _batches(), settings)
+        shrunk = shrink_model(tiny_model("llama", num_hidden_layers=4), token_batches(1, length=24), settings)
         assert rows["bits_per_weight"].iloc[0] == pytest.approx(16 * (1 - shrunk.removed_fraction), rel=1e-12)
         assert rows["removed_fraction"].iloc[0] == pytest.approx(shrunk.removed_fraction, rel=1e-12)
         small = describe(shrunk.model)
@@ -252,7 +249,7 @@ def test_width_pruning_points_are_the_physically_shrunk_model_in_every_view(tiny
 def _width_layer_errors(model: torch.nn.Module, option: str) -> dict[str, float]:
     """Per layer tr(ΔW H ΔWᵀ) / tr(W H Wᵀ) of the study's width term, from a fresh capture of the study batches."""
     arch = describe(model)
-    captured = capture(model, _batches(), arch=arch)
+    captured = capture(model, token_batches(1, length=24), arch=arch)
     settings = ShrinkSettings(**parse_shrink_term(tuple(option.split(":"))))
     grams = {ref.name: captured.gram_for(ref.name).to_numpy() for ref in arch.linears}
     zeroed = zeroed_weights(plan_shrink(model, (), settings, grams))
@@ -319,7 +316,7 @@ def test_unit_table_counts_each_units_parameters_and_ranks_by_influence() -> Non
 
     model = tiny_model("llama", num_hidden_layers=4)
     arch = describe(model)
-    table = unit_table(measure_importance(model, _batches(), arch), arch)
+    table = unit_table(measure_importance(model, token_batches(1, length=24), arch), arch)
     decoder = sum(p.numel() for p in model.model.layers.parameters())
     for row in table.itertuples():
         layer = model.model.layers[row.block]

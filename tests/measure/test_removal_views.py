@@ -14,6 +14,7 @@ import copy
 import numpy as np
 import pytest
 import torch
+from tiny_inputs import token_batches
 from tiny_models import linear_inputs, tiny_model, tiny_tokenizer
 
 from measure.capture.statistics import capture
@@ -40,10 +41,6 @@ def _toy() -> torch.nn.Module:
     return model
 
 
-def _batches() -> list[torch.Tensor]:
-    return list(torch.randint(3, 300, (4, 24), generator=torch.Generator().manual_seed(1)).split(2))
-
-
 def _linear_inputs(model: torch.nn.Module, batches: list[torch.Tensor]) -> dict[str, torch.Tensor]:
     """Every block linear's input rows X (tokens × in) over ``batches``, float64, by forward hooks."""
     return linear_inputs(model, batches, describe(model).linears)
@@ -66,7 +63,7 @@ def _block_io(model: torch.nn.Module, batches: list[torch.Tensor], index: int
 
 @pytest.fixture(scope="module")
 def toy() -> dict:
-    model, batches = _toy(), _batches()
+    model, batches = _toy(), token_batches(1, length=24)
     arch = describe(model)
     meter = ViewMeter(arch, capture(model, batches), ResidualStream.record(model, arch, batches), workers=1)
     step = parse_term_list("rtn:4:g128")[0]
@@ -172,7 +169,7 @@ def test_an_injected_sink_dominates_all_positions_but_not_the_headline_view() ->
         return output
 
     model.model.layers[0].mlp.register_forward_hook(sink)
-    arch, calibration, held = describe(model), _batches(), _held_out_batches()
+    arch, calibration, held = describe(model), token_batches(1, length=24), _held_out_batches()
     scoring = ScoringData(capture(model, held, positions=slice(1, None)),
                           capture(model, held, positions=slice(0, 1)), capture(model, calibration),
                           ResidualStream.record(model, arch, held),
@@ -208,7 +205,7 @@ def test_held_out_scoring_collects_sink_and_non_sink_grams_in_one_pass_as_two_ca
     from measure.removal.views import SINK_POSITIONS
 
     model = _toy()
-    ids = torch.cat(_batches())
+    ids = torch.cat(token_batches(1, length=24))
     scoring = held_out_scoring(model, describe(model), SimpleNamespace(input_ids=ids), None, None,
                                StudySettings(batch_size=2, block_sequences=1))  # fmt: skip
     batches = list(ids.split(2))

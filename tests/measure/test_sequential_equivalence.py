@@ -13,6 +13,7 @@ import copy
 import pandas as pd
 import pytest
 import torch
+from tiny_inputs import token_batches
 from tiny_models import TINY_VOCAB_SIZE, tiny_model, tiny_tokenizer
 
 from measure.capture.blocks import record_block_inputs, run_block
@@ -22,7 +23,6 @@ from measure.capture.statistics import capture
 from measure.compress.apply import apply_spec
 from measure.compress.importance import importance_table, measure_importance
 from measure.compress.spec import parse_spec
-from measure.data.calibration import token_windows
 from measure.evaluation.perplexity import (
     chunk_statistics,
     cut_windows,
@@ -40,18 +40,15 @@ TOKENS = 4 * 16
 TEXT = "The quick brown fox jumps over the lazy dog while the cat sleeps by the warm fire. " * 8
 
 
-def calibration_batches() -> list[torch.Tensor]:
-    ids = torch.randint(3, TINY_VOCAB_SIZE, (TOKENS,), generator=torch.Generator().manual_seed(7))
-    return list(token_windows(ids, 4, 16, bos_id=None).split(2))
-
-
 @pytest.mark.parametrize("family", FAMILIES)
 def test_grams_and_ledger_rows_agree(family: str) -> None:
     model = tiny_model(family, num_hidden_layers=3)
-    whole = build_ledger(model, calibration_batches(), LEDGER_METHODS, Placement("cpu"), keep_rows=TOKENS)
+    whole = build_ledger(
+        model, token_batches(7, high=TINY_VOCAB_SIZE), LEDGER_METHODS, Placement("cpu"), keep_rows=TOKENS
+    )
     memory = BlockMemoryLog("cpu")
     sequential = build_ledger(
-        model, calibration_batches(), LEDGER_METHODS, Placement("cpu", capture_mode="sequential"),
+        model, token_batches(7, high=TINY_VOCAB_SIZE), LEDGER_METHODS, Placement("cpu", capture_mode="sequential"),
         block_hooks=memory.hooks,
     )
     assert sorted(memory.peaks) == [0, 1, 2]
@@ -78,7 +75,8 @@ def test_block_and_sublayer_importance_agree(family: str) -> None:
     model = tiny_model(family, num_hidden_layers=3)
     placements = (Placement("cpu", capture_mode=mode) for mode in ("full", "sequential"))
     whole, sequential = (
-        importance_table(measure_importance(model, calibration_batches(), placement=place)) for place in placements
+        importance_table(measure_importance(model, token_batches(7, high=TINY_VOCAB_SIZE), placement=place))
+        for place in placements
     )
     assert whole[["unit", "block", "tokens"]].equals(sequential[["unit", "block", "tokens"]])
     numeric = ["influence", "removal_relative_error", "removal_sqnr_db"]
@@ -112,8 +110,8 @@ def block_by_block_perplexity(model: torch.nn.Module, input_ids: torch.Tensor) -
 def test_compressed_weights_and_perplexity_agree(family: str) -> None:
     model = tiny_model(family, num_hidden_layers=3)
     whole, sequential = copy.deepcopy(model), copy.deepcopy(model)
-    compress_whole_model(whole, calibration_batches())
-    report = apply_spec(sequential, SPEC, calibration_batches(), calibration="parallel")
+    compress_whole_model(whole, token_batches(7, high=TINY_VOCAB_SIZE))
+    report = apply_spec(sequential, SPEC, token_batches(7, high=TINY_VOCAB_SIZE), calibration="parallel")
     assert len(report.layers) == len(describe(model).linears)
     for a, b in zip(describe(whole).linears, describe(sequential).linears, strict=True):
         torch.testing.assert_close(a.weight(), b.weight(), rtol=1e-5, atol=1e-6)

@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 import torch
-from test_methods_layer import direct_output_error
+from method_toys import direct_output_error
+from tiny_inputs import token_batches
 from tiny_models import linear_inputs, tiny_model
 
 from measure.capture.statistics import capture
@@ -19,11 +20,6 @@ from measure.compress.term_kind import TermKind
 from measure.models.architecture import describe
 from measure.models.weight_grid import detect_tensor_grid, distinct_per_block
 from theory.errors import PvqError
-
-
-def _batches() -> list[torch.Tensor]:
-    ids = torch.randint(3, 300, (4, 16), generator=torch.Generator().manual_seed(3))
-    return list(ids.split(2))
 
 
 def _weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -135,7 +131,7 @@ def test_scopes_pick_sublayer_kinds() -> None:
 def test_apply_spec_changes_exactly_the_scoped_layers(family: str, spec: str, kinds: set[str]) -> None:
     model = tiny_model(family)
     before, others = _weights(model), _other_parameters(model)
-    report = apply_spec(model, spec, _batches())
+    report = apply_spec(model, spec, token_batches(3))
     after = _weights(model)
     for ref in describe(model).linears:
         changed = not torch.equal(before[ref.name], after[ref.name])
@@ -148,14 +144,14 @@ def test_apply_spec_changes_exactly_the_scoped_layers(family: str, spec: str, ki
         if row.sublayer == "expert":
             assert 0 < row.relative_error < 1
             continue
-        inputs = _sequential_inputs(family, model, row.block, _batches())[row.layer]
+        inputs = _sequential_inputs(family, model, row.block, token_batches(3))[row.layer]
         direct = direct_output_error(original[row.layer].weight(), after[row.layer], inputs)
         assert row.relative_error == pytest.approx(direct, rel=1e-5), row.layer
 
 
 def test_sparsity_and_grids_hold_in_the_model() -> None:
     model = tiny_model("llama")
-    apply_spec(model, "sparsegpt:2:4@attention+magnitude:0.5@mlp", _batches())
+    apply_spec(model, "sparsegpt:2:4@attention+magnitude:0.5@mlp", token_batches(3))
     arch = describe(model)
     for ref in arch.linears:
         weight = ref.weight()
@@ -165,7 +161,7 @@ def test_sparsity_and_grids_hold_in_the_model() -> None:
         else:
             assert (weight == 0).sum().item() == round(0.5 * weight.numel()), ref.name
     model = tiny_model("gpt2")
-    apply_spec(model, "sparsegpt:0.5+gptq:3:g16@mlp+rtn:4:channel@attention", _batches())
+    apply_spec(model, "sparsegpt:0.5+gptq:3:g16@mlp+rtn:4:channel@attention", token_batches(3))
     for ref in describe(model).linears:
         weight = ref.weight()
         if ref.sublayer_kind == "mlp":
@@ -227,7 +223,7 @@ def test_model_size_of_moe_counts_experts_and_keeps_routers_at_16_bits() -> None
 
 def _compressed_block_weight(calibration: str) -> tuple[torch.nn.Module, dict[str, torch.Tensor]]:
     model = tiny_model("llama", num_hidden_layers=3)
-    report = apply_spec(model, "gptq:3:channel", _batches(), calibration=calibration)
+    report = apply_spec(model, "gptq:3:channel", token_batches(3), calibration=calibration)
     assert report.calibration == calibration == report.provenance()["calibration"]
     return model, _weights(model)
 
@@ -242,11 +238,11 @@ def test_sequential_and_parallel_calibration_follow_their_streams() -> None:
     method, params = get_method("gptq"), {"bits": 3, "group": "channel"}
     original = tiny_model("llama", num_hidden_layers=3)
     ref = describe(original).blocks[1].linears[0]
-    original_gram = capture(original, _batches(), mode="sequential").gram_for(ref.name).gram
+    original_gram = capture(original, token_batches(3), mode="sequential").gram_for(ref.name).gram
     torch.testing.assert_close(parallel[second], method.apply(ref.weight(), original_gram, params))
     for block_zero in describe(original).blocks[0].linears:
         block_zero.set_weight(sequential[block_zero.name])
-    compressed_gram = capture(original, _batches(), mode="sequential").gram_for(ref.name).gram
+    compressed_gram = capture(original, token_batches(3), mode="sequential").gram_for(ref.name).gram
     torch.testing.assert_close(sequential[second], method.apply(ref.weight(), compressed_gram, params))
 
 
@@ -255,9 +251,9 @@ def test_sequential_and_parallel_calibration_follow_their_streams() -> None:
 def test_a_given_capture_replaces_the_first_parallel_pass(spec: str, workers: int) -> None:
     """Also with the layers shared among forked workers (same weights and rows as one process)."""
     reference, reused = tiny_model("llama", num_hidden_layers=3), tiny_model("llama", num_hidden_layers=3)
-    captured = capture(reused, _batches())
-    report = apply_spec(reused, spec, _batches(), calibration="parallel", captured=captured, workers=workers)
-    expected = apply_spec(reference, spec, _batches(), calibration="parallel")
+    captured = capture(reused, token_batches(3))
+    report = apply_spec(reused, spec, token_batches(3), calibration="parallel", captured=captured, workers=workers)
+    expected = apply_spec(reference, spec, token_batches(3), calibration="parallel")
     assert _weights(reused).keys() == _weights(reference).keys()
     for name, weight in _weights(reference).items():
         torch.testing.assert_close(_weights(reused)[name], weight, rtol=1e-5, atol=1e-6)
@@ -268,9 +264,9 @@ def test_a_given_capture_replaces_the_first_parallel_pass(spec: str, workers: in
 
 def test_a_capture_of_other_tokens_is_refused() -> None:
     model = tiny_model("llama")
-    captured = capture(model, _batches()[:1])
+    captured = capture(model, token_batches(3)[:1])
     with pytest.raises(PvqError, match="capture again"):
-        apply_spec(model, "gptq:4:g16", _batches(), calibration="parallel", captured=captured)
+        apply_spec(model, "gptq:4:g16", token_batches(3), calibration="parallel", captured=captured)
 
 
 # --- errors and extension ------------------------------------------------------------------------------------
@@ -279,7 +275,7 @@ def test_a_capture_of_other_tokens_is_refused() -> None:
 def test_bad_application_inputs_are_clear_errors() -> None:
     model = tiny_model("llama")
     with pytest.raises(PvqError, match="unknown calibration 'sideways'"):
-        apply_spec(model, "nf4", _batches(), calibration="sideways")
+        apply_spec(model, "nf4", token_batches(3), calibration="sideways")
     with pytest.raises(PvqError, match="need calibration data"):
         apply_spec(model, "gptq:4", None)
     ref = describe(model).blocks[1].mlp.linears[2]
@@ -287,7 +283,7 @@ def test_bad_application_inputs_are_clear_errors() -> None:
         ref.module.weight[0, 0] = math.nan
     before = _weights(model)
     with pytest.raises(PvqError, match=f"layer {ref.name} has NaN or Inf weights"):
-        apply_spec(model, "gptq:4", _batches())
+        apply_spec(model, "gptq:4", token_batches(3))
     after = _weights(model)
     assert all(torch.equal(before[n], after[n]) for n in before if n != ref.name)
 

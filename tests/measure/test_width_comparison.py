@@ -4,7 +4,7 @@ model's perplexity, on a tiny model."""
 from __future__ import annotations
 
 import pytest
-import torch
+from tiny_inputs import token_batches
 from tiny_models import tiny_model, tiny_tokenizer
 
 from measure.capture.statistics import capture
@@ -19,10 +19,6 @@ from theory.errors import PvqError
 TEXT = " ".join(f"The {i % 13}th bell rang over {i % 7} quiet roofs." for i in range(300))
 
 
-def _batches() -> list[torch.Tensor]:
-    return list(torch.randint(3, 300, (4, 24), generator=torch.Generator().manual_seed(3)).split(2))
-
-
 def _windows():
     return make_windows(TEXT, tiny_tokenizer(), 32, max_windows=2)
 
@@ -30,8 +26,8 @@ def _windows():
 @pytest.fixture(scope="module")
 def table():
     model = tiny_model("llama", num_hidden_layers=4)
-    return width_comparison_table(model, _batches(), _windows(), ["mlp=0.25", "heads=0.5"],
-                                  capture(model, _batches()), batch_size=2)  # fmt: skip
+    return width_comparison_table(model, token_batches(3, length=24), _windows(), ["mlp=0.25", "heads=0.5"],
+                                  capture(model, token_batches(3, length=24)), batch_size=2)  # fmt: skip
 
 
 def test_each_option_has_its_refit_pair_the_nearest_removal_and_sparsegpt_of_the_same_size(table) -> None:
@@ -55,7 +51,7 @@ def test_shrink_rows_are_the_physically_shrunk_model(table) -> None:
     reference = tiny_model("llama", num_hidden_layers=4)
     for option, refit in (("mlp=0.25", True), ("heads=0.5", False)):
         settings = ShrinkSettings(**{option.split("=")[0]: float(option.split("=")[1])}, refit=refit)
-        shrunk = shrink_model(tiny_model("llama", num_hidden_layers=4), _batches(), settings)
+        shrunk = shrink_model(tiny_model("llama", num_hidden_layers=4), token_batches(3, length=24), settings)
         direct = evaluate_perplexity(shrunk.model, _windows(), reference=reference)
         spec = f"shrink:{option}" + ("" if refit else ":norefit")
         row = table.set_index("spec").loc[spec]
@@ -66,7 +62,7 @@ def test_shrink_rows_are_the_physically_shrunk_model(table) -> None:
 def test_nearest_removal_takes_the_lowest_bi_blocks_of_nearest_size() -> None:
     model = tiny_model("llama", num_hidden_layers=4)
     arch = describe(model)
-    importance = measure_importance(model, _batches(), arch)
+    importance = measure_importance(model, token_batches(3, length=24), arch)
     one = removed_fraction(arch, Removal(blocks=[0]))
     blocks, fraction = nearest_removal(arch, importance, 2.2 * one)
     assert len(blocks) == 2 and fraction == pytest.approx(2 * one)
@@ -78,4 +74,7 @@ def test_nearest_removal_takes_the_lowest_bi_blocks_of_nearest_size() -> None:
 def test_a_norefit_option_is_refused_since_both_are_scored() -> None:
     model = tiny_model("llama", num_hidden_layers=2)
     with pytest.raises(PvqError, match="with and without refit"):
-        width_comparison_table(model, _batches(), _windows(), ["mlp=0.25:norefit"], capture(model, _batches()))
+        width_comparison_table(
+            model, token_batches(3, length=24), _windows(), ["mlp=0.25:norefit"],
+            capture(model, token_batches(3, length=24)),
+        )
