@@ -6,8 +6,8 @@ q and o 576 × 576, k and v 192 × 576, gate and up 1536 × 576, down 576 × 153
 weights and the Gram of 4096 correlated random input rows, and for each bit width on the symmetric and asymmetric
 grids, times (best over ``--repeats``, in CPU time of this process and in wall time)
 
-* ``per_column_gptq`` of ``tests/measure/test_methods_obs.py``: the blocked OBS sweep written out column by column
-  on the ``out × in`` weight (a fresh tensor per update), the form the library had before its sweep went
+* ``per_column_gptq`` of ``tests/measure/compress/test_methods_obs.py``: the blocked OBS sweep written out column
+  by column on the ``out × in`` weight (a fresh tensor per update), the form the library had before its sweep went
   transposed and in place;
 * :func:`measure.compress.methods.gptq.gptq_quantize`;
 
@@ -32,7 +32,7 @@ from measure.compress.methods.gptq import gptq_quantize
 from measure.compress.methods.obs import inverse_gram_factor
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # method_toys (test_methods_obs imports it)
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "measure"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "measure" / "compress"))
 from test_methods_obs import per_column_gptq
 
 BLOCKS = 30

@@ -144,7 +144,7 @@ CLAIMED_LEVELS = {
 }  # fmt: skip
 """Inputs sharing one set of levels, and how many levels, at default parameters on a 1024-input layer
 (int8_outlier: 255 codes per row plus its round(0.01 · 1024) = 10 fp16 columns; SplitQuant: three clusters). AWQ's
-levels are shared in its scaled domain W·diag(s) (tests/measure/test_methods_awq.py)."""
+levels are shared in its scaled domain W·diag(s) (tests/measure/compress/test_methods_awq.py)."""
 
 
 @pytest.mark.parametrize("name", [name for name in method_names("quantization") if name != "awq"])

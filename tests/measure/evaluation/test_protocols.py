@@ -24,7 +24,7 @@ from measure.evaluation.protocols import (
 )
 from pvq.commands.common import add_calibration_arguments, calibration_protocol
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 TEXT = " ".join(f"word {i} of a held-out text." for i in range(400))
 
 

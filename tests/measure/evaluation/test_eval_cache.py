@@ -22,7 +22,7 @@ from measure.records import cache_key, code_version
 from measure.records.code_version import module_closure
 from pvq.scale.jobs import EVAL_KIND, Job, fingerprint
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 TEXT = "Pruning removes weights; quantization rounds them. Both trade accuracy for size. " * 40
 RTN_MODULE = "measure/compress/methods/uniform.py"
 CAPTION_MODULE = "figures/catalog/frontier.py"
