@@ -2,8 +2,8 @@
 
 Data flows capture → ledger → bounds → study tables → figures, and imports run only downward:
 theory ← measure (records ← models ← data ← capture ← compress ← evaluation ← ledger, bounds ← removal study,
-mixture) ← figures (everything else ← catalog ← build) ← pvq (scale-out ← commands ← cli). Only the CLI imports a
-module by name (the chosen subcommand), and the figure registry discovers the catalog above it by name.
+mixture ← studies) ← figures (everything else ← catalog ← build) ← pvq (scale-out ← commands ← cli). Only the CLI
+imports a module by name (the chosen subcommand), and the figure registry discovers the catalog above it by name.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("measure.evaluation",),
     ("measure.ledger", "measure.bounds"),
     ("measure.removal", "measure.mixture"),
+    ("measure.studies",),
     ("figures",),
     ("figures.catalog",),
     ("figures.build",),
@@ -111,3 +112,42 @@ def test_only_the_cli_and_the_catalog_discovery_import_by_name() -> None:
 def test_measure_has_no_loose_modules_but_the_stages() -> None:
     loose = sorted(path.name for path in (ROOT / "measure").glob("*.py"))
     assert loose == ["__init__.py", "bounds.py", "ledger.py"]
+
+
+CATALOG_FORBIDDEN_IMPORTS = ("measure.capture", "measure.compress.methods", "measure.compress.apply",
+                             "measure.evaluation.residual", "measure.evaluation.lmeval", "measure.mixture.inputs",
+                             "measure.mixture.solve")  # fmt: skip
+"""What a catalog module never imports: compression methods, capture, evaluation and allocation (the experiments
+compute in :mod:`measure.studies` and the other study packages; the catalog declares them)."""
+CATALOG_FORBIDDEN_CALLS = frozenset({"capture", "evaluate", "evaluate_perplexity", "evaluate_task", "apply_spec",
+                                     "compress", "measure_menu", "allocate", "weights_installed"})  # fmt: skip
+"""Names of capture, evaluation, compression and allocation functions no catalog module calls."""
+
+
+def research_in(path: Path) -> list[str]:
+    """Forbidden imports (:data:`CATALOG_FORBIDDEN_IMPORTS`) and calls (:data:`CATALOG_FORBIDDEN_CALLS`, by
+    function or attribute name) of the module at ``path``, as "line: what" strings."""
+    found = [f"{line}: imports {name}" for name, line, _ in imports_of(path)
+             if any(name == banned or name.startswith(banned + ".") for banned in CATALOG_FORBIDDEN_IMPORTS)]
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Call):
+            name = getattr(node.func, "id", None) or getattr(node.func, "attr", None)
+            if name in CATALOG_FORBIDDEN_CALLS:
+                found.append(f"{node.lineno}: calls {name}")
+    return found
+
+
+@pytest.mark.parametrize("module", sorted(name for name in MODULES if name.startswith("figures.catalog")))
+def test_catalog_modules_declare_experiments_and_compute_nothing(module: str) -> None:
+    assert research_in(MODULES[module]) == [], f"{MODULES[module].relative_to(ROOT)} computes; move it to measure/"
+
+
+def test_the_catalog_check_catches_a_method_import_and_an_evaluation_call(tmp_path: Path) -> None:
+    offender = tmp_path / "offender.py"
+    offender.write_text("from measure.compress.methods.uniform import rtn\n"
+                        "from measure.studies import frontier\n\n\n"
+                        "def f(evaluator, model):\n"
+                        "    evaluator.evaluate(start=0)\n"
+                        "    return capture(model, [])\n")
+    assert research_in(offender) == ["1: imports measure.compress.methods.uniform", "6: calls evaluate",
+                                     "7: calls capture"]  # fmt: skip

@@ -1,10 +1,9 @@
 """Perplexity and KL against compressed size: block removal vs quantization vs pruning vs both.
 
-``compression_frontier`` compresses the model by each spec of :data:`SPECS`
-(:func:`measure.compress.apply.apply_spec`,
-calibrated on the original model's stream), scores it on the pinned evaluation windows with the original as
-KL reference (:class:`measure.evaluation.residual.ResidualStreamEvaluator`, the evaluator of the removal study, so
-the numbers share its windows), and restores the weights. The figure adds the removal study's end-to-end points
+``compression_frontier`` compresses the model by each spec of :data:`SPECS`, calibrated on the original model's
+stream, and scores it on the pinned evaluation windows with the original as KL reference
+(:func:`measure.studies.frontier.compression_frontier_table`, the evaluator of the removal study, so the numbers
+share its windows). The figure adds the removal study's end-to-end points
 (removal orderings, RTN and GPTQ over 2–16 bits, magnitude pruning, structured width pruning, and the models
 spliced at each removal's size). Size is the bits per weight of the decoder's compressed linear weights for
 compression and b(f) = 16(1 − f) for removal and width pruning (Kuzmin et al. 2023, Sec. 3, free mask: pruning at
@@ -28,7 +27,6 @@ from figures.catalog.models import (
     check_specs,
     describe_protocol,
     evaluation_windows,
-    original_capture,
     spec_check,
 )
 from figures.catalog.removal import STUDY, study_part
@@ -36,10 +34,7 @@ from figures.experiments import ExperimentContext, experiment
 from figures.labels import spec_label
 from figures.registry import Tables, escape_tex, figure
 from figures.style import OKABE_ITO, interval_bars, line_kwargs, method_order, new_figure
-from measure.compress.apply import apply_spec
-from measure.compress.methods import get_method
-from measure.evaluation.perplexity import interval_columns
-from measure.evaluation.residual import ResidualStreamEvaluator, restored
+from measure.studies.frontier import compression_frontier_table
 
 SECTION = "Perplexity at equal size"
 PERPLEXITY_VIEW = 10.0
@@ -49,18 +44,6 @@ SPECS = ("sparsegpt:0.5", "sparsegpt:0.5+gptq:4:g128")
 """SparseGPT at 50 % (8 bits per weight with a free mask) and the joint SparseGPT 50 % + GPTQ 4-bit point of the
 pruning × quantization frontier. RTN and GPTQ (groups of 128) and magnitude pruning come from the removal study's
 end-to-end points (same calibration, windows and evaluator), which measure them at many more sizes."""
-
-
-def spec_method(spec: str) -> str:
-    """The method of a spec: its term heads joined by ``+`` (``sparsegpt:0.5+gptq:4`` → ``sparsegpt+gptq``)."""
-    return "+".join(term.split(":")[0] for term in spec.split("+"))
-
-
-def spec_family(spec: str) -> str:
-    """``quantization`` / ``pruning`` for a single method, ``joint`` for a pruning + quantization pair."""
-
-    kinds = {get_method(term.split(":")[0]).kind for term in spec.split("+")}
-    return kinds.pop() if len(kinds) == 1 else "joint"
 
 
 def synthetic_frontier(rng: np.random.Generator) -> pd.DataFrame:
@@ -91,25 +74,9 @@ def compression_frontier(config: Mapping[str, Any], context: ExperimentContext) 
 
     loaded = context.model
     check_specs(loaded, config["specs"])
-    batches = calibration(loaded, config["calibration"])
-    evaluator = ResidualStreamEvaluator(loaded.model, evaluation_windows(loaded, config["evaluation"]),
-                                        config["calibration"]["batch_size"])  # fmt: skip
-    base = evaluator.evaluate().perplexity
-    captured = original_capture(loaded, batches, config["calibration"])
-    rows = []
-    for spec in config["specs"]:
-        with restored(loaded.model):
-            report = apply_spec(loaded.model, spec, batches, calibration=config["calibration"]["mode"],
-                                captured=captured, workers=None)  # fmt: skip
-            result = evaluator.evaluate(start=0)
-        rows.append({
-            "spec": spec, "method": spec_method(spec), "family": spec_family(spec),
-            "bits_per_weight": report.size["compressed_bits_per_weight"],
-            "model_bits_per_weight": report.size["bits_per_weight"], "size_mb": report.size["bytes"] / 1e6,
-            "perplexity": result.perplexity, "kl_to_reference_nats": result.kl_to_reference_nats,
-            "base_perplexity": base, **interval_columns(result),
-        })  # fmt: skip
-    return pd.DataFrame(rows)
+    return compression_frontier_table(loaded.model, calibration(loaded, config["calibration"]),
+                                      evaluation_windows(loaded, config["evaluation"]), config["specs"],
+                                      config["calibration"]["mode"], config["calibration"]["batch_size"])
 
 
 def frontier_points(tables: Tables) -> pd.DataFrame:

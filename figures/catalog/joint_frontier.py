@@ -2,8 +2,7 @@
 
 No figure reads it, so ``make figures`` does not run it (the grid takes far longer than the figures' budget);
 run it with ``pvq run pvq/scale/experiment_files/joint_frontier.toml`` or ``ensure(lookup(["joint_frontier"]),
-context)``. The table is :func:`measure.mixture.joint_frontier.joint_frontier_table` on the catalog's calibration
-and
+context)``. The table is :func:`measure.studies.grids.joint_frontier_grid` on the catalog's calibration and
 evaluation protocol (:data:`figures.catalog.models.CALIBRATION`, :data:`figures.catalog.models.EVALUATION`).
 """
 
@@ -21,12 +20,11 @@ from figures.catalog.models import (
     calibration,
     check_specs,
     evaluation_windows,
-    original_capture,
     spec_check,
 )
 from figures.experiments import ExperimentContext, experiment
-from measure.mixture.joint_frontier import joint_frontier_table
 from measure.mixture.joint_grid import frontier_specs
+from measure.studies.grids import joint_frontier_grid
 
 JOINT_FRONTIER = "joint_frontier"
 
@@ -54,9 +52,7 @@ def joint_frontier(config: Mapping[str, Any], context: ExperimentContext) -> pd.
 
     loaded = context.model
     check_specs(loaded, config["specs"])
-    batches = calibration(loaded, config["calibration"])
-    windows = evaluation_windows(loaded, config["evaluation"])
-    captured = original_capture(loaded, batches, config["calibration"])
-    return joint_frontier_table(loaded.model, batches, windows, config["specs"],
-                                calibration=config["calibration"]["mode"], captured=captured,
-                                batch_size=config["calibration"]["batch_size"], on_spec=context.step)  # fmt: skip
+    return joint_frontier_grid(loaded.model, calibration(loaded, config["calibration"]),
+                               evaluation_windows(loaded, config["evaluation"]), config["specs"],
+                               config["calibration"]["mode"], config["calibration"]["batch_size"],
+                               on_spec=context.step)  # fmt: skip

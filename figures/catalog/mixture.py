@@ -1,15 +1,11 @@
 """The optimal mixture: per-layer allocation of pruning and quantization under a size budget, measured end to end.
 
-``mixture_frontier`` measures the menu :data:`MENU` once on the default protocol (:mod:`measure.mixture`: the
-local error of every option on every layer with the original inputs, each option's bits per weight, the
-sensitivities and each block's removal damage), solves the exact allocation at every budget B (bits per weight over
-the decoder's linear weights) for the KL sensitivity (and at a few budgets for the output-energy sensitivity and
-for the menu without block removal), installs it (the ledger's compressed weights, which is what ``apply_spec``
-with the allocation's per-layer terms gives with calibration on the original model's stream, tested; removed
-blocks are skipped) and scores it on the pinned evaluation windows with the original as KL reference
-(:class:`measure.evaluation.residual.ResidualStreamEvaluator`).
-Every compressing option of the menu is also applied uniformly, and allocated at exactly its size, so each uniform
-spec meets an allocation of the same size from the same options (like with like).
+``mixture_frontier`` runs :func:`measure.studies.mixture_frontier.mixture_frontier_table` on the default protocol:
+the menu :data:`MENU` measured once, the exact allocation at every budget B (bits per weight over the decoder's
+linear weights) for the KL sensitivity (and at a few budgets for the output-energy sensitivity and for the menu
+without block removal), each installed and scored on the pinned evaluation windows with the original as KL
+reference. Every compressing option of the menu is also applied uniformly, and allocated at exactly its size, so
+each uniform spec meets an allocation of the same size from the same options (like with like).
 
 The default menu is data-free (RTN in groups of 128, magnitude pruning, magnitude then RTN, whole-block removal) so
 that the experiment fits the time budget of ``make figures`` (a capture, the menu's ledger, one KL probe per linear
@@ -38,18 +34,10 @@ from figures.experiments import ExperimentContext, experiment
 from figures.labels import spec_label
 from figures.registry import Tables, escape_tex, figure, table
 from figures.style import OKABE_ITO, interval_bars, new_figure, thesis_table
-from measure.capture.statistics import capture
-from measure.compress.apply import weights_installed
 from measure.data.text import calibration_text
-from measure.evaluation.perplexity import (
-    interval_columns,
-    paired_kl_difference,
-)
 from measure.evaluation.protocols import EvaluationProtocol
-from measure.evaluation.residual import ResidualStreamEvaluator
-from measure.mixture.inputs import allocation_weights, measure_menu, uniform_table
 from measure.mixture.menu import KEEP, REMOVE, parse_menu
-from measure.mixture.solve import allocate, budget_split, uniform_damage
+from measure.studies.mixture_frontier import COLUMNS, PAIRED_COLUMNS, TOLERANCE, allocation_frontier_table
 
 SECTION = "The optimal mixture"
 MIXTURE = "mixture_frontier"
@@ -65,10 +53,6 @@ ENERGY_BUDGETS = (3.0,)
 PROBE_WINDOWS = {"window": 128, "max_windows": 1}
 """The KL sensitivity's single-layer probes are scored on the first 128 tokens of the calibration text (one probe
 per linear layer; c_ℓ is calibrated on calibration data, never on the evaluation windows it is judged on)."""
-TOLERANCE = 1e-9
-KINDS = ("kl", "kl_without_removal", "energy", "uniform")
-"""Row kinds: allocation with the KL sensitivity, the same without ``remove`` in the menu, with the energy
-sensitivity, and a menu option applied to every layer (``spec`` names it)."""
 HATCHES = ("", "////", "....")
 """Hatching of the spending categories of panel (b): none for the palette's first pass, then these."""
 
@@ -93,12 +77,7 @@ def synthetic_mixture(rng: np.random.Generator) -> pd.DataFrame:
                      "kl_to_reference_nats": kl, "base_perplexity": 20.0, "menu": MENU,
                      **synthetic_intervals(rng, kl)})  # fmt: skip
     frame = pd.DataFrame(rows)
-    return frame.assign(**{column: math.nan for column in PAIRED_COLUMNS})
-
-
-PAIRED_COLUMNS = ["paired_kl_difference", "paired_kl_difference_ci_low", "paired_kl_difference_ci_high"]
-"""On a uniform row: KL of the KL allocation of exactly its size minus the uniform option's KL, nats per token,
-with its 95 % paired block-bootstrap interval (same tokens; NaN where no allocation has that size)."""
+    return frame.assign(**{column: math.nan for column in PAIRED_COLUMNS})[COLUMNS]
 
 
 def synthetic_intervals(rng: np.random.Generator, kl: float) -> dict[str, float]:
@@ -113,90 +92,17 @@ def synthetic_intervals(rng: np.random.Generator, kl: float) -> dict[str, float]
             config={"menu": MENU, "budgets": list(BUDGETS), "energy_budgets": list(ENERGY_BUDGETS),
                     "probe": PROBE_WINDOWS, "calibration": CALIBRATION, "evaluation": EVALUATION})  # fmt: skip
 def mixture_frontier(config: Mapping[str, Any], context: ExperimentContext) -> pd.DataFrame:
-    """One row per evaluated model (:data:`KINDS`): bits spent, predicted damage (own units; and predicted KL),
-    Lagrangian lower bound, the split of the weights over the options (JSON), the removed blocks, PPL and KL to the
-    original."""
+    """One row per evaluated model (:data:`measure.studies.mixture_frontier.KINDS`;
+    :func:`measure.studies.mixture_frontier.allocation_frontier_table`): bits spent, predicted damage (own units;
+    and predicted KL), Lagrangian lower bound, the split of the weights over the options (JSON), the removed
+    blocks, PPL and KL to the original."""
 
     loaded = context.model
-    batches = calibration(loaded, config["calibration"])
-    batch_size = config["calibration"]["batch_size"]
-    evaluator = ResidualStreamEvaluator(loaded.model, evaluation_windows(loaded, config["evaluation"]), batch_size)
-    probes = ResidualStreamEvaluator(loaded.model, probe_windows(loaded, config["probe"]), batch_size)
-    base = evaluator.evaluate().perplexity
-    captured = capture(loaded.model, batches)
-    options = parse_menu(config["menu"])
-    measured = measure_menu(loaded.model, batches, captured, options, probes, workers=None, log=context.step,
-                            keep_weights=True)  # fmt: skip
-    kl_per_error = measured.sensitivities["kl"]
-    parameters = measured.bits["parameters"]
-    uniform_bits = {o.text: float((measured.bits[o.text] * parameters).sum() / parameters.sum())
-                    for o in options if o.step is not None}  # fmt: skip
-    plan = [("kl", b) for b in dict.fromkeys([*config["budgets"], *uniform_bits.values()])]
-    plan += [(kind, b) for kind in ("energy", "kl_without_removal") for b in config["energy_budgets"]]
-    plan += [("uniform", spec) for spec in uniform_bits]
-    without_removal = [option for option in options if not option.removes_block]
-
-    seen: dict[tuple[tuple[str, str], ...], Any] = {}
-
-    def scored(table: pd.DataFrame) -> Any:
-        """PPL and KL of the allocation; an allocation already evaluated (same option on every layer, e.g. the
-        menu without ``remove`` when no block goes) is the same model and is not evaluated again."""
-        key = tuple(sorted(zip(table["layer"], table["option"], strict=True)))
-        if key not in seen:
-            pairs, removed = allocation_weights(loaded.model, measured, options, table)
-            with weights_installed(pairs):
-                seen[key] = evaluator.evaluate(removed, start=0)
-        return seen[key]
-
-    rows, results = [], []
-    for kind, target in plan:
-        if kind == "uniform":
-            option = next(o for o in options if o.text == target)
-            chosen = uniform_table(measured.bits, option.text)
-            row = {"spec": target, "budget": uniform_bits[target], "bits_per_weight": uniform_bits[target],
-                   "predicted_damage": uniform_damage(measured.ledger, kl_per_error, option),
-                   "lagrangian_lower_bound": math.nan, "split": json.dumps({target: 1.0}),
-                   "removed_blocks": ""}  # fmt: skip
-            row["predicted_kl_nats"] = row["predicted_damage"]
-        else:
-            menu = without_removal if kind == "kl_without_removal" else options
-            sensitivity = "energy" if kind == "energy" else "kl"
-            allocation = allocate(measured.ledger, measured.bits, menu, measured.sensitivities[sensitivity],
-                                  target, sensitivity, measured.removal.get(sensitivity))  # fmt: skip
-            chosen, summary = allocation.table, allocation.summary
-            kept = chosen[chosen["option"] != REMOVE]
-            removal_kl = float(measured.removal["kl"].reindex(summary["removed_blocks"]).sum())
-            predicted_kl = (kept["relative_error"] * kl_per_error[kept["layer"]].to_numpy()).sum() + removal_kl
-            row = {"spec": "", "budget": float(target), "bits_per_weight": summary["bits_per_weight"],
-                   "predicted_damage": summary["predicted_damage"], "predicted_kl_nats": float(predicted_kl),
-                   "lagrangian_lower_bound": summary["lagrangian_lower_bound"],
-                   "split": json.dumps(budget_split(chosen)),
-                   "removed_blocks": ",".join(map(str, summary["removed_blocks"]))}  # fmt: skip
-        result = scored(chosen)
-        results.append(result)
-        rows.append({"sensitivity": kind, **row, "perplexity": result.perplexity,
-                     "kl_to_reference_nats": result.kl_to_reference_nats, "base_perplexity": base,
-                     "menu": config["menu"], **interval_columns(result)})
-        context.step(f"{kind} {target}: KL {result.kl_to_reference_nats:.4g}")
-    frame = pd.DataFrame(rows).assign(**paired_columns(rows, results))
-    return frame[list(synthetic_mixture(np.random.default_rng(0)).columns)]
-
-
-def paired_columns(rows: list[dict[str, Any]], results: list[Any]) -> dict[str, list[float]]:
-    """:data:`PAIRED_COLUMNS` of every row: on a uniform row, the KL allocation of exactly its size against it."""
-    allocations = [(row["budget"], result) for row, result in zip(rows, results, strict=True)
-                   if row["sensitivity"] == "kl"]  # fmt: skip
-    columns: dict[str, list[float]] = {column: [] for column in PAIRED_COLUMNS}
-    for row, result in zip(rows, results, strict=True):
-        same = [alloc for budget, alloc in allocations if abs(budget - row["bits_per_weight"]) <= TOLERANCE]
-        if row["sensitivity"] != "uniform" or not same:
-            values = [math.nan] * 3
-        else:
-            found = paired_kl_difference(same[0], result)
-            values = [found.mean, found.low, found.high]
-        for column, value in zip(PAIRED_COLUMNS, values, strict=True):
-            columns[column].append(value)
-    return columns
+    return allocation_frontier_table(loaded.model, calibration(loaded, config["calibration"]),
+                                     evaluation_windows(loaded, config["evaluation"]),
+                                     probe_windows(loaded, config["probe"]), config["menu"], config["budgets"],
+                                     config["energy_budgets"], config["calibration"]["batch_size"],
+                                     log=context.step)  # fmt: skip
 
 
 def probe_windows(loaded: Any, config: Mapping[str, Any]) -> Any:

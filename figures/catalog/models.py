@@ -7,7 +7,6 @@ tokens: :data:`CALIBRATION`, :data:`EVALUATION`, :func:`calibration` and :func:`
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -21,16 +20,9 @@ from figures.experiments import ExperimentContext, experiment
 from figures.labels import spec_label
 from figures.registry import Tables, escape_tex, table
 from figures.style import thesis_table
-from measure.capture.statistics import capture
-from measure.compress.apply import apply_spec
 from measure.compress.spec import check_spec_for_model
 from measure.data.calibration import CalibrationProtocol
-from measure.evaluation.lmeval import evaluate_task, resolve_tasks
-from measure.evaluation.perplexity import (
-    INTERVAL_COLUMNS,
-    evaluate_perplexity,
-    interval_columns,
-)
+from measure.evaluation.perplexity import INTERVAL_COLUMNS
 from measure.evaluation.protocols import (
     FIGURES_CALIBRATION,
     FIGURES_EVALUATION,
@@ -38,6 +30,7 @@ from measure.evaluation.protocols import (
     model_calibration,
 )
 from measure.models.architecture import describe, parameter_counts
+from measure.studies.benchmarks import BITS_PER_MB, benchmark_table
 from theory.accounting import BASE_BITS
 
 SECTION = "The models"
@@ -47,7 +40,7 @@ CALIBRATION = {"sequences": FIGURES_CALIBRATION.sequences, "sequence_length": FI
                "batch_size": FIGURES_CALIBRATION.batch_size, "mode": "parallel"}  # fmt: skip
 """Calibration of every model experiment (:data:`measure.evaluation.protocols.FIGURES_CALIBRATION`: the first 8
 windows of 512 tokens of the calibration text, 4096 tokens), compression calibrated on the original model's stream
-(``apply_spec(..., calibration="parallel")``)."""
+(``calibration="parallel"`` of :func:`measure.studies.inputs.original_capture`)."""
 EVALUATION = {"window": FIGURES_EVALUATION.window, "max_windows": FIGURES_EVALUATION.max_windows}
 """Perplexity / KL protocol of every model experiment (:data:`measure.evaluation.protocols.FIGURES_EVALUATION`:
 the first 8 non-overlapping windows of 512 tokens of the held-out evaluation text, 4088 scored tokens without
@@ -60,7 +53,6 @@ BENCHMARK_VARIANTS = ("", "gptq:4:g128", "remove:bi:4")
 BENCHMARK_TASKS = {"csqa": 20}
 """lm-eval task -> --limit. MMLU is 5-shot (about 600 tokens a question): at --limit 1 per subject it costs
 57 questions per variant, over the budget; add ``"mmlu": 1`` here to include it (the table shows a column)."""
-BITS_PER_MB = 8e6
 
 
 def check_specs(loaded: Any, specs: Sequence[str]) -> None:
@@ -90,13 +82,6 @@ def evaluation_windows(loaded: Any, config: Mapping[str, Any]) -> Any:
     (:meth:`measure.evaluation.protocols.EvaluationProtocol.windows`)."""
 
     return EvaluationProtocol(config["window"], config["max_windows"]).windows(loaded)
-
-
-def original_capture(loaded: Any, batches: list, config: Mapping[str, Any]) -> Any:
-    """Grams of the unmodified model on ``batches`` when ``config`` calibrates in parallel (every spec of an
-    experiment then reads them, ``apply_spec(..., captured=...)``, instead of capturing them again), else None."""
-
-    return capture(loaded.model, batches) if config["mode"] == "parallel" else None
 
 
 def describe_protocol(config: Mapping[str, Any]) -> str:
@@ -178,31 +163,6 @@ def synthetic_benchmarks(rng: np.random.Generator) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _variant_metrics(loaded: Any, spec: str, batches: list, windows: Any, tasks: Mapping[str, int],
-                     calibration_mode: str, captured: Any = None) -> list[dict[str, Any]]:  # fmt: skip
-    """Size (bits per original parameter, MB), PPL, KL to the original and task accuracies of one variant."""
-
-    parameters = sum(p.numel() for p in loaded.model.parameters())
-    model, reference, bits = loaded.model, None, 16.0 * parameters
-    if spec:
-        model, reference = copy.deepcopy(loaded.model), loaded.model
-        bits = apply_spec(model, spec, batches, calibration=calibration_mode, captured=captured,
-                          workers=None).size["bits"]  # fmt: skip
-    result = evaluate_perplexity(model, windows, reference)
-    common = {"spec": spec, "bits_per_weight": bits / parameters, "size_mb": bits / BITS_PER_MB,
-              "perplexity": result.perplexity, "kl_to_reference_nats": result.kl_to_reference_nats,
-              **interval_columns(result)}  # fmt: skip
-    rows = []
-    for request in resolve_tasks(tasks):
-        metrics = evaluate_task(model, loaded.tokenizer, request, limit=tasks[request.name],
-                                add_bos=loaded.bos_per_window)  # fmt: skip
-        accuracy = next(row for row in metrics if not row["subtask"] and row["metric"] in ("acc", "acc_micro"))
-        rows.append({**common, "task": request.name, "accuracy": accuracy["value"],
-                     "accuracy_stderr": accuracy["stderr"], "questions": accuracy["n"],
-                     "limit": tasks[request.name]})  # fmt: skip
-    return rows
-
-
 @experiment(
     BENCHMARKS, needs_model=True, synthetic=synthetic_benchmarks, check=spec_check("variants"),
     config={"variants": list(BENCHMARK_VARIANTS), "tasks": BENCHMARK_TASKS, "calibration": CALIBRATION,
@@ -210,17 +170,13 @@ def _variant_metrics(loaded: Any, spec: str, batches: list, windows: Any, tasks:
 )  # fmt: skip
 def compression_benchmarks(config: Mapping[str, Any], context: ExperimentContext) -> pd.DataFrame:
     """Per compression spec (``""`` = the original): size, perplexity, KL to the original and lm-eval accuracy
-    (``acc``; MMLU: micro average over subjects) of each task at its ``--limit``. One row per (spec, task)."""
+    (``acc``; MMLU: micro average over subjects) of each task at its ``--limit``. One row per (spec, task)
+    (:func:`measure.studies.benchmarks.benchmark_table`)."""
     loaded = context.model
     check_specs(loaded, config["variants"])
-    batches = calibration(loaded, config["calibration"])
-    windows = evaluation_windows(loaded, config["evaluation"])
-    captured = original_capture(loaded, batches, config["calibration"])
-    rows = []
-    for spec in config["variants"]:
-        rows += _variant_metrics(loaded, spec, batches, windows, config["tasks"], config["calibration"]["mode"],
-                                 captured)  # fmt: skip
-    return pd.DataFrame(rows)
+    return benchmark_table(loaded, config["variants"], calibration(loaded, config["calibration"]),
+                           evaluation_windows(loaded, config["evaluation"]), config["tasks"],
+                           config["calibration"]["mode"])  # fmt: skip
 
 
 def _benchmarks_caption(tables: Tables, facts: Mapping[str, Any]) -> str:

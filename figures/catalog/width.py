@@ -1,6 +1,6 @@
 """Structured width pruning at equal size with BI block removal and SparseGPT: the ``width_pruning`` table.
 
-The experiment runs :func:`measure.removal.width.width_comparison_table` on the default model: 10, 25 and 50 % of
+The experiment runs :func:`measure.studies.grids.width_pruning_grid` on the default model: 10, 25 and 50 % of
 every MLP's channels and 1 and 2 of its 3 KV groups (each with its 3 query heads: the GQA structure survives),
 each with and without the consumers' refit, beside BI removal of the nearest size and SparseGPT of exactly the
 same size (free mask). Its selections and SparseGPT runs take longer than the ``make figures`` budget on 2 CPU
@@ -18,12 +18,13 @@ import pandas as pd
 from pandas.io.formats.style import Styler
 
 from figures.answers import answer, held_out_scale, indistinguishable, prose
-from figures.catalog.models import calibration, describe_protocol, evaluation_windows, original_capture
+from figures.catalog.models import calibration, describe_protocol, evaluation_windows
 from figures.experiments import ExperimentContext, experiment
 from figures.registry import Tables, escape_tex, table
 from figures.style import thesis_table
-from measure.removal.width import COLUMNS, width_comparison_table
+from measure.removal.width import COLUMNS
 from measure.removal.width_options import AS_REQUESTED, measured_options, width_options_table
+from measure.studies.grids import width_pruning_grid
 
 SECTION = "Structured width pruning"
 WIDTH = "width_pruning"
@@ -59,18 +60,17 @@ def synthetic_width(rng: np.random.Generator) -> pd.DataFrame:
 @experiment(WIDTH, needs_model=True, synthetic=synthetic_width,
             config={"options": list(OPTIONS), "calibration": WIDTH_CALIBRATION, "evaluation": WIDTH_EVALUATION})
 def width_pruning(config: Mapping[str, Any], context: ExperimentContext) -> pd.DataFrame:
-    """:func:`measure.removal.width.width_comparison_table` on the loaded model with ``config``'s options, each as
+    """:func:`measure.studies.grids.width_pruning_grid` on the loaded model with ``config``'s options, each as
     the model takes it (:mod:`measure.removal.width_options`, checked before the calibration batches are read: an
     option left out is reported with its reason and has no rows)."""
     loaded = context.model
     widths = width_options_table(loaded.model, config["options"])
     for row in widths[widths["status"] != AS_REQUESTED].itertuples():
         context.step(f"width option {row.option}: {row.status} ({row.reason})")
-    batches = calibration(loaded, config["calibration"])
-    windows = evaluation_windows(loaded, config["evaluation"])
-    captured = original_capture(loaded, batches, config["calibration"])
-    return width_comparison_table(loaded.model, batches, windows, measured_options(widths), captured,
-                                  config["calibration"]["batch_size"], log=context.step)  # fmt: skip
+    return width_pruning_grid(loaded.model, calibration(loaded, config["calibration"]),
+                              evaluation_windows(loaded, config["evaluation"]), measured_options(widths),
+                              config["calibration"]["mode"], config["calibration"]["batch_size"],
+                              log=context.step)  # fmt: skip
 
 
 METHOD_NAMES = {"remove:bi": "BI removal", "sparsegpt": "SparseGPT (free mask)"}

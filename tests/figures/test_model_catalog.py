@@ -171,15 +171,6 @@ def test_frontier_plots_every_point_at_its_bits_per_weight_in_both_panels():
     assert ppl.get_ylabel() == "perplexity" and kl.get_ylabel() == "KL (nats/token)"
 
 
-@pytest.mark.parametrize(("spec", "method", "family"), [
-    ("gptq:4:g128", "gptq", "quantization"), ("sparsegpt:0.5", "sparsegpt", "pruning"),
-    ("sparsegpt:0.5+gptq:4:g128", "sparsegpt+gptq", "joint"),
-])
-def test_spec_method_and_family(spec, method, family):
-    assert frontier.spec_method(spec) == method
-    assert frontier.spec_family(spec) == family
-
-
 def test_benchmark_table_has_one_row_per_configuration_and_one_accuracy_column_per_task(tmp_path):
     tables = synthetic_tables(("compression_benchmarks",))
     frame = tables["compression_benchmarks"]

@@ -163,8 +163,7 @@ def test_the_width_comparison_reports_an_option_left_out_before_calibration_and_
     calls: list = []
     monkeypatch.setattr(width_catalog, "calibration", lambda loaded, config: calls.append("calibration") or [])
     monkeypatch.setattr(width_catalog, "evaluation_windows", lambda loaded, config: None)
-    monkeypatch.setattr(width_catalog, "original_capture", lambda loaded, batches, config: None)
-    monkeypatch.setattr(width_catalog, "width_comparison_table",
+    monkeypatch.setattr(width_catalog, "width_pruning_grid",
                         lambda model, batches, windows, options, *args, **kwargs: calls.append(list(options)))
     model = tiny_model("gemma3", num_attention_heads=4, num_key_value_heads=1, head_dim=8)
     config = {**EXPERIMENTS["width_pruning"].config, "options": ["mlp=0.1", "heads=0.34", "heads=0.67"]}
