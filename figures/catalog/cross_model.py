@@ -26,20 +26,11 @@ import pandas as pd
 from matplotlib.figure import Figure
 from pandas.io.formats.style import Styler
 
-from figures.catalog.removal import (
-    ANSWER_LEVEL,
-    ANSWER_SERIES,
-    SERIES_CODES,
-    SERIES_NAMES,
-    STUDY,
-    VIEW_CODES,
-    study_part,
-)
-from figures.catalog.removal import _bits_text as bits_text
-from figures.catalog.removal import _cell as cell
+from figures.catalog.removal import ANSWER_LEVEL, ANSWER_SERIES, STUDY, study_part
 from figures.experiments import MODEL_FREE_DIR
 from figures.layout import CROSS_MODEL_DIR
 from figures.registry import Artifact, Tables, escape_tex
+from figures.removal_cells import SERIES_CODES, SERIES_NAMES, VIEW_CODES, equivalent_bits_cell, method_db_cell
 from figures.render import render_artifact
 from figures.style import MARKERS, OKABE_ITO, new_figure, thesis_table
 from measure.records.store import read_provenance, read_table
@@ -107,7 +98,7 @@ def _equivalent(row: pd.Series) -> str:
                if f"equivalent_bits_{s}" in row.index and pd.notna(row[f"equivalent_bits_{s}"])]  # fmt: skip
     reached = [s for s in present if str(row.get(f"equivalent_bits_{s}_censored", "")) in ("", "nan", "<NA>")]
     series = (reached or present or [None])[0]
-    return "–" if series is None else f"{bits_text(row, series)} {SERIES_CODES.get(series, series)}"
+    return "–" if series is None else f"{equivalent_bits_cell(row, series)} {SERIES_CODES.get(series, series)}"
 
 
 def answer_by_model(tables: Tables) -> pd.DataFrame:
@@ -119,7 +110,8 @@ def answer_by_model(tables: Tables) -> pd.DataFrame:
         for _, row in _answer_level_rows(frame).iterrows():
             rows.append({"model": model, "view": VIEW_CODES.get(row["view"], row["view"]),
                          "removed": f"{int(row['removed'])}/{blocks}", "bits_per_weight": row["bits_per_weight"],
-                         "removal_db": row["removal_db"], "best": cell(row, "best"), "worst": cell(row, "worst"),
+                         "removal_db": row["removal_db"], "best": method_db_cell(row, "best"),
+                         "worst": method_db_cell(row, "worst"),
                          "equivalent": _equivalent(row)})  # fmt: skip
     columns = ["model", "view", "removed", "bits_per_weight", "removal_db", "best", "worst", "equivalent"]
     return pd.DataFrame(rows, columns=columns)

@@ -31,6 +31,7 @@ from figures.answers import answer, held_out_scale, interval_verdict, prose
 from figures.catalog.models import CALIBRATION, EVALUATION, calibration, describe_protocol, evaluation_windows
 from figures.experiments import ExperimentContext, experiment
 from figures.registry import Tables, escape_tex, figure, table
+from figures.removal_cells import SERIES_CODES, SERIES_NAMES, VIEW_CODES, equivalent_bits_cell, method_db_cell
 from figures.style import OKABE_ITO, interval_bars, line_kwargs, method_legend, new_figure, thesis_table
 from figures.ticks import sparse_log_minor_labels
 from measure.evaluation.perplexity import INTERVAL_COLUMNS
@@ -304,13 +305,8 @@ VIEW_AXES = {
     "layer_energy": "rel. output error", "layer_parameters": "rel. output error",
     "block": "error / update energy", "end_to_end": "KL (nats/token)",
 }  # fmt: skip
-VIEW_CODES = {"layer_energy": "LE", "layer_parameters": "LP", "block": "B", "end_to_end": "E2E"}
-"""Short names of the views in the answer table (defined in its caption), so that it fits the text width."""
 TABLE_ORDERINGS = ("bi", "angular")
 TABLE_LEVELS = (1, 2, 4, 8)
-SERIES_CODES = {"rtn_g128": "R", "gptq_g128": "G", "rtn_channel": "Rc", "gptq_channel": "Gc", "magnitude": "M",
-                "sparsegpt": "S", "wanda": "W"}  # fmt: skip
-"""Short codes of the series in the answer table (defined in its caption)."""
 ANSWER_LEVEL = 4
 """The removal level the one-sentence answer speaks of (the largest level present when fewer were run)."""
 
@@ -443,9 +439,6 @@ def _answer_sentence(answer: pd.DataFrame) -> str:
             f"16-bit base) makes the error of {', of '.join(parts)}.{tail}")  # fmt: skip
 
 
-SERIES_NAMES = {"gptq_g128": "GPTQ (g128)", "gptq_channel": "GPTQ (per channel)", "rtn_g128": "RTN (g128)",
-                "rtn_channel": "RTN (per channel)", "magnitude": "magnitude pruning", "sparsegpt": "SparseGPT",
-                "wanda": "Wanda"}  # fmt: skip
 VIEW_PROSE = {"layer_energy": "in the energy-weighted layer view", "layer_parameters":
               "in the parameter-weighted layer view", "block": "in the block view", "end_to_end": "end to end"}
 
@@ -455,15 +448,6 @@ def _bits_prose(row: pd.Series, series: str) -> str:
     censored = str(row.get(f"equivalent_bits_{series}_censored", ""))
     prefix = {"below": "fewer than ", "above": "more than "}.get(censored, "")
     return f"{prefix}{row[f'equivalent_bits_{series}']:.1f}-bit"
-
-
-def _bits_text(row: pd.Series, series: str) -> str:
-    """An equivalent-bits cell: the value, or "< x" / "> x" when censored at the curve's end x."""
-    bits, censored = row[f"equivalent_bits_{series}"], row.get(f"equivalent_bits_{series}_censored", "")
-    if pd.isna(bits):
-        return "–"
-    prefix = {"below": "<", "above": ">"}.get(str(censored), "")
-    return f"{prefix}{bits:.1f}"
 
 
 @answer(SECTION, needs=(STUDY,), question="Remove whole blocks, or compress every block to the same size?")
@@ -611,14 +595,6 @@ def removal_vs_bounds(tables: Tables) -> Figure:
     return fig
 
 
-def _cell(row: pd.Series, which: str) -> str:
-    """A "dB code" cell of the best or worst method at b(f)."""
-    series, value = row.get(f"{which}_series"), row.get(f"{which}_db")
-    if pd.isna(value):
-        return "–"
-    return f"{value:.1f} {SERIES_CODES.get(str(series), str(series))}"
-
-
 def answer_display(answer: pd.DataFrame) -> pd.DataFrame:
     """The rows and cells of the ``removal_verdicts`` table: free-mask rows of :data:`TABLE_ORDERINGS` at
     :data:`TABLE_LEVELS`, with the worst method and the pruner's equivalent bits under the entropy-coded mask."""
@@ -634,11 +610,12 @@ def answer_display(answer: pd.DataFrame) -> pd.DataFrame:
         key = tuple(row[k] for k in keys)
         shown = {"view": VIEW_CODES[row["view"]], "ordering": row["ordering"],
                  "removed": int(row["removed"]), "bits_per_weight": row["bits_per_weight"],
-                 "removal_db": row["removal_db"], "best": _cell(row, "best"), "worst": _cell(row, "worst"),
-                 "worst_entropy": _cell(entropy.loc[key], "worst") if key in entropy.index else "–",
+                 "removal_db": row["removal_db"], "best": method_db_cell(row, "best"),
+                 "worst": method_db_cell(row, "worst"),
+                 "worst_entropy": method_db_cell(entropy.loc[key], "worst") if key in entropy.index else "–",
                  "rd_db": row["rd_db"]}  # fmt: skip
         for series in measured:
-            shown[f"eq_{series}"] = _bits_text(row, series)
+            shown[f"eq_{series}"] = equivalent_bits_cell(row, series)
         rows.append(shown)
     return pd.DataFrame(rows)
 
