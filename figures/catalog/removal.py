@@ -36,12 +36,13 @@ from figures.style import OKABE_ITO, interval_bars, line_kwargs, method_legend, 
 from figures.ticks import sparse_log_minor_labels
 from measure.evaluation.perplexity import INTERVAL_COLUMNS
 from measure.removal.answer import answer_table, end_to_end_table
+from measure.removal.stacked import STUDY_TABLE, stack_parts, stacked_study, study_part
 from measure.removal.study import StudySettings, check_for_model, propagation_correlation, run_study
 from measure.removal.terms import POINT_COLUMNS
 from measure.removal.views import LOCAL_VIEWS
 
 SECTION = "Layer removal against the bounds"
-STUDY = "removal_study"
+STUDY = STUDY_TABLE
 PARTS = ("width_options", "units", "angular", "single_units", "layers", "blocks", "layer_rd", "levels", "points",
          "answer", "end_to_end", "base", "view_shares")
 SETTINGS = {
@@ -75,27 +76,9 @@ IMPORTANCE_SERIES = {
     "attention": ("attention drop score", OKABE_ITO["bluish_green"], "^"),
     "mlp": ("MLP drop score", OKABE_ITO["vermillion"], "v"),
 }
-def study_part(frame: pd.DataFrame, part: str) -> pd.DataFrame:
-    """Rows of the stacked study table that belong to ``part``, without the columns other parts use."""
-    rows = frame[frame["table"] == part].drop(columns="table").dropna(axis=1, how="all")
-    return rows.reset_index(drop=True)
-
-
 def study_parts(tables: Tables, *parts: str) -> tuple[pd.DataFrame, ...]:
     """The named parts (:func:`study_part`) of the study's stacked table in ``tables``, in the order named."""
     return tuple(study_part(tables[STUDY], part) for part in parts)
-
-
-def stack_parts(parts: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
-    """The study's tables as one frame with a ``table`` column; mixed object columns become numbers or strings
-    so that parquet can store them."""
-    stacked = pd.concat([part.assign(table=name) for name, part in parts.items()], ignore_index=True)
-    for column in stacked.columns[stacked.dtypes.map(pd.api.types.is_object_dtype)]:
-        try:
-            stacked[column] = pd.to_numeric(stacked[column])
-        except (TypeError, ValueError):
-            stacked[column] = stacked[column].astype("string")
-    return stacked
 
 
 def _synthetic_levels(rng: np.random.Generator, blocks: int, influence: np.ndarray) -> pd.DataFrame:
@@ -239,7 +222,8 @@ def check_study(config: Mapping[str, Any], context: ExperimentContext) -> None:
             config={"calibration": CALIBRATION, "evaluation": EVALUATION, "settings": SETTINGS})  # fmt: skip
 def removal_study(config: Mapping[str, Any], context: ExperimentContext) -> pd.DataFrame:
     """:func:`measure.removal.study.run_study` on the loaded model with ``config["settings"]``, its tables
-    stacked (:func:`stack_parts`) plus a ``base`` part holding the original model's perplexity. The settings are
+    stacked with a ``base`` part holding the original model's perplexity
+    (:func:`measure.removal.stacked.stacked_study`, the shape ``pvq remove --study`` writes too). The settings are
     checked against the model (:func:`check_study`) before the calibration batches are read."""
 
     check_study(config, context)
@@ -249,17 +233,7 @@ def removal_study(config: Mapping[str, Any], context: ExperimentContext) -> pd.D
     study = run_study(loaded.model, calibration(loaded, config["calibration"]),
                       evaluation_windows(loaded, config["evaluation"]), study_settings(config["settings"]),
                       log=context.step, stored_bits=stored_bits)  # fmt: skip
-    base = {**study.summary["base"], **stored_columns(stored)}
-    return stack_parts({**study.tables, "base": pd.DataFrame([base])})
-
-
-def stored_columns(stored: Any) -> dict[str, float]:
-    """The model's stored size (:class:`measure.models.stored_size.StoredSize`) as columns of the ``base`` part:
-    ``stored_bits_per_decoder_parameter`` and ``stored_bits_per_linear_weight`` (NaN when not known)."""
-    if stored is None:
-        return {"stored_bits_per_decoder_parameter": np.nan, "stored_bits_per_linear_weight": np.nan}
-    return {"stored_bits_per_decoder_parameter": float(stored.bits_per_decoder_parameter),
-            "stored_bits_per_linear_weight": float(stored.bits_per_linear_weight)}  # fmt: skip
+    return stacked_study(study, stored)
 
 
 def _settings_text(facts: Mapping[str, Any]) -> str:

@@ -9,9 +9,10 @@ Examples::
     pvq remove --model smollm2-135m --study --out results/removal             # the whole study
 
 A removal prints the metric's ranking and writes, with ``--out``, a checkpoint that plain ``from_pretrained``
-loads (plus ``pvq_removal.json``). ``--study`` writes the tables of :func:`measure.removal.study.run_study` as
-``OUT/<table>.parquet`` with provenance sidecars (each as soon as it is final), ``OUT/summary.json``, and prints
-the summaries.
+loads (plus ``pvq_removal.json``). ``--study`` writes the tables of :func:`measure.removal.study.run_study`
+stacked in ``OUT/removal_study.parquet`` with its provenance sidecar (rewritten as each table becomes final; at
+the end with the ``base`` part, the shape ``pvq figures`` stores: :mod:`measure.removal.stacked`, a part read back
+with :func:`measure.removal.stacked.study_part`), ``OUT/summary.json``, and prints the summaries.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from measure.models.defaults import DEFAULT_MODEL
 from measure.records.atomic import write_text_atomic
 from measure.records.provenance import collect
 from measure.records.store import write_table
+from measure.removal.stacked import STUDY_TABLE, stack_parts, stacked_study
 from measure.removal.study import StudySettings, check_for_model, check_settings, run_study, unit_table
 from pvq.commands.common import (
     add_calibration_arguments,
@@ -199,13 +201,17 @@ def _study(args: argparse.Namespace, loaded: Any) -> int:
         settings=asdict(settings), torch_threads=torch.get_num_threads(),
     )  # fmt: skip
     out = Path(args.out or DEFAULT_STUDY_OUT)
+    path = out / f"{STUDY_TABLE}.parquet"
+    parts: dict[str, pd.DataFrame] = {}
 
     def write(name: str, table: pd.DataFrame) -> None:
-        write_table(table, out / f"{name}.parquet", {**provenance, "table": name})
+        parts[name] = table
+        write_table(stack_parts(parts), path, {**provenance, "parts": list(parts)})
 
     stored = None if loaded.stored_size is None else loaded.stored_size.bits_per_decoder_parameter
     study = run_study(loaded.model, batches, windows, settings, log=lambda text: print(text, flush=True),
                       on_table=write, stored_bits=stored)  # fmt: skip
+    write_table(stacked_study(study, loaded.stored_size), path, {**provenance, "parts": [*study.tables, "base"]})
     write_text_atomic(out / "summary.json", json.dumps({**provenance, "summary": study.summary}, indent=2))
     with pd.option_context("display.width", 200, "display.max_rows", 400, "display.max_columns", 30):
         _print_summary(study)

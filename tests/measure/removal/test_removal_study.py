@@ -23,6 +23,7 @@ from measure.evaluation.residual import ResidualStreamEvaluator, first_windows
 from measure.models.architecture import describe
 from measure.removal.answer import answer_table
 from measure.removal.equal_size import MAX_BRACKET_BITS, SIZE_TOLERANCE
+from measure.removal.stacked import study_part
 from measure.removal.study import StudySettings, check_settings, propagation_correlation, run_study
 from theory.errors import PvqError
 
@@ -273,7 +274,7 @@ def tiny_source(tmp_path, monkeypatch: pytest.MonkeyPatch):
     return source
 
 
-def test_pvq_remove_study_writes_every_table(tmp_path, tiny_source, capsys) -> None:
+def test_pvq_remove_study_writes_every_table_stacked_as_the_figures_do(tmp_path, tiny_source, capsys) -> None:
     from measure.records.store import read_provenance, read_table
     from pvq.cli import main
 
@@ -283,10 +284,14 @@ def test_pvq_remove_study_writes_every_table(tmp_path, tiny_source, capsys) -> N
                  "24", "--eval-windows", "2", "--window", "32", "--max-removed", "1", "--probe-windows", "1",
                  "--batch-size", "2", "--bits", "2,3,4", "--pruner", "magnitude"]) == 0  # fmt: skip
     names = {"width_options", "units", "angular", "single_units", "layers", "blocks", "layer_rd", "levels",
-             "points", "answer", "end_to_end", "view_shares"}
-    assert {path.stem for path in out.glob("*.parquet")} == names
-    assert len(read_table(out / "levels.parquet")) == 4
-    assert read_provenance(out / "levels.parquet")["settings"]["max_removed"] == 1
+             "points", "answer", "end_to_end", "view_shares", "base"}
+    assert [path.name for path in out.glob("*.parquet")] == ["removal_study.parquet"]
+    stacked = read_table(out / "removal_study.parquet")
+    assert set(stacked["table"]) == names - {"width_options"}  # no width asked: the part has no rows
+    assert len(study_part(stacked, "levels")) == 4
+    assert "perplexity" in study_part(stacked, "base")
+    provenance = read_provenance(out / "removal_study.parquet")
+    assert provenance["settings"]["max_removed"] == 1 and set(provenance["parts"]) == names
     printed = capsys.readouterr().out
     assert "Block Influence ranking" in printed and "exactly equal size" in printed
 
