@@ -26,7 +26,7 @@ from figures.experiments import ExperimentContext, experiment
 from figures.registry import Caption, Tables, escape_tex, figure, table
 from figures.style import FAMILY_LINESTYLE, OKABE_ITO, new_figure, thesis_table
 from measure.bounds import BOOTSTRAP_RESAMPLES, INTERVAL_LEVEL, REFERENCE, bounds_for_model
-from measure.models.architecture import describe
+from measure.studies.layers import sweep_layers
 
 SECTION = "Exact per-layer bounds"
 SWEEP = "layer_bounds_sweep"
@@ -72,12 +72,6 @@ GAPS = {
 PANEL_COLUMNS = 2
 DODGE = 0.025
 """Horizontal offset (bits) between neighbouring series, so that their error bars do not hide each other."""
-
-
-def sweep_blocks(count: int, positions: list[str]) -> list[int]:
-    """Block indices of ``positions`` ("first", "middle", "last") in a model of ``count`` blocks."""
-    where = {"first": 0, "middle": (count - 1) // 2, "last": count - 1}
-    return sorted({where[position] for position in positions})
 
 
 def _synthetic_methods(rng: np.random.Generator, bits: int) -> list[tuple[str, str, str, float, float]]:
@@ -127,15 +121,12 @@ def layer_bounds_sweep(config: Mapping[str, Any], context: ExperimentContext) ->
     ``pvq bounds`` reports per-method times)."""
 
     loaded = context.model
-    arch = describe(loaded.model)
-    blocks = [arch.blocks[index] for index in sweep_blocks(len(arch.blocks), config["positions"])]
-    refs = [ref for block in blocks for ref in block.linears
-            if ref.role in config["roles"] and ref.expert_index is None]  # fmt: skip
+    layers = sweep_layers(loaded.model, config["positions"], config["roles"])
     return bounds_for_model(
-        loaded, [ref.name for ref in refs], config["bits"], opt_dim=config["opt_dim"], rows=config["rows"],
+        loaded, [name for name, _ in layers], config["bits"], opt_dim=config["opt_dim"], rows=config["rows"],
         max_chunks=config["max_chunks"], sdp_bits=config["sdp_bits"], sequences=config["sequences"],
         sequence_length=config["sequence_length"], time_limit=config["time_limit"], seed=context.seed,
-        sdp_layers=[ref.name for ref in refs if ref.role in config["sdp_roles"]],
+        sdp_layers=[name for name, role in layers if role in config["sdp_roles"]],
     ).drop(columns="seconds")
 
 

@@ -29,8 +29,8 @@ from measure.evaluation.protocols import (
     EvaluationProtocol,
     model_calibration,
 )
-from measure.models.architecture import describe, parameter_counts
 from measure.studies.benchmarks import BITS_PER_MB, benchmark_table
+from measure.studies.layers import parameter_summary
 from theory.accounting import BASE_BITS
 
 SECTION = "The models"
@@ -106,26 +106,10 @@ def synthetic_summary(rng: np.random.Generator) -> pd.DataFrame:
 
 @experiment(SUMMARY, config={}, synthetic=synthetic_summary, needs_model=True)
 def model_summary(config: Mapping[str, Any], context: ExperimentContext) -> pd.DataFrame:
-    """Parameters by part (:func:`measure.models.architecture.parameter_counts`: embeddings, attention, MLP, norms,
+    """Parameters by part (:func:`measure.studies.layers.parameter_summary`: embeddings, attention, MLP, norms,
     final norm, untied LM head, total), with the number of blocks, block linear layers and the hidden size."""
 
-    arch = describe(context.model.model)
-    counts = parameter_counts(arch)
-    blocks = range(len(arch.blocks))
-    parts = {
-        "embeddings": counts["embeddings"],
-        "attention": sum(counts[f"block.{i}.attention"] for i in blocks),
-        "mlp": sum(counts[f"block.{i}.mlp"] for i in blocks),
-        "norms": sum(counts[f"block.{i}.other"] for i in blocks),
-        "final_norm": counts["final_norm"],
-        "lm_head": counts["lm_head"],
-        "other": counts["other"],
-        "total": counts["total"],
-    }
-    frame = pd.DataFrame({"part": list(parts), "parameters": list(parts.values())})
-    frame["share_pct"] = 100 * frame["parameters"] / counts["total"]
-    hidden = arch.linears[0].in_features
-    return frame.assign(blocks=len(arch.blocks), linear_layers=len(arch.linears), hidden_size=hidden)
+    return parameter_summary(context.model.model)
 
 
 def _summary_caption(tables: Tables, facts: Mapping[str, Any]) -> str:
