@@ -14,7 +14,7 @@ import pytest
 
 from measure.records import code_version as versions
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 TOY_TREE = {
     "toyproj/__init__.py": "",

@@ -22,7 +22,7 @@ from measure.records.store import read_table, write_table
 from theory.formats import FORMATS
 
 ARTIFACTS = load_catalog()
-README = Path(__file__).resolve().parents[2] / "paper" / "README.md"
+README = Path(__file__).resolve().parents[3] / "paper" / "README.md"
 
 
 @pytest.mark.parametrize("name", list(ARTIFACTS))
