@@ -131,7 +131,9 @@ def perplexity_vs_size(tables: Tables) -> Figure:
     base = float(tables[FRONTIER]["base_perplexity"].iloc[0])
     fig, (ppl, kl) = new_figure(ncols=2, height_ratio=0.6)
     for series in method_order(points["series"]):
-        rows = points[points["series"] == series].sort_values("bits_per_weight")
+        rows = points[(points["series"] == series) & points["perplexity"].notna()].sort_values("bits_per_weight")
+        if rows.empty:  # measured in the local views only (e.g. the random removal order): no legend entry
+            continue
         kwargs = line_kwargs(series, rows["family"].iloc[0])
         if len(rows) == 1:
             kwargs["linestyle"] = "none"

@@ -199,3 +199,17 @@ def test_an_accuracy_difference_inside_two_standard_errors_is_not_called_a_diffe
     text = accuracy_differences(frame)
     assert "gptq:4:g128 on csqa: -5.0 points ($\\pm$14.1 at two standard errors, indistinguishable)" in text
     assert "remove:bi:4 on csqa: -30.0 points" in text and "lower)" in text
+
+
+def test_a_series_measured_in_the_local_views_only_gets_no_legend_entry_on_the_perplexity_figure():
+    """The random removal order is evaluated in the local views only (no perplexity): a legend entry for it would
+    name points the figure does not draw."""
+    from figures.registry import ARTIFACTS
+
+    tables = synthetic_tables(ARTIFACTS["perplexity_vs_size"].needs)
+    stacked = tables[removal.STUDY]
+    local_only = (stacked["table"] == "end_to_end") & (stacked["method"] == "bi")
+    tables[removal.STUDY] = stacked.assign(perplexity=stacked["perplexity"].mask(local_only))
+    figure = draw(ARTIFACTS["perplexity_vs_size"], tables)
+    labels = [text.get_text() for legend in figure.legends for text in legend.get_texts()]
+    assert "Removal (BI, ShortGPT)" not in labels and "Removal (angular)" in labels
