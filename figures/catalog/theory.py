@@ -182,6 +182,8 @@ def gaussian_sqnr_vs_bits(tables: Tables) -> Figure:
         rows = frame[frame["series"] == name]
         _plot_series(ax, name, rows, label_side=-1 if labelled % 2 == 0 else 1)
         labelled += int(not rows["bits_per_weight"].is_unique)
+    left, right = ax.get_xlim()
+    ax.set_xlim(left, right + 0.12 * (right - left))  # room for the labels right of the largest formats
     ax.set_xlabel("Size [bits per weight, incl. overhead]")
     ax.set_ylabel("SQNR [dB]")
     method_legend(ax)
