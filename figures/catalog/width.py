@@ -22,6 +22,8 @@ from figures.catalog.models import calibration, describe_protocol, evaluation_wi
 from figures.experiments import ExperimentContext, experiment
 from figures.registry import Tables, escape_tex, table
 from figures.style import thesis_table
+from measure.removal.stacked import STUDY_TABLE as STUDY
+from measure.removal.stacked import study_part
 from measure.removal.width import COLUMNS
 from measure.removal.width_options import AS_REQUESTED, measured_options, width_options_table
 from measure.studies.grids import width_pruning_grid
@@ -143,10 +145,6 @@ def width_against_depth(frame: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-@answer(SECTION, needs=(WIDTH,), question="Narrower layers, or fewer blocks?",
-        missing="Not measured in the default run: its calibrated selections and SparseGPT runs exceed the time "
-                "the default run is sized for; the command pvq figures -{}-only width\\_pruning measures it and "
-                "states the answer here.")  # fmt: skip
 def width_answer(tables: Tables) -> str:
     """Width against depth in plain words: per width option, the narrower model against BI removal of the nearest
     size (:func:`width_against_depth`), each KL with its interval, and how many options each wins."""
@@ -168,6 +166,75 @@ def width_answer(tables: Tables) -> str:
         f"{indistinguishable(tokens)} for {int(counts.get('indistinguishable', 0))}, judged by the extra KL to "
         f"the original and called only where the two 95 \\% intervals do not overlap ({held_out_scale(tokens)}). "
         f"Measured: {details}."
+    )
+
+
+def width_against_depth_in_study(study: pd.DataFrame) -> pd.DataFrame:
+    """Per width option the removal study evaluates end to end (``width`` family): the nearest BI block removals
+    evaluated end to end that remove at most (``below_*``) and at least (``above_*``) its share of the decoder,
+    each KL [nats/token] with its 95 % interval, and the ``outcome`` for the narrower model by dominance, which
+    needs no interpolation between sizes: ``less`` damage when it removes at least as much as some BI removal and
+    its KL interval lies wholly below that removal's, ``more`` when some BI removal removes at least as much and
+    lies wholly below it, else ``unresolved`` (the two removals bracket it and neither dominates)."""
+    rows = study_part(study, "end_to_end")
+    rows = rows[rows["kl_to_reference_nats"].notna()]
+    low, high = "error_ci_low", "error_ci_high"
+    bi = rows[(rows["family"] == "removal") & (rows["method"] == "bi")].sort_values("removed_fraction")
+    found = []
+    for width in rows[rows["family"] == "width"].itertuples():
+        fraction, width_low, width_high = width.removed_fraction, getattr(width, low), getattr(width, high)
+        below = bi[bi["removed_fraction"] <= fraction]
+        above = bi[bi["removed_fraction"] >= fraction]
+        less = bool((below[low] > width_high).any())
+        more = bool((above[high] < width_low).any())
+        outcome = "less" if less and not more else "more" if more and not less else "unresolved"
+        row = {"option": str(width.spec).removeprefix("shrink:"), "removed_fraction": fraction,
+               "kl": width.kl_to_reference_nats, "low": width_low, "high": width_high, "outcome": outcome,
+               "tokens": width.tokens}  # fmt: skip
+        for side, chosen in (("below", below.tail(1)), ("above", above.head(1))):
+            pick = chosen.iloc[0] if len(chosen) else None
+            row |= {f"{side}_{key}": (np.nan if pick is None else pick[column]) for key, column in
+                    (("blocks", "removed"), ("fraction", "removed_fraction"), ("kl", "kl_to_reference_nats"),
+                     ("low", low), ("high", high))}  # fmt: skip
+        found.append(row)
+    return pd.DataFrame(found)
+
+
+def _removal_words(row: Any, side: str) -> str:
+    blocks = getattr(row, f"{side}_blocks")
+    if pd.isna(blocks):
+        return ""
+    kl, low, high = (getattr(row, f"{side}_{key}") for key in ("kl", "low", "high"))
+    count = f"{int(blocks)} block" + ("" if int(blocks) == 1 else "s")
+    return f"{count} ({100 * getattr(row, f'{side}_fraction'):.1f} \\%): {kl:.3f} ({low:.3f} to {high:.3f})"
+
+
+@answer(SECTION, needs=(STUDY,), question="Narrower layers, or fewer blocks?")
+def width_depth_answer(tables: Tables) -> str:
+    """Width against depth from the default run: the removal study's width options (fewer KV groups; fewer MLP
+    channels, Wanda score, refit) against the BI block removals evaluated end to end around their size
+    (:func:`width_against_depth_in_study`), called by dominance only."""
+    compared = width_against_depth_in_study(tables[STUDY])
+    if compared.empty:
+        return "The default run evaluated no width option end to end, so this question has no answer here."
+    tokens = compared["tokens"].iloc[0]
+    counts = compared["outcome"].value_counts()
+    less, more, unresolved = (int(counts.get(key, 0)) for key in ("less", "more", "unresolved"))
+    lead = ("Narrower layers" if less and not more and not unresolved else
+            "Fewer blocks" if more and not less and not unresolved else
+            "Not resolved at the sizes measured" if not less and not more else
+            "It depends on the option")  # fmt: skip
+    details = "; ".join(
+        f"removing {option_words(row.option)} ({100 * row.removed_fraction:.1f} \\% of the decoder): "
+        f"{row.kl:.3f} nats/token ({row.low:.3f} to {row.high:.3f}), against BI removal of "
+        + " and ".join(text for text in (_removal_words(row, "below"), _removal_words(row, "above")) if text)
+        for row in compared.itertuples())  # fmt: skip
+    return (
+        f"{lead}: of {len(compared)} ways of making every block narrower, {less} damage the model less than "
+        "removing whole blocks that take out no more of it, "
+        f"{more} damage it more than removing blocks that take out at least as much, and {unresolved} lie between "
+        "the two nearest block removals without either dominating (extra KL to the original, 95 \\% intervals "
+        f"that do not overlap; {held_out_scale(tokens)}). Measured: {details}."
     )
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 
 import numpy as np
+import pandas as pd
 
 from figures.answers import ANSWERS, PROSE, interval_verdict, section_paragraphs, stated_answers
 from figures.catalog import bounds, frontier, mixture, models, removal, theory, weights, width
@@ -199,12 +200,59 @@ def test_the_plain_answers_state_only_numbers_recomputed_from_their_tables() -> 
     assert_every_number_is(removal.removal_answer(tables), expected)
 
 
-def test_the_opt_in_width_answer_says_how_to_measure_it_while_its_table_is_missing() -> None:
+def test_every_question_has_an_answer_from_the_default_run_even_without_the_opt_in_width_table() -> None:
     tables = all_tables()
     del tables[width.WIDTH]
     stated = dict(stated_answers(tables))
     assert len(stated) == len(ANSWERS) >= 4
-    assert "width\\_pruning" in stated[ANSWERS[width.SECTION].question]
+    assert "Measured: removing" in stated[ANSWERS[width.SECTION].question]
+
+
+def _study_end_to_end(rows: list[tuple]) -> pd.DataFrame:
+    """A stacked removal study holding only an end_to_end part: (family, method, spec, removed fraction, blocks
+    removed, KL, interval low, interval high)."""
+    frame = pd.DataFrame(rows, columns=["family", "method", "spec", "removed_fraction", "removed",
+                                        "kl_to_reference_nats", "error_ci_low", "error_ci_high"])  # fmt: skip
+    return frame.assign(table="end_to_end", tokens=4088.0)
+
+
+def test_width_against_depth_is_called_by_dominance_only() -> None:
+    """A narrower model that removes as much as a BI removal and lies wholly below it damages less; one that a BI
+    removal of at least its size lies wholly below damages more; one bracketed by both is unresolved."""
+    study = _study_end_to_end([
+        ("removal", "bi", "remove:blocks=1", 0.1, 1, 0.2, 0.18, 0.22),
+        ("removal", "bi", "remove:blocks=1,2", 0.2, 2, 0.5, 0.45, 0.55),
+        ("removal", "angular", "remove:blocks=3", 0.1, 1, 0.01, 0.009, 0.011),  # another ordering: not compared
+        ("width", "shrink_a", "shrink:mlp=0.25", 0.15, np.nan, 0.10, 0.09, 0.11),
+        ("width", "shrink_b", "shrink:mlp=0.5", 0.15, np.nan, 0.90, 0.80, 1.00),
+        ("width", "shrink_c", "shrink:heads=0.34", 0.15, np.nan, 0.35, 0.30, 0.40),
+    ])  # fmt: skip
+    compared = width.width_against_depth_in_study(study)
+    assert compared["outcome"].tolist() == ["less", "more", "unresolved"]
+    assert compared[["below_blocks", "above_blocks"]].to_numpy().tolist() == [[1, 2]] * 3
+    text = width.width_depth_answer({width.STUDY: study})
+    assert text.startswith("It depends on the option: of 3 ways")
+    expected = {"3", "1", "4088", "2", "25", "50", "34", "15.0", "10.0", "20.0",
+                *(f"{value:.3f}" for value in (0.2, 0.18, 0.22, 0.5, 0.45, 0.55, 0.1, 0.09, 0.11, 0.9, 0.8, 1.0,
+                                               0.35, 0.3, 0.4))}  # fmt: skip
+    assert_every_number_is(text, expected)
+
+
+def test_the_width_depth_answer_states_only_numbers_recomputed_from_the_study() -> None:
+    tables = all_tables()
+    compared = width.width_against_depth_in_study(tables[width.STUDY])
+    expected = {str(len(compared)), str(int(compared["tokens"].iloc[0]))}
+    expected |= {str(int((compared["outcome"] == o).sum())) for o in ("less", "more", "unresolved")}
+    for row in compared.itertuples():
+        expected |= {f"{100 * float(row.option.split(':')[0].split('=')[1]):.0f}",
+                     f"{100 * row.removed_fraction:.1f}"}  # fmt: skip
+        for side in ("", "below_", "above_"):
+            expected |= {f"{getattr(row, side + key):.3f}" for key in ("kl", "low", "high")}
+        for side in ("below", "above"):
+            blocks, fraction = getattr(row, f"{side}_blocks"), getattr(row, f"{side}_fraction")
+            if not np.isnan(blocks):
+                expected |= {str(int(blocks)), f"{100 * fraction:.1f}"}
+    assert_every_number_is(width.width_depth_answer(tables), expected)
 
 
 def test_a_difference_is_named_only_when_its_interval_excludes_zero() -> None:
