@@ -109,17 +109,19 @@ def answer_by_model(tables: Tables) -> pd.DataFrame:
         blocks = int(study_part(frame, "units").query("unit == 'block'")["block"].nunique())
         for _, row in _answer_level_rows(frame).iterrows():
             rows.append({"model": model, "view": VIEW_CODES.get(row["view"], row["view"]),
-                         "removed": f"{int(row['removed'])}/{blocks}", "bits_per_weight": row["bits_per_weight"],
+                         "removed": f"{int(row['removed'])}/{blocks}",
+                         "bits_per_decoder_parameter": row["bits_per_decoder_parameter"],
                          "removal_db": row["removal_db"], "best": method_db_cell(row, "best"),
                          "worst": method_db_cell(row, "worst"),
                          "equivalent": _equivalent(row)})  # fmt: skip
-    columns = ["model", "view", "removed", "bits_per_weight", "removal_db", "best", "worst", "equivalent"]
+    columns = ["model", "view", "removed", "bits_per_decoder_parameter", "removal_db", "best", "worst",
+               "equivalent"]
     return pd.DataFrame(rows, columns=columns)
 
 
 def removal_answer_by_model(tables: Tables) -> Styler:
     """The rows of :func:`answer_by_model` as a thesis table."""
-    labels = {"model": "Model", "view": "View", "removed": "$n/L$", "bits_per_weight": "$b(f)$",
+    labels = {"model": "Model", "view": "View", "removed": "$n/L$", "bits_per_decoder_parameter": "$b(f)$",
               "removal_db": "Removal", "best": "Best", "worst": "Worst", "equivalent": "$\\equiv$"}  # fmt: skip
     return thesis_table(answer_by_model(tables), labels, precision=1)
 

@@ -55,10 +55,11 @@ def synthetic_frontier(rng: np.random.Generator) -> pd.DataFrame:
             ("magnitude:0.5", "magnitude", "pruning", 8.0, 150.0),
             ("sparsegpt:0.5", "sparsegpt", "pruning", 8.0, 35.0),
             ("sparsegpt:0.5+gptq:4:g128", "sparsegpt+gptq", "joint", 2.06, 45.0)]
-    frame = pd.DataFrame(rows, columns=["spec", "method", "family", "bits_per_weight", "perplexity"])
+    frame = pd.DataFrame(rows, columns=["spec", "method", "family", "bits_per_compressed_weight", "perplexity"])
     kl = np.log(frame["perplexity"] / 20.0) + rng.uniform(0, 0.05, len(frame))
-    return frame.assign(kl_to_reference_nats=kl, model_bits_per_weight=frame["bits_per_weight"] + 3.0,
-                        size_mb=frame["bits_per_weight"] * 1e8 / 8e6, base_perplexity=20.0,
+    bits = frame["bits_per_compressed_weight"]
+    return frame.assign(kl_to_reference_nats=kl, bits_per_model_parameter=bits + 3.0,
+                        size_mb=bits * 1e8 / 8e6, base_perplexity=20.0,
                         kl_to_reference_nats_ci_low=0.9 * kl, kl_to_reference_nats_ci_high=1.1 * kl,
                         perplexity_ci_low=0.97 * frame["perplexity"],
                         perplexity_ci_high=1.03 * frame["perplexity"],
@@ -68,8 +69,9 @@ def synthetic_frontier(rng: np.random.Generator) -> pd.DataFrame:
 @experiment(FRONTIER, needs_model=True, synthetic=synthetic_frontier, check=spec_check("specs"),
             config={"specs": list(SPECS), "calibration": CALIBRATION, "evaluation": EVALUATION})  # fmt: skip
 def compression_frontier(config: Mapping[str, Any], context: ExperimentContext) -> pd.DataFrame:
-    """One row per spec: method, family, compressed bits per weight, whole-model bits per weight and MB, PPL and
-    KL to the original on the evaluation windows with their 95 % intervals
+    """One row per spec: method, family, ``bits_per_compressed_weight`` (over the linear weights the spec
+    compresses), ``bits_per_model_parameter`` (over every parameter of the model, the uncompressed ones at 16
+    bits) and MB, PPL and KL to the original on the evaluation windows with their 95 % intervals
     (:data:`measure.evaluation.perplexity.INTERVAL_COLUMNS`), and the original's PPL."""
 
     loaded = context.model
@@ -81,14 +83,16 @@ def compression_frontier(config: Mapping[str, Any], context: ExperimentContext) 
 
 def frontier_points(tables: Tables) -> pd.DataFrame:
     """The frontier's points and the removal study's end-to-end points in one frame: series, family,
-    bits_per_weight, perplexity, kl_to_reference_nats (removal series are ``remove:<ordering>``)."""
-    own = tables[FRONTIER].assign(series=lambda f: f["method"])
+    bits_per_linear_weight (over the decoder's linear weights, the uncompressed ones at 16 bits; the frontier's
+    specs compress every one of them, so their bits per compressed weight are this size), perplexity,
+    kl_to_reference_nats (removal series are ``remove:<ordering>``)."""
+    own = tables[FRONTIER]
+    own = own.assign(series=own["method"], bits_per_linear_weight=own["bits_per_compressed_weight"])
     study = study_part(tables[STUDY], "end_to_end")
     removal = study["family"] == "removal"
     series = np.where(removal, "remove:" + study["method"].astype(str), study["method"].astype(str))
-    study = study.assign(series=series, bits_per_weight=study["linear_bits_per_weight"])
-    study = study.drop_duplicates(["series", "bits_per_weight"])
-    columns = ["series", "family", "bits_per_weight", "perplexity", "kl_to_reference_nats"]
+    study = study.assign(series=series).drop_duplicates(["series", "bits_per_linear_weight"])
+    columns = ["series", "family", "bits_per_linear_weight", "perplexity", "kl_to_reference_nats"]
     return pd.concat([own[columns], study[columns]], ignore_index=True)
 
 
@@ -100,7 +104,7 @@ def _interval_bars(ax: Any, tables: Tables, column: str) -> None:
                                                                                           "error_ci_high")
     if low not in removal or removal[low].isna().all():
         return
-    interval_bars(ax, removal["linear_bits_per_weight"], removal[column], removal[low], removal[high],
+    interval_bars(ax, removal["bits_per_linear_weight"], removal[column], removal[low], removal[high],
                   OKABE_ITO["black"], alpha=0.6)  # fmt: skip
 
 
@@ -126,19 +130,21 @@ def _caption(tables: Tables, facts: Mapping[str, Any]) -> str:
 
 @figure("perplexity_vs_size", needs=(FRONTIER, STUDY), caption=_caption, section=SECTION)
 def perplexity_vs_size(tables: Tables) -> Figure:
-    """Two panels over bits per weight: perplexity (log) and KL [nats/token] (log), one series per method."""
+    """Two panels over bits per linear weight: perplexity (log) and KL [nats/token] (log), one series per
+    method."""
     points = frontier_points(tables)
     base = float(tables[FRONTIER]["base_perplexity"].iloc[0])
     fig, (ppl, kl) = new_figure(ncols=2, height_ratio=0.6)
     for series in method_order(points["series"]):
-        rows = points[(points["series"] == series) & points["perplexity"].notna()].sort_values("bits_per_weight")
+        rows = points[(points["series"] == series) & points["perplexity"].notna()]
         if rows.empty:  # measured in the local views only (e.g. the random removal order): no legend entry
             continue
+        rows = rows.sort_values("bits_per_linear_weight")
         kwargs = line_kwargs(series, rows["family"].iloc[0])
         if len(rows) == 1:
             kwargs["linestyle"] = "none"
-        ppl.plot(rows["bits_per_weight"], rows["perplexity"], **kwargs)
-        kl.plot(rows["bits_per_weight"], rows["kl_to_reference_nats"], **kwargs)
+        ppl.plot(rows["bits_per_linear_weight"], rows["perplexity"], **kwargs)
+        kl.plot(rows["bits_per_linear_weight"], rows["kl_to_reference_nats"], **kwargs)
     ppl.axhline(base, color=OKABE_ITO["black"], linestyle="--", linewidth=0.8, label="original (dequantized)")
     stored = study_part(tables[STUDY], "base").get("stored_bits_per_linear_weight", pd.Series([np.nan])).iloc[0]
     if np.isfinite(stored):  # the stored format itself: zero error at its own size (KL 0 is off the log axis)
@@ -149,7 +155,7 @@ def perplexity_vs_size(tables: Tables) -> Figure:
         _interval_bars(ax, tables, column)
     for ax, label, letter in ((ppl, "perplexity", "a"), (kl, "KL (nats/token)", "b")):
         ax.set_yscale("log")
-        ax.set_xlabel("bits per weight")
+        ax.set_xlabel("bits per linear weight")
         ax.set_ylabel(label)
         ax.set_title(f"({letter})", loc="left", fontsize="small")
     lowest = float(np.nanmin([points["perplexity"].min(), base]))
@@ -175,12 +181,12 @@ def frontier_prose(tables: Tables) -> str:
     the removal study, on the same tokens, and the threats to validity."""
     own = tables[FRONTIER]
     study = study_part(tables[STUDY], "end_to_end")
-    models = [_model_prose(row["spec"], row["bits_per_weight"], row, "kl_to_reference_nats_ci_low",
+    models = [_model_prose(row["spec"], row["bits_per_compressed_weight"], row, "kl_to_reference_nats_ci_low",
                            "kl_to_reference_nats_ci_high") for _, row in own.iterrows()]  # fmt: skip
     quantizer = study[study["spec"] == REFERENCE_QUANTIZER]
     if not quantizer.empty:
         row = quantizer.iloc[0]
-        models.append(_model_prose(REFERENCE_QUANTIZER, row["linear_bits_per_weight"], row, "error_ci_low",
+        models.append(_model_prose(REFERENCE_QUANTIZER, row["bits_per_linear_weight"], row, "error_ci_low",
                                    "error_ci_high"))  # fmt: skip
     tokens = own["tokens"].iloc[0] if "tokens" in own else None
     return (

@@ -36,7 +36,7 @@ def synthetic_joint_frontier(rng: np.random.Generator) -> pd.DataFrame:
             ("sparsegpt:2:4+gptq:4:g128", 0, 0.0, 0.5, "2:4", 4, 2.2, 3.2),
             ("remove:bi:2+gptq:4:g128", 2, 0.07, 0.0, "none", 4, 3.9, 3.9)]  # fmt: skip
     columns = ["spec", "removed_blocks", "removed_fraction", "sparsity", "pattern", "bits",
-               "size_bits_per_param_free", "size_bits_per_param_entropy"]  # fmt: skip
+               "bits_per_decoder_parameter_free", "bits_per_decoder_parameter_entropy"]  # fmt: skip
     frame = pd.DataFrame(rows, columns=columns)
     kl = rng.uniform(0.05, 0.5, len(frame))
     return frame.assign(ppl=20.0 * np.exp(kl), kl=kl, base_ppl=20.0, pareto_free=[True, True, False, True],

@@ -48,6 +48,9 @@ calibration pass."""
 BUDGETS = (3.0,)
 """Budgets allocated besides the size of every uniform menu option (which gives allocations at about 2.1, 3.1,
 4.1, 6.1 and 8 bits per weight)."""
+SIZE = "bits_per_linear_weight"
+"""The size column of the mixture tables: bits per linear weight of the decoder blocks (removed blocks' at 0
+bits, the weights a menu option leaves uncompressed at 16)."""
 ENERGY_BUDGETS = (3.0,)
 """Budgets also allocated with the energy sensitivity, and with the menu without ``remove``."""
 PROBE_WINDOWS = {"window": 128, "max_windows": 1}
@@ -70,7 +73,7 @@ def synthetic_mixture(rng: np.random.Generator) -> pd.DataFrame:
                                           "keep": (1 - share) / 3, "remove": (1 - share) / 3}  # fmt: skip
         kl = float(np.exp(-budget) * rng.uniform(0.8, 1.2 if kind != "uniform" else 2.0))
         spent = budget - 0.01 * (not spec)
-        rows.append({"sensitivity": kind, "spec": spec, "budget": budget, "bits_per_weight": spent,
+        rows.append({"sensitivity": kind, "spec": spec, "budget": budget, "bits_per_linear_weight": spent,
                      "predicted_damage": kl * (1.1 if kind != "energy" else 0.01), "predicted_kl_nats": kl * 1.1,
                      "lagrangian_lower_bound": math.nan if spec else kl, "split": json.dumps(split),
                      "removed_blocks": "" if spec else "3,7", "perplexity": 20 + 40 * kl,
@@ -119,14 +122,14 @@ def comparison(tables: Tables) -> pd.DataFrame:
     uniform = frame[frame["sensitivity"] == "uniform"]
     extra = []
     for budget in rows["budget"]:
-        fits = uniform[uniform["bits_per_weight"] <= budget + TOLERANCE]
+        fits = uniform[uniform[SIZE] <= budget + TOLERANCE]
         best = None if fits.empty else fits.loc[fits["kl_to_reference_nats"].idxmin()]
         extra.append({
             "uniform_spec": "" if best is None else str(best["spec"]),
-            "uniform_bits_per_weight": math.nan if best is None else float(best["bits_per_weight"]),
+            "uniform_bits_per_linear_weight": math.nan if best is None else float(best[SIZE]),
             "uniform_perplexity": math.nan if best is None else float(best["perplexity"]),
             "uniform_kl_nats": math.nan if best is None else float(best["kl_to_reference_nats"]),
-            "equal_size": best is not None and abs(float(best["bits_per_weight"]) - budget) <= TOLERANCE,
+            "equal_size": best is not None and abs(float(best[SIZE]) - budget) <= TOLERANCE,
         })  # fmt: skip
     return pd.concat([rows, pd.DataFrame(extra, index=rows.index)], axis=1)
 
@@ -170,8 +173,8 @@ def split_categories(split: Mapping[str, float]) -> dict[str, float]:
     return categories
 
 
-PAIR_COLUMNS = ["bits_per_weight", "spec", "kind", "uniform_kl_nats", "kl_to_reference_nats", *PAIRED_COLUMNS,
-                "outcome"]  # fmt: skip
+PAIR_COLUMNS = ["bits_per_linear_weight", "spec", "kind", "uniform_kl_nats", "kl_to_reference_nats",
+                *PAIRED_COLUMNS, "outcome"]  # fmt: skip
 
 
 def equal_size_pairs(tables: Tables) -> pd.DataFrame:
@@ -183,11 +186,11 @@ def equal_size_pairs(tables: Tables) -> pd.DataFrame:
     allocations = frame[frame["sensitivity"] == "kl"]
     rows = []
     for uniform in frame[frame["sensitivity"] == "uniform"].itertuples():
-        same = allocations[(allocations["budget"] - uniform.bits_per_weight).abs() <= TOLERANCE]
+        same = allocations[(allocations["budget"] - uniform.bits_per_linear_weight).abs() <= TOLERANCE]
         if not same.empty:
             low, high = (float(getattr(uniform, c, math.nan)) for c in PAIRED_COLUMNS[1:])
             outcome = "lower" if high < 0 else "higher" if low > 0 else "indistinguishable"
-            rows.append({"bits_per_weight": float(uniform.bits_per_weight), "spec": uniform.spec,
+            rows.append({"bits_per_linear_weight": float(uniform.bits_per_linear_weight), "spec": uniform.spec,
                          "kind": option_kind(uniform.spec), "uniform_kl_nats": float(uniform.kl_to_reference_nats),
                          "kl_to_reference_nats": float(same["kl_to_reference_nats"].iloc[0]),
                          "paired_kl_difference": float(getattr(uniform, "paired_kl_difference", math.nan)),
@@ -210,15 +213,15 @@ def _verdict(tables: Tables) -> str:
         return "No uniform quantization of the menu was measured at an allocated size, so no verdict is drawn."
     counts = {outcome: quantization[quantization["outcome"] == outcome] for outcome in
               ("lower", "higher", "indistinguishable")}  # fmt: skip
-    by_size = pairs.groupby("bits_per_weight")["outcome"].agg(lambda o: bool((o == "lower").all()))
+    by_size = pairs.groupby(SIZE)["outcome"].agg(lambda o: bool((o == "lower").all()))
     tokens = tables[MIXTURE]["tokens"].dropna() if "tokens" in tables[MIXTURE] else pd.Series(dtype=float)
     scale = f" over {int(tokens.iloc[0])} held-out tokens" if len(tokens) else ""
     return (
         "At exactly the size of each uniform quantization of the menu, the optimal mixture has lower KL than that "
         f"quantization at {len(counts['lower'])} of {len(quantization)} sizes "
-        f"({_sizes(counts['lower']['bits_per_weight'])} bits per weight), higher KL at {len(counts['higher'])} "
-        f"({_sizes(counts['higher']['bits_per_weight'])}) and is indistinguishable at "
-        f"{len(counts['indistinguishable'])} ({_sizes(counts['indistinguishable']['bits_per_weight'])}; 95 % "
+        f"({_sizes(counts['lower'][SIZE])} bits per weight), higher KL at {len(counts['higher'])} "
+        f"({_sizes(counts['higher'][SIZE])}) and is indistinguishable at "
+        f"{len(counts['indistinguishable'])} ({_sizes(counts['indistinguishable'][SIZE])}; 95 % "
         f"paired block-bootstrap intervals{scale}); it has lower KL than every uniform menu option of the same "
         f"size, resolved by the intervals, at {int(by_size.sum())} of {len(by_size)} sizes "
         f"({_sizes(by_size[by_size].index)})."
@@ -325,21 +328,21 @@ def optimal_mixture(tables: Tables) -> Figure:
     energy = mixture[mixture["sensitivity"] == "energy"].sort_values("budget")
     uniform = mixture[mixture["sensitivity"] == "uniform"]
     fig, (curve, bars) = new_figure(ncols=2, height_ratio=0.45)
-    curve.plot(frame["bits_per_weight"], frame["kl_to_reference_nats"], color=OKABE_ITO["blue"], marker="o",
+    curve.plot(frame[SIZE], frame["kl_to_reference_nats"], color=OKABE_ITO["blue"], marker="o",
                markersize=3, label="optimal allocation (KL sensitivity)")  # fmt: skip
-    curve.plot(energy["bits_per_weight"], energy["kl_to_reference_nats"], color=OKABE_ITO["sky_blue"], marker="s",
+    curve.plot(energy[SIZE], energy["kl_to_reference_nats"], color=OKABE_ITO["sky_blue"], marker="s",
                linestyle="none", label="optimal allocation (energy sensitivity)")  # fmt: skip
     without = mixture[mixture["sensitivity"] == "kl_without_removal"].sort_values("budget")
-    curve.plot(without["bits_per_weight"], without["kl_to_reference_nats"], color=OKABE_ITO["bluish_green"],
+    curve.plot(without[SIZE], without["kl_to_reference_nats"], color=OKABE_ITO["bluish_green"],
                marker="x", linestyle="none", label="optimal allocation, no block removal")  # fmt: skip
     for kind, color, marker in (("quantization", "orange", "v"), ("pruning", "vermillion", "^"),
                                 ("joint", "reddish_purple", "D")):  # fmt: skip
-        rows = uniform[uniform["spec"].map(option_kind) == kind].sort_values("bits_per_weight")
-        curve.plot(rows["bits_per_weight"], rows["kl_to_reference_nats"], color=OKABE_ITO[color], marker=marker,
+        rows = uniform[uniform["spec"].map(option_kind) == kind].sort_values(SIZE)
+        curve.plot(rows[SIZE], rows["kl_to_reference_nats"], color=OKABE_ITO[color], marker=marker,
                    linestyle=":" if kind == "quantization" else "none", label=f"uniform {kind}")  # fmt: skip
     for rows, color in ((frame, "blue"), (uniform, "orange")):  # 95 % block-bootstrap intervals
         if "kl_to_reference_nats_ci_low" in rows and rows["kl_to_reference_nats_ci_low"].notna().any():
-            interval_bars(curve, rows["bits_per_weight"], rows["kl_to_reference_nats"],
+            interval_bars(curve, rows[SIZE], rows["kl_to_reference_nats"],
                           rows["kl_to_reference_nats_ci_low"], rows["kl_to_reference_nats_ci_high"],
                           OKABE_ITO[color])  # fmt: skip
     curve.set_yscale("log")
@@ -385,7 +388,8 @@ def mixture_frontier_table(tables: Tables) -> Styler:
     frame["uniform_spec"] = frame["uniform_spec"].map(lambda spec: spec_label(spec) if spec else "")
     columns = {"budget": "Budget", "kl_to_reference_nats": "KL", "uniform_spec": "Best uniform",
                "uniform_kl_nats": "Its KL", "equal": "Equal size", "perplexity": "PPL",
-               "uniform_perplexity": "Its PPL", "bits_per_weight": "Spent", "uniform_bits_per_weight": "Its bits",
+               "uniform_perplexity": "Its PPL", "bits_per_linear_weight": "Spent",
+               "uniform_bits_per_linear_weight": "Its bits",
                "predicted_damage": "Predicted KL", "summary": "Allocation (largest shares)",
                "removed_blocks": "Removed"}  # fmt: skip
     return thesis_table(frame, columns, precision=3)

@@ -138,7 +138,8 @@ def synthetic_benchmarks(rng: np.random.Generator) -> pd.DataFrame:
     for spec, bits, ppl in (("", 16.0, 20.0), ("gptq:4:g128", 6.1, 23.0), ("remove:bi:4", 14.2, 40.0)):
         for task, limit in (("csqa", 20), ("mmlu", 1)):
             rows.append({
-                "spec": spec, "bits_per_weight": bits, "size_mb": bits * 1.35e8 / BITS_PER_MB, "perplexity": ppl,
+                "spec": spec, "bits_per_model_parameter": bits, "size_mb": bits * 1.35e8 / BITS_PER_MB,
+                "perplexity": ppl,
                 "kl_to_reference_nats": np.nan if not spec else rng.uniform(0.05, 0.5), "task": task,
                 "accuracy": rng.uniform(0.2, 0.4), "accuracy_stderr": 0.05,
                 "questions": 20 if task == "csqa" else 57,
@@ -202,15 +203,16 @@ def accuracy_differences(frame: pd.DataFrame) -> str:
 
 @table(BENCHMARKS, needs=(BENCHMARKS,), caption=_benchmarks_caption, section=SECTION)
 def compression_benchmarks_table(tables: Tables) -> Styler:
-    """One row per configuration: bits per weight, MB, PPL, KL and one accuracy column per task."""
+    """One row per configuration: bits per model parameter, MB, PPL, KL and one accuracy column per task."""
     frame = tables[BENCHMARKS]
     cells = frame.assign(cell=[f"{100 * a:.1f} ± {100 * e:.1f} (N={int(n)})" for a, e, n in
                                zip(frame["accuracy"], frame["accuracy_stderr"], frame["questions"], strict=True)])
     wide = cells.pivot_table(index="spec", columns="task", values="cell", sort=False, aggfunc="first")
     sizes = frame.drop_duplicates("spec").set_index("spec")
-    merged = sizes[["bits_per_weight", "size_mb", "perplexity", "kl_to_reference_nats"]].join(wide).reset_index()
+    columns = ["bits_per_model_parameter", "size_mb", "perplexity", "kl_to_reference_nats"]
+    merged = sizes[columns].join(wide).reset_index()
     merged["spec"] = merged["spec"].map(spec_label)
-    labels = {"spec": "Configuration", "bits_per_weight": "Bits per weight", "size_mb": "Size [MB]",
+    labels = {"spec": "Configuration", "bits_per_model_parameter": "Bits per parameter", "size_mb": "Size [MB]",
               "perplexity": "Perplexity", "kl_to_reference_nats": "KL [nats/token]"}  # fmt: skip
     labels |= {task: f"{'CommonsenseQA' if task == 'csqa' else task.upper()} [\\%]" for task in wide.columns}
     return thesis_table(merged, labels, precision=2)

@@ -90,8 +90,8 @@ def _synthetic_levels(rng: np.random.Generator, blocks: int, influence: np.ndarr
             kl = 0.3 * k * rng.uniform(0.8, 1.2)
             rows.append({
                 "ordering": ordering, "removed": k, "blocks": ",".join(map(str, range(blocks - k, blocks))),
-                "removed_fraction": k / blocks, "bits_per_weight": 16 * (1 - k / blocks),
-                "linear_bits_per_weight": 16 * (1 - k / blocks) - 0.01, "removal_error_layer_energy": share,
+                "removed_fraction": k / blocks, "bits_per_decoder_parameter": 16 * (1 - k / blocks),
+                "bits_per_linear_weight": 16 * (1 - k / blocks) - 0.01, "removal_error_layer_energy": share,
                 "removal_error_layer_parameters": k / blocks, "removal_error_block": 0.8 * share,
                 "perplexity": 20 * np.exp(kl), "kl_to_reference_nats": kl, "removal_error_end_to_end": kl,
                 **{f"removal_error_{view}_{variant}": 0.5 * share for view in LOCAL_VIEWS
@@ -121,7 +121,7 @@ def _synthetic_points(rng: np.random.Generator, levels: pd.DataFrame) -> pd.Data
                      if end else {"error_all_positions": 2 * error, "error_in_sample": 0.8 * error,
                                   "error_per_token": 1.5 * error if view == "block" else np.nan})  # fmt: skip
         rows.append({"view": view, "series": series, "family": family, "term": term, "mask_convention": None,
-                     "bits_per_weight": bits, "linear_bits_per_weight": bits - 0.01, "error": error,
+                     "bits_per_decoder_parameter": bits, "bits_per_linear_weight": bits - 0.01, "error": error,
                      "quality_db": -10 * np.log10(error), "perplexity": np.nan, "mixed": False,
                      "removed_fraction": np.nan, "size_gap_bits": np.nan, **intervals, **extra})  # fmt: skip
 
@@ -139,7 +139,7 @@ def _synthetic_points(rng: np.random.Generator, levels: pd.DataFrame) -> pd.Data
                 add(view, "magnitude", "pruning", f"magnitude:{sparsity:.9f}", 16 * (1 - sparsity) + mask_bits,
                     error, mask_convention=name, **extra(error))  # fmt: skip
         if view.startswith("layer"):
-            for bits in [*range(2, 17), *levels["bits_per_weight"].unique()]:
+            for bits in [*range(2, 17), *levels["bits_per_decoder_parameter"].unique()]:
                 error = 0.3 * 4.0 ** (1 - bits)
                 add(view, "gaussian_rd", "reference", f"gaussian_rd:{bits:.6f}", float(bits), error)
         for option, series, fraction in WIDTH_POINTS:
@@ -147,7 +147,8 @@ def _synthetic_points(rng: np.random.Generator, levels: pd.DataFrame) -> pd.Data
             add(view, series, "width", f"shrink:{option}", 16 * (1 - fraction), error, removed_fraction=fraction,
                 **extra(error))  # fmt: skip
         if view == "end_to_end":
-            for fraction, bits in levels[["removed_fraction", "bits_per_weight"]].drop_duplicates().to_numpy():
+            sizes = levels[["removed_fraction", "bits_per_decoder_parameter"]].drop_duplicates()
+            for fraction, bits in sizes.to_numpy():
                 error = 1e-9 * rng.uniform(0.5, 2)
                 add(view, "rtn_g128", "quantization", f"rtn_g128:mix@{fraction:.6f}", bits, error, mixed=True,
                     removed_fraction=fraction, size_gap_bits=1e-7, **extra(error))  # fmt: skip
@@ -165,7 +166,8 @@ def synthetic_study(rng: np.random.Generator) -> pd.DataFrame:
         for unit, scale in (("block", 1.0), ("attention", 0.4), ("mlp", 0.6)) for b, x in enumerate(influence)
     ])  # fmt: skip
     units = units.assign(removal_sqnr_db=-10 * np.log10(units["removal_relative_error"]), tokens=4096,
-                         parameters=1000, removed_fraction=1 / blocks, bits_per_weight=16 * (1 - 1 / blocks),
+                         parameters=1000, removed_fraction=1 / blocks,
+                         bits_per_decoder_parameter=16 * (1 - 1 / blocks),
                          rank=units["block"])
     angular = pd.DataFrame([{"n": n, "start": s, "angular_distance": 0.1 * n + 0.05 * s / blocks, "chosen": s == 0}
                             for n in (1, 2) for s in range(blocks - n + 1)])  # fmt: skip
@@ -182,7 +184,7 @@ def synthetic_study(rng: np.random.Generator) -> pd.DataFrame:
     share = influence / influence.sum()
     block_shares = pd.DataFrame({"block": range(blocks), "layer_energy_share": share,
                                  "parameter_share": 1 / blocks, "update_energy_share": share})
-    layer_rd = pd.DataFrame([{"layer": layer, "block": block, "bits_per_weight": float(bits),
+    layer_rd = pd.DataFrame([{"layer": layer, "block": block, "bits_per_linear_weight": float(bits),
                               "rd_relative_error": 0.3 * 4.0 ** (1 - bits)}
                              for layer, block in layers[["layer", "block"]].to_numpy() for bits in range(2, 17)])
     layer_rd = layer_rd.assign(rd_sqnr_db=-10 * np.log10(layer_rd["rd_relative_error"]))
@@ -308,16 +310,17 @@ def _view_panel(ax: Axes, points: pd.DataFrame, levels: pd.DataFrame, view: str,
     rows = points[(points["view"] == view) & ~points["mixed"].astype(bool)]
     conventions = rows["mask_convention"].astype("string").fillna("")
     for (series, convention), group in rows.groupby([rows["series"], conventions], sort=True):
-        group = group.sort_values("bits_per_weight")
-        ax.plot(group["bits_per_weight"], group["error"], markersize=2.5,
+        group = group.sort_values("bits_per_decoder_parameter")
+        ax.plot(group["bits_per_decoder_parameter"], group["error"], markersize=2.5,
                 **_series_style(series, group["family"].iloc[0], convention))  # fmt: skip
     for ordering, group in levels.groupby("ordering", sort=True):
         kwargs = _removal_style(ordering) | {"linestyle": "none"}
         values = group[f"removal_error_{view}"]
         if view == "end_to_end" and "error_ci_low" in group:
-            interval_bars(ax, group["bits_per_weight"], values, group["error_ci_low"], group["error_ci_high"],
+            interval_bars(ax, group["bits_per_decoder_parameter"], values, group["error_ci_low"],
+                          group["error_ci_high"],
                           kwargs["color"], elinewidth=0.6)  # fmt: skip
-        ax.plot(group["bits_per_weight"], values, markersize=3.5, **kwargs)
+        ax.plot(group["bits_per_decoder_parameter"], values, markersize=3.5, **kwargs)
         if np.isfinite(stored_bits):
             stored = (1 - group["removed_fraction"]) * stored_bits
             ax.plot(stored, values, markersize=3.5, **(kwargs | {"markerfacecolor": "none", "label": "_"}))
@@ -325,7 +328,8 @@ def _view_panel(ax: Axes, points: pd.DataFrame, levels: pd.DataFrame, view: str,
         ax.axvline(stored_bits, color=OKABE_ITO["black"], linewidth=0.6, linestyle=(0, (1, 2)),
                    label="stored format (zero error)")  # fmt: skip
     if len(levels):  # where the comparison happens: the removal levels' sizes at a 16-bit base
-        ax.axvspan(levels["bits_per_weight"].min(), levels["bits_per_weight"].max(), color=OKABE_ITO["black"],
+        sizes = levels["bits_per_decoder_parameter"]
+        ax.axvspan(sizes.min(), sizes.max(), color=OKABE_ITO["black"],
                    alpha=0.07, linewidth=0, label="removal sizes $b(f)$")  # fmt: skip
     ax.set_yscale("log")
     ax.set_ylabel(VIEW_AXES[view], fontsize="small")
@@ -363,7 +367,7 @@ def _break_even_prose(row: pd.Series, series: str, name: str) -> str:
         return ""
     verdicts = {"removal better": "better", "removal worse": "worse", "indistinguishable": "indistinguishable"}
     at_16 = verdicts.get(str(row.get(f"verdict_base16_{series}", "")), "")
-    stored = row.get("stored_bits", np.nan)
+    stored = row.get("stored_bits_per_decoder_parameter", np.nan)
     at_stored = verdicts.get(str(row.get(f"verdict_stored_{series}", "")), "")
     stored_text = (f", and at the model's stored {stored:.2f} bits {at_stored}" if pd.notna(stored) and at_stored
                    else "")  # fmt: skip
@@ -404,7 +408,7 @@ def _answer_sentence(answer: pd.DataFrame) -> str:
     for view, row in rows.iterrows():
         interval = _interval(row, f"equivalent_bits_{series}") if view == "end_to_end" else ""
         parts.append(f"{_bits_prose(row, series)} {name} {VIEW_PROSE[str(view)]}{interval}")
-    bits = rows["bits_per_weight"].iloc[0]
+    bits = rows["bits_per_decoder_parameter"].iloc[0]
     end = rows.loc["end_to_end"] if "end_to_end" in rows.index else None
     count = np.nan if end is None else end.get("tokens", np.nan)
     tokens = "" if pd.isna(count) else f" on {int(count)} held-out tokens"
@@ -448,10 +452,11 @@ def _removal_verdict_plain(row: pd.Series, removing: str, series: str) -> str:
     if pd.isna(row.get("best_kl_difference", np.nan)):
         name = escape_tex(SERIES_NAMES.get(series, series))
         high = row.get(f"equivalent_bits_{series}_ci_high", np.nan)
-        lead = "Compress" if pd.notna(high) and high < row["bits_per_weight"] else "Not resolved"
+        lead = "Compress" if pd.notna(high) and high < row["bits_per_decoder_parameter"] else "Not resolved"
         return (f"{lead}: {removing} does as much damage as compressing every block with {name} to "
                 f"{_bits_prose(row, series).removesuffix('-bit')} bits per parameter"
-                f"{_interval(row, f'equivalent_bits_{series}')} instead of the {row['bits_per_weight']:.1f} bits "
+                f"{_interval(row, f'equivalent_bits_{series}')} instead of the "
+                f"{row['bits_per_decoder_parameter']:.1f} bits "
                 f"the removal leaves ({scale}).")  # fmt: skip
     low, high = row["best_kl_difference_ci_low"], row["best_kl_difference_ci_high"]
     verdict = interval_verdict(low, high, "removal harms the model less", "removal harms it more", row["tokens"])
@@ -467,7 +472,7 @@ def _break_even_plain(row: pd.Series, series: str | None) -> str:
     value = row.get(f"break_even_base_{series}", np.nan)
     if series is None or pd.isna(value):
         return ""
-    stored = row.get("stored_bits", np.nan)
+    stored = row.get("stored_bits_per_decoder_parameter", np.nan)
     stored_text = (f"; this model is stored at {stored:.1f} bits, so its 16-bit original is hypothetical"
                    if pd.notna(stored) else "")  # fmt: skip
     return (f" Removal would break even only for a model stored at fewer than {value:.1f} bits per parameter"
@@ -583,7 +588,7 @@ def answer_display(answer: pd.DataFrame) -> pd.DataFrame:
     for _, row in free.iterrows():
         key = tuple(row[k] for k in keys)
         shown = {"view": VIEW_CODES[row["view"]], "ordering": row["ordering"],
-                 "removed": int(row["removed"]), "bits_per_weight": row["bits_per_weight"],
+                 "removed": int(row["removed"]), "bits_per_decoder_parameter": row["bits_per_decoder_parameter"],
                  "removal_db": row["removal_db"], "best": method_db_cell(row, "best"),
                  "worst": method_db_cell(row, "worst"),
                  "worst_entropy": method_db_cell(entropy.loc[key], "worst") if key in entropy.index else "–",
@@ -619,7 +624,7 @@ def removal_verdicts(tables: Tables) -> Styler:
     """One row per view, ordering and n removed: b(f), the removal's dB, the best and worst method at b(f) (free
     and entropy-coded masks), the RD reference and every method's equivalent bits."""
     shown = answer_display(_answer_rows(tables))
-    labels = {"view": "View", "ordering": "Ord.", "removed": "$n$", "bits_per_weight": "$b(f)$",
+    labels = {"view": "View", "ordering": "Ord.", "removed": "$n$", "bits_per_decoder_parameter": "$b(f)$",
               "removal_db": "Removal", "best": "Best", "worst": "Worst", "worst_entropy": "Worst H", "rd_db": "RD"}
     labels |= {c: f"$\\equiv${SERIES_CODES.get(c.removeprefix('eq_'), c.removeprefix('eq_'))}"
                for c in shown.columns if c.startswith("eq_")}  # fmt: skip

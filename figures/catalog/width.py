@@ -111,7 +111,7 @@ def _caption(tables: Tables, facts: Mapping[str, Any]) -> str:
 def width_pruning_table(tables: Tables) -> Styler:
     """One row per variant: size, size gap, sparsity, PPL and KL."""
     shown = width_display(tables[WIDTH])
-    labels = {"variant": "Variant", "bits_per_weight": "$b$", "gap": "Gap", "sparsity": "$s$",
+    labels = {"variant": "Variant", "bits_per_decoder_parameter": "$b$", "gap": "Gap", "sparsity": "$s$",
               "perplexity": "PPL", "kl_interval": "KL [95 \\% CI]"}  # fmt: skip
     return thesis_table(shown, labels, precision=3)
 

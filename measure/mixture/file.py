@@ -3,13 +3,13 @@
 Format: a parquet table with a JSON provenance sidecar (:func:`measure.records.store.write_table`, written
 atomically),
 columns :data:`measure.mixture.solve.ALLOCATION_COLUMNS`; :func:`read_allocation` also reads the same columns
-from a CSV file (hand-written allocations). Only ``layer`` and ``option`` say what is applied; ``bits_per_weight``
-and ``parameters`` are checked against the model when applied (:func:`check_allocation`), ``predicted_damage``
-is informative. A ``keep`` row leaves its layer at 16 bits. The spec is ``OPTION@layer=NAME`` per compressed
-layer, joined by ``+`` (:func:`allocation_spec`): one layer-sequential pass like any spec. ``remove`` rows remove
-their blocks: every linear of such a block must say ``remove``, and the spec ends with ``remove:blocks=i,j,...``
-(after the per-layer terms, which name the layers of the model as given), so the result reloads with plain
-``from_pretrained``.
+from a CSV file (hand-written allocations). Only ``layer`` and ``option`` say what is applied;
+``bits_per_linear_weight`` (bits per weight of the layer) and ``parameters`` are checked against the model
+when applied (:func:`check_allocation`), ``predicted_damage`` is informative. A ``keep`` row leaves its layer at
+16 bits. The spec is ``OPTION@layer=NAME`` per compressed layer, joined by ``+`` (:func:`allocation_spec`): one
+layer-sequential pass like any spec. ``remove`` rows remove their blocks: every linear of such a block must say
+``remove``, and the spec ends with ``remove:blocks=i,j,...`` (after the per-layer terms, which name the layers
+of the model as given), so the result reloads with plain ``from_pretrained``.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from measure.models.architecture import describe
 from measure.records.store import write_table
 from theory.errors import PvqError
 
-REQUIRED_COLUMNS = ("layer", "option", "bits_per_weight", "parameters")
+REQUIRED_COLUMNS = ("layer", "option", "bits_per_linear_weight", "parameters")
 SUFFIXES = (".parquet", ".csv")
 
 
@@ -66,10 +66,12 @@ def read_allocation(path: str | Path) -> pd.DataFrame:
     if duplicated:
         raise PvqError(f"allocation file {path} names layer(s) twice: {', '.join(map(str, duplicated[:3]))}")
     parse_menu(",".join(dict.fromkeys(str(option) for option in table["option"])))
-    bits = pd.to_numeric(table["bits_per_weight"], errors="coerce")
+    bits = pd.to_numeric(table["bits_per_linear_weight"], errors="coerce")
     parameters = pd.to_numeric(table["parameters"], errors="coerce")
     if not bits.map(lambda b: math.isfinite(b) and b >= 0).all():
-        raise PvqError(f"allocation file {path}: bits_per_weight must be finite and non-negative in every row")
+        raise PvqError(
+            f"allocation file {path}: bits_per_linear_weight must be finite and non-negative in every row"
+        )
     if not parameters.map(lambda p: math.isfinite(p) and p > 0 and p == int(p)).all():
         raise PvqError(f"allocation file {path}: parameters must be positive integers in every row")
     return table.assign(layer=table["layer"].astype(str), option=table["option"].astype(str))
@@ -117,10 +119,11 @@ def check_allocation(table: pd.DataFrame, spec: Spec, model: Any) -> None:
         size = ref.out_features * ref.in_features
         step = spec.step_for(ref)
         bits = 0.0 if row.option == REMOVE else 16.0 if step is None else step.bits_per_weight(ref)
-        if int(row.parameters) != size or not math.isclose(bits, float(row.bits_per_weight), abs_tol=1e-9):
+        if int(row.parameters) != size or not math.isclose(bits, float(row.bits_per_linear_weight), abs_tol=1e-9):
             raise PvqError(
                 f"allocation row {row.layer}: the file says {int(row.parameters)} parameters at "
-                f"{float(row.bits_per_weight):g} bits, the model's layer has {size} at {bits:g} for {row.option!r}"
+                f"{float(row.bits_per_linear_weight):g} bits, the model's layer has {size} at {bits:g} "
+                f"for {row.option!r}"
             )
 
 

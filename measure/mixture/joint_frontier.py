@@ -52,13 +52,14 @@ from theory.errors import PvqError
 CONVENTIONS = ("free", "entropy")
 """Mask conventions of the size columns (:data:`measure.removal.equal_size.MASK_CONVENTIONS`)."""
 COLUMNS = [
-    "spec", "removed_blocks", "removed_fraction", "sparsity", "pattern", "bits", "size_bits_per_param_free",
-    "size_bits_per_param_entropy", "ppl", "kl", "base_ppl", "pareto_free", "pareto_entropy",
+    "spec", "removed_blocks", "removed_fraction", "sparsity", "pattern", "bits", "bits_per_decoder_parameter_free",
+    "bits_per_decoder_parameter_entropy", "ppl", "kl", "base_ppl", "pareto_free", "pareto_entropy",
 ]  # fmt: skip
 """``ppl``: perplexity of the compressed model on the evaluation windows; ``kl``: mean KL(original ‖ compressed)
 in nats per scored token; ``base_ppl``: the original's perplexity; ``pattern``: ``unstructured``, ``2:4`` or
-``none`` (no pruning); ``bits``: the quantizer's integer bits (16 without quantization); sizes in bits per
-original decoder parameter."""
+``none`` (no pruning); ``bits``: the quantizer's integer bits (16 without quantization);
+``bits_per_decoder_parameter_<convention>``: the size in bits per parameter of the original decoder blocks
+(removed ones at 0 bits, uncompressed ones at 16) under that mask convention."""
 
 
 def decoder_bits_per_parameter(original: DecoderSizes, kept: DecoderSizes, linear_bits: float) -> float:
@@ -130,7 +131,8 @@ def measure_point(
     result = evaluate_perplexity(variant, windows, reference=model, batch_size=batch_size)
     removed = sum(len(step["removal"]["blocks"]) for step in report.model_steps if "removal" in step)
     fraction = sum(step.get("removed_fraction", 0.0) for step in report.model_steps)
-    sizes = {f"size_bits_per_param_{name}": compressed_size(original, variant, spec, name) for name in CONVENTIONS}
+    sizes = {f"bits_per_decoder_parameter_{name}": compressed_size(original, variant, spec, name)
+             for name in CONVENTIONS}
     return {"spec": spec, "removed_blocks": removed, "removed_fraction": fraction, **layer_coordinates(spec),
             **sizes, "ppl": result.perplexity, "kl": result.kl_to_reference_nats}  # fmt: skip
 
@@ -166,5 +168,5 @@ def joint_frontier_table(
         rows.append(measure_point(model, spec, batches, windows, original, calibration, captured, batch_size))
     table = pd.DataFrame(rows).assign(base_ppl=base)
     for name in CONVENTIONS:
-        table[f"pareto_{name}"] = pareto_flags(table[f"size_bits_per_param_{name}"], table["kl"])
+        table[f"pareto_{name}"] = pareto_flags(table[f"bits_per_decoder_parameter_{name}"], table["kl"])
     return table[COLUMNS]

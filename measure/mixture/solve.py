@@ -33,17 +33,19 @@ from theory.errors import PvqError
 from theory.knapsack import RemovableGroup, solve_knapsack
 
 ALLOCATION_COLUMNS = [
-    "layer", "block", "sublayer", "option", "bits_per_weight", "parameters", "relative_error", "sensitivity",
-    "predicted_damage",
+    "layer", "block", "sublayer", "option", "bits_per_linear_weight", "parameters", "relative_error",
+    "sensitivity", "predicted_damage",
 ]  # fmt: skip
-"""One row per linear layer: the chosen option, its bits per weight on the layer, the layer's parameters (out·in),
+"""One row per linear layer: the chosen option, its bits per weight of the layer
+(``bits_per_linear_weight``), the layer's parameters (out·in),
 the option's ledger error e_ℓ, the sensitivity c_ℓ and the predicted damage c_ℓ·e_ℓ."""
 MAX_DENOMINATOR = 1 << 20
 
 
 @dataclass
 class Allocation:
-    """An allocation table (:data:`ALLOCATION_COLUMNS`) and its summary: budget, bits per weight spent,
+    """An allocation table (:data:`ALLOCATION_COLUMNS`) and its summary: budget and bits spent per linear weight
+    (``budget_bits_per_linear_weight``, ``bits_per_linear_weight``),
     predicted damage, Lagrangian lower bound and equal slope, sensitivity kind, menu."""
 
     table: pd.DataFrame
@@ -156,14 +158,14 @@ def allocate(
             rows.append((text, float(bits.at[layer, text]), float(errors.at[layer, text]), damages[index][option]))
     table = pd.DataFrame({
         "layer": layers, "block": bits["block"].astype(int).to_numpy(), "sublayer": bits["sublayer"].to_numpy(),
-        "option": [row[0] for row in rows], "bits_per_weight": [row[1] for row in rows],
+        "option": [row[0] for row in rows], "bits_per_linear_weight": [row[1] for row in rows],
         "parameters": parameters.to_numpy(), "relative_error": [row[2] for row in rows],
         "sensitivity": [float(sensitivity[layer]) for layer in layers],
         "predicted_damage": [row[3] for row in rows],
     })  # fmt: skip
     summary = {
-        "budget_bits_per_weight": budget,
-        "bits_per_weight": solution.cost / (scale * total),
+        "budget_bits_per_linear_weight": budget,
+        "bits_per_linear_weight": solution.cost / (scale * total),
         "predicted_damage": solution.damage,
         "lagrangian_lower_bound": solution.lower_bound,
         "equal_slope": solution.slope / scale,

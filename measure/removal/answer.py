@@ -32,7 +32,8 @@ RD_JOINT_SERIES = "gaussian_rd_joint"
 WIDTH_FAMILY = "width"
 """Family of the structured width pruning points (:func:`measure.removal.terms.measure_width`)."""
 """Series name of the Gaussian rate–distortion reference in the points and answer tables."""
-LEVEL_KEYS = ("ordering", "removed", "blocks", "removed_fraction", "bits_per_weight", "linear_bits_per_weight")
+LEVEL_KEYS = ("ordering", "removed", "blocks", "removed_fraction", "bits_per_decoder_parameter",
+              "bits_per_linear_weight")
 INTERVAL_COLUMNS = ["error_ci_low", "error_ci_high", "perplexity_ci_low", "perplexity_ci_high", "same_top_rate",
                     "kl_p99", "tokens"]  # fmt: skip
 """End-to-end interval columns of a point or level: the KL's 95 % block-bootstrap interval (``error_ci_*``, nats
@@ -87,16 +88,16 @@ def _value_at_size(view_points: pd.DataFrame, series: str, curve: pd.DataFrame, 
         row = mixed.iloc[0]
         return {"quality_db": float(row["quality_db"]), "interpolated": False,
                 "size_gap_bits": float(row["size_gap_bits"]), "terms": [(str(row["term"]), 1.0)]}  # fmt: skip
-    found = value_at(curve, level.bits_per_weight)
+    found = value_at(curve, level.bits_per_decoder_parameter)
     if found is not None:
-        found = {**found, "terms": _terms_at(curve, found, float(level.bits_per_weight))}
+        found = {**found, "terms": _terms_at(curve, found, float(level.bits_per_decoder_parameter))}
     return found
 
 
 def _terms_at(curve: pd.DataFrame, found: Mapping[str, Any], size: float) -> list[tuple[str, float]]:
     """The curve's terms that make a value of :func:`value_at` and their weights (one point, or the two that
     bracket the size, weighted like the interpolation)."""
-    bits = curve["bits_per_weight"].to_numpy(float)
+    bits = curve["bits_per_decoder_parameter"].to_numpy(float)
     low = str(curve["term"].iloc[int(np.argmin(np.abs(bits - found["low_bits"])))])
     high = str(curve["term"].iloc[int(np.argmin(np.abs(bits - found["high_bits"])))])
     if low == high:
@@ -142,7 +143,7 @@ def _answer_row(view_points: pd.DataFrame, curves: Mapping[str, pd.DataFrame], l
         if view == "end_to_end":
             row |= _paired_columns(tokens, level, "best", at_size[best])
             row |= _paired_columns(tokens, level, "worst", at_size[worst])
-    rd = value_at(curves[RD_SERIES], level.bits_per_weight) if RD_SERIES in curves else None
+    rd = value_at(curves[RD_SERIES], level.bits_per_decoder_parameter) if RD_SERIES in curves else None
     row |= {"rd_db": rd["quality_db"] if rd else math.nan,
             "margin_rd_db": removal_db - rd["quality_db"] if rd else math.nan}  # fmt: skip
     low_error, high_error = _error_interval(level, view)
@@ -214,7 +215,7 @@ def answer_table(levels: pd.DataFrame, points: pd.DataFrame, views: Sequence[str
             for level in levels.itertuples():
                 keys = {key: getattr(level, key) for key in LEVEL_KEYS}
                 rows.append({"view": view, **keys, "mask_convention": name,
-                             "stored_bits": math.nan if stored_bits is None else stored_bits,
+                             "stored_bits_per_decoder_parameter": math.nan if stored_bits is None else stored_bits,
                              "tokens": float(getattr(level, "tokens", math.nan)) if view == "end_to_end"
                              else math.nan,
                              **_answer_row(view_points, curves, level, view, tokens, stored_bits)})
@@ -223,13 +224,14 @@ def answer_table(levels: pd.DataFrame, points: pd.DataFrame, views: Sequence[str
 
 def end_to_end_table(levels: pd.DataFrame, points: pd.DataFrame) -> pd.DataFrame:
     """PPL and KL of every removal level and every compressed model (free-mask sizes for pruners), one table:
-    family, method, spec, removed, removed_fraction, bits_per_weight (per decoder parameter),
-    linear_bits_per_weight (the same size per linear weight), perplexity, kl_to_reference_nats and the interval
+    family, method, spec, removed, removed_fraction, bits_per_decoder_parameter (per decoder parameter),
+    bits_per_linear_weight (the same size per linear weight), perplexity, kl_to_reference_nats and the interval
     columns (:data:`INTERVAL_COLUMNS`; ``error_ci_*`` is the KL's)."""
     removal = pd.DataFrame({
         "family": "removal", "method": levels["ordering"], "spec": "remove:blocks=" + levels["blocks"],
         "removed": levels["removed"], "removed_fraction": levels["removed_fraction"],
-        "bits_per_weight": levels["bits_per_weight"], "linear_bits_per_weight": levels["linear_bits_per_weight"],
+        "bits_per_decoder_parameter": levels["bits_per_decoder_parameter"],
+        "bits_per_linear_weight": levels["bits_per_linear_weight"],
         "perplexity": levels["perplexity"],
         "kl_to_reference_nats": levels["kl_to_reference_nats"],
         **{column: levels.get(column, math.nan) for column in INTERVAL_COLUMNS},
@@ -238,8 +240,9 @@ def end_to_end_table(levels: pd.DataFrame, points: pd.DataFrame) -> pd.DataFrame
                   & (points["mask_convention"].isna() | (points["mask_convention"] == "free"))]  # fmt: skip
     compression = pd.DataFrame({
         "family": rows["family"], "method": rows["series"], "spec": rows["term"], "removed": math.nan,
-        "removed_fraction": rows["removed_fraction"], "bits_per_weight": rows["bits_per_weight"],
-        "linear_bits_per_weight": rows["linear_bits_per_weight"], "perplexity": rows["perplexity"],
+        "removed_fraction": rows["removed_fraction"],
+        "bits_per_decoder_parameter": rows["bits_per_decoder_parameter"],
+        "bits_per_linear_weight": rows["bits_per_linear_weight"], "perplexity": rows["perplexity"],
         "kl_to_reference_nats": rows["error"],
         **{column: rows.get(column, math.nan) for column in INTERVAL_COLUMNS},
     })  # fmt: skip

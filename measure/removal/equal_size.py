@@ -69,22 +69,23 @@ class DecoderSizes:
         """Removed fraction f → b(f) = 16(1 − f) per decoder parameter, and the equal-size bits per linear
         weight B⁻¹(b(f))."""
         bits = removal_bits_per_weight(removed_fraction)
-        return {"removed_fraction": removed_fraction, "bits_per_weight": bits,
-                "linear_bits_per_weight": self.linear_bits(bits)}  # fmt: skip
+        return {"removed_fraction": removed_fraction, "bits_per_decoder_parameter": bits,
+                "bits_per_linear_weight": self.linear_bits(bits)}  # fmt: skip
 
     def sparsity(self, removed_fraction: float, convention: str) -> float:
         """The pruning sparsity whose size equals the removal of fraction f under a named mask convention."""
-        linear = self.equal_size(removed_fraction)["linear_bits_per_weight"]
+        linear = self.equal_size(removed_fraction)["bits_per_linear_weight"]
         return equal_compression_sparsity(linear, mask_convention(convention))
 
 
 def value_at(curve: pd.DataFrame, size: float) -> dict[str, float | bool] | None:
-    """``quality_db`` of ``curve`` (columns bits_per_weight, quality_db) at ``size`` (module docstring), or None.
+    """``quality_db`` of ``curve`` (columns bits_per_decoder_parameter, quality_db) at ``size`` (module docstring),
+    or None.
 
     Returns quality_db, the bracketing sizes ``low_bits``/``high_bits`` (equal when a point sits at the size)
     and ``interpolated``."""
-    points = curve.sort_values("bits_per_weight")
-    bits = points["bits_per_weight"].to_numpy(float)
+    points = curve.sort_values("bits_per_decoder_parameter")
+    bits = points["bits_per_decoder_parameter"].to_numpy(float)
     quality = points["quality_db"].to_numpy(float)
     at = np.flatnonzero(np.abs(bits - size) <= SIZE_TOLERANCE)
     if at.size:
@@ -107,8 +108,8 @@ def equivalent_bits(curve: pd.DataFrame, quality_db: float) -> tuple[float, str]
     ``""`` (read off the curve), ``"below"`` (worse than the curve's smallest size: that size is returned),
     ``"above"`` (better than its largest size: that size is returned) or ``"gap"`` (the crossing lies between two
     points more than :data:`MAX_BRACKET_BITS` apart: NaN, never interpolated; measure the missing width)."""
-    points = curve.sort_values("bits_per_weight")
-    bits = points["bits_per_weight"].to_numpy(float)
+    points = curve.sort_values("bits_per_decoder_parameter")
+    bits = points["bits_per_decoder_parameter"].to_numpy(float)
     quality = points["quality_db"].to_numpy(float)
     if not bits.size or math.isnan(quality_db):
         return math.nan, ""

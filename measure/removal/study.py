@@ -322,7 +322,7 @@ def unit_table(importance: Importance, arch: Architecture) -> pd.DataFrame:
     ]  # fmt: skip
     fraction = np.array(parameters) / decoder
     bits = [removal_bits_per_weight(f) for f in fraction]
-    table = table.assign(parameters=parameters, removed_fraction=fraction, bits_per_weight=bits)
+    table = table.assign(parameters=parameters, removed_fraction=fraction, bits_per_decoder_parameter=bits)
     table["rank"] = table.groupby("unit")["influence"].rank(method="first").astype(int) - 1
     return table
 
@@ -456,7 +456,7 @@ def run_study(
         measure_width(meter, evaluator, points, option, log)
     reference = pd.DataFrame()
     if set(settings.views) & {"layer_energy", "layer_parameters"}:
-        reference = measure_reference(meter, points, [*map(float, ALL_BITS), *levels["linear_bits_per_weight"]])
+        reference = measure_reference(meter, points, [*map(float, ALL_BITS), *levels["bits_per_linear_weight"]])
     table = points.table()
     lap("methods", points=table, layer_rd=reference,
         answer=answer_table(levels, table, settings.views, settings.mask_conventions, points.tokens, stored_bits))

@@ -64,7 +64,8 @@ class StudyPoints:
             found = variants.get(view, {})
             self.rows.append({
                 "view": view, "series": series, "family": family, "term": term, "mask_convention": mask_convention,
-                "bits_per_weight": self.sizes.decoder_bits(linear_bits), "linear_bits_per_weight": linear_bits,
+                "bits_per_decoder_parameter": self.sizes.decoder_bits(linear_bits),
+                "bits_per_linear_weight": linear_bits,
                 "error": errors[view], "quality_db": relative_error_db(errors[view]),
                 "perplexity": result.perplexity if view == "end_to_end" and result is not None else math.nan,
                 "mixed": False, "removed_fraction": math.nan, "size_gap_bits": math.nan, **extra,
@@ -76,11 +77,14 @@ class StudyPoints:
         return pd.DataFrame(self.rows, columns=POINT_COLUMNS)
 
 
-POINT_COLUMNS = ["view", "series", "family", "term", "mask_convention", "bits_per_weight",
-                 "linear_bits_per_weight", "error", "quality_db", "perplexity", "mixed", "removed_fraction",
+POINT_COLUMNS = ["view", "series", "family", "term", "mask_convention", "bits_per_decoder_parameter",
+                 "bits_per_linear_weight", "error", "quality_db", "perplexity", "mixed", "removed_fraction",
                  "size_gap_bits", *INTERVAL_COLUMNS, *LOCAL_VARIANT_COLUMNS]  # fmt: skip
-"""``bits_per_weight``: per decoder parameter; ``error``: the view's error (relative error, or KL in nats per token
-end to end; local views: the headline variant, on held-out data without sink positions); ``quality_db`` =
+"""``bits_per_decoder_parameter``: the model's size in bits per parameter of the original decoder blocks (removed
+parameters at 0 bits, uncompressed ones at 16); ``bits_per_linear_weight``: the same size per linear weight of the
+decoder blocks that remain (uncompressed ones at 16 bits); ``error``: the view's error (relative error, or KL in
+nats per token end to end; local views: the headline variant, on held-out data without sink positions);
+``quality_db`` =
 −10·log10 error; ``mixed``: a model spliced from two widths at a removal level's size (``removed_fraction``),
 ``size_gap_bits`` its size minus b(f); end to end the 95 % block-bootstrap intervals (:data:`INTERVAL_COLUMNS`);
 local views the robustness variants (:data:`LOCAL_VARIANT_COLUMNS`)."""
@@ -148,7 +152,7 @@ def measure_quantizer(meter: ViewMeter, evaluator: ResidualStreamEvaluator | Non
     series = f"{quantizer}_{group}"
     steps = {bits: _step(term_prefix.format(bits=bits)) for bits in sorted(widths)}
     bits_of = {bits: _linear_bits(meter, step) for bits, step in steps.items()}
-    targets = levels.drop_duplicates("removed_fraction")[["removed_fraction", "linear_bits_per_weight"]]
+    targets = levels.drop_duplicates("removed_fraction")[["removed_fraction", "bits_per_linear_weight"]]
     previous: tuple[LayerStep, TermWeights] | None = None
     for bits, step in steps.items():
         clock = StepClock()
@@ -245,7 +249,7 @@ def measure_reference(meter: ViewMeter, points: StudyPoints, linear_bits: Sequen
     into ``points``: per layer at a uniform rate, aggregated like the layer views (``gaussian_rd``), and with the
     rate water-filled jointly over all the decoder's layers (``gaussian_rd_joint``,
     :func:`theory.rate_distortion.decoder_rd_relative_error`). Returns the per-layer values at the integer sizes
-    (layer, block, bits_per_weight, rd_relative_error, rd_sqnr_db)."""
+    (layer, block, bits_per_linear_weight, rd_relative_error, rd_sqnr_db)."""
     spectra = [layer_spectrum(meter.scoring.scoring_inputs(ref.name)[0].double().numpy(),
                               ref.weight().detach().to("cpu", torch.float64).numpy())
                for ref in meter.refs]  # fmt: skip
@@ -262,8 +266,8 @@ def measure_reference(meter: ViewMeter, points: StudyPoints, linear_bits: Sequen
                    {view: float(values[k]) for view, values in joint.items()})
         if float(bits).is_integer():
             rows += [
-                {"layer": ref.name, "block": ref.block_index, "bits_per_weight": bits, "rd_relative_error": r,
-                 "rd_sqnr_db": relative_error_db(r)}
+                {"layer": ref.name, "block": ref.block_index, "bits_per_linear_weight": bits,
+                 "rd_relative_error": r, "rd_sqnr_db": relative_error_db(r)}
                 for ref, r in zip(meter.refs, relative, strict=True)
             ]
     return pd.DataFrame(rows)

@@ -39,12 +39,14 @@ from measure.removal.terms import width_series
 from theory.accounting import removal_bits_per_weight
 from theory.errors import PvqError
 
-COLUMNS = ["method", "spec", "matched_to", "refit", "removed_fraction", "bits_per_weight", "size_gap_bits",
-           "sparsity", "perplexity", "kl_to_reference_nats", "base_perplexity", *INTERVAL_COLUMNS]  # fmt: skip
+COLUMNS = ["method", "spec", "matched_to", "refit", "removed_fraction", "bits_per_decoder_parameter",
+           "size_gap_bits", "sparsity", "perplexity", "kl_to_reference_nats", "base_perplexity",
+           *INTERVAL_COLUMNS]  # fmt: skip
 """``method``: shrink_mlp / shrink_heads (:func:`measure.removal.terms.width_series`), remove:bi or sparsegpt;
-``matched_to``: the width option whose size the row matches (its own for a shrink); ``bits_per_weight``: per
-decoder parameter; ``size_gap_bits``: the row's size minus the matched shrink's; ``kl_to_reference_nats``: KL to
-the original, nats per token, with its 95 % block-bootstrap interval and the other columns of
+``matched_to``: the width option whose size the row matches (its own for a shrink); ``bits_per_decoder_parameter``:
+bits per parameter of the original decoder blocks (removed ones at 0 bits, the others at 16);
+``size_gap_bits``: the row's size minus the matched shrink's; ``kl_to_reference_nats``: KL to the original,
+nats per token, with its 95 % block-bootstrap interval and the other columns of
 :data:`measure.evaluation.perplexity.INTERVAL_COLUMNS`."""
 
 
@@ -97,7 +99,7 @@ def width_comparison_table(
     def add(method: str, spec: str, option: str, result: PerplexityResult, fraction: float, gap: float,
             refit: bool | None = None, sparsity: float = math.nan) -> None:  # fmt: skip
         rows.append({"method": method, "spec": spec, "matched_to": option, "refit": refit,
-                     "removed_fraction": fraction, "bits_per_weight": removal_bits_per_weight(fraction),
+                     "removed_fraction": fraction, "bits_per_decoder_parameter": removal_bits_per_weight(fraction),
                      "size_gap_bits": gap, "sparsity": sparsity, "perplexity": result.perplexity,
                      "kl_to_reference_nats": max(result.kl_to_reference_nats, 0.0), "base_perplexity": base,
                      **interval_columns(result)})

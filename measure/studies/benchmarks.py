@@ -24,7 +24,8 @@ def variant_metrics(
     loaded: LoadedModel, spec: str, batches: Sequence[torch.Tensor], windows: TokenWindows,
     tasks: Mapping[str, int], calibration: str, captured: Any = None,
 ) -> list[dict[str, Any]]:  # fmt: skip
-    """Size (bits per original parameter, MB), PPL, KL to the original and task accuracies (``acc``; MMLU: micro
+    """Size (``bits_per_model_parameter``: over every parameter of the original model, embeddings included, the
+uncompressed ones at 16 bits; MB), PPL, KL to the original and task accuracies (``acc``; MMLU: micro
     average) of one variant: ``spec`` applied to a copy of the model (``""``: the original). One row per task of
     ``tasks`` (lm-eval task -> ``--limit``)."""
 
@@ -35,7 +36,7 @@ def variant_metrics(
         bits = apply_spec(model, spec, batches, calibration=calibration, captured=captured,
                           workers=None).size["bits"]  # fmt: skip
     result = evaluate_perplexity(model, windows, reference)
-    common = {"spec": spec, "bits_per_weight": bits / parameters, "size_mb": bits / BITS_PER_MB,
+    common = {"spec": spec, "bits_per_model_parameter": bits / parameters, "size_mb": bits / BITS_PER_MB,
               "perplexity": result.perplexity, "kl_to_reference_nats": result.kl_to_reference_nats,
               **interval_columns(result)}  # fmt: skip
     rows = []

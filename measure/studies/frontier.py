@@ -42,8 +42,9 @@ def compression_frontier_table(
     model: nn.Module, batches: Sequence[torch.Tensor], windows: TokenWindows, specs: Sequence[str],
     calibration: str, batch_size: int,
 ) -> pd.DataFrame:  # fmt: skip
-    """One row per spec: method, family, compressed bits per weight, whole-model bits per weight and MB, PPL and
-    KL to the original on ``windows`` with their 95 % intervals
+    """One row per spec: method, family, ``bits_per_compressed_weight`` (over the linear weights the spec
+    compresses), ``bits_per_model_parameter`` (over every parameter of the model, the uncompressed ones at 16
+    bits) and MB, PPL and KL to the original on ``windows`` with their 95 % intervals
     (:data:`measure.evaluation.perplexity.INTERVAL_COLUMNS`), and the original's PPL. ``calibration``: the
     stream compression is calibrated on (:data:`measure.compress.spec.CALIBRATION_STREAMS`). The model is left as
     it was."""
@@ -58,8 +59,8 @@ def compression_frontier_table(
             result = evaluator.evaluate(start=0)
         rows.append({
             "spec": spec, "method": spec_method(spec), "family": spec_family(spec),
-            "bits_per_weight": report.size["compressed_bits_per_weight"],
-            "model_bits_per_weight": report.size["bits_per_weight"], "size_mb": report.size["bytes"] / 1e6,
+            "bits_per_compressed_weight": report.size["compressed_bits_per_weight"],
+            "bits_per_model_parameter": report.size["bits_per_weight"], "size_mb": report.size["bytes"] / 1e6,
             "perplexity": result.perplexity, "kl_to_reference_nats": result.kl_to_reference_nats,
             "base_perplexity": base, **interval_columns(result),
         })  # fmt: skip

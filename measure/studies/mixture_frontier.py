@@ -39,14 +39,15 @@ sensitivity, and a menu option applied to every layer (``spec`` names it)."""
 PAIRED_COLUMNS = ["paired_kl_difference", "paired_kl_difference_ci_low", "paired_kl_difference_ci_high"]
 """On a uniform row: KL of the KL allocation of exactly its size minus the uniform option's KL, nats per token,
 with its 95 % paired block-bootstrap interval (same tokens; NaN where no allocation has that size)."""
-COLUMNS = ["sensitivity", "spec", "budget", "bits_per_weight", "predicted_damage", "predicted_kl_nats",
+COLUMNS = ["sensitivity", "spec", "budget", "bits_per_linear_weight", "predicted_damage", "predicted_kl_nats",
            "lagrangian_lower_bound", "split", "removed_blocks", "perplexity", "kl_to_reference_nats",
            "base_perplexity", "menu", "kl_to_reference_nats_ci_low", "kl_to_reference_nats_ci_high",
            "perplexity_ci_low", "perplexity_ci_high", "same_top_rate", "kl_p99", "tokens",
            *PAIRED_COLUMNS]  # fmt: skip
-"""The table's columns in order: the row kind (:data:`KINDS`), the uniform spec, the budget, bits spent,
-predicted damage (own units; and predicted KL), Lagrangian lower bound, the split of the weights over the options
-(JSON), the removed blocks, PPL and KL to the original with their intervals, and :data:`PAIRED_COLUMNS`."""
+"""The table's columns in order: the row kind (:data:`KINDS`), the uniform spec, the budget, bits spent
+(``bits_per_linear_weight``: over the decoder blocks' linear weights, removed blocks' at 0 bits), predicted
+damage (own units; and predicted KL), Lagrangian lower bound, the split of the weights over the options (JSON),
+the removed blocks, PPL and KL to the original with their intervals, and :data:`PAIRED_COLUMNS`."""
 
 
 class AllocationScorer:
@@ -86,7 +87,7 @@ def evaluation_plan(uniform_bits: dict[str, float], budgets: Sequence[float],
 def uniform_row(measured: MenuMeasurement, option: MenuOption, bits: float) -> tuple[pd.DataFrame, dict[str, Any]]:
     """The every-layer table of ``option`` and its row (predicted damage with the KL sensitivity)."""
     damage = uniform_damage(measured.ledger, measured.sensitivities["kl"], option)
-    row = {"spec": option.text, "budget": bits, "bits_per_weight": bits, "predicted_damage": damage,
+    row = {"spec": option.text, "budget": bits, "bits_per_linear_weight": bits, "predicted_damage": damage,
            "lagrangian_lower_bound": math.nan, "split": json.dumps({option.text: 1.0}), "removed_blocks": "",
            "predicted_kl_nats": damage}  # fmt: skip
     return uniform_table(measured.bits, option.text), row
@@ -103,7 +104,7 @@ def allocation_row(measured: MenuMeasurement, menu: Sequence[MenuOption], sensit
     removal_kl = float(measured.removal["kl"].reindex(summary["removed_blocks"]).sum())
     kl_per_error = measured.sensitivities["kl"]
     predicted_kl = (kept["relative_error"] * kl_per_error[kept["layer"]].to_numpy()).sum() + removal_kl
-    row = {"spec": "", "budget": float(budget), "bits_per_weight": summary["bits_per_weight"],
+    row = {"spec": "", "budget": float(budget), "bits_per_linear_weight": summary["bits_per_linear_weight"],
            "predicted_damage": summary["predicted_damage"], "predicted_kl_nats": float(predicted_kl),
            "lagrangian_lower_bound": summary["lagrangian_lower_bound"], "split": json.dumps(budget_split(chosen)),
            "removed_blocks": ",".join(map(str, summary["removed_blocks"]))}  # fmt: skip
@@ -152,7 +153,7 @@ def paired_columns(rows: list[dict[str, Any]], results: list[PerplexityResult]) 
                    if row["sensitivity"] == "kl"]  # fmt: skip
     columns: dict[str, list[float]] = {column: [] for column in PAIRED_COLUMNS}
     for row, result in zip(rows, results, strict=True):
-        same = [alloc for budget, alloc in allocations if abs(budget - row["bits_per_weight"]) <= TOLERANCE]
+        same = [alloc for budget, alloc in allocations if abs(budget - row["bits_per_linear_weight"]) <= TOLERANCE]
         if row["sensitivity"] != "uniform" or not same:
             values = [math.nan] * 3
         else:

@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
                          calibration_mode="parallel", **place.as_dict())  # fmt: skip
     path = write_allocation(allocation, args.out, provenance)
     summary = allocation.summary
-    print(f"budget {args.budget:g} bpw -> {summary['bits_per_weight']:.6f} bpw spent; predicted damage "
+    print(f"budget {args.budget:g} bpw -> {summary['bits_per_linear_weight']:.6f} bpw spent; predicted damage "
           f"{summary['predicted_damage']:.6g} (lower bound {summary['lagrangian_lower_bound']:.6g})")  # fmt: skip
     print(allocation.table.groupby("option")["parameters"].sum().div(summary["parameters"]).to_string())
     if summary["removed_blocks"]:

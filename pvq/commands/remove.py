@@ -235,8 +235,8 @@ def _print_summary(study: Any) -> None:
     answer = study.tables["answer"]
     print("Removal against the methods at exactly equal size b(f), per view (dB = -10 log10 error; margins: "
           "removal minus method; equivalent bits of each method):")
-    columns = ["view", "ordering", "removed", "mask_convention", "bits_per_weight", "removal_db", "best_series",
-               "best_db", "worst_series", "worst_db", "rd_db",
+    columns = ["view", "ordering", "removed", "mask_convention", "bits_per_decoder_parameter", "removal_db",
+               "best_series", "best_db", "worst_series", "worst_db", "rd_db",
                *[c for c in answer.columns if c.startswith("equivalent_bits_")]]  # fmt: skip
     print(answer[[c for c in columns if c in answer]].to_string(index=False))
     for key, value in study.summary.items():

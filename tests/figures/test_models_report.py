@@ -92,7 +92,7 @@ def test_cross_model_table_holds_each_models_answer_rows_as_stored(two_models):
         for row in expected.itertuples():
             cells = shown[(model, VIEW_CODES[row.view])]
             assert cells[2][0] == f"{level}/{blocks}"
-            assert float(cells[3][0]) == pytest.approx(row.bits_per_weight, abs=0.05)
+            assert float(cells[3][0]) == pytest.approx(row.bits_per_decoder_parameter, abs=0.05)
             assert float(cells[4][0]) == pytest.approx(row.removal_db, abs=0.05)
     assert len(rows) == len(MODELS) * len(VIEW_CODES)
 

@@ -141,12 +141,12 @@ def test_the_frontier_paragraph_states_only_numbers_recomputed_from_the_frontier
     expected = {f"{own['base_perplexity'].iloc[0]:.2f}", str(own["tokens"].iloc[0])}
     for row in own.itertuples():
         expected |= numbers_in(spec_label(row.spec)) | {
-            f"{row.bits_per_weight:.2f}", f"{row.perplexity:.2f}", f"{row.kl_to_reference_nats:.3f}",
+            f"{row.bits_per_compressed_weight:.2f}", f"{row.perplexity:.2f}", f"{row.kl_to_reference_nats:.3f}",
             f"{row.kl_to_reference_nats_ci_low:.3f}", f"{row.kl_to_reference_nats_ci_high:.3f}"}
     study = removal.study_part(tables[removal.STUDY], "end_to_end")
     for row in study[study["spec"] == frontier.REFERENCE_QUANTIZER].head(1).itertuples():
         expected |= numbers_in(spec_label(row.spec)) | {
-            f"{row.linear_bits_per_weight:.2f}", f"{row.perplexity:.2f}", f"{row.kl_to_reference_nats:.3f}",
+            f"{row.bits_per_linear_weight:.2f}", f"{row.perplexity:.2f}", f"{row.kl_to_reference_nats:.3f}",
             f"{row.error_ci_low:.3f}", f"{row.error_ci_high:.3f}"}
     assert_every_number_is(text, expected)
 
@@ -195,7 +195,7 @@ def test_the_plain_answers_state_only_numbers_recomputed_from_their_tables() -> 
     series = "gptq_g128"
     columns = (f"equivalent_bits_{series}", f"break_even_base_{series}")
     expected = {str(int(row["removed"])), str(blocks), f"{100 * row['removed_fraction']:.0f}",
-                str(int(row["tokens"])), f"{row['bits_per_weight']:.1f}",
+                str(int(row["tokens"])), f"{row['bits_per_decoder_parameter']:.1f}",
                 *(f"{row[f'{column}{end}']:.1f}" for column in columns for end in ("", "_ci_low", "_ci_high"))}
     assert_every_number_is(removal.removal_answer(tables), expected)
 

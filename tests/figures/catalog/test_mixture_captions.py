@@ -14,7 +14,7 @@ def _row(sensitivity: str, spec: str, bits: float, kl: float, removed: str = "",
          interval: tuple[float, float] = (math.nan, math.nan)) -> dict[str, object]:  # fmt: skip
     """A table row; ``interval``: the paired interval of allocation − this uniform option (uniform rows)."""
     difference = (interval[0] + interval[1]) / 2
-    return {"sensitivity": sensitivity, "spec": spec, "budget": bits, "bits_per_weight": bits,
+    return {"sensitivity": sensitivity, "spec": spec, "budget": bits, "bits_per_linear_weight": bits,
             "kl_to_reference_nats": kl, "removed_blocks": removed, "paired_kl_difference": difference,
             "paired_kl_difference_ci_low": interval[0], "paired_kl_difference_ci_high": interval[1],
             "tokens": 4088}  # fmt: skip

@@ -77,7 +77,7 @@ def test_answer_table_shows_the_free_mask_rows_of_the_answer_with_their_numbers(
     assert len(rows) == len(free) == 4 * 2 * 2
     for cells, level in zip(rows, free.itertuples(), strict=True):
         assert (cells[1], int(cells[2])) == (level.ordering, level.removed)
-        assert float(cells[3]) == pytest.approx(level.bits_per_weight, abs=0.05)
+        assert float(cells[3]) == pytest.approx(level.bits_per_decoder_parameter, abs=0.05)
         assert float(cells[4]) == pytest.approx(level.removal_db, abs=0.05)
         best_db, code = cells[5].split()
         assert float(best_db) == pytest.approx(level.best_db, abs=0.05)
@@ -94,7 +94,7 @@ def test_answer_sentence_is_read_off_the_answer_table():
     artifact = ARTIFACTS["removal_verdicts"]
     caption = artifact.caption(tables, synthetic_facts(artifact))
     rows = answer[(answer["ordering"] == "bi") & (answer["mask_convention"] == "free") & (answer["removed"] == 2)]
-    assert f"removing the 2 lowest-BI blocks ($b(f) = {rows['bits_per_weight'].iloc[0]:.2f}$" in caption
+    assert f"removing the 2 lowest-BI blocks ($b(f) = {rows['bits_per_decoder_parameter'].iloc[0]:.2f}$" in caption
     series = removal.answer_series(rows)
     assert series == "gptq_g128"  # the first quantizer of ANSWER_SERIES measured, in every view
     for view, prose in removal.VIEW_PROSE.items():
@@ -117,7 +117,7 @@ def test_removal_figure_draws_every_curve_and_the_removal_levels_of_each_view():
         assert len(ax.lines) == curves + 2 * levels["ordering"].nunique() + 1 + caps
         for ordering, group in levels.groupby("ordering"):
             line = next(line for line in ax.lines if ordering in line.get_label().lower())
-            np.testing.assert_allclose(line.get_xdata(), group["bits_per_weight"])
+            np.testing.assert_allclose(line.get_xdata(), group["bits_per_decoder_parameter"])
             np.testing.assert_allclose(line.get_ydata(), group[f"removal_error_{view}"])
         rd = [line for line in ax.lines if line.get_label() == "Gaussian RD reference"]
         assert len(rd) == (1 if view.startswith("layer") else 0)
@@ -153,20 +153,20 @@ def test_propagation_caption_states_the_correlations_computed_independently():
         assert sorted(drawn[:, 1]) == pytest.approx(sorted(frame["kl_to_reference_nats"]))
 
 
-def test_frontier_plots_every_point_at_its_bits_per_weight_in_both_panels():
+def test_frontier_plots_every_point_at_its_bits_per_linear_weight_in_both_panels():
     tables = synthetic_tables((frontier.FRONTIER, removal.STUDY))
     points = frontier.frontier_points(tables)
     end_to_end = removal.study_part(tables[removal.STUDY], "end_to_end")
-    study_points = end_to_end.drop_duplicates(["method", "bits_per_weight"])
+    study_points = end_to_end.drop_duplicates(["method", "bits_per_decoder_parameter"])
     assert len(points) == len(tables[frontier.FRONTIER]) + len(study_points)
     figure = draw(ARTIFACTS["perplexity_vs_size"], tables)
     ppl, kl = figure.axes[:2]
     for ax, column in ((ppl, "perplexity"), (kl, "kl_to_reference_nats")):
-        assert ax.get_xlabel() == "bits per weight"
+        assert ax.get_xlabel() == "bits per linear weight"
         drawn = np.concatenate([np.column_stack([line.get_xdata(), line.get_ydata()]) for line in ax.lines
                                 if not line.get_label().startswith("_")  # interval caps, the stored size line
                                 and line.get_label() not in ("original (dequantized)", "stored format")])
-        expected = points[["bits_per_weight", column]].to_numpy(float)
+        expected = points[["bits_per_linear_weight", column]].to_numpy(float)
         np.testing.assert_allclose(drawn[np.lexsort(drawn.T)], expected[np.lexsort(expected.T)])
     assert ppl.get_ylabel() == "perplexity" and kl.get_ylabel() == "KL (nats/token)"
 
@@ -180,7 +180,7 @@ def test_benchmark_table_has_one_row_per_configuration_and_one_accuracy_column_p
     assert len(rows) == frame["spec"].nunique()
     for cells, (_, rows_of_spec) in zip(rows, frame.groupby("spec", sort=False), strict=True):
         first = rows_of_spec.iloc[0]
-        assert float(cells[1]) == pytest.approx(first["bits_per_weight"], abs=0.005)
+        assert float(cells[1]) == pytest.approx(first["bits_per_model_parameter"], abs=0.005)
         expected = sorted(f"{100 * a:.1f} ± {100 * e:.1f} (N={int(n)})" for a, e, n in
                           rows_of_spec[["accuracy", "accuracy_stderr", "questions"]].to_numpy())
         assert sorted(cells[5:]) == expected

@@ -10,8 +10,8 @@ from figures.catalog import removal
 
 def _rows(difference: tuple[float, float, float], outcome: str, verdict16: str, verdict_stored: str
           ) -> pd.DataFrame:  # fmt: skip
-    common = {"ordering": "bi", "mask_convention": "free", "removed": 4, "bits_per_weight": 13.87,
-              "stored_bits": 5.0}  # fmt: skip
+    common = {"ordering": "bi", "mask_convention": "free", "removed": 4, "bits_per_decoder_parameter": 13.87,
+              "stored_bits_per_decoder_parameter": 5.0}  # fmt: skip
     end = {**common, "view": "end_to_end", "tokens": 4088, "equivalent_bits_gptq_g128": 4.4,
            "equivalent_bits_gptq_g128_censored": "", "equivalent_bits_gptq_g128_ci_low": 4.2,
            "equivalent_bits_gptq_g128_ci_high": 4.6, "break_even_base_gptq_g128": 5.07,

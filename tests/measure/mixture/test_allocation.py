@@ -69,9 +69,9 @@ def test_the_applied_allocation_costs_what_its_accounting_says() -> None:
         spent = sum(recomputed_bits(originals[ref.name], ref.weight(), chosen[ref.name])
                     for ref in describe(compressed).linears)  # fmt: skip
         total = table["parameters"].sum()
-        assert abs(spent / total - allocation.summary["bits_per_weight"]) < 1e-6
-        assert abs(report.size["linear_bits_per_weight"] - allocation.summary["bits_per_weight"]) < 1e-6
-        assert allocation.summary["bits_per_weight"] <= budget + 1e-12
+        assert abs(spent / total - allocation.summary["bits_per_linear_weight"]) < 1e-6
+        assert abs(report.size["linear_bits_per_weight"] - allocation.summary["bits_per_linear_weight"]) < 1e-6
+        assert allocation.summary["bits_per_linear_weight"] <= budget + 1e-12
         assert math.isclose(allocation.summary["predicted_damage"], table["predicted_damage"].sum(), rel_tol=1e-12)
         assert allocation.summary["lagrangian_lower_bound"] <= allocation.summary["predicted_damage"] * (1 + 1e-12)
     assert mixtures >= 2  # the budgets between the options' sizes mix options
@@ -172,7 +172,7 @@ def _allocation_file(folder: Path) -> tuple[torch.nn.Module, Path]:
     ("edit", "message"),
     [(lambda t: t.drop(columns="option"), "lacks column"), (lambda t: pd.concat([t, t.head(1)]), "twice"),
      (lambda t: t.assign(option="fancy:3"), "unknown method"), (lambda t: t.head(0), "no rows"),
-     (lambda t: t.assign(bits_per_weight=-1.0), "bits_per_weight"),
+     (lambda t: t.assign(bits_per_linear_weight=-1.0), "bits_per_linear_weight"),
      (lambda t: t.assign(parameters=0.5), "parameters")],
 )  # fmt: skip
 def test_malformed_allocation_files_are_one_clear_error_each(tmp_path: Path, edit, message: str) -> None:
@@ -263,8 +263,8 @@ def test_removal_options_remove_whole_blocks_that_reload_and_cost_what_the_accou
     for ref in describe(compressed).linears:  # block i of the compressed model is block kept[i] of the original
         source = ref.name.replace(f"layers.{ref.block_index}.", f"layers.{kept[ref.block_index]}.", 1)
         spent += recomputed_bits(originals[source], ref.weight(), chosen[source])
-    assert abs(spent / table["parameters"].sum() - allocation.summary["bits_per_weight"]) < 1e-6
-    assert allocation.summary["bits_per_weight"] <= 2.0 + 1e-12
+    assert abs(spent / table["parameters"].sum() - allocation.summary["bits_per_linear_weight"]) < 1e-6
+    assert allocation.summary["bits_per_linear_weight"] <= 2.0 + 1e-12
     compressed.save_pretrained(tmp_path / "removed")
     reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "removed").eval()
     ids = text_ids()[:24].unsqueeze(0)
@@ -278,7 +278,7 @@ def test_a_block_removed_in_part_is_refused(tmp_path: Path) -> None:
     block = allocation.summary["removed_blocks"][0]
     first = table.index[table["block"] == block][0]
     partial = table.copy()
-    partial.loc[first, ["option", "bits_per_weight"]] = ["keep", 16.0]
+    partial.loc[first, ["option", "bits_per_linear_weight"]] = ["keep", 16.0]
     with pytest.raises(PvqError, match=f"removes block {block} but does not say 'remove'"):
         check_allocation(partial, allocation_spec(partial), model)
     options = parse_menu(REMOVAL_MENU)

@@ -167,7 +167,7 @@ def test_the_table_on_a_tiny_model_has_its_columns_flags_and_leaves_the_model_un
     assert table["base_ppl"].iloc[0] == pytest.approx(evaluate_perplexity(model, windows).perplexity, rel=1e-9)
     assert (table["kl"] > 0).all() and (table["ppl"] > 0).all()
     for name in ("free", "entropy"):
-        sizes, losses = table[f"size_bits_per_param_{name}"].to_numpy(), table["kl"].to_numpy()
+        sizes, losses = table[f"bits_per_decoder_parameter_{name}"].to_numpy(), table["kl"].to_numpy()
         assert table[f"pareto_{name}"].tolist() == [not _dominated(i, sizes, losses) for i in range(len(table))]
-    entropy_extra = table["size_bits_per_param_entropy"] - table["size_bits_per_param_free"]
+    entropy_extra = table["bits_per_decoder_parameter_entropy"] - table["bits_per_decoder_parameter_free"]
     assert (entropy_extra[table["sparsity"] > 0] > 0).all() and (entropy_extra[table["sparsity"] == 0] == 0).all()

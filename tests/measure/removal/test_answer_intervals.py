@@ -15,7 +15,8 @@ from measure.removal.answer import EndToEndTokens, answer_table, break_even, rem
 
 def _points(kl: dict[str, float]) -> pd.DataFrame:
     rows = [{"view": "end_to_end", "series": "rtn_g128", "family": "quantization", "term": term,
-             "mask_convention": None, "bits_per_weight": bits, "linear_bits_per_weight": bits, "error": error,
+             "mask_convention": None, "bits_per_decoder_parameter": bits, "bits_per_linear_weight": bits,
+             "error": error,
              "quality_db": -10 * math.log10(error), "perplexity": 20.0, "mixed": False,
              "removed_fraction": math.nan, "size_gap_bits": math.nan}
             for term, (bits, error) in {"rtn:3": (3.0, kl["rtn:3"]), "rtn:4": (4.0, kl["rtn:4"])}.items()]
@@ -24,7 +25,8 @@ def _points(kl: dict[str, float]) -> pd.DataFrame:
 
 def _levels(kl: float, low: float, high: float, bits: float = 3.5) -> pd.DataFrame:
     return pd.DataFrame([{"ordering": "bi", "removed": 1, "blocks": "2", "removed_fraction": 1 - bits / 16,
-                          "bits_per_weight": bits, "linear_bits_per_weight": bits, "removal_error_end_to_end": kl,
+                          "bits_per_decoder_parameter": bits, "bits_per_linear_weight": bits,
+                          "removal_error_end_to_end": kl,
                           "error_ci_low": low, "error_ci_high": high, "tokens": 1024}])  # fmt: skip
 
 

@@ -30,7 +30,7 @@ def test_decoder_and_linear_bits_are_inverse_and_count_the_16_bit_rest() -> None
         decoder = SIZES.decoder_bits(linear_bits)
         assert decoder == pytest.approx((linear_bits * 3_538_944 + 16 * 1_152) / 3_540_096, rel=1e-15)
         assert SIZES.linear_bits(decoder) == pytest.approx(linear_bits, rel=1e-14)
-    assert SIZES.equal_size(0.0)["linear_bits_per_weight"] == pytest.approx(16.0)
+    assert SIZES.equal_size(0.0)["bits_per_linear_weight"] == pytest.approx(16.0)
 
 
 @pytest.mark.parametrize("name", list(MASK_CONVENTIONS))
@@ -54,7 +54,7 @@ def test_an_unknown_mask_convention_is_one_clear_error() -> None:
 
 
 def _curve(bits: list[float], quality: list[float]) -> pd.DataFrame:
-    return pd.DataFrame({"bits_per_weight": bits, "quality_db": quality})
+    return pd.DataFrame({"bits_per_decoder_parameter": bits, "quality_db": quality})
 
 
 def test_value_at_takes_a_point_or_interpolates_in_db_between_neighbours_one_bit_apart() -> None:

@@ -59,15 +59,16 @@ def test_evaluator_equals_evaluate_perplexity_of_the_removed_model() -> None:
 def _points(view: str, rows: list[tuple[str, float, float]]) -> pd.DataFrame:
     """Curve points (series, bits per parameter, error) of one view with the study's columns."""
     return pd.DataFrame([{"view": view, "series": series, "family": "quantization", "term": f"{series}@{bits}",
-                          "mask_convention": None, "bits_per_weight": bits, "linear_bits_per_weight": bits,
-                          "error": error, "quality_db": -10 * math.log10(error), "perplexity": math.nan,
+                          "mask_convention": None, "bits_per_decoder_parameter": bits,
+                          "bits_per_linear_weight": bits, "error": error, "quality_db": -10 * math.log10(error),
+                          "perplexity": math.nan,
                           "mixed": False, "removed_fraction": math.nan, "size_gap_bits": math.nan}
                          for series, bits, error in rows])  # fmt: skip
 
 
 def test_answer_table_reads_each_method_at_the_removal_size_and_inverts_its_curve() -> None:
     levels = pd.DataFrame([{"ordering": "bi", "removed": 1, "blocks": "3", "removed_fraction": 0.25,
-                            "bits_per_weight": 12.0, "linear_bits_per_weight": 12.0,
+                            "bits_per_decoder_parameter": 12.0, "bits_per_linear_weight": 12.0,
                             "removal_error_block": 0.01}])  # fmt: skip
     points = _points("block", [("rtn", 2.0, 0.5), ("rtn", 3.0, 0.1), ("rtn", 11.5, 1e-6), ("rtn", 12.5, 2.5e-7),
                                ("gptq", 2.0, 0.2), ("gptq", 3.0, 0.005), ("gptq", 4.0, 0.001)])  # fmt: skip
@@ -128,7 +129,7 @@ def test_run_study_on_a_tiny_model_leaves_it_unchanged(tiny_study) -> None:
     torch.testing.assert_close(after, before, rtol=0, atol=0)
     levels = study.tables["levels"]
     assert len(levels) == len(TINY_SETTINGS.orderings) * TINY_SETTINGS.max_removed
-    assert levels["bits_per_weight"].tolist()[:2] == [pytest.approx(12.0), pytest.approx(8.0)]
+    assert levels["bits_per_decoder_parameter"].tolist()[:2] == [pytest.approx(12.0), pytest.approx(8.0)]
     single = study.tables["single_units"]
     assert single.groupby("unit").size().to_dict() == {"attention": 4, "block": 4, "mlp": 4}
     answer = study.tables["answer"]
@@ -148,17 +149,17 @@ def test_every_method_at_the_removal_size_sits_there_or_between_widths_one_bit_a
                       & (points["mask_convention"].isna() | (points["mask_convention"] == row.mask_convention))]
         at_size = 0
         for series, curve in rows[rows["family"] != "reference"].groupby("series"):
-            bits = np.sort(curve["bits_per_weight"].to_numpy())
-            exact = np.abs(bits - row.bits_per_weight) <= SIZE_TOLERANCE
-            below, above = bits[bits < row.bits_per_weight], bits[bits > row.bits_per_weight]
+            bits = np.sort(curve["bits_per_decoder_parameter"].to_numpy())
+            exact = np.abs(bits - row.bits_per_decoder_parameter) <= SIZE_TOLERANCE
+            below, above = bits[bits < row.bits_per_decoder_parameter], bits[bits > row.bits_per_decoder_parameter]
             bracketed = len(below) and len(above) and above[0] - below[-1] <= MAX_BRACKET_BITS
             at_size += bool(exact.any() or bracketed)
             if bracketed and not exact.any():
                 spliced = points[points["mixed"] & (points["view"] == row.view) & (points["series"] == series)
                                  & np.isclose(points["removed_fraction"], row.removed_fraction)]  # fmt: skip
-                assert len(spliced) == 1, (series, row.view, row.bits_per_weight)
+                assert len(spliced) == 1, (series, row.view, row.bits_per_decoder_parameter)
             if curve["family"].iloc[0] == "pruning":
-                assert exact.any(), (series, row.bits_per_weight)
+                assert exact.any(), (series, row.bits_per_decoder_parameter)
         assert at_size == row.methods_at_size
     mixed = points[points["mixed"]]
     assert len(mixed) and (mixed["size_gap_bits"].abs() < 0.01).all()
@@ -170,14 +171,14 @@ def test_every_method_at_the_removal_size_sits_there_or_between_widths_one_bit_a
 def test_rd_reference_of_the_layer_view_aggregates_the_per_layer_values(tiny_study) -> None:
     tables = tiny_study[0].tables
     layers, per_layer, points = tables["layers"], tables["layer_rd"], tables["points"]
-    for bits, rows in per_layer.groupby("bits_per_weight"):
+    for bits, rows in per_layer.groupby("bits_per_linear_weight"):
         merged = rows.merge(layers, on="layer")
         energy = (merged["rd_relative_error"] * merged["output_energy"]).sum() / merged["output_energy"].sum()
         parameters = (merged["rd_relative_error"] * merged["parameters"]).sum() / merged["parameters"].sum()
-        reference = points[(points["series"] == "gaussian_rd") & (points["linear_bits_per_weight"] == bits)]
+        reference = points[(points["series"] == "gaussian_rd") & (points["bits_per_linear_weight"] == bits)]
         assert reference.set_index("view").loc["layer_energy", "error"] == pytest.approx(energy, rel=1e-12)
         assert reference.set_index("view").loc["layer_parameters", "error"] == pytest.approx(parameters, rel=1e-12)
-    assert sorted(per_layer["bits_per_weight"].unique()) == list(range(2, 17))
+    assert sorted(per_layer["bits_per_linear_weight"].unique()) == list(range(2, 17))
 
 
 def test_layer_view_of_removal_equals_its_parameter_share_whichever_blocks_go(tiny_study) -> None:
@@ -223,7 +224,8 @@ def test_width_pruning_points_are_the_physically_shrunk_model_in_every_view(tiny
         assert set(rows["family"]) == {"width"}
         settings = ShrinkSettings(**parse_shrink_term(tuple(option.split(":"))))
         shrunk = shrink_model(tiny_model("llama", num_hidden_layers=4), token_batches(1, length=24), settings)
-        assert rows["bits_per_weight"].iloc[0] == pytest.approx(16 * (1 - shrunk.removed_fraction), rel=1e-12)
+        size = 16 * (1 - shrunk.removed_fraction)
+        assert rows["bits_per_decoder_parameter"].iloc[0] == pytest.approx(size, rel=1e-12)
         assert rows["removed_fraction"].iloc[0] == pytest.approx(shrunk.removed_fraction, rel=1e-12)
         small = describe(shrunk.model)
         error = sum(float((run_block(small, i, BlockInputs(states[i], inputs.kwargs))[k] - y).pow(2).sum())
@@ -330,6 +332,6 @@ def test_unit_table_counts_each_units_parameters_and_ranks_by_influence() -> Non
         parameters = sum(p.numel() for module in modules for p in module.parameters())
         assert row.parameters == parameters
         assert row.removed_fraction == pytest.approx(parameters / decoder, rel=1e-12)
-        assert row.bits_per_weight == pytest.approx(16 * (1 - parameters / decoder), rel=1e-12)
+        assert row.bits_per_decoder_parameter == pytest.approx(16 * (1 - parameters / decoder), rel=1e-12)
     for _, rows in table.groupby("unit"):
         assert list(rows.sort_values("influence")["rank"]) == list(range(len(rows)))

@@ -40,9 +40,9 @@ def test_each_option_has_its_refit_pair_the_nearest_removal_and_sparsegpt_of_the
         assert refit["refit"] is True and plain["refit"] is False
         assert refit["removed_fraction"] == plain["removed_fraction"] == rows.loc["sparsegpt", "removed_fraction"]
         size = 16 * (1 - refit["removed_fraction"])
-        assert rows.loc["sparsegpt", "bits_per_weight"] == pytest.approx(size)
+        assert rows.loc["sparsegpt", "bits_per_decoder_parameter"] == pytest.approx(size)
         removal = rows.loc["remove:bi"]
-        assert removal["size_gap_bits"] == pytest.approx(removal["bits_per_weight"] - size)
+        assert removal["size_gap_bits"] == pytest.approx(removal["bits_per_decoder_parameter"] - size)
         assert 0 < rows.loc["sparsegpt", "sparsity"] < 1
         assert (rows["kl_to_reference_nats"] >= 0).all()
 
