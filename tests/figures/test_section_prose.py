@@ -259,3 +259,65 @@ def test_a_difference_is_named_only_when_its_interval_excludes_zero() -> None:
     assert interval_verdict(-0.3, -0.1, "lower", "higher", 4088) == "lower"
     assert interval_verdict(0.1, 0.3, "lower", "higher", 4088) == "higher"
     assert interval_verdict(-0.1, 0.3, "lower", "higher", 4088) == "indistinguishable at 4088 tokens"
+
+
+def test_every_number_of_the_tensor_paragraph_is_recomputed_from_its_table() -> None:
+    tables = all_tables()
+    frame = tables[weights.STUDY]
+    expected = {str(frame["layer"].nunique()),
+                f"{frame[['kurtosis', 'diff_db']].corr(method='spearman').iloc[0, 1]:.2f}"}  # fmt: skip
+    for bits, rows in frame.groupby("bits"):
+        wins = ~rows["pruning_wins"].astype(bool)
+        expected |= {str(bits), str(int(wins.sum())), str(len(rows)), f"{rows['diff_db'].median():+.1f}"}
+    assert_every_number_is(weights.tensor_prose(tables), expected)
+
+
+def test_every_number_of_the_mixture_paragraph_is_recomputed_from_its_table() -> None:
+    tables = all_tables()
+    frame = tables[mixture.MIXTURE]
+    counts = frame["sensitivity"].value_counts()
+    tokens = str(int(frame["tokens"].dropna().iloc[0]))
+    expected = {str(counts.get("kl", 0)), str(counts.get("uniform", 0)), tokens}
+    pairs = mixture.equal_size_pairs(tables)
+    quantization = pairs[pairs["kind"] == "quantization"]
+    expected |= {str(len(quantization)), *(f"{b:.3f}" for b in pairs["bits_per_linear_weight"])}
+    expected |= {str(int((quantization["outcome"] == o).sum())) for o in ("lower", "higher", "indistinguishable")}
+    by_size = pairs.groupby("bits_per_linear_weight")["outcome"].agg(lambda o: bool((o == "lower").all()))
+    expected |= {str(int(by_size.sum())), str(len(by_size))}
+    kl = frame[frame["sensitivity"] == "kl"].drop_duplicates("budget")
+    without = frame[frame["sensitivity"] == "kl_without_removal"].drop_duplicates("budget")
+    for row in kl.itertuples():
+        expected |= {f"{row.budget:g}", *re.findall(r"\d+", str(row.removed_blocks or ""))}
+        match = without[without["budget"] == row.budget]
+        if len(match):
+            expected |= {f"{row.kl_to_reference_nats:.3g}", f"{match['kl_to_reference_nats'].iloc[0]:.3g}"}
+    rho, r, n = mixture.prediction_check(frame)
+    expected |= {f"{rho:.2f}", f"{r:.2f}", str(n)}
+    assert_every_number_is(mixture.mixture_prose(tables), expected)
+
+
+def test_every_number_of_the_removal_paragraph_is_recomputed_from_the_study() -> None:
+    tables = all_tables()
+    frame = tables[removal.STUDY]
+    answer = removal.study_part(frame, "answer")
+    rows = answer[(answer["ordering"] == "bi") & (answer["mask_convention"] == "free")]
+    level = min(removal.ANSWER_LEVEL, int(rows["removed"].max()))
+    rows = rows[rows["removed"] == level]
+    series = removal.answer_series(rows.set_index("view"))
+    base = removal.study_part(frame, "base")
+    expected = {str(level), str(removal.study_part(frame, "units").query("unit == 'block'")["block"].nunique()),
+                str(int(base["tokens"].iloc[0])), f"{rows['bits_per_decoder_parameter'].iloc[0]:.2f}",
+                f"{base['stored_bits_per_decoder_parameter'].iloc[0]:.2f}"}  # fmt: skip
+    for row in rows.itertuples():
+        expected.add(f"{getattr(row, f'equivalent_bits_{series}'):.1f}")
+    end = rows[rows["view"] == "end_to_end"].iloc[0]
+    for column, digits in ((f"equivalent_bits_{series}", 1), (f"break_even_base_{series}", 1),
+                           ("best_kl_difference", 3)):  # fmt: skip
+        expected |= {f"{end.get(column + suffix, np.nan):.{digits}f}" for suffix in ("", "_ci_low", "_ci_high")}
+    expected.add(f"{end.get('best_kl_difference', np.nan):+.3f}")
+    shares = removal.study_part(frame, "view_shares").set_index("view")
+    expected.add(f"{100 * shares.loc['block', 'sink_share']:.0f}")
+    points = removal.study_part(frame, "points")
+    gptq = points[(points["term"] == "gptq:4:g128") & (points["view"] == "layer_energy")].iloc[0]
+    expected |= {f"{10 * np.log10(gptq['error'] / gptq['error_in_sample']):.1f}", "4", "128"}
+    assert_every_number_is(removal.removal_prose(tables), expected)
