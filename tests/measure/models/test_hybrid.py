@@ -182,6 +182,7 @@ def test_width_pruning_what_a_hybrid_lacks_is_one_clear_error() -> None:
 
 def test_the_removal_study_runs_end_to_end_on_a_tiny_hybrid(tmp_path, capsys, monkeypatch) -> None:
     from measure.records.store import read_table
+    from measure.removal.stacked import STUDY_TABLE, study_part
 
     text = "The history of the calibration text is long, and it is real English prose. " * 40
     monkeypatch.setattr("measure.data.text.calibration_text", lambda: text)
@@ -192,7 +193,7 @@ def test_the_removal_study_runs_end_to_end_on_a_tiny_hybrid(tmp_path, capsys, mo
              "--window", "32", "--max-removed", "1", "--probe-windows", "1", "--batch-size", "2", "--bits", "2,4",
              "--groups", "channel", "--pruner", "magnitude"]  # fmt: skip
     assert main(["remove", "--model", str(source), *study]) == 0
-    units = read_table(out / "units.parquet")
+    units = study_part(read_table(out / f"{STUDY_TABLE}.parquet"), "units")
     assert sorted(units[units["unit"] == "block"]["block"]) == [0, 1, 2, 3]
     assert "Block Influence ranking" in capsys.readouterr().out
 
