@@ -230,7 +230,8 @@ def width_depth_answer(tables: Tables) -> str:
         + " and ".join(text for text in (_removal_words(row, "below"), _removal_words(row, "above")) if text)
         for row in compared.itertuples())  # fmt: skip
     return (
-        f"{lead}: of {len(compared)} ways of making every block narrower, {less} damage the model less than "
+        f"{lead}: of {len(compared)} way{'' if len(compared) == 1 else 's'} of making every block narrower, "
+        f"{less} damage the model less than "
         "removing whole blocks that take out no more of it, "
         f"{more} damage it more than removing blocks that take out at least as much, and {unresolved} lie between "
         "the two nearest block removals without either dominating (extra KL to the original, 95 \\% intervals "
