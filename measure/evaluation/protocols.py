@@ -65,3 +65,5 @@ STUDY_CALIBRATION = CalibrationProtocol(sequences=32, sequence_length=512, batch
 LEDGER_CALIBRATION = CalibrationProtocol()
 """Calibration of ``pvq ledger`` and of the compressed variants of ``pvq eval`` / ``pvq run``: 128 windows of 512
 tokens (:class:`measure.data.calibration.CalibrationProtocol`'s defaults)."""
+BOUNDS_CALIBRATION = CalibrationProtocol(sequences=16, sequence_length=512, batch_size=4)
+"""Calibration of ``pvq bounds``: 16 windows of 512 tokens (``measure.bounds.bounds_for_model``'s defaults)."""

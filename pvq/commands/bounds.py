@@ -7,7 +7,8 @@ import json
 
 from measure.bounds import bounds_for_model
 from measure.capture.placement import load_placed
-from pvq.commands.common import add_device_arguments, add_mode_argument, placement
+from measure.evaluation.protocols import BOUNDS_CALIBRATION
+from pvq.commands.common import add_calibration_arguments, add_device_arguments, add_mode_argument, placement
 
 HELP = "Exact optima and bounds of the per-layer quantization and pruning problems."
 COLUMNS = ("family", "method", "kind", "sqnr_db", "sqnr_upper_db", "status", "optimal_chunks", "chunks", "gap",
@@ -23,8 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-chunks", type=int, default=None, help="first chunks of each row (default: all)")
     parser.add_argument("--time-limit", type=float, default=10.0, help="seconds per exact solve (default 10)")
     parser.add_argument("--no-sdp", action="store_true", help="skip the SDP lower bounds")
-    parser.add_argument("--sequences", type=int, default=16, help="calibration windows (default 16)")
-    parser.add_argument("--seq-len", type=int, default=512, help="tokens per window (default 512)")
+    add_calibration_arguments(parser, BOUNDS_CALIBRATION, batch_size=False)
     parser.add_argument("--seed", type=int, default=0, help="seed of the row subset and SDP rounding")
     parser.add_argument("--json", action="store_true", help="print JSON records instead of a table")
     add_device_arguments(parser)
