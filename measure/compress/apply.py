@@ -305,8 +305,7 @@ def weights_installed(pairs: Sequence[tuple[LinearRef, torch.Tensor]]) -> Iterat
                 copied.append((ref, ref.weight().detach().clone()))
                 ref.set_weight(weight)
                 continue
-            if tuple(weight.shape) != tuple(parameter.shape):
-                ref.set_weight(weight)  # raises the shape error
+            ref.check_shape(weight)
             swapped.append((parameter, parameter.data))
             parameter.data = weight.detach().to(dtype=parameter.dtype, device=parameter.device).contiguous()
         yield

@@ -83,13 +83,17 @@ class LinearRef:
         """b as an (out_features,) view sharing storage with the model, or None."""
         return self.bias_view()
 
-    def set_weight(self, weight: torch.Tensor) -> None:
-        """Write an (out_features, in_features) tensor into the model, whatever its storage layout."""
+    def check_shape(self, weight: torch.Tensor) -> None:
+        """PvqError unless ``weight`` is (out_features, in_features): the shape of every write."""
         if tuple(weight.shape) != (self.out_features, self.in_features):
             raise PvqError(
                 f"set_weight({self.name}): got shape {tuple(weight.shape)}, expected "
                 f"(out, in) = ({self.out_features}, {self.in_features})"
             )
+
+    def set_weight(self, weight: torch.Tensor) -> None:
+        """Write an (out_features, in_features) tensor into the model, whatever its storage layout."""
+        self.check_shape(weight)
         with torch.no_grad():
             self.weight_view().copy_(weight)
 
