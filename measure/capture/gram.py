@@ -66,14 +66,19 @@ class GramAccumulator:
     Only the panels of the upper block triangle are stored (:func:`gram_panels`; about 60 % of n² for the
     widths of SmolLM2), created from the first batch's products rather than zero-filled first.
     ``keep_rows`` > 0 also keeps the first ``keep_rows`` input rows (float64) so tests and users can
-    check Gram-based errors against directly computed ones.
+    check Gram-based errors against directly computed ones. With ``accumulate=False`` only those rows are kept
+    and no Gram is formed: what a few sink positions need, where a full Gram of a wide layer would cost
+    n² · 4.8 bytes for a matrix of rank ``keep_rows`` (about 110 MB for an input of 4,864 features).
+    :meth:`release` frees the panels once a caller holds the copy it needs.
     """
 
-    def __init__(self, dim: int, keep_rows: int = 0, name: str = "") -> None:
+    def __init__(self, dim: int, keep_rows: int = 0, name: str = "", accumulate: bool = True) -> None:
         self.dim = dim
         self.name = name
         self.tokens = 0
         self.keep_rows = keep_rows
+        self.accumulate = accumulate
+        self.released = False
         self._panels: list[tuple[int, int, torch.Tensor]] = []
         self._rows: list[torch.Tensor] = []
         self._kept = 0
@@ -85,6 +90,12 @@ class GramAccumulator:
             raise PvqError(f"Gram {self.name}: input has {rows.shape[-1]} features, expected {self.dim}")
         if rows.dtype not in (torch.float32, torch.float64):
             rows = rows.float()
+        if self.released:
+            raise PvqError(f"Gram {self.name}: released, it can take no more rows; capture again")
+        if not self.accumulate:
+            self._keep(rows)
+            self.tokens += rows.shape[0]
+            return
         panels = gram_panels(rows.contiguous())
         # A NaN or Inf input (or a square overflowing float32) shows on the diagonal Σ_t x_tj²: a check on
         # n numbers instead of t·n.
@@ -101,14 +112,32 @@ class GramAccumulator:
             for (_, _, block), (_, _, total) in zip(panels, self._panels, strict=True):
                 total += block.to(device="cpu", dtype=torch.float64)
         self.tokens += rows.shape[0]
-        if self._kept < self.keep_rows:
-            take = rows[: self.keep_rows - self._kept].to(device="cpu", dtype=torch.float64)
-            self._rows.append(take)
-            self._kept += take.shape[0]
+        self._keep(rows)
+
+    def _keep(self, rows: torch.Tensor) -> None:
+        """Keep the first rows up to ``keep_rows`` (float64); without a Gram their own values are checked."""
+        if self._kept >= self.keep_rows:
+            return
+        take = rows[: self.keep_rows - self._kept].to(device="cpu", dtype=torch.float64)
+        if not self.accumulate and not torch.isfinite(take).all():
+            raise PvqError(
+                f"NaN or Inf in the input activations of {self.name or 'a layer'}; "
+                "check the model weights and the calibration text"
+            )
+        self._rows.append(take)
+        self._kept += take.shape[0]
+
+    def release(self) -> None:
+        """Free the Gram's panels (the kept rows stay); reading the Gram afterwards is an error, never zeros."""
+        self._panels = []
+        self.released = True
 
     @property
     def gram(self) -> torch.Tensor:
         """The symmetric (dim × dim) float64 Gram matrix (zeros before any batch)."""
+        if not self.accumulate or self.released:
+            why = "was released after use" if self.released else "keeps input rows only (accumulate=False)"
+            raise PvqError(f"Gram {self.name or 'of a layer'} {why}: capture again to read it")
         upper = torch.triu(assemble_panels(self._panels, self.dim, torch.float64, "cpu"))
         return upper + upper.T - torch.diag(torch.diagonal(upper))
 

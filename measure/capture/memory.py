@@ -22,6 +22,7 @@ PROC_STATUS = Path("/proc/self/status")
 PROC_CLEAR_REFS = Path("/proc/self/clear_refs")
 RESET_PEAK_RSS = "5"
 KIB = 1024
+GIB = KIB**3
 RU_MAXRSS_UNIT = 1 if sys.platform == "darwin" else KIB
 """``ru_maxrss`` is in bytes on macOS and in KiB on Linux (getrusage(2))."""
 

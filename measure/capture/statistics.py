@@ -104,14 +104,15 @@ returns them."""
 
 
 def register_gram_hooks(
-    block: Block, grams: dict[str, GramAccumulator], keep_rows: int, positions: slice = slice(None)
+    block: Block, grams: dict[str, GramAccumulator], keep_rows: int, positions: slice = slice(None),
+    accumulate: bool = True,
 ) -> list[torch.utils.hooks.RemovableHandle]:
     """Pre-hooks adding each shared input of ``block`` (routed experts excluded) to its Gram in ``grams``; only the
     sequence ``positions`` of every (batch, positions, features) input count (e.g. ``slice(1, None)``: not the
-    first position of any window)."""
+    first position of any window). ``accumulate=False``: keep the first ``keep_rows`` rows only, no Gram."""
     handles = []
     for group, ref in _group_leaders(block).items():
-        accumulator = grams.setdefault(group, GramAccumulator(ref.in_features, keep_rows, group))
+        accumulator = grams.setdefault(group, GramAccumulator(ref.in_features, keep_rows, group, accumulate))
 
         def hook(module: nn.Module, args: tuple, accumulator: GramAccumulator = accumulator) -> None:
             accumulator.add(args[0][:, positions] if args[0].dim() == 3 else args[0])

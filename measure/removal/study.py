@@ -52,6 +52,7 @@ from scipy import stats
 from torch import nn
 
 from measure.capture.gram import GramAccumulator
+from measure.capture.memory import GIB, peak_rss_bytes, rss_bytes
 from measure.capture.statistics import Capture, capture, register_gram_hooks
 from measure.compress.importance import (
     Importance,
@@ -277,11 +278,11 @@ def held_out_scoring(model: nn.Module, arch: Architecture, windows: TokenWindows
     stream on the first ``block_sequences`` evaluation windows, and the calibration data as the in-sample
     variant."""
     batches = list(windows.input_ids.split(settings.batch_size))
-    sink_grams: dict[str, GramAccumulator] = {}  # the sink positions' Grams and rows, in the same forward pass
+    sink_grams: dict[str, GramAccumulator] = {}  # the sink positions' input rows (no Gram), in the same pass
     keep = SINK_POSITIONS * windows.input_ids.shape[0]
     held_out = capture(model, batches, arch=arch, positions=slice(SINK_POSITIONS, None),
-                       block_hooks=lambda block: register_gram_hooks(block, sink_grams, keep,
-                                                                     slice(0, SINK_POSITIONS)))  # fmt: skip
+                       block_hooks=lambda block: register_gram_hooks(
+                           block, sink_grams, keep, slice(0, SINK_POSITIONS), accumulate=False))  # fmt: skip
     sinks = Capture(sink_grams, held_out.group_of, held_out.blocks, held_out.first_last_token, held_out.mode)
     stream = ResidualStream.record(model, arch, list(windows.input_ids[: settings.block_sequences]
                                                      .split(settings.batch_size)))  # fmt: skip
@@ -406,7 +407,8 @@ def run_study(
         now = time.perf_counter()
         seconds[step] = now - clock
         clock = now
-        log(f"{step}: {seconds[step]:.1f} s")
+        log(f"{step}: {seconds[step]:.1f} s (resident memory {rss_bytes() / GIB:.1f} GiB, "
+            f"peak {peak_rss_bytes() / GIB:.1f} GiB)")
         for name, table in tables.items():
             study.tables[name] = table
             on_table(name, table)

@@ -65,3 +65,36 @@ def test_non_finite_inputs_are_refused_by_name(bad: float) -> None:
 def test_wrong_width_is_refused() -> None:
     with pytest.raises(PvqError, match="expected 8"):
         GramAccumulator(8, name="x").add(torch.randn(3, 9))
+
+
+def test_rows_only_keeps_the_same_rows_forms_no_gram_and_refuses_to_give_one() -> None:
+    generator = torch.Generator().manual_seed(2)
+    batches = [torch.randn(2, 3, 6, generator=generator) for _ in range(3)]
+    full = GramAccumulator(6, keep_rows=8)
+    rows_only = GramAccumulator(6, keep_rows=8, name="sinks", accumulate=False)
+    for batch in batches:
+        full.add(batch)
+        rows_only.add(batch)
+    assert torch.equal(rows_only.sample, full.sample) and rows_only.tokens == full.tokens == 18
+    assert rows_only._panels == []
+    with pytest.raises(PvqError, match="sinks keeps input rows only"):
+        _ = rows_only.gram
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_rows_only_refuses_non_finite_kept_rows_by_name(bad: float) -> None:
+    x = torch.randn(4, 8)
+    x[1, 2] = bad
+    with pytest.raises(PvqError, match=r"NaN or Inf in the input activations of layer\.k"):
+        GramAccumulator(8, keep_rows=4, name="layer.k", accumulate=False).add(x)
+
+
+def test_a_released_gram_is_an_error_to_read_or_extend_never_zeros() -> None:
+    gram = GramAccumulator(5, keep_rows=2, name="layer.o")
+    gram.add(torch.randn(4, 5))
+    gram.release()
+    assert gram.sample.shape == (2, 5)  # the kept rows stay
+    with pytest.raises(PvqError, match=r"layer\.o was released"):
+        _ = gram.gram
+    with pytest.raises(PvqError, match="released"):
+        gram.add(torch.randn(4, 5))

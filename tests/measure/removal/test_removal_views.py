@@ -197,8 +197,10 @@ def test_an_injected_sink_dominates_all_positions_but_not_the_headline_view() ->
 
 
 def test_held_out_scoring_collects_sink_and_non_sink_grams_in_one_pass_as_two_captures_would():
-    """The sink positions' Grams (and their kept rows) come from hooks on the same forward pass as the held-out
-    Grams; each equals a capture of its own positions alone, bit for bit."""
+    """The sink positions' kept rows come from hooks on the same forward pass as the held-out Grams; the Grams and
+    the rows equal a capture of their own positions alone, bit for bit, and no Gram of the sink rows is formed
+    (reading one is an error, never zeros). Preparing the scoring inputs releases the held-out Grams' float64
+    panels and keeps float32 copies equal to them."""
     from types import SimpleNamespace
 
     from measure.removal.study import StudySettings, held_out_scoring
@@ -206,9 +208,9 @@ def test_held_out_scoring_collects_sink_and_non_sink_grams_in_one_pass_as_two_ca
 
     model = _toy()
     ids = torch.cat(token_batches(1, length=24))
-    scoring = held_out_scoring(model, describe(model), SimpleNamespace(input_ids=ids), None, None,
-                               StudySettings(batch_size=2, block_sequences=1))  # fmt: skip
     batches = list(ids.split(2))
+    scoring = held_out_scoring(model, describe(model), SimpleNamespace(input_ids=ids), capture(model, batches),
+                               None, StudySettings(batch_size=2, block_sequences=1))  # fmt: skip
     alone = {"held_out": capture(model, batches, positions=slice(SINK_POSITIONS, None)),
              "sinks": capture(model, batches, positions=slice(0, SINK_POSITIONS),
                               keep_rows=SINK_POSITIONS * ids.shape[0])}  # fmt: skip
@@ -217,7 +219,18 @@ def test_held_out_scoring_collects_sink_and_non_sink_grams_in_one_pass_as_two_ca
         assert collected.grams.keys() == reference.grams.keys()
         for group, gram in reference.grams.items():
             assert collected.grams[group].tokens == gram.tokens
-            assert torch.equal(collected.grams[group].gram, gram.gram)
             if name == "sinks":
                 assert torch.equal(collected.grams[group].sample, gram.sample)
+                with pytest.raises(PvqError, match="keeps input rows only"):
+                    _ = collected.grams[group].gram
+            else:
+                assert torch.equal(collected.grams[group].gram, gram.gram)
     assert scoring.sinks.grams[next(iter(alone["sinks"].grams))].tokens == SINK_POSITIONS * ids.shape[0]
+    group_of = scoring.held_out.group_of
+    scoring.prepare(list(group_of))
+    for name, group in group_of.items():
+        headline, _, rows = scoring.scoring_inputs(name)
+        assert torch.equal(headline, alone["held_out"].grams[group].gram.float())
+        assert torch.equal(rows, alone["sinks"].grams[group].sample.float())
+        with pytest.raises(PvqError, match="released"):
+            _ = scoring.held_out.grams[group].gram
