@@ -101,7 +101,10 @@ class GramAccumulator:
         # n numbers instead of t·n.
         diagonals = [torch.diagonal(block[:, : stop - start]) for start, stop, block in panels]
         if not all(torch.isfinite(diagonal).all() for diagonal in diagonals):
-            raise self._non_finite()
+            raise PvqError(
+                f"NaN or Inf in the input activations of {self.name or 'a layer'}; "
+                "check the model weights and the calibration text"
+            )
         if not self._panels:
             self._panels = [(start, stop, block.to(device="cpu", dtype=torch.float64, copy=True))
                             for start, stop, block in panels]  # fmt: skip
@@ -117,16 +120,12 @@ class GramAccumulator:
             return
         take = rows[: self.keep_rows - self._kept].to(device="cpu", dtype=torch.float64)
         if not self.accumulate and not torch.isfinite(take).all():
-            raise self._non_finite()
+            raise PvqError(
+                f"NaN or Inf in the input activations of {self.name or 'a layer'}; "
+                "check the model weights and the calibration text"
+            )
         self._rows.append(take)
         self._kept += take.shape[0]
-
-    def _non_finite(self) -> PvqError:
-        """The error for a NaN or Inf input, naming the layer."""
-        return PvqError(
-            f"NaN or Inf in the input activations of {self.name or 'a layer'}; "
-            "check the model weights and the calibration text"
-        )
 
     def release(self) -> None:
         """Free the Gram's panels (the kept rows stay); reading the Gram afterwards is an error, never zeros."""
